@@ -1,0 +1,1 @@
+//! PROTOCOL — in progress.
