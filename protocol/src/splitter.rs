@@ -424,6 +424,30 @@ mod tests {
     }
 
     #[test]
+    fn very_deep_nesting_is_malformed_not_a_stack_overflow() {
+        let mut s = FrameSplitter::default();
+        let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+        s.push(deep.as_bytes()).expect("within bound");
+        assert!(matches!(
+            s.next_value(),
+            Some(Err(SplitError::Malformed(_)))
+        ));
+    }
+
+    #[test]
+    fn byte_at_a_time_scanning_is_linear() {
+        // A rescan from the start on every push would take ~10^9 steps here.
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(60_000));
+        let mut s = FrameSplitter::default();
+        for byte in big.as_bytes() {
+            s.push(core::slice::from_ref(byte)).expect("within bound");
+        }
+        let value = s.next_value().expect("complete").expect("valid");
+        assert_eq!(value["a"].as_str().map(str::len), Some(60_000));
+        assert_eq!(s.partial.capacity(), 0);
+    }
+
+    #[test]
     fn display_messages() {
         assert_eq!(
             SplitError::Overflow { limit: 10 }.to_string(),
