@@ -1,0 +1,1195 @@
+//! The driver: starts the peers, creates devices, runs the phases through the client
+//! shards and the notify consumers, and assembles the [`Report`].
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::mpsc;
+
+use crate::consumer::Consumers;
+use crate::latency::{self, Summary};
+use crate::procfs;
+use crate::report::{
+    judge, ConnectReport, Machine, MemoryReport, Report, Settings, StepReport, TargetReport,
+};
+use crate::shard::{Command, Event, LoadKind, PeerKind};
+use crate::{parse_duration, unix_nanos};
+
+/// Which peers to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Targets {
+    Both,
+    Server,
+    Echo,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// herd-server binary [default: herd-server next to this binary, i.e.
+    /// target/release/herd-server]
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// echo-peer binary [default: echo-peer next to this binary]
+    #[arg(long)]
+    pub echo_bin: Option<PathBuf>,
+    /// Which peers to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    pub targets: Targets,
+    /// Connected devices (sockets) per peer.
+    #[arg(long, default_value_t = 19_000)]
+    pub devices: usize,
+    /// Target shadow update rate, updates/s across all devices.
+    #[arg(long, default_value_t = 5_000.0)]
+    pub rate: f64,
+    /// Length of the phases at the target rates.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Length of each step while searching for the highest passing rate.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+    /// A rate step passes while its p99 stays at or below this.
+    #[arg(long, default_value_t = 50.0)]
+    pub step_p99_ms: f64,
+    /// Highest update rate tried.
+    #[arg(long, default_value_t = 200_000.0)]
+    pub max_rate: f64,
+    /// Notify-stream consumers for the fan-out phase.
+    #[arg(long, default_value_t = 20)]
+    pub consumers: usize,
+    /// Target fan-out, deliveries/s summed over consumers.
+    #[arg(long, default_value_t = 200_000.0)]
+    pub fanout_target: f64,
+    /// A fan-out step passes while its p99 stays at or below this.
+    #[arg(long, default_value_t = 25.0)]
+    pub fanout_p99_ms: f64,
+    /// Highest fan-out tried, deliveries/s.
+    #[arg(long, default_value_t = 2_000_000.0)]
+    pub max_deliveries: f64,
+    /// Client processes holding the device sockets [default: one per 5,000 devices].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Size of each device's reported shadow, bytes of JSON.
+    #[arg(long, default_value_t = 200)]
+    pub shadow_bytes: usize,
+    /// Handshakes in flight per shard while connecting.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Print the result as a markdown table.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write the full result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or(self.devices.div_ceil(5_000))
+            .clamp(1, 100)
+    }
+
+    fn sibling(name: &str) -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+            .unwrap_or_else(|| PathBuf::from("target/release").join(name))
+    }
+}
+
+/// Update rates tried after the target, and below it if the target fails.
+const RATE_RUNGS: &[f64] = &[
+    500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 15_000.0, 20_000.0, 25_000.0, 30_000.0, 40_000.0,
+    50_000.0, 60_000.0, 80_000.0, 100_000.0, 120_000.0, 160_000.0, 200_000.0, 300_000.0, 400_000.0,
+];
+
+/// Fan-out rates (deliveries/s) tried after the target, and below it if it fails.
+const FANOUT_RUNGS: &[f64] = &[
+    10_000.0,
+    25_000.0,
+    50_000.0,
+    100_000.0,
+    150_000.0,
+    200_000.0,
+    250_000.0,
+    300_000.0,
+    400_000.0,
+    500_000.0,
+    600_000.0,
+    800_000.0,
+    1_000_000.0,
+    1_500_000.0,
+    2_000_000.0,
+    3_000_000.0,
+];
+
+/// Time allowed after a step's last send for replies still on the way.
+const DRAIN: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunArgs, command_line: String) -> Result<Report> {
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    if !(args.rate > 0.0 && args.fanout_target > 0.0) {
+        bail!("rates must be positive");
+    }
+    let shards = args.shard_count();
+    let mut report = Report {
+        command: command_line,
+        machine: Machine::collect(),
+        settings: Settings {
+            devices: args.devices,
+            shards,
+            rate: args.rate,
+            duration_s: args.duration.as_secs_f64(),
+            step_duration_s: args.step_duration.min(args.duration).as_secs_f64(),
+            step_p99_ms: args.step_p99_ms,
+            consumers: args.consumers,
+            fanout_target: args.fanout_target,
+            fanout_p99_ms: args.fanout_p99_ms,
+            shadow_bytes: args.shadow_bytes,
+        },
+        server: None,
+        echo: None,
+    };
+    if matches!(args.targets, Targets::Both | Targets::Server) {
+        let mut target = TargetReport {
+            name: "server".into(),
+            ..TargetReport::default()
+        };
+        if let Err(error) = measure_server(&args, &mut target).await {
+            progress(&format!("herd-server run failed: {error:#}"));
+            target.notes.push(format!("run aborted: {error:#}"));
+        }
+        report.server = Some(target);
+    }
+    if matches!(args.targets, Targets::Both | Targets::Echo) {
+        let mut target = TargetReport {
+            name: "echo".into(),
+            ..TargetReport::default()
+        };
+        if let Err(error) = measure_echo(&args, &mut target).await {
+            progress(&format!("echo peer run failed: {error:#}"));
+            target.notes.push(format!("run aborted: {error:#}"));
+        }
+        report.echo = Some(target);
+    }
+    Ok(report)
+}
+
+fn progress(message: &str) {
+    eprintln!("[herd-bench] {message}");
+}
+
+// ---------------------------------------------------------------------------------
+// herd-server
+
+async fn measure_server(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
+    let bin = args
+        .server_bin
+        .clone()
+        .unwrap_or_else(|| RunArgs::sibling("herd-server"));
+    if !bin.exists() {
+        bail!(
+            "{} not found; build it with `cargo build --release -p herd-server`",
+            bin.display()
+        );
+    }
+    let mut server = ServerProcess::start(&bin).await?;
+    progress(&format!(
+        "herd-server pid {} on {}",
+        server.pid, server.base
+    ));
+    let outcome = server_phases(args, &mut server, report).await;
+    let log_notes = server.stop().await;
+    report.notes.extend(log_notes);
+    outcome
+}
+
+async fn server_phases(
+    args: &RunArgs,
+    server: &mut ServerProcess,
+    report: &mut TargetReport,
+) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("http client")?;
+    let started = Instant::now();
+    let devices = create_devices(&http, &server.base, &server.api_key, args.devices).await?;
+    progress(&format!(
+        "created {} devices in {:.1} s",
+        devices.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    report.notes.push(format!(
+        "{} devices created over REST (32 concurrent requests) in {:.1} s",
+        devices.len(),
+        started.elapsed().as_secs_f64()
+    ));
+
+    let (before, settled_before) = procfs::settle(server.pid, Duration::from_secs(20)).await?;
+    let tokens: Vec<String> = devices.iter().map(|d| d.token.clone()).collect();
+    let mut shards = Shards::spawn(args.shard_count(), 2).await?;
+    let rpc_url = format!("ws://{}/api/v2/rpc", server.address);
+    let connect = shards
+        .connect(&rpc_url, &tokens, PeerKind::Server, args)
+        .await?;
+    report.connect = Some(connect.clone());
+    server.check_alive()?;
+    let (after, settled_after) = procfs::settle(server.pid, Duration::from_secs(60)).await?;
+    report.memory = Some(MemoryReport {
+        devices: connect.ready.max(1),
+        before,
+        after,
+        settled: settled_before && settled_after,
+    });
+    progress(&format!(
+        "server RSS {:.1} MiB -> {:.1} MiB with {} devices idle",
+        before.rss as f64 / 1048576.0,
+        after.rss as f64 / 1048576.0,
+        connect.ready
+    ));
+    if connect.ready != args.devices {
+        report.notes.push(format!(
+            "only {} of {} devices became idle; memory is divided by that count",
+            connect.ready, args.devices
+        ));
+    }
+    if let Some(first) = devices.first() {
+        report
+            .notes
+            .push(check_device(&http, server, &first.id).await);
+    }
+
+    let mut ladder = Ladder::new(args.rate, RATE_RUNGS, args.max_rate);
+    while let Some((rate, at_target)) = ladder.next_rate() {
+        let duration = step_duration(args, at_target);
+        let (step, probes) =
+            update_step(&mut shards, rate, duration, at_target, args.step_p99_ms).await?;
+        progress(&format!("server update step {rate}/s: {}", step.verdict));
+        if at_target {
+            report
+                .notes
+                .push(check_probes(&http, server, &devices, &probes).await);
+        }
+        ladder.observe(step.pass);
+        report.rtt_steps.push(step);
+        server.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    if args.consumers > 0 {
+        let notify_url = format!(
+            "ws://{}/api/v2/notify?access_token={}",
+            server.address, server.api_key
+        );
+        let mut consumers = Consumers::connect(&notify_url, args.consumers).await?;
+        // Let the stream subscriptions settle before the first window opens.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut ladder = Ladder::new(args.fanout_target, FANOUT_RUNGS, args.max_deliveries);
+        while let Some((deliveries, at_target)) = ladder.next_rate() {
+            let duration = step_duration(args, at_target);
+            let step = fanout_step(
+                &mut shards,
+                &mut consumers,
+                args,
+                deliveries,
+                duration,
+                at_target,
+            )
+            .await?;
+            progress(&format!(
+                "server fan-out step {deliveries} deliveries/s: {}",
+                step.verdict
+            ));
+            ladder.observe(step.pass);
+            report.fanout_steps.push(step);
+            server.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let peak = procfs::sample(server.pid)?;
+    report.notes.push(format!(
+        "server peak RSS during the run: {:.1} MiB",
+        peak.peak_rss as f64 / 1048576.0
+    ));
+    shards.close().await;
+    Ok(())
+}
+
+fn step_duration(args: &RunArgs, at_target: bool) -> Duration {
+    if at_target {
+        args.duration
+    } else {
+        args.step_duration.min(args.duration)
+    }
+}
+
+struct CreatedDevice {
+    id: String,
+    token: String,
+}
+
+async fn create_devices(
+    http: &reqwest::Client,
+    base: &str,
+    api_key: &str,
+    count: usize,
+) -> Result<Vec<CreatedDevice>> {
+    #[derive(Deserialize)]
+    struct Created {
+        id: String,
+        token: String,
+    }
+    let url = format!("{base}/api/v2/devices");
+    let mut results = futures_util::stream::iter(0..count)
+        .map(|index| {
+            let request = http
+                .post(&url)
+                .bearer_auth(api_key)
+                .json(&serde_json::json!({"name": format!("bench-{index}")}));
+            async move {
+                let response = request
+                    .send()
+                    .await
+                    .with_context(|| format!("creating device {index}"))?;
+                let status = response.status();
+                if !status.is_success() {
+                    let body = response.text().await.unwrap_or_default();
+                    bail!("creating device {index}: HTTP {status}: {body:.300}");
+                }
+                let created: Created = response
+                    .json()
+                    .await
+                    .with_context(|| format!("device {index} response"))?;
+                Ok((index, created))
+            }
+        })
+        .buffer_unordered(32);
+    let mut devices: Vec<Option<CreatedDevice>> = (0..count).map(|_| None).collect();
+    while let Some(result) = results.next().await {
+        let (index, created) = result?;
+        devices[index] = Some(CreatedDevice {
+            id: created.id,
+            token: created.token,
+        });
+    }
+    devices
+        .into_iter()
+        .map(|d| d.ok_or_else(|| anyhow!("a device was not created")))
+        .collect()
+}
+
+/// One REST look at a connected device: online, info stored, shadow reported.
+async fn check_device(http: &reqwest::Client, server: &ServerProcess, id: &str) -> String {
+    let url = format!("{}/api/v2/devices/{id}", server.base);
+    let device: serde_json::Value = match http.get(&url).bearer_auth(&server.api_key).send().await {
+        Ok(response) if response.status().is_success() => match response.json().await {
+            Ok(value) => value,
+            Err(error) => return format!("device check: unreadable response: {error}"),
+        },
+        Ok(response) => {
+            return format!(
+                "device check: GET /devices/{id} returned {}",
+                response.status()
+            )
+        }
+        Err(error) => return format!("device check: {error}"),
+    };
+    let online = device["online"] == true;
+    let info = device["info"]["app"] == "bench";
+    let shadow = device["shadow"]["state"]["reported"]["app"] == "bench";
+    format!("device check via REST after connecting: online={online}, info stored={info}, reported shadow stored={shadow}")
+}
+
+/// Compares the last acknowledged `reported.seq` of each probe device with what the
+/// server returns over REST: an acknowledged update must already be persisted.
+async fn check_probes(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    devices: &[CreatedDevice],
+    probes: &[(usize, u64)],
+) -> String {
+    let mut matched = 0;
+    let mut problems = Vec::new();
+    for &(index, seq) in probes {
+        let Some(device) = devices.get(index) else {
+            continue;
+        };
+        let url = format!("{}/api/v2/devices/{}/shadow", server.base, device.id);
+        let stored = match http.get(&url).bearer_auth(&server.api_key).send().await {
+            Ok(response) => response.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        match stored
+            .as_ref()
+            .and_then(|s| s["state"]["reported"]["seq"].as_u64())
+        {
+            Some(stored) if stored == seq => matched += 1,
+            Some(stored) => problems.push(format!(
+                "device {index}: acknowledged seq {seq}, stored {stored}"
+            )),
+            None => problems.push(format!("device {index}: no reported.seq in stored shadow")),
+        }
+    }
+    if problems.is_empty() {
+        format!("persistence check: last acknowledged update equals the stored shadow for {matched} of {} probe devices", probes.len())
+    } else {
+        format!("persistence check FAILED: {}", problems.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// echo peer
+
+async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
+    let bin = args
+        .echo_bin
+        .clone()
+        .unwrap_or_else(|| RunArgs::sibling("echo-peer"));
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow!("echo peer exited at once"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("echo peer stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .map_err(|_| anyhow!("echo peer did not say where it listens"))??
+        .ok_or_else(|| anyhow!("echo peer exited before listening"))?;
+    let address = first
+        .strip_prefix("listening ")
+        .ok_or_else(|| anyhow!("unexpected first line from echo peer: {first:?}"))?
+        .trim()
+        .to_string();
+    progress(&format!("echo peer pid {pid} on {address}"));
+
+    let (before, settled_before) = procfs::settle(pid, Duration::from_secs(10)).await?;
+    let shards = args.shard_count();
+    // Source addresses after the server's, so no port is still in TIME_WAIT from it.
+    let mut shard_set = Shards::spawn(shards, 2 + shards).await?;
+    let tokens: Vec<String> = (0..args.devices).map(|i| format!("echo-{i}")).collect();
+    let url = format!("ws://{address}/api/v2/rpc");
+    let connect = shard_set
+        .connect(&url, &tokens, PeerKind::Echo, args)
+        .await?;
+    report.connect = Some(connect.clone());
+    let (after, settled_after) = procfs::settle(pid, Duration::from_secs(30)).await?;
+    report.memory = Some(MemoryReport {
+        devices: connect.ready.max(1),
+        before,
+        after,
+        settled: settled_before && settled_after,
+    });
+    progress(&format!(
+        "echo peer RSS {:.1} MiB -> {:.1} MiB with {} sockets idle",
+        before.rss as f64 / 1048576.0,
+        after.rss as f64 / 1048576.0,
+        connect.ready
+    ));
+    let mut ladder = Ladder::new(args.rate, RATE_RUNGS, args.max_rate);
+    while let Some((rate, at_target)) = ladder.next_rate() {
+        let duration = step_duration(args, at_target);
+        let (step, _) =
+            update_step(&mut shard_set, rate, duration, at_target, args.step_p99_ms).await?;
+        progress(&format!("echo update step {rate}/s: {}", step.verdict));
+        ladder.observe(step.pass);
+        report.rtt_steps.push(step);
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("echo peer exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shard_set.close().await;
+    let _ = child.kill().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// steps
+
+async fn update_step(
+    shards: &mut Shards,
+    rate: f64,
+    duration: Duration,
+    at_target: bool,
+    p99_limit_ms: f64,
+) -> Result<(StepReport, Vec<(usize, u64)>)> {
+    let totals = shards.load(LoadKind::Update, rate, duration).await?;
+    let seconds = duration.as_secs_f64();
+    let latency = Summary::of(&totals.histogram);
+    let (pass, mut verdict) = judge(
+        rate * seconds,
+        totals.replied,
+        totals.errors,
+        totals.unanswered,
+        0,
+        latency.p99_us,
+        p99_limit_ms,
+    );
+    if let Some(error) = &totals.first_error {
+        verdict.push_str(&format!(" (first error: {error:.200})"));
+    }
+    let step = StepReport {
+        offered: rate,
+        seconds,
+        at_target,
+        sent: totals.sent,
+        completed: totals.replied,
+        errors: totals.errors,
+        unanswered: totals.unanswered,
+        lagged_dropped: 0,
+        achieved: totals.replied as f64 / seconds,
+        latency,
+        pass,
+        verdict,
+    };
+    Ok((step, totals.probes))
+}
+
+async fn fanout_step(
+    shards: &mut Shards,
+    consumers: &mut Consumers,
+    args: &RunArgs,
+    deliveries: f64,
+    duration: Duration,
+    at_target: bool,
+) -> Result<StepReport> {
+    let consumer_count = args.consumers as u64;
+    // Close whatever the consumers saw between steps.
+    consumers.collect().await?;
+    let before = consumers.deliveries.load(Ordering::Relaxed);
+    let pings = deliveries / args.consumers as f64;
+    let totals = shards.load(LoadKind::Ping, pings, duration).await?;
+    // Notifications are still in flight when the last ping is written; wait until all
+    // arrived or none arrived for a second.
+    let expected = totals.sent * consumer_count;
+    let deadline = Instant::now() + DRAIN;
+    let mut last = (
+        consumers.deliveries.load(Ordering::Relaxed) - before,
+        Instant::now(),
+    );
+    loop {
+        let now = consumers.deliveries.load(Ordering::Relaxed) - before;
+        if now >= expected || Instant::now() >= deadline {
+            break;
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let collected = consumers.collect().await?;
+    let seconds = duration.as_secs_f64();
+    let latency = Summary::of(&collected.histogram);
+    let missing = expected.saturating_sub(collected.deliveries);
+    let (pass, mut verdict) = judge(
+        deliveries * seconds,
+        collected.deliveries,
+        totals.errors + collected.errors.len() as u64,
+        totals.unanswered,
+        collected.lagged_dropped,
+        latency.p99_us,
+        args.fanout_p99_ms,
+    );
+    if missing > 0 {
+        verdict.push_str(&format!("; {missing} of {expected} deliveries missing"));
+    }
+    if let Some(error) = collected.errors.first().or(totals.first_error.as_ref()) {
+        verdict.push_str(&format!(" (first error: {error:.200})"));
+    }
+    Ok(StepReport {
+        offered: deliveries,
+        seconds,
+        at_target,
+        sent: totals.sent,
+        completed: collected.deliveries,
+        errors: totals.errors,
+        unanswered: totals.unanswered,
+        lagged_dropped: collected.lagged_dropped,
+        achieved: collected.deliveries as f64 / seconds,
+        latency,
+        pass,
+        verdict,
+    })
+}
+
+/// The order of rates to try: the target first; then upwards while steps pass, or, if
+/// the target failed, downwards until one passes.
+pub struct Ladder {
+    target: f64,
+    rungs: Vec<f64>,
+    max: f64,
+    state: LadderState,
+}
+
+enum LadderState {
+    Start,
+    AtTarget,
+    Up(usize),
+    Down(usize),
+    Done,
+}
+
+impl Ladder {
+    pub fn new(target: f64, rungs: &[f64], max: f64) -> Self {
+        Self {
+            target,
+            rungs: rungs.to_vec(),
+            max,
+            state: LadderState::Start,
+        }
+    }
+
+    /// The next rate to run, and whether it is the target.
+    pub fn next_rate(&mut self) -> Option<(f64, bool)> {
+        match self.state {
+            LadderState::Start => {
+                self.state = LadderState::AtTarget;
+                Some((self.target, true))
+            }
+            LadderState::Up(i) => self
+                .rungs
+                .get(i)
+                .filter(|&&r| r <= self.max)
+                .map(|&r| (r, false)),
+            LadderState::Down(i) => i
+                .checked_sub(1)
+                .and_then(|j| self.rungs.get(j))
+                .map(|&r| (r, false)),
+            LadderState::AtTarget | LadderState::Done => None,
+        }
+    }
+
+    /// Tells the outcome of the rate [`Self::next_rate`] returned last.
+    pub fn observe(&mut self, pass: bool) {
+        self.state = match self.state {
+            LadderState::AtTarget if pass => {
+                LadderState::Up(self.rungs.partition_point(|&r| r <= self.target))
+            }
+            LadderState::AtTarget => {
+                LadderState::Down(self.rungs.partition_point(|&r| r < self.target))
+            }
+            LadderState::Up(i) if pass => LadderState::Up(i + 1),
+            LadderState::Down(i) if !pass => LadderState::Down(i.saturating_sub(1)),
+            _ => LadderState::Done,
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// processes
+
+struct ServerProcess {
+    child: Child,
+    pid: u32,
+    address: String,
+    base: String,
+    api_key: String,
+    log_path: PathBuf,
+    /// Dropped last: removes the data directory once the server is gone.
+    _data_dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start(bin: &Path) -> Result<Self> {
+        let data_dir = tempfile::Builder::new()
+            .prefix("herd-bench-")
+            .tempdir()
+            .context("temp data dir")?;
+        let data = data_dir.path().join("data");
+        let registered = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(bin)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--register-user", "bench", "bench-password"])
+                .env("RUST_LOG", "warn")
+                .env("NO_COLOR", "1")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| anyhow!("--register-user did not finish within 60 s"))?
+        .context("running --register-user")?;
+        if !registered.status.success() {
+            bail!(
+                "--register-user failed ({}): {}",
+                registered.status,
+                String::from_utf8_lossy(&registered.stderr)
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+            );
+        }
+        let stdout = String::from_utf8_lossy(&registered.stdout);
+        let api_key = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+            .find_map(|value| value["api_key"].as_str().map(str::to_string))
+            .ok_or_else(|| anyhow!("no api_key in --register-user output: {stdout:.300}"))?;
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let log_path = data_dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).context("server log file")?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &address])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
+        let base = format!("http://{address}");
+        let health = format!("{base}/healthz");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "server exited during startup ({status}): {}",
+                    log_tail(&log_path)
+                );
+            }
+            if let Ok(response) = http.get(&health).send().await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("server not healthy within 30 s: {}", log_tail(&log_path));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            child,
+            pid,
+            address,
+            base,
+            api_key,
+            log_path,
+            _data_dir: data_dir,
+        })
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => bail!("server exited ({status}): {}", log_tail(&self.log_path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGTERM, wait for a graceful exit, then report what the log says.
+    async fn stop(mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let started = Instant::now();
+        // `kill` avoids unsafe libc calls for one signal.
+        let signalled = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false);
+        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(Ok(status)) if signalled => notes.push(format!(
+                "SIGTERM: server exited in {:.1} s with {status}",
+                started.elapsed().as_secs_f64()
+            )),
+            Ok(Ok(status)) => notes.push(format!("server had already exited: {status}")),
+            Ok(Err(error)) => notes.push(format!("waiting for the server: {error}")),
+            Err(_) => {
+                notes.push("server did not exit within 15 s of SIGTERM; killed".into());
+                let _ = self.child.kill().await;
+            }
+        }
+        notes.extend(scan_log(&self.log_path));
+        notes
+    }
+}
+
+/// Counts warnings and errors in the server log and quotes a few.
+fn scan_log(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return vec![format!("server log {} unreadable", path.display())];
+    };
+    let mut warnings = 0;
+    let mut errors = 0;
+    let mut examples: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let is_error = line.contains(" ERROR ") || line.contains("panicked");
+        let is_warning = line.contains(" WARN ");
+        if is_error {
+            errors += 1;
+        } else if is_warning {
+            warnings += 1;
+        } else {
+            continue;
+        }
+        // Quote distinct messages, ignoring the timestamp at the front.
+        let message: String = line
+            .split_once(' ')
+            .map(|(_, rest)| rest)
+            .unwrap_or(line)
+            .chars()
+            .take(240)
+            .collect();
+        if examples.len() < 6 && !examples.contains(&message) {
+            examples.push(message);
+        }
+    }
+    let mut notes = vec![format!(
+        "server log (RUST_LOG=warn): {errors} error lines, {warnings} warning lines"
+    )];
+    notes.extend(
+        examples
+            .into_iter()
+            .map(|m| format!("server log: `{}`", m.replace('`', "'"))),
+    );
+    notes
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join(" | ")
+}
+
+/// The client shard processes.
+struct Shards {
+    shards: Vec<ShardProcess>,
+    /// Source address of shard `i` is 127.0.0.(first_host + i).
+    first_host: usize,
+    /// Connected devices per shard, which decides each shard's share of a rate.
+    connected: Vec<usize>,
+    /// Global token index of each shard's first token.
+    offsets: Vec<usize>,
+}
+
+struct ShardProcess {
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+struct LoadTotals {
+    sent: u64,
+    replied: u64,
+    errors: u64,
+    unanswered: u64,
+    histogram: Histogram<u64>,
+    probes: Vec<(usize, u64)>,
+    first_error: Option<String>,
+}
+
+impl Shards {
+    async fn spawn(count: usize, first_host: usize) -> Result<Self> {
+        if first_host + count > 254 {
+            bail!("too many shards for distinct 127.0.0.x source addresses");
+        }
+        let exe = std::env::current_exe().context("locating own binary")?;
+        let mut shards = Vec::with_capacity(count);
+        for index in 0..count {
+            let mut child = tokio::process::Command::new(&exe)
+                .arg("client")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting client shard")?;
+            let stdin = child.stdin.take().ok_or_else(|| anyhow!("shard stdin"))?;
+            let stdout = child.stdout.take().ok_or_else(|| anyhow!("shard stdout"))?;
+            let (sender, events) = mpsc::unbounded_channel();
+            tokio::spawn(forward_events(index, stdout, sender));
+            shards.push(ShardProcess {
+                child,
+                stdin,
+                events,
+            });
+        }
+        Ok(Self {
+            shards,
+            first_host,
+            connected: vec![0; count],
+            offsets: vec![0; count],
+        })
+    }
+
+    /// Splits the tokens into contiguous shares and connects them all at once.
+    async fn connect(
+        &mut self,
+        url: &str,
+        tokens: &[String],
+        peer: PeerKind,
+        args: &RunArgs,
+    ) -> Result<ConnectReport> {
+        let count = self.shards.len();
+        let share = tokens.len().div_ceil(count);
+        // Bounded however the peer behaves; generous because the listen backlog and
+        // the peer's per-connection work set the pace, not the client.
+        let timeout = Duration::from_secs(60) + Duration::from_millis(10 * share as u64);
+        let started = Instant::now();
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            let start = (index * share).min(tokens.len());
+            let end = ((index + 1) * share).min(tokens.len());
+            self.offsets[index] = start;
+            shard
+                .send(&Command::Connect {
+                    url: url.to_string(),
+                    tokens: tokens[start..end].to_vec(),
+                    source_ip: format!("127.0.0.{}", self.first_host + index),
+                    peer,
+                    shadow_bytes: args.shadow_bytes,
+                    concurrency: args.connect_concurrency,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await?;
+        }
+        let mut total = ConnectReport {
+            requested: tokens.len(),
+            connected: 0,
+            failed: 0,
+            ready: 0,
+            disconnected: 0,
+            seconds: 0.0,
+        };
+        let mut first_error = None;
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            match shard.next(timeout + Duration::from_secs(30)).await? {
+                Event::Connected {
+                    connected,
+                    failed,
+                    ready,
+                    disconnected,
+                    first_error: error,
+                    ..
+                } => {
+                    self.connected[index] = connected;
+                    total.connected += connected;
+                    total.failed += failed;
+                    total.ready += ready;
+                    total.disconnected += disconnected;
+                    if first_error.is_none() {
+                        first_error = error;
+                    }
+                }
+                other => bail!("shard {index}: expected connected, got {other:?}"),
+            }
+        }
+        total.seconds = started.elapsed().as_secs_f64();
+        progress(&format!(
+            "{} of {} sockets connected, {} idle, {} failed, {} dropped in {:.1} s{}",
+            total.connected,
+            total.requested,
+            total.ready,
+            total.failed,
+            total.disconnected,
+            total.seconds,
+            first_error
+                .as_ref()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
+        ));
+        if total.connected == 0 {
+            bail!("no socket connected: {}", first_error.unwrap_or_default());
+        }
+        Ok(total)
+    }
+
+    /// Runs one load phase on all shards, each taking the share of `rate` that its
+    /// connected devices are of the total, all starting at the same wall-clock time.
+    async fn load(&mut self, kind: LoadKind, rate: f64, duration: Duration) -> Result<LoadTotals> {
+        let connected: usize = self.connected.iter().sum();
+        let start_unix_ns = unix_nanos() + 300_000_000;
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            if self.connected[index] == 0 {
+                continue;
+            }
+            shard
+                .send(&Command::Load {
+                    kind,
+                    rate: rate * self.connected[index] as f64 / connected.max(1) as f64,
+                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                    start_unix_ns,
+                    drain_ms: u64::try_from(DRAIN.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await?;
+        }
+        let mut totals = LoadTotals {
+            sent: 0,
+            replied: 0,
+            errors: 0,
+            unanswered: 0,
+            histogram: latency::new_histogram(),
+            probes: Vec::new(),
+            first_error: None,
+        };
+        let wait = duration + DRAIN + Duration::from_secs(30);
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            if self.connected[index] == 0 {
+                continue;
+            }
+            match shard.next(wait).await? {
+                Event::LoadDone {
+                    sent,
+                    replied,
+                    errors,
+                    unanswered,
+                    buckets,
+                    probe,
+                    first_error,
+                    ..
+                } => {
+                    totals.sent += sent;
+                    totals.replied += replied;
+                    totals.errors += errors;
+                    totals.unanswered += unanswered;
+                    latency::add_buckets(&mut totals.histogram, &buckets);
+                    totals
+                        .probes
+                        .extend(probe.map(|(local, seq)| (self.offsets[index] + local, seq)));
+                    if totals.first_error.is_none() {
+                        totals.first_error = first_error;
+                    }
+                }
+                other => bail!("shard {index}: expected load_done, got {other:?}"),
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Asks every shard to close its sockets and exit; kills the ones that do not.
+    async fn close(mut self) {
+        for shard in &mut self.shards {
+            let _ = shard.send(&Command::Close).await;
+        }
+        for shard in &mut self.shards {
+            let _ = shard.next(Duration::from_secs(20)).await;
+            if tokio::time::timeout(Duration::from_secs(5), shard.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = shard.child.kill().await;
+            }
+        }
+    }
+}
+
+impl ShardProcess {
+    async fn send(&mut self, command: &Command) -> Result<()> {
+        let mut line = serde_json::to_string(command)?;
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .context("writing to shard")?;
+        self.stdin.flush().await.context("writing to shard")?;
+        Ok(())
+    }
+
+    async fn next(&mut self, timeout: Duration) -> Result<Event> {
+        match tokio::time::timeout(timeout, self.events.recv()).await {
+            Err(_) => bail!("shard did not answer within {:.0} s", timeout.as_secs_f64()),
+            Ok(None) => bail!("shard exited"),
+            Ok(Some(Event::Failed { message })) => bail!("shard failed: {message}"),
+            Ok(Some(event)) => Ok(event),
+        }
+    }
+}
+
+async fn forward_events(index: usize, stdout: ChildStdout, events: mpsc::UnboundedSender<Event>) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let event = serde_json::from_str(&line).unwrap_or_else(|error| Event::Failed {
+            message: format!("shard {index} sent {line:.200}: {error}"),
+        });
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(target: f64, max: f64, outcome: impl Fn(f64) -> bool) -> Vec<f64> {
+        let mut ladder = Ladder::new(target, RATE_RUNGS, max);
+        let mut tried = Vec::new();
+        while let Some((rate, at_target)) = ladder.next_rate() {
+            assert_eq!(at_target, tried.is_empty());
+            tried.push(rate);
+            ladder.observe(outcome(rate));
+            assert!(tried.len() < 100);
+        }
+        tried
+    }
+
+    #[test]
+    fn ladder_climbs_until_a_step_fails() {
+        assert_eq!(
+            walk(5_000.0, 1e9, |r| r <= 20_000.0),
+            vec![5_000.0, 10_000.0, 15_000.0, 20_000.0, 25_000.0]
+        );
+    }
+
+    #[test]
+    fn ladder_stops_at_the_cap() {
+        assert_eq!(
+            walk(5_000.0, 15_000.0, |_| true),
+            vec![5_000.0, 10_000.0, 15_000.0]
+        );
+    }
+
+    #[test]
+    fn ladder_descends_when_the_target_fails() {
+        assert_eq!(
+            walk(5_000.0, 1e9, |r| r <= 1_000.0),
+            vec![5_000.0, 2_500.0, 1_000.0]
+        );
+        assert_eq!(
+            walk(5_000.0, 1e9, |_| false),
+            vec![5_000.0, 2_500.0, 1_000.0, 500.0]
+        );
+    }
+
+    #[test]
+    fn ladder_handles_targets_between_rungs() {
+        assert_eq!(
+            walk(7_000.0, 1e9, |r| r < 12_000.0),
+            vec![7_000.0, 10_000.0, 15_000.0]
+        );
+        assert_eq!(walk(7_000.0, 1e9, |r| r < 6_000.0), vec![7_000.0, 5_000.0]);
+    }
+}
