@@ -285,7 +285,7 @@ async fn server_phases(
         ladder.observe(step.pass);
         report.rtt_steps.push(step);
         server.check_alive()?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        quiesce(server.pid, report).await?;
     }
 
     if args.consumers > 0 {
@@ -315,7 +315,7 @@ async fn server_phases(
             ladder.observe(step.pass);
             report.fanout_steps.push(step);
             server.check_alive()?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            quiesce(server.pid, report).await?;
         }
     }
     let peak = procfs::sample(server.pid)?;
@@ -324,6 +324,16 @@ async fn server_phases(
         peak.peak_rss as f64 / 1048576.0
     ));
     shards.close().await;
+    Ok(())
+}
+
+/// Lets the peer finish any backlog before the next step starts.
+async fn quiesce(pid: u32, report: &mut TargetReport) -> Result<()> {
+    if !procfs::wait_idle(pid, Duration::from_secs(30)).await? {
+        report
+            .notes
+            .push("peer still busy 30 s after a step; the next step started anyway".into());
+    }
     Ok(())
 }
 
@@ -517,7 +527,7 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
         if let Ok(Some(status)) = child.try_wait() {
             bail!("echo peer exited: {status}");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        quiesce(pid, report).await?;
     }
     shard_set.close().await;
     let _ = child.kill().await;

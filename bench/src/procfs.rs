@@ -67,6 +67,47 @@ pub async fn settle(pid: u32, limit: Duration) -> Result<(MemorySample, bool)> {
     Ok((last, false))
 }
 
+/// CPU time the process has used so far, in clock ticks (user + system).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses; the fields after the last
+    // `)` are fixed: state is the first, utime and stime the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(ticks(11) + ticks(12))
+}
+
+/// Waits until the process has used at most 10 % of a core over half a second, or
+/// `limit` passes. After an overloaded step a peer may still be working off its
+/// backlog, which would otherwise be charged to the next step.
+pub async fn wait_idle(pid: u32, limit: Duration) -> Result<bool> {
+    let deadline = Instant::now() + limit;
+    let window = Duration::from_millis(500);
+    // Ticks are 1/100 s on Linux: 5 ticks in 0.5 s is 10 % of one core.
+    let budget = 5;
+    let mut last = cpu_ticks(pid)?;
+    while Instant::now() < deadline {
+        tokio::time::sleep(window).await;
+        let now = cpu_ticks(pid)?;
+        if now.saturating_sub(last) <= budget {
+            return Ok(true);
+        }
+        last = now;
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +118,18 @@ mod tests {
         assert!(me.rss > 0);
         assert!(me.private > 0);
         assert!(me.peak_rss >= me.rss);
+    }
+
+    #[test]
+    fn counts_own_cpu_time() {
+        let start = cpu_ticks(std::process::id()).expect("own stat is readable");
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(100) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        assert!(x != 1);
+        assert!(cpu_ticks(std::process::id()).expect("readable") >= start);
     }
 
     #[test]
