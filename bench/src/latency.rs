@@ -42,6 +42,7 @@ pub fn add_buckets(histogram: &mut Histogram<u64>, buckets: &[(u64, u64)]) {
 pub struct Summary {
     pub count: u64,
     pub p50_us: u64,
+    pub p90_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
@@ -55,6 +56,7 @@ impl Summary {
         Self {
             count: histogram.len(),
             p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
             p99_us: histogram.value_at_quantile(0.99),
             p999_us: histogram.value_at_quantile(0.999),
             max_us: histogram.max(),

@@ -355,18 +355,19 @@ impl Report {
                 let _ = writeln!(out, "\n{name}, {title} steps:\n");
                 let _ = writeln!(
                     out,
-                    "| offered/s | seconds | achieved/s | p50 | p99 | p99.9 | max | result |"
+                    "| offered/s | seconds | achieved/s | p50 | p90 | p99 | p99.9 | max | result |"
                 );
-                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
                 for step in steps.iter() {
                     let l = &step.latency;
                     let _ = writeln!(
                         out,
-                        "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                         thousands(step.offered),
                         step.seconds,
                         thousands(step.achieved),
                         format_micros(l.p50_us),
+                        format_micros(l.p90_us),
                         format_micros(l.p99_us),
                         format_micros(l.p999_us),
                         format_micros(l.max_us),
@@ -444,6 +445,7 @@ mod tests {
             latency: Summary {
                 count: 1,
                 p50_us: 500,
+                p90_us: 900,
                 p99_us: 1500,
                 p999_us: 3000,
                 max_us: 9000,
