@@ -318,12 +318,24 @@ async fn server_phases(
             quiesce(server.pid, report).await?;
         }
     }
-    let peak = procfs::sample(server.pid)?;
-    report.notes.push(format!(
-        "server peak RSS during the run: {:.1} MiB",
-        peak.peak_rss as f64 / 1048576.0
-    ));
+    // Memory after the load, with the devices still connected, then after they all
+    // left: growth that stays is a leak candidate.
+    let (loaded, _) = procfs::settle(server.pid, Duration::from_secs(20)).await?;
+    if shards.disconnected > 0 {
+        report.notes.push(format!(
+            "{} device sockets were closed by the server during the run",
+            shards.disconnected
+        ));
+    }
     shards.close().await;
+    let (emptied, _) = procfs::settle(server.pid, Duration::from_secs(20)).await?;
+    report.notes.push(format!(
+        "server RSS: {:.1} MiB idle with devices connected, {:.1} MiB after the load phases, {:.1} MiB after all devices disconnected; peak {:.1} MiB",
+        after.rss as f64 / 1048576.0,
+        loaded.rss as f64 / 1048576.0,
+        emptied.rss as f64 / 1048576.0,
+        emptied.peak_rss as f64 / 1048576.0
+    ));
     Ok(())
 }
 
@@ -904,6 +916,8 @@ struct Shards {
     connected: Vec<usize>,
     /// Global token index of each shard's first token.
     offsets: Vec<usize>,
+    /// Sockets the peer closed, as of the last report of every shard.
+    disconnected: usize,
 }
 
 struct ShardProcess {
@@ -953,6 +967,7 @@ impl Shards {
             first_host,
             connected: vec![0; count],
             offsets: vec![0; count],
+            disconnected: 0,
         })
     }
 
@@ -1066,6 +1081,7 @@ impl Shards {
             first_error: None,
         };
         let wait = duration + DRAIN + Duration::from_secs(30);
+        let mut dropped = 0;
         for (index, shard) in self.shards.iter_mut().enumerate() {
             if self.connected[index] == 0 {
                 continue;
@@ -1076,11 +1092,12 @@ impl Shards {
                     replied,
                     errors,
                     unanswered,
+                    disconnected,
                     buckets,
                     probe,
                     first_error,
-                    ..
                 } => {
+                    dropped += disconnected;
                     totals.sent += sent;
                     totals.replied += replied;
                     totals.errors += errors;
@@ -1096,6 +1113,7 @@ impl Shards {
                 other => bail!("shard {index}: expected load_done, got {other:?}"),
             }
         }
+        self.disconnected = dropped;
         Ok(totals)
     }
 

@@ -1,1 +1,234 @@
+//! Typed settings for every Herd binary.
+//!
+//! Settings come from a TOML file whose every key is optional (defaults are built in), then
+//! command-line flags override single fields. The platform directories (data, config) come
+//! from the `directories` crate so a fresh machine needs no setup.
+//!
+//! ```
+//! let settings = herd_config::ServerSettings::from_toml_str("listen = \"127.0.0.1:9000\"").unwrap();
+//! assert_eq!(settings.listen.port(), 9000);
+//! assert_eq!(settings.rpc_timeout_ms, 20_000);
+//! ```
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid settings in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+    #[error("no home directory found; pass --data-dir")]
+    NoHome,
+}
+
+/// The platform data directory for a Herd component, e.g. `~/.local/share/herd/server`.
+pub fn default_data_dir(component: &str) -> Result<PathBuf, ConfigError> {
+    let dirs = directories::ProjectDirs::from("org", "herd", "herd").ok_or(ConfigError::NoHome)?;
+    Ok(dirs.data_dir().join(component))
+}
+
+/// The platform config directory, e.g. `~/.config/herd`.
+pub fn default_config_dir() -> Result<PathBuf, ConfigError> {
+    let dirs = directories::ProjectDirs::from("org", "herd", "herd").ok_or(ConfigError::NoHome)?;
+    Ok(dirs.config_dir().to_path_buf())
+}
+
+/// What happens to a notify consumer whose backlog overflows (PROTOCOL §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LagPolicy {
+    /// Tell it `lagged` with the number of dropped notifications and continue.
+    #[default]
+    Notify,
+    /// Close its socket.
+    Disconnect,
+}
+
+/// How hard the store pushes acknowledged writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledged writes survive a killed process (WAL, `synchronous=NORMAL`).
+    #[default]
+    Process,
+    /// Acknowledged writes also survive power loss (`synchronous=FULL`, one fsync per group commit).
+    Power,
+}
+
+/// TLS material for `wss://` and `https://`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Settings of `herd-server`. Every field has a default; see [`ServerSettings::default`].
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Where the store and notification.log live; `None` means the platform data directory.
+    pub data_dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsSettings>,
+    /// RPC proxy timeout (PROTOCOL §6), milliseconds.
+    pub rpc_timeout_ms: u64,
+    /// Ping period for device sockets (PROTOCOL §1), seconds.
+    pub ping_interval_secs: u64,
+    /// Pongs a device may miss before it is treated as gone.
+    pub missed_pongs: u32,
+    /// Per-connection input buffer bound (PROTOCOL §1).
+    pub frame_buffer_bytes: usize,
+    /// Shadow document limit (PROTOCOL §4.1).
+    pub shadow_max_bytes: usize,
+    pub shadow_max_depth: usize,
+    /// Notifications a notify consumer may fall behind before it is lagged (PROTOCOL §5).
+    pub notify_backlog: usize,
+    pub notify_lag_policy: LagPolicy,
+    /// Rotate notification.log past this size (PROTOCOL §7).
+    pub log_rotate_bytes: u64,
+    pub log_flush_ms: u64,
+    /// Largest REST request body, bytes.
+    pub max_body_bytes: usize,
+    pub durability: Durability,
+    /// Longest a group commit waits to gather more writes, microseconds.
+    pub commit_window_us: u64,
+    /// bcrypt cost for new passwords.
+    pub bcrypt_cost: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8009)),
+            tls: None,
+            rpc_timeout_ms: 20_000,
+            ping_interval_secs: 30,
+            missed_pongs: 2,
+            frame_buffer_bytes: 64 * 1024,
+            shadow_max_bytes: 32 * 1024,
+            shadow_max_depth: 8,
+            notify_backlog: 4096,
+            notify_lag_policy: LagPolicy::Notify,
+            log_rotate_bytes: 64 * 1024 * 1024,
+            log_flush_ms: 50,
+            max_body_bytes: 1024 * 1024,
+            durability: Durability::Process,
+            commit_window_us: 0,
+            bcrypt_cost: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS key path is not a secret, but its contents are never read into settings.
+        f.debug_struct("ServerSettings")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.as_ref().map(|t| &t.cert))
+            .field("rpc_timeout_ms", &self.rpc_timeout_ms)
+            .field("ping_interval_secs", &self.ping_interval_secs)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerSettings {
+    /// Parses settings from TOML text and validates them.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let settings: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.to_string(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reads settings from a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let settings: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects values that would make the server misbehave rather than fail loudly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &str); 7] = [
+            (self.rpc_timeout_ms > 0, "rpc_timeout_ms must be positive"),
+            (self.ping_interval_secs > 0, "ping_interval_secs must be positive"),
+            (self.missed_pongs > 0, "missed_pongs must be positive"),
+            (self.frame_buffer_bytes >= 1024, "frame_buffer_bytes must be at least 1024"),
+            (self.shadow_max_depth >= 1, "shadow_max_depth must be at least 1"),
+            (self.notify_backlog >= 1, "notify_backlog must be at least 1"),
+            (
+                (4..=31).contains(&self.bcrypt_cost),
+                "bcrypt_cost must be within 4..=31",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(ConfigError::Invalid((*message).to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// The data directory to use: the configured one or the platform default.
+    pub fn resolved_data_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.data_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => default_data_dir("server"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let settings = ServerSettings::from_toml_str("").unwrap();
+        assert_eq!(settings, ServerSettings::default());
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8009");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = ServerSettings::from_toml_str("rpc_timeout = 5").unwrap_err();
+        assert!(err.to_string().contains("rpc_timeout"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let err = ServerSettings::from_toml_str("ping_interval_secs = 0").unwrap_err();
+        assert!(err.to_string().contains("ping_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn nested_tls_and_enums_parse() {
+        let settings = ServerSettings::from_toml_str(
+            "durability = \"power\"\nnotify_lag_policy = \"disconnect\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(settings.durability, Durability::Power);
+        assert_eq!(settings.notify_lag_policy, LagPolicy::Disconnect);
+        assert_eq!(settings.tls.unwrap().key, PathBuf::from("k.pem"));
+    }
+}

@@ -1,1 +1,299 @@
+//! herd-server: a self-hosted device cloud that speaks Cesanta mDash's protocol.
+//!
+//! Devices connect over WebSocket and talk JSON-RPC (PROTOCOL §1-§3); the server keeps their
+//! shadows (§4) in SQLite, fans notifications out to live streams (§5) and appends them to
+//! `notification.log` (§7), and offers the REST API (§6) with an RPC proxy to devices.
+//!
+//! The main types: [`AppState`] (the shared handles every task uses), [`Server`] (a running
+//! instance), [`store::Store`] (persistence), [`hub::Hub`] (notifications) and
+//! [`registry::Registry`] (online devices). A test or an embedding program starts a server on
+//! any listener and stops it through its handle:
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let settings = herd_config::ServerSettings {
+//!     data_dir: Some("/tmp/herd-data".into()),
+//!     ..Default::default()
+//! };
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = herd_server::Server::start(settings, listener).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod auth;
+pub mod clock;
+pub mod device_socket;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod notification_log;
+pub mod registry;
+pub mod rest;
+pub mod store;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use herd_config::ServerSettings;
+use protocol::frame::Frame;
+use protocol::shadow::{Limits, Update};
+use protocol::Value;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{Hub, Identity};
+use crate::notification_log::{LogConfig, NotificationLog};
+use crate::registry::{CallError, Out, Pending, Registry};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DeviceRecord, Store, StoreError};
+
+/// Handles shared by every request and socket task.
+pub struct Shared {
+    pub settings: ServerSettings,
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub hub: Hub,
+    pub limits: Limits,
+    pub basic_cache: auth::BasicCache,
+    /// Fires when the server begins shutting down.
+    pub shutdown: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Cheap-to-clone access to [`Shared`].
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The REST device object (PROTOCOL §6); `token` only for a just-created device.
+    pub fn device_object(&self, device: &DeviceRecord, token: Option<&str>) -> Value {
+        let mut object = json!({
+            "id": device.id,
+            "name": device.name,
+            "user_id": device.user_id,
+            "shared_with": device.shared_with,
+            "online": self.registry.is_online(&device.id),
+            "created_at": clock::rfc3339(device.created_at),
+            "last_seen": device.last_seen.map(clock::rfc3339),
+            "info": device.info,
+            "shadow": device.shadow.to_document_with_delta(),
+        });
+        if let Some(token) = token {
+            object["token"] = Value::String(token.to_string());
+        }
+        object
+    }
+
+    /// Emits `updated` with the device object, without its token (PROTOCOL §5).
+    pub fn emit_updated(&self, device: &DeviceRecord) {
+        self.hub
+            .emit(&Identity::of(device), "updated", &self.device_object(device, None));
+    }
+
+    /// Applies a shadow update (PROTOCOL §4.1), emits `updated`, and offers the resulting
+    /// delta to the device if it is online (§4.3).
+    pub async fn update_shadow(&self, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
+        let change = self
+            .store
+            .update_shadow(id, update, clock::now(), self.limits)
+            .await?;
+        let device = change.device;
+        self.emit_updated(&device);
+        if let Some(conn) = self.registry.get(id) {
+            let delta = device.shadow.delta();
+            if !delta.is_empty() {
+                conn.push(Out::Delta {
+                    delta,
+                    version: device.shadow.version,
+                    timestamp: device.shadow.timestamp,
+                    desired_changed: change.applied.desired_changed,
+                });
+            }
+        }
+        Ok(device)
+    }
+
+    /// Sends a request to an online device and awaits its reply (PROTOCOL §2, §6).
+    pub async fn call_device(
+        &self,
+        id: &str,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let conn = self.registry.get(id).ok_or(CallError::Offline)?;
+        let request_id = conn.next_id();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        conn.expect_reply(request_id, Pending::Call(tx));
+        self.hub.emit(
+            &conn.identity(),
+            &format!("rpc.in.{method}"),
+            params.as_ref().unwrap_or(&Value::Null),
+        );
+        conn.push(Out::Frame(Frame::request(request_id, method, params).to_json()));
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CallError::Disconnected),
+            Err(_) => {
+                conn.take_pending(request_id);
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// The configured RPC proxy timeout.
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.rpc_timeout_ms)
+    }
+}
+
+/// A running server.
+pub struct Server {
+    state: AppState,
+    local_addr: SocketAddr,
+    serving: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory and starts serving on `listener`.
+    pub async fn start(settings: ServerSettings, listener: TcpListener) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let data_dir = settings.resolved_data_dir()?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let store = SqliteStore::open(
+            &data_dir,
+            settings.durability,
+            Duration::from_micros(settings.commit_window_us),
+        )
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        let log = NotificationLog::open(LogConfig {
+            dir: data_dir.clone(),
+            rotate_bytes: settings.log_rotate_bytes,
+            rotate_daily: true,
+            flush_interval: Duration::from_millis(settings.log_flush_ms),
+            fsync: false,
+        })
+        .with_context(|| format!("cannot open notification.log in {}", data_dir.display()))?;
+        let tls = match &settings.tls {
+            Some(tls) => Some(http::tls_acceptor(&tls.cert, &tls.key)?),
+            None => None,
+        };
+        let local_addr = listener.local_addr()?;
+        let state = AppState(Arc::new(Shared {
+            limits: Limits {
+                max_bytes: settings.shadow_max_bytes,
+                max_depth: settings.shadow_max_depth,
+            },
+            hub: Hub::new(log, settings.notify_backlog),
+            store: Arc::new(store),
+            registry: Registry::default(),
+            basic_cache: auth::BasicCache::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            settings,
+        }));
+        let router = rest::router(state.clone());
+        let serving = tokio::spawn(http::serve(listener, router, tls, state.shutdown.clone()));
+        let sweeper = tokio::spawn(device_socket::liveness_sweeper(state.clone()));
+        tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "herd-server listening");
+        Ok(Self {
+            state,
+            local_addr,
+            serving,
+            sweeper,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops accepting, closes every socket (devices go offline with `last_seen` recorded),
+    /// then flushes notification.log and the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let state = self.state;
+        state.shutdown.cancel();
+        self.sweeper.abort();
+        let _ = self.serving.await;
+        state.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sockets did not close in time");
+        }
+        let log = state.hub.log().clone();
+        tokio::task::spawn_blocking(move || log.shutdown()).await?;
+        state.store.close().await?;
+        tracing::info!("herd-server stopped");
+        Ok(())
+    }
+}
+
+/// Creates a user directly in the data directory (the server may be running) and an API key
+/// for it; the first user becomes the administrator. Returns the user and the key's secret.
+pub async fn register_user(
+    settings: &ServerSettings,
+    name: &str,
+    pass: &str,
+) -> anyhow::Result<(store::User, String)> {
+    if !rest::valid_user_name(name) {
+        anyhow::bail!("user name must be 1-64 characters of A-Z a-z 0-9 _ - . @ +");
+    }
+    if pass.is_empty() {
+        anyhow::bail!("password must not be empty");
+    }
+    let dir = settings.resolved_data_dir()?;
+    let store = SqliteStore::open(&dir, settings.durability, Duration::ZERO)
+        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let cost = settings.bcrypt_cost;
+    let pass = pass.to_string();
+    let hash = tokio::task::spawn_blocking(move || bcrypt::hash(pass, cost)).await??;
+    let user = match store.create_user(name, &hash, clock::now()).await {
+        Ok(user) => user,
+        Err(StoreError::Exists(_)) => anyhow::bail!("user {name} already exists"),
+        Err(e) => return Err(e.into()),
+    };
+    let key = auth::new_secret();
+    store
+        .create_key(&auth::new_secret(), &user.id, &auth::hash_secret(&key), clock::now())
+        .await?;
+    store.close().await?;
+    Ok((user, key))
+}
+
+/// Runs a server until `signal` resolves, then shuts it down gracefully (mini-redis style:
+/// the caller owns the listener and the shutdown trigger).
+pub async fn run(
+    settings: ServerSettings,
+    listener: TcpListener,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = Server::start(settings, listener).await?;
+    signal.await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}

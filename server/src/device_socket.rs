@@ -1,0 +1,405 @@
+//! Device sockets: `GET /api/v2/rpc` (PROTOCOL §1-§4).
+//!
+//! One task per device reads frames, answers the device's requests (§3), delivers replies to
+//! whoever awaits them, and writes what other tasks queued in the device's outbox (RPC
+//! requests, `Shadow.Delta` pushes, pings). Frames may be split or packed arbitrarily across
+//! WebSocket messages; a bounded [`FrameSplitter`] reassembles them.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use protocol::frame::{Frame, FrameKind};
+use protocol::shadow::Update;
+use protocol::splitter::{FrameSplitter, SplitError};
+use protocol::Value;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::{self, Credential};
+use crate::error::ApiError;
+use crate::hub::Identity;
+use crate::registry::{CallError, DeviceConn, Out, Pending};
+use crate::store::{DeviceRecord, StoreError};
+use crate::ws::{self, Socket, Upgrade};
+use crate::{clock, AppState};
+
+/// `GET /api/v2/rpc`: authenticates the device token before upgrading (401 otherwise).
+pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
+    let token = match auth::credential(req.headers(), req.uri().query()) {
+        Some(Credential::Token(token)) => token,
+        Some(Credential::Basic { .. }) | None => {
+            return ApiError::unauthorized("missing device token (Bearer or ?access_token=)")
+                .into_response()
+        }
+    };
+    let device = match state
+        .store
+        .device_by_token_hash(&auth::hash_secret(&token))
+        .await
+    {
+        Ok(Some(device)) => device,
+        Ok(None) => return ApiError::unauthorized("unknown device token").into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let upgrade = match Upgrade::from_request(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => return e.into_response(),
+    };
+    let config = ws::device_config(state.settings.frame_buffer_bytes);
+    let tasks = state.tasks.clone();
+    upgrade.respond(config, &tasks, move |socket| serve(state, socket, device))
+}
+
+/// Runs one device connection to its end.
+async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
+    let identity = Identity::of(&device);
+    let (conn, replaced) = state.registry.insert(identity.clone());
+    match replaced {
+        // The device reconnected before its old socket was noticed gone: it never went
+        // offline, so only the old socket is closed.
+        Some(old) => old.push(Out::Close("replaced by a newer connection".into())),
+        None => state.hub.emit(&identity, "online", &Value::Null),
+    }
+    state.emit_updated(&device);
+    tracing::debug!(device = %identity.id, "device connected");
+
+    let info_state = state.clone();
+    let info_id = device.id.clone();
+    tokio::spawn(async move { fetch_info(info_state, info_id).await });
+
+    let delta = device.shadow.delta();
+    if !delta.is_empty() {
+        conn.push(Out::Delta {
+            delta,
+            version: device.shadow.version,
+            timestamp: device.shadow.timestamp,
+            desired_changed: false,
+        });
+    }
+
+    let mut session = Session {
+        splitter: FrameSplitter::new(state.settings.frame_buffer_bytes),
+        state: state.clone(),
+        conn: conn.clone(),
+        socket,
+        last_delta: None,
+        delta_request: None,
+        id: identity.id.clone(),
+    };
+    let reason = session.run().await;
+    tracing::debug!(device = %identity.id, %reason, "device disconnected");
+
+    conn.fail_pending();
+    if state.registry.remove(&identity.id, conn.conn_id) {
+        let now = clock::now();
+        if let Err(e) = state.store.set_last_seen(&identity.id, now).await {
+            tracing::warn!(device = %identity.id, error = %e, "cannot record last_seen");
+        }
+        let identity = conn.identity();
+        state.hub.emit(&identity, "offline", &Value::Null);
+        if let Ok(Some(device)) = state.store.device(&identity.id).await {
+            state.emit_updated(&device);
+        }
+    }
+}
+
+/// PROTOCOL §3: on connect the server calls `Sys.GetInfo` once and stores the result.
+async fn fetch_info(state: AppState, id: String) {
+    match state
+        .call_device(&id, "Sys.GetInfo", None, state.rpc_timeout())
+        .await
+    {
+        Ok(info @ Value::Object(_)) => {
+            if let Err(e) = state.store.set_info(&id, info).await {
+                tracing::warn!(device = %id, error = %e, "cannot store device info");
+                return;
+            }
+            if let Ok(Some(device)) = state.store.device(&id).await {
+                state.emit_updated(&device);
+            }
+        }
+        Ok(other) => tracing::debug!(device = %id, result = %other, "Sys.GetInfo returned a non-object"),
+        Err(e) => tracing::debug!(device = %id, error = ?e, "Sys.GetInfo failed"),
+    }
+}
+
+/// Pings every device each period and closes those that missed too many pongs (PROTOCOL §1).
+pub async fn liveness_sweeper(state: AppState) {
+    let period = Duration::from_secs(state.settings.ping_interval_secs);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for conn in state.registry.all() {
+            if conn.note_ping() >= state.settings.missed_pongs {
+                conn.push(Out::Close("no pong to the last pings".into()));
+            } else {
+                conn.push(Out::Ping);
+            }
+        }
+    }
+}
+
+struct Session {
+    state: AppState,
+    conn: Arc<DeviceConn>,
+    socket: Socket,
+    splitter: FrameSplitter,
+    /// Hash of the last delta pushed on this connection (PROTOCOL §4.3 no-repeat rule).
+    last_delta: Option<u64>,
+    /// Request id of the outstanding `Shadow.Delta`, superseded by the next push so that a
+    /// device that never answers cannot grow the pending map.
+    delta_request: Option<u64>,
+    id: Arc<str>,
+}
+
+/// Whether the session goes on after handling something.
+type Flow = Result<(), String>;
+
+impl Session {
+    async fn run(&mut self) -> String {
+        loop {
+            let flow = tokio::select! {
+                biased;
+                _ = self.state.shutdown.cancelled() => {
+                    self.close(CloseCode::Away, "server shutting down").await;
+                    return "server shutting down".into();
+                }
+                _ = self.conn.woken() => self.flush_outbox().await,
+                message = self.socket.next() => match message {
+                    None => Err("socket closed".to_string()),
+                    Some(Err(e)) => Err(format!("socket error: {e}")),
+                    Some(Ok(message)) => self.on_message(message).await,
+                },
+            };
+            if let Err(reason) = flow {
+                return reason;
+            }
+        }
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+
+    async fn on_message(&mut self, message: Message) -> Flow {
+        self.conn.note_alive();
+        match message {
+            Message::Text(text) => self.on_bytes(text.as_bytes()).await,
+            Message::Binary(bytes) => self.on_bytes(&bytes).await,
+            // tungstenite queues the pong; flushing sends it now rather than with the next frame.
+            Message::Ping(_) => self.socket.flush().await.map_err(|e| e.to_string()),
+            Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => Err("device closed the socket".into()),
+        }
+    }
+
+    async fn on_bytes(&mut self, bytes: &[u8]) -> Flow {
+        if let Err(e) = self.splitter.push(bytes) {
+            tracing::warn!(device = %self.id, error = %e, "closing device socket: input over the frame limit");
+            self.close(CloseCode::Size, "frame too large").await;
+            return Err(format!("input over the frame limit: {e}"));
+        }
+        while let Some(next) = self.splitter.next_value() {
+            match next {
+                Ok(value) => self.on_value(value).await?,
+                Err(SplitError::Overflow { .. }) => {
+                    self.close(CloseCode::Size, "frame too large").await;
+                    return Err("input over the frame limit".into());
+                }
+                Err(e) => tracing::warn!(device = %self.id, error = %e, "dropping malformed input"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_value(&mut self, value: Value) -> Flow {
+        let id = value.get("id").cloned();
+        let frame = match Frame::from_value(value) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!(device = %self.id, error = %e, "invalid frame");
+                if let Some(id) = id {
+                    let reply = json!({"id": id, "error": {"code": protocol::codes::BAD_REQUEST, "message": format!("invalid frame: {e}")}});
+                    return self.send(reply.to_string()).await;
+                }
+                return Ok(());
+            }
+        };
+        match frame.kind() {
+            FrameKind::Request | FrameKind::Notification => self.on_request(frame).await,
+            FrameKind::Reply => {
+                self.on_reply(frame).await;
+                Ok(())
+            }
+            FrameKind::Invalid => {
+                tracing::debug!(device = %self.id, "ignoring a frame with neither method nor id");
+                Ok(())
+            }
+        }
+    }
+
+    /// PROTOCOL §3: the device-to-cloud requests the server handles.
+    async fn on_request(&mut self, frame: Frame) -> Flow {
+        let method = frame.method.clone().unwrap_or_default();
+        let params = frame.params_or_null();
+        let identity = self.conn.identity();
+        let outcome: Result<Value, (i64, String)> = match method.as_str() {
+            "Dash.Shadow.Update" => {
+                self.state.hub.emit(&identity, "rpc.out.Dash.Shadow.Update", &params);
+                match Update::from_value(&params) {
+                    Err(e) => Err((e.code(), e.to_string())),
+                    Ok(update) => match self.state.update_shadow(&self.id, update).await {
+                        Ok(device) => Ok(device.shadow.to_document_with_delta()),
+                        Err(e) => Err(store_error(e)),
+                    },
+                }
+            }
+            "Dash.Shadow.Get" => {
+                self.state.hub.emit(&identity, "rpc.out.Dash.Shadow.Get", &params);
+                match self.state.store.device(&self.id).await {
+                    Ok(Some(device)) => Ok(device.shadow.to_document_with_delta()),
+                    Ok(None) => Err((protocol::codes::NOT_FOUND, "device not found".into())),
+                    Err(e) => Err(store_error(e)),
+                }
+            }
+            "Dash.Heartbeat" => match params {
+                Value::Object(_) => match self.state.store.set_info(&self.id, params).await {
+                    Ok(()) => Ok(Value::Bool(true)),
+                    Err(e) => Err(store_error(e)),
+                },
+                _ => Err((protocol::codes::BAD_REQUEST, "heartbeat params must be an object".into())),
+            },
+            "Log" | "Dash.Log" => {
+                self.state.hub.emit(&identity, "rpc.out.Log", &params);
+                Ok(Value::Bool(true))
+            }
+            _ => {
+                self.state
+                    .hub
+                    .emit(&identity, &format!("rpc.out.{method}"), &params);
+                Err((protocol::codes::NOT_FOUND, format!("No handler for {method}")))
+            }
+        };
+        if frame.id.is_none() {
+            return Ok(());
+        }
+        let reply = match outcome {
+            Ok(result) => Frame::reply_to(&frame, result),
+            Err((code, message)) => Frame::error_to(&frame, code, message),
+        };
+        self.send(reply.to_json()).await
+    }
+
+    async fn on_reply(&mut self, frame: Frame) {
+        let Some(id) = frame.id.as_ref().and_then(Value::as_u64) else {
+            tracing::debug!(device = %self.id, "reply with a non-numeric id: not ours");
+            return;
+        };
+        match self.conn.take_pending(id) {
+            Some(Pending::Call(waiter)) => {
+                let outcome = match frame.error {
+                    Some(error) => Err(CallError::Device(error)),
+                    None => Ok(frame.result.unwrap_or(Value::Null)),
+                };
+                let _ = waiter.send(outcome);
+            }
+            Some(Pending::ShadowDelta) => {
+                // PROTOCOL §4.3: an object result is the device's new reported state.
+                if let Some(Value::Object(reported)) = frame.result {
+                    if let Err(e) = self
+                        .state
+                        .update_shadow(&self.id, Update::reported(reported))
+                        .await
+                    {
+                        tracing::warn!(device = %self.id, error = %e, "cannot apply Shadow.Delta result");
+                    }
+                }
+            }
+            None => tracing::debug!(device = %self.id, id, "reply to an unknown or expired request"),
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Flow {
+        self.socket
+            .send(Message::text(text))
+            .await
+            .map_err(|e| format!("send failed: {e}"))
+    }
+
+    /// Writes everything queued for this device in one flush.
+    async fn flush_outbox(&mut self) -> Flow {
+        for out in self.conn.drain() {
+            let message = match out {
+                Out::Frame(text) => Message::text(text),
+                Out::Ping => Message::Ping(Default::default()),
+                Out::Close(reason) => {
+                    self.close(CloseCode::Normal, &reason).await;
+                    return Err(reason);
+                }
+                Out::Delta {
+                    delta,
+                    version,
+                    timestamp,
+                    desired_changed,
+                } => {
+                    let state = Value::Object(delta);
+                    let hash = {
+                        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                        state.to_string().hash(&mut hasher);
+                        hasher.finish()
+                    };
+                    // PROTOCOL §4.3: an identical delta is not pushed twice in a row unless
+                    // desired changed.
+                    if !desired_changed && self.last_delta == Some(hash) {
+                        continue;
+                    }
+                    self.last_delta = Some(hash);
+                    let id = self.conn.next_id();
+                    if let Some(previous) = self.delta_request.replace(id) {
+                        self.conn.take_pending(previous);
+                    }
+                    self.conn.expect_reply(id, Pending::ShadowDelta);
+                    let params = json!({"state": state, "version": version, "timestamp": timestamp});
+                    self.state
+                        .hub
+                        .emit(&self.conn.identity(), "rpc.in.Shadow.Delta", &params);
+                    Message::text(Frame::request(id, "Shadow.Delta", Some(params)).to_json())
+                }
+            };
+            self.socket
+                .feed(message)
+                .await
+                .map_err(|e| format!("send failed: {e}"))?;
+        }
+        self.socket
+            .flush()
+            .await
+            .map_err(|e| format!("send failed: {e}"))
+    }
+}
+
+fn store_error(e: StoreError) -> (i64, String) {
+    match e {
+        StoreError::Shadow(shadow) => (shadow.code(), shadow.to_string()),
+        StoreError::NotFound(what) => (protocol::codes::NOT_FOUND, format!("{what} not found")),
+        other => {
+            tracing::error!(error = %other, "store failure on a device request");
+            (protocol::codes::INTERNAL, "internal error".into())
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The notification hub: every event goes to notification.log (PROTOCOL §7) and to the live
+//! notify streams (PROTOCOL §5), in one order.
+//!
+//! Fan-out uses a bounded broadcast ring: each event is serialized once and shared by
+//! reference, a consumer that falls more than the ring's length behind loses the oldest
+//! events and is told `lagged`, and publishing never waits for any consumer.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use protocol::Value;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::notification_log::NotificationLog;
+use crate::store::{shared_contains, DeviceRecord, User};
+
+/// Who a device belongs to, carried with each of its events for audience checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub id: Arc<str>,
+    pub owner: Arc<str>,
+    pub shared_with: Arc<str>,
+}
+
+impl Identity {
+    pub fn of(device: &DeviceRecord) -> Self {
+        Self {
+            id: device.id.as_str().into(),
+            owner: device.user_id.as_str().into(),
+            shared_with: device.shared_with.as_str().into(),
+        }
+    }
+
+    /// Whether `user` may see this device's events (PROTOCOL §5 audience).
+    pub fn visible_to(&self, user: &User) -> bool {
+        user.admin || *self.owner == *user.id || shared_contains(&self.shared_with, &user.id)
+    }
+}
+
+/// One emitted notification, serialized once in its stream form (PROTOCOL §5).
+#[derive(Debug)]
+pub struct Event {
+    pub device: Identity,
+    pub name: Box<str>,
+    pub json: Arc<str>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    id: &'a str,
+    name: &'a str,
+    data: &'a Value,
+}
+
+/// Cheap to clone; all clones publish into the same log and ring.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ring: broadcast::Sender<Arc<Event>>,
+    log: NotificationLog,
+    /// Serializes "append to log" with "publish to ring" so both see one order.
+    order: Mutex<()>,
+}
+
+impl Hub {
+    pub fn new(log: NotificationLog, backlog: usize) -> Self {
+        let (ring, _) = broadcast::channel(backlog.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                ring,
+                log,
+                order: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Emits `name` for `device` with `data`.
+    pub fn emit(&self, device: &Identity, name: &str, data: &Value) {
+        let message = Message {
+            id: &device.id,
+            name,
+            data,
+        };
+        let json = match serde_json::to_string(&message) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, name, "cannot serialize notification");
+                return;
+            }
+        };
+        let event = Arc::new(Event {
+            device: device.clone(),
+            name: name.into(),
+            json: json.as_str().into(),
+        });
+        let _order = self.inner.order.lock();
+        let ts = crate::clock::now();
+        // `json` starts with '{'; the persisted form puts `ts` first (PROTOCOL §7).
+        self.inner
+            .log
+            .append(format!("{{\"ts\":{ts},{}", &json[1..]));
+        // No receivers is not an error: nobody is watching right now.
+        let _ = self.inner.ring.send(event);
+    }
+
+    /// A new live consumer, starting at the next event.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.ring.subscribe()
+    }
+
+    pub fn log(&self) -> &NotificationLog {
+        &self.inner.log
+    }
+}

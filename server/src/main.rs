@@ -1,0 +1,88 @@
+//! `herd-server`: parses arguments, sets up logging, and runs the device cloud until SIGINT
+//! or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use herd_config::{ServerSettings, TlsSettings};
+use tracing_subscriber::EnvFilter;
+
+/// Herd device cloud, wire-compatible with mDash.
+#[derive(Parser, Debug)]
+#[command(name = "herd-server", version)]
+struct Args {
+    /// Settings file (TOML); every key is optional.
+    #[arg(long, env = "HERD_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store and notification.log); default: the platform data directory.
+    #[arg(long, env = "HERD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8009).
+    #[arg(long, env = "HERD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// PEM certificate chain; with --tls-key, serve wss:// and https://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Create user NAME with password PASS, print its API key as JSON, and exit.
+    /// The first user created is the administrator.
+    #[arg(long, num_args = 2, value_names = ["NAME", "PASS"])]
+    register_user: Option<Vec<String>>,
+}
+
+fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
+    let mut settings = match &args.config {
+        Some(path) => ServerSettings::load(path)?,
+        None => ServerSettings::default(),
+    };
+    if let Some(dir) = &args.data_dir {
+        settings.data_dir = Some(dir.clone());
+    }
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        settings.tls = Some(TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let settings = settings(&args)?;
+    if let Some(pair) = &args.register_user {
+        let (user, key) = herd_server::register_user(&settings, &pair[0], &pair[1]).await?;
+        println!("{}", serde_json::json!({"user": user.id, "api_key": key}));
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    herd_server::run(settings, listener, shutdown_signal()).await
+}

@@ -1,0 +1,187 @@
+//! The registry of connected devices: for each online device, the handle other tasks use to
+//! send it frames and await its replies (PROTOCOL §2 ids, §6 RPC proxy).
+//!
+//! A connection costs little while idle: the outbox and the pending-call map allocate only
+//! when used, and liveness pings come from one sweeper for all devices instead of a timer per
+//! socket.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use protocol::frame::RpcError;
+use protocol::{Map, Value};
+use tokio::sync::{oneshot, Notify};
+
+use crate::hub::Identity;
+
+/// Something for a device's socket task to send.
+#[derive(Debug)]
+pub enum Out {
+    /// A complete frame, already serialized (PROTOCOL §1 output framing).
+    Frame(String),
+    /// A candidate `Shadow.Delta` push; the socket task applies the §4.3 rules.
+    Delta {
+        delta: Map<String, Value>,
+        version: u64,
+        timestamp: f64,
+        desired_changed: bool,
+    },
+    Ping,
+    /// Close the socket, with a reason for the log and the close frame.
+    Close(String),
+}
+
+/// A request the cloud sent and whose reply is awaited.
+#[derive(Debug)]
+pub enum Pending {
+    /// Someone awaits the reply (RPC proxy, `Sys.GetInfo`).
+    Call(oneshot::Sender<Result<Value, CallError>>),
+    /// A `Shadow.Delta` push: an object `result` is applied as `reported` (PROTOCOL §4.3).
+    ShadowDelta,
+}
+
+/// Why a call to a device did not produce a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    Offline,
+    Timeout,
+    /// The device disconnected before replying.
+    Disconnected,
+    Device(RpcError),
+}
+
+/// One live device connection.
+#[derive(Debug)]
+pub struct DeviceConn {
+    pub conn_id: u64,
+    identity: RwLock<Identity>,
+    outbox: Mutex<VecDeque<Out>>,
+    wake: Notify,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    missed_pongs: AtomicU32,
+}
+
+impl DeviceConn {
+    pub fn identity(&self) -> Identity {
+        self.identity.read().clone()
+    }
+
+    pub fn set_identity(&self, identity: Identity) {
+        *self.identity.write() = identity;
+    }
+
+    /// Queues `out` and wakes the socket task.
+    pub fn push(&self, out: Out) {
+        self.outbox.lock().push_back(out);
+        self.wake.notify_one();
+    }
+
+    /// Takes everything queued so far.
+    pub fn drain(&self) -> VecDeque<Out> {
+        std::mem::take(&mut *self.outbox.lock())
+    }
+
+    /// Resolves when something was queued since the last drain.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// A fresh positive request id (PROTOCOL §2: cloud-to-device ids are positive integers).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn expect_reply(&self, id: u64, pending: Pending) {
+        self.pending.lock().insert(id, pending);
+    }
+
+    pub fn take_pending(&self, id: u64) -> Option<Pending> {
+        let mut pending = self.pending.lock();
+        let taken = pending.remove(&id);
+        if pending.is_empty() && pending.capacity() > 16 {
+            pending.shrink_to_fit();
+        }
+        taken
+    }
+
+    /// Fails every outstanding call; the socket is gone.
+    pub fn fail_pending(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (_, waiter) in pending {
+            if let Pending::Call(tx) = waiter {
+                let _ = tx.send(Err(CallError::Disconnected));
+            }
+        }
+    }
+
+    /// Counts a ping sent without an answer yet; returns the count before this one.
+    pub fn note_ping(&self) -> u32 {
+        self.missed_pongs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Any traffic from the device proves it is alive.
+    pub fn note_alive(&self) {
+        self.missed_pongs.store(0, Ordering::Relaxed);
+    }
+}
+
+/// All online devices, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: RwLock<HashMap<Arc<str>, Arc<DeviceConn>>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    /// Registers a new connection for `identity`, returning it and the connection it replaced
+    /// (a device that reconnects before its old socket was noticed gone).
+    pub fn insert(&self, identity: Identity) -> (Arc<DeviceConn>, Option<Arc<DeviceConn>>) {
+        let conn = Arc::new(DeviceConn {
+            conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            identity: RwLock::new(identity.clone()),
+            outbox: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            missed_pongs: AtomicU32::new(0),
+        });
+        let old = self.devices.write().insert(identity.id, conn.clone());
+        (conn, old)
+    }
+
+    /// Removes the device's entry if it still belongs to connection `conn_id`; true if so.
+    pub fn remove(&self, id: &str, conn_id: u64) -> bool {
+        let mut devices = self.devices.write();
+        match devices.get(id) {
+            Some(conn) if conn.conn_id == conn_id => {
+                devices.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<DeviceConn>> {
+        self.devices.read().get(id).cloned()
+    }
+
+    pub fn is_online(&self, id: &str) -> bool {
+        self.devices.read().contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of all connections, for the liveness sweeper and shutdown.
+    pub fn all(&self) -> Vec<Arc<DeviceConn>> {
+        self.devices.read().values().cloned().collect()
+    }
+}

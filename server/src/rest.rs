@@ -1,0 +1,456 @@
+//! The REST API under `/api/v2` (PROTOCOL §6) and the router that also carries the device
+//! socket (§1), the notify stream (§5) and the per-device RPC socket.
+
+pub mod sockets;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::shadow::Update;
+use protocol::Value;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, Caller};
+use crate::error::ApiError;
+use crate::hub::Identity;
+use crate::registry::{CallError, Out};
+use crate::store::{ApiKey, DeviceRecord, NewDevice, User};
+use crate::{clock, device_socket, notification_log, AppState};
+
+/// Builds the whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.max_body_bytes;
+    let api = Router::new()
+        .route("/rpc", get(device_socket::upgrade))
+        .route("/notify", get(sockets::notify))
+        .route("/devices", get(list_devices).post(create_device))
+        .route(
+            "/devices/{id}",
+            get(get_device)
+                .post(change_device)
+                .put(change_device)
+                .delete(delete_device),
+        )
+        .route("/devices/{id}/shadow", get(get_shadow).post(post_shadow))
+        .route("/devices/{id}/rpc", get(sockets::device_rpc))
+        .route("/devices/{id}/rpc/{method}", get(rpc_proxy).post(rpc_proxy))
+        .route("/devices/{id}/ota", post(ota))
+        .route("/keys", get(list_keys).post(create_key))
+        .route("/keys/{id}", axum::routing::delete(delete_key))
+        .route("/user/add", post(add_user))
+        .route("/logs", post(logs));
+    Router::new()
+        .nest("/api/v2", api)
+        .route("/api/v1/rpc", get(device_socket::upgrade))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "devices_online": state.registry.len()}))
+}
+
+/// An optional JSON body: empty means `None`; anything else must parse as `T`. The content
+/// type is not checked, because mDash clients (curl -d, the smart-light backend) send JSON
+/// under any content type.
+pub struct Body<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| ApiError::new(e.status(), e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Body(None));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| Body(Some(v)))
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The device `id`, if `user` may see it; 404 otherwise so ids of others do not leak.
+async fn visible_device(state: &AppState, user: &User, id: &str) -> Result<DeviceRecord, ApiError> {
+    match state.store.device(id).await? {
+        Some(device) if device.visible_to(user) => Ok(device),
+        _ => Err(ApiError::not_found(format!("device {id} not found"))),
+    }
+}
+
+/// Renaming, sharing and deleting are for the owner (or the admin), not for users the device
+/// is shared with.
+fn require_owner(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
+    if user.admin || device.user_id == user.id {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("only the device's owner may do this"))
+    }
+}
+
+fn valid_device_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+async fn list_devices(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let scope = (!caller.user.admin).then_some(&caller.user);
+    let devices = state.store.list_devices(scope).await?;
+    Ok(Json(Value::Array(
+        devices.iter().map(|d| state.device_object(d, None)).collect(),
+    )))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NewDeviceBody {
+    name: Option<String>,
+    id: Option<String>,
+}
+
+async fn create_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewDeviceBody>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.unwrap_or_default();
+    let id = match body.id {
+        Some(id) if valid_device_id(&id) => id,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "device id must be 1-64 characters of A-Z a-z 0-9 _ - . :",
+            ))
+        }
+        None => auth::new_secret(),
+    };
+    let token = auth::new_secret();
+    let device = state
+        .store
+        .create_device(NewDevice {
+            name: body.name.unwrap_or_else(|| id.clone()),
+            id,
+            user_id: caller.user.id.clone(),
+            token_hash: auth::hash_secret(&token),
+            created_at: clock::now(),
+        })
+        .await?;
+    state.hub.emit(
+        &Identity::of(&device),
+        "created",
+        &state.device_object(&device, None),
+    );
+    Ok(Json(state.device_object(&device, Some(&token))))
+}
+
+async fn get_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = visible_device(&state, &caller.user, &id).await?;
+    Ok(Json(state.device_object(&device, None)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct DeviceChange {
+    name: Option<String>,
+    shared_with: Option<String>,
+    shadow: Option<Value>,
+}
+
+async fn change_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<DeviceChange>,
+) -> Result<Json<Value>, ApiError> {
+    let change = body.unwrap_or_default();
+    let mut device = visible_device(&state, &caller.user, &id).await?;
+    let update = change.shadow.as_ref().map(Update::from_value).transpose()
+        .map_err(|e| ApiError::bad_request(format!("invalid shadow update: {e}")))?;
+    if change.name.is_some() || change.shared_with.is_some() {
+        require_owner(&caller.user, &device)?;
+        if let Some(name) = &change.name {
+            if name.is_empty() || name.len() > 256 {
+                return Err(ApiError::bad_request("name must be 1-256 characters"));
+            }
+        }
+        let shared_with = change.shared_with.map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        device = state
+            .store
+            .update_device_meta(&id, change.name, shared_with)
+            .await?;
+        if let Some(conn) = state.registry.get(&id) {
+            conn.set_identity(Identity::of(&device));
+        }
+        if update.is_none() {
+            state.emit_updated(&device);
+        }
+    }
+    if let Some(update) = update {
+        device = state.update_shadow(&id, update).await?;
+    }
+    Ok(Json(state.device_object(&device, None)))
+}
+
+async fn delete_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = visible_device(&state, &caller.user, &id).await?;
+    require_owner(&caller.user, &device)?;
+    if !state.store.delete_device(&id).await? {
+        return Err(ApiError::not_found(format!("device {id} not found")));
+    }
+    if let Some(conn) = state.registry.get(&id) {
+        conn.push(Out::Close("device deleted".into()));
+    }
+    state
+        .hub
+        .emit(&Identity::of(&device), "deleted", &json!({ "id": id }));
+    Ok(Json(Value::Bool(true)))
+}
+
+async fn get_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = visible_device(&state, &caller.user, &id).await?;
+    Ok(Json(device.shadow.to_document_with_delta()))
+}
+
+async fn post_shadow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(body): Body<Value>,
+) -> Result<Json<Value>, ApiError> {
+    visible_device(&state, &caller.user, &id).await?;
+    let body = body.ok_or_else(|| ApiError::bad_request("missing shadow update body"))?;
+    let update = Update::from_value(&body)
+        .map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
+    let device = state.update_shadow(&id, update).await?;
+    Ok(Json(device.shadow.to_document_with_delta()))
+}
+
+fn status_of(code: i64) -> StatusCode {
+    u16::try_from(code)
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Maps an RPC outcome to PROTOCOL §6's proxy errors.
+pub fn call_error(error: CallError, id: &str, method: &str, timeout_ms: u64) -> ApiError {
+    match error {
+        CallError::Offline => ApiError::unavailable(format!("device {id} is offline")),
+        CallError::Disconnected => {
+            ApiError::unavailable(format!("device {id} disconnected before replying to {method}"))
+        }
+        CallError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("device {id} did not reply to {method} within {timeout_ms} ms"),
+        ),
+        CallError::Device(error) => ApiError::from_device(error),
+    }
+}
+
+async fn rpc_proxy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, method)): Path<(String, String)>,
+    Body(params): Body<Value>,
+) -> Result<Json<Value>, ApiError> {
+    visible_device(&state, &caller.user, &id).await?;
+    state
+        .call_device(&id, &method, params, state.rpc_timeout())
+        .await
+        .map(Json)
+        .map_err(|e| call_error(e, &id, &method, state.settings.rpc_timeout_ms))
+}
+
+/// PROTOCOL §8 (firmware update) is served by the OTA engine, which this server does not
+/// carry yet; say so plainly instead of pretending.
+async fn ota(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    visible_device(&state, &caller.user, &id).await?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "firmware update (PROTOCOL §8) is not available on this server yet",
+    ))
+}
+
+fn key_object(key: &ApiKey, token: Option<&str>) -> Value {
+    let mut object = json!({
+        "id": key.id,
+        "user_id": key.user_id,
+        "created_at": clock::rfc3339(key.created_at),
+        "last_used": key.last_used.map(clock::rfc3339),
+    });
+    if let Some(token) = token {
+        object["token"] = Value::String(token.to_string());
+    }
+    object
+}
+
+async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let keys = state.store.list_keys(&caller.user.id).await?;
+    Ok(Json(keys.iter().map(|k| key_object(k, None)).collect()))
+}
+
+/// Creates an API key for `user`; the secret is returned once and stored only hashed.
+pub async fn issue_key(state: &AppState, user_id: &str) -> Result<(ApiKey, String), ApiError> {
+    let token = auth::new_secret();
+    let key = state
+        .store
+        .create_key(&auth::new_secret(), user_id, &auth::hash_secret(&token), clock::now())
+        .await?;
+    Ok((key, token))
+}
+
+async fn create_key(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let (key, token) = issue_key(&state, &caller.user.id).await?;
+    Ok(Json(key_object(&key, Some(&token))))
+}
+
+async fn delete_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if state.store.delete_key(&caller.user.id, &id).await? {
+        Ok(Json(Value::Bool(true)))
+    } else {
+        Err(ApiError::not_found(format!("key {id} not found")))
+    }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    pass: String,
+}
+
+/// Validates a user name: it becomes part of the user id and of Basic credentials.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'+'))
+}
+
+async fn add_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewUser>,
+) -> Result<Json<Value>, ApiError> {
+    if !caller.user.admin {
+        return Err(ApiError::forbidden("only the administrator may add users"));
+    }
+    let body = body.ok_or_else(|| ApiError::bad_request("body must be {\"name\", \"pass\"}"))?;
+    if !valid_user_name(&body.name) {
+        return Err(ApiError::bad_request(
+            "user name must be 1-64 characters of A-Z a-z 0-9 _ - . @ +",
+        ));
+    }
+    if body.pass.is_empty() {
+        return Err(ApiError::bad_request("password must not be empty"));
+    }
+    let cost = state.settings.bcrypt_cost;
+    let pass = body.pass;
+    let hash = tokio::task::spawn_blocking(move || bcrypt::hash(pass, cost))
+        .await
+        .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
+    let user = state.store.create_user(&body.name, &hash, clock::now()).await?;
+    let (_, token) = issue_key(&state, &user.id).await?;
+    Ok(Json(json!({
+        "id": user.id,
+        "name": user.name,
+        "admin": user.admin,
+        "created_at": clock::rfc3339(user.created_at),
+        "api_key": token,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LogsQuery {
+    start: Option<u64>,
+    limit: Option<u64>,
+}
+
+const LOGS_DEFAULT_LIMIT: u64 = 100;
+const LOGS_MAX_LIMIT: u64 = 10_000;
+
+/// `POST /logs`: stored notifications from an offset (the index of a notification in the
+/// whole rotated log, PROTOCOL §7). The next offset to ask for is in `X-Herd-Next-Offset`.
+async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let query = body.unwrap_or_default();
+    let start = query.start.unwrap_or(0);
+    let limit = query.limit.unwrap_or(LOGS_DEFAULT_LIMIT).min(LOGS_MAX_LIMIT) as usize;
+    // Serve what was emitted up to now, not what is still in the writer's buffer.
+    state
+        .hub
+        .log()
+        .flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot flush the log: {e}")))?;
+    let dir = state.hub.log().dir().to_path_buf();
+    let page = tokio::task::spawn_blocking(move || notification_log::read_page(&dir, start, limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("log reader failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
+    let mut items = page.items;
+    if !caller.user.admin {
+        let visible: std::collections::HashSet<String> = state
+            .store
+            .list_devices(Some(&caller.user))
+            .await?
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        items.retain(|item| {
+            item.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| visible.contains(id))
+        });
+    }
+    let mut response = Json(Value::Array(items)).into_response();
+    if let Ok(next) = HeaderValue::from_str(&page.next.to_string()) {
+        response.headers_mut().insert("x-herd-next-offset", next);
+    }
+    Ok(response)
+}

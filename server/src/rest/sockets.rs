@@ -1,0 +1,205 @@
+//! Client-facing WebSockets: the notify stream (PROTOCOL §5) and the per-device RPC socket
+//! with `Dash.Console.Subscribe` (PROTOCOL §6, the `mos --port` convention).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use herd_config::LagPolicy;
+use protocol::frame::{Frame, FrameKind, RpcError};
+use protocol::splitter::FrameSplitter;
+use protocol::Value;
+use serde_json::json;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::Caller;
+use crate::hub::Event;
+use crate::registry::CallError;
+use crate::store::User;
+use crate::ws::{self, Socket, Upgrade};
+use crate::AppState;
+
+/// Most events written between two flushes of a consumer socket.
+const WRITE_BATCH: usize = 512;
+
+/// `GET /api/v2/notify`: the live notification stream of the caller's devices.
+pub async fn notify(State(state): State<AppState>, caller: Caller, mut req: Request) -> Response {
+    let upgrade = match Upgrade::from_request(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => return e.into_response(),
+    };
+    // Subscribe before answering 101, so nothing emitted after the handshake is missed.
+    let events = state.hub.subscribe();
+    let tasks = state.tasks.clone();
+    upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
+        stream_notifications(state, socket, caller.user, events)
+    })
+}
+
+fn lagged_message(dropped: u64) -> Message {
+    Message::text(json!({"name": "lagged", "data": {"dropped": dropped}}).to_string())
+}
+
+async fn stream_notifications(
+    state: AppState,
+    mut socket: Socket,
+    user: User,
+    mut events: broadcast::Receiver<Arc<Event>>,
+) {
+    let policy = state.settings.notify_lag_policy;
+    loop {
+        let first = tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() }))).await;
+                return;
+            }
+            incoming = socket.next() => match incoming {
+                // The stream is read-only (PROTOCOL §5): client messages are ignored.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+            event = events.recv() => event,
+        };
+        // Write everything already waiting, then flush once: one syscall for many events.
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(received) = next.take() {
+            let message = match received {
+                Ok(event) => event
+                    .device
+                    .visible_to(&user)
+                    .then(|| Message::text(event.json.to_string())),
+                Err(RecvError::Lagged(dropped)) => match policy {
+                    LagPolicy::Notify => Some(lagged_message(dropped)),
+                    LagPolicy::Disconnect => {
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: "consumer too slow".into() }))).await;
+                        return;
+                    }
+                },
+                Err(RecvError::Closed) => return,
+            };
+            if let Some(message) = message {
+                if socket.feed(message).await.is_err() {
+                    return;
+                }
+                written += 1;
+            }
+            if written < WRITE_BATCH {
+                next = match events.try_recv() {
+                    Ok(event) => Some(Ok(event)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                };
+            }
+        }
+        if socket.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `GET /api/v2/devices/:id/rpc`: a socket whose requests go to the device.
+pub async fn device_rpc(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> Response {
+    match state.store.device(&id).await {
+        Ok(Some(device)) if device.visible_to(&caller.user) => {}
+        Ok(_) => return crate::error::ApiError::not_found(format!("device {id} not found")).into_response(),
+        Err(e) => return crate::error::ApiError::from(e).into_response(),
+    }
+    let upgrade = match Upgrade::from_request(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => return e.into_response(),
+    };
+    let tasks = state.tasks.clone();
+    upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
+        device_rpc_session(state, socket, id)
+    })
+}
+
+async fn device_rpc_session(state: AppState, mut socket: Socket, id: String) {
+    let mut splitter = FrameSplitter::new(state.settings.frame_buffer_bytes);
+    let (replies_tx, mut replies) = mpsc::channel::<String>(64);
+    let mut console: Option<broadcast::Receiver<Arc<Event>>> = None;
+    loop {
+        let outgoing = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            reply = replies.recv() => match reply {
+                Some(reply) => reply,
+                None => return,
+            },
+            event = async {
+                match console.as_mut() {
+                    Some(events) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match event {
+                Ok(event) if *event.device.id == *id => {
+                    format!("{{\"method\":\"Dash.Console.Event\",\"params\":{}}}", event.json)
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.next() => {
+                let bytes = match incoming {
+                    Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
+                    Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                if splitter.push(&bytes).is_err() {
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() }))).await;
+                    return;
+                }
+                while let Some(value) = splitter.next_value() {
+                    let Ok(frame) = value.map_err(|e| e.to_string()).and_then(|v| Frame::from_value(v).map_err(|e| e.to_string())) else {
+                        continue;
+                    };
+                    if frame.kind() != FrameKind::Request && frame.kind() != FrameKind::Notification {
+                        continue;
+                    }
+                    if frame.method.as_deref() == Some("Dash.Console.Subscribe") {
+                        console.get_or_insert_with(|| state.hub.subscribe());
+                        if frame.id.is_some() {
+                            let _ = replies_tx.try_send(Frame::reply_to(&frame, Value::Bool(true)).to_json());
+                        }
+                        continue;
+                    }
+                    // Each call runs on its own so a slow device method does not hold up others.
+                    let state = state.clone();
+                    let id = id.clone();
+                    let replies_tx = replies_tx.clone();
+                    tokio::spawn(async move {
+                        let method = frame.method.clone().unwrap_or_default();
+                        let outcome = state.call_device(&id, &method, frame.params.clone(), state.rpc_timeout()).await;
+                        if frame.id.is_none() {
+                            return;
+                        }
+                        let reply = match outcome {
+                            Ok(result) => Frame::reply_to(&frame, result),
+                            Err(CallError::Device(RpcError { code, message })) => Frame::error_to(&frame, code, message),
+                            Err(e) => {
+                                let api = super::call_error(e, &id, &method, state.settings.rpc_timeout_ms);
+                                Frame::error_to(&frame, i64::from(api.status.as_u16()), api.message)
+                            }
+                        };
+                        let _ = replies_tx.send(reply.to_json()).await;
+                    });
+                }
+                continue;
+            },
+        };
+        if socket.send(Message::text(outgoing)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Persistence behind a trait, so a PostgreSQL implementation can sit beside SQLite.
+//!
+//! The store owns users, API keys, devices and their shadows. Read-modify-write of a shadow
+//! (PROTOCOL §4.1) happens inside the store, atomically, so that concurrent updates from a
+//! device and from REST never lose each other's changes. Secrets (passwords, API keys, device
+//! tokens) are never stored in clear: callers pass hashes.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use protocol::shadow::{Applied, Limits, Shadow, ShadowError, Update};
+use protocol::Value;
+
+/// A user account. `id` is `email_<name>` (PROTOCOL §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub created_at: f64,
+}
+
+/// A user with its password hash, for Basic authentication only.
+#[derive(Clone)]
+pub struct UserCredentials {
+    pub user: User,
+    pub pass_hash: String,
+}
+
+/// An API key's public record; the secret is only its hash in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: f64,
+    pub last_used: Option<f64>,
+}
+
+/// Everything stored about a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    /// Comma-separated user ids (PROTOCOL §6).
+    pub shared_with: String,
+    pub created_at: f64,
+    pub last_seen: Option<f64>,
+    pub info: Value,
+    pub shadow: Shadow,
+}
+
+impl DeviceRecord {
+    /// Whether `user` may see this device: owner, shared with, or admin (PROTOCOL §5, §6).
+    pub fn visible_to(&self, user: &User) -> bool {
+        user.admin || self.user_id == user.id || shared_contains(&self.shared_with, &user.id)
+    }
+}
+
+/// Whether a comma-separated `shared_with` list names `user_id`.
+pub fn shared_contains(shared_with: &str, user_id: &str) -> bool {
+    shared_with.split(',').any(|s| s.trim() == user_id)
+}
+
+/// A new device to insert.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub token_hash: String,
+    pub created_at: f64,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error("store failure: {0}")]
+    Backend(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The result of an accepted shadow update.
+#[derive(Debug, Clone)]
+pub struct ShadowChange {
+    pub device: DeviceRecord,
+    pub applied: Applied,
+}
+
+/// The persistence contract of herd-server.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; the first user ever created becomes the administrator.
+    async fn create_user(&self, name: &str, pass_hash: &str, now: f64) -> Result<User, StoreError>;
+    async fn user_credentials(&self, name: &str) -> Result<Option<UserCredentials>, StoreError>;
+
+    async fn create_key(
+        &self,
+        id: &str,
+        user_id: &str,
+        key_hash: &str,
+        now: f64,
+    ) -> Result<ApiKey, StoreError>;
+    /// The key and its user, by the key's hash.
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, User)>, StoreError>;
+    async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Deletes a key of `user_id`; false when it has no such key.
+    async fn delete_key(&self, user_id: &str, id: &str) -> Result<bool, StoreError>;
+    /// Records use of a key; best effort, never on the request's critical path.
+    async fn touch_key(&self, id: &str, now: f64) -> Result<(), StoreError>;
+
+    async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError>;
+    async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    async fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    /// All devices, or those visible to `user` (owned or shared with it).
+    async fn list_devices(&self, user: Option<&User>) -> Result<Vec<DeviceRecord>, StoreError>;
+    async fn update_device_meta(
+        &self,
+        id: &str,
+        name: Option<String>,
+        shared_with: Option<String>,
+    ) -> Result<DeviceRecord, StoreError>;
+    async fn delete_device(&self, id: &str) -> Result<bool, StoreError>;
+    async fn set_info(&self, id: &str, info: Value) -> Result<(), StoreError>;
+    async fn set_last_seen(&self, id: &str, when: f64) -> Result<(), StoreError>;
+    /// Applies a PROTOCOL §4.1 update atomically; on error nothing changes.
+    async fn update_shadow(
+        &self,
+        id: &str,
+        update: Update,
+        now: f64,
+        limits: Limits,
+    ) -> Result<ShadowChange, StoreError>;
+
+    /// Makes every acknowledged write durable and stops accepting writes.
+    async fn close(&self) -> Result<(), StoreError>;
+}

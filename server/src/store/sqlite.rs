@@ -1,0 +1,656 @@
+//! SQLite store: one writer thread with group commit, a small pool of readers.
+//!
+//! Every write is a job sent to the writer thread. The thread opens a transaction, runs as
+//! many queued jobs as it finds (each inside a savepoint, so a failing job does not undo its
+//! neighbours), commits once, and only then answers the callers. Thousands of shadow updates
+//! per second therefore cost a handful of commits, and an answer always means "on disk"
+//! (WAL; `Durability::Power` adds an fsync per commit). Readers use their own connections,
+//! which WAL lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herd_config::Durability;
+use parking_lot::Mutex;
+use protocol::shadow::{Limits, Shadow, Update};
+use protocol::Value;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use tokio::sync::oneshot;
+
+use super::{
+    ApiKey, DeviceRecord, NewDevice, ShadowChange, Store, StoreError, User, UserCredentials,
+};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    pass_hash TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_used REAL
+);
+CREATE INDEX api_keys_user ON api_keys(user_id);
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    shared_with TEXT NOT NULL DEFAULT '',
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_seen REAL,
+    info TEXT NOT NULL DEFAULT '{}',
+    shadow TEXT NOT NULL
+);
+CREATE INDEX devices_user ON devices(user_id);
+"#];
+
+const DEVICE_COLUMNS: &str =
+    "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
+const READERS: usize = 4;
+/// Most jobs one commit carries; bounds the latency of the first job in a batch.
+const MAX_BATCH: usize = 2048;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+enum WriterMessage {
+    Job(Job),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<WriterMessage>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) `herd.db` in `dir`.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        commit_window: Duration,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("herd.db");
+        let mut writer = open_connection(&path, durability)?;
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(&path, durability))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("herd-store-writer".into())
+            .spawn(move || writer_loop(writer, rx, commit_window))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers: Arc::new(Mutex::new(readers)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `job` on the writer thread inside the current group transaction; resolves after
+    /// the transaction that carried it committed.
+    async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = in_savepoint(conn, job);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        let sender = self.writer.lock().clone().ok_or(StoreError::Closed)?;
+        sender
+            .send(WriterMessage::Job(job))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `job` on a pooled reader connection off the async runtime.
+    async fn read<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                // Pool exhausted under load: a temporary extra reader beats queueing.
+                None => open_connection(&path, Durability::Process)?,
+            };
+            let result = job(&conn);
+            let mut pool = readers.lock();
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let synchronous = match durability {
+        Durability::Process => "NORMAL",
+        Durability::Power => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this server ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    job: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = job(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end)?;
+    result
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriterMessage>, commit_window: Duration) {
+    let mut closing: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+    while closing.is_none() {
+        let first = match rx.recv() {
+            Ok(WriterMessage::Job(job)) => job,
+            Ok(WriterMessage::Close(done)) => {
+                closing = Some(done);
+                break;
+            }
+            Err(_) => break,
+        };
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Running the job outside a transaction would commit it on its own; dropping it
+            // answers its caller with an error instead.
+            tracing::error!(error = %e, "store cannot begin a transaction; write refused");
+            drop(first);
+            continue;
+        }
+        let mut completions = vec![first(&conn)];
+        let deadline = Instant::now() + commit_window;
+        while completions.len() < MAX_BATCH {
+            let next = match rx.try_recv() {
+                Ok(message) => Some(message),
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        None
+                    } else {
+                        rx.recv_timeout(left).ok()
+                    }
+                }
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            };
+            match next {
+                Some(WriterMessage::Job(job)) => completions.push(job(&conn)),
+                Some(WriterMessage::Close(done)) => {
+                    closing = Some(done);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for completion in completions {
+            let result = match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            };
+            completion(result);
+        }
+    }
+    // Fold the WAL into the database so a clean shutdown leaves one self-contained file.
+    let result = conn
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .map_err(StoreError::from);
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(result);
+    }
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        admin: row.get::<_, i64>(2)? != 0,
+        created_at: row.get(3)?,
+    })
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        created_at: row.get(2)?,
+        last_used: row.get(3)?,
+    })
+}
+
+/// Raw device row; JSON columns are parsed outside rusqlite's row callback so that a
+/// corrupt column becomes a clear error instead of a panic.
+struct RawDevice {
+    id: String,
+    name: String,
+    user_id: String,
+    shared_with: String,
+    created_at: f64,
+    last_seen: Option<f64>,
+    info: String,
+    shadow: String,
+}
+
+fn raw_device(row: &Row<'_>) -> rusqlite::Result<RawDevice> {
+    Ok(RawDevice {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        user_id: row.get(2)?,
+        shared_with: row.get(3)?,
+        created_at: row.get(4)?,
+        last_seen: row.get(5)?,
+        info: row.get(6)?,
+        shadow: row.get(7)?,
+    })
+}
+
+impl RawDevice {
+    fn parse(self) -> Result<DeviceRecord, StoreError> {
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Backend(format!("device {}: stored {what} is corrupt: {e}", self.id))
+        };
+        let info: Value = serde_json::from_str(&self.info).map_err(|e| corrupt("info", &e))?;
+        let doc: Value = serde_json::from_str(&self.shadow).map_err(|e| corrupt("shadow", &e))?;
+        let shadow = Shadow::from_document(&doc).map_err(|e| corrupt("shadow", &e))?;
+        Ok(DeviceRecord {
+            id: self.id,
+            name: self.name,
+            user_id: self.user_id,
+            shared_with: self.shared_with,
+            created_at: self.created_at,
+            last_seen: self.last_seen,
+            info,
+            shadow,
+        })
+    }
+}
+
+fn load_device(conn: &Connection, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1");
+    conn.prepare_cached(&sql)?
+        .query_row([id], raw_device)
+        .optional()?
+        .map(RawDevice::parse)
+        .transpose()
+}
+
+fn require_device(conn: &Connection, id: &str) -> Result<DeviceRecord, StoreError> {
+    load_device(conn, id)?.ok_or_else(|| StoreError::NotFound(format!("device {id}")))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, name: &str, pass_hash: &str, now: f64) -> Result<User, StoreError> {
+        let name = name.to_string();
+        let pass_hash = pass_hash.to_string();
+        self.write(move |conn| {
+            let id = format!("email_{name}");
+            let exists: bool = conn
+                .prepare_cached("SELECT 1 FROM users WHERE name = ?1 OR id = ?2")?
+                .exists(params![name, id])?;
+            if exists {
+                return Err(StoreError::Exists(format!("user {name}")));
+            }
+            let count: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+            let admin = count == 0;
+            conn.execute(
+                "INSERT INTO users (id, name, pass_hash, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, name, pass_hash, admin as i64, now],
+            )?;
+            Ok(User {
+                id,
+                name,
+                admin,
+                created_at: now,
+            })
+        })
+        .await
+    }
+
+    async fn user_credentials(&self, name: &str) -> Result<Option<UserCredentials>, StoreError> {
+        let name = name.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, name, admin, created_at, pass_hash FROM users WHERE name = ?1",
+                )?
+                .query_row([name], |row| {
+                    Ok(UserCredentials {
+                        user: user_from_row(row)?,
+                        pass_hash: row.get(4)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn create_key(
+        &self,
+        id: &str,
+        user_id: &str,
+        key_hash: &str,
+        now: f64,
+    ) -> Result<ApiKey, StoreError> {
+        let (id, user_id, key_hash) = (id.to_string(), user_id.to_string(), key_hash.to_string());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, user_id, key_hash, now],
+            )?;
+            Ok(ApiKey {
+                id,
+                user_id,
+                created_at: now,
+                last_used: None,
+            })
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, User)>, StoreError> {
+        let key_hash = key_hash.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT k.id, k.user_id, k.created_at, k.last_used, u.id, u.name, u.admin, u.created_at
+                     FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?1",
+                )?
+                .query_row([key_hash], |row| {
+                    Ok((
+                        key_from_row(row)?,
+                        User {
+                            id: row.get(4)?,
+                            name: row.get(5)?,
+                            admin: row.get::<_, i64>(6)? != 0,
+                            created_at: row.get(7)?,
+                        },
+                    ))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let user_id = user_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, user_id, created_at, last_used FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id",
+            )?;
+            let keys = stmt
+                .query_map([user_id], key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn delete_key(&self, user_id: &str, id: &str) -> Result<bool, StoreError> {
+        let (user_id, id) = (user_id.to_string(), id.to_string());
+        self.write(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM api_keys WHERE id = ?1 AND user_id = ?2",
+                params![id, user_id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn touch_key(&self, id: &str, now: f64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE api_keys SET last_used = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError> {
+        self.write(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM devices WHERE id = ?1")?
+                .exists([&device.id])?;
+            if exists {
+                return Err(StoreError::Exists(format!("device {}", device.id)));
+            }
+            let shadow = Shadow::default();
+            conn.execute(
+                "INSERT INTO devices (id, name, user_id, token_hash, created_at, shadow) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    device.id,
+                    device.name,
+                    device.user_id,
+                    device.token_hash,
+                    device.created_at,
+                    shadow.to_document().to_string()
+                ],
+            )?;
+            Ok(DeviceRecord {
+                id: device.id,
+                name: device.name,
+                user_id: device.user_id,
+                shared_with: String::new(),
+                created_at: device.created_at,
+                last_seen: None,
+                info: Value::Object(Default::default()),
+                shadow,
+            })
+        })
+        .await
+    }
+
+    async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| load_device(conn, &id)).await
+    }
+
+    async fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let token_hash = token_hash.to_string();
+        self.read(move |conn| {
+            let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1");
+            conn.prepare_cached(&sql)?
+                .query_row([token_hash], raw_device)
+                .optional()?
+                .map(RawDevice::parse)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_devices(&self, user: Option<&User>) -> Result<Vec<DeviceRecord>, StoreError> {
+        let user = user.cloned();
+        self.read(move |conn| {
+            let raws = match &user {
+                None => {
+                    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id");
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([], raw_device)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+                Some(user) => {
+                    // shared_with is a short comma list; matching it in SQL with delimiters
+                    // avoids a second table while staying exact (no prefix matches).
+                    let sql = format!(
+                        "SELECT {DEVICE_COLUMNS} FROM devices
+                         WHERE user_id = ?1 OR (',' || replace(shared_with, ' ', '') || ',') LIKE ('%,' || ?1 || ',%') ESCAPE '\\'
+                         ORDER BY id"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([&user.id], raw_device)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            let mut devices = Vec::with_capacity(raws.len());
+            for raw in raws {
+                match raw.parse() {
+                    Ok(device) => devices.push(device),
+                    // One corrupt row must not hide the whole fleet.
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable device row"),
+                }
+            }
+            // LIKE treats '_' in user ids as a wildcard; re-check exactly.
+            if let Some(user) = &user {
+                devices.retain(|d| d.visible_to(user));
+            }
+            Ok(devices)
+        })
+        .await
+    }
+
+    async fn update_device_meta(
+        &self,
+        id: &str,
+        name: Option<String>,
+        shared_with: Option<String>,
+    ) -> Result<DeviceRecord, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let mut device = require_device(conn, &id)?;
+            if let Some(name) = name {
+                device.name = name;
+            }
+            if let Some(shared) = shared_with {
+                device.shared_with = shared;
+            }
+            conn.execute(
+                "UPDATE devices SET name = ?2, shared_with = ?3 WHERE id = ?1",
+                params![id, device.name, device.shared_with],
+            )?;
+            Ok(device)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| Ok(conn.execute("DELETE FROM devices WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    async fn set_info(&self, id: &str, info: Value) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE devices SET info = ?2 WHERE id = ?1")?
+                .execute(params![id, info.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, id: &str, when: f64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?
+                .execute(params![id, when])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_shadow(
+        &self,
+        id: &str,
+        update: Update,
+        now: f64,
+        limits: Limits,
+    ) -> Result<ShadowChange, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            let mut device = require_device(conn, &id)?;
+            let applied = device.shadow.apply(&update, now, &limits)?;
+            conn.prepare_cached("UPDATE devices SET shadow = ?2 WHERE id = ?1")?
+                .execute(params![id, device.shadow.to_document().to_string()])?;
+            Ok(ShadowChange { device, applied })
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let sender = self.writer.lock().take();
+        let Some(sender) = sender else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        if sender.send(WriterMessage::Close(tx)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        let result = rx.await.map_err(|_| StoreError::Closed)?;
+        let thread = self.writer_thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        result
+    }
+}

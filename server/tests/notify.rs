@@ -1,0 +1,120 @@
+//! The notify stream (PROTOCOL §5): audience, order, slow consumers.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn each_user_sees_only_its_devices() {
+    let server = TestServer::start().await;
+    let ann = server.add_user("ann").await;
+    let mut ann_stream = server.notify(&ann).await;
+    let mut admin_stream = server.notify(&server.admin_key).await;
+    let (status, _) = server.call("POST", "/devices", Some(json!({"id": "admins"}))).await;
+    assert_eq!(status, 200);
+    let (status, _) = server.call_as(&ann, "POST", "/devices", Some(json!({"id": "anns"}))).await;
+    assert_eq!(status, 200);
+    // The admin sees both, ann only hers: her first event is about her device.
+    expect_event(&mut admin_stream, "admins", "created").await;
+    expect_event(&mut admin_stream, "anns", "created").await;
+    let first = recv_json(&mut ann_stream).await;
+    assert_eq!(first["id"], "anns");
+    // Basic credentials work for the stream too; a bad key is refused before upgrading.
+    let url = format!("{}/notify", server.ws_base);
+    match tokio_tungstenite::connect_async(format!("{url}?access_token=nope")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
+    let server = TestServer::start_with(|s| s.notify_backlog = 64).await;
+    let (id, token) = server.create_device("chatty").await;
+    let mut fast = server.notify(&server.admin_key).await;
+    // The slow consumer connects and then does not read at all for a while.
+    let mut slow = server.notify(&server.admin_key).await;
+    let mut device = server.device(&token).await;
+    expect_event(&mut fast, &id, "online").await;
+
+    // Enough bytes to fill the slow consumer's socket buffers many times over.
+    let payload = "x".repeat(4096);
+    const COUNT: usize = 3000;
+    let reader = tokio::spawn(async move {
+        let mut seen = 0usize;
+        let mut last = -1i64;
+        while seen < COUNT {
+            let event = recv_json(&mut fast).await;
+            if event["name"] == "rpc.out.Flood" {
+                let n = event["data"]["n"].as_i64().unwrap();
+                assert_eq!(n, last + 1, "the fast consumer sees every event in order");
+                last = n;
+                seen += 1;
+            }
+        }
+        seen
+    });
+    for n in 0..COUNT {
+        device.send(json!({"method": "Flood", "params": {"n": n, "pad": payload}})).await;
+    }
+    assert_eq!(reader.await.unwrap(), COUNT);
+
+    // Now drain the slow one: it must have been told it lagged, and the stream continues.
+    let mut lagged = 0u64;
+    let mut last_n = None;
+    while last_n != Some(COUNT as i64 - 1) {
+        let message = tokio::time::timeout(WAIT, slow.next()).await.expect("slow stream alive").unwrap().unwrap();
+        let Message::Text(text) = message else { continue };
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if event["name"] == "lagged" {
+            lagged += event["data"]["dropped"].as_u64().unwrap();
+        } else if event["name"] == "rpc.out.Flood" {
+            last_n = event["data"]["n"].as_i64();
+        }
+    }
+    assert!(lagged > 0, "the slow consumer must have been told it lagged");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_device_rpc_socket_forwards_calls_and_console_events() {
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("lamp").await;
+    let mut device = server.device(&token).await;
+    // API key as URL userinfo, the `mos --port ws://KEY@host/...` convention.
+    let url = format!("{}/devices/{id}/rpc", server.ws_base).replace("ws://", &format!("ws://{}@", server.admin_key));
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("rpc socket");
+    use futures_util::SinkExt;
+    client.send(Message::text(json!({"id": 1, "method": "Dash.Console.Subscribe"}).to_string())).await.unwrap();
+    let reply = recv_json(&mut client).await;
+    assert_eq!(reply, json!({"id": 1, "result": true}));
+
+    client.send(Message::text(json!({"id": 5, "method": "Sys.GetInfo"}).to_string())).await.unwrap();
+    let request = device.expect_request("Sys.GetInfo").await;
+    assert_ne!(request["id"], serde_json::Value::Null);
+    device.send(json!({"id": request["id"], "result": {"app": "lamp"}})).await;
+    // Console events for this device arrive too; find the reply among them.
+    let reply = loop {
+        let frame = recv_json(&mut client).await;
+        if frame.get("method").is_none() {
+            break frame;
+        }
+        assert_eq!(frame["method"], "Dash.Console.Event");
+    };
+    assert_eq!(reply, json!({"id": 5, "result": {"app": "lamp"}}));
+
+    device.send(json!({"method": "Log", "params": {"fd": 1, "data": "hi"}})).await;
+    let event = loop {
+        let frame = recv_json(&mut client).await;
+        if frame["params"]["name"] == "rpc.out.Log" {
+            break frame;
+        }
+    };
+    assert_eq!(event["method"], "Dash.Console.Event");
+    assert_eq!(event["params"]["id"], id);
+    server.shutdown().await;
+}
