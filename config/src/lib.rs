@@ -173,11 +173,23 @@ impl ServerSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let checks: [(bool, &str); 7] = [
             (self.rpc_timeout_ms > 0, "rpc_timeout_ms must be positive"),
-            (self.ping_interval_secs > 0, "ping_interval_secs must be positive"),
+            (
+                self.ping_interval_secs > 0,
+                "ping_interval_secs must be positive",
+            ),
             (self.missed_pongs > 0, "missed_pongs must be positive"),
-            (self.frame_buffer_bytes >= 1024, "frame_buffer_bytes must be at least 1024"),
-            (self.shadow_max_depth >= 1, "shadow_max_depth must be at least 1"),
-            (self.notify_backlog >= 1, "notify_backlog must be at least 1"),
+            (
+                self.frame_buffer_bytes >= 1024,
+                "frame_buffer_bytes must be at least 1024",
+            ),
+            (
+                self.shadow_max_depth >= 1,
+                "shadow_max_depth must be at least 1",
+            ),
+            (
+                self.notify_backlog >= 1,
+                "notify_backlog must be at least 1",
+            ),
             (
                 (4..=31).contains(&self.bcrypt_cost),
                 "bcrypt_cost must be within 4..=31",

@@ -40,7 +40,10 @@ pub fn hash_secret(secret: &str) -> String {
 pub enum Credential {
     /// A bearer token or `?access_token=`: an API key or a device token.
     Token(String),
-    Basic { user: String, pass: String },
+    Basic {
+        user: String,
+        pass: String,
+    },
 }
 
 /// Reads `Authorization: Bearer`, `Authorization: Basic` or `?access_token=`.
@@ -113,7 +116,10 @@ pub struct Caller {
 
 impl Caller {
     /// Resolves a credential to a user; `None` when it matches nobody.
-    pub async fn resolve(state: &AppState, credential: Credential) -> Result<Option<User>, ApiError> {
+    pub async fn resolve(
+        state: &AppState,
+        credential: Credential,
+    ) -> Result<Option<User>, ApiError> {
         match credential {
             Credential::Token(token) => {
                 let Some((key, user)) = state.store.key_by_hash(&hash_secret(&token)).await? else {
@@ -180,7 +186,9 @@ mod tests {
     fn secrets_are_24_hex_and_distinct() {
         let a = new_secret();
         assert_eq!(a.len(), 24);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, new_secret());
         assert_eq!(hash_secret("x"), hash_secret("x"));
     }
@@ -193,16 +201,31 @@ mod tests {
             Some(Credential::Token("abc".into()))
         );
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
-        assert_eq!(credential(&headers, None), Some(Credential::Token("k1".into())));
-        // user "ann", password "p:w" (a colon inside the password is legal)
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YW5uOnA6dw=="));
         assert_eq!(
             credential(&headers, None),
-            Some(Credential::Basic { user: "ann".into(), pass: "p:w".into() })
+            Some(Credential::Token("k1".into()))
+        );
+        // user "ann", password "p:w" (a colon inside the password is legal)
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YW5uOnA6dw=="),
+        );
+        assert_eq!(
+            credential(&headers, None),
+            Some(Credential::Basic {
+                user: "ann".into(),
+                pass: "p:w".into()
+            })
         );
         // userinfo with the key alone
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic a2V5MTo="));
-        assert_eq!(credential(&headers, None), Some(Credential::Token("key1".into())));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic a2V5MTo="),
+        );
+        assert_eq!(
+            credential(&headers, None),
+            Some(Credential::Token("key1".into()))
+        );
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert_eq!(credential(&headers, None), None);
     }

@@ -69,9 +69,9 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
     state.emit_updated(&device);
     tracing::debug!(device = %identity.id, "device connected");
 
-    let info_state = state.clone();
-    let info_id = device.id.clone();
-    tokio::spawn(async move { fetch_info(info_state, info_id).await });
+    // Sys.GetInfo goes out first, before any delta (PROTOCOL §3 order).
+    let (request_id, reply) = state.start_call(&conn, "Sys.GetInfo", None);
+    tokio::spawn(fetch_info(state.clone(), conn.clone(), request_id, reply));
 
     let delta = device.shadow.delta();
     if !delta.is_empty() {
@@ -110,11 +110,14 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
 }
 
 /// PROTOCOL §3: on connect the server calls `Sys.GetInfo` once and stores the result.
-async fn fetch_info(state: AppState, id: String) {
-    match state
-        .call_device(&id, "Sys.GetInfo", None, state.rpc_timeout())
-        .await
-    {
+async fn fetch_info(
+    state: AppState,
+    conn: Arc<DeviceConn>,
+    request_id: u64,
+    reply: tokio::sync::oneshot::Receiver<Result<Value, CallError>>,
+) {
+    let id = conn.identity().id.to_string();
+    match AppState::finish_call(&conn, request_id, reply, state.rpc_timeout()).await {
         Ok(info @ Value::Object(_)) => {
             if let Err(e) = state.store.set_info(&id, info).await {
                 tracing::warn!(device = %id, error = %e, "cannot store device info");
@@ -124,7 +127,9 @@ async fn fetch_info(state: AppState, id: String) {
                 state.emit_updated(&device);
             }
         }
-        Ok(other) => tracing::debug!(device = %id, result = %other, "Sys.GetInfo returned a non-object"),
+        Ok(other) => {
+            tracing::debug!(device = %id, result = %other, "Sys.GetInfo returned a non-object")
+        }
         Err(e) => tracing::debug!(device = %id, error = ?e, "Sys.GetInfo failed"),
     }
 }
@@ -260,7 +265,9 @@ impl Session {
         let identity = self.conn.identity();
         let outcome: Result<Value, (i64, String)> = match method.as_str() {
             "Dash.Shadow.Update" => {
-                self.state.hub.emit(&identity, "rpc.out.Dash.Shadow.Update", &params);
+                self.state
+                    .hub
+                    .emit(&identity, "rpc.out.Dash.Shadow.Update", &params);
                 match Update::from_value(&params) {
                     Err(e) => Err((e.code(), e.to_string())),
                     Ok(update) => match self.state.update_shadow(&self.id, update).await {
@@ -270,7 +277,9 @@ impl Session {
                 }
             }
             "Dash.Shadow.Get" => {
-                self.state.hub.emit(&identity, "rpc.out.Dash.Shadow.Get", &params);
+                self.state
+                    .hub
+                    .emit(&identity, "rpc.out.Dash.Shadow.Get", &params);
                 match self.state.store.device(&self.id).await {
                     Ok(Some(device)) => Ok(device.shadow.to_document_with_delta()),
                     Ok(None) => Err((protocol::codes::NOT_FOUND, "device not found".into())),
@@ -282,7 +291,10 @@ impl Session {
                     Ok(()) => Ok(Value::Bool(true)),
                     Err(e) => Err(store_error(e)),
                 },
-                _ => Err((protocol::codes::BAD_REQUEST, "heartbeat params must be an object".into())),
+                _ => Err((
+                    protocol::codes::BAD_REQUEST,
+                    "heartbeat params must be an object".into(),
+                )),
             },
             "Log" | "Dash.Log" => {
                 self.state.hub.emit(&identity, "rpc.out.Log", &params);
@@ -292,7 +304,10 @@ impl Session {
                 self.state
                     .hub
                     .emit(&identity, &format!("rpc.out.{method}"), &params);
-                Err((protocol::codes::NOT_FOUND, format!("No handler for {method}")))
+                Err((
+                    protocol::codes::NOT_FOUND,
+                    format!("No handler for {method}"),
+                ))
             }
         };
         if frame.id.is_none() {
@@ -330,7 +345,9 @@ impl Session {
                     }
                 }
             }
-            None => tracing::debug!(device = %self.id, id, "reply to an unknown or expired request"),
+            None => {
+                tracing::debug!(device = %self.id, id, "reply to an unknown or expired request")
+            }
         }
     }
 
@@ -374,7 +391,8 @@ impl Session {
                         self.conn.take_pending(previous);
                     }
                     self.conn.expect_reply(id, Pending::ShadowDelta);
-                    let params = json!({"state": state, "version": version, "timestamp": timestamp});
+                    let params =
+                        json!({"state": state, "version": version, "timestamp": timestamp});
                     self.state
                         .hub
                         .emit(&self.conn.identity(), "rpc.in.Shadow.Delta", &params);

@@ -88,8 +88,8 @@ impl From<StoreError> for ApiError {
             StoreError::Exists(what) => ApiError::conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             StoreError::Shadow(shadow) => {
-                let status = StatusCode::from_u16(shadow.code() as u16)
-                    .unwrap_or(StatusCode::BAD_REQUEST);
+                let status =
+                    StatusCode::from_u16(shadow.code() as u16).unwrap_or(StatusCode::BAD_REQUEST);
                 ApiError::new(status, shadow.to_string())
             }
             StoreError::Backend(message) => {

@@ -52,9 +52,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, Identity};
 use crate::notification_log::{LogConfig, NotificationLog};
-use crate::registry::{CallError, Out, Pending, Registry};
+use crate::registry::{CallError, DeviceConn, Out, Pending, Registry};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DeviceRecord, Store, StoreError};
+use tokio::sync::oneshot;
 
 /// Handles shared by every request and socket task.
 pub struct Shared {
@@ -103,13 +104,20 @@ impl AppState {
 
     /// Emits `updated` with the device object, without its token (PROTOCOL §5).
     pub fn emit_updated(&self, device: &DeviceRecord) {
-        self.hub
-            .emit(&Identity::of(device), "updated", &self.device_object(device, None));
+        self.hub.emit(
+            &Identity::of(device),
+            "updated",
+            &self.device_object(device, None),
+        );
     }
 
     /// Applies a shadow update (PROTOCOL §4.1), emits `updated`, and offers the resulting
     /// delta to the device if it is online (§4.3).
-    pub async fn update_shadow(&self, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
+    pub async fn update_shadow(
+        &self,
+        id: &str,
+        update: Update,
+    ) -> Result<DeviceRecord, StoreError> {
         let change = self
             .store
             .update_shadow(id, update, clock::now(), self.limits)
@@ -130,6 +138,44 @@ impl AppState {
         Ok(device)
     }
 
+    /// Queues a request to `conn` and returns where its reply will arrive (PROTOCOL §2).
+    pub fn start_call(
+        &self,
+        conn: &DeviceConn,
+        method: &str,
+        params: Option<Value>,
+    ) -> (u64, oneshot::Receiver<Result<Value, CallError>>) {
+        let request_id = conn.next_id();
+        let (tx, rx) = oneshot::channel();
+        conn.expect_reply(request_id, Pending::Call(tx));
+        self.hub.emit(
+            &conn.identity(),
+            &format!("rpc.in.{method}"),
+            params.as_ref().unwrap_or(&Value::Null),
+        );
+        conn.push(Out::Frame(
+            Frame::request(request_id, method, params).to_json(),
+        ));
+        (request_id, rx)
+    }
+
+    /// Awaits the reply to a request queued with [`AppState::start_call`].
+    pub async fn finish_call(
+        conn: &DeviceConn,
+        request_id: u64,
+        reply: oneshot::Receiver<Result<Value, CallError>>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(CallError::Disconnected),
+            Err(_) => {
+                conn.take_pending(request_id);
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
     /// Sends a request to an online device and awaits its reply (PROTOCOL §2, §6).
     pub async fn call_device(
         &self,
@@ -139,23 +185,8 @@ impl AppState {
         timeout: Duration,
     ) -> Result<Value, CallError> {
         let conn = self.registry.get(id).ok_or(CallError::Offline)?;
-        let request_id = conn.next_id();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        conn.expect_reply(request_id, Pending::Call(tx));
-        self.hub.emit(
-            &conn.identity(),
-            &format!("rpc.in.{method}"),
-            params.as_ref().unwrap_or(&Value::Null),
-        );
-        conn.push(Out::Frame(Frame::request(request_id, method, params).to_json()));
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CallError::Disconnected),
-            Err(_) => {
-                conn.take_pending(request_id);
-                Err(CallError::Timeout)
-            }
-        }
+        let (request_id, reply) = self.start_call(&conn, method, params);
+        Self::finish_call(&conn, request_id, reply, timeout).await
     }
 
     /// The configured RPC proxy timeout.
@@ -279,7 +310,12 @@ pub async fn register_user(
     };
     let key = auth::new_secret();
     store
-        .create_key(&auth::new_secret(), &user.id, &auth::hash_secret(&key), clock::now())
+        .create_key(
+            &auth::new_secret(),
+            &user.id,
+            &auth::hash_secret(&key),
+            clock::now(),
+        )
         .await?;
     store.close().await?;
     Ok((user, key))

@@ -60,7 +60,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
@@ -113,11 +116,17 @@ fn valid_device_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-async fn list_devices(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list_devices(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let scope = (!caller.user.admin).then_some(&caller.user);
     let devices = state.store.list_devices(scope).await?;
     Ok(Json(Value::Array(
-        devices.iter().map(|d| state.device_object(d, None)).collect(),
+        devices
+            .iter()
+            .map(|d| state.device_object(d, None))
+            .collect(),
     )))
 }
 
@@ -187,7 +196,11 @@ async fn change_device(
 ) -> Result<Json<Value>, ApiError> {
     let change = body.unwrap_or_default();
     let mut device = visible_device(&state, &caller.user, &id).await?;
-    let update = change.shadow.as_ref().map(Update::from_value).transpose()
+    let update = change
+        .shadow
+        .as_ref()
+        .map(Update::from_value)
+        .transpose()
         .map_err(|e| ApiError::bad_request(format!("invalid shadow update: {e}")))?;
     if change.name.is_some() || change.shared_with.is_some() {
         require_owner(&caller.user, &device)?;
@@ -256,8 +269,8 @@ async fn post_shadow(
 ) -> Result<Json<Value>, ApiError> {
     visible_device(&state, &caller.user, &id).await?;
     let body = body.ok_or_else(|| ApiError::bad_request("missing shadow update body"))?;
-    let update = Update::from_value(&body)
-        .map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
+    let update =
+        Update::from_value(&body).map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
     let device = state.update_shadow(&id, update).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
@@ -273,9 +286,9 @@ fn status_of(code: i64) -> StatusCode {
 pub fn call_error(error: CallError, id: &str, method: &str, timeout_ms: u64) -> ApiError {
     match error {
         CallError::Offline => ApiError::unavailable(format!("device {id} is offline")),
-        CallError::Disconnected => {
-            ApiError::unavailable(format!("device {id} disconnected before replying to {method}"))
-        }
+        CallError::Disconnected => ApiError::unavailable(format!(
+            "device {id} disconnected before replying to {method}"
+        )),
         CallError::Timeout => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             format!("device {id} did not reply to {method} within {timeout_ms} ms"),
@@ -300,7 +313,11 @@ async fn rpc_proxy(
 
 /// PROTOCOL §8 (firmware update) is served by the OTA engine, which this server does not
 /// carry yet; say so plainly instead of pretending.
-async fn ota(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn ota(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     visible_device(&state, &caller.user, &id).await?;
     Err(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
@@ -331,12 +348,20 @@ pub async fn issue_key(state: &AppState, user_id: &str) -> Result<(ApiKey, Strin
     let token = auth::new_secret();
     let key = state
         .store
-        .create_key(&auth::new_secret(), user_id, &auth::hash_secret(&token), clock::now())
+        .create_key(
+            &auth::new_secret(),
+            user_id,
+            &auth::hash_secret(&token),
+            clock::now(),
+        )
         .await?;
     Ok((key, token))
 }
 
-async fn create_key(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     let (key, token) = issue_key(&state, &caller.user.id).await?;
     Ok(Json(key_object(&key, Some(&token))))
 }
@@ -390,7 +415,10 @@ async fn add_user(
         .await
         .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?
         .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
-    let user = state.store.create_user(&body.name, &hash, clock::now()).await?;
+    let user = state
+        .store
+        .create_user(&body.name, &hash, clock::now())
+        .await?;
     let (_, token) = issue_key(&state, &user.id).await?;
     Ok(Json(json!({
         "id": user.id,
@@ -420,7 +448,10 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let query = body.unwrap_or_default();
     let start = query.start.unwrap_or(0);
-    let limit = query.limit.unwrap_or(LOGS_DEFAULT_LIMIT).min(LOGS_MAX_LIMIT) as usize;
+    let limit = query
+        .limit
+        .unwrap_or(LOGS_DEFAULT_LIMIT)
+        .min(LOGS_MAX_LIMIT) as usize;
     // Serve what was emitted up to now, not what is still in the writer's buffer.
     state
         .hub

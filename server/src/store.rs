@@ -124,7 +124,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_device(&self, device: NewDevice) -> Result<DeviceRecord, StoreError>;
     async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
-    async fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    async fn device_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError>;
     /// All devices, or those visible to `user` (owned or shared with it).
     async fn list_devices(&self, user: Option<&User>) -> Result<Vec<DeviceRecord>, StoreError>;
     async fn update_device_meta(

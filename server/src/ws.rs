@@ -41,8 +41,11 @@ impl Upgrade {
                 "this endpoint is a WebSocket: send an upgrade request",
             ));
         }
-        if req.headers().get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
-            return Err(ApiError::bad_request("unsupported Sec-WebSocket-Version (need 13)"));
+        if req.headers().get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
+        {
+            return Err(ApiError::bad_request(
+                "unsupported Sec-WebSocket-Version (need 13)",
+            ));
         }
         let key = req
             .headers()
@@ -71,7 +74,12 @@ impl Upgrade {
     }
 
     /// Answers 101 and runs `serve` on the socket once the upgrade completes.
-    pub fn respond<F, Fut>(self, config: WebSocketConfig, tracker: &tokio_util::task::TaskTracker, serve: F) -> Response<Body>
+    pub fn respond<F, Fut>(
+        self,
+        config: WebSocketConfig,
+        tracker: &tokio_util::task::TaskTracker,
+        serve: F,
+    ) -> Response<Body>
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -18,7 +18,10 @@ async fn connect_report_delta_and_notify_sequence() {
     expect_event(&mut notify, &id, "online").await;
     let updated = expect_event(&mut notify, &id, "updated").await;
     assert_eq!(updated["data"]["online"], true);
-    assert!(updated["data"].get("token").is_none(), "updated must not leak the token");
+    assert!(
+        updated["data"].get("token").is_none(),
+        "updated must not leak the token"
+    );
 
     // The Sys.GetInfo answer is stored as info.
     let info = loop {
@@ -37,7 +40,11 @@ async fn connect_report_delta_and_notify_sequence() {
 
     // REST desired change -> Shadow.Delta to the device (PROTOCOL §4.3).
     let (status, doc) = server
-        .call("POST", &format!("/devices/{id}/shadow"), Some(json!({"state": {"desired": {"on": true}}})))
+        .call(
+            "POST",
+            &format!("/devices/{id}/shadow"),
+            Some(json!({"state": {"desired": {"on": true}}})),
+        )
         .await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["state"]["delta"], json!({"on": true}));
@@ -50,7 +57,9 @@ async fn connect_report_delta_and_notify_sequence() {
     // The device applies and reports; the delta clears.
     let reply = device.report(json!({"on": true})).await;
     assert_eq!(reply["result"]["state"]["delta"], json!({}));
-    let (_, doc) = server.call("GET", &format!("/devices/{id}/shadow"), None).await;
+    let (_, doc) = server
+        .call("GET", &format!("/devices/{id}/shadow"), None)
+        .await;
     assert_eq!(doc["state"]["delta"], json!({}));
     assert!(doc["metadata"]["reported"]["on"]["timestamp"].is_number());
 
@@ -67,15 +76,23 @@ async fn delta_pushed_on_connect_and_result_object_applied_as_reported() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     server
-        .call("POST", &format!("/devices/{id}/shadow"), Some(json!({"state": {"desired": {"on": true, "level": 3}}})))
+        .call(
+            "POST",
+            &format!("/devices/{id}/shadow"),
+            Some(json!({"state": {"desired": {"on": true, "level": 3}}})),
+        )
         .await;
     let mut device = server.device(&token).await;
     let push = device.expect_request("Shadow.Delta").await;
     assert_eq!(push["params"]["state"], json!({"on": true, "level": 3}));
     // PROTOCOL §4.3: an object result is applied as a reported update.
-    device.send(json!({"id": push["id"], "result": {"on": true, "level": 3}})).await;
+    device
+        .send(json!({"id": push["id"], "result": {"on": true, "level": 3}}))
+        .await;
     let doc = loop {
-        let (_, doc) = server.call("GET", &format!("/devices/{id}/shadow"), None).await;
+        let (_, doc) = server
+            .call("GET", &format!("/devices/{id}/shadow"), None)
+            .await;
         if doc["state"]["delta"] == json!({}) {
             break doc;
         }
@@ -91,14 +108,30 @@ async fn identical_delta_is_not_pushed_twice_unless_desired_changes() {
     let (id, token) = server.create_device("lamp").await;
     let mut device = server.device(&token).await;
     let path = format!("/devices/{id}/shadow");
-    server.call("POST", &path, Some(json!({"state": {"desired": {"on": true}}}))).await;
+    server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"on": true}}})),
+        )
+        .await;
     device.expect_request("Shadow.Delta").await;
     // A reported change that leaves the delta identical: no second push.
     device.report(json!({"other": 1})).await;
     // Desired written again (same value): pushed again, because desired was written.
-    server.call("POST", &path, Some(json!({"state": {"desired": {"level": 1}}}))).await;
+    server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"level": 1}}})),
+        )
+        .await;
     let push = device.expect_request("Shadow.Delta").await;
-    assert_eq!(push["params"]["state"], json!({"on": true, "level": 1}), "the reported-only update must not have produced a push");
+    assert_eq!(
+        push["params"]["state"],
+        json!({"on": true, "level": 1}),
+        "the reported-only update must not have produced a push"
+    );
     server.shutdown().await;
 }
 
@@ -129,19 +162,25 @@ async fn rpc_proxy_round_trip_and_error_mapping() {
     let pending = call("Custom.Echo", json!({"x": 1}));
     let request = device.expect_request("Custom.Echo").await;
     assert_eq!(request["params"], json!({"x": 1}));
-    device.send(json!({"id": request["id"], "result": {"echo": 1}})).await;
+    device
+        .send(json!({"id": request["id"], "result": {"echo": 1}}))
+        .await;
     assert_eq!(pending.await.unwrap(), (200, json!({"echo": 1})));
 
     let pending = call("Custom.Fail", json!({}));
     let request = device.expect_request("Custom.Fail").await;
-    device.send(json!({"id": request["id"], "error": {"code": 404, "message": "No handler"}})).await;
+    device
+        .send(json!({"id": request["id"], "error": {"code": 404, "message": "No handler"}}))
+        .await;
     let (status, body) = pending.await.unwrap();
     assert_eq!(status, 404);
     assert_eq!(body["error"]["device"]["code"], 404);
 
     let pending = call("Custom.Broken", json!({}));
     let request = device.expect_request("Custom.Broken").await;
-    device.send(json!({"id": request["id"], "error": {"code": -1, "message": "boom"}})).await;
+    device
+        .send(json!({"id": request["id"], "error": {"code": -1, "message": "boom"}}))
+        .await;
     let (status, body) = pending.await.unwrap();
     assert_eq!(status, 500);
     assert_eq!(body["error"]["message"], "boom");
@@ -174,35 +213,53 @@ async fn device_requests_get_mongoose_style_replies() {
     let mut device = server.device(&token).await;
 
     // Numeric ids come back numeric, string ids as strings, tag copied (PROTOCOL §2).
-    device.send(json!({"id": 7, "method": "Dash.Shadow.Get", "tag": "t1"})).await;
+    device
+        .send(json!({"id": 7, "method": "Dash.Shadow.Get", "tag": "t1"}))
+        .await;
     let reply = device.recv().await;
     assert_eq!(reply["id"], 7);
     assert_eq!(reply["tag"], "t1");
     assert!(reply["result"]["state"]["delta"].is_object());
 
-    device.send(json!({"id": "abc", "method": "Nope.Nothing", "params": {"a": 1}})).await;
+    device
+        .send(json!({"id": "abc", "method": "Nope.Nothing", "params": {"a": 1}}))
+        .await;
     let reply = device.recv().await;
     assert_eq!(reply["id"], "abc");
-    assert_eq!(reply["error"], json!({"code": 404, "message": "No handler for Nope.Nothing"}));
+    assert_eq!(
+        reply["error"],
+        json!({"code": 404, "message": "No handler for Nope.Nothing"})
+    );
     let event = expect_event(&mut notify, &id, "rpc.out.Nope.Nothing").await;
     assert_eq!(event["data"], json!({"a": 1}));
 
-    let reply = device.request("Dash.Heartbeat", json!({"uptime": 5, "fw_version": "2.0"})).await;
+    let reply = device
+        .request("Dash.Heartbeat", json!({"uptime": 5, "fw_version": "2.0"}))
+        .await;
     assert_eq!(reply["result"], true);
     let (_, body) = server.call("GET", &format!("/devices/{id}"), None).await;
     assert_eq!(body["info"]["fw_version"], "2.0");
 
-    device.send(json!({"method": "Log", "params": {"fd": 1, "data": "hello\n", "t": 1.5, "seq": 3}})).await;
+    device
+        .send(json!({"method": "Log", "params": {"fd": 1, "data": "hello\n", "t": 1.5, "seq": 3}}))
+        .await;
     let event = expect_event(&mut notify, &id, "rpc.out.Log").await;
     assert_eq!(event["data"]["data"], "hello\n");
 
     // A custom notification (no id) gets no reply but is published.
-    device.send(json!({"method": "Bench.Ping", "args": {"t": 1}})).await;
+    device
+        .send(json!({"method": "Bench.Ping", "args": {"t": 1}}))
+        .await;
     let event = expect_event(&mut notify, &id, "rpc.out.Bench.Ping").await;
     assert_eq!(event["data"], json!({"t": 1}));
 
     // Version conflict over the device socket: RPC error 409, nothing changes.
-    let reply = device.request("Dash.Shadow.Update", json!({"state": {"reported": {"a": 1}}, "version": 99})).await;
+    let reply = device
+        .request(
+            "Dash.Shadow.Update",
+            json!({"state": {"reported": {"a": 1}}, "version": 99}),
+        )
+        .await;
     assert_eq!(reply["error"]["code"], 409);
     server.shutdown().await;
 }
@@ -213,13 +270,26 @@ async fn data_survives_a_restart() {
     let (id, token) = server.create_device("lamp").await;
     {
         let mut device = server.device(&token).await;
-        device.report(json!({"on": true, "nested": {"a": [1, 2]}})).await;
+        device
+            .report(json!({"on": true, "nested": {"a": [1, 2]}}))
+            .await;
     }
-    server.call("POST", &format!("/devices/{id}/shadow"), Some(json!({"state": {"desired": {"on": false}}}))).await;
+    server
+        .call(
+            "POST",
+            &format!("/devices/{id}/shadow"),
+            Some(json!({"state": {"desired": {"on": false}}})),
+        )
+        .await;
     server.restart().await;
-    let (status, doc) = server.call("GET", &format!("/devices/{id}/shadow"), None).await;
+    let (status, doc) = server
+        .call("GET", &format!("/devices/{id}/shadow"), None)
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(doc["state"]["reported"], json!({"on": true, "nested": {"a": [1, 2]}}));
+    assert_eq!(
+        doc["state"]["reported"],
+        json!({"on": true, "nested": {"a": [1, 2]}})
+    );
     assert_eq!(doc["state"]["delta"], json!({"on": false}));
     // The token still works and the delta is pushed on reconnect.
     let mut device = server.device(&token).await;

@@ -18,16 +18,32 @@ const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
 
 fn register(dir: &Path) -> String {
     let out = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "--register-user", "admin", "pw"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--register-user",
+            "admin",
+            "pw",
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: Value = serde_json::from_slice(&out.stdout).expect("register prints JSON");
     assert_eq!(printed["user"], "email_admin");
     // A second registration of the same name fails with a clear message.
     let again = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "--register-user", "admin", "pw"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--register-user",
+            "admin",
+            "pw",
+        ])
         .output()
         .unwrap();
     assert!(!again.status.success());
@@ -38,7 +54,12 @@ fn register(dir: &Path) -> String {
 /// Starts the binary on a free port; returns the child and its address.
 fn spawn(dir: &Path) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -58,11 +79,17 @@ fn spawn(dir: &Path) -> (Child, String) {
 
 fn check_log(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("notification.log")).unwrap();
-    assert!(text.is_empty() || text.ends_with('\n'), "notification.log ends with a torn line");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "notification.log ends with a torn line"
+    );
     text.lines()
         .map(|line| {
-            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
-            assert!(value["ts"].is_number() && value["id"].is_string() && value["name"].is_string());
+            let value: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+            assert!(
+                value["ts"].is_number() && value["id"].is_string() && value["name"].is_string()
+            );
             value
         })
         .collect()
@@ -87,11 +114,17 @@ async fn acknowledged_updates_survive_sigkill() {
             .json()
             .await
             .unwrap();
-        devices.push((body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string()));
+        devices.push((
+            body["id"].as_str().unwrap().to_string(),
+            body["token"].as_str().unwrap().to_string(),
+        ));
     }
     // Each device updates as fast as replies come back and records the last acknowledged n.
-    let acked: Arc<Vec<std::sync::atomic::AtomicI64>> =
-        Arc::new((0..DEVICES).map(|_| std::sync::atomic::AtomicI64::new(-1)).collect());
+    let acked: Arc<Vec<std::sync::atomic::AtomicI64>> = Arc::new(
+        (0..DEVICES)
+            .map(|_| std::sync::atomic::AtomicI64::new(-1))
+            .collect(),
+    );
     let mut tasks = Vec::new();
     for (index, (_, token)) in devices.iter().enumerate() {
         let url = format!("ws://{addr}/api/v2/rpc?access_token={token}");
@@ -122,8 +155,16 @@ async fn acknowledged_updates_survive_sigkill() {
     }
     // Let the burst run, then kill the server without warning.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while acked.iter().map(|a| a.load(std::sync::atomic::Ordering::SeqCst)).sum::<i64>() < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "updates are not being acknowledged");
+    while acked
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
+        .sum::<i64>()
+        < 200
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "updates are not being acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap();
@@ -131,7 +172,10 @@ async fn acknowledged_updates_survive_sigkill() {
     for task in tasks {
         let _ = task.await;
     }
-    let acked: Vec<i64> = acked.iter().map(|a| a.load(std::sync::atomic::Ordering::SeqCst)).collect();
+    let acked: Vec<i64> = acked
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
 
     let (mut child, addr) = spawn(dir.path());
     for (index, (id, _)) in devices.iter().enumerate() {
@@ -150,7 +194,11 @@ async fn acknowledged_updates_survive_sigkill() {
             "device {index}: acknowledged n={} but only n={stored} survived",
             acked[index]
         );
-        assert_eq!(doc["version"].as_i64().unwrap(), stored + 1, "one version per accepted update");
+        assert_eq!(
+            doc["version"].as_i64().unwrap(),
+            stored + 1,
+            "one version per accepted update"
+        );
     }
     // After the restart repaired it, the log has only whole lines.
     let lines = check_log(dir.path());
@@ -176,10 +224,17 @@ async fn sigterm_flushes_the_log_and_exits_cleanly() {
         assert_eq!(resp.status(), 200);
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "graceful exit after SIGTERM");
     let lines = check_log(dir.path());
     let created = lines.iter().filter(|l| l["name"] == "created").count();
-    assert_eq!(created, 50, "every notification emitted before SIGTERM is in the log");
+    assert_eq!(
+        created, 50,
+        "every notification emitted before SIGTERM is in the log"
+    );
 }

@@ -18,7 +18,11 @@ async fn split_and_packed_frames_are_reassembled() {
     let (a, rest) = text.split_at(7);
     let (b, c) = rest.split_at(20);
     for part in [a, b, c] {
-        device.ws.send(Message::text(part.to_string())).await.unwrap();
+        device
+            .ws
+            .send(Message::text(part.to_string()))
+            .await
+            .unwrap();
     }
     let reply = device.recv().await;
     assert_eq!(reply["id"], 1);
@@ -38,12 +42,23 @@ async fn malformed_input_is_dropped_and_the_socket_lives() {
     let server = TestServer::start().await;
     let (_, token) = server.create_device("lamp").await;
     let mut device = server.device(&token).await;
-    device.ws.send(Message::text("{\"id\": 1, \"method\": tru}")).await.unwrap();
+    device
+        .ws
+        .send(Message::text("{\"id\": 1, \"method\": tru}"))
+        .await
+        .unwrap();
     device.ws.send(Message::text("garbage")).await.unwrap();
     device.ws.send(Message::text("[1,2]")).await.unwrap();
-    device.ws.send(Message::text("{\"id\": 9, \"method\": 5}")).await.unwrap();
+    device
+        .ws
+        .send(Message::text("{\"id\": 9, \"method\": 5}"))
+        .await
+        .unwrap();
     let reply = device.recv().await;
-    assert_eq!(reply["id"], 9, "an invalid frame with an id gets an error reply");
+    assert_eq!(
+        reply["id"], 9,
+        "an invalid frame with an id gets an error reply"
+    );
     assert_eq!(reply["error"]["code"], 400);
     let reply = device.request("Dash.Shadow.Get", json!(null)).await;
     assert!(reply["result"].is_object());
@@ -56,7 +71,14 @@ async fn input_over_the_limit_closes_the_socket() {
     let (id, token) = server.create_device("lamp").await;
     let mut device = server.device(&token).await;
     // An unterminated value growing past the bound, sent in pieces.
-    device.ws.send(Message::text(format!("{{\"id\":1,\"x\":\"{}", "a".repeat(3000)))).await.unwrap();
+    device
+        .ws
+        .send(Message::text(format!(
+            "{{\"id\":1,\"x\":\"{}",
+            "a".repeat(3000)
+        )))
+        .await
+        .unwrap();
     let _ = device.ws.send(Message::text("b".repeat(3000))).await;
     let mut closed = false;
     while let Ok(Some(message)) = tokio::time::timeout(WAIT, device.ws.next()).await {
@@ -83,25 +105,36 @@ async fn handshake_rules_token_subprotocol_and_legacy_path() {
     let (_, token) = server.create_device("lamp").await;
     // Unknown or missing token: 401 before upgrading.
     for url in [
-        format!("{}/rpc?access_token=ffffffffffffffffffffffff", server.ws_base),
+        format!(
+            "{}/rpc?access_token=ffffffffffffffffffffffff",
+            server.ws_base
+        ),
         format!("{}/rpc", server.ws_base),
     ] {
         match tokio_tungstenite::connect_async(url).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
             other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
         }
     }
     // Bearer header, the legacy v1 path, and the first offered subprotocol echoed.
     let url = format!("{}/rpc", server.ws_base.replace("/api/v2", "/api/v1"));
     let mut req = request_with_token(&url, &token);
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "mg_ws, other".parse().unwrap());
-    req.headers_mut().insert("Origin", "http://evil.example".parse().unwrap());
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mg_ws, other".parse().unwrap());
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "mg_ws");
     let first = recv_json(&mut ws).await;
     assert_eq!(first["method"], "Sys.GetInfo");
     // No subprotocol offered: none in the response.
-    let req = format!("{}/rpc?access_token={token}", server.ws_base).into_client_request().unwrap();
+    let req = format!("{}/rpc?access_token={token}", server.ws_base)
+        .into_client_request()
+        .unwrap();
     let (_, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert!(resp.headers().get("sec-websocket-protocol").is_none());
     server.shutdown().await;
@@ -117,7 +150,10 @@ async fn a_second_connection_replaces_the_first_without_going_offline() {
     let mut second = server.device(&token).await;
     // The first socket is closed by the server.
     loop {
-        match tokio::time::timeout(WAIT, first.ws.next()).await.expect("closed in time") {
+        match tokio::time::timeout(WAIT, first.ws.next())
+            .await
+            .expect("closed in time")
+        {
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             _ => continue,
         }
@@ -128,7 +164,9 @@ async fn a_second_connection_replaces_the_first_without_going_offline() {
     // No offline was emitted between: the next online-state event is an `updated` with online=true.
     let event = loop {
         let event = recv_json(&mut notify).await;
-        if event["name"] == "offline" || (event["name"] == "updated" && event["data"]["online"] == true) {
+        if event["name"] == "offline"
+            || (event["name"] == "updated" && event["data"]["online"] == true)
+        {
             break event;
         }
     };
@@ -142,7 +180,13 @@ async fn silent_devices_are_dropped_after_missed_pongs() {
     let mut notify = server.notify(&server.admin_key).await;
     let (id, token) = server.create_device("lamp").await;
     // A raw TCP client that completes the handshake and then never reads (so never pongs).
-    let addr = server.base.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     let handshake = format!(

@@ -13,9 +13,13 @@ async fn each_user_sees_only_its_devices() {
     let ann = server.add_user("ann").await;
     let mut ann_stream = server.notify(&ann).await;
     let mut admin_stream = server.notify(&server.admin_key).await;
-    let (status, _) = server.call("POST", "/devices", Some(json!({"id": "admins"}))).await;
+    let (status, _) = server
+        .call("POST", "/devices", Some(json!({"id": "admins"})))
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = server.call_as(&ann, "POST", "/devices", Some(json!({"id": "anns"}))).await;
+    let (status, _) = server
+        .call_as(&ann, "POST", "/devices", Some(json!({"id": "anns"})))
+        .await;
     assert_eq!(status, 200);
     // The admin sees both, ann only hers: her first event is about her device.
     expect_event(&mut admin_stream, "admins", "created").await;
@@ -59,7 +63,9 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
         seen
     });
     for n in 0..COUNT {
-        device.send(json!({"method": "Flood", "params": {"n": n, "pad": payload}})).await;
+        device
+            .send(json!({"method": "Flood", "params": {"n": n, "pad": payload}}))
+            .await;
     }
     assert_eq!(reader.await.unwrap(), COUNT);
 
@@ -67,8 +73,14 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
     let mut lagged = 0u64;
     let mut last_n = None;
     while last_n != Some(COUNT as i64 - 1) {
-        let message = tokio::time::timeout(WAIT, slow.next()).await.expect("slow stream alive").unwrap().unwrap();
-        let Message::Text(text) = message else { continue };
+        let message = tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("slow stream alive")
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
         let event: serde_json::Value = serde_json::from_str(&text).unwrap();
         if event["name"] == "lagged" {
             lagged += event["data"]["dropped"].as_u64().unwrap();
@@ -76,7 +88,10 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
             last_n = event["data"]["n"].as_i64();
         }
     }
-    assert!(lagged > 0, "the slow consumer must have been told it lagged");
+    assert!(
+        lagged > 0,
+        "the slow consumer must have been told it lagged"
+    );
     server.shutdown().await;
 }
 
@@ -86,17 +101,42 @@ async fn per_device_rpc_socket_forwards_calls_and_console_events() {
     let (id, token) = server.create_device("lamp").await;
     let mut device = server.device(&token).await;
     // API key as URL userinfo, the `mos --port ws://KEY@host/...` convention.
-    let url = format!("{}/devices/{id}/rpc", server.ws_base).replace("ws://", &format!("ws://{}@", server.admin_key));
-    let (mut client, _) = tokio_tungstenite::connect_async(url).await.expect("rpc socket");
+    // Clients turn `ws://KEY@host/...` into Basic credentials with the key as the user name.
+    use base64::Engine;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/devices/{id}/rpc", server.ws_base)
+        .into_client_request()
+        .unwrap();
+    let userinfo =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", server.admin_key));
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Basic {userinfo}").parse().unwrap(),
+    );
+    let (mut client, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("rpc socket");
     use futures_util::SinkExt;
-    client.send(Message::text(json!({"id": 1, "method": "Dash.Console.Subscribe"}).to_string())).await.unwrap();
+    client
+        .send(Message::text(
+            json!({"id": 1, "method": "Dash.Console.Subscribe"}).to_string(),
+        ))
+        .await
+        .unwrap();
     let reply = recv_json(&mut client).await;
     assert_eq!(reply, json!({"id": 1, "result": true}));
 
-    client.send(Message::text(json!({"id": 5, "method": "Sys.GetInfo"}).to_string())).await.unwrap();
+    client
+        .send(Message::text(
+            json!({"id": 5, "method": "Sys.GetInfo"}).to_string(),
+        ))
+        .await
+        .unwrap();
     let request = device.expect_request("Sys.GetInfo").await;
     assert_ne!(request["id"], serde_json::Value::Null);
-    device.send(json!({"id": request["id"], "result": {"app": "lamp"}})).await;
+    device
+        .send(json!({"id": request["id"], "result": {"app": "lamp"}}))
+        .await;
     // Console events for this device arrive too; find the reply among them.
     let reply = loop {
         let frame = recv_json(&mut client).await;
@@ -107,7 +147,9 @@ async fn per_device_rpc_socket_forwards_calls_and_console_events() {
     };
     assert_eq!(reply, json!({"id": 5, "result": {"app": "lamp"}}));
 
-    device.send(json!({"method": "Log", "params": {"fd": 1, "data": "hi"}})).await;
+    device
+        .send(json!({"method": "Log", "params": {"fd": 1, "data": "hi"}}))
+        .await;
     let event = loop {
         let frame = recv_json(&mut client).await;
         if frame["params"]["name"] == "rpc.out.Log" {

@@ -7,27 +7,64 @@ use common::*;
 use serde_json::{json, Value};
 
 fn assert_envelope(status: u16, body: &Value) {
-    assert_eq!(body["error"]["code"], status, "envelope code must be the HTTP status: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(
+        body["error"]["code"], status,
+        "envelope code must be the HTTP status: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn three_auth_forms_and_clear_401s() {
     let server = TestServer::start().await;
     let url = format!("{}/devices", server.base);
-    let ok = server.http.get(&url).bearer_auth(&server.admin_key).send().await.unwrap();
+    let ok = server
+        .http
+        .get(&url)
+        .bearer_auth(&server.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let ok = server.http.get(format!("{url}?access_token={}", server.admin_key)).send().await.unwrap();
+    let ok = server
+        .http
+        .get(format!("{url}?access_token={}", server.admin_key))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let ok = server.http.get(&url).basic_auth("admin", Some("secret")).send().await.unwrap();
+    let ok = server
+        .http
+        .get(&url)
+        .basic_auth("admin", Some("secret"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     // Cached Basic login still checks the password.
     for (user, pass) in [("admin", "wrong"), ("nobody", "secret")] {
-        let resp = server.http.get(&url).basic_auth(user, Some(pass)).send().await.unwrap();
+        let resp = server
+            .http
+            .get(&url)
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 401);
         assert_envelope(401, &resp.json().await.unwrap());
     }
-    let resp = server.http.get(&url).bearer_auth("0123456789abcdef01234567").send().await.unwrap();
+    let resp = server
+        .http
+        .get(&url)
+        .bearer_auth("0123456789abcdef01234567")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401);
     let resp = server.http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -40,19 +77,50 @@ async fn bad_requests_get_the_error_envelope() {
     let server = TestServer::start_with(|s| s.max_body_bytes = 4096).await;
     let (id, _) = server.create_device("lamp").await;
     let cases: Vec<(&str, String, Option<String>, u16)> = vec![
-        ("POST", format!("/devices/{id}/shadow"), Some("{not json".into()), 400),
-        ("POST", format!("/devices/{id}/shadow"), Some(r#"{"state": 5}"#.into()), 400),
-        ("POST", format!("/devices/{id}/shadow"), Some(format!(r#"{{"state":{{"desired":{{"x":"{}"}}}}}}"#, "a".repeat(8000))), 413),
+        (
+            "POST",
+            format!("/devices/{id}/shadow"),
+            Some("{not json".into()),
+            400,
+        ),
+        (
+            "POST",
+            format!("/devices/{id}/shadow"),
+            Some(r#"{"state": 5}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            format!("/devices/{id}/shadow"),
+            Some(format!(
+                r#"{{"state":{{"desired":{{"x":"{}"}}}}}}"#,
+                "a".repeat(8000)
+            )),
+            413,
+        ),
         ("GET", "/devices/does-not-exist".into(), None, 404),
         ("GET", "/no/such/endpoint".into(), None, 404),
         ("PATCH", format!("/devices/{id}"), None, 405),
-        ("POST", "/devices".into(), Some(r#"{"id": "bad id with spaces"}"#.into()), 400),
-        ("POST", "/user/add".into(), Some(r#"{"name": "x"}"#.into()), 400),
+        (
+            "POST",
+            "/devices".into(),
+            Some(r#"{"id": "bad id with spaces"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/user/add".into(),
+            Some(r#"{"name": "x"}"#.into()),
+            400,
+        ),
     ];
     for (method, path, body, expected) in cases {
         let mut req = server
             .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{}", server.base, path))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", server.base, path),
+            )
             .bearer_auth(&server.admin_key);
         if let Some(body) = body {
             req = req.body(body);
@@ -64,7 +132,9 @@ async fn bad_requests_get_the_error_envelope() {
         assert_envelope(status, &body);
     }
     // The device is untouched by the rejected updates.
-    let (_, doc) = server.call("GET", &format!("/devices/{id}/shadow"), None).await;
+    let (_, doc) = server
+        .call("GET", &format!("/devices/{id}/shadow"), None)
+        .await;
     assert_eq!(doc["version"], 0);
     server.shutdown().await;
 }
@@ -74,17 +144,41 @@ async fn shadow_version_conflict_and_limits() {
     let server = TestServer::start().await;
     let (id, _) = server.create_device("lamp").await;
     let path = format!("/devices/{id}/shadow");
-    let (status, doc) = server.call("POST", &path, Some(json!({"state": {"desired": {"a": {"b": 1}}}}))).await;
+    let (status, doc) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"a": {"b": 1}}}})),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(doc["version"], 1);
-    let (status, body) = server.call("POST", &path, Some(json!({"state": {"desired": {"a": 2}}, "version": 5}))).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"a": 2}}, "version": 5})),
+        )
+        .await;
     assert_eq!(status, 409);
     assert_envelope(409, &body);
-    let (status, doc) = server.call("POST", &path, Some(json!({"state": {"desired": {"a": {"c": 2}}}, "version": 1}))).await;
+    let (status, doc) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"a": {"c": 2}}}, "version": 1})),
+        )
+        .await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["state"]["desired"], json!({"a": {"b": 1, "c": 2}}));
     // null deletes; emptied objects vanish (PROTOCOL §4.1)
-    let (_, doc) = server.call("POST", &path, Some(json!({"state": {"desired": {"a": {"b": null, "c": null}}}}))).await;
+    let (_, doc) = server
+        .call(
+            "POST",
+            &path,
+            Some(json!({"state": {"desired": {"a": {"b": null, "c": null}}}})),
+        )
+        .await;
     assert_eq!(doc["state"]["desired"], json!({}));
     // Too deep: 413, nothing changes.
     let deep = json!({"state": {"desired": {"1": {"2": {"3": {"4": {"5": {"6": {"7": {"8": {"9": 1}}}}}}}}}}});
@@ -105,25 +199,49 @@ async fn visibility_owner_shared_admin() {
     let ann = server.add_user("ann").await;
     let bob = server.add_user("bob").await;
     // Repeating /user/add for an existing name is an error the caller may ignore.
-    let (status, body) = server.call("POST", "/user/add", Some(json!({"name": "ann", "pass": "x"}))).await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/user/add",
+            Some(json!({"name": "ann", "pass": "x"})),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     // Only the admin adds users.
-    let (status, _) = server.call_as(&ann, "POST", "/user/add", Some(json!({"name": "eve", "pass": "x"}))).await;
+    let (status, _) = server
+        .call_as(
+            &ann,
+            "POST",
+            "/user/add",
+            Some(json!({"name": "eve", "pass": "x"})),
+        )
+        .await;
     assert_eq!(status, 403);
 
-    let (status, device) = server.call_as(&ann, "POST", "/devices", Some(json!({"name": "ann-lamp", "id": "ann-lamp"}))).await;
+    let (status, device) = server
+        .call_as(
+            &ann,
+            "POST",
+            "/devices",
+            Some(json!({"name": "ann-lamp", "id": "ann-lamp"})),
+        )
+        .await;
     assert_eq!(status, 200, "{device}");
     assert_eq!(device["id"], "ann-lamp");
     assert_eq!(device["user_id"], "email_ann");
     assert_eq!(device["token"].as_str().unwrap().len(), 24);
-    let (status, _) = server.call_as(&ann, "POST", "/devices", Some(json!({"id": "ann-lamp"}))).await;
+    let (status, _) = server
+        .call_as(&ann, "POST", "/devices", Some(json!({"id": "ann-lamp"})))
+        .await;
     assert_eq!(status, 409);
 
     let (_, list) = server.call_as(&bob, "GET", "/devices", None).await;
     assert_eq!(list, json!([]));
     let (status, body) = server.call_as(&bob, "GET", "/devices/ann-lamp", None).await;
     assert_eq!(status, 404, "another user's device is invisible: {body}");
-    let (status, _) = server.call_as(&bob, "DELETE", "/devices/ann-lamp", None).await;
+    let (status, _) = server
+        .call_as(&bob, "DELETE", "/devices/ann-lamp", None)
+        .await;
     assert_eq!(status, 404);
 
     // The admin sees everything; GET never shows the token again.
@@ -132,15 +250,38 @@ async fn visibility_owner_shared_admin() {
     assert!(list[0].get("token").is_none());
 
     // Shared with bob: visible, shadow writable, but not deletable or renamable by bob.
-    let (status, _) = server.call_as(&ann, "PUT", "/devices/ann-lamp", Some(json!({"shared_with": "email_bob"}))).await;
+    let (status, _) = server
+        .call_as(
+            &ann,
+            "PUT",
+            "/devices/ann-lamp",
+            Some(json!({"shared_with": "email_bob"})),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, list) = server.call_as(&bob, "GET", "/devices", None).await;
     assert_eq!(list[0]["id"], "ann-lamp");
-    let (status, _) = server.call_as(&bob, "POST", "/devices/ann-lamp", Some(json!({"shadow": {"state": {"desired": {"on": true}}}}))).await;
+    let (status, _) = server
+        .call_as(
+            &bob,
+            "POST",
+            "/devices/ann-lamp",
+            Some(json!({"shadow": {"state": {"desired": {"on": true}}}})),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = server.call_as(&bob, "PUT", "/devices/ann-lamp", Some(json!({"name": "mine"}))).await;
+    let (status, _) = server
+        .call_as(
+            &bob,
+            "PUT",
+            "/devices/ann-lamp",
+            Some(json!({"name": "mine"})),
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = server.call_as(&bob, "DELETE", "/devices/ann-lamp", None).await;
+    let (status, _) = server
+        .call_as(&bob, "DELETE", "/devices/ann-lamp", None)
+        .await;
     assert_eq!(status, 403);
 
     // A user id that is a prefix of another must not match (email_bo vs email_bob).
@@ -148,7 +289,9 @@ async fn visibility_owner_shared_admin() {
     let (_, list) = server.call_as(&bo, "GET", "/devices", None).await;
     assert_eq!(list, json!([]));
 
-    let (status, body) = server.call_as(&ann, "DELETE", "/devices/ann-lamp", None).await;
+    let (status, body) = server
+        .call_as(&ann, "DELETE", "/devices/ann-lamp", None)
+        .await;
     assert_eq!((status, body), (200, json!(true)));
     let (status, _) = server.call_as(&ann, "GET", "/devices/ann-lamp", None).await;
     assert_eq!(status, 404);
@@ -167,12 +310,20 @@ async fn keys_are_listed_created_and_deleted() {
     assert_eq!(status, 200);
     let (_, keys) = server.call("GET", "/keys", None).await;
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    assert!(keys.as_array().unwrap().iter().all(|k| k.get("token").is_none()));
-    let (status, _) = server.call("DELETE", &format!("/keys/{key_id}"), None).await;
+    assert!(keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k.get("token").is_none()));
+    let (status, _) = server
+        .call("DELETE", &format!("/keys/{key_id}"), None)
+        .await;
     assert_eq!(status, 200);
     let (status, _) = server.call_as(&token, "GET", "/devices", None).await;
     assert_eq!(status, 401, "a deleted key no longer works");
-    let (status, _) = server.call("DELETE", &format!("/keys/{key_id}"), None).await;
+    let (status, _) = server
+        .call("DELETE", &format!("/keys/{key_id}"), None)
+        .await;
     assert_eq!(status, 404);
     // Keys and tokens are stored hashed, never in clear.
     let db = std::fs::read(server.dir.path().join("herd.db")).unwrap();
@@ -185,7 +336,13 @@ async fn keys_are_listed_created_and_deleted() {
 async fn logs_serve_the_notification_log_in_order() {
     let server = TestServer::start().await;
     let (id, _) = server.create_device("one").await;
-    server.call("POST", &format!("/devices/{id}/shadow"), Some(json!({"state": {"desired": {"on": true}}}))).await;
+    server
+        .call(
+            "POST",
+            &format!("/devices/{id}/shadow"),
+            Some(json!({"state": {"desired": {"on": true}}})),
+        )
+        .await;
     let resp = server
         .http
         .post(format!("{}/logs", server.base))
@@ -195,13 +352,19 @@ async fn logs_serve_the_notification_log_in_order() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let next: u64 = resp.headers()["x-herd-next-offset"].to_str().unwrap().parse().unwrap();
+    let next: u64 = resp.headers()["x-herd-next-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let items: Vec<Value> = resp.json().await.unwrap();
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["created", "updated"]);
     assert!(items.iter().all(|i| i["ts"].is_f64() && i["id"] == id));
     assert_eq!(next, 2);
-    let (_, page) = server.call("POST", "/logs", Some(json!({"start": 1, "limit": 5}))).await;
+    let (_, page) = server
+        .call("POST", "/logs", Some(json!({"start": 1, "limit": 5})))
+        .await;
     assert_eq!(page.as_array().unwrap().len(), 1);
     // Another user sees only its own devices' lines.
     let ann = server.add_user("ann").await;
@@ -214,7 +377,15 @@ async fn logs_serve_the_notification_log_in_order() {
 async fn healthz_answers() {
     let server = TestServer::start().await;
     let url = server.base.replace("/api/v2", "/healthz");
-    let body: Value = server.http.get(url).send().await.unwrap().json().await.unwrap();
+    let body: Value = server
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["status"], "ok");
     server.shutdown().await;
 }

@@ -21,24 +21,38 @@ async fn devices_connect_over_wss() {
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
     let server = TestServer::start_with(|s| {
-        s.tls = Some(TlsSettings { cert: cert_path.clone(), key: key_path.clone() })
+        s.tls = Some(TlsSettings {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+        })
     })
     .await;
-    let addr = server.base.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
 
     // HTTPS REST: create a device with a raw HTTP/1.1 request over TLS.
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let mut tls = connector.connect(name.clone(), tcp).await.expect("TLS handshake");
+    let mut tls = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("TLS handshake");
     let body = "{\"name\":\"secure\"}";
     let request = format!(
         "POST /api/v2/devices HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -57,7 +71,9 @@ async fn devices_connect_over_wss() {
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let url = format!("wss://localhost/api/v2/rpc?access_token={token}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("wss upgrade");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("wss upgrade");
     let first = loop {
         match ws.next().await.unwrap().unwrap() {
             Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
@@ -68,7 +84,10 @@ async fn devices_connect_over_wss() {
 
     // Plain HTTP on the TLS port is refused, and the server keeps serving.
     let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut buf)).await;
     assert!(!String::from_utf8_lossy(&buf).contains("\"ok\""));

@@ -77,7 +77,12 @@ async fn stream_notifications(
                 Err(RecvError::Lagged(dropped)) => match policy {
                     LagPolicy::Notify => Some(lagged_message(dropped)),
                     LagPolicy::Disconnect => {
-                        let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Policy, reason: "consumer too slow".into() }))).await;
+                        let _ = socket
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "consumer too slow".into(),
+                            })))
+                            .await;
                         return;
                     }
                 },
@@ -113,7 +118,10 @@ pub async fn device_rpc(
 ) -> Response {
     match state.store.device(&id).await {
         Ok(Some(device)) if device.visible_to(&caller.user) => {}
-        Ok(_) => return crate::error::ApiError::not_found(format!("device {id} not found")).into_response(),
+        Ok(_) => {
+            return crate::error::ApiError::not_found(format!("device {id} not found"))
+                .into_response()
+        }
         Err(e) => return crate::error::ApiError::from(e).into_response(),
     }
     let upgrade = match Upgrade::from_request(&mut req) {

@@ -56,8 +56,7 @@ CREATE TABLE devices (
 CREATE INDEX devices_user ON devices(user_id);
 "#];
 
-const DEVICE_COLUMNS: &str =
-    "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
+const DEVICE_COLUMNS: &str = "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
 const READERS: usize = 4;
 /// Most jobs one commit carries; bounds the latency of the first job in a batch.
 const MAX_BATCH: usize = 2048;
@@ -516,7 +515,10 @@ impl Store for SqliteStore {
         self.read(move |conn| load_device(conn, &id)).await
     }
 
-    async fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
         let token_hash = token_hash.to_string();
         self.read(move |conn| {
             let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1");

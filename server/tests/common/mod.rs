@@ -49,7 +49,9 @@ impl TestServer {
             .await
             .expect("register admin");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::start(settings, listener).await.expect("server starts");
+        let server = Server::start(settings, listener)
+            .await
+            .expect("server starts");
         let addr = server.local_addr();
         Self {
             server: Some(server),
@@ -68,9 +70,16 @@ impl TestServer {
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         let settings = self.settings();
-        self.server.take().unwrap().shutdown().await.expect("clean shutdown");
+        self.server
+            .take()
+            .unwrap()
+            .shutdown()
+            .await
+            .expect("clean shutdown");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::start(settings, listener).await.expect("server restarts");
+        let server = Server::start(settings, listener)
+            .await
+            .expect("server restarts");
         let addr = server.local_addr();
         self.base = format!("http://{addr}/api/v2");
         self.ws_base = format!("ws://{addr}/api/v2");
@@ -88,7 +97,13 @@ impl TestServer {
         self.call_as(&self.admin_key, method, path, body).await
     }
 
-    pub async fn call_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .http
@@ -106,7 +121,9 @@ impl TestServer {
 
     /// Creates a device owned by the admin; returns (id, token).
     pub async fn create_device(&self, name: &str) -> (String, String) {
-        let (status, body) = self.call("POST", "/devices", Some(json!({"name": name}))).await;
+        let (status, body) = self
+            .call("POST", "/devices", Some(json!({"name": name})))
+            .await;
         assert_eq!(status, 200, "{body}");
         (
             body["id"].as_str().unwrap().to_string(),
@@ -117,16 +134,21 @@ impl TestServer {
     /// Adds a user through the REST flow; returns its API key.
     pub async fn add_user(&self, name: &str) -> String {
         let (status, body) = self
-            .call("POST", "/user/add", Some(json!({"name": name, "pass": "pw"})))
+            .call(
+                "POST",
+                "/user/add",
+                Some(json!({"name": name, "pass": "pw"})),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         body["api_key"].as_str().unwrap().to_string()
     }
 
     pub async fn ws(&self, path_and_query: &str) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{}{}", self.ws_base, path_and_query))
-            .await
-            .expect("websocket connects");
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("{}{}", self.ws_base, path_and_query))
+                .await
+                .expect("websocket connects");
         ws
     }
 
@@ -137,9 +159,10 @@ impl TestServer {
 
     /// Connects a device and answers its Sys.GetInfo.
     pub async fn device(&self, token: &str) -> Device {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{}/rpc?access_token={token}", self.ws_base))
-            .await
-            .expect("device connects");
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("{}/rpc?access_token={token}", self.ws_base))
+                .await
+                .expect("device connects");
         let mut device = Device { ws, next_id: 1 };
         let request = device.expect_request("Sys.GetInfo").await;
         device
@@ -157,7 +180,10 @@ pub struct Device {
 
 impl Device {
     pub async fn send(&mut self, value: Value) {
-        self.ws.send(Message::text(value.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
     }
 
     /// Next JSON frame from the server (skips pings).
@@ -179,7 +205,8 @@ impl Device {
     pub async fn request(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        self.send(json!({"id": id, "method": method, "params": params})).await;
+        self.send(json!({"id": id, "method": method, "params": params}))
+            .await;
         loop {
             let frame = self.recv().await;
             if frame["id"] == id && frame.get("method").is_none() {
@@ -189,7 +216,11 @@ impl Device {
     }
 
     pub async fn report(&mut self, reported: Value) -> Value {
-        self.request("Dash.Shadow.Update", json!({"state": {"reported": reported}})).await
+        self.request(
+            "Dash.Shadow.Update",
+            json!({"state": {"reported": reported}}),
+        )
+        .await
     }
 }
 
@@ -220,7 +251,10 @@ pub async fn expect_event(ws: &mut Ws, device: &str, name: &str) -> Value {
     }
 }
 
-pub fn request_with_token(url: &str, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+pub fn request_with_token(
+    url: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("Authorization", format!("Bearer {token}").parse().unwrap());
