@@ -42,6 +42,8 @@ pub struct Collected {
     pub deliveries: u64,
     pub lagged_dropped: u64,
     pub reporting: usize,
+    /// Fewest deliveries any one consumer saw.
+    pub min_deliveries: u64,
     pub errors: Vec<String>,
 }
 
@@ -93,6 +95,7 @@ impl Consumers {
             deliveries: 0,
             lagged_dropped: 0,
             reporting: 0,
+            min_deliveries: u64::MAX,
             errors: Vec::new(),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -114,6 +117,7 @@ impl Consumers {
                 .add(&window.histogram)
                 .context("merging histograms")?;
             collected.deliveries += window.deliveries;
+            collected.min_deliveries = collected.min_deliveries.min(window.deliveries);
             collected.lagged_dropped += window.lagged_dropped;
             collected.errors.extend(window.error);
         }

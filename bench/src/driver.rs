@@ -294,8 +294,7 @@ async fn server_phases(
             server.address, server.api_key
         );
         let mut consumers = Consumers::connect(&notify_url, args.consumers).await?;
-        // Let the stream subscriptions settle before the first window opens.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_until_subscribed(&mut shards, &mut consumers).await?;
         let mut ladder = Ladder::new(args.fanout_target, FANOUT_RUNGS, args.max_deliveries);
         while let Some((deliveries, at_target)) = ladder.next_rate() {
             let duration = step_duration(args, at_target);
@@ -655,6 +654,22 @@ async fn fanout_step(
         pass,
         verdict,
     })
+}
+
+/// Sends a few pings until every consumer has received one: the notify stream is
+/// subscribed some time after its handshake, and pings sent before would be missed.
+async fn wait_until_subscribed(shards: &mut Shards, consumers: &mut Consumers) -> Result<()> {
+    consumers.collect().await?;
+    for _ in 0..20 {
+        shards
+            .load(LoadKind::Ping, 100.0, Duration::from_millis(100))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if consumers.collect().await?.min_deliveries > 0 {
+            return Ok(());
+        }
+    }
+    bail!("some notify consumers received nothing within 20 warm-up rounds")
 }
 
 /// The order of rates to try: the target first; then upwards while steps pass, or, if

@@ -37,6 +37,8 @@ pub struct Machine {
     pub memory: String,
     pub kernel: String,
     pub rustc: String,
+    /// `/proc/loadavg` when the run started: other work on the machine skews results.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -379,8 +381,8 @@ impl Report {
         let m = &self.machine;
         let _ = writeln!(
             out,
-            "\nMachine: {} cores ({}), {}, Linux {}, {}. Command: `{}`.",
-            m.nproc, m.cpu, m.memory, m.kernel, m.rustc, self.command
+            "\nMachine: {} cores ({}), {}, Linux {}, {}; load average at start {}. Command: `{}`.",
+            m.nproc, m.cpu, m.memory, m.kernel, m.rustc, m.load_average, self.command
         );
         let _ = writeln!(
             out,
@@ -500,6 +502,7 @@ mod tests {
                 memory: "1 GiB".into(),
                 kernel: "6".into(),
                 rustc: "rustc".into(),
+                load_average: "0.00 0.00 0.00".into(),
             },
             settings: Settings {
                 devices: 500,
