@@ -68,7 +68,16 @@ impl Machine {
             .filter(|output| output.status.success())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
             .unwrap_or_else(|| "unknown".into());
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .map(|text| {
+                text.split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|_| "unknown".into());
         Self {
+            load_average,
             nproc: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),
