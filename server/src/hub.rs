@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use protocol::Value;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -47,10 +46,10 @@ pub struct Event {
 }
 
 #[derive(Serialize)]
-struct Message<'a> {
+struct Message<'a, T: Serialize + ?Sized> {
     id: &'a str,
     name: &'a str,
-    data: &'a Value,
+    data: &'a T,
 }
 
 /// Cheap to clone; all clones publish into the same log and ring.
@@ -79,7 +78,7 @@ impl Hub {
     }
 
     /// Emits `name` for `device` with `data`.
-    pub fn emit(&self, device: &Identity, name: &str, data: &Value) {
+    pub fn emit<T: Serialize + ?Sized>(&self, device: &Identity, name: &str, data: &T) {
         let message = Message {
             id: &device.id,
             name,

@@ -42,9 +42,9 @@ use std::time::Duration;
 use anyhow::Context;
 use herd_config::ServerSettings;
 use protocol::frame::Frame;
+use protocol::rest::DeviceObject;
 use protocol::shadow::{Limits, Update};
 use protocol::Value;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -84,22 +84,19 @@ impl Deref for AppState {
 
 impl AppState {
     /// The REST device object (PROTOCOL §6); `token` only for a just-created device.
-    pub fn device_object(&self, device: &DeviceRecord, token: Option<&str>) -> Value {
-        let mut object = json!({
-            "id": device.id,
-            "name": device.name,
-            "user_id": device.user_id,
-            "shared_with": device.shared_with,
-            "online": self.registry.is_online(&device.id),
-            "created_at": clock::rfc3339(device.created_at),
-            "last_seen": device.last_seen.map(clock::rfc3339),
-            "info": device.info,
-            "shadow": device.shadow.to_document_with_delta(),
-        });
-        if let Some(token) = token {
-            object["token"] = Value::String(token.to_string());
+    pub fn device_object(&self, device: &DeviceRecord, token: Option<&str>) -> DeviceObject {
+        DeviceObject {
+            id: device.id.clone(),
+            name: device.name.clone(),
+            token: token.map(str::to_string),
+            user_id: device.user_id.clone(),
+            shared_with: device.shared_with.clone(),
+            online: self.registry.is_online(&device.id),
+            created_at: clock::rfc3339(device.created_at),
+            last_seen: device.last_seen.map(clock::rfc3339),
+            info: device.info.clone(),
+            shadow: device.shadow.to_document_with_delta(),
         }
-        object
     }
 
     /// Emits `updated` with the device object, without its token (PROTOCOL §5).

@@ -10,17 +10,20 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use protocol::rest::{
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewUser, UserObject,
+};
 use protocol::shadow::Update;
 use protocol::Value;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::hub::Identity;
 use crate::registry::{CallError, Out};
-use crate::store::{ApiKey, DeviceRecord, NewDevice, User};
+use crate::store::{self, ApiKey, DeviceRecord, User};
 use crate::{clock, device_socket, notification_log, AppState};
 
 /// Builds the whole HTTP surface.
@@ -119,29 +122,22 @@ fn valid_device_id(id: &str) -> bool {
 async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<DeviceObject>>, ApiError> {
     let scope = (!caller.user.admin).then_some(&caller.user);
     let devices = state.store.list_devices(scope).await?;
-    Ok(Json(Value::Array(
+    Ok(Json(
         devices
             .iter()
             .map(|d| state.device_object(d, None))
             .collect(),
-    )))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct NewDeviceBody {
-    name: Option<String>,
-    id: Option<String>,
+    ))
 }
 
 async fn create_device(
     State(state): State<AppState>,
     caller: Caller,
-    Body(body): Body<NewDeviceBody>,
-) -> Result<Json<Value>, ApiError> {
+    Body(body): Body<NewDevice>,
+) -> Result<Json<DeviceObject>, ApiError> {
     let body = body.unwrap_or_default();
     let id = match body.id {
         Some(id) if valid_device_id(&id) => id,
@@ -155,7 +151,7 @@ async fn create_device(
     let token = auth::new_secret();
     let device = state
         .store
-        .create_device(NewDevice {
+        .create_device(store::NewDevice {
             name: body.name.unwrap_or_else(|| id.clone()),
             id,
             user_id: caller.user.id.clone(),
@@ -175,17 +171,9 @@ async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceObject>, ApiError> {
     let device = visible_device(&state, &caller.user, &id).await?;
     Ok(Json(state.device_object(&device, None)))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct DeviceChange {
-    name: Option<String>,
-    shared_with: Option<String>,
-    shadow: Option<Value>,
 }
 
 async fn change_device(
@@ -193,7 +181,7 @@ async fn change_device(
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<DeviceChange>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceObject>, ApiError> {
     let change = body.unwrap_or_default();
     let mut device = visible_device(&state, &caller.user, &id).await?;
     let update = change
@@ -325,20 +313,20 @@ async fn ota(
     ))
 }
 
-fn key_object(key: &ApiKey, token: Option<&str>) -> Value {
-    let mut object = json!({
-        "id": key.id,
-        "user_id": key.user_id,
-        "created_at": clock::rfc3339(key.created_at),
-        "last_used": key.last_used.map(clock::rfc3339),
-    });
-    if let Some(token) = token {
-        object["token"] = Value::String(token.to_string());
+fn key_object(key: &ApiKey, token: Option<&str>) -> KeyObject {
+    KeyObject {
+        id: key.id.clone(),
+        user_id: key.user_id.clone(),
+        created_at: clock::rfc3339(key.created_at),
+        last_used: key.last_used.map(clock::rfc3339),
+        token: token.map(str::to_string),
     }
-    object
 }
 
-async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<KeyObject>>, ApiError> {
     let keys = state.store.list_keys(&caller.user.id).await?;
     Ok(Json(keys.iter().map(|k| key_object(k, None)).collect()))
 }
@@ -361,7 +349,7 @@ pub async fn issue_key(state: &AppState, user_id: &str) -> Result<(ApiKey, Strin
 async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyObject>, ApiError> {
     let (key, token) = issue_key(&state, &caller.user.id).await?;
     Ok(Json(key_object(&key, Some(&token))))
 }
@@ -378,12 +366,6 @@ async fn delete_key(
     }
 }
 
-#[derive(Deserialize)]
-struct NewUser {
-    name: String,
-    pass: String,
-}
-
 /// Validates a user name: it becomes part of the user id and of Basic credentials.
 pub fn valid_user_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -392,11 +374,19 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'+'))
 }
 
+/// `POST /user/add` answers with the user and the API key created for it, shown once.
+#[derive(Serialize)]
+struct NewUserResponse {
+    #[serde(flatten)]
+    user: UserObject,
+    api_key: String,
+}
+
 async fn add_user(
     State(state): State<AppState>,
     caller: Caller,
     Body(body): Body<NewUser>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NewUserResponse>, ApiError> {
     if !caller.user.admin {
         return Err(ApiError::forbidden("only the administrator may add users"));
     }
@@ -420,20 +410,15 @@ async fn add_user(
         .create_user(&body.name, &hash, clock::now())
         .await?;
     let (_, token) = issue_key(&state, &user.id).await?;
-    Ok(Json(json!({
-        "id": user.id,
-        "name": user.name,
-        "admin": user.admin,
-        "created_at": clock::rfc3339(user.created_at),
-        "api_key": token,
-    })))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct LogsQuery {
-    start: Option<u64>,
-    limit: Option<u64>,
+    Ok(Json(NewUserResponse {
+        user: UserObject {
+            id: user.id,
+            name: user.name,
+            admin: user.admin,
+            created_at: clock::rfc3339(user.created_at),
+        },
+        api_key: token,
+    }))
 }
 
 const LOGS_DEFAULT_LIMIT: u64 = 100;
