@@ -238,3 +238,34 @@ async fn sigterm_flushes_the_log_and_exits_cleanly() {
         "every notification emitted before SIGTERM is in the log"
     );
 }
+
+#[test]
+fn a_bad_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herd.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nrpc_timeout = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("herd.toml") && stderr.contains("rpc_timeout"),
+        "{stderr}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            dir.path().join("missing.toml").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

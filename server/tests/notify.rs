@@ -160,3 +160,39 @@ async fn per_device_rpc_socket_forwards_calls_and_console_events() {
     assert_eq!(event["params"]["id"], id);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn disconnect_policy_closes_a_slow_consumer() {
+    let server = TestServer::start_with(|s| {
+        s.notify_backlog = 16;
+        s.notify_lag_policy = herd_config::LagPolicy::Disconnect;
+    })
+    .await;
+    let (_, token) = server.create_device("chatty").await;
+    let mut slow = server.notify(&server.admin_key).await;
+    let mut device = server.device(&token).await;
+    let payload = "x".repeat(4096);
+    for n in 0..3000 {
+        device
+            .send(json!({"method": "Flood", "params": {"n": n, "pad": payload}}))
+            .await;
+    }
+    // Reading now, the consumer finds its stream ended by the server instead of `lagged`.
+    let mut closed = false;
+    while let Ok(Some(message)) = tokio::time::timeout(WAIT, slow.next()).await {
+        match message {
+            Ok(Message::Text(text)) => {
+                assert!(!text.contains("\"lagged\""), "policy is disconnect")
+            }
+            Ok(Message::Close(_)) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(closed, "the slow consumer was disconnected");
+    // The device and the server carry on.
+    assert!(device.request("Dash.Shadow.Get", json!(null)).await["result"].is_object());
+    server.shutdown().await;
+}
