@@ -224,6 +224,9 @@ async fn server_phases(
         .timeout(Duration::from_secs(30))
         .build()
         .context("http client")?;
+    // Empty server: the baseline for the figure that also counts what creating the
+    // devices left in memory (store caches, allocator state).
+    let (empty, _) = procfs::settle(server.pid, Duration::from_secs(10)).await?;
     let started = Instant::now();
     let devices = create_devices(&http, &server.base, &server.api_key, args.devices).await?;
     progress(&format!(
@@ -249,6 +252,7 @@ async fn server_phases(
     let (after, settled_after) = procfs::settle(server.pid, Duration::from_secs(60)).await?;
     report.memory = Some(MemoryReport {
         devices: connect.ready.max(1),
+        empty: Some(empty),
         before,
         after,
         settled: settled_before && settled_after,
@@ -517,6 +521,7 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
     let (after, settled_after) = procfs::settle(pid, Duration::from_secs(30)).await?;
     report.memory = Some(MemoryReport {
         devices: connect.ready.max(1),
+        empty: None,
         before,
         after,
         settled: settled_before && settled_after,

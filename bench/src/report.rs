@@ -114,7 +114,11 @@ pub struct ConnectReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryReport {
     pub devices: usize,
+    /// The server before any device existed (none for the echo peer).
+    pub empty: Option<MemorySample>,
+    /// After startup and device creation, before any socket.
     pub before: MemorySample,
+    /// Every socket connected and idle.
     pub after: MemorySample,
     pub settled: bool,
 }
@@ -122,6 +126,12 @@ pub struct MemoryReport {
 impl MemoryReport {
     pub fn rss_per_device(&self) -> f64 {
         per_device(self.before.rss, self.after.rss, self.devices)
+    }
+
+    /// Growth from the empty server: device creation included.
+    pub fn rss_per_device_from_empty(&self) -> Option<f64> {
+        self.empty
+            .map(|empty| per_device(empty.rss, self.after.rss, self.devices))
     }
 
     pub fn private_per_device(&self) -> f64 {
@@ -292,6 +302,24 @@ impl Report {
                     mib(m.after.rss as f64),
                     if m.settled { "" } else { ", not settled" }
                 ),
+                None => "failed".into(),
+            },
+        );
+        row(
+            "RSS growth / N counted from the empty server (device creation included)".into(),
+            "",
+            &|t| match t
+                .memory
+                .as_ref()
+                .map(|m| (m, m.rss_per_device_from_empty()))
+            {
+                Some((m, Some(per_device))) => format!(
+                    "{} ({} → {})",
+                    kib(per_device),
+                    mib(m.empty.map(|e| e.rss).unwrap_or(0) as f64),
+                    mib(m.after.rss as f64)
+                ),
+                Some((_, None)) => "n/a (no devices to create)".into(),
                 None => "failed".into(),
             },
         );
