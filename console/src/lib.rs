@@ -1,0 +1,1 @@
+//! herd-console: the operator console and the scripting CLI (`herd`).
