@@ -1,0 +1,956 @@
+//! The device engine: one [`Device`] per booted device.
+//!
+//! The caller owns the socket, the clock and the pins. It tells the engine what happened
+//! ([`Device::connected`], [`Device::receive`], [`Device::button`], [`Device::poll`]) and
+//! performs the [`Action`]s it gets back, in order. Time is milliseconds since boot.
+//! [`Device::next_deadline`] says when `poll` has something to do, so an idle device
+//! needs no periodic wake-ups.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use protocol::codes;
+use protocol::frame::{Frame, FrameKind};
+use protocol::splitter::FrameSplitter;
+use serde_json::{json, Value};
+
+use crate::config::{self, Config, Layer, Object};
+use crate::fs;
+use crate::ota::{BootState, ImageInfo, Ota, Outcome, Transfer};
+use crate::platform::{Button, Platform};
+
+/// Largest JSON value the device accepts from the cloud; `OTA.Write` with a 1 KiB chunk
+/// (PROTOCOL §8) needs well under half of it.
+pub const MAX_INPUT_FRAME: usize = 16 * 1024;
+
+/// Delay before a reboot that an RPC asked for, so its reply still leaves the device.
+pub const DEFAULT_REBOOT_DELAY_MS: u64 = 100;
+
+/// Every method the engine answers (PROTOCOL §8, §9), as `RPC.List` reports them.
+pub const METHODS: &[&str] = &[
+    "RPC.List",
+    "Sys.GetInfo",
+    "Sys.Reboot",
+    "Config.Get",
+    "Config.Set",
+    "Config.Save",
+    "FS.List",
+    "FS.Get",
+    "FS.Put",
+    "FS.Remove",
+    "FS.Rename",
+    "Wifi.Scan",
+    "OTA.Begin",
+    "OTA.Write",
+    "OTA.End",
+    "OTA.Status",
+    "OTA.Commit",
+    "OTA.Revert",
+    "OTA.Update",
+    "Shadow.Delta",
+];
+
+/// What the platform must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send one JSON frame to the cloud (only returned while connected).
+    Send(String),
+    /// Send one JSON frame on the local channel (access point or serial), answering a
+    /// request that came in through [`Device::receive_local`].
+    SendLocal(String),
+    /// Restart after `delay_ms`; then boot a new [`Device`] on the same platform.
+    Reboot {
+        /// Milliseconds to wait, so that replies already queued get out.
+        delay_ms: u64,
+    },
+    /// Download firmware from `url` and feed it through [`Device::download_started`],
+    /// [`Device::download_chunk`] and [`Device::download_finished`] (PROTOCOL §8
+    /// `OTA.Update`, §4.4 `desired.ota.url`).
+    Download {
+        /// Where the image is.
+        url: String,
+        /// Commit timeout for the new image.
+        commit_timeout_s: u32,
+    },
+}
+
+/// How the device reaches the network (provisioning as the reference product does it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// Unprovisioned: offer an access point where a phone sets Wi-Fi and the name.
+    AccessPoint {
+        /// Network name.
+        ssid: String,
+        /// WPA2 passphrase.
+        pass: String,
+    },
+    /// Provisioned: join this network.
+    Station {
+        /// Network name.
+        ssid: String,
+        /// Passphrase.
+        pass: String,
+    },
+    /// Neither is enabled (a wired Linux host, for example).
+    None,
+}
+
+/// Where a request came from; replies go back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Cloud,
+    Local,
+}
+
+/// The device engine (see the module docs).
+#[derive(Debug)]
+pub struct Device<P: Platform> {
+    platform: P,
+    config: Config,
+    ota: Ota,
+    /// The transfer is fed by a download rather than by `OTA.Write` over the socket.
+    downloading: bool,
+    /// Last `desired.ota.url` acted on, so a repeated delta does not restart a download.
+    download_url: Option<String>,
+    image: ImageInfo,
+    light_on: bool,
+    connected: bool,
+    splitter: FrameSplitter,
+    next_id: u64,
+    now_ms: u64,
+    /// Uptime at which an uncommitted image gives up and reverts (PROTOCOL §8).
+    commit_deadline: Option<u64>,
+    button_since: Option<u64>,
+    reset_done: bool,
+    heartbeat_due: Option<u64>,
+    reported_percent: Option<u8>,
+    /// Problems found while booting (unreadable config layers), for the platform to log.
+    boot_notes: Vec<String>,
+}
+
+/// Statistics and state the platform may show or log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// Light on.
+    pub light_on: bool,
+    /// Connected to the cloud.
+    pub connected: bool,
+    /// The running boot.
+    pub boot: BootState,
+    /// The running image.
+    pub image: ImageInfo,
+    /// Numeric OTA state (PROTOCOL §8).
+    pub ota_state: u8,
+}
+
+fn outcome_frame(request: &Frame, outcome: Outcome) -> Frame {
+    match outcome {
+        Ok(result) => Frame::reply_to(request, result),
+        Err((code, message)) => Frame::error_to(request, code, message),
+    }
+}
+
+fn bad(message: impl Into<String>) -> (i64, String) {
+    (codes::BAD_REQUEST, message.into())
+}
+
+fn optional_bool(params: &Value, key: &str) -> Result<bool, (i64, String)> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(format!("{key} must be a boolean"))),
+    }
+}
+
+impl<P: Platform> Device<P> {
+    /// Boots the engine on `platform`: reads the configuration layers and the boot state
+    /// and drives the light to off. Unreadable layers count as empty (the device must
+    /// come up, if only to be repaired); see [`Device::boot_notes`].
+    pub fn boot(mut platform: P, now_ms: u64) -> Device<P> {
+        let mut notes = Vec::new();
+        let mut layer = |platform: &mut P, which: Layer| match platform.load(which) {
+            Ok(Some(bytes)) => match config::parse_layer(&bytes) {
+                Ok(map) => map,
+                Err(e) => {
+                    notes.push(format!("{} config layer ignored: {e}", which.name()));
+                    Object::new()
+                }
+            },
+            Ok(None) => Object::new(),
+            Err(e) => {
+                notes.push(format!("{} config layer unreadable: {e}", which.name()));
+                Object::new()
+            }
+        };
+        let factory = layer(&mut platform, Layer::Factory);
+        let user = layer(&mut platform, Layer::User);
+        let boot = platform.boot_state();
+        let image = platform.running_image();
+        let commit_deadline = (!boot.committed && boot.commit_timeout_s > 0)
+            .then(|| now_ms.saturating_add(u64::from(boot.commit_timeout_s) * 1000));
+        let mut device = Device {
+            platform,
+            config: Config::new(factory, user),
+            ota: Ota::default(),
+            downloading: false,
+            download_url: None,
+            image,
+            light_on: false,
+            connected: false,
+            splitter: FrameSplitter::new(MAX_INPUT_FRAME),
+            next_id: 1,
+            now_ms,
+            commit_deadline,
+            button_since: None,
+            reset_done: false,
+            heartbeat_due: None,
+            reported_percent: None,
+            boot_notes: notes,
+        };
+        device.drive_light();
+        device
+    }
+
+    /// Problems found while booting.
+    pub fn boot_notes(&self) -> &[String] {
+        &self.boot_notes
+    }
+
+    /// The platform, for inspection.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The platform, for the caller's own bookkeeping.
+    pub fn platform_mut(&mut self) -> &mut P {
+        &mut self.platform
+    }
+
+    /// Ends this boot and hands the platform back (to reboot on it).
+    pub fn into_platform(self) -> P {
+        self.platform
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the light is on.
+    pub fn light_on(&self) -> bool {
+        self.light_on
+    }
+
+    /// A snapshot for display and logs.
+    pub fn status(&mut self) -> Status {
+        Status {
+            light_on: self.light_on,
+            connected: self.connected,
+            boot: self.platform.boot_state(),
+            image: self.image.clone(),
+            ota_state: self.ota.transfer.code(),
+        }
+    }
+
+    /// Provisioned means the station interface has a network to join.
+    pub fn is_provisioned(&self) -> bool {
+        self.config.get_bool("wifi.sta.enable") && !self.config.get_str("wifi.sta.ssid").is_empty()
+    }
+
+    /// How to reach the network: the access point until provisioned.
+    pub fn network(&self) -> Network {
+        if self.is_provisioned() {
+            Network::Station {
+                ssid: self.config.get_str("wifi.sta.ssid"),
+                pass: self.config.get_str("wifi.sta.pass"),
+            }
+        } else if self.config.get_bool("wifi.ap.enable") {
+            Network::AccessPoint {
+                ssid: self.config.get_str("wifi.ap.ssid"),
+                pass: self.config.get_str("wifi.ap.pass"),
+            }
+        } else {
+            Network::None
+        }
+    }
+
+    /// `(server URL, device token)` when the cloud connection is enabled and configured.
+    pub fn cloud(&self) -> Option<(String, String)> {
+        let server = self.config.get_str("dash.server");
+        let token = self.config.get_str("dash.token");
+        (self.config.get_bool("dash.enable") && !server.is_empty() && !token.is_empty())
+            .then_some((server, token))
+    }
+
+    /// Merges `patch` into the factory layer and persists it (bench provisioning: server,
+    /// token, board wiring). The schema applies; `conf_acl` does not.
+    pub fn write_factory(&mut self, patch: &Object) -> Result<(), String> {
+        let factory = self
+            .config
+            .factory_layer_with(patch)
+            .map_err(|e| e.to_string())?;
+        let bytes =
+            serde_json::to_vec(&Value::Object(factory.clone())).map_err(|e| e.to_string())?;
+        self.platform
+            .store(Layer::Factory, &bytes)
+            .map_err(|e| format!("cannot store the factory layer: {e}"))?;
+        self.config.set_factory_layer(factory);
+        Ok(())
+    }
+
+    /// The cloud connection is up: report the light and the firmware (PROTOCOL §4.4).
+    pub fn connected(&mut self, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        self.connected = true;
+        self.splitter = FrameSplitter::new(MAX_INPUT_FRAME);
+        let interval = self.heartbeat_interval_ms();
+        self.heartbeat_due = interval.map(|ms| now_ms.saturating_add(ms));
+        let reported = json!({"on": self.light_on, "ota": self.ota_report()});
+        let mut out = Vec::new();
+        self.report(reported, &mut out);
+        out
+    }
+
+    /// The cloud connection is gone. A transfer fed over the socket cannot go on, so it is
+    /// abandoned and the inactive slot discarded; the running image is untouched.
+    pub fn disconnected(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        self.connected = false;
+        self.heartbeat_due = None;
+        if !self.downloading {
+            self.ota
+                .fail(&mut self.platform, "connection lost during the update");
+        }
+    }
+
+    /// Bytes from the cloud socket; frames may be split or packed arbitrarily (PROTOCOL §1).
+    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        if self.splitter.push(bytes).is_err() {
+            // Over the bound: the splitter dropped the partial value and resyncs at the
+            // next value; nothing can be answered because the id is unknown.
+            self.splitter = FrameSplitter::new(MAX_INPUT_FRAME);
+        }
+        while let Some(next) = self.splitter.next_value() {
+            if let Ok(value) = next {
+                self.on_value(value, Channel::Cloud, &mut out);
+            }
+        }
+        out
+    }
+
+    /// One complete JSON value from the cloud.
+    pub fn receive_value(&mut self, value: Value, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        self.on_value(value, Channel::Cloud, &mut out);
+        out
+    }
+
+    /// One complete request on the local channel (the access point's RPC endpoint or a
+    /// serial console). Replies come back as [`Action::SendLocal`].
+    pub fn receive_local(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(value) => self.on_value(value, Channel::Local, &mut out),
+            Err(e) => out.push(Action::SendLocal(
+                Frame {
+                    error: Some(protocol::frame::RpcError::new(
+                        codes::BAD_REQUEST,
+                        format!("invalid JSON: {e}"),
+                    )),
+                    ..Frame::default()
+                }
+                .to_json(),
+            )),
+        }
+        out
+    }
+
+    /// The button changed state. A short press toggles the light; holding it for
+    /// `provision.button.hold_ms` resets to factory (seen by [`Device::poll`]).
+    pub fn button(&mut self, pressed: bool, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        match (pressed, self.button_since) {
+            (true, None) => self.button_since = Some(now_ms),
+            (false, Some(since)) => {
+                self.button_since = None;
+                if !self.reset_done && now_ms.saturating_sub(since) < self.hold_ms() {
+                    let on = !self.light_on;
+                    self.switch_light(on, &mut out);
+                }
+            }
+            _ => {}
+        }
+        out.extend(self.poll(now_ms));
+        out
+    }
+
+    /// Samples a polled button, then runs [`Device::poll`].
+    pub fn poll_button(&mut self, button: &mut impl Button, now_ms: u64) -> Vec<Action> {
+        self.button(button.is_pressed(), now_ms)
+    }
+
+    /// A person switched the light locally (a wall switch, the app in the same room).
+    pub fn set_light(&mut self, on: bool, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        self.switch_light(on, &mut out);
+        out
+    }
+
+    /// When [`Device::poll`] next has work, in uptime milliseconds.
+    pub fn next_deadline(&self) -> Option<u64> {
+        [
+            self.ota.deadline(),
+            self.commit_deadline,
+            self.button_since
+                .filter(|_| !self.reset_done)
+                .map(|since| since.saturating_add(self.hold_ms())),
+            self.heartbeat_due,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs timers: transfer inactivity, commit timeout, button hold, heartbeat.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        if self
+            .ota
+            .deadline()
+            .is_some_and(|deadline| now_ms >= deadline)
+        {
+            self.downloading = false;
+            self.ota
+                .fail(&mut self.platform, "the update timed out waiting for data");
+            self.report_ota(&mut out);
+        }
+        if self
+            .commit_deadline
+            .is_some_and(|deadline| now_ms >= deadline)
+        {
+            self.commit_deadline = None;
+            if !self.platform.boot_state().committed {
+                // PROTOCOL §8: no OTA.Commit within commit_timeout -> previous image.
+                let _ = self.platform.revert();
+                out.push(Action::Reboot { delay_ms: 0 });
+            }
+        }
+        if let Some(since) = self.button_since {
+            if !self.reset_done && now_ms.saturating_sub(since) >= self.hold_ms() {
+                self.reset_done = true;
+                self.factory_reset(&mut out);
+            }
+        }
+        if let Some(due) = self.heartbeat_due {
+            if now_ms >= due {
+                self.heartbeat_due = self
+                    .heartbeat_interval_ms()
+                    .map(|ms| now_ms.saturating_add(ms));
+                if self.connected {
+                    let params = json!({"uptime": now_ms / 1000, "on": self.light_on});
+                    out.push(Action::Send(
+                        Frame {
+                            method: Some(protocol::methods::HEARTBEAT.into()),
+                            params: Some(params),
+                            ..Frame::default()
+                        }
+                        .to_json(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// An `OTA.Update` / `desired.ota.url` download announced its size.
+    pub fn download_started(
+        &mut self,
+        size: usize,
+        commit_timeout_s: u32,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        let result = self.ota.start(
+            &mut self.platform,
+            size,
+            crate::ota::DEFAULT_TRANSFER_TIMEOUT_S,
+            commit_timeout_s,
+            now_ms,
+        );
+        self.downloading = result.is_ok();
+        if let Err((_, message)) = result {
+            if !matches!(self.ota.transfer, Transfer::Receiving { .. }) {
+                self.ota.transfer = Transfer::Failed(message);
+            }
+        }
+        self.report_ota(&mut out);
+        out
+    }
+
+    /// The next chunk of a download.
+    pub fn download_chunk(&mut self, offset: u64, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        if !self.downloading {
+            return out;
+        }
+        if self
+            .ota
+            .write_bytes(&mut self.platform, offset, bytes, now_ms)
+            .is_err()
+        {
+            self.downloading = false;
+        }
+        self.report_progress(&mut out);
+        out
+    }
+
+    /// The download is complete: verify, stage and reboot into it.
+    pub fn download_finished(&mut self, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        if !self.downloading {
+            return out;
+        }
+        self.downloading = false;
+        let ok = self.ota.end(&mut self.platform).is_ok();
+        self.report_ota(&mut out);
+        if ok {
+            out.push(Action::Reboot {
+                delay_ms: DEFAULT_REBOOT_DELAY_MS,
+            });
+        }
+        out
+    }
+
+    /// The download failed.
+    pub fn download_failed(&mut self, message: &str, now_ms: u64) -> Vec<Action> {
+        self.now_ms = now_ms;
+        let mut out = Vec::new();
+        self.downloading = false;
+        self.ota.fail(&mut self.platform, message);
+        if matches!(self.ota.transfer, Transfer::Idle) {
+            self.ota.transfer = Transfer::Failed(message.to_string());
+        }
+        self.report_ota(&mut out);
+        out
+    }
+
+    fn hold_ms(&self) -> u64 {
+        u64::try_from(self.config.get_i64("provision.button.hold_ms"))
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    fn heartbeat_interval_ms(&self) -> Option<u64> {
+        u64::try_from(self.config.get_i64("dash.heartbeat_interval"))
+            .ok()
+            .filter(|&s| s > 0)
+            .map(|s| s.saturating_mul(1000))
+    }
+
+    fn drive_light(&mut self) {
+        let pin = self.config.get_i64("smartlight.pin");
+        let level = self.light_on ^ self.config.get_bool("smartlight.inverted");
+        self.platform.set_level(pin, level);
+    }
+
+    fn switch_light(&mut self, on: bool, out: &mut Vec<Action>) {
+        self.light_on = on;
+        self.drive_light();
+        self.report(json!({"on": on}), out);
+    }
+
+    fn factory_reset(&mut self, out: &mut Vec<Action>) {
+        // A failed erase still reboots: the user layer may be corrupt, and the device
+        // must not sit in a half-reset state.
+        let _ = self.platform.erase(Layer::User);
+        self.config.factory_reset();
+        out.push(Action::Reboot {
+            delay_ms: DEFAULT_REBOOT_DELAY_MS,
+        });
+    }
+
+    /// Sends `Dash.Shadow.Update` with `reported` if connected.
+    fn report(&mut self, reported: Value, out: &mut Vec<Action>) {
+        if !self.connected {
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let params = json!({"state": {"reported": reported}});
+        out.push(Action::Send(
+            Frame {
+                id: Some(Value::from(id)),
+                method: Some(protocol::methods::SHADOW_UPDATE.into()),
+                params: Some(params),
+                ..Frame::default()
+            }
+            .to_json(),
+        ));
+    }
+
+    fn report_ota(&mut self, out: &mut Vec<Action>) {
+        self.reported_percent = self.ota.transfer.percent();
+        let ota = self.ota_report();
+        self.report(json!({ "ota": ota }), out);
+    }
+
+    /// Reports progress at every tenth.
+    fn report_progress(&mut self, out: &mut Vec<Action>) {
+        let percent = self.ota.transfer.percent();
+        let step = |p: Option<u8>| p.map(|p| p / 10);
+        if step(percent) != step(self.reported_percent) {
+            self.report_ota(out);
+        }
+    }
+
+    /// `reported.ota` (PROTOCOL §4.4).
+    fn ota_report(&mut self) -> Value {
+        let boot = self.platform.boot_state();
+        let (status, message) = match &self.ota.transfer {
+            Transfer::Idle => match &boot.last {
+                Some(outcome) if outcome.ok => (3, outcome.message.clone()),
+                Some(outcome) => (2, outcome.message.clone()),
+                None => (0, String::new()),
+            },
+            Transfer::Receiving { .. } => (1, "receiving".to_string()),
+            Transfer::Failed(message) => (2, message.clone()),
+            Transfer::Staged => (3, "staged; rebooting into the new firmware".to_string()),
+        };
+        json!({
+            "app": self.image.app,
+            "arch": self.image.arch,
+            "fw_version": self.image.fw_version,
+            "fw_id": self.image.fw_id,
+            "partition": boot.partition,
+            "is_committed": boot.committed,
+            "commit_timeout": boot.commit_timeout_s,
+            "status": status,
+            "message": message,
+            "progress_percent": self.ota.transfer.percent().unwrap_or(if status == 3 { 100 } else { 0 }),
+        })
+    }
+
+    fn send(&self, channel: Channel, frame: Frame, out: &mut Vec<Action>) {
+        let text = frame.to_json();
+        match channel {
+            Channel::Cloud => out.push(Action::Send(text)),
+            Channel::Local => out.push(Action::SendLocal(text)),
+        }
+    }
+
+    fn on_value(&mut self, value: Value, channel: Channel, out: &mut Vec<Action>) {
+        let id = value
+            .get("id")
+            .cloned()
+            .filter(|id| id.is_number() || id.is_string());
+        let frame = match Frame::from_value(value) {
+            Ok(frame) => frame,
+            Err(e) => {
+                if let Some(id) = id {
+                    let reply = Frame {
+                        id: Some(id),
+                        error: Some(protocol::frame::RpcError::new(
+                            codes::BAD_REQUEST,
+                            e.to_string(),
+                        )),
+                        ..Frame::default()
+                    };
+                    self.send(channel, reply, out);
+                }
+                return;
+            }
+        };
+        // PROTOCOL §2: a device drops requests addressed to another device.
+        let own_id = self.config.get_str("device.id");
+        if let Some(dst) = &frame.dst {
+            if !own_id.is_empty() && *dst != own_id {
+                return;
+            }
+        }
+        match frame.kind() {
+            FrameKind::Request | FrameKind::Notification => {
+                let mut after = Vec::new();
+                let method = frame.method.clone().unwrap_or_default();
+                let params = frame.params_or_null();
+                let outcome = self.call(&method, &params, channel, &mut after);
+                if frame.kind() == FrameKind::Request {
+                    self.send(channel, outcome_frame(&frame, outcome), out);
+                }
+                out.extend(after);
+            }
+            // Replies to our own `Dash.Shadow.Update`s need no action.
+            FrameKind::Reply | FrameKind::Invalid => {}
+        }
+    }
+
+    fn call(
+        &mut self,
+        method: &str,
+        params: &Value,
+        channel: Channel,
+        after: &mut Vec<Action>,
+    ) -> Outcome {
+        if let Some(outcome) = fs::handle(&mut self.platform, method, params) {
+            return outcome;
+        }
+        match method {
+            "RPC.List" => Ok(json!(METHODS)),
+            "Sys.GetInfo" => Ok(self.sys_info()),
+            "Sys.Reboot" => {
+                let delay_ms = match params.get("delay_ms") {
+                    None | Some(Value::Null) => DEFAULT_REBOOT_DELAY_MS,
+                    Some(v) => v
+                        .as_u64()
+                        .ok_or_else(|| bad("delay_ms must be a non-negative integer"))?,
+                };
+                after.push(Action::Reboot { delay_ms });
+                Ok(Value::Null)
+            }
+            "Config.Get" => self.config_get(params),
+            "Config.Set" => self.config_set(params, channel, after),
+            "Config.Save" => {
+                let reboot = optional_bool(params, "reboot")?;
+                self.save(after)?;
+                if reboot {
+                    after.push(Action::Reboot {
+                        delay_ms: DEFAULT_REBOOT_DELAY_MS,
+                    });
+                }
+                Ok(json!({"saved": true}))
+            }
+            "Wifi.Scan" => Ok(json!({"results": self.platform.wifi_scan()})),
+            "OTA.Begin" => {
+                let result = self.ota.begin(&mut self.platform, params, self.now_ms);
+                if result.is_ok() {
+                    self.downloading = false;
+                    self.report_ota(after);
+                }
+                result
+            }
+            "OTA.Write" => {
+                let result = self.ota.write(&mut self.platform, params, self.now_ms);
+                if result.is_ok() {
+                    self.report_progress(after);
+                } else if matches!(self.ota.transfer, Transfer::Failed(_)) {
+                    self.report_ota(after);
+                }
+                result
+            }
+            "OTA.End" => {
+                let result = self.ota.end(&mut self.platform);
+                self.report_ota(after);
+                if result.is_ok() {
+                    // PROTOCOL §8: after OTA.End the device reboots into the new image.
+                    after.push(Action::Reboot {
+                        delay_ms: DEFAULT_REBOOT_DELAY_MS,
+                    });
+                }
+                result
+            }
+            "OTA.Status" => Ok(self.ota.status()),
+            "OTA.Commit" => {
+                if !self.platform.boot_state().committed {
+                    self.platform
+                        .commit()
+                        .map_err(|e| (codes::INTERNAL, format!("cannot commit: {e}")))?;
+                    self.commit_deadline = None;
+                    self.report_ota(after);
+                }
+                Ok(Value::Bool(true))
+            }
+            "OTA.Revert" => {
+                if self.platform.boot_state().committed {
+                    return Err(bad("the running firmware is committed; nothing to revert"));
+                }
+                self.platform
+                    .revert()
+                    .map_err(|e| (codes::INTERNAL, format!("cannot revert: {e}")))?;
+                after.push(Action::Reboot {
+                    delay_ms: DEFAULT_REBOOT_DELAY_MS,
+                });
+                Ok(Value::Bool(true))
+            }
+            "OTA.Update" => {
+                let url = params
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .filter(|url| !url.is_empty())
+                    .ok_or_else(|| bad("url is required"))?;
+                let commit_timeout_s = match params.get("commit_timeout") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad("commit_timeout must be a non-negative integer"))?,
+                };
+                if matches!(self.ota.transfer, Transfer::Receiving { .. }) {
+                    return Err(bad("an update is already in progress"));
+                }
+                after.push(Action::Download {
+                    url: url.to_string(),
+                    commit_timeout_s,
+                });
+                Ok(Value::Bool(true))
+            }
+            "Shadow.Delta" if channel == Channel::Cloud => self.shadow_delta(params, after),
+            _ => Err((codes::NOT_FOUND, format!("No handler for {method}"))),
+        }
+    }
+
+    fn sys_info(&mut self) -> Value {
+        let facts = self.platform.facts();
+        let (fs_size, fs_free) = self.platform.capacity();
+        let mut info = json!({
+            "id": self.config.get_str("device.id"),
+            "app": self.image.app,
+            "fw_version": self.image.fw_version,
+            "fw_id": self.image.fw_id,
+            "arch": self.image.arch,
+            "mac": facts.mac,
+            "uptime": self.now_ms / 1000,
+            "ram_size": facts.ram_size,
+            "ram_free": facts.ram_free,
+            "ram_min_free": facts.ram_min_free,
+            "fs_size": fs_size,
+            "fs_free": fs_free,
+        });
+        if let Some(wifi) = facts.wifi {
+            info["wifi"] = wifi;
+        }
+        info
+    }
+
+    fn config_get(&self, params: &Value) -> Outcome {
+        let key = match params.get("key") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(key)) => key.as_str(),
+            Some(_) => return Err(bad("key must be a string")),
+        };
+        self.config
+            .get(key)
+            .ok_or_else(|| (codes::NOT_FOUND, format!("no config key {key}")))
+    }
+
+    fn config_set(&mut self, params: &Value, channel: Channel, after: &mut Vec<Action>) -> Outcome {
+        let patch = match (params.get("config"), params.get("key")) {
+            (Some(Value::Object(config)), _) => config.clone(),
+            (Some(_), _) => return Err(bad("config must be an object")),
+            (None, Some(Value::String(key))) => {
+                let value = params
+                    .get("value")
+                    .cloned()
+                    .ok_or_else(|| bad("value is required with key"))?;
+                config::nest(key, value).map_err(|e| (e.code(), e.to_string()))?
+            }
+            _ => return Err(bad("expected {\"config\": {...}} or {\"key\", \"value\"}")),
+        };
+        let save = optional_bool(params, "save")?;
+        let reboot = optional_bool(params, "reboot")?;
+        match params.get("level") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(level)) if level == "factory" => {
+                // The factory layer is written on the bench, never from the cloud.
+                if channel != Channel::Local {
+                    return Err((
+                        codes::FORBIDDEN,
+                        "the factory layer can only be written locally".into(),
+                    ));
+                }
+                self.write_factory(&patch)
+                    .map_err(|e| (codes::BAD_REQUEST, e))?;
+                return Ok(json!({"saved": true}));
+            }
+            Some(_) => return Err(bad("level must be \"factory\" or absent")),
+        }
+        self.config
+            .set(&patch)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        if save {
+            self.save(after)?;
+        }
+        if reboot {
+            after.push(Action::Reboot {
+                delay_ms: DEFAULT_REBOOT_DELAY_MS,
+            });
+        }
+        Ok(json!({"saved": save}))
+    }
+
+    /// Persists the user layer. On failure nothing stored changes and the unsaved
+    /// changes stay in RAM, so a retry can still save them.
+    fn save(&mut self, after: &mut Vec<Action>) -> Result<(), (i64, String)> {
+        let was_provisioned = self.is_provisioned_stored();
+        let user = self.config.user_layer_to_save();
+        let bytes = serde_json::to_vec(&Value::Object(user.clone()))
+            .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        self.platform
+            .store(Layer::User, &bytes)
+            .map_err(|e| (codes::INTERNAL, format!("cannot save config: {e}")))?;
+        self.config.saved(user);
+        if !was_provisioned && self.is_provisioned() {
+            // Leaving access point mode for the configured network takes a restart.
+            after.push(Action::Reboot {
+                delay_ms: DEFAULT_REBOOT_DELAY_MS,
+            });
+        }
+        Ok(())
+    }
+
+    fn is_provisioned_stored(&self) -> bool {
+        let stored = Config::new(
+            self.config.factory_layer().clone(),
+            self.config.user_layer().clone(),
+        );
+        stored.get_bool("wifi.sta.enable") && !stored.get_str("wifi.sta.ssid").is_empty()
+    }
+
+    /// PROTOCOL §4.3: apply the delta, drive the light, reply with what is now reported.
+    fn shadow_delta(&mut self, params: &Value, after: &mut Vec<Action>) -> Outcome {
+        let Some(state) = params.get("state").and_then(Value::as_object) else {
+            return Err(bad("state must be an object"));
+        };
+        let on = match state.get("on") {
+            None => None,
+            Some(Value::Bool(on)) => Some(*on),
+            Some(_) => return Err(bad("on must be a boolean")),
+        };
+        let url = match state.get("ota").and_then(|ota| ota.get("url")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(url)) if !url.is_empty() => Some(url.clone()),
+            Some(_) => return Err(bad("ota.url must be a non-empty string")),
+        };
+        let mut reported = Object::new();
+        if let Some(on) = on {
+            self.light_on = on;
+            self.drive_light();
+            reported.insert("on".into(), Value::Bool(on));
+        }
+        if let Some(url) = url {
+            // Reporting the URL clears the delta, so the download is not restarted on
+            // every connect; progress and outcome follow in `reported.ota`.
+            let mut ota = Object::new();
+            ota.insert("url".into(), Value::String(url.clone()));
+            reported.insert("ota".into(), Value::Object(ota));
+            let busy = matches!(self.ota.transfer, Transfer::Receiving { .. });
+            if !busy && self.download_url.as_deref() != Some(url.as_str()) {
+                self.download_url = Some(url.clone());
+                after.push(Action::Download {
+                    url,
+                    commit_timeout_s: 0,
+                });
+            }
+        }
+        Ok(Value::Object(reported))
+    }
+}

@@ -1,0 +1,45 @@
+//! The sans-IO engine of a Herd device: the Mongoose OS RPC services of PROTOCOL §9, the
+//! layered configuration, firmware update with commit and revert (PROTOCOL §8), the
+//! smart-light application and its provisioning, all without touching a socket, a clock or
+//! a pin.
+//!
+//! The same code runs on the ESP32 image, in `herd-agent` on Linux and in simulated
+//! fleets. A platform implements the traits in [`platform`] (configuration storage, a file
+//! store, two firmware slots, the light, system facts); [`device::Device`] takes what
+//! happened (bytes from the cloud, the time, button changes) and returns
+//! [`device::Action`]s to perform: frames to send, reboots, downloads. Main types:
+//! [`device::Device`], [`config::Config`], [`ota::BootRecord`], and
+//! [`memory::MemoryPlatform`] for tests and simulations.
+//!
+//! ```
+//! use firmware_core::device::{Action, Device};
+//! use firmware_core::memory::MemoryPlatform;
+//! use firmware_core::ota::ImageInfo;
+//!
+//! let platform = MemoryPlatform::new(ImageInfo::default());
+//! let mut device = Device::boot(platform, 0);
+//! // On connect the device reports its light and firmware (PROTOCOL §4.4).
+//! let actions = device.connected(10);
+//! assert!(matches!(&actions[0], Action::Send(frame) if frame.contains("Dash.Shadow.Update")));
+//! // The cloud turns the light on (PROTOCOL §4.3); the reply reports the new state.
+//! let actions = device.receive(br#"{"id":1,"method":"Shadow.Delta","params":{"state":{"on":true}}}"#, 20);
+//! assert_eq!(actions, vec![Action::Send(r#"{"id":1,"result":{"on":true}}"#.into())]);
+//! assert!(device.light_on());
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod device;
+pub mod fs;
+pub mod memory;
+pub mod ota;
+pub mod platform;
+
+pub use device::{Action, Device};

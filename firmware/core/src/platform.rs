@@ -1,0 +1,130 @@
+//! What differs per platform: where configuration and files are kept, how firmware slots
+//! work, how the light is driven, what the system reports about itself, and the button.
+//!
+//! Storage calls are synchronous because the reply to an RPC depends on their outcome
+//! (`Config.Save` must not say `saved: true` when the write failed). Implementations must
+//! make [`ConfigStorage::store`] atomic: after a power cut the layer is either the old one
+//! or the new one, never half of each.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde_json::Value;
+
+use crate::config::Layer;
+use crate::ota::{BootState, ImageInfo};
+
+/// A storage operation failed; the text is shown to the RPC caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError(pub String);
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for StorageError {
+    fn from(text: &str) -> Self {
+        StorageError(text.into())
+    }
+}
+
+/// Persistent storage of the configuration layers.
+pub trait ConfigStorage {
+    /// The stored bytes of a layer, `None` if it was never written.
+    fn load(&mut self, layer: Layer) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces a layer atomically.
+    fn store(&mut self, layer: Layer, json: &[u8]) -> Result<(), StorageError>;
+    /// Removes a layer (factory reset removes the user layer).
+    fn erase(&mut self, layer: Layer) -> Result<(), StorageError>;
+}
+
+/// A flat file store such as the SPIFFS/LittleFS partition of a Mongoose OS device.
+/// Names are validated by the engine before they get here (see [`crate::fs::valid_name`]).
+pub trait FileStore {
+    /// Names of all files.
+    fn list(&mut self) -> Result<Vec<String>, StorageError>;
+    /// Size of a file, `None` if it does not exist.
+    fn size(&mut self, name: &str) -> Result<Option<usize>, StorageError>;
+    /// Up to `len` bytes from `offset`.
+    fn read(&mut self, name: &str, offset: usize, len: usize) -> Result<Vec<u8>, StorageError>;
+    /// Writes a whole file, or appends to it.
+    fn write(&mut self, name: &str, data: &[u8], append: bool) -> Result<(), StorageError>;
+    /// Deletes a file.
+    fn remove(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Renames a file, replacing `to` if it exists.
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), StorageError>;
+    /// `(total, free)` bytes.
+    fn capacity(&mut self) -> (u64, u64);
+}
+
+/// Two firmware slots: the running one and the one an update is written to (PROTOCOL §8).
+///
+/// [`crate::ota::BootRecord`] holds the commit/revert bookkeeping that every
+/// implementation needs; platforms persist it and consult it when they boot.
+pub trait FirmwareSlots {
+    /// What was booted: slot, whether it is committed, its commit timeout, and the outcome
+    /// of the last update.
+    fn boot_state(&mut self) -> BootState;
+    /// The running image.
+    fn running_image(&mut self) -> ImageInfo;
+    /// Largest image the inactive slot holds.
+    fn slot_capacity(&mut self) -> usize;
+    /// Prepares the inactive slot for an image of `size` bytes.
+    fn begin(&mut self, size: usize) -> Result<(), StorageError>;
+    /// Writes a chunk at `offset`; chunks arrive in order.
+    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError>;
+    /// Verifies the written image and arranges for the next boot to run it uncommitted.
+    /// With `commit_timeout_s == 0` the new image commits itself when it boots.
+    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError>;
+    /// Discards a partly written image; the boot arrangement stays as it was.
+    fn abort(&mut self);
+    /// Keeps the running, uncommitted image.
+    fn commit(&mut self) -> Result<(), StorageError>;
+    /// Arranges for the next boot to run the previous image.
+    fn revert(&mut self) -> Result<(), StorageError>;
+}
+
+/// The light output.
+pub trait Light {
+    /// Drives `pin` to `level` (already corrected for an inverted light).
+    fn set_level(&mut self, pin: i64, level: bool);
+}
+
+/// A push button that the platform samples; see [`crate::device::Device::poll_button`].
+pub trait Button {
+    /// Whether the button is held down right now.
+    fn is_pressed(&mut self) -> bool;
+}
+
+/// Facts about the running system for `Sys.GetInfo` (PROTOCOL §9).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemFacts {
+    /// MAC address, as text.
+    pub mac: String,
+    /// Total RAM in bytes.
+    pub ram_size: u64,
+    /// Free RAM in bytes.
+    pub ram_free: u64,
+    /// Lowest free RAM seen since boot.
+    pub ram_min_free: u64,
+    /// Wi-Fi status object, if the platform has Wi-Fi.
+    pub wifi: Option<Value>,
+}
+
+/// What the system says about itself.
+pub trait System {
+    /// Current facts.
+    fn facts(&mut self) -> SystemFacts;
+    /// Access points in range for `Wifi.Scan`; empty where there is no radio.
+    fn wifi_scan(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+
+/// Everything the engine needs from a platform.
+pub trait Platform: ConfigStorage + FileStore + FirmwareSlots + Light + System {}
+
+impl<T: ConfigStorage + FileStore + FirmwareSlots + Light + System> Platform for T {}
