@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Size of each device's reported shadow, bytes of JSON.
     #[arg(long, default_value_t = 200)]
     pub shadow_bytes: usize,
+    /// Extra connect/disconnect cycles of all devices after the load, to tell retained
+    /// memory from leaked (herd-server only).
+    #[arg(long, default_value_t = 2)]
+    pub churn_cycles: usize,
     /// Handshakes in flight per shard while connecting.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
@@ -333,12 +337,39 @@ async fn server_phases(
     shards.close().await;
     let (emptied, _) = procfs::settle(server.pid, Duration::from_secs(20)).await?;
     report.notes.push(format!(
-        "server RSS: {:.1} MiB idle with devices connected, {:.1} MiB after the load phases, {:.1} MiB after all devices disconnected; peak {:.1} MiB",
+        "server RSS, cycle 1: {:.1} MiB idle with devices connected, {:.1} MiB after the load phases, {:.1} MiB after all devices disconnected; peak {:.1} MiB",
         after.rss as f64 / 1048576.0,
         loaded.rss as f64 / 1048576.0,
         emptied.rss as f64 / 1048576.0,
         emptied.peak_rss as f64 / 1048576.0
     ));
+
+    // The same devices connect and leave again. If memory after each further cycle stays
+    // near the first cycle's, growth after disconnecting is retained by the allocator;
+    // if it climbs every cycle, connections leak.
+    let shard_count = args.shard_count();
+    for cycle in 0..args.churn_cycles {
+        // Fresh source addresses each cycle, clear of the previous cycle's ports.
+        let first_host = (2 + (cycle + 2) * shard_count).min(254 - shard_count);
+        let mut again = Shards::spawn(shard_count, first_host).await?;
+        let reconnect = again
+            .connect(&rpc_url, &tokens, PeerKind::Server, args)
+            .await?;
+        server.check_alive()?;
+        let (idle_again, _) = procfs::settle(server.pid, Duration::from_secs(60)).await?;
+        again.close().await;
+        let (emptied_again, _) = procfs::settle(server.pid, Duration::from_secs(20)).await?;
+        report.notes.push(format!(
+            "connect/disconnect cycle {} ({} of {} idle again): {:.1} MiB idle, {:.1} MiB after disconnecting",
+            cycle + 2,
+            reconnect.ready,
+            tokens.len(),
+            idle_again.rss as f64 / 1048576.0,
+            emptied_again.rss as f64 / 1048576.0
+        ));
+    }
+    // Last, since the listing itself allocates: every device must be offline now.
+    report.notes.push(count_online(&http, server).await);
     Ok(())
 }
 
@@ -435,6 +466,31 @@ async fn check_device(http: &reqwest::Client, server: &ServerProcess, id: &str) 
     let info = device["info"]["app"] == "bench";
     let shadow = device["shadow"]["state"]["reported"]["app"] == "bench";
     format!("device check via REST after connecting: online={online}, info stored={info}, reported shadow stored={shadow}")
+}
+
+/// How many devices the REST listing still shows online.
+async fn count_online(http: &reqwest::Client, server: &ServerProcess) -> String {
+    let url = format!("{}/api/v2/devices", server.base);
+    let listing = match http.get(&url).bearer_auth(&server.api_key).send().await {
+        Ok(response) if response.status().is_success() => {
+            response.json::<serde_json::Value>().await
+        }
+        Ok(response) => {
+            return format!("online check: GET /devices returned {}", response.status())
+        }
+        Err(error) => return format!("online check: {error}"),
+    };
+    match listing {
+        Ok(serde_json::Value::Array(devices)) => {
+            let online = devices.iter().filter(|d| d["online"] == true).count();
+            format!(
+                "after the last disconnect, {online} of {} devices are listed online over REST",
+                devices.len()
+            )
+        }
+        Ok(_) => "online check: GET /devices did not return an array".into(),
+        Err(error) => format!("online check: unreadable listing: {error}"),
+    }
 }
 
 /// Compares the last acknowledged `reported.seq` of each probe device with what the
