@@ -1,0 +1,313 @@
+//! The `herd` command line: argument parsing, the scripting commands, and the exit codes
+//! scripts rely on. Without a subcommand `herd` opens the console.
+
+mod commands;
+mod tail;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herd_client::{Client, Error as ClientError};
+
+use crate::profile::{Overrides, Profile};
+
+/// Printed under `herd --help`; scripts depend on these numbers, so they never change.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other failure (server error, unexpected answer)
+  2  usage error: bad arguments, invalid JSON input
+  3  the server cannot be reached or did not answer in time
+  4  the API key was refused (HTTP 401/403)
+  5  no such device or resource (HTTP 404)
+  6  shadow version conflict (HTTP 409)
+  7  the device is offline, did not reply, or returned an error
+  8  refused by a read-only profile
+
+Errors go to stderr as one line: `herd: <message>`.";
+
+/// The exit codes listed in [`EXIT_CODES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    Failure = 1,
+    Usage = 2,
+    Unreachable = 3,
+    Unauthorized = 4,
+    NotFound = 5,
+    Conflict = 6,
+    Device = 7,
+    ReadOnly = 8,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// A failed command: what to print and which code to exit with.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    pub fn read_only(what: &str) -> Self {
+        Self::new(
+            Exit::ReadOnly,
+            format!("refusing to {what}: this profile is read-only"),
+        )
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        let exit = match &error {
+            e if e.is_connection() => Exit::Unreachable,
+            ClientError::Api {
+                device: Some(_), ..
+            } => Exit::Device,
+            e if e.is_unauthorized() => Exit::Unauthorized,
+            ClientError::Api { status: 404, .. } => Exit::NotFound,
+            ClientError::Api { status: 409, .. } => Exit::Conflict,
+            ClientError::Api {
+                status: 503 | 504, ..
+            } => Exit::Device,
+            ClientError::InvalidUrl { .. } => Exit::Usage,
+            _ => Exit::Failure,
+        };
+        Failure::new(exit, error.to_string())
+    }
+}
+
+impl From<crate::profile::ProfileError> for Failure {
+    fn from(error: crate::profile::ProfileError) -> Self {
+        Failure::usage(error.to_string())
+    }
+}
+
+pub type CommandResult = Result<(), Failure>;
+
+/// Connection options every command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// Profile from the config file.
+    #[arg(long, short = 'p', env = "HERD_PROFILE", global = true)]
+    pub profile: Option<String>,
+    /// Server URL, e.g. http://127.0.0.1:8009 (overrides the profile).
+    #[arg(long, env = "HERD_SERVER", global = true)]
+    pub server: Option<String>,
+    /// API key (overrides the profile).
+    #[arg(long, env = "HERD_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Refuse every change: shadow edits, RPC calls, registrations.
+    #[arg(long, env = "HERD_READ_ONLY", global = true)]
+    pub read_only: bool,
+    /// Config file with profiles (default: console.toml in the platform config directory).
+    #[arg(long, env = "HERD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            profile: self.profile.clone(),
+            server: self.server.clone(),
+            api_key: self.api_key.clone(),
+            read_only: self.read_only,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// `herd`: the operator console and the scripting CLI for a Herd device cloud.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, after_help = EXIT_CODES)]
+pub struct Args {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Where the console writes its log (default: console.log in the platform data
+    /// directory). The console never logs to the screen it draws.
+    #[arg(long, env = "HERD_LOG", global = true)]
+    pub log: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List devices: id, name, state, app, firmware, last seen.
+    Devices {
+        /// One JSON array of PROTOCOL §6 device objects, sorted by id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Device {
+        id: String,
+        /// The PROTOCOL §6 device object as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or change a device's shadow.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
+    /// Call a device RPC and print its result as JSON.
+    Call {
+        id: String,
+        method: String,
+        /// Params as JSON; `-` reads them from stdin.
+        params: Option<String>,
+    },
+    /// Follow the live notification stream; reconnects by itself.
+    Tail {
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only events whose name matches this glob (`*` and `?`), e.g. `rpc.out.*`.
+        #[arg(long)]
+        name: Option<String>,
+        /// One JSON object per line: {"ts", "id", "name", "data"} (PROTOCOL §7 form).
+        #[arg(long)]
+        json: bool,
+        /// Also append every shown notification to FILE as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
+        /// Exit after this many notifications.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Register a new device; prints `ID TOKEN` on one line.
+    Register {
+        name: String,
+        /// Choose the device id instead of letting the server pick one.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print {"id", "token"} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an embedded server and a simulated fleet on loopback, and open the console on
+    /// them: the whole product, no setup.
+    Demo {
+        /// How many simulated devices.
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShadowCommand {
+    /// Print the shadow document with its delta (PROTOCOL §4).
+    Get { id: String },
+    /// Apply an update. JSON with a top-level `state` is a full PROTOCOL §4.1 update;
+    /// any other object is taken as the `desired` section. `-` reads stdin.
+    Set {
+        id: String,
+        json: String,
+        /// Reject the update if the shadow's version is no longer N (PROTOCOL §4.1).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+/// Entry point of the `herd` binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("herd: cannot start the async runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    let outcome = runtime.block_on(run(args));
+    // Background tasks (a reconnecting stream) must not hold the process open.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => Exit::Success.into(),
+        Err(failure) => {
+            eprintln!("herd: {}", failure.message);
+            failure.exit.into()
+        }
+    }
+}
+
+async fn run(args: Args) -> CommandResult {
+    let Some(command) = args.command else {
+        let profile = Profile::resolve(&args.connection.overrides())?;
+        return crate::tui::run(profile, args.log).await;
+    };
+    if let Command::Demo { devices } = command {
+        return crate::demo::run(devices, args.log).await;
+    }
+    let profile = Profile::resolve(&args.connection.overrides())?;
+    let client = Client::new(&profile.server, profile.api_key.as_deref())?;
+    match command {
+        Command::Devices { json } => commands::devices(&client, json).await,
+        Command::Device { id, json } => commands::device(&client, &id, json).await,
+        Command::Shadow {
+            command: ShadowCommand::Get { id },
+        } => commands::shadow_get(&client, &id).await,
+        Command::Shadow {
+            command: ShadowCommand::Set { id, json, version },
+        } => {
+            if profile.read_only {
+                return Err(Failure::read_only("change a shadow"));
+            }
+            commands::shadow_set(&client, &id, &json, version).await
+        }
+        Command::Call { id, method, params } => {
+            if profile.read_only && !crate::read_only_safe(&method) {
+                return Err(Failure::read_only(&format!("call {method}")));
+            }
+            commands::call(&client, &id, &method, params.as_deref()).await
+        }
+        Command::Tail {
+            device,
+            name,
+            json,
+            save,
+            count,
+        } => {
+            tail::run(
+                &client,
+                tail::TailOptions {
+                    device,
+                    name,
+                    json,
+                    save,
+                    count,
+                },
+            )
+            .await
+        }
+        Command::Register { name, id, json } => {
+            if profile.read_only {
+                return Err(Failure::read_only("register a device"));
+            }
+            commands::register(&client, &name, id, json).await
+        }
+        Command::Demo { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,225 @@
+//! The one-shot commands: devices, device, shadow get/set, call, register.
+
+use std::io::{Read, Write};
+
+use herd_client::{Client, DeviceObject, NewDevice};
+use serde_json::{json, Value};
+
+use super::{CommandResult, Exit, Failure};
+use crate::fleet::DeviceRow;
+
+/// Writes to stdout; a closed pipe (`herd devices | head`) is not an error.
+pub(crate) fn print(text: &str) -> CommandResult {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(
+            Exit::Failure,
+            format!("cannot write output: {e}"),
+        )),
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    text.push('\n');
+    text
+}
+
+/// Parses JSON given on the command line, or read from stdin for `-`.
+pub(crate) fn json_argument(text: &str, what: &str) -> Result<Value, Failure> {
+    let text = if text == "-" {
+        let mut buffer = String::new();
+        std::io::stdin()
+            .read_to_string(&mut buffer)
+            .map_err(|e| Failure::usage(format!("cannot read {what} from stdin: {e}")))?;
+        buffer
+    } else {
+        text.to_string()
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Failure::usage(format!("{what} is not valid JSON: {e}")))
+}
+
+pub async fn devices(client: &Client, json: bool) -> CommandResult {
+    let mut devices = client.devices().await?;
+    devices.sort_by(|a, b| a.id.cmp(&b.id));
+    if json {
+        let text = serde_json::to_string(&devices)
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+        return print(&format!("{text}\n"));
+    }
+    print(&device_table(&devices, now()))
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The human table of `herd devices`: aligned columns, one device per line.
+pub fn device_table(devices: &[DeviceObject], now: f64) -> String {
+    let header = ["ID", "NAME", "STATE", "APP", "FIRMWARE", "LAST SEEN"];
+    let rows: Vec<[String; 6]> = devices
+        .iter()
+        .map(|device| {
+            let row = DeviceRow::from_object(device, now);
+            [
+                row.id.to_string(),
+                row.name.to_string(),
+                if row.online { "online" } else { "offline" }.into(),
+                row.app.to_string(),
+                row.fw_version.to_string(),
+                row.last_seen_text(now),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+pub async fn device(client: &Client, id: &str, json: bool) -> CommandResult {
+    let device = client.device(id).await?;
+    if json {
+        let text = serde_json::to_string(&device)
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+        return print(&format!("{text}\n"));
+    }
+    let now = now();
+    let row = DeviceRow::from_object(&device, now);
+    let mut out = String::new();
+    for (key, value) in [
+        ("id", device.id.clone()),
+        ("name", device.name.clone()),
+        (
+            "state",
+            if device.online { "online" } else { "offline" }.into(),
+        ),
+        ("owner", device.user_id.clone()),
+        ("shared with", device.shared_with.clone()),
+        ("created", device.created_at.clone()),
+        ("last seen", row.last_seen_text(now)),
+        ("app", row.app.to_string()),
+        ("arch", row.arch.to_string()),
+        ("firmware", row.fw_version.to_string()),
+    ] {
+        out.push_str(&format!("{key:<12} {value}\n"));
+    }
+    out.push_str("info:\n");
+    out.push_str(&pretty(&device.info));
+    out.push_str("shadow:\n");
+    out.push_str(&pretty(&device.shadow));
+    print(&out)
+}
+
+pub async fn shadow_get(client: &Client, id: &str) -> CommandResult {
+    let shadow = client.shadow(id).await?;
+    print(&pretty(&shadow))
+}
+
+/// Turns the `shadow set` argument into a PROTOCOL §4.1 update.
+pub fn shadow_update(input: Value, version: Option<u64>) -> Result<Value, Failure> {
+    let Value::Object(object) = input else {
+        return Err(Failure::usage(
+            "the shadow update must be a JSON object, e.g. '{\"on\": true}'",
+        ));
+    };
+    let mut update = if object.contains_key("state") {
+        Value::Object(object)
+    } else {
+        json!({"state": {"desired": object}})
+    };
+    if let Some(version) = version {
+        update["version"] = json!(version);
+    }
+    Ok(update)
+}
+
+pub async fn shadow_set(
+    client: &Client,
+    id: &str,
+    text: &str,
+    version: Option<u64>,
+) -> CommandResult {
+    let update = shadow_update(json_argument(text, "the shadow update")?, version)?;
+    let shadow = client.update_shadow(id, &update).await?;
+    print(&pretty(&shadow))
+}
+
+pub async fn call(client: &Client, id: &str, method: &str, params: Option<&str>) -> CommandResult {
+    let params = params
+        .map(|text| json_argument(text, "the params"))
+        .transpose()?;
+    let result = client.call(id, method, params.as_ref()).await?;
+    print(&pretty(&result))
+}
+
+pub async fn register(
+    client: &Client,
+    name: &str,
+    id: Option<String>,
+    json: bool,
+) -> CommandResult {
+    let device = client
+        .create_device(&NewDevice {
+            name: Some(name.to_string()),
+            id,
+        })
+        .await?;
+    let token = device
+        .token
+        .ok_or_else(|| Failure::new(Exit::Failure, "the server returned no device token"))?;
+    if json {
+        print(&format!("{}\n", json!({"id": device.id, "token": token})))
+    } else {
+        print(&format!("{} {}\n", device.id, token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_set_wraps_plain_objects_as_desired() {
+        assert_eq!(
+            shadow_update(json!({"on": true}), None).expect("ok"),
+            json!({"state": {"desired": {"on": true}}})
+        );
+        assert_eq!(
+            shadow_update(json!({"state": {"reported": {"x": 1}}}), Some(4)).expect("ok"),
+            json!({"state": {"reported": {"x": 1}}, "version": 4})
+        );
+        let failure = shadow_update(json!([1]), None).expect_err("not an object");
+        assert_eq!(failure.exit, Exit::Usage);
+    }
+}

@@ -1,0 +1,261 @@
+//! Connection profiles: which server, which API key, read-only or not.
+//!
+//! The config file (`console.toml` in the platform config directory, or `--config FILE` /
+//! `HERD_CONFIG`) names profiles:
+//!
+//! ```toml
+//! default_profile = "lab"
+//!
+//! [profiles.lab]
+//! server = "http://127.0.0.1:8009"
+//! api_key = "..."
+//!
+//! [profiles.prod]
+//! server = "https://herd.example.com"
+//! api_key = "..."
+//! read_only = true
+//! ```
+//!
+//! Flags (`--server`, `--api-key`, `--read-only`) and `HERD_*` variables override the
+//! selected profile field by field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The server a bare `herd` talks to when nothing says otherwise: a local `herd-server`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8009";
+
+/// One `[profiles.NAME]` table.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileEntry {
+    pub server: Option<String>,
+    pub api_key: Option<String>,
+    pub read_only: bool,
+}
+
+impl std::fmt::Debug for ProfileEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileEntry")
+            .field("server", &self.server)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub default_profile: Option<String>,
+    pub profiles: BTreeMap<String, ProfileEntry>,
+}
+
+/// Why the profile could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no profile named {name:?} in {path} (known: {known})")]
+    Unknown {
+        name: String,
+        path: PathBuf,
+        known: String,
+    },
+}
+
+impl ConsoleConfig {
+    /// The default location, `<config dir>/console.toml`; `None` without a home directory.
+    pub fn default_path() -> Option<PathBuf> {
+        herd_config::default_config_dir()
+            .ok()
+            .map(|dir| dir.join("console.toml"))
+    }
+
+    /// Reads `path`; a missing file is an empty config, because a fresh machine has none.
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ProfileError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ProfileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What the command line and environment said (clap has already merged flags over
+/// `HERD_*` variables).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub profile: Option<String>,
+    pub server: Option<String>,
+    pub api_key: Option<String>,
+    pub read_only: bool,
+    pub config: Option<PathBuf>,
+}
+
+/// The connection the console and CLI use.
+#[derive(Clone, PartialEq)]
+pub struct Profile {
+    /// Shown in the header; `default` when no profile was selected.
+    pub name: String,
+    pub server: String,
+    pub api_key: Option<String>,
+    pub read_only: bool,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl Profile {
+    /// Resolves the profile: flags and variables over the selected profile over defaults.
+    pub fn resolve(overrides: &Overrides) -> Result<Profile, ProfileError> {
+        let path = overrides
+            .config
+            .clone()
+            .or_else(ConsoleConfig::default_path);
+        let config = match &path {
+            Some(path) => ConsoleConfig::load(path)?,
+            None => ConsoleConfig::default(),
+        };
+        Self::resolve_with(overrides, &config, path.as_deref())
+    }
+
+    /// [`Profile::resolve`] on an already-loaded config.
+    pub fn resolve_with(
+        overrides: &Overrides,
+        config: &ConsoleConfig,
+        path: Option<&Path>,
+    ) -> Result<Profile, ProfileError> {
+        let selected = overrides
+            .profile
+            .clone()
+            .or_else(|| config.default_profile.clone());
+        let entry = match &selected {
+            Some(name) => match config.profiles.get(name) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+                    return Err(ProfileError::Unknown {
+                        name: name.clone(),
+                        path: path.map(Path::to_path_buf).unwrap_or_default(),
+                        known: if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        },
+                    });
+                }
+            },
+            None => ProfileEntry::default(),
+        };
+        Ok(Profile {
+            name: selected.unwrap_or_else(|| "default".into()),
+            server: overrides
+                .server
+                .clone()
+                .or(entry.server)
+                .unwrap_or_else(|| DEFAULT_SERVER.into()),
+            api_key: overrides.api_key.clone().or(entry.api_key),
+            read_only: overrides.read_only || entry.read_only,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ConsoleConfig {
+        toml::from_str(
+            r#"
+            default_profile = "lab"
+            [profiles.lab]
+            server = "http://lab:8009"
+            api_key = "lab-key"
+            [profiles.prod]
+            server = "https://prod"
+            api_key = "prod-key"
+            read_only = true
+            "#,
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn default_profile_applies() {
+        let profile = Profile::resolve_with(&Overrides::default(), &config(), None).expect("ok");
+        assert_eq!(profile.name, "lab");
+        assert_eq!(profile.server, "http://lab:8009");
+        assert_eq!(profile.api_key.as_deref(), Some("lab-key"));
+        assert!(!profile.read_only);
+    }
+
+    #[test]
+    fn flags_override_field_by_field() {
+        let overrides = Overrides {
+            profile: Some("prod".into()),
+            api_key: Some("other".into()),
+            ..Default::default()
+        };
+        let profile = Profile::resolve_with(&overrides, &config(), None).expect("ok");
+        assert_eq!(profile.server, "https://prod");
+        assert_eq!(profile.api_key.as_deref(), Some("other"));
+        assert!(profile.read_only, "a read-only profile stays read-only");
+    }
+
+    #[test]
+    fn nothing_configured_means_a_local_server() {
+        let profile = Profile::resolve_with(&Overrides::default(), &ConsoleConfig::default(), None)
+            .expect("ok");
+        assert_eq!(profile.server, DEFAULT_SERVER);
+        assert_eq!(profile.name, "default");
+        assert!(profile.api_key.is_none());
+    }
+
+    #[test]
+    fn unknown_profiles_and_bad_files_are_named() {
+        let overrides = Overrides {
+            profile: Some("nope".into()),
+            ..Default::default()
+        };
+        let error = Profile::resolve_with(&overrides, &config(), Some(Path::new("/x.toml")))
+            .expect_err("unknown");
+        assert!(error.to_string().contains("lab, prod"), "{error}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.toml");
+        std::fs::write(&path, "profiles = 3").expect("write");
+        assert!(matches!(
+            ConsoleConfig::load(&path),
+            Err(ProfileError::Parse { .. })
+        ));
+        assert_eq!(
+            ConsoleConfig::load(&dir.path().join("missing.toml")).expect("missing is empty"),
+            ConsoleConfig::default()
+        );
+    }
+}

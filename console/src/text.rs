@@ -1,0 +1,120 @@
+//! Small text helpers shared by the CLI and the console: globs, times, durations.
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Matches `text` against a glob with `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    // Iterative matcher with one backtrack point: linear enough for event names and
+    // immune to the exponential blow-up of naive recursion on `*a*a*a*`.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// `HH:MM:SS.mmm` in UTC: the console and `herd tail` show UTC so that lines compare with
+/// the server's log, whatever the operator's time zone.
+pub fn clock_time(ts: f64) -> String {
+    let ts = if ts.is_finite() && ts >= 0.0 { ts } else { 0.0 };
+    let millis = (ts * 1000.0).round() as u64;
+    let day_millis = millis % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_millis / 3_600_000,
+        day_millis / 60_000 % 60,
+        day_millis / 1000 % 60,
+        day_millis % 1000
+    )
+}
+
+/// A compact duration: `42s`, `5m`, `3h12m`, `4d2h`.
+pub fn duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "-".into();
+    }
+    let s = seconds as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// How long ago `then` was, relative to `now`: `12s ago`, `3h04m ago`.
+pub fn ago(then: f64, now: f64) -> String {
+    format!("{} ago", duration((now - then).max(0.0)))
+}
+
+/// Parses an RFC 3339 timestamp from a REST body into Unix seconds.
+pub fn parse_rfc3339(text: &str) -> Option<f64> {
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(parsed.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+/// Cuts `text` to at most `max` characters, marking the cut with `…`.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    if max == 0 {
+        return String::new();
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("rpc.out.*", "rpc.out.Log"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("on?ine", "online"));
+        assert!(glob_match("*line", "offline"));
+        assert!(!glob_match("rpc.in.*", "rpc.out.Log"));
+        assert!(!glob_match("online", "online2"));
+        assert!(glob_match("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaab"));
+        assert!(!glob_match("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(clock_time(3661.5), "01:01:01.500");
+        assert_eq!(clock_time(f64::NAN), "00:00:00.000");
+        assert_eq!(duration(42.0), "42s");
+        assert_eq!(duration(3600.0 * 3.0 + 12.0 * 60.0), "3h12m");
+        assert_eq!(duration(86_400.0 * 4.0 + 7200.0), "4d2h");
+        assert_eq!(ago(100.0, 160.0), "1m ago");
+        assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60.0));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
+    }
+}

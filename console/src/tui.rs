@@ -1,0 +1,478 @@
+//! The operator console: terminal setup, the event loop, and the tasks that do IO.
+//!
+//! The loop is The Elm Architecture: input, ticks and IO results arrive as [`Msg`]s over
+//! one channel; [`update`] changes the [`Model`] and returns [`Command`]s, which run as
+//! tasks that answer with more messages. The screen is redrawn only when the model is
+//! dirty, at most [`FRAME_INTERVAL`] apart, so a flood of notifications costs one draw per
+//! frame rather than one per notification, and keys are handled between batches.
+
+pub mod device;
+pub mod input;
+pub mod model;
+pub mod notifications;
+pub mod palette;
+pub mod theme;
+pub mod view;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{
+    DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture, Event,
+    EventStream,
+};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use futures_util::StreamExt;
+use herd_client::{Client, NotifyEvent};
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use model::{update, Command, Connection, Model, ModelOptions, Msg, ProfileInfo};
+pub use theme::Theme;
+
+use crate::cli::{CommandResult, Exit, Failure};
+use crate::profile::Profile;
+use crate::text::unix_now;
+
+/// Shortest time between two draws: 30 frames a second at most.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(33);
+/// How often the clock ticks (relative times, re-sorting a changing fleet).
+const TICK: Duration = Duration::from_millis(250);
+/// Lines the notification ring keeps unless `HERD_TAIL_LINES` says otherwise.
+const DEFAULT_TAIL_LINES: usize = 20_000;
+/// Longest the loop spends applying queued messages before it draws and reads keys again.
+const BATCH_BUDGET: Duration = Duration::from_millis(12);
+
+/// Options of one console session.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    pub tail_lines: usize,
+    pub mouse: bool,
+    pub theme: Theme,
+}
+
+impl ConsoleOptions {
+    /// Defaults, adjusted by `HERD_TAIL_LINES`, `HERD_MOUSE` and `NO_COLOR`.
+    pub fn from_env() -> Self {
+        ConsoleOptions {
+            tail_lines: std::env::var("HERD_TAIL_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .unwrap_or(DEFAULT_TAIL_LINES),
+            mouse: std::env::var("HERD_MOUSE").is_ok_and(|v| v == "1" || v == "true"),
+            theme: Theme::from_env(),
+        }
+    }
+}
+
+/// Opens the console on `profile`'s server; returns when the operator quits.
+pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
+    init_logging(log);
+    let client = Client::new(&profile.server, profile.api_key.as_deref())?;
+    let info = ProfileInfo {
+        name: profile.name.clone(),
+        server: profile.server.clone(),
+        read_only: profile.read_only,
+    };
+    run_console(client, info, ConsoleOptions::from_env()).await
+}
+
+/// Sends logs to a file: the console owns the screen, so nothing may print on it.
+pub fn init_logging(path: Option<PathBuf>) {
+    let path = path.or_else(|| {
+        herd_config::default_data_dir("console")
+            .ok()
+            .map(|dir| dir.join("console.log"))
+    });
+    let Some(path) = path else { return };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERD_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+}
+
+type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
+
+/// Puts the terminal back as the shell had it. Safe to call more than once.
+fn restore_terminal(mouse: bool) {
+    let _ = disable_raw_mode();
+    let mut stdout = std::io::stdout();
+    if mouse {
+        let _ = crossterm::execute!(stdout, DisableMouseCapture);
+    }
+    let _ = crossterm::execute!(
+        stdout,
+        DisableBracketedPaste,
+        LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+    let _ = stdout.flush();
+}
+
+fn setup_terminal(mouse: bool) -> Result<Term, Failure> {
+    let fail =
+        |e: std::io::Error| Failure::new(Exit::Failure, format!("cannot set up the terminal: {e}"));
+    enable_raw_mode().map_err(fail)?;
+    let mut stdout = std::io::stdout();
+    let entered =
+        crossterm::execute!(stdout, EnterAlternateScreen, EnableBracketedPaste).and_then(|()| {
+            if mouse {
+                crossterm::execute!(stdout, EnableMouseCapture)
+            } else {
+                Ok(())
+            }
+        });
+    if let Err(e) = entered {
+        restore_terminal(mouse);
+        return Err(fail(e));
+    }
+    // A panic anywhere must leave a usable shell and a readable message: restore first,
+    // then let the previous hook print.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal(mouse);
+        previous(info);
+    }));
+    Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| {
+        restore_terminal(mouse);
+        fail(e)
+    })
+}
+
+/// Restores the terminal when dropped, on every way out of the loop.
+struct TerminalGuard {
+    mouse: bool,
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal(self.mouse);
+    }
+}
+
+fn spawn_input(sender: mpsc::Sender<Msg>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = EventStream::new();
+        while let Some(event) = events.next().await {
+            let msg = match event {
+                Ok(Event::Key(key)) => Msg::Key(key),
+                Ok(Event::Mouse(mouse)) => Msg::Mouse(mouse),
+                Ok(Event::Paste(text)) => Msg::Paste(text),
+                Ok(Event::Resize(width, height)) => Msg::Resize(width, height),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "terminal input failed");
+                    return;
+                }
+            };
+            if sender.send(msg).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn spawn_ticks(sender: mpsc::Sender<Msg>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            if sender.send(Msg::Tick(unix_now())).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Feeds the notify stream into the loop, many notifications per message.
+fn spawn_notify(client: Client, sender: mpsc::Sender<Msg>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = client.notify();
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            batch.clear();
+            if stream.next_batch(&mut batch, 1024).await == 0 {
+                return;
+            }
+            let at = unix_now();
+            let mut items = Vec::new();
+            for event in batch.drain(..) {
+                let msg = match event {
+                    NotifyEvent::Notification(notification) => {
+                        items.push(notification);
+                        continue;
+                    }
+                    NotifyEvent::Connecting { attempt } => {
+                        Msg::Stream(Connection::Connecting { attempt })
+                    }
+                    NotifyEvent::Connected => Msg::Stream(Connection::Connected),
+                    NotifyEvent::Disconnected { reason, retry_in } => {
+                        Msg::Stream(Connection::Lost {
+                            reason,
+                            retry_at: unix_now() + retry_in.as_secs_f64(),
+                        })
+                    }
+                    NotifyEvent::Lagged { dropped } => Msg::Lagged(dropped),
+                    NotifyEvent::Rejected(error) => {
+                        Msg::Stream(Connection::Rejected(error.to_string()))
+                    }
+                };
+                if !items.is_empty() {
+                    let items = std::mem::take(&mut items);
+                    if sender.send(Msg::Notifications { at, items }).await.is_err() {
+                        return;
+                    }
+                }
+                if sender.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            if !items.is_empty() && sender.send(Msg::Notifications { at, items }).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Runs a command in a task that reports back.
+fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
+    let client = client.clone();
+    let sender = sender.clone();
+    let task = async move {
+        let msg = match command {
+            Command::LoadDevices => Msg::DevicesLoaded(client.devices().await.map_err(Into::into)),
+            Command::LoadDevice(id) => {
+                let result = client.device(&id).await.map_err(Into::into);
+                Msg::DeviceLoaded { id, result }
+            }
+            Command::SendShadow { id, update } => {
+                let result = client.update_shadow(&id, &update).await.map_err(Into::into);
+                Msg::ShadowSent { id, result }
+            }
+            Command::ListRpc(id) => {
+                let result = client
+                    .call(&id, "RPC.List", None)
+                    .await
+                    .map_err(model::Failure::from)
+                    .and_then(|value| {
+                        serde_json::from_value::<Vec<String>>(value)
+                            .map(|mut methods| {
+                                methods.sort();
+                                methods
+                            })
+                            .map_err(|e| {
+                                model::Failure::new(format!(
+                                    "RPC.List did not return a list of names: {e}"
+                                ))
+                            })
+                    });
+                Msg::RpcListed { id, result }
+            }
+            Command::CallRpc { id, method, params } => {
+                let result = client
+                    .call(&id, &method, params.as_ref())
+                    .await
+                    .map_err(Into::into);
+                Msg::RpcDone { id, method, result }
+            }
+            Command::Bulk { label, ids, action } => {
+                let outcomes: Vec<(String, Result<(), String>)> = futures_util::stream::iter(ids)
+                    .map(|id| {
+                        let client = client.clone();
+                        let action = action.clone();
+                        async move {
+                            let result = match &action {
+                                model::BulkAction::Desired(update) => {
+                                    client.update_shadow(&id, update).await.map(|_| ())
+                                }
+                                model::BulkAction::Call { method, params } => {
+                                    client.call(&id, method, params.as_ref()).await.map(|_| ())
+                                }
+                            };
+                            (id, result.map_err(|e| e.to_string()))
+                        }
+                    })
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                let ok = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
+                let failed = outcomes
+                    .into_iter()
+                    .filter_map(|(id, r)| r.err().map(|e| (id, e)))
+                    .collect();
+                Msg::BulkDone { label, ok, failed }
+            }
+            Command::Save { path, lines } => {
+                let count = lines.len();
+                let target = path.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let mut text = lines.join("\n");
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    std::fs::write(&target, text)
+                })
+                .await;
+                Msg::Saved(match written {
+                    Ok(Ok(())) => Ok((path, count)),
+                    Ok(Err(e)) => Err(format!("cannot save to {}: {e}", path.display())),
+                    Err(e) => Err(format!("saving failed: {e}")),
+                })
+            }
+            // Handled by the loop itself, which owns the terminal.
+            Command::ExternalEditor { .. } | Command::Quit => return,
+        };
+        let _ = sender.send(msg).await;
+    };
+    tokio::spawn(task);
+}
+
+/// Edits `text` in `$VISUAL`/`$EDITOR` (or `vi`) with the screen handed over.
+async fn external_editor(terminal: &mut Term, mouse: bool, text: &str) -> Result<String, String> {
+    let file = tempfile::Builder::new()
+        .prefix("herd-desired-")
+        .suffix(".json")
+        .tempfile()
+        .map_err(|e| format!("cannot create a temporary file: {e}"))?;
+    std::fs::write(file.path(), text)
+        .map_err(|e| format!("cannot write the temporary file: {e}"))?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    restore_terminal(mouse);
+    // The editor may be "code --wait": split words, the file goes last.
+    let mut words = editor.split_whitespace();
+    let program = words.next().unwrap_or("vi").to_string();
+    let status = tokio::process::Command::new(&program)
+        .args(words)
+        .arg(file.path())
+        .status()
+        .await;
+    let _ = enable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        EnterAlternateScreen,
+        EnableBracketedPaste
+    );
+    if mouse {
+        let _ = crossterm::execute!(std::io::stdout(), EnableMouseCapture);
+    }
+    let _ = terminal.clear();
+    match status {
+        Ok(status) if status.success() => std::fs::read_to_string(file.path())
+            .map_err(|e| format!("cannot read the edited file: {e}")),
+        Ok(status) => Err(format!("{program} exited with {status}; nothing sent")),
+        Err(e) => Err(format!("cannot run {program}: {e} (set $EDITOR)")),
+    }
+}
+
+// One value per loop turn, never stored: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Msg(Msg),
+    Draw,
+    Closed,
+}
+
+/// The event loop on an already-built client.
+pub async fn run_console(
+    client: Client,
+    profile: ProfileInfo,
+    options: ConsoleOptions,
+) -> CommandResult {
+    let mut terminal = setup_terminal(options.mouse)?;
+    let _guard = TerminalGuard {
+        mouse: options.mouse,
+    };
+    let size = terminal
+        .size()
+        .map(|s| (s.width, s.height))
+        .unwrap_or((80, 24));
+    let mut model = Model::new(ModelOptions {
+        profile,
+        tail_lines: options.tail_lines,
+        now: unix_now(),
+        size,
+    });
+    let (sender, mut receiver) = mpsc::channel::<Msg>(256);
+    let mut input = spawn_input(sender.clone());
+    let ticks = spawn_ticks(sender.clone());
+    let notify = spawn_notify(client.clone(), sender.clone());
+    let mut last_draw = Instant::now() - FRAME_INTERVAL;
+
+    let outcome = loop {
+        let wake = if model.dirty {
+            let deadline = tokio::time::Instant::from_std(last_draw + FRAME_INTERVAL);
+            tokio::select! {
+                msg = receiver.recv() => msg.map_or(Wake::Closed, Wake::Msg),
+                _ = tokio::time::sleep_until(deadline) => Wake::Draw,
+            }
+        } else {
+            receiver.recv().await.map_or(Wake::Closed, Wake::Msg)
+        };
+        let mut pending = match wake {
+            Wake::Msg(msg) => vec![msg],
+            Wake::Draw => Vec::new(),
+            Wake::Closed => break Ok(()),
+        };
+        let started = Instant::now();
+        while let Some(msg) = pending.pop() {
+            for command in update(&mut model, msg) {
+                match command {
+                    Command::Quit => {}
+                    Command::ExternalEditor { id, text } => {
+                        // The editor needs the keyboard: stop reading keys meanwhile.
+                        input.abort();
+                        let result = external_editor(&mut terminal, options.mouse, &text).await;
+                        input = spawn_input(sender.clone());
+                        pending.push(Msg::ExternalEdit { id, result });
+                    }
+                    other => execute(&client, other, &sender),
+                }
+            }
+            if model.quit {
+                break;
+            }
+            if pending.is_empty() && started.elapsed() < BATCH_BUDGET {
+                if let Ok(msg) = receiver.try_recv() {
+                    pending.push(msg);
+                }
+            }
+        }
+        if model.quit {
+            break Ok(());
+        }
+        if model.dirty && last_draw.elapsed() >= FRAME_INTERVAL {
+            let theme = options.theme;
+            if let Err(e) = terminal.draw(|frame| view::render(frame, &model, &theme)) {
+                break Err(Failure::new(Exit::Failure, format!("cannot draw: {e}")));
+            }
+            model.dirty = false;
+            last_draw = Instant::now();
+        }
+    };
+    input.abort();
+    ticks.abort();
+    notify.abort();
+    outcome
+}

@@ -1,0 +1,1281 @@
+//! The console's state and its one transition function, [`update`].
+//!
+//! Everything that happens arrives as a [`Msg`]: keys, ticks, notifications, answers of
+//! REST calls. [`update`] changes the [`Model`] synchronously and returns the
+//! [`Command`]s to run (REST calls, saving a file); the runtime runs them in tasks that
+//! answer with more messages. Nothing here touches a terminal or a socket, so tests drive
+//! the whole console by feeding messages.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
+use herd_client::{DeviceObject, Notification};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::device::{desired_update, DeviceView, Editor, Pane, RpcDialog, RpcFocus};
+use super::input::LineInput;
+use super::notifications::Tail;
+use super::palette::{self, PaletteCommand};
+use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
+
+/// A failed REST call as the model keeps it: status and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl From<herd_client::Error> for Failure {
+    fn from(error: herd_client::Error) -> Self {
+        Failure {
+            status: error.status(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            status: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// State of the notify stream, for the header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connection {
+    Connecting {
+        attempt: u32,
+    },
+    Connected,
+    /// Lost; the next attempt is due at `retry_at` (Unix seconds).
+    Lost {
+        reason: String,
+        retry_at: f64,
+    },
+    /// The server refused the API key; nothing will change without a new one.
+    Rejected(String),
+}
+
+/// Everything that can happen to the console.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    Paste(String),
+    Resize(u16, u16),
+    /// The clock moved on (Unix seconds).
+    Tick(f64),
+    Stream(Connection),
+    /// A batch of notifications, received at `at`.
+    Notifications {
+        at: f64,
+        items: Vec<Notification>,
+    },
+    /// The server dropped this many notifications for us (PROTOCOL §5 `lagged`).
+    Lagged(u64),
+    DevicesLoaded(Result<Vec<DeviceObject>, Failure>),
+    DeviceLoaded {
+        id: String,
+        result: Result<DeviceObject, Failure>,
+    },
+    ShadowSent {
+        id: String,
+        result: Result<Value, Failure>,
+    },
+    RpcListed {
+        id: String,
+        result: Result<Vec<String>, Failure>,
+    },
+    RpcDone {
+        id: String,
+        method: String,
+        result: Result<Value, Failure>,
+    },
+    BulkDone {
+        label: String,
+        ok: usize,
+        failed: Vec<(String, String)>,
+    },
+    Saved(Result<(PathBuf, usize), String>),
+    /// `$EDITOR` returned with this text (or failed).
+    ExternalEdit {
+        id: String,
+        result: Result<String, String>,
+    },
+}
+
+/// What a bulk action does to each device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BulkAction {
+    /// A PROTOCOL §4.1 update of `desired`.
+    Desired(Value),
+    Call {
+        method: String,
+        params: Option<Value>,
+    },
+}
+
+/// Work for the runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    LoadDevices,
+    LoadDevice(String),
+    SendShadow {
+        id: String,
+        update: Value,
+    },
+    ListRpc(String),
+    CallRpc {
+        id: String,
+        method: String,
+        params: Option<Value>,
+    },
+    Bulk {
+        label: String,
+        ids: Vec<String>,
+        action: BulkAction,
+    },
+    Save {
+        path: PathBuf,
+        lines: Vec<String>,
+    },
+    /// Suspend the screen, edit `text` in `$EDITOR`, answer with [`Msg::ExternalEdit`].
+    ExternalEditor {
+        id: String,
+        text: String,
+    },
+    Quit,
+}
+
+/// A full-screen view; the navigation stack holds these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screen {
+    Fleet,
+    Device(String),
+    Notifications,
+}
+
+/// What the one-line prompt is asking for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
+    FleetFilter,
+    TailDevice,
+    TailName,
+    TailRegex,
+    SavePath,
+}
+
+impl PromptKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PromptKind::FleetFilter => "filter",
+            PromptKind::TailDevice => "device id",
+            PromptKind::TailName => "event name glob",
+            PromptKind::TailRegex => "regex",
+            PromptKind::SavePath => "save to",
+        }
+    }
+}
+
+/// Something drawn over the current screen that takes the keys first.
+#[derive(Debug)]
+pub enum Overlay {
+    Palette {
+        input: LineInput,
+        error: Option<String>,
+    },
+    Help,
+    Prompt {
+        kind: PromptKind,
+        input: LineInput,
+        error: Option<String>,
+    },
+    /// A question that must be answered before `command` runs.
+    Confirm {
+        question: String,
+        command: Command,
+    },
+}
+
+/// A line in the status bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+    pub at: f64,
+}
+
+/// How long a status line stays.
+const STATUS_SECS: f64 = 6.0;
+/// How often a changing fleet is re-sorted and re-filtered.
+const REFRESH_SECS: f64 = 0.5;
+/// Rows the chrome takes: header, breadcrumbs, table header, footer.
+pub const CHROME_ROWS: u16 = 4;
+
+/// Connection facts shown in the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInfo {
+    pub name: String,
+    pub server: String,
+    pub read_only: bool,
+}
+
+/// Table selection and marks.
+#[derive(Debug, Default)]
+pub struct FleetUi {
+    /// Table position of the cursor.
+    pub selected: usize,
+    /// First visible table position.
+    pub offset: usize,
+    /// Device the cursor is on, so it stays on it when rows move.
+    pub selected_id: Option<Box<str>>,
+    pub marked: HashSet<Box<str>>,
+}
+
+/// The console's whole state.
+pub struct Model {
+    pub profile: ProfileInfo,
+    pub now: f64,
+    pub size: (u16, u16),
+    pub connection: Connection,
+    pub fleet: Fleet,
+    pub fleet_ui: FleetUi,
+    /// A `GET /devices` is in flight.
+    pub loading: bool,
+    /// Devices the stream told us about since the last listing was requested.
+    touched: HashSet<Box<str>>,
+    pub loaded_once: bool,
+    pub load_error: Option<String>,
+    pub tail: Tail,
+    pub device: Option<DeviceView>,
+    pub stack: Vec<Screen>,
+    pub overlay: Option<Overlay>,
+    pub status: Option<Status>,
+    /// Something visible changed since the last draw.
+    pub dirty: bool,
+    pub quit: bool,
+    last_refresh: f64,
+}
+
+/// Options of a new [`Model`].
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub profile: ProfileInfo,
+    /// Lines the notification ring keeps.
+    pub tail_lines: usize,
+    pub now: f64,
+    pub size: (u16, u16),
+}
+
+impl Model {
+    pub fn new(options: ModelOptions) -> Self {
+        Model {
+            profile: options.profile,
+            now: options.now,
+            size: options.size,
+            connection: Connection::Connecting { attempt: 1 },
+            fleet: Fleet::new(),
+            fleet_ui: FleetUi::default(),
+            loading: false,
+            touched: HashSet::new(),
+            loaded_once: false,
+            load_error: None,
+            tail: Tail::new(options.tail_lines),
+            device: None,
+            stack: vec![Screen::Fleet],
+            overlay: None,
+            status: None,
+            dirty: true,
+            quit: false,
+            last_refresh: options.now,
+        }
+    }
+
+    pub fn screen(&self) -> &Screen {
+        self.stack.last().unwrap_or(&Screen::Fleet)
+    }
+
+    /// Rows available to the fleet table.
+    pub fn table_rows(&self) -> usize {
+        self.size.1.saturating_sub(CHROME_ROWS) as usize
+    }
+
+    fn info(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: false,
+            at: self.now,
+        });
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.status = Some(Status {
+            text: text.into(),
+            error: true,
+            at: self.now,
+        });
+    }
+
+    /// Refuses a write in read-only mode, saying so; true if refused.
+    fn refuse_write(&mut self, what: &str) -> bool {
+        if self.profile.read_only {
+            self.error(format!("read-only profile: refusing to {what}"));
+            true
+        } else {
+            false
+        }
+    }
+
+    fn selected_row(&self) -> Option<&DeviceRow> {
+        self.fleet.row_at(self.fleet_ui.selected)
+    }
+
+    /// Keeps the cursor on the same device after the order changed, and in range.
+    fn follow_selection(&mut self) {
+        if let Some(id) = self.fleet_ui.selected_id.clone() {
+            if let Some(position) = self.fleet.position_of(&id) {
+                self.fleet_ui.selected = position;
+            }
+        }
+        self.clamp_selection();
+    }
+
+    fn clamp_selection(&mut self) {
+        let len = self.fleet.view_len();
+        let ui = &mut self.fleet_ui;
+        ui.selected = ui.selected.min(len.saturating_sub(1));
+        let rows = (self.size.1.saturating_sub(CHROME_ROWS) as usize).max(1);
+        if ui.selected < ui.offset {
+            ui.offset = ui.selected;
+        } else if ui.selected >= ui.offset + rows {
+            ui.offset = ui.selected + 1 - rows;
+        }
+        ui.offset = ui.offset.min(len.saturating_sub(rows.min(len)));
+        ui.selected_id = self.fleet.row_at(ui.selected).map(|r| r.id.clone());
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        let len = self.fleet.view_len();
+        if len == 0 {
+            return;
+        }
+        let target = (self.fleet_ui.selected as isize + delta).clamp(0, len as isize - 1);
+        self.fleet_ui.selected = target as usize;
+        self.clamp_selection();
+    }
+
+    fn open_device(&mut self, id: &str) -> Vec<Command> {
+        self.device = Some(DeviceView::new(id));
+        if matches!(self.screen(), Screen::Device(_)) {
+            self.stack.pop();
+        }
+        self.stack.push(Screen::Device(id.to_string()));
+        vec![Command::LoadDevice(id.to_string())]
+    }
+
+    fn go_to(&mut self, screen: Screen) {
+        self.stack.truncate(1);
+        if screen != Screen::Fleet {
+            self.stack.push(screen);
+        }
+    }
+
+    fn back(&mut self) {
+        if self.stack.len() > 1 {
+            self.stack.pop();
+            if !matches!(self.screen(), Screen::Device(_)) {
+                self.device = None;
+            }
+        }
+    }
+
+    /// Devices a bulk action applies to: the marked ones, else the one under the cursor.
+    fn targets(&self) -> Vec<String> {
+        if let Screen::Device(id) = self.screen() {
+            return vec![id.clone()];
+        }
+        if self.fleet_ui.marked.is_empty() {
+            self.selected_row()
+                .map(|r| vec![r.id.to_string()])
+                .unwrap_or_default()
+        } else {
+            let mut ids: Vec<String> = self
+                .fleet_ui
+                .marked
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            ids.sort();
+            ids
+        }
+    }
+
+    fn confirm_bulk(&mut self, label: String, action: BulkAction) {
+        let ids = self.targets();
+        if ids.is_empty() {
+            self.error("no device selected");
+            return;
+        }
+        let count = ids.len();
+        let question = if count == 1 {
+            format!("{label} on device {}?", ids[0])
+        } else {
+            format!("{label} on {count} devices?")
+        };
+        self.overlay = Some(Overlay::Confirm {
+            question,
+            command: Command::Bulk { label, ids, action },
+        });
+    }
+
+    fn apply_notification(&mut self, notification: &Notification) {
+        let id = notification.id.as_str();
+        match notification.name.as_str() {
+            "online" | "offline" => {
+                let online = notification.name == "online";
+                let now = self.now;
+                self.fleet.modify(id, |row| {
+                    row.online = online;
+                    row.last_seen = Some(now);
+                    if online {
+                        // A reconnect reboots the clock only when Sys.GetInfo says so; until
+                        // then count from now rather than show a stale uptime.
+                        row.uptime = row.uptime.map(|(_, _)| (0.0, now));
+                    }
+                });
+                if let Some(view) = self.device.as_mut().filter(|v| v.id == id) {
+                    if let Some(object) = view.object.as_mut() {
+                        object.online = online;
+                    }
+                }
+            }
+            "created" | "updated" => {
+                let Ok(object) = DeviceObject::deserialize(&notification.data) else {
+                    return;
+                };
+                self.fleet.upsert(DeviceRow::from_object(&object, self.now));
+                if let Some(view) = self.device.as_mut().filter(|v| v.id == id) {
+                    view.set_object(object, self.now);
+                }
+            }
+            "deleted" => {
+                self.fleet.remove(id);
+                self.fleet_ui.marked.remove(id);
+                self.follow_selection();
+                if self.device.as_ref().is_some_and(|v| v.id == id) {
+                    if let Some(view) = self.device.as_mut() {
+                        view.error = Some("this device was deleted".into());
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.touched.insert(id.into());
+    }
+}
+
+/// Applies one message; returns the work it asks for.
+pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
+    match msg {
+        Msg::Tick(now) => {
+            let second_changed = now.floor() != model.now.floor();
+            model.now = now;
+            if model
+                .status
+                .as_ref()
+                .is_some_and(|s| now - s.at > STATUS_SECS)
+            {
+                model.status = None;
+                model.dirty = true;
+            }
+            if now - model.last_refresh >= REFRESH_SECS {
+                model.last_refresh = now;
+                if model.fleet.refresh() {
+                    model.follow_selection();
+                    model.dirty = true;
+                }
+            }
+            // Relative times ("12s ago", uptime) move once a second.
+            if second_changed {
+                model.dirty = true;
+            }
+            Vec::new()
+        }
+        Msg::Resize(width, height) => {
+            model.size = (width, height);
+            model.clamp_selection();
+            model.dirty = true;
+            Vec::new()
+        }
+        Msg::Stream(connection) => {
+            let connected = connection == Connection::Connected;
+            model.connection = connection;
+            model.dirty = true;
+            if connected {
+                // (Re)connected: events may have been missed while away, so list again.
+                model.loading = true;
+                model.touched.clear();
+                let mut commands = vec![Command::LoadDevices];
+                if let Some(view) = &model.device {
+                    commands.push(Command::LoadDevice(view.id.clone()));
+                }
+                commands
+            } else {
+                Vec::new()
+            }
+        }
+        Msg::Notifications { at, items } => {
+            model.now = model.now.max(at);
+            for notification in &items {
+                model.tail.push(at, notification);
+                model.apply_notification(notification);
+            }
+            model.dirty = true;
+            Vec::new()
+        }
+        Msg::Lagged(dropped) => {
+            model.tail.lagged += dropped;
+            model.dirty = true;
+            Vec::new()
+        }
+        Msg::DevicesLoaded(result) => {
+            model.loading = false;
+            model.dirty = true;
+            match result {
+                Ok(devices) => {
+                    let now = model.now;
+                    let rows = devices
+                        .iter()
+                        .map(|d| DeviceRow::from_object(d, now))
+                        .collect();
+                    let touched = std::mem::take(&mut model.touched);
+                    model.fleet.replace_all(rows, &touched);
+                    model.loaded_once = true;
+                    model.load_error = None;
+                    model.follow_selection();
+                }
+                Err(failure) => model.load_error = Some(failure.message),
+            }
+            Vec::new()
+        }
+        Msg::DeviceLoaded { id, result } => {
+            model.dirty = true;
+            let now = model.now;
+            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
+                return Vec::new();
+            };
+            match result {
+                Ok(object) => {
+                    view.set_object(object, now);
+                    if let Some(editor) = view.editor.as_mut().filter(|e| e.awaiting_conflict_copy)
+                    {
+                        editor.awaiting_conflict_copy = false;
+                        let desired = view
+                            .object
+                            .as_ref()
+                            .and_then(|o| o.shadow.pointer("/state/desired"))
+                            .cloned()
+                            .unwrap_or_else(|| json!({}));
+                        let version = view
+                            .object
+                            .as_ref()
+                            .and_then(|o| o.shadow.get("version"))
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0);
+                        editor.conflict = Some((desired, version));
+                    }
+                }
+                Err(failure) => {
+                    view.loading = false;
+                    view.error = Some(failure.message);
+                }
+            }
+            Vec::new()
+        }
+        Msg::ShadowSent { id, result } => {
+            model.dirty = true;
+            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
+                return Vec::new();
+            };
+            match result {
+                Ok(shadow) => {
+                    let version = shadow.get("version").and_then(Value::as_u64).unwrap_or(0);
+                    view.editor = None;
+                    model.info(format!("desired updated (shadow version {version})"));
+                    vec![Command::LoadDevice(id)]
+                }
+                Err(failure) if failure.status == Some(409) => {
+                    if let Some(editor) = view.editor.as_mut() {
+                        editor.sending = false;
+                        editor.awaiting_conflict_copy = true;
+                        editor.error = Some(
+                            "version conflict: the shadow changed on the server since you started editing"
+                                .into(),
+                        );
+                    }
+                    vec![Command::LoadDevice(id)]
+                }
+                Err(failure) => {
+                    if let Some(editor) = view.editor.as_mut() {
+                        editor.sending = false;
+                        editor.error = Some(failure.message);
+                    }
+                    Vec::new()
+                }
+            }
+        }
+        Msg::RpcListed { id, result } => {
+            model.dirty = true;
+            if let Some(dialog) = model
+                .device
+                .as_mut()
+                .filter(|v| v.id == id)
+                .and_then(|v| v.rpc.as_mut())
+            {
+                dialog.methods = Some(result.map_err(|f| f.message));
+                dialog.selected = 0;
+            }
+            Vec::new()
+        }
+        Msg::RpcDone { id, method, result } => {
+            model.dirty = true;
+            if let Some(dialog) = model
+                .device
+                .as_mut()
+                .filter(|v| v.id == id)
+                .and_then(|v| v.rpc.as_mut())
+            {
+                dialog.in_flight = None;
+                let shown = result
+                    .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                    .map_err(|f| f.message);
+                dialog.result = Some((method, shown));
+            }
+            Vec::new()
+        }
+        Msg::BulkDone { label, ok, failed } => {
+            model.dirty = true;
+            if failed.is_empty() {
+                model.info(format!("{label}: done on {ok} device(s)"));
+            } else {
+                let (id, reason) = &failed[0];
+                model.error(format!(
+                    "{label}: {ok} ok, {} failed (first: {id}: {reason})",
+                    failed.len()
+                ));
+            }
+            Vec::new()
+        }
+        Msg::Saved(result) => {
+            model.dirty = true;
+            match result {
+                Ok((path, lines)) => {
+                    model.info(format!("saved {lines} lines to {}", path.display()))
+                }
+                Err(reason) => model.error(reason),
+            }
+            Vec::new()
+        }
+        Msg::ExternalEdit { id, result } => {
+            model.dirty = true;
+            match result {
+                Ok(text) => {
+                    let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
+                        return Vec::new();
+                    };
+                    let base = view.section("desired");
+                    let mut editor = Editor::with_text(&text, &base, view.version());
+                    // Show what came back in the built-in editor, checked: valid text is
+                    // sent at once, invalid text stays there with the reason.
+                    let commands = submit_editor(&mut editor, &id);
+                    view.editor = Some(editor);
+                    commands
+                }
+                Err(reason) => {
+                    model.error(reason);
+                    Vec::new()
+                }
+            }
+        }
+        Msg::Paste(text) => {
+            model.dirty = true;
+            paste(model, &text);
+            Vec::new()
+        }
+        Msg::Mouse(mouse) => mouse_event(model, mouse),
+        Msg::Key(key) => {
+            if key.kind == KeyEventKind::Release {
+                return Vec::new();
+            }
+            model.dirty = true;
+            key_event(model, key)
+        }
+    }
+}
+
+fn paste(model: &mut Model, text: &str) {
+    match &mut model.overlay {
+        Some(Overlay::Palette { input, .. }) | Some(Overlay::Prompt { input, .. }) => {
+            input.insert_str(text);
+            return;
+        }
+        _ => {}
+    }
+    if let Some(view) = model.device.as_mut() {
+        if let Some(editor) = view.editor.as_mut() {
+            editor.textarea.insert_str(text);
+        } else if let Some(dialog) = view.rpc.as_mut() {
+            dialog.params.insert_str(text);
+        }
+    }
+}
+
+fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
+    let step = match mouse.kind {
+        MouseEventKind::ScrollDown => 3,
+        MouseEventKind::ScrollUp => -3,
+        MouseEventKind::Down(_) => {
+            // Rows start under the header, breadcrumbs and table header.
+            if *model.screen() == Screen::Fleet && model.overlay.is_none() && mouse.row >= 3 {
+                let position = model.fleet_ui.offset + (mouse.row - 3) as usize;
+                if position < model.fleet.view_len() {
+                    model.fleet_ui.selected = position;
+                    model.clamp_selection();
+                    model.dirty = true;
+                }
+            }
+            return Vec::new();
+        }
+        _ => return Vec::new(),
+    };
+    model.dirty = true;
+    match model.screen() {
+        Screen::Fleet => model.move_selection(step),
+        Screen::Notifications => model.tail.scroll(step),
+        Screen::Device(_) => {}
+    }
+    Vec::new()
+}
+
+fn is_ctrl(key: &KeyEvent, c: char) -> bool {
+    key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char(c)
+}
+
+fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    if is_ctrl(&key, 'c') {
+        model.quit = true;
+        return vec![Command::Quit];
+    }
+    if model.overlay.is_some() {
+        return overlay_key(model, key);
+    }
+    if let Some(commands) = device_modal_key(model, key) {
+        return commands;
+    }
+    match key.code {
+        KeyCode::Char(':') => {
+            model.overlay = Some(Overlay::Palette {
+                input: LineInput::default(),
+                error: None,
+            });
+            return Vec::new();
+        }
+        KeyCode::Char('?') => {
+            model.overlay = Some(Overlay::Help);
+            return Vec::new();
+        }
+        _ => {}
+    }
+    match model.screen().clone() {
+        Screen::Fleet => fleet_key(model, key),
+        Screen::Device(id) => device_key(model, key, &id),
+        Screen::Notifications => tail_key(model, key),
+    }
+}
+
+fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    let Some(overlay) = model.overlay.take() else {
+        return Vec::new();
+    };
+    match overlay {
+        Overlay::Help => {
+            // Any key closes help; `q` and Esc are what people try first.
+            Vec::new()
+        }
+        Overlay::Confirm { question, command } => match key.code {
+            KeyCode::Char('y') | KeyCode::Char('Y') => {
+                model.info("working…");
+                vec![command]
+            }
+            KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
+                model.info("cancelled");
+                Vec::new()
+            }
+            _ => {
+                model.overlay = Some(Overlay::Confirm { question, command });
+                Vec::new()
+            }
+        },
+        Overlay::Palette { mut input, error } => match key.code {
+            KeyCode::Esc => Vec::new(),
+            KeyCode::Tab => {
+                if let Some(completed) = palette::complete(input.text()) {
+                    input.set(&completed);
+                }
+                model.overlay = Some(Overlay::Palette { input, error: None });
+                Vec::new()
+            }
+            KeyCode::Enter => match palette::parse(input.text()) {
+                Ok(command) => run_palette(model, command),
+                Err(message) => {
+                    model.overlay = Some(Overlay::Palette {
+                        input,
+                        error: Some(message),
+                    });
+                    Vec::new()
+                }
+            },
+            _ => {
+                let changed = input.handle(key);
+                model.overlay = Some(Overlay::Palette {
+                    input,
+                    error: if changed { None } else { error },
+                });
+                Vec::new()
+            }
+        },
+        Overlay::Prompt {
+            kind,
+            mut input,
+            error,
+        } => match key.code {
+            KeyCode::Esc => {
+                if kind == PromptKind::FleetFilter {
+                    // Esc abandons a live filter.
+                    set_fleet_filter(model, "");
+                }
+                Vec::new()
+            }
+            KeyCode::Enter => finish_prompt(model, kind, input),
+            _ => {
+                input.handle(key);
+                if kind == PromptKind::FleetFilter {
+                    // The table filters as you type, like k9s.
+                    set_fleet_filter(model, input.text());
+                }
+                model.overlay = Some(Overlay::Prompt { kind, input, error });
+                Vec::new()
+            }
+        },
+    }
+}
+
+fn set_fleet_filter(model: &mut Model, text: &str) {
+    model.fleet.set_filter(Filter::parse(text));
+    model.follow_selection();
+}
+
+fn finish_prompt(model: &mut Model, kind: PromptKind, input: LineInput) -> Vec<Command> {
+    let text = input.text().trim().to_string();
+    let value = (!text.is_empty()).then(|| text.clone());
+    match kind {
+        PromptKind::FleetFilter => set_fleet_filter(model, &text),
+        PromptKind::TailDevice => model.tail.filter.device = value,
+        PromptKind::TailName => model.tail.filter.name = value,
+        PromptKind::TailRegex => match value.map(|v| regex::Regex::new(&v)).transpose() {
+            Ok(regex) => model.tail.filter.regex = regex,
+            Err(e) => {
+                model.overlay = Some(Overlay::Prompt {
+                    kind,
+                    input,
+                    error: Some(format!("invalid regex: {e}")),
+                });
+            }
+        },
+        PromptKind::SavePath => return save_tail(model, value),
+    }
+    Vec::new()
+}
+
+fn save_tail(model: &mut Model, path: Option<String>) -> Vec<Command> {
+    let path = path.unwrap_or_else(|| format!("herd-notifications-{}.ndjson", model.now as u64));
+    let lines: Vec<String> = model.tail.matching().map(|e| e.json()).collect();
+    vec![Command::Save {
+        path: PathBuf::from(path),
+        lines,
+    }]
+}
+
+fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
+    match command {
+        PaletteCommand::Fleet => model.go_to(Screen::Fleet),
+        PaletteCommand::Notifications => model.go_to(Screen::Notifications),
+        PaletteCommand::Device(id) => {
+            model.go_to(Screen::Fleet);
+            return model.open_device(&id);
+        }
+        PaletteCommand::Filter(text) => {
+            model.go_to(Screen::Fleet);
+            set_fleet_filter(model, &text);
+        }
+        PaletteCommand::Sort(sort) => {
+            model.fleet.set_sort(sort);
+            model.follow_selection();
+        }
+        PaletteCommand::SetDesired(value) => {
+            if !model.refuse_write("change desired") {
+                let label = format!("set desired {value}");
+                model.confirm_bulk(
+                    label,
+                    BulkAction::Desired(json!({"state": {"desired": value}})),
+                );
+            }
+        }
+        PaletteCommand::Call { method, params } => {
+            if model.profile.read_only && !crate::read_only_safe(&method) {
+                model.refuse_write(&format!("call {method}"));
+            } else {
+                let label = format!("call {method}");
+                model.confirm_bulk(label, BulkAction::Call { method, params });
+            }
+        }
+        PaletteCommand::Save(path) => return save_tail(model, path),
+        PaletteCommand::Help => model.overlay = Some(Overlay::Help),
+        PaletteCommand::Quit => {
+            model.quit = true;
+            return vec![Command::Quit];
+        }
+    }
+    Vec::new()
+}
+
+fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    let page = model.table_rows().max(1) as isize;
+    match key.code {
+        KeyCode::Char('q') => {
+            model.quit = true;
+            return vec![Command::Quit];
+        }
+        KeyCode::Down | KeyCode::Char('j') => model.move_selection(1),
+        KeyCode::Up | KeyCode::Char('k') => model.move_selection(-1),
+        KeyCode::PageDown => model.move_selection(page),
+        KeyCode::PageUp => model.move_selection(-page),
+        KeyCode::Char('f') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            model.move_selection(page)
+        }
+        KeyCode::Char('b') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            model.move_selection(-page)
+        }
+        KeyCode::Home | KeyCode::Char('g') => model.move_selection(isize::MIN / 2),
+        KeyCode::End | KeyCode::Char('G') => model.move_selection(isize::MAX / 2),
+        KeyCode::Enter => {
+            if let Some(id) = model.selected_row().map(|r| r.id.to_string()) {
+                return model.open_device(&id);
+            }
+        }
+        KeyCode::Char('/') => {
+            model.overlay = Some(Overlay::Prompt {
+                kind: PromptKind::FleetFilter,
+                input: LineInput::new(model.fleet.filter().text()),
+                error: None,
+            })
+        }
+        KeyCode::Esc => {
+            if !model.fleet.filter().is_empty() {
+                set_fleet_filter(model, "");
+            } else if !model.fleet_ui.marked.is_empty() {
+                model.fleet_ui.marked.clear();
+            }
+        }
+        KeyCode::Char(' ') => {
+            if let Some(id) = model.selected_row().map(|r| r.id.clone()) {
+                if !model.fleet_ui.marked.remove(&id) {
+                    model.fleet_ui.marked.insert(id);
+                }
+                model.move_selection(1);
+            }
+        }
+        KeyCode::Char('*') => {
+            let ids = model.fleet.view_ids();
+            if ids
+                .iter()
+                .all(|id| model.fleet_ui.marked.contains(id.as_str()))
+            {
+                model.fleet_ui.marked.clear();
+            } else {
+                model
+                    .fleet_ui
+                    .marked
+                    .extend(ids.into_iter().map(Into::into));
+            }
+        }
+        KeyCode::Char('t') => model.go_to(Screen::Notifications),
+        KeyCode::Char('r') => {
+            model.loading = true;
+            model.touched.clear();
+            return vec![Command::LoadDevices];
+        }
+        KeyCode::Char(c @ '0'..='9') => {
+            let index = if c == '0' {
+                9
+            } else {
+                c as usize - '1' as usize
+            };
+            if let Some(&column) = Column::ALL.get(index) {
+                let current = model.fleet.sort();
+                let descending = current.column == column && !current.descending;
+                model.fleet.set_sort(Sort { column, descending });
+                model.follow_selection();
+            }
+        }
+        _ => model.dirty = false,
+    }
+    Vec::new()
+}
+
+fn submit_editor(editor: &mut Editor, id: &str) -> Vec<Command> {
+    match editor.parse() {
+        Err(message) => {
+            editor.error = Some(message);
+            Vec::new()
+        }
+        Ok(new) => {
+            let (base, version) = match editor.conflict.take() {
+                // Overwriting after a conflict: the difference is taken from the server's
+                // copy, at the server's version.
+                Some((server, version)) => (server, version),
+                None => (editor.base.clone(), editor.base_version),
+            };
+            editor.base = base.clone();
+            editor.base_version = version;
+            let diff = desired_update(&base, &new);
+            if diff.as_object().is_some_and(|m| m.is_empty()) {
+                editor.error = Some("nothing changed".into());
+                return Vec::new();
+            }
+            editor.error = None;
+            editor.sending = true;
+            let mut update = json!({"state": {"desired": diff}});
+            if version > 0 {
+                update["version"] = json!(version);
+            }
+            vec![Command::SendShadow {
+                id: id.to_string(),
+                update,
+            }]
+        }
+    }
+}
+
+/// Keys for the editor and the RPC dialog, which take everything while open.
+fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
+    let view = model.device.as_mut()?;
+    if !matches!(model.stack.last(), Some(Screen::Device(_))) {
+        return None;
+    }
+    let id = view.id.clone();
+    if let Some(editor) = view.editor.as_mut() {
+        if key.code == KeyCode::Esc {
+            view.editor = None;
+            return Some(Vec::new());
+        }
+        if is_ctrl(&key, 's') {
+            if editor.sending {
+                return Some(Vec::new());
+            }
+            return Some(submit_editor(editor, &id));
+        }
+        if is_ctrl(&key, 'r') {
+            if let Some((server, version)) = editor.conflict.take() {
+                let text = serde_json::to_string_pretty(&server).unwrap_or_default();
+                editor.set_text(&text);
+                editor.base = server;
+                editor.base_version = version;
+                editor.error = None;
+            }
+            return Some(Vec::new());
+        }
+        if is_ctrl(&key, 'o') {
+            // Ctrl-S after a conflict already overwrites; Ctrl-O says so explicitly.
+            if editor.conflict.is_some() {
+                return Some(submit_editor(editor, &id));
+            }
+            return Some(Vec::new());
+        }
+        editor.textarea.input(key);
+        return Some(Vec::new());
+    }
+    let read_only = model.profile.read_only;
+    let dialog = view.rpc.as_mut()?;
+    match key.code {
+        KeyCode::Esc => view.rpc = None,
+        KeyCode::Tab | KeyCode::BackTab => {
+            dialog.focus = match dialog.focus {
+                RpcFocus::Methods => RpcFocus::Params,
+                RpcFocus::Params => RpcFocus::Methods,
+            }
+        }
+        KeyCode::Enter => {
+            let Some(method) = dialog.selected_method().map(str::to_string) else {
+                return Some(Vec::new());
+            };
+            if read_only && !crate::read_only_safe(&method) {
+                dialog.result = Some((
+                    method.clone(),
+                    Err(format!("read-only profile: refusing to call {method}")),
+                ));
+                return Some(Vec::new());
+            }
+            let text = dialog.params.text().trim();
+            let params = if text.is_empty() {
+                None
+            } else {
+                match serde_json::from_str::<Value>(text) {
+                    Ok(value) => Some(value),
+                    Err(e) => {
+                        dialog.result =
+                            Some((method, Err(format!("params are not valid JSON: {e}"))));
+                        return Some(Vec::new());
+                    }
+                }
+            };
+            dialog.in_flight = Some(method.clone());
+            return Some(vec![Command::CallRpc { id, method, params }]);
+        }
+        _ => match dialog.focus {
+            RpcFocus::Methods => {
+                let count = match &dialog.methods {
+                    Some(Ok(methods)) => methods.len(),
+                    _ => 0,
+                };
+                match key.code {
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        dialog.selected = (dialog.selected + 1).min(count.saturating_sub(1))
+                    }
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        dialog.selected = dialog.selected.saturating_sub(1)
+                    }
+                    KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                        // Typing goes to the params, as people expect.
+                        dialog.focus = RpcFocus::Params;
+                        dialog.params.insert_str(&c.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            RpcFocus::Params => {
+                dialog.params.handle(key);
+            }
+        },
+    }
+    Some(Vec::new())
+}
+
+fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
+    match key.code {
+        KeyCode::Esc | KeyCode::Char('q') | KeyCode::Backspace => model.back(),
+        KeyCode::Char('r') => {
+            if let Some(view) = model.device.as_mut() {
+                view.loading = true;
+            }
+            return vec![Command::LoadDevice(id.to_string())];
+        }
+        KeyCode::Char('l') => {
+            if let Some(view) = model.device.as_mut() {
+                view.pane = match view.pane {
+                    Pane::Events => Pane::Logs,
+                    Pane::Logs => Pane::Events,
+                };
+            }
+        }
+        KeyCode::Char('e') | KeyCode::Char('E') => {
+            if model.refuse_write("edit desired") {
+                return Vec::new();
+            }
+            let Some(view) = model.device.as_mut() else {
+                return Vec::new();
+            };
+            if view.object.is_none() {
+                model.error("the device is still loading");
+                return Vec::new();
+            }
+            let desired = view.section("desired");
+            if key.code == KeyCode::Char('E') {
+                let text = serde_json::to_string_pretty(&desired).unwrap_or_default();
+                return vec![Command::ExternalEditor {
+                    id: id.to_string(),
+                    text,
+                }];
+            }
+            view.editor = Some(Editor::new(&desired, view.version()));
+        }
+        KeyCode::Char('c') => {
+            let Some(view) = model.device.as_mut() else {
+                return Vec::new();
+            };
+            if !view.online() {
+                model.error("the device is offline: RPC needs it connected");
+                return Vec::new();
+            }
+            view.rpc = Some(RpcDialog::new());
+            return vec![Command::ListRpc(id.to_string())];
+        }
+        KeyCode::Char('t') => {
+            model.tail.filter.device = Some(id.to_string());
+            model.go_to(Screen::Notifications);
+        }
+        _ => model.dirty = false,
+    }
+    Vec::new()
+}
+
+fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    let page = model.table_rows().max(1) as isize;
+    let prompt = |kind: PromptKind, text: &str| Overlay::Prompt {
+        kind,
+        input: LineInput::new(text),
+        error: None,
+    };
+    match key.code {
+        KeyCode::Esc | KeyCode::Char('q') => model.back(),
+        KeyCode::Char('f') | KeyCode::Char(' ') => model.tail.toggle_follow(),
+        KeyCode::Up | KeyCode::Char('k') => model.tail.scroll(-1),
+        KeyCode::Down | KeyCode::Char('j') => model.tail.scroll(1),
+        KeyCode::PageUp => model.tail.scroll(-page),
+        KeyCode::PageDown => model.tail.scroll(page),
+        KeyCode::End | KeyCode::Char('G') => model.tail.follow = true,
+        KeyCode::Home | KeyCode::Char('g') => model.tail.scroll(isize::MIN / 2),
+        KeyCode::Char('w') => model.tail.wrap = !model.tail.wrap,
+        KeyCode::Char('d') => {
+            let current = model.tail.filter.device.clone().unwrap_or_default();
+            model.overlay = Some(prompt(PromptKind::TailDevice, &current));
+        }
+        KeyCode::Char('n') => {
+            let current = model.tail.filter.name.clone().unwrap_or_default();
+            model.overlay = Some(prompt(PromptKind::TailName, &current));
+        }
+        KeyCode::Char('/') => {
+            let current = model
+                .tail
+                .filter
+                .regex
+                .as_ref()
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default();
+            model.overlay = Some(prompt(PromptKind::TailRegex, &current));
+        }
+        KeyCode::Char('x') => model.tail.filter = Default::default(),
+        KeyCode::Char('s') => {
+            let default = format!("herd-notifications-{}.ndjson", model.now as u64);
+            model.overlay = Some(prompt(PromptKind::SavePath, &default));
+        }
+        KeyCode::Char('c') => model.tail.clear(),
+        _ => model.dirty = false,
+    }
+    Vec::new()
+}

@@ -1,0 +1,185 @@
+//! The `:` command palette: what can be typed, and parsing it.
+
+use serde_json::Value;
+
+use crate::fleet::{Column, Sort};
+
+/// Palette entries: name, arguments, what it does. Shown as suggestions and in help.
+pub const COMMANDS: &[(&str, &str, &str)] = &[
+    ("fleet", "", "the device table (also :devices)"),
+    (
+        "notifications",
+        "",
+        "live notification tail (also :tail, :events)",
+    ),
+    ("device", "ID", "open one device"),
+    ("filter", "TEXT", "filter the fleet: text or field:value"),
+    ("sort", "COLUMN [desc]", "sort the fleet by a column"),
+    (
+        "set",
+        "JSON",
+        "merge JSON into desired of the marked devices",
+    ),
+    ("call", "METHOD [JSON]", "call an RPC on the marked devices"),
+    ("save", "[FILE]", "save the notification tail as JSON lines"),
+    ("help", "", "keys and commands"),
+    ("quit", "", "leave (also :q)"),
+];
+
+/// A parsed palette line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PaletteCommand {
+    Fleet,
+    Notifications,
+    Device(String),
+    Filter(String),
+    Sort(Sort),
+    SetDesired(Value),
+    Call {
+        method: String,
+        params: Option<Value>,
+    },
+    Save(Option<String>),
+    Help,
+    Quit,
+}
+
+/// Parses a palette line, or explains what is wrong with it.
+pub fn parse(line: &str) -> Result<PaletteCommand, String> {
+    let line = line.trim();
+    let (word, rest) = match line.split_once(char::is_whitespace) {
+        Some((word, rest)) => (word, rest.trim()),
+        None => (line, ""),
+    };
+    let json = |text: &str, what: &str| -> Result<Value, String> {
+        serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
+    };
+    match word {
+        "" => Err("type a command; Tab completes, Esc closes".into()),
+        "fleet" | "devices" | "dev" | "f" => Ok(PaletteCommand::Fleet),
+        "notifications" | "notify" | "events" | "tail" | "n" => Ok(PaletteCommand::Notifications),
+        "device" | "d" => {
+            if rest.is_empty() {
+                Err(":device needs an id".into())
+            } else {
+                Ok(PaletteCommand::Device(rest.to_string()))
+            }
+        }
+        "filter" | "/" => Ok(PaletteCommand::Filter(rest.to_string())),
+        "sort" => {
+            let mut words = rest.split_whitespace();
+            let column = words.next().ok_or(":sort needs a column")?;
+            let column = Column::from_key(column).ok_or_else(|| {
+                let known: Vec<_> = Column::ALL.iter().map(|c| c.key()).collect();
+                format!("unknown column {column:?}; one of {}", known.join(", "))
+            })?;
+            let descending = matches!(words.next(), Some("desc" | "descending" | "-"));
+            Ok(PaletteCommand::Sort(Sort { column, descending }))
+        }
+        "set" => {
+            let value = json(rest, "the desired change")?;
+            if !value.is_object() {
+                return Err(":set needs a JSON object, e.g. :set {\"on\": true}".into());
+            }
+            Ok(PaletteCommand::SetDesired(value))
+        }
+        "call" => {
+            let (method, params) = match rest.split_once(char::is_whitespace) {
+                Some((method, params)) => (method, Some(json(params.trim(), "the params")?)),
+                None => (rest, None),
+            };
+            if method.is_empty() {
+                return Err(":call needs a method, e.g. :call Sys.Reboot".into());
+            }
+            Ok(PaletteCommand::Call {
+                method: method.to_string(),
+                params,
+            })
+        }
+        "save" | "w" => Ok(PaletteCommand::Save(
+            (!rest.is_empty()).then(|| rest.to_string()),
+        )),
+        "help" | "h" | "?" => Ok(PaletteCommand::Help),
+        "quit" | "q" | "q!" | "exit" => Ok(PaletteCommand::Quit),
+        other => Err(format!("unknown command :{other} (Tab lists commands)")),
+    }
+}
+
+/// Commands whose name starts with what was typed so far.
+pub fn suggestions(line: &str) -> Vec<&'static (&'static str, &'static str, &'static str)> {
+    let word = line
+        .trim_start()
+        .split(char::is_whitespace)
+        .next()
+        .unwrap_or("");
+    COMMANDS
+        .iter()
+        .filter(|(name, _, _)| name.starts_with(word))
+        .collect()
+}
+
+/// Completes the command word if exactly one command fits.
+pub fn complete(line: &str) -> Option<String> {
+    if line.contains(char::is_whitespace) {
+        return None;
+    }
+    match suggestions(line).as_slice() {
+        [(name, args, _)] => Some(if args.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name} ")
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses() {
+        assert_eq!(parse("devices"), Ok(PaletteCommand::Fleet));
+        assert_eq!(parse(" tail "), Ok(PaletteCommand::Notifications));
+        assert_eq!(
+            parse("device abc"),
+            Ok(PaletteCommand::Device("abc".into()))
+        );
+        assert_eq!(
+            parse("sort seen desc"),
+            Ok(PaletteCommand::Sort(Sort {
+                column: Column::LastSeen,
+                descending: true
+            }))
+        );
+        assert_eq!(
+            parse("set {\"on\": true}"),
+            Ok(PaletteCommand::SetDesired(json!({"on": true})))
+        );
+        assert_eq!(
+            parse("call Sys.Reboot {\"delay_ms\": 10}"),
+            Ok(PaletteCommand::Call {
+                method: "Sys.Reboot".into(),
+                params: Some(json!({"delay_ms": 10}))
+            })
+        );
+        assert_eq!(parse("q"), Ok(PaletteCommand::Quit));
+        assert!(parse("set [1]").is_err());
+        assert!(parse("set {")
+            .expect_err("bad json")
+            .contains("not valid JSON"));
+        assert!(parse("sort colour")
+            .expect_err("bad column")
+            .contains("unknown column"));
+        assert!(parse("frobnicate").is_err());
+    }
+
+    #[test]
+    fn completes() {
+        assert_eq!(complete("no"), Some("notifications".into()));
+        assert_eq!(complete("dev"), Some("device ".into()));
+        assert_eq!(complete("s"), None);
+        assert_eq!(suggestions("s").len(), 3);
+    }
+}

@@ -1,0 +1,332 @@
+//! The real `herd` binary against an in-process server: output formats and the exit codes
+//! scripts rely on (`herd --help` lists them).
+
+#[path = "../../client/tests/common/mod.rs"]
+mod common;
+
+use std::process::Stdio;
+
+use common::{SimDevice, TestServer, WAIT};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// `herd` with a config file that does not exist, so nothing on this machine leaks in.
+fn herd(server: &TestServer, key: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+    command
+        .env("HERD_CONFIG", server.dir.path().join("no-console.toml"))
+        .env("HERD_SERVER", server.url())
+        .env("HERD_API_KEY", key)
+        .env_remove("HERD_PROFILE")
+        .env_remove("HERD_READ_ONLY")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command, args: &[&str]) -> Output {
+    let output = tokio::time::timeout(WAIT, command.args(args).output())
+        .await
+        .expect("herd finishes")
+        .expect("herd runs");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn devices_device_and_register() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+
+    let out = run(herd(&server, &key), &["devices", "--json"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "[]\n"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(
+        herd(&server, &key),
+        &["register", "porch", "--id", "lamp-1"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words.len(), 2, "ID TOKEN on one line: {}", out.stdout);
+    assert_eq!(words[0], "lamp-1");
+    let token = words[1].to_string();
+
+    let out = run(herd(&server, &key), &["register", "kitchen", "--json"]).await;
+    let registered: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(registered["id"].is_string() && registered["token"].is_string());
+
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let out = run(herd(&server, &key), &["devices", "--json"]).await;
+    let devices: Vec<Value> = serde_json::from_str(&out.stdout).expect("json array");
+    assert_eq!(devices.len(), 2);
+    // Sorted by id, PROTOCOL §6 device objects.
+    assert!(devices[0]["id"].as_str() < devices[1]["id"].as_str());
+    let lamp = devices
+        .iter()
+        .find(|d| d["id"] == "lamp-1")
+        .expect("lamp listed");
+    assert_eq!(lamp["online"], true);
+    assert_eq!(lamp["info"]["app"], "smart-light");
+
+    let out = run(herd(&server, &key), &["devices"]).await;
+    let mut lines = out.stdout.lines();
+    assert!(lines.next().expect("header").starts_with("ID"));
+    assert!(out.stdout.contains("porch") && out.stdout.contains("online"));
+    assert!(out.stdout.contains("1.2.3"));
+
+    let out = run(herd(&server, &key), &["device", "lamp-1", "--json"]).await;
+    let device: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(device["name"], "porch");
+    let out = run(herd(&server, &key), &["device", "lamp-1"]).await;
+    assert!(out.stdout.contains("name         porch"), "{}", out.stdout);
+
+    let out = run(herd(&server, &key), &["device", "nope"]).await;
+    assert_eq!(out.code, 5);
+    assert!(
+        out.stderr.starts_with("herd: 404 not found"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shadow_get_and_set() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let (id, _) = server.create_device("lamp").await;
+
+    let out = run(
+        herd(&server, &key),
+        &["shadow", "set", &id, r#"{"on": true}"#],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(doc["state"]["desired"]["on"], true);
+    assert_eq!(doc["state"]["delta"], json!({"on": true}));
+    let version = doc["version"].as_u64().expect("version");
+
+    // From stdin, as a full PROTOCOL §4.1 update.
+    let mut command = herd(&server, &key);
+    command
+        .args(["shadow", "set", &id, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(br#"{"state": {"desired": {"brightness": 40}}}"#)
+        .await
+        .expect("write");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("wait");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let out = run(herd(&server, &key), &["shadow", "get", &id]).await;
+    let doc: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(
+        doc["state"]["desired"],
+        json!({"on": true, "brightness": 40})
+    );
+
+    // A stale version: 409, exit 6, nothing changes.
+    let out = run(
+        herd(&server, &key),
+        &[
+            "shadow",
+            "set",
+            &id,
+            r#"{"on": false}"#,
+            "--version",
+            &version.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("409"), "{}", out.stderr);
+
+    let out = run(herd(&server, &key), &["shadow", "set", &id, "{not json"]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn rpc_calls_and_their_failures() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let (id, token) = server.create_device("lamp").await;
+
+    let out = run(herd(&server, &key), &["call", &id, "Echo"]).await;
+    assert_eq!(out.code, 7, "offline: {}", out.stderr);
+    assert!(out.stderr.contains("offline"), "{}", out.stderr);
+
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let out = run(herd(&server, &key), &["call", &id, "Echo", r#"{"x":1}"#]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).expect("json"),
+        json!({"x": 1})
+    );
+
+    let out = run(herd(&server, &key), &["call", &id, "Fail"]).await;
+    assert_eq!(out.code, 7);
+    assert!(out.stderr.contains("bad pin"), "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_failures_and_read_only() {
+    let server = TestServer::start().await;
+    let (id, _) = server.create_device("lamp").await;
+
+    let out = run(herd(&server, "0123456789abcdef01234567"), &["devices"]).await;
+    assert_eq!(out.code, 4);
+    assert!(out.stderr.starts_with("herd: 401"), "{}", out.stderr);
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", format!("http://{closed}"));
+    let out = run(command, &["devices"]).await;
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("cannot reach the server"),
+        "{}",
+        out.stderr
+    );
+
+    for args in [
+        vec![
+            "--read-only",
+            "shadow",
+            "set",
+            id.as_str(),
+            r#"{"on":true}"#,
+        ],
+        vec!["--read-only", "call", id.as_str(), "Sys.Reboot"],
+        vec!["--read-only", "register", "x"],
+    ] {
+        let out = run(herd(&server, &server.admin_key), &args).await;
+        assert_eq!(out.code, 8, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("read-only"), "{}", out.stderr);
+    }
+    // Reading still works read-only.
+    let out = run(
+        herd(&server, &server.admin_key),
+        &["--read-only", "shadow", "get", &id],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // A profile from the config file.
+    let config = server.dir.path().join("console.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_profile = \"lab\"\n[profiles.lab]\nserver = \"{}\"\napi_key = \"{}\"\nread_only = true\n",
+            server.url(),
+            server.admin_key
+        ),
+    )
+    .expect("write config");
+    let mut command = herd(&server, "");
+    command
+        .env("HERD_CONFIG", &config)
+        .env_remove("HERD_SERVER")
+        .env_remove("HERD_API_KEY");
+    let out = run(command, &["register", "x"]).await;
+    assert_eq!(out.code, 8, "the profile is read-only: {}", out.stderr);
+    let mut command = herd(&server, "");
+    command
+        .env("HERD_CONFIG", &config)
+        .env_remove("HERD_SERVER")
+        .env_remove("HERD_API_KEY");
+    let out = run(command, &["--profile", "prod", "devices"]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no profile named \"prod\""),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(herd(&server, &server.admin_key), &["frobnicate"]).await;
+    assert_eq!(out.code, 2);
+    let out = run(herd(&server, &server.admin_key), &["--help"]).await;
+    assert!(out.stdout.contains("Exit codes:"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn tail_streams_json_lines() {
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("lamp").await;
+    let save = server.dir.path().join("saved.ndjson");
+    let mut command = herd(&server, &server.admin_key);
+    command
+        .args([
+            "tail", "--json", "--device", &id, "--name", "on*", "--count", "1", "--save",
+        ])
+        .arg(&save)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    // Wait until the stream is up: herd says so on stderr.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            break;
+        }
+    }
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("herd exits after --count")
+        .expect("wait");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let event: Value = serde_json::from_str(lines[0]).expect("json line");
+    assert_eq!(
+        (event["id"].as_str(), event["name"].as_str()),
+        (Some(id.as_str()), Some("online"))
+    );
+    assert!(event["ts"].as_f64().is_some());
+    assert!(
+        lines[0].starts_with("{\"ts\":"),
+        "PROTOCOL §7 field order: {}",
+        lines[0]
+    );
+    let saved = std::fs::read_to_string(&save).expect("saved file");
+    assert_eq!(saved.trim_end(), lines[0]);
+    server.shutdown().await;
+}
