@@ -1,0 +1,493 @@
+//! The five reports and what they share: the request, the time range and buckets, the
+//! device filter, and per-device event runs in time order.
+//!
+//! Every report is computed from a [`Log`] in its own pass over the kept events (state
+//! machines for sessions, light periods and update attempts, which are sequential per
+//! device), and returned as Polars [`DataFrame`]s that the console draws and the exports
+//! write.
+
+mod connectivity;
+mod firmware;
+mod fleet;
+mod rpc;
+mod usage;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use polars::prelude::*;
+
+use crate::event::{Event, Kind, Need};
+use crate::log::{Log, LogStats};
+use crate::{files, Error, Progress, Stage};
+
+/// Microseconds per second.
+pub(crate) const US: i64 = 1_000_000;
+
+/// The reports of the analytics issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Report {
+    /// Devices seen, online now, notifications by event name, busiest devices.
+    Fleet,
+    /// Per-device online sessions, online time, uptime, disconnects, flapping.
+    Connectivity,
+    /// Smart-light switch-ons, switch-offs and hours on, per device and hour of day.
+    Usage,
+    /// Devices per firmware version over time; update attempts and their outcomes.
+    Firmware,
+    /// Calls by method and direction, with the error rate the log can show.
+    Rpc,
+}
+
+impl Report {
+    /// Every report, in the order the console lists them.
+    pub const ALL: [Report; 5] = [
+        Report::Fleet,
+        Report::Connectivity,
+        Report::Usage,
+        Report::Firmware,
+        Report::Rpc,
+    ];
+
+    /// The name used on the command line and in exports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Report::Fleet => "fleet",
+            Report::Connectivity => "connectivity",
+            Report::Usage => "usage",
+            Report::Firmware => "firmware",
+            Report::Rpc => "rpc",
+        }
+    }
+
+    /// The line fields this report reads; a [`Log`] loaded with a covering need serves it.
+    pub fn need(self) -> Need {
+        match self {
+            Report::Fleet | Report::Rpc => Need {
+                names: true,
+                ..Need::default()
+            },
+            Report::Connectivity => Need::default(),
+            Report::Usage => Need {
+                shadow: true,
+                ..Need::default()
+            },
+            Report::Firmware => Need {
+                shadow: true,
+                firmware: true,
+                ..Need::default()
+            },
+        }
+    }
+
+    /// The names of the tables this report returns, main table first.
+    pub fn tables(self) -> &'static [&'static str] {
+        match self {
+            Report::Fleet => &["summary", "events", "busiest", "buckets"],
+            Report::Connectivity => &["devices", "buckets"],
+            Report::Usage => &["devices", "hours", "buckets"],
+            Report::Firmware => &["devices", "versions"],
+            Report::Rpc => &["methods", "buckets"],
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Report {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Report, Error> {
+        Report::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| Error::Request(format!("unknown report {s:?}; expected one of fleet, connectivity, usage, firmware, rpc")))
+    }
+}
+
+/// Width of the time buckets of the per-bucket tables; buckets start on UTC boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bucket {
+    #[default]
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    pub(crate) fn micros(self) -> i64 {
+        match self {
+            Bucket::Hour => 3600 * US,
+            Bucket::Day => 86_400 * US,
+        }
+    }
+}
+
+impl FromStr for Bucket {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Bucket, Error> {
+        match s {
+            "hour" => Ok(Bucket::Hour),
+            "day" => Ok(Bucket::Day),
+            _ => Err(Error::Request(format!(
+                "unknown bucket {s:?}; expected hour or day"
+            ))),
+        }
+    }
+}
+
+/// When a device counts as flapping: at least `connects` connections (sessions started)
+/// within some `window_s` seconds of the range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlapRule {
+    pub window_s: f64,
+    pub connects: u32,
+}
+
+impl Default for FlapRule {
+    /// Five connections within ten minutes.
+    fn default() -> Self {
+        FlapRule {
+            window_s: 600.0,
+            connects: 5,
+        }
+    }
+}
+
+/// What to report on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRequest {
+    pub report: Report,
+    /// Log files, or directories whose rotated set is read (PROTOCOL §7), in order.
+    pub logs: Vec<PathBuf>,
+    /// Range start, unix seconds; default: the first event of the log.
+    pub from: Option<f64>,
+    /// Range end, unix seconds, inclusive; default: the last event of the log. Sessions and
+    /// light periods still open at the end of the log run to it.
+    pub to: Option<f64>,
+    /// Only this device.
+    pub device: Option<String>,
+    pub bucket: Bucket,
+    /// Rows of the fleet report's busiest-devices table.
+    pub top: usize,
+    pub flapping: FlapRule,
+}
+
+impl ReportRequest {
+    /// A request over `logs` with every option at its default.
+    pub fn new(report: Report, logs: Vec<PathBuf>) -> ReportRequest {
+        ReportRequest {
+            report,
+            logs,
+            from: None,
+            to: None,
+            device: None,
+            bucket: Bucket::Hour,
+            top: 10,
+            flapping: FlapRule::default(),
+        }
+    }
+}
+
+/// One named table of a report.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: &'static str,
+    pub frame: DataFrame,
+}
+
+/// A computed report.
+#[derive(Debug, Clone)]
+pub struct ReportOutput {
+    pub report: Report,
+    /// The range reported on, unix seconds (both ends inclusive).
+    pub from: f64,
+    pub to: f64,
+    /// In the order of [`Report::tables`]; the first is the main table.
+    pub tables: Vec<Table>,
+    /// How the log's lines were accounted for: torn, invalid and unknown lines are
+    /// ignored by the reports and counted here.
+    pub stats: LogStats,
+}
+
+impl ReportOutput {
+    /// The table called `name`.
+    pub fn table(&self, name: &str) -> Option<&DataFrame> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| &t.frame)
+    }
+
+    /// The main table (per device where the report has one).
+    pub fn main(&self) -> &DataFrame {
+        &self.tables[0].frame
+    }
+}
+
+/// Reads the request's logs and computes its report, reporting progress as it goes.
+pub fn run<P>(request: &ReportRequest, progress: &P) -> Result<ReportOutput, Error>
+where
+    P: Fn(Progress) + Sync,
+{
+    let files = files::resolve(&request.logs)?;
+    let log = Log::load(&files, request.report.need(), progress)?;
+    progress(Progress {
+        stage: Stage::Computing,
+        done: 0,
+        total: 1,
+    });
+    let output = compute(&log, request)?;
+    progress(Progress {
+        stage: Stage::Computing,
+        done: 1,
+        total: 1,
+    });
+    Ok(output)
+}
+
+/// Computes the request's report over an already loaded log; `request.logs` is not read.
+pub fn compute(log: &Log, request: &ReportRequest) -> Result<ReportOutput, Error> {
+    if !log.need.covers(request.report.need()) {
+        return Err(Error::Request(format!(
+            "this log was read without the fields the {} report needs",
+            request.report
+        )));
+    }
+    let scope = Scope::new(log, request)?;
+    let tables = match request.report {
+        Report::Fleet => fleet::compute(&scope)?,
+        Report::Connectivity => connectivity::compute(&scope)?,
+        Report::Usage => usage::compute(&scope)?,
+        Report::Firmware => firmware::compute(&scope)?,
+        Report::Rpc => rpc::compute(&scope)?,
+    };
+    debug_assert_eq!(
+        tables.iter().map(|t| t.name).collect::<Vec<_>>(),
+        request.report.tables()
+    );
+    Ok(ReportOutput {
+        report: request.report,
+        from: scope.from as f64 / US as f64,
+        to: scope.to as f64 / US as f64,
+        tables,
+        stats: log.stats,
+    })
+}
+
+/// Most buckets a report may span: past this, hourly tables over years would be millions
+/// of rows of nothing.
+const MAX_BUCKETS: i64 = 100_000;
+
+/// A request resolved against a log.
+pub(crate) struct Scope<'a> {
+    pub log: &'a Log,
+    pub request: &'a ReportRequest,
+    /// Range in microseconds, both ends inclusive.
+    pub from: i64,
+    pub to: i64,
+    /// The filtered device; `Some(None)` when the filter names a device the log lacks.
+    pub device: Option<Option<u32>>,
+    pub bucket: i64,
+}
+
+impl<'a> Scope<'a> {
+    fn new(log: &'a Log, request: &'a ReportRequest) -> Result<Scope<'a>, Error> {
+        let seconds = |s: f64| -> Result<i64, Error> {
+            let us = (s * US as f64).round();
+            if us.is_finite() && us.abs() < 9.0e18 {
+                Ok(us as i64)
+            } else {
+                Err(Error::Request(format!("time {s} is out of range")))
+            }
+        };
+        let from = match request.from {
+            Some(s) => seconds(s)?,
+            None => log.min_ts.unwrap_or(0),
+        };
+        let to = match request.to {
+            Some(s) => seconds(s)?,
+            None => log.max_ts.unwrap_or(from).max(from),
+        };
+        if to < from {
+            return Err(Error::Request("the range ends before it starts".into()));
+        }
+        let bucket = request.bucket.micros();
+        if (to.div_euclid(bucket) - from.div_euclid(bucket)) >= MAX_BUCKETS {
+            return Err(Error::Request(format!(
+                "the range spans more than {MAX_BUCKETS} buckets; use a shorter range or day buckets"
+            )));
+        }
+        let device = request
+            .device
+            .as_ref()
+            .map(|id| log.devices.find(id.as_bytes()));
+        Ok(Scope {
+            log,
+            request,
+            from,
+            to,
+            device,
+            bucket,
+        })
+    }
+
+    pub fn in_range(&self, ts: i64) -> bool {
+        ts >= self.from && ts <= self.to
+    }
+
+    /// Whether the device filter lets `device` through.
+    pub fn wants(&self, device: u32) -> bool {
+        match self.device {
+            None => true,
+            Some(only) => only == Some(device),
+        }
+    }
+
+    /// Seconds of `[start, end]` inside the range.
+    pub fn clip(&self, start: i64, end: i64) -> Option<(i64, i64)> {
+        let start = start.max(self.from);
+        let end = end.min(self.to);
+        (end >= start).then_some((start, end))
+    }
+
+    pub fn range_us(&self) -> i64 {
+        self.to - self.from
+    }
+
+    /// Start of the bucket holding `ts`.
+    pub fn bucket_of(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.bucket) * self.bucket
+    }
+
+    /// Starts of every bucket the range touches. The range's end is inclusive, but an end
+    /// on a bucket boundary opens no bucket of its own: events at that instant count in
+    /// the last bucket, which reads better than a trailing empty bucket.
+    pub fn buckets(&self) -> Vec<i64> {
+        let first = self.bucket_of(self.from);
+        (0..=self.last_bucket())
+            .map(|i| first + i as i64 * self.bucket)
+            .collect()
+    }
+
+    fn last_bucket(&self) -> usize {
+        let last = self.bucket_of((self.to - 1).max(self.from));
+        ((last - self.bucket_of(self.from)) / self.bucket) as usize
+    }
+
+    pub fn bucket_index(&self, ts: i64) -> usize {
+        let index = (self.bucket_of(ts) - self.bucket_of(self.from)) / self.bucket;
+        (index.max(0) as usize).min(self.last_bucket())
+    }
+
+    /// Calls `add(bucket index, microseconds)` for each bucket the clipped interval
+    /// `[start, end]` overlaps, including a zero-length interval's own bucket.
+    pub fn split(&self, start: i64, end: i64, mut add: impl FnMut(usize, i64)) {
+        let Some((start, end)) = self.clip(start, end) else {
+            return;
+        };
+        let mut at = start;
+        loop {
+            let bucket_end = self.bucket_of(at) + self.bucket;
+            let piece_end = end.min(bucket_end);
+            add(self.bucket_index(at), piece_end - at);
+            if bucket_end >= end {
+                break;
+            }
+            at = bucket_end;
+        }
+    }
+
+    /// The kept events of each device the filter lets through, in time order (stable, so
+    /// events with equal times keep log order), and the devices to report on: those seen
+    /// by the end of the range, except those deleted before it started and silent since.
+    pub fn per_device(&self) -> Vec<DeviceEvents> {
+        let log = self.log;
+        let mut grouped: Vec<Vec<Event>> = vec![Vec::new(); log.devices.len()];
+        for event in &log.events {
+            if self.wants(event.device) {
+                if let Some(events) = grouped.get_mut(event.device as usize) {
+                    events.push(*event);
+                }
+            }
+        }
+        let mut result = Vec::new();
+        for (device, mut events) in grouped.into_iter().enumerate() {
+            let device = device as u32;
+            if !self.wants(device) {
+                continue;
+            }
+            let first = log
+                .first_seen
+                .get(device as usize)
+                .copied()
+                .unwrap_or(i64::MAX);
+            if first > self.to {
+                continue;
+            }
+            // Lines may be out of order (clock steps, merged files); a stable sort keeps log
+            // order among equal times.
+            if !events.windows(2).all(|w| w[0].ts <= w[1].ts) {
+                events.sort_by_key(|e| e.ts);
+            }
+            let mut deleted = false;
+            let mut active = first >= self.from;
+            for event in &events {
+                if event.ts < self.from {
+                    deleted = event.kind == Kind::Deleted;
+                } else if event.ts <= self.to {
+                    active = true;
+                    break;
+                }
+            }
+            if deleted && !active {
+                continue;
+            }
+            result.push(DeviceEvents {
+                id: log.devices.text(device),
+                events,
+            });
+        }
+        result.sort_by(|a, b| a.id.cmp(&b.id));
+        result
+    }
+}
+
+/// One device's kept events in time order.
+pub(crate) struct DeviceEvents {
+    pub id: String,
+    pub events: Vec<Event>,
+}
+
+impl DeviceEvents {
+    /// Events up to the range's end: later ones cannot change anything reported.
+    pub fn until(&self, to: i64) -> &[Event] {
+        let end = self.events.partition_point(|e| e.ts <= to);
+        &self.events[..end]
+    }
+}
+
+/// A column of microsecond timestamps as a Polars datetime (naive, meaning UTC).
+pub(crate) fn time_column(name: &str, micros: Vec<i64>) -> Column {
+    Series::new(name.into(), micros)
+        .into_datetime(TimeUnit::Microseconds, None)
+        .into_column()
+}
+
+pub(crate) fn frame(columns: Vec<Column>) -> Result<DataFrame, Error> {
+    Ok(DataFrame::new_infer_height(columns)?)
+}
+
+/// Seconds as `f64` from microseconds.
+pub(crate) fn seconds(us: i64) -> f64 {
+    us as f64 / US as f64
+}
+
+pub(crate) fn hours(us: i64) -> f64 {
+    us as f64 / (3600 * US) as f64
+}

@@ -1,0 +1,381 @@
+//! Field-selective JSON scanning of notification lines (PROTOCOL §7).
+//!
+//! A report needs a handful of fields out of lines that can be a kilobyte long (an `updated`
+//! event carries the whole device object), so lines are never parsed into a DOM: the scanner
+//! reads the head (`ts`, `id`, `name`), and walks into `data` only along the paths a report
+//! asks for, skipping every other value by bracket counting. Lines the server wrote take a
+//! fast path that expects its exact key order (`ts`, `id`, `name`, `data`); anything else
+//! (other order, whitespace, escapes) takes a general path that accepts any valid object.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2, memchr3};
+
+/// The fields every report reads from a line.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Head<'a> {
+    /// Emission time in microseconds since the epoch.
+    pub ts_us: i64,
+    pub id: Cow<'a, [u8]>,
+    pub name: Cow<'a, [u8]>,
+    /// The raw `data` value; empty when the line has none.
+    pub data: &'a [u8],
+}
+
+/// Reads the head of one line (without its newline). `None`: not a notification.
+pub(crate) fn head(line: &[u8]) -> Option<Head<'_>> {
+    fast_head(line).or_else(|| general_head(line))
+}
+
+/// The server's own layout: `{"ts":<n>,"id":"<id>","name":"<name>","data":<v>}`.
+fn fast_head(line: &[u8]) -> Option<Head<'_>> {
+    let rest = line.strip_prefix(b"{\"ts\":")?;
+    let (ts_us, used) = number_us(rest)?;
+    let rest = rest.get(used..)?.strip_prefix(b",\"id\":\"")?;
+    let end = memchr2(b'"', b'\\', rest)?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    let id = &rest[..end];
+    let rest = rest[end + 1..].strip_prefix(b",\"name\":\"")?;
+    let end = memchr2(b'"', b'\\', rest)?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    let name = &rest[..end];
+    let rest = rest[end + 1..].strip_prefix(b",\"data\":")?;
+    let rest = trim_end(rest);
+    let data = trim_end(rest.strip_suffix(b"}")?);
+    if data.is_empty() {
+        return None;
+    }
+    Some(Head {
+        ts_us,
+        id: Cow::Borrowed(id),
+        name: Cow::Borrowed(name),
+        data,
+    })
+}
+
+/// Any JSON object with a numeric `ts` and string `id` and `name`; other members ignored.
+fn general_head(line: &[u8]) -> Option<Head<'_>> {
+    let start = skip_ws(line, 0);
+    let mut ts_us = None;
+    let mut id = None;
+    let mut name = None;
+    let mut data: &[u8] = &[];
+    let end = members(line, start, |key, value| {
+        match key {
+            b"ts" => ts_us = number_us(value).filter(|(_, used)| *used == value.len()),
+            b"id" => id = string(value),
+            b"name" => name = string(value),
+            b"data" => data = value,
+            _ => {}
+        }
+        true
+    })?;
+    // Anything but whitespace after the object makes the line invalid.
+    if skip_ws(line, end) != line.len() {
+        return None;
+    }
+    Some(Head {
+        ts_us: ts_us?.0,
+        id: id?,
+        name: name?,
+        data,
+    })
+}
+
+fn trim_end(bytes: &[u8]) -> &[u8] {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\r' | b'\n') {
+        at += 1;
+    }
+    at
+}
+
+/// A JSON number at the start of `bytes` as whole microseconds, and the bytes it took.
+/// Plain decimals are converted exactly; exponents go through `f64`.
+pub(crate) fn number_us(bytes: &[u8]) -> Option<(i64, usize)> {
+    let mut at = 0;
+    let negative = bytes.first() == Some(&b'-');
+    if negative {
+        at = 1;
+    }
+    let int_start = at;
+    let mut whole: i64 = 0;
+    while let Some(digit) = bytes.get(at).filter(|b| b.is_ascii_digit()) {
+        whole = whole
+            .checked_mul(10)?
+            .checked_add(i64::from(digit - b'0'))?;
+        at += 1;
+    }
+    if at == int_start {
+        return None;
+    }
+    let mut micros: i64 = 0;
+    let mut scale = 100_000;
+    let mut round_up = false;
+    if bytes.get(at) == Some(&b'.') {
+        at += 1;
+        let frac_start = at;
+        while let Some(digit) = bytes.get(at).filter(|b| b.is_ascii_digit()) {
+            let digit = i64::from(digit - b'0');
+            if scale > 0 {
+                micros += digit * scale;
+                scale /= 10;
+            } else if scale == 0 {
+                // The seventh decimal rounds; later ones cannot change the result except
+                // at exact halves, which the server's microsecond clock never writes.
+                round_up = digit >= 5;
+                scale = -1;
+            }
+            at += 1;
+        }
+        if at == frac_start {
+            return None;
+        }
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        let mut end = at + 1;
+        while end < bytes.len() && matches!(bytes[end], b'+' | b'-' | b'0'..=b'9') {
+            end += 1;
+        }
+        let text = std::str::from_utf8(&bytes[..end]).ok()?;
+        let value: f64 = text.parse().ok()?;
+        let us = (value * 1e6).round();
+        if !us.is_finite() || us.abs() > 9.0e18 {
+            return None;
+        }
+        return Some((us as i64, end));
+    }
+    let total = whole
+        .checked_mul(1_000_000)?
+        .checked_add(micros + i64::from(round_up))?;
+    Some((if negative { -total } else { total }, at))
+}
+
+/// End of the string whose opening quote is at `at`.
+fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut from = at + 1;
+    loop {
+        let found = from + memchr2(b'"', b'\\', bytes.get(from..)?)?;
+        if bytes[found] == b'"' {
+            return Some(found + 1);
+        }
+        from = found + 2;
+    }
+}
+
+/// End of the object or array that opens at `at`. Only the opening kind's brackets are
+/// counted: the other kind nests in balanced pairs inside it, and strings are skipped, so
+/// a SIMD search for three bytes does the walking.
+fn skip_container(bytes: &[u8], at: usize) -> Option<usize> {
+    let (open, close) = match bytes[at] {
+        b'{' => (b'{', b'}'),
+        _ => (b'[', b']'),
+    };
+    let mut depth = 0usize;
+    let mut from = at;
+    loop {
+        let found = from + memchr3(b'"', open, close, bytes.get(from..)?)?;
+        match bytes[found] {
+            b'"' => {
+                from = skip_string(bytes, found)?;
+                continue;
+            }
+            b if b == open => depth += 1,
+            _ => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(found + 1);
+                }
+            }
+        }
+        from = found + 1;
+    }
+}
+
+/// End of the value that starts at `at` (no leading whitespace).
+fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
+    match *bytes.get(at)? {
+        b'"' => skip_string(bytes, at),
+        b'{' | b'[' => skip_container(bytes, at),
+        _ => {
+            let mut end = at;
+            while end < bytes.len()
+                && !matches!(
+                    bytes[end],
+                    b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'
+                )
+            {
+                end += 1;
+            }
+            (end > at).then_some(end)
+        }
+    }
+}
+
+/// Calls `visit(key, value)` for each member of the object that opens at `at`, stopping
+/// early when it returns false. Keys are raw (escapes not decoded; no key Herd reads has
+/// one). Returns the end of the object, or of the last member visited when stopped early;
+/// `None` when the object is malformed up to that point.
+pub(crate) fn members<'a>(
+    bytes: &'a [u8],
+    at: usize,
+    mut visit: impl FnMut(&'a [u8], &'a [u8]) -> bool,
+) -> Option<usize> {
+    if bytes.get(at) != Some(&b'{') {
+        return None;
+    }
+    let mut pos = skip_ws(bytes, at + 1);
+    if bytes.get(pos) == Some(&b'}') {
+        return Some(pos + 1);
+    }
+    loop {
+        if bytes.get(pos) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(bytes, pos)?;
+        let key = &bytes[pos + 1..key_end - 1];
+        pos = skip_ws(bytes, key_end);
+        if bytes.get(pos) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(bytes, pos + 1);
+        let value_end = skip_value(bytes, value_start)?;
+        if !visit(key, &bytes[value_start..value_end]) {
+            return Some(value_end);
+        }
+        pos = skip_ws(bytes, value_end);
+        match bytes.get(pos) {
+            Some(b',') => pos = skip_ws(bytes, pos + 1),
+            Some(b'}') => return Some(pos + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// The value of `key` in the object `value`, if it is one and has it.
+pub(crate) fn get<'a>(value: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    members(value, 0, |k, v| {
+        if k == key {
+            found = Some(v);
+            false
+        } else {
+            true
+        }
+    })?;
+    found
+}
+
+/// The contents of a JSON string value, with escapes decoded when there are any.
+pub(crate) fn string(value: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr(b'\\', inner).is_none() {
+        return Some(Cow::Borrowed(inner));
+    }
+    let decoded: String = serde_json::from_slice(value).ok()?;
+    Some(Cow::Owned(decoded.into_bytes()))
+}
+
+/// `true` or `false`; anything else is not a boolean.
+pub(crate) fn boolean(value: &[u8]) -> Option<bool> {
+    match value {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
+/// A small non-negative integer such as an OTA status code.
+pub(crate) fn small_int(value: &[u8]) -> Option<u8> {
+    let (us, used) = number_us(value)?;
+    if used != value.len() || us % 1_000_000 != 0 {
+        return None;
+    }
+    u8::try_from(us / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_and_general_heads_agree() {
+        let line = br#"{"ts":1700000000.5,"id":"d1","name":"online","data":null}"#;
+        let spaced = br#" { "name" : "online", "data": null, "id":"d1", "ts": 1.7000000005e9 } "#;
+        let fast = fast_head(line).expect("fast path");
+        assert_eq!(fast.ts_us, 1_700_000_000_500_000);
+        assert_eq!(&*fast.id, b"d1");
+        assert_eq!(fast.data, b"null");
+        assert!(fast_head(spaced).is_none());
+        let general = head(spaced).expect("general path");
+        assert_eq!(general, fast);
+    }
+
+    #[test]
+    fn escaped_ids_are_decoded() {
+        let line = br#"{"ts":1,"id":"a\"b","name":"online","data":null}"#;
+        let parsed = head(line).expect("valid line");
+        assert_eq!(&*parsed.id, b"a\"b");
+    }
+
+    #[test]
+    fn invalid_lines_are_rejected() {
+        for line in [
+            &b""[..],
+            b"{",
+            b"[1,2]",
+            br#"{"ts":"x","id":"a","name":"online","data":null}"#,
+            br#"{"ts":1,"id":"a","name":"online","data":null} trailing"#,
+            br#"{"ts":1,"name":"online","data":null}"#,
+            br#"{"ts":1,"id":"a","name":"online","data":{"x":"#,
+        ] {
+            assert!(head(line).is_none(), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn numbers_convert_to_microseconds() {
+        assert_eq!(number_us(b"12"), Some((12_000_000, 2)));
+        assert_eq!(number_us(b"1.25,"), Some((1_250_000, 4)));
+        assert_eq!(number_us(b"-1.5"), Some((-1_500_000, 4)));
+        assert_eq!(number_us(b"0.0000005"), Some((1, 9)));
+        assert_eq!(number_us(b"1e3"), Some((1_000_000_000, 3)));
+        assert_eq!(number_us(b"1."), None);
+        assert_eq!(number_us(b"x"), None);
+        assert_eq!(number_us(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn nested_lookup_skips_other_values() {
+        let data = br#"{"info":{"a":[1,{"b":"}"}],"fw_version":"1.0"},"shadow":{"state":{"reported":{"on":true}}}}"#;
+        let shadow = get(data, b"shadow").expect("shadow");
+        let reported = get(get(shadow, b"state").expect("state"), b"reported").expect("reported");
+        assert_eq!(get(reported, b"on").and_then(boolean), Some(true));
+        let info = get(data, b"info").expect("info");
+        assert_eq!(
+            get(info, b"fw_version").and_then(string).as_deref(),
+            Some(&b"1.0"[..])
+        );
+        assert_eq!(get(b"null", b"x"), None);
+        assert_eq!(get(br#"{"a":"\"}"}"#, b"a"), Some(&br#""\"}""#[..]));
+    }
+
+    #[test]
+    fn small_ints() {
+        assert_eq!(small_int(b"3"), Some(3));
+        assert_eq!(small_int(b"3.5"), None);
+        assert_eq!(small_int(b"-1"), None);
+        assert_eq!(small_int(b"300"), None);
+    }
+}

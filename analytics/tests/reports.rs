@@ -1,0 +1,649 @@
+//! Every report on small hand-written logs, against values computed by hand (PROTOCOL §5,
+//! §7). Times are offsets in seconds from `T`, a UTC midnight, so hour buckets and hours of
+//! day are offset hours.
+
+use std::path::{Path, PathBuf};
+
+use herd_analytics::{
+    compute, json_rows, run, Bucket, DataFrame, Follower, Format, Log, Need, Report, ReportOutput,
+    ReportRequest,
+};
+use serde_json::{json, Value};
+
+/// 2023-11-15T00:00:00Z.
+const T: f64 = 1_700_006_400.0;
+
+fn line(offset: f64, id: &str, name: &str, data: Value) -> String {
+    format!(
+        "{}\n",
+        json!({"ts": T + offset, "id": id, "name": name, "data": data})
+    )
+}
+
+fn updated(offset: f64, id: &str, reported: Value, info: Value) -> String {
+    line(
+        offset,
+        id,
+        "updated",
+        json!({"id": id, "name": id, "online": true, "info": info,
+               "shadow": {"state": {"desired": {}, "reported": reported, "delta": {}},
+                          "metadata": {}, "tags": {}, "version": 3, "timestamp": T + offset}}),
+    )
+}
+
+fn shadow_update(offset: f64, id: &str, reported: Value) -> String {
+    line(
+        offset,
+        id,
+        "rpc.out.Dash.Shadow.Update",
+        json!({"state": {"reported": reported}}),
+    )
+}
+
+fn request(report: Report, logs: &[PathBuf]) -> ReportRequest {
+    let mut request = ReportRequest::new(report, logs.to_vec());
+    request.from = Some(T);
+    request.to = Some(T + 14_400.0);
+    request
+}
+
+fn report(report: Report, logs: &[PathBuf]) -> ReportOutput {
+    run(&request(report, logs), &|_| {}).expect("report runs")
+}
+
+/// Compares a table with expected rows; floats within 1e-9.
+fn assert_rows(frame: &DataFrame, expected: Value) {
+    let actual = json_rows(frame).expect("rows");
+    assert!(
+        close(&actual, &expected),
+        "\nactual:   {actual}\nexpected: {expected}"
+    );
+}
+
+fn close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() < 1e-9,
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The connectivity scenario, split over a rotated set whose current file ends in a torn
+/// line. Devices: `a` has a closed session, lines out of order, and a session open at the
+/// end of the log; `b` came online before the range; `c` was created and never online;
+/// `d` flaps; `e` only has an event name nobody knows.
+fn connectivity_log(dir: &Path) -> Vec<PathBuf> {
+    let mut first = String::new();
+    first += &line(-1800.0, "b", "online", Value::Null);
+    first += &line(0.0, "a", "online", Value::Null);
+    first += &line(
+        100.0,
+        "c",
+        "created",
+        json!({"id": "c", "name": "c", "online": false}),
+    );
+    for i in 0..5 {
+        let at = 1000.0 + 120.0 * f64::from(i);
+        first += &line(at, "d", "online", Value::Null);
+        first += &line(at + 60.0, "d", "offline", Value::Null);
+    }
+    first += &line(1800.0, "b", "offline", Value::Null);
+    let mut second = String::new();
+    second += &line(2000.0, "e", "mystery.event", json!(1));
+    // Out of order: the server's clock stepped, or files were merged.
+    second += &line(7200.0, "a", "online", Value::Null);
+    second += &line(3600.0, "a", "offline", Value::Null);
+    // A crash cut the last line short; readers must not take it.
+    second += r#"{"ts":1700017200,"id":"a","name":"offline","da"#;
+    std::fs::write(dir.join("notification.log.2023-11-15"), first).expect("write");
+    std::fs::write(dir.join("notification.log"), second).expect("write");
+    vec![dir.to_path_buf()]
+}
+
+#[test]
+fn connectivity_over_a_rotated_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let output = report(Report::Connectivity, &logs);
+    assert_rows(
+        output.main(),
+        json!([
+            {"id": "a", "sessions": 2, "online_s": 10800.0, "uptime_pct": 75.0, "connects": 2,
+             "disconnects": 1, "peak_connects": 1, "flapping": false},
+            {"id": "b", "sessions": 1, "online_s": 1800.0, "uptime_pct": 12.5, "connects": 0,
+             "disconnects": 1, "peak_connects": 0, "flapping": false},
+            {"id": "c", "sessions": 0, "online_s": 0.0, "uptime_pct": 0.0, "connects": 0,
+             "disconnects": 0, "peak_connects": 0, "flapping": false},
+            {"id": "d", "sessions": 5, "online_s": 300.0, "uptime_pct": 300.0 / 144.0,
+             "connects": 5, "disconnects": 5, "peak_connects": 5, "flapping": true},
+        ]),
+    );
+    assert_rows(
+        output.table("buckets").expect("buckets"),
+        json!([
+            {"bucket": "2023-11-15T00:00:00Z", "devices_online": 3, "online_hours": 5700.0 / 3600.0,
+             "connects": 6, "disconnects": 6},
+            {"bucket": "2023-11-15T01:00:00Z", "devices_online": 0, "online_hours": 0.0,
+             "connects": 0, "disconnects": 1},
+            {"bucket": "2023-11-15T02:00:00Z", "devices_online": 1, "online_hours": 1.0,
+             "connects": 1, "disconnects": 0},
+            {"bucket": "2023-11-15T03:00:00Z", "devices_online": 1, "online_hours": 1.0,
+             "connects": 0, "disconnects": 0},
+        ]),
+    );
+    let stats = output.stats;
+    assert_eq!(stats.files, 2);
+    assert_eq!(stats.lines, 17);
+    assert_eq!(stats.torn_lines, 1);
+    assert_eq!(stats.invalid_lines, 0);
+    assert_eq!(stats.unknown_events, 1);
+}
+
+#[test]
+fn connectivity_range_end_cuts_open_sessions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let mut request = request(Report::Connectivity, &logs);
+    request.to = Some(T + 9000.0);
+    request.device = Some("a".into());
+    let output = run(&request, &|_| {}).expect("report");
+    assert_rows(
+        output.main(),
+        json!([{"id": "a", "sessions": 2, "online_s": 5400.0, "uptime_pct": 60.0,
+                "connects": 2, "disconnects": 1, "peak_connects": 1, "flapping": false}]),
+    );
+}
+
+#[test]
+fn connectivity_defaults_to_the_logs_own_range() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let mut request = ReportRequest::new(Report::Connectivity, logs);
+    request.bucket = Bucket::Day;
+    let output = run(&request, &|_| {}).expect("report");
+    // From b's first online (T-1800) to the last complete line (T+7200).
+    assert_eq!(output.from, T - 1800.0);
+    assert_eq!(output.to, T + 7200.0);
+    let b = json_rows(output.main()).expect("rows")[1].clone();
+    assert_eq!(b["online_s"], json!(3600.0));
+    assert_eq!(b["connects"], json!(1));
+    let buckets = json_rows(output.table("buckets").expect("buckets")).expect("rows");
+    assert_eq!(buckets.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn fleet_summary_events_and_busiest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let output = report(Report::Fleet, &logs);
+    assert_rows(
+        output.table("summary").expect("summary"),
+        json!([{"from": "2023-11-15T00:00:00Z", "to": "2023-11-15T04:00:00Z",
+                "devices_seen": 4, "online_now": 1, "notifications": 15, "lines": 17,
+                "torn_lines": 1, "invalid_lines": 0, "unknown_events": 1}]),
+    );
+    assert_rows(
+        output.table("events").expect("events"),
+        json!([{"name": "offline", "count": 7}, {"name": "online", "count": 7},
+               {"name": "created", "count": 1}]),
+    );
+    assert_rows(
+        output.table("busiest").expect("busiest"),
+        json!([{"id": "d", "notifications": 10}, {"id": "a", "notifications": 3},
+               {"id": "b", "notifications": 1}, {"id": "c", "notifications": 1}]),
+    );
+    assert_rows(
+        output.table("buckets").expect("buckets"),
+        json!([
+            {"bucket": "2023-11-15T00:00:00Z", "notifications": 13, "devices": 4},
+            {"bucket": "2023-11-15T01:00:00Z", "notifications": 1, "devices": 1},
+            {"bucket": "2023-11-15T02:00:00Z", "notifications": 1, "devices": 1},
+            {"bucket": "2023-11-15T03:00:00Z", "notifications": 0, "devices": 0},
+        ]),
+    );
+}
+
+#[test]
+fn fleet_for_an_unknown_device_is_empty() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let mut request = request(Report::Fleet, &logs);
+    request.device = Some("nobody".into());
+    request.top = 2;
+    let output = run(&request, &|_| {}).expect("report");
+    let summary = &json_rows(output.main()).expect("rows")[0];
+    assert_eq!(summary["devices_seen"], json!(0));
+    assert_eq!(summary["notifications"], json!(0));
+    assert_eq!(output.table("busiest").map(DataFrame::height), Some(0));
+}
+
+/// `l1` switches by button and from the cloud and is on at the end; `l2` was on before the
+/// range and is deleted while on; `l3` never reports its light.
+fn usage_log(dir: &Path) -> Vec<PathBuf> {
+    let mut text = String::new();
+    text += &updated(-3600.0, "l2", json!({"on": true}), json!({}));
+    text += &updated(0.0, "l1", json!({"on": false}), json!({}));
+    text += &line(10.0, "l3", "online", Value::Null);
+    text += &shadow_update(600.0, "l1", json!({"on": true}));
+    text += &updated(610.0, "l1", json!({"on": true}), json!({}));
+    text += &shadow_update(1800.0, "l2", json!({"on": false}));
+    text += &shadow_update(1900.0, "l2", json!({"on": true}));
+    text += &line(2000.0, "l2", "deleted", json!({"id": "l2"}));
+    text += &shadow_update(4200.0, "l1", json!({"on": false}));
+    text += &shadow_update(4300.0, "l1", json!({"on": false, "stats": {"ram_free": 1}}));
+    text += &line(
+        5000.0,
+        "l1",
+        "rpc.in.Shadow.Delta",
+        json!({"state": {"on": true}}),
+    );
+    text += &updated(9000.0, "l1", json!({"on": true}), json!({}));
+    let path = dir.join("usage.log");
+    std::fs::write(&path, text).expect("write");
+    vec![path]
+}
+
+#[test]
+fn usage_switches_and_hours_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = usage_log(dir.path());
+    let output = report(Report::Usage, &logs);
+    assert_rows(
+        output.main(),
+        json!([
+            {"id": "l1", "switch_ons": 2, "switch_offs": 1, "hours_on": 2.5},
+            {"id": "l2", "switch_ons": 1, "switch_offs": 1, "hours_on": 1900.0 / 3600.0},
+            {"id": "l3", "switch_ons": 0, "switch_offs": 0, "hours_on": 0.0},
+        ]),
+    );
+    let hours = json_rows(output.table("hours").expect("hours")).expect("rows");
+    let hours = hours.as_array().expect("array");
+    assert_eq!(hours.len(), 24);
+    assert!(close(
+        &Value::Array(hours[..5].to_vec()),
+        &json!([
+            {"hour": 0, "switch_ons": 2, "switch_offs": 1, "hours_on": 4900.0 / 3600.0},
+            {"hour": 1, "switch_ons": 0, "switch_offs": 1, "hours_on": 600.0 / 3600.0},
+            {"hour": 2, "switch_ons": 1, "switch_offs": 0, "hours_on": 0.5},
+            {"hour": 3, "switch_ons": 0, "switch_offs": 0, "hours_on": 1.0},
+            {"hour": 4, "switch_ons": 0, "switch_offs": 0, "hours_on": 0.0},
+        ])
+    ));
+    assert_rows(
+        output.table("buckets").expect("buckets"),
+        json!([
+            {"bucket": "2023-11-15T00:00:00Z", "switch_ons": 2, "switch_offs": 1,
+             "hours_on": 4900.0 / 3600.0, "devices_on": 2},
+            {"bucket": "2023-11-15T01:00:00Z", "switch_ons": 0, "switch_offs": 1,
+             "hours_on": 600.0 / 3600.0, "devices_on": 1},
+            {"bucket": "2023-11-15T02:00:00Z", "switch_ons": 1, "switch_offs": 0,
+             "hours_on": 0.5, "devices_on": 1},
+            {"bucket": "2023-11-15T03:00:00Z", "switch_ons": 0, "switch_offs": 0,
+             "hours_on": 1.0, "devices_on": 1},
+        ]),
+    );
+}
+
+fn ota(status: u8, fw: &str, message: &str) -> Value {
+    json!({"ota": {"app": "smart-light", "fw_version": fw, "status": status, "message": message}})
+}
+
+/// `f1` goes through a committed update, a reverted one, a failed one started by Herd's
+/// engine, and one still running; `f2` changes version with no attempt seen; `f3` never
+/// says its version; `f4` is deleted early.
+fn firmware_log(dir: &Path) -> Vec<PathBuf> {
+    let mut text = String::new();
+    text += &updated(-100.0, "f4", json!({}), json!({"fw_version": "1.0"}));
+    text += &updated(0.0, "f1", ota(0, "1.0", ""), json!({"fw_version": "1.0"}));
+    text += &updated(0.0, "f2", json!({"on": true}), json!({"fw_version": "2.0"}));
+    text += &line(5.0, "f3", "online", Value::Null);
+    text += &shadow_update(100.0, "f1", ota(1, "1.0", "receiving"));
+    text += &shadow_update(200.0, "f1", ota(1, "1.0", "receiving"));
+    text += &shadow_update(300.0, "f1", ota(3, "1.0", "staged; rebooting"));
+    text += &updated(
+        400.0,
+        "f1",
+        ota(3, "1.1", "committed"),
+        json!({"fw_version": "1.1"}),
+    );
+    text += &line(3000.0, "f4", "deleted", json!({"id": "f4"}));
+    text += &shadow_update(5000.0, "f1", ota(1, "1.1", "receiving"));
+    text += &shadow_update(5100.0, "f1", ota(3, "1.1", "staged; rebooting"));
+    text += &shadow_update(5200.0, "f1", ota(2, "1.1", "reverted: not committed"));
+    text += &updated(
+        7300.0,
+        "f2",
+        ota(0, "2.1", ""),
+        json!({"fw_version": "2.0"}),
+    );
+    text += &line(7300.0, "f2", "ota.success", json!({"fw_version": "2.1"}));
+    text += &line(8000.0, "f1", "ota.start", json!({"url": "http://x/fw.bin"}));
+    text += &shadow_update(8100.0, "f1", ota(1, "1.1", "receiving"));
+    text += &shadow_update(8200.0, "f1", ota(2, "1.1", "timed out"));
+    text += &shadow_update(12000.0, "f1", ota(1, "1.1", "receiving"));
+    let path = dir.join("firmware.log");
+    std::fs::write(&path, text).expect("write");
+    vec![path]
+}
+
+#[test]
+fn firmware_versions_and_attempts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = firmware_log(dir.path());
+    let output = report(Report::Firmware, &logs);
+    assert_rows(
+        output.main(),
+        json!([
+            {"id": "f1", "fw_version": "1.1", "ota_attempts": 4, "ota_successes": 1,
+             "ota_failures": 1, "ota_reverts": 1, "ota_in_progress": 1},
+            {"id": "f2", "fw_version": "2.1", "ota_attempts": 0, "ota_successes": 0,
+             "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
+            {"id": "f3", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
+             "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
+            {"id": "f4", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
+             "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
+        ]),
+    );
+    assert_rows(
+        output.table("versions").expect("versions"),
+        json!([
+            {"bucket": "2023-11-15T00:00:00Z", "fw_version": "1.1", "devices": 1},
+            {"bucket": "2023-11-15T00:00:00Z", "fw_version": "2.0", "devices": 1},
+            {"bucket": "2023-11-15T01:00:00Z", "fw_version": "1.1", "devices": 1},
+            {"bucket": "2023-11-15T01:00:00Z", "fw_version": "2.0", "devices": 1},
+            {"bucket": "2023-11-15T02:00:00Z", "fw_version": "1.1", "devices": 1},
+            {"bucket": "2023-11-15T02:00:00Z", "fw_version": "2.1", "devices": 1},
+            {"bucket": "2023-11-15T03:00:00Z", "fw_version": "1.1", "devices": 1},
+            {"bucket": "2023-11-15T03:00:00Z", "fw_version": "2.1", "devices": 1},
+        ]),
+    );
+}
+
+#[test]
+fn rpc_calls_and_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut text = String::new();
+    for i in 0..3 {
+        text += &shadow_update(f64::from(i), "r", json!({"on": true}));
+    }
+    text += &line(10.0, "r", "rpc.out.Log", json!({"fd": 1, "data": "hi"}));
+    text += &line(4000.0, "r", "rpc.out.Log", json!({"fd": 1, "data": "hi"}));
+    text += &line(20.0, "r", "rpc.out.Custom.Thing", json!({}));
+    text += &line(30.0, "s", "rpc.out.Custom.Thing", json!({}));
+    text += &line(40.0, "r", "rpc.in.Sys.GetInfo", Value::Null);
+    text += &line(
+        50.0,
+        "r",
+        "rpc.in.Shadow.Delta",
+        json!({"state": {"on": true}}),
+    );
+    text += &line(
+        60.0,
+        "s",
+        "rpc.in.Shadow.Delta",
+        json!({"state": {"on": true}}),
+    );
+    text += &line(70.0, "s", "online", Value::Null);
+    // Outside the range: not counted.
+    text += &line(-5.0, "s", "rpc.in.Sys.Reboot", json!({}));
+    let path = dir.path().join("rpc.log");
+    std::fs::write(&path, text).expect("write");
+    let output = report(Report::Rpc, &[path]);
+    assert_rows(
+        output.main(),
+        json!([
+            {"direction": "out", "method": "Dash.Shadow.Update", "calls": 3, "errors": 0, "error_rate": 0.0},
+            {"direction": "in", "method": "Shadow.Delta", "calls": 2, "errors": null, "error_rate": null},
+            {"direction": "out", "method": "Custom.Thing", "calls": 2, "errors": 2, "error_rate": 1.0},
+            {"direction": "out", "method": "Log", "calls": 2, "errors": 0, "error_rate": 0.0},
+            {"direction": "in", "method": "Sys.GetInfo", "calls": 1, "errors": null, "error_rate": null},
+        ]),
+    );
+    let buckets = json_rows(output.table("buckets").expect("buckets")).expect("rows");
+    assert_eq!(
+        buckets[0],
+        json!({"bucket": "2023-11-15T00:00:00Z", "calls_out": 6, "calls_in": 3, "errors_out": 2})
+    );
+    assert_eq!(buckets[1]["calls_out"], json!(1));
+}
+
+#[test]
+fn one_loaded_log_serves_every_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut logs = connectivity_log(dir.path());
+    let other = tempfile::tempdir().expect("temp dir");
+    logs.extend(usage_log(other.path()));
+    logs.extend(firmware_log(other.path()));
+    let files = herd_analytics::resolve(&logs).expect("resolve");
+    let log = Log::load(&files, Need::ALL, &|_| {}).expect("load");
+    for report in Report::ALL {
+        let request = request(report, &[]);
+        let shared = compute(&log, &request).expect("compute");
+        let mut alone = request.clone();
+        alone.logs = logs.clone();
+        let separate = run(&alone, &|_| {}).expect("run");
+        assert_eq!(shared.tables.len(), report.tables().len());
+        for (a, b) in shared.tables.iter().zip(&separate.tables) {
+            assert_eq!(a.frame, b.frame, "{report} {}", a.name);
+        }
+    }
+    // A log read for connectivity cannot serve usage.
+    let narrow = Log::load(&files, Report::Connectivity.need(), &|_| {}).expect("load");
+    assert!(compute(&narrow, &request(Report::Usage, &[])).is_err());
+}
+
+#[test]
+fn pushed_bytes_in_any_split_match_a_file_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = usage_log(dir.path());
+    let bytes = std::fs::read(&logs[0]).expect("read");
+    let expected = report(Report::Usage, &logs);
+    for step in [1, 7, 64, 1000] {
+        let mut log = Log::new(Need::ALL);
+        for piece in bytes.chunks(step) {
+            log.push(piece);
+        }
+        log.end_file();
+        let output = compute(&log, &request(Report::Usage, &[])).expect("compute");
+        assert_eq!(output.main(), expected.main(), "step {step}");
+        assert_eq!(output.stats.lines, expected.stats.lines);
+    }
+    // An unterminated tail waits for its newline, and only ending the file makes it torn.
+    let mut log = Log::new(Need::ALL);
+    log.push(b"{\"ts\":1,\"id\":\"x\",\"name\":\"onl");
+    assert_eq!((log.stats().lines, log.pending_bytes()), (0, 28));
+    log.push(b"ine\",\"data\":null}\n{\"ts\":2");
+    assert_eq!((log.stats().lines, log.len()), (1, 1));
+    log.end_file();
+    assert_eq!(log.stats().torn_lines, 1);
+}
+
+#[test]
+fn follower_reads_appends_and_rotation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let current = dir.path().join("notification.log");
+    std::fs::write(&current, line(0.0, "a", "online", Value::Null)).expect("write");
+    let mut follower = Follower::open(dir.path(), Need::ALL, &|_| {}).expect("open");
+    assert_eq!(follower.log().len(), 1);
+    assert_eq!(follower.poll().expect("poll"), 0);
+
+    // Appended: half a line first, then the rest.
+    let next = line(3600.0, "a", "offline", Value::Null);
+    let (head, tail) = next.split_at(10);
+    append(&current, head);
+    assert_eq!(follower.poll().expect("poll"), 10);
+    assert_eq!(follower.log().len(), 1);
+    append(&current, tail);
+    follower.poll().expect("poll");
+    assert_eq!(follower.log().len(), 2);
+
+    // Rotated: the followed file gets a date, and a new current file starts.
+    append(&current, &line(3700.0, "a", "online", Value::Null));
+    std::fs::rename(&current, dir.path().join("notification.log.2023-11-15")).expect("rotate");
+    std::fs::write(&current, line(7200.0, "a", "offline", Value::Null)).expect("write");
+    follower.poll().expect("poll");
+    assert_eq!(follower.log().len(), 4);
+    assert_eq!(follower.poll().expect("poll"), 0);
+
+    let output = compute(follower.log(), &request(Report::Connectivity, &[])).expect("compute");
+    let rows = json_rows(output.main()).expect("rows");
+    assert_eq!(rows[0]["online_s"], json!(7100.0));
+    assert_eq!(rows[0]["sessions"], json!(2));
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open");
+    file.write_all(text.as_bytes()).expect("append");
+}
+
+#[test]
+fn invalid_and_blank_lines_are_counted_not_fatal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notification.log");
+    let mut text = line(0.0, "a", "online", Value::Null);
+    text += "not json\n\n{\"ts\":\"soon\",\"id\":\"a\",\"name\":\"offline\",\"data\":null}\n";
+    text += &line(60.0, "a", "offline", Value::Null);
+    std::fs::write(&path, text).expect("write");
+    let output = report(Report::Connectivity, &[path]);
+    assert_eq!(output.stats.invalid_lines, 2);
+    assert_eq!(output.stats.torn_lines, 0);
+    assert_eq!(
+        json_rows(output.main()).expect("rows")[0]["online_s"],
+        json!(60.0)
+    );
+}
+
+#[test]
+fn chunk_boundaries_do_not_lose_lines() {
+    // Larger than one read chunk, so lines straddle chunk boundaries.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("big.log");
+    let config = herd_analytics::generate::Config {
+        seed: 3,
+        devices: 50,
+        bytes: 17 << 20,
+        ..Default::default()
+    };
+    let file = std::fs::File::create(&path).expect("create");
+    let summary = herd_analytics::generate::generate(&config, file).expect("generate");
+    let loaded = Log::load(std::slice::from_ref(&path), Need::ALL, &|_| {}).expect("load");
+    let mut pushed = Log::new(Need::ALL);
+    pushed.push(&std::fs::read(&path).expect("read"));
+    pushed.end_file();
+    assert_eq!(loaded.stats().lines, summary.lines);
+    assert_eq!(loaded.stats().invalid_lines, 0);
+    assert_eq!(loaded.stats().torn_lines, 0);
+    assert_eq!(loaded.len(), pushed.len());
+    for report in Report::ALL {
+        let request = ReportRequest::new(report, Vec::new());
+        let a = compute(&loaded, &request).expect("compute");
+        let b = compute(&pushed, &request).expect("compute");
+        for (x, y) in a.tables.iter().zip(&b.tables) {
+            assert_eq!(x.frame, y.frame, "{report} {}", x.name);
+        }
+    }
+}
+
+#[test]
+fn exports_in_every_format() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let output = report(Report::Connectivity, &logs);
+
+    let mut csv = Vec::new();
+    output
+        .write(Format::Csv, &mut csv, Some("devices"))
+        .expect("csv");
+    let csv = String::from_utf8(csv).expect("utf-8");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("id,sessions,online_s,uptime_pct,connects,disconnects,peak_connects,flapping")
+    );
+    assert_eq!(lines.next(), Some("a,2,10800,75,2,1,1,false"));
+
+    let mut all = Vec::new();
+    output.write(Format::Csv, &mut all, None).expect("csv");
+    let all = String::from_utf8(all).expect("utf-8");
+    assert!(all.starts_with("# devices\n"));
+    assert!(all.contains("\n# buckets\nbucket,"));
+
+    let mut json = Vec::new();
+    output.write(Format::Json, &mut json, None).expect("json");
+    let document: Value = serde_json::from_slice(&json).expect("valid JSON");
+    assert_eq!(document["report"], json!("connectivity"));
+    assert_eq!(document["stats"]["torn_lines"], json!(1));
+    assert_eq!(document["tables"]["devices"][3]["flapping"], json!(true));
+
+    let mut parquet = Vec::new();
+    output
+        .write(Format::Parquet, &mut parquet, None)
+        .expect("parquet");
+    assert!(parquet.starts_with(b"PAR1") && parquet.ends_with(b"PAR1"));
+
+    let mut table = Vec::new();
+    output
+        .write(Format::Table, &mut table, None)
+        .expect("table");
+    let table = String::from_utf8(table).expect("utf-8");
+    assert!(table.contains("uptime_pct"));
+    assert!(table.contains("2.083"));
+    assert!(table.contains("ignored: 1 torn, 0 invalid lines"));
+
+    assert!(output.write(Format::Csv, Vec::new(), Some("nope")).is_err());
+}
+
+#[test]
+fn progress_reaches_the_total() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let seen = std::sync::Mutex::new(Vec::new());
+    run(&request(Report::Connectivity, &logs), &|p| {
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(p);
+        }
+    })
+    .expect("run");
+    let seen = seen.into_inner().expect("lock");
+    let reading: Vec<_> = seen
+        .iter()
+        .filter(|p| p.stage == herd_analytics::Stage::Reading)
+        .collect();
+    // Workers report as they finish, so the largest count, not the last call, is the end.
+    let done = reading
+        .iter()
+        .map(|p| p.done)
+        .max()
+        .expect("reading progress");
+    assert_eq!(done, reading[0].total);
+    assert!(done > 0);
+    assert_eq!(seen.last().map(|p| (p.done, p.total)), Some((1, 1)));
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = connectivity_log(dir.path());
+    let mut backwards = request(Report::Fleet, &logs);
+    backwards.to = Some(T - 1.0);
+    assert!(run(&backwards, &|_| {}).is_err());
+    let mut huge = request(Report::Fleet, &logs);
+    huge.from = Some(0.0);
+    assert!(run(&huge, &|_| {}).is_err());
+    let missing = request(Report::Fleet, &[dir.path().join("missing.log")]);
+    assert!(run(&missing, &|_| {}).is_err());
+    assert!("weekly".parse::<Report>().is_err());
+    assert_eq!("usage".parse::<Report>().ok(), Some(Report::Usage));
+}
