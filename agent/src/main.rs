@@ -1,0 +1,185 @@
+//! `herd-agent`: runs one Linux device, or a simulated fleet with `herd-agent fleet`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use herd_agent::agent::{Agent, AgentOptions};
+use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
+use herd_agent::light::LightOptions;
+use herd_agent::runner::LinkOptions;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herd-agent",
+    version,
+    about = "Herd device agent for Linux and simulated fleets"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Mode>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Run N simulated devices in one process.
+    Fleet(FleetArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Device socket, e.g. ws://HOST:PORT/api/v2/rpc (remembered in the data directory).
+    #[arg(long, env = "HERD_AGENT_SERVER")]
+    server: Option<String>,
+    /// Device token (remembered in the data directory).
+    #[arg(long, env = "HERD_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where configuration, files and firmware slots live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// GPIO chip for the light, e.g. /dev/gpiochip0; without it the light is simulated.
+    #[arg(long)]
+    gpio_chip: Option<PathBuf>,
+    /// GPIO line offset for the light; defaults to the configured smartlight.pin.
+    #[arg(long, requires = "gpio_chip")]
+    gpio_line: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct FleetArgs {
+    /// Server base URL, e.g. http://HOST:PORT.
+    #[arg(long, env = "HERD_SERVER")]
+    server: String,
+    /// API key used to list and register the devices.
+    #[arg(long, env = "HERD_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Number of devices.
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    /// Seed of every random choice, for reproducible runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// JSON file with behaviour settings (see the Behaviour type's documentation).
+    #[arg(long)]
+    behaviour: Option<PathBuf>,
+    /// Simulated seconds per real second (overrides the behaviour file).
+    #[arg(long)]
+    speedup: Option<f64>,
+    /// Where device tokens are remembered between runs.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Name prefix of the simulated devices.
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+}
+
+fn data_dir(given: Option<PathBuf>, component: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir),
+        None => {
+            herd_config::default_data_dir(component).context("no data directory; pass --data-dir")
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Mode::Fleet(args)) => run_fleet(args).await,
+        None => run_agent(cli.run).await,
+    }
+}
+
+async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
+    let light = match args.gpio_chip {
+        Some(chip) => LightOptions::Gpio {
+            chip,
+            line: args.gpio_line,
+        },
+        None => LightOptions::Simulated,
+    };
+    let agent = Agent::start(AgentOptions {
+        server: args.server,
+        token: args.token,
+        data_dir: data_dir(args.data_dir, "agent")?,
+        light,
+        link: LinkOptions::default(),
+        exec_images: true,
+    })
+    .await?;
+    let stop = agent.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    agent.wait().await
+}
+
+async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let mut behaviour = match &args.behaviour {
+        Some(path) => Behaviour::load(path)?,
+        None => Behaviour::default(),
+    };
+    if let Some(speedup) = args.speedup {
+        behaviour.speedup = speedup;
+    }
+    let fleet = Fleet::start(FleetOptions {
+        server: args.server,
+        api_key: args.api_key,
+        count: args.count,
+        seed: args.seed,
+        behaviour,
+        data_dir: data_dir(args.data_dir, "fleet")?,
+        prefix: args.prefix,
+        link: LinkOptions::default(),
+    })
+    .await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = ticker.tick() => {
+                let stats = fleet.stats();
+                tracing::info!(online = stats.online, devices = stats.devices, connects = stats.connects, reboots = stats.reboots, "fleet");
+            }
+        }
+    }
+    fleet.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,430 @@
+//! The thin IO loop around [`Device`]: it owns the WebSocket, the clock and the reconnect
+//! policy, feeds the engine what happened and performs what it returns. All protocol
+//! decisions stay in `firmware_core`, as in rumqttc's split between state and event loop.
+
+use std::future::pending;
+use std::time::Duration;
+
+use firmware_core::device::{Action, Device};
+use firmware_core::platform::Platform;
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::SmallRng;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Reconnect policy and socket limits.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// First reconnect delay; doubles per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Longest wait for TCP, TLS and the WebSocket handshake.
+    pub connect_timeout: Duration,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        LinkOptions {
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Small buffers: a fleet process holds a thousand of these sockets.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(64 * 1024))
+        .max_frame_size(Some(64 * 1024))
+}
+
+/// Exponential backoff with full jitter: each delay is drawn from the upper half of the
+/// current step, so a fleet that lost its server does not come back in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`.
+    pub fn new(options: &LinkOptions) -> Backoff {
+        Backoff {
+            initial: options.backoff_initial,
+            max: options.backoff_max.max(options.backoff_initial),
+            step: options.backoff_initial,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self, rng: &mut SmallRng) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let half = step / 2;
+        half + step.saturating_sub(half).mul_f64(rng.random::<f64>())
+    }
+
+    /// After a connection that worked.
+    pub fn reset(&mut self) {
+        self.step = self.initial;
+    }
+}
+
+/// Something that happens to the device from outside the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// The button went down (`true`) or up.
+    Button(bool),
+    /// Someone switched the light locally.
+    SetLight(bool),
+    /// The network drops for this long (a flapping device).
+    Offline(Duration),
+    /// Power-cycle.
+    Reboot,
+    /// Progress of a firmware download the device asked for.
+    Download(DownloadEvent),
+}
+
+/// What a download task reports back to the device loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// Size known; commit timeout from the request.
+    Started(usize, u32),
+    /// Bytes at an offset.
+    Chunk(u64, Vec<u8>),
+    /// All bytes delivered.
+    Finished,
+    /// The download failed.
+    Failed(String),
+}
+
+/// Why a boot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The owner asked to stop.
+    Shutdown,
+    /// The device reboots; boot a new [`Device`] on the platform.
+    Reboot,
+}
+
+/// Hooks for the owner of the loop: status displays, counters, tests.
+pub trait Observer<P: Platform>: Send {
+    /// The cloud connection came up or went down.
+    fn connection(&mut self, _up: bool) {}
+    /// Something may have changed (light, firmware state).
+    fn changed(&mut self, _device: &mut Device<P>) {}
+    /// The device asked for a firmware download (`OTA.Update`, `desired.ota.url`).
+    /// The default refuses it.
+    fn download(&mut self, url: String, _commit_timeout_s: u32, events: mpsc::Sender<Command>) {
+        tokio::spawn(async move {
+            let message = format!("downloads are not supported here ({url})");
+            let _ = events
+                .send(Command::Download(DownloadEvent::Failed(message)))
+                .await;
+        });
+    }
+}
+
+/// Runs one boot of `device` until it reboots or `shutdown` fires.
+pub struct BootLoop<'a, P: Platform, O: Observer<P>> {
+    /// The engine.
+    pub device: &'a mut Device<P>,
+    /// Reconnect policy.
+    pub link: &'a LinkOptions,
+    /// Jitter source.
+    pub rng: &'a mut SmallRng,
+    /// Commands from outside.
+    pub commands: &'a mut mpsc::Receiver<Command>,
+    /// A sender into `commands`, for download tasks.
+    pub command_sender: mpsc::Sender<Command>,
+    /// Stops everything.
+    pub shutdown: &'a CancellationToken,
+    /// Hooks.
+    pub observer: &'a mut O,
+    /// When this boot started; engine time is milliseconds since then.
+    pub boot_start: Instant,
+}
+
+/// How a connected session ended.
+enum SessionEnd {
+    Stop(Stop),
+    Lost,
+    Offline(Duration),
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => pending().await,
+    }
+}
+
+impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.boot_start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.device
+            .next_deadline()
+            .map(|ms| self.boot_start + Duration::from_millis(ms))
+    }
+
+    /// Runs the boot to its end.
+    pub async fn run(mut self) -> Stop {
+        let mut backoff = Backoff::new(self.link);
+        let mut reboot_at: Option<Instant> = None;
+        loop {
+            let mut offline_for = None;
+            if let Some((url, token)) = self.device.cloud() {
+                let connecting = connect(&url, &token, self.link.connect_timeout);
+                let result = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Stop::Shutdown,
+                    _ = sleep_opt(reboot_at) => return Stop::Reboot,
+                    result = connecting => result,
+                };
+                match result {
+                    Ok(ws) => match self.session(ws, &mut backoff, &mut reboot_at).await {
+                        SessionEnd::Stop(stop) => return stop,
+                        SessionEnd::Lost => {}
+                        SessionEnd::Offline(duration) => offline_for = Some(duration),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "cannot connect"),
+                }
+            }
+            let delay = offline_for.unwrap_or_else(|| backoff.next_delay(self.rng));
+            if let Some(stop) = self.offline(Instant::now() + delay, &mut reboot_at).await {
+                return stop;
+            }
+        }
+    }
+
+    /// Waits until `until` without a connection, still serving commands and timers.
+    async fn offline(&mut self, until: Instant, reboot_at: &mut Option<Instant>) -> Option<Stop> {
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Some(Stop::Shutdown),
+                _ = sleep_opt(*reboot_at) => return Some(Stop::Reboot),
+                _ = sleep_until(until) => return None,
+                _ = sleep_opt(deadline) => {
+                    let actions = self.device.poll(self.now_ms());
+                    self.perform_offline(actions, reboot_at);
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else { return Some(Stop::Shutdown) };
+                    match command {
+                        Command::Offline(_) => {}
+                        other => {
+                            let actions = self.command(other, reboot_at);
+                            self.perform_offline(actions, reboot_at);
+                        }
+                    }
+                }
+            }
+            self.observer.changed(self.device);
+        }
+    }
+
+    fn command(&mut self, command: Command, reboot_at: &mut Option<Instant>) -> Vec<Action> {
+        let now = self.now_ms();
+        match command {
+            Command::Button(pressed) => self.device.button(pressed, now),
+            Command::SetLight(on) => self.device.set_light(on, now),
+            Command::Reboot => {
+                *reboot_at = Some(Instant::now());
+                Vec::new()
+            }
+            Command::Offline(_) => Vec::new(),
+            Command::Download(event) => match event {
+                DownloadEvent::Started(size, commit_timeout_s) => {
+                    self.device.download_started(size, commit_timeout_s, now)
+                }
+                DownloadEvent::Chunk(offset, bytes) => {
+                    self.device.download_chunk(offset, &bytes, now)
+                }
+                DownloadEvent::Finished => self.device.download_finished(now),
+                DownloadEvent::Failed(message) => self.device.download_failed(&message, now),
+            },
+        }
+    }
+
+    /// Performs actions while disconnected: frames have nowhere to go.
+    fn perform_offline(&mut self, actions: Vec<Action>, reboot_at: &mut Option<Instant>) {
+        for action in actions {
+            self.side_effect(action, reboot_at);
+        }
+    }
+
+    fn side_effect(&mut self, action: Action, reboot_at: &mut Option<Instant>) {
+        match action {
+            Action::Send(_) | Action::SendLocal(_) => {}
+            Action::Reboot { delay_ms } => {
+                let at = Instant::now() + Duration::from_millis(delay_ms);
+                *reboot_at = Some(reboot_at.map_or(at, |t| t.min(at)));
+            }
+            Action::Download {
+                url,
+                commit_timeout_s,
+            } => self
+                .observer
+                .download(url, commit_timeout_s, self.command_sender.clone()),
+        }
+    }
+
+    async fn perform(
+        &mut self,
+        ws: &mut Ws,
+        actions: Vec<Action>,
+        reboot_at: &mut Option<Instant>,
+    ) -> Result<(), String> {
+        let mut queued = false;
+        for action in actions {
+            match action {
+                Action::Send(text) => {
+                    ws.feed(Message::text(text))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    queued = true;
+                }
+                other => self.side_effect(other, reboot_at),
+            }
+        }
+        if queued {
+            ws.flush().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn session(
+        &mut self,
+        mut ws: Ws,
+        backoff: &mut Backoff,
+        reboot_at: &mut Option<Instant>,
+    ) -> SessionEnd {
+        self.observer.connection(true);
+        let actions = self.device.connected(self.now_ms());
+        let mut end = match self.perform(&mut ws, actions, reboot_at).await {
+            Ok(()) => None,
+            Err(_) => Some(SessionEnd::Lost),
+        };
+        self.observer.changed(self.device);
+        while end.is_none() {
+            let deadline = self.deadline();
+            let result: Result<(), String> = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let _ = ws.close(None).await;
+                    end = Some(SessionEnd::Stop(Stop::Shutdown));
+                    Ok(())
+                }
+                _ = sleep_opt(*reboot_at) => {
+                    let _ = ws.close(None).await;
+                    end = Some(SessionEnd::Stop(Stop::Reboot));
+                    Ok(())
+                }
+                message = ws.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        // The server speaks first (Sys.GetInfo): the link works, so the
+                        // next failure starts the backoff from the bottom again.
+                        backoff.reset();
+                        let actions = self.device.receive(text.as_bytes(), self.now_ms());
+                        self.perform(&mut ws, actions, reboot_at).await
+                    }
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let actions = self.device.receive(&bytes, self.now_ms());
+                        self.perform(&mut ws, actions, reboot_at).await
+                    }
+                    // tungstenite queued the pong; flush it now.
+                    Some(Ok(Message::Ping(_))) => ws.flush().await.map_err(|e| e.to_string()),
+                    Some(Ok(Message::Close(_))) | None => Err("closed by the server".into()),
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(e.to_string()),
+                },
+                _ = sleep_opt(deadline) => {
+                    let actions = self.device.poll(self.now_ms());
+                    self.perform(&mut ws, actions, reboot_at).await
+                }
+                command = self.commands.recv() => match command {
+                    None => {
+                        end = Some(SessionEnd::Stop(Stop::Shutdown));
+                        Ok(())
+                    }
+                    Some(Command::Offline(duration)) => {
+                        let _ = ws.close(None).await;
+                        end = Some(SessionEnd::Offline(duration));
+                        Ok(())
+                    }
+                    Some(command) => {
+                        let actions = self.command(command, reboot_at);
+                        self.perform(&mut ws, actions, reboot_at).await
+                    }
+                },
+            };
+            if let Err(reason) = result {
+                tracing::debug!(%reason, "connection lost");
+                end = Some(SessionEnd::Lost);
+            }
+            self.observer.changed(self.device);
+        }
+        self.device.disconnected(self.now_ms());
+        self.observer.connection(false);
+        self.observer.changed(self.device);
+        end.unwrap_or(SessionEnd::Lost)
+    }
+}
+
+/// Opens the device socket with the token as a Bearer header (PROTOCOL §1).
+async fn connect(url: &str, token: &str, timeout: Duration) -> Result<Ws, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let header = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    request.headers_mut().insert("Authorization", header);
+    let connecting =
+        tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let options = LinkOptions {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut backoff = Backoff::new(&options);
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay(&mut rng)).collect();
+        for (n, delay) in delays.iter().enumerate() {
+            let step = (100u64 << n).min(1000);
+            assert!(*delay >= Duration::from_millis(step / 2), "{n}: {delay:?}");
+            assert!(*delay <= Duration::from_millis(step), "{n}: {delay:?}");
+        }
+        backoff.reset();
+        assert!(backoff.next_delay(&mut rng) <= Duration::from_millis(100));
+    }
+}

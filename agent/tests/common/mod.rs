@@ -1,0 +1,192 @@
+//! A real server on 127.0.0.1 with a temporary data directory, a REST client and a notify
+//! stream, for running agents against.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herd_agent::agent::{Agent, AgentHandle, AgentOptions, AgentStatus};
+use herd_agent::runner::LinkOptions;
+use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
+use herd_config::ServerSettings;
+use herd_server::Server;
+use serde_json::Value;
+
+/// Longest wait for something that should happen promptly; generous for shared CI machines.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Fast reconnects, so tests do not wait on backoff.
+pub fn quick_link() -> LinkOptions {
+    LinkOptions {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub admin_key: String,
+    pub client: Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = ServerSettings {
+            data_dir: Some(dir.path().to_path_buf()),
+            bcrypt_cost: 4,
+            ..Default::default()
+        };
+        let (_, admin_key) = herd_server::register_user(&settings, "admin", "secret")
+            .await
+            .expect("register admin");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = Server::start(settings, listener)
+            .await
+            .expect("server starts");
+        let addr = server.local_addr();
+        let client = Client::new(&format!("http://{addr}"), Some(&admin_key)).expect("client");
+        TestServer {
+            server: Some(server),
+            dir,
+            addr,
+            admin_key,
+            client,
+        }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn socket_url(&self) -> String {
+        format!("ws://{}/api/v2/rpc", self.addr)
+    }
+
+    /// Stops the server; devices see their sockets close.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Starts the server again on the same address and data directory.
+    pub async fn start_again(&mut self) {
+        let settings = ServerSettings {
+            data_dir: Some(self.dir.path().to_path_buf()),
+            bcrypt_cost: 4,
+            ..Default::default()
+        };
+        // The port was just released; retry briefly in case the kernel still holds it.
+        let mut attempt = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(listener) => break listener,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
+            }
+        };
+        self.server = Some(
+            Server::start(settings, listener)
+                .await
+                .expect("server restarts"),
+        );
+    }
+
+    pub async fn create_device(&self, name: &str) -> (String, String) {
+        let device = self
+            .client
+            .create_device(&NewDevice {
+                name: Some(name.into()),
+                id: None,
+            })
+            .await
+            .expect("create device");
+        (device.id, device.token.expect("token on creation"))
+    }
+
+    pub async fn rpc(
+        &self,
+        id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, herd_client::Error> {
+        self.client.call(id, method, Some(&params)).await
+    }
+
+    pub fn notify(&self) -> NotifyStream {
+        self.client.notify()
+    }
+}
+
+pub fn agent_options(server: &TestServer, token: &str, data_dir: PathBuf) -> AgentOptions {
+    AgentOptions {
+        server: Some(server.socket_url()),
+        token: Some(token.into()),
+        data_dir,
+        light: Default::default(),
+        link: quick_link(),
+        exec_images: false,
+    }
+}
+
+pub async fn start_agent(options: AgentOptions) -> AgentHandle {
+    Agent::start(options).await.expect("agent starts")
+}
+
+pub async fn wait_status(
+    agent: &mut AgentHandle,
+    what: &str,
+    predicate: impl FnMut(&AgentStatus) -> bool,
+) -> AgentStatus {
+    match tokio::time::timeout(WAIT, agent.wait_for(predicate)).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => panic!("agent ended while waiting for {what}: {e}"),
+        Err(_) => panic!("timed out waiting for {what}; status {:?}", agent.status()),
+    }
+}
+
+/// Waits for a notification about `device` named `name` whose data satisfies `predicate`.
+pub async fn wait_event(
+    stream: &mut NotifyStream,
+    device: &str,
+    name: &str,
+    mut predicate: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {name} of {device}"))
+            .expect("notify stream ended");
+        if let NotifyEvent::Notification(n) = event {
+            if n.id == device && n.name == name && predicate(&n.data) {
+                return n.data;
+            }
+        }
+    }
+}
+
+/// Waits until the notify stream is connected, so no event is missed after this.
+pub async fn subscribed(stream: &mut NotifyStream) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("timed out waiting for the notify stream")
+            .expect("notify stream ended");
+        if matches!(event, NotifyEvent::Connected) {
+            return;
+        }
+    }
+}
