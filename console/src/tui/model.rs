@@ -1125,10 +1125,9 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
                 return Some(Vec::new());
             };
             if read_only && !crate::read_only_safe(&method) {
-                dialog.result = Some((
-                    method.clone(),
-                    Err(format!("read-only profile: refusing to call {method}")),
-                ));
+                let message = format!("read-only profile: refusing to call {method}");
+                dialog.result = Some((method, Err(message.clone())));
+                model.error(message);
                 return Some(Vec::new());
             }
             let text = dialog.params.text().trim();

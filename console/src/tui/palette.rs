@@ -54,6 +54,28 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
     let json = |text: &str, what: &str| -> Result<Value, String> {
         serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
     };
+    // A unique prefix of a command name or alias runs that command (`:tai` is `:tail`).
+    const ALIASES: [(&str, &str); 5] = [
+        ("devices", "fleet"),
+        ("tail", "notifications"),
+        ("events", "notifications"),
+        ("notify", "notifications"),
+        ("exit", "quit"),
+    ];
+    let mut canonical: Vec<&str> = COMMANDS
+        .iter()
+        .map(|(name, _, _)| (*name, *name))
+        .chain(ALIASES)
+        .filter(|(name, _)| !word.is_empty() && name.starts_with(word))
+        .map(|(_, canonical)| canonical)
+        .collect();
+    canonical.dedup();
+    let exact = COMMANDS.iter().any(|(name, _, _)| *name == word)
+        || ALIASES.iter().any(|(alias, _)| *alias == word);
+    let word = match canonical.as_slice() {
+        [only] if !exact => only,
+        _ => word,
+    };
     match word {
         "" => Err("type a command; Tab completes, Esc closes".into()),
         "fleet" | "devices" | "dev" | "f" => Ok(PaletteCommand::Fleet),
@@ -173,6 +195,9 @@ mod tests {
             .expect_err("bad column")
             .contains("unknown column"));
         assert!(parse("frobnicate").is_err());
+        assert_eq!(parse("tai"), Ok(PaletteCommand::Notifications));
+        assert_eq!(parse("noti"), Ok(PaletteCommand::Notifications));
+        assert!(parse("s").is_err(), "ambiguous");
     }
 
     #[test]

@@ -157,20 +157,6 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
 }
 
 fn render_crumbs(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
-    let crumbs = breadcrumbs(model);
-    let mut spans = vec![Span::raw(" ")];
-    for (i, crumb) in crumbs.iter().enumerate() {
-        if i > 0 {
-            spans.push(Span::styled(" › ", theme.dim));
-        }
-        let style = if i + 1 == crumbs.len() {
-            theme.header
-        } else {
-            theme.dim
-        };
-        spans.push(Span::styled(crumb.clone(), style));
-    }
-    let left_width: usize = spans.iter().map(|s| s.content.chars().count()).sum();
     let right = match &model.status {
         Some(status) => Some(Span::styled(
             status.text.clone(),
@@ -197,14 +183,44 @@ fn render_crumbs(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             _ => None,
         },
     };
+    let width = area.width as usize;
+    // The status line matters more than the trail: the trail gives way first.
+    let right_text = right
+        .as_ref()
+        .map(|span| text::truncate(&span.content, width.saturating_sub(12)))
+        .unwrap_or_default();
+    let right_width = right_text.chars().count();
+    let room = width.saturating_sub(right_width + 3);
+    let crumbs = breadcrumbs(model);
+    let mut spans = vec![Span::raw(" ")];
+    let mut used = 1;
+    for (i, crumb) in crumbs.iter().enumerate() {
+        let separator = if i > 0 { " › " } else { "" };
+        let style = if i + 1 == crumbs.len() {
+            theme.header
+        } else {
+            theme.dim
+        };
+        let wanted = separator.chars().count() + crumb.chars().count();
+        let left = room.saturating_sub(used);
+        if left == 0 {
+            break;
+        }
+        if !separator.is_empty() {
+            spans.push(Span::styled(separator, theme.dim));
+        }
+        let shown = text::truncate(crumb, left.saturating_sub(separator.chars().count()));
+        used += separator.chars().count() + shown.chars().count();
+        spans.push(Span::styled(shown, style));
+        if wanted > left {
+            break;
+        }
+    }
     if let Some(right) = right {
-        let room = (area.width as usize).saturating_sub(left_width + 3);
-        let text = text::truncate(&right.content, room);
-        let width = text.chars().count();
-        spans.push(Span::raw(" ".repeat(
-            (area.width as usize).saturating_sub(left_width + width + 1),
-        )));
-        spans.push(Span::styled(text, right.style));
+        spans.push(Span::raw(
+            " ".repeat(width.saturating_sub(used + right_width + 1)),
+        ));
+        spans.push(Span::styled(right_text, right.style));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -894,7 +910,10 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     lines.extend(screen.iter().map(|(k, w)| key(k, w)));
     lines.push(Line::styled("commands", theme.title));
     for (name, args, what) in palette::COMMANDS {
-        lines.push(key(&format!(":{name}"), &format!("{args} {what}")));
+        lines.push(Line::from(vec![
+            Span::styled(format!("  :{name} {args:<14}"), theme.key),
+            Span::raw(what.to_string()),
+        ]));
     }
     let block = Block::bordered().title(Span::styled(" help · any key closes ", theme.title));
     frame.render_widget(Paragraph::new(lines).block(block), popup);

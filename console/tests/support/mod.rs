@@ -1,0 +1,130 @@
+//! Builders for console tests: a model with a deterministic fleet, keys, and rendering
+//! into a `TestBackend`.
+#![allow(dead_code)]
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use herd_client::{DeviceObject, Notification};
+use herd_console::tui::{
+    update, view, Command, Connection, Model, ModelOptions, Msg, ProfileInfo, Theme,
+};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use serde_json::{json, Value};
+
+/// A fixed clock: 2023-11-14T22:13:20Z.
+pub const NOW: f64 = 1_700_000_000.0;
+
+pub fn model(read_only: bool, size: (u16, u16)) -> Model {
+    Model::new(ModelOptions {
+        profile: ProfileInfo {
+            name: "lab".into(),
+            server: "http://127.0.0.1:8009".into(),
+            read_only,
+        },
+        tail_lines: 1000,
+        now: NOW,
+        size,
+    })
+}
+
+fn rfc3339(ts: f64) -> String {
+    let time = time::OffsetDateTime::from_unix_timestamp(ts as i64).expect("valid time");
+    time.format(&time::format_description::well_known::Rfc3339)
+        .expect("formattable")
+}
+
+/// Device `i` of a made-up fleet: every third offline, every other light on, every
+/// fifth with a pending delta.
+pub fn device(i: usize) -> DeviceObject {
+    let online = !i.is_multiple_of(3);
+    let on = i.is_multiple_of(2);
+    let desired_on = if i.is_multiple_of(5) { !on } else { on };
+    let mut shadow = json!({
+        "state": {
+            "desired": {"on": desired_on},
+            "reported": {"on": on, "ota": {"fw_version": "1.2.3", "status": 0}},
+            "delta": {}
+        },
+        "version": 3 + i,
+        "timestamp": NOW - 60.0,
+    });
+    if desired_on != on {
+        shadow["state"]["delta"] = json!({"on": desired_on});
+    }
+    DeviceObject {
+        id: format!("{:024x}", 0xabc000 + i),
+        name: format!("lamp-{i:03}"),
+        token: None,
+        user_id: "email_admin".into(),
+        shared_with: String::new(),
+        online,
+        created_at: rfc3339(NOW - 86_400.0),
+        last_seen: Some(rfc3339(NOW - 60.0 * i as f64)),
+        info: json!({"app": "smart-light", "arch": if i.is_multiple_of(4) { "esp32c6" } else { "esp32c3" },
+                     "fw_version": format!("1.{}.0", i % 3), "uptime": 3600 + i * 7}),
+        shadow,
+    }
+}
+
+/// A model connected and loaded with `count` devices.
+pub fn loaded(count: usize, read_only: bool, size: (u16, u16)) -> Model {
+    let mut model = model(read_only, size);
+    send(&mut model, Msg::Stream(Connection::Connected));
+    send(
+        &mut model,
+        Msg::DevicesLoaded(Ok((0..count).map(device).collect())),
+    );
+    model
+}
+
+pub fn send(model: &mut Model, msg: Msg) -> Vec<Command> {
+    update(model, msg)
+}
+
+pub fn key(code: KeyCode) -> Msg {
+    Msg::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+pub fn ctrl(c: char) -> Msg {
+    Msg::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+pub fn chars(model: &mut Model, text: &str) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for c in text.chars() {
+        commands.extend(send(model, key(KeyCode::Char(c))));
+    }
+    commands
+}
+
+pub fn notification(id: &str, name: &str, data: Value) -> Notification {
+    Notification::new(id, name, data)
+}
+
+pub fn notify(model: &mut Model, at: f64, items: Vec<Notification>) {
+    send(model, Msg::Notifications { at, items });
+}
+
+/// Draws the model at `width`x`height`.
+pub fn render(model: &Model, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
+    let theme = Theme::colour();
+    terminal
+        .draw(|frame| view::render(frame, model, &theme))
+        .expect("draws");
+    terminal
+}
+
+/// The screen as text lines, for assertions that are not snapshots.
+pub fn screen(model: &Model, width: u16, height: u16) -> String {
+    let terminal = render(model, width, height);
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            out.push_str(buffer[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
