@@ -210,6 +210,10 @@ pub enum Command {
         /// How many simulated devices.
         #[arg(long, default_value_t = 50)]
         devices: usize,
+        /// Simulated seconds per real second: at 120 a simulated day passes in 12
+        /// minutes, so lights switch and devices drop off while you watch.
+        #[arg(long, default_value_t = 120.0)]
+        speedup: f64,
     },
 }
 
@@ -258,8 +262,8 @@ async fn run(args: Args) -> CommandResult {
         let profile = Profile::resolve(&args.connection.overrides())?;
         return crate::tui::run(profile, args.log).await;
     };
-    if let Command::Demo { devices } = command {
-        return crate::demo::run(devices, args.log).await;
+    if let Command::Demo { devices, speedup } = command {
+        return crate::demo::run(crate::demo::DemoOptions { devices, speedup }, args.log).await;
     }
     let profile = Profile::resolve(&args.connection.overrides())?;
     let client = Client::new(&profile.server, profile.api_key.as_deref())?;

@@ -476,9 +476,16 @@ impl Fleet {
     }
 
     /// Adds or replaces one device (`created`, `updated`).
-    pub fn upsert(&mut self, row: DeviceRow) {
+    pub fn upsert(&mut self, mut row: DeviceRow) {
         match self.index.get(&row.id) {
             Some(&i) => {
+                // `updated` repeats the last Sys.GetInfo; an unchanged uptime was observed
+                // back then, not now, or the table would show it frozen.
+                if let (Some((old, seen)), Some((new, _))) = (self.rows[i].uptime, row.uptime) {
+                    if old == new {
+                        row.uptime = Some((new, seen));
+                    }
+                }
                 if self.rows[i] != row {
                     self.set_row(i, row);
                     self.stale = true;

@@ -1,0 +1,319 @@
+//! End to end in a real pseudo-terminal: the `herd` binary draws on a pty whose output a
+//! VT100 parser turns back into a screen, against a real server and real simulated
+//! devices (herd-agent's fleet). Keys are typed as bytes, as a person would.
+
+#[path = "../../client/tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{TestServer, WAIT};
+use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
+use portable_pty::{CommandBuilder, MasterPty, PtySize};
+use tokio::sync::mpsc;
+
+struct Pty {
+    parser: Arc<Mutex<vt100::Parser>>,
+    output: mpsc::UnboundedReceiver<()>,
+    writer: Box<dyn Write + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    master: Box<dyn MasterPty + Send>,
+    log: std::path::PathBuf,
+}
+
+impl Pty {
+    fn spawn(args: &[&str], env: &[(&str, String)], dir: &std::path::Path) -> Pty {
+        let system = portable_pty::native_pty_system();
+        let pair = system
+            .openpty(PtySize {
+                rows: 30,
+                cols: 120,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("open a pty");
+        let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_herd"));
+        command.args(args);
+        let log = dir.join("console.log");
+        command.env("TERM", "xterm-256color");
+        command.env("HERD_CONFIG", dir.join("no-console.toml"));
+        command.env("HERD_LOG", &log);
+        command.env_remove("HERD_PROFILE");
+        command.env_remove("HERD_READ_ONLY");
+        command.env_remove("NO_COLOR");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = pair.slave.spawn_command(command).expect("spawn herd");
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().expect("reader");
+        let writer = pair.master.take_writer().expect("writer");
+        let parser = Arc::new(Mutex::new(vt100::Parser::new(30, 120, 0)));
+        let (tell, output) = mpsc::unbounded_channel();
+        let screen = parser.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if let Ok(mut parser) = screen.lock() {
+                            parser.process(&buffer[..n]);
+                        }
+                        if tell.send(()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Pty {
+            parser,
+            output,
+            writer,
+            child,
+            master: pair.master,
+            log,
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.parser.lock().expect("parser").screen().contents()
+    }
+
+    /// Waits until the screen satisfies `check`, woken by terminal output, not a timer.
+    async fn wait_for(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if check(&screen) {
+                return screen;
+            }
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => {
+                    let screen = self.screen();
+                    assert!(
+                        check(&screen),
+                        "herd exited before {what}; screen:\n{screen}"
+                    );
+                    return screen;
+                }
+                Err(_) => panic!(
+                    "timed out waiting for {what}; screen:\n{screen}\nlog:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).expect("type");
+        self.writer.flush().expect("flush");
+    }
+
+    /// Waits for the process to end; returns its success and whether the terminal was
+    /// handed back (the alternate screen left).
+    async fn exit(mut self) -> (bool, bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Drain what is left of the output.
+                while let Ok(Some(())) =
+                    tokio::time::timeout(Duration::from_millis(200), self.output.recv()).await
+                {
+                }
+                let restored = !self
+                    .parser
+                    .lock()
+                    .expect("parser")
+                    .screen()
+                    .alternate_screen();
+                return (status.success(), restored);
+            }
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(())) => {}
+                // Output closed: the child is gone or about to be; poll its status.
+                Ok(None) => tokio::task::yield_now().await,
+                Err(_) => panic!("herd did not exit; screen:\n{}", self.screen()),
+            }
+        }
+    }
+}
+
+/// The line of the table that shows `name`.
+fn row<'a>(screen: &'a str, name: &str) -> Option<&'a str> {
+    screen.lines().find(|line| line.contains(name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_come_online_and_a_shadow_change_arrives() {
+    let server = TestServer::start().await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the empty fleet", |s| {
+        s.contains("● live") && s.contains("No devices yet")
+    })
+    .await;
+
+    // Two simulated lights register and connect while the console watches.
+    let fleet_dir = tempfile::tempdir().expect("tempdir");
+    let fleet = Fleet::start(FleetOptions {
+        behaviour: Behaviour::idle(),
+        prefix: "e2e".into(),
+        ..FleetOptions::new(&server.url(), &server.admin_key, 2, fleet_dir.path().into())
+    })
+    .await
+    .expect("fleet starts");
+    let screen = pty
+        .wait_for("both devices online", |s| {
+            s.contains("2 devices 2 on")
+                && ["e2e-0000", "e2e-0001"]
+                    .iter()
+                    .all(|name| row(s, name).is_some_and(|line| line.contains("online")))
+        })
+        .await;
+    let line = row(&screen, "e2e-0000").expect("row");
+    assert!(line.contains("off"), "the light starts off: {line}");
+
+    // Switch the first light on through the palette; the cursor is on it.
+    pty.type_text(":set {\"on\": true}\r");
+    pty.wait_for("the confirmation", |s| {
+        s.contains("set desired {\"on\":true} on device")
+    })
+    .await;
+    pty.type_text("y");
+    // The device applies the delta and reports; the row follows the notify stream.
+    pty.wait_for("the light reported on", |s| {
+        row(s, "e2e-0000").is_some_and(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.len() >= 2 && words[words.len() - 2] == "on" && words[words.len() - 1] == "-"
+        })
+    })
+    .await;
+
+    // The device view shows desired, reported and an empty delta.
+    pty.type_text("\r");
+    let screen = pty
+        .wait_for("the device view in sync", |s| {
+            s.contains("Fleet › e2e-0000") && s.contains("in sync") && s.contains("desired · v")
+        })
+        .await;
+    assert!(screen.matches("on: true").count() >= 2, "{screen}");
+
+    pty.type_text("\x1b");
+    pty.wait_for("back on the fleet", |s| !s.contains("Fleet › e2e-0000"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success, "herd exits 0");
+    assert!(restored, "the terminal is handed back");
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_survived_and_tiny_terminals_are_explained() {
+    let mut server = TestServer::start().await;
+    let (_, _) = server.create_device("porch").await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the fleet", |s| s.contains("● live") && s.contains("porch"))
+        .await;
+    server.stop().await;
+    pty.wait_for("the loss", |s| {
+        s.contains("disconnected") || s.contains("reconnecting")
+    })
+    .await;
+    server.start_again().await;
+    pty.wait_for("the reconnection", |s| {
+        s.contains("● live") && s.contains("porch")
+    })
+    .await;
+
+    pty.master
+        .resize(PtySize {
+            rows: 5,
+            cols: 20,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("resize");
+    pty.parser.lock().expect("parser").set_size(5, 20);
+    pty.wait_for("the size message", |s| s.contains("Terminal too small"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_and_unreachable_server_are_explained() {
+    let server = TestServer::start().await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", "0123456789abcdef01234567".into()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the refusal", |s| s.contains("refused the API key"))
+        .await;
+    pty.type_text("\x03");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", format!("http://{closed}")),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the unreachable server", |s| {
+        s.contains("Cannot reach the server")
+    })
+    .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_whole_product() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pty = Pty::spawn(
+        &["demo", "--devices", "3", "--speedup", "1"],
+        &[],
+        dir.path(),
+    );
+    pty.wait_for("the demo fleet online", |s| {
+        s.contains("3 devices 3 on") && s.contains("lamp-0002")
+    })
+    .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+}
