@@ -276,6 +276,8 @@ pub struct Agent;
 impl Agent {
     /// Boots the device and starts its loop.
     pub async fn start(options: AgentOptions) -> anyhow::Result<AgentHandle> {
+        // wss:// needs one process-wide rustls provider; ring is what the workspace builds.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
         let (status_tx, status) = watch::channel(AgentStatus::default());
@@ -408,8 +410,10 @@ async fn run(
     let factory_path = std::env::var_os("HERD_AGENT_FACTORY_IMAGE")
         .map(PathBuf::from)
         .unwrap_or_else(|| running_exe.clone());
-    // An exec'd image inherits the count of the boot that started it.
-    let mut count_boot = std::env::var_os(BOOTED_ENV).is_none() || !options.exec_images;
+    // A process started by exec is the boot that chose it: it neither counts that boot
+    // again nor second-guesses which executable runs it (a slot image may be a script that
+    // execs another binary).
+    let mut started_by_exec = options.exec_images && std::env::var_os(BOOTED_ENV).is_some();
     let mut rng = SmallRng::from_os_rng();
     let mut observer = AgentObserver { status };
     let mut cloud_written = false;
@@ -418,11 +422,10 @@ async fn run(
             options.data_dir.join("slots"),
             builtin_image(),
             factory_path.clone(),
-            count_boot,
+            !started_by_exec,
         )
         .context("cannot open the firmware slots")?;
-        count_boot = true;
-        if options.exec_images {
+        if options.exec_images && !started_by_exec {
             let path = slots.image_path(slots.booted_slot());
             if !same_file(&path, &running_exe) {
                 let error = exec_image(&path, &factory_path);
@@ -435,6 +438,7 @@ async fn run(
                 continue;
             }
         }
+        started_by_exec = false;
         let platform = AgentPlatform {
             config: FileConfigStorage::new(options.data_dir.join("config")),
             files: DirFileStore::new(options.data_dir.join("fs"), FILE_STORE_CAPACITY),
