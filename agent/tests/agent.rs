@@ -289,3 +289,68 @@ async fn firmware_update_commit_and_revert() {
     );
     agent.shutdown().await.expect("clean shutdown");
 }
+
+/// Serves `body` to every GET on a loopback port; returns the URL.
+async fn serve_file(body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/firmware.bin",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn desired_ota_url_downloads_and_boots_the_image() {
+    // PROTOCOL §4.4: desired.ota.url makes the device fetch the firmware itself.
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("lamp").await;
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
+    wait_status(&mut agent, "connected", |s| s.connected).await;
+    let mut events = server.notify();
+    subscribed(&mut events).await;
+
+    let url = serve_file(script_image("4")).await;
+    server
+        .client
+        .update_shadow(&id, &json!({"state": {"desired": {"ota": {"url": url}}}}))
+        .await
+        .expect("shadow update");
+    // A zero commit timeout commits the new image on its first boot, as Mongoose OS does.
+    let status = wait_status(&mut agent, "boot into the download", |s| {
+        s.boots == 2 && s.partition == 1 && s.connected
+    })
+    .await;
+    assert!(status.committed);
+    let data = wait_event(&mut events, &id, "updated", |d| {
+        d["shadow"]["state"]["reported"]["ota"]["partition"] == 1
+    })
+    .await;
+    assert_eq!(data["shadow"]["state"]["delta"], json!({}), "{data}");
+    agent.shutdown().await.expect("clean shutdown");
+}
