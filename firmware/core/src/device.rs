@@ -328,11 +328,10 @@ impl<P: Platform> Device<P> {
     pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         let mut out = Vec::new();
-        if self.splitter.push(bytes).is_err() {
-            // Over the bound: the splitter dropped the partial value and resyncs at the
-            // next value; nothing can be answered because the id is unknown.
-            self.splitter = FrameSplitter::new(MAX_INPUT_FRAME);
-        }
+        // Over the bound, the splitter drops the oversized value (whose id is unknown, so
+        // nothing can be answered) and resyncs at the next value; values completed before
+        // it in the same push are still handed out below.
+        let _ = self.splitter.push(bytes);
         while let Some(next) = self.splitter.next_value() {
             if let Ok(value) = next {
                 self.on_value(value, Channel::Cloud, &mut out);

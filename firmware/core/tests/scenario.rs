@@ -643,6 +643,14 @@ fn garbage_and_oversized_input_are_survived() {
     board.feed(b"od\": \"OTA.Status\"} {\"id\": 4, \"method\": \"OTA.Status\"}");
     let ids: Vec<Value> = board.sent.iter().map(|f| f["id"].clone()).collect();
     assert_eq!(ids, vec![json!(3), json!(4)]);
+    // A request packed before an oversized value in the same chunk is still answered.
+    board.sent.clear();
+    let mut packed = br#"{"id": 5, "method": "OTA.Status"}"#.to_vec();
+    packed.extend_from_slice(&huge);
+    board.feed(&packed);
+    board.feed(br#"{"id": 6, "method": "OTA.Status"}"#);
+    let ids: Vec<Value> = board.sent.iter().map(|f| f["id"].clone()).collect();
+    assert_eq!(ids, vec![json!(5), json!(6)]);
 }
 
 #[test]
