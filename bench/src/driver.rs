@@ -282,8 +282,15 @@ async fn server_phases(
     let mut ladder = Ladder::new(args.rate, RATE_RUNGS, args.max_rate);
     while let Some((rate, at_target)) = ladder.next_rate() {
         let duration = step_duration(args, at_target);
-        let (step, probes) =
-            update_step(&mut shards, rate, duration, at_target, args.step_p99_ms).await?;
+        let (step, probes) = update_step(
+            &mut shards,
+            server.pid,
+            rate,
+            duration,
+            at_target,
+            args.step_p99_ms,
+        )
+        .await?;
         progress(&format!("server update step {rate}/s: {}", step.verdict));
         if at_target {
             report
@@ -308,6 +315,7 @@ async fn server_phases(
             let duration = step_duration(args, at_target);
             let step = fanout_step(
                 &mut shards,
+                server.pid,
                 &mut consumers,
                 args,
                 deliveries,
@@ -591,8 +599,15 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
     let mut ladder = Ladder::new(args.rate, RATE_RUNGS, args.max_rate);
     while let Some((rate, at_target)) = ladder.next_rate() {
         let duration = step_duration(args, at_target);
-        let (step, _) =
-            update_step(&mut shard_set, rate, duration, at_target, args.step_p99_ms).await?;
+        let (step, _) = update_step(
+            &mut shard_set,
+            pid,
+            rate,
+            duration,
+            at_target,
+            args.step_p99_ms,
+        )
+        .await?;
         progress(&format!("echo update step {rate}/s: {}", step.verdict));
         ladder.observe(step.pass);
         report.rtt_steps.push(step);
@@ -611,12 +626,15 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
 
 async fn update_step(
     shards: &mut Shards,
+    peer_pid: u32,
     rate: f64,
     duration: Duration,
     at_target: bool,
     p99_limit_ms: f64,
 ) -> Result<(StepReport, Vec<(usize, u64)>)> {
+    let cpu_before = procfs::cpu_ticks(peer_pid)?;
     let totals = shards.load(LoadKind::Update, rate, duration).await?;
+    let peer_cpu_us = cpu_micros_per(peer_pid, cpu_before, totals.replied)?;
     let seconds = duration.as_secs_f64();
     let latency = Summary::of(&totals.histogram);
     let (pass, mut verdict) = judge(
@@ -642,6 +660,7 @@ async fn update_step(
         lagged_dropped: 0,
         achieved: totals.replied as f64 / seconds,
         latency,
+        peer_cpu_us,
         pass,
         verdict,
     };
@@ -650,6 +669,7 @@ async fn update_step(
 
 async fn fanout_step(
     shards: &mut Shards,
+    peer_pid: u32,
     consumers: &mut Consumers,
     args: &RunArgs,
     deliveries: f64,
@@ -661,6 +681,7 @@ async fn fanout_step(
     consumers.collect().await?;
     let before = consumers.deliveries.load(Ordering::Relaxed);
     let pings = deliveries / args.consumers as f64;
+    let cpu_before = procfs::cpu_ticks(peer_pid)?;
     let totals = shards.load(LoadKind::Ping, pings, duration).await?;
     // Notifications are still in flight when the last ping is written; wait until all
     // arrived or none arrived for a second.
@@ -683,6 +704,7 @@ async fn fanout_step(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let collected = consumers.collect().await?;
+    let peer_cpu_us = cpu_micros_per(peer_pid, cpu_before, collected.deliveries)?;
     let seconds = duration.as_secs_f64();
     let latency = Summary::of(&collected.histogram);
     let missing = expected.saturating_sub(collected.deliveries);
@@ -712,9 +734,19 @@ async fn fanout_step(
         lagged_dropped: collected.lagged_dropped,
         achieved: collected.deliveries as f64 / seconds,
         latency,
+        peer_cpu_us,
         pass,
         verdict,
     })
+}
+
+/// CPU time the peer spent since `before` (clock ticks), per completed operation, in
+/// microseconds: a cost figure that other load on the machine does not inflate as much
+/// as latency.
+fn cpu_micros_per(pid: u32, before: u64, operations: u64) -> Result<Option<f64>> {
+    let used = procfs::cpu_ticks(pid)?.saturating_sub(before);
+    // Linux reports these in USER_HZ, 100 per second.
+    Ok((operations > 0).then(|| used as f64 * 10_000.0 / operations as f64))
 }
 
 /// Sends a few pings until every consumer has received one: the notify stream is

@@ -160,6 +160,9 @@ pub struct StepReport {
     /// `completed / seconds`.
     pub achieved: f64,
     pub latency: Summary,
+    /// CPU time of the peer per completed operation, µs (user + system, including
+    /// persistence and notification-log work done meanwhile).
+    pub peer_cpu_us: Option<f64>,
     pub pass: bool,
     pub verdict: String,
 }
@@ -394,14 +397,14 @@ impl Report {
                 let _ = writeln!(out, "\n{name}, {title} steps:\n");
                 let _ = writeln!(
                     out,
-                    "| offered/s | seconds | achieved/s | p50 | p90 | p99 | p99.9 | max | result |"
+                    "| offered/s | seconds | achieved/s | p50 | p90 | p99 | p99.9 | max | peer CPU/op | result |"
                 );
-                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+                let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
                 for step in steps.iter() {
                     let l = &step.latency;
                     let _ = writeln!(
                         out,
-                        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         thousands(step.offered),
                         step.seconds,
                         thousands(step.achieved),
@@ -410,6 +413,9 @@ impl Report {
                         format_micros(l.p99_us),
                         format_micros(l.p999_us),
                         format_micros(l.max_us),
+                        step.peer_cpu_us
+                            .map(|us| format!("{us:.0} µs"))
+                            .unwrap_or_else(|| "-".into()),
                         step.verdict
                     );
                 }
@@ -489,6 +495,7 @@ mod tests {
                 p999_us: 3000,
                 max_us: 9000,
             },
+            peer_cpu_us: Some(12.0),
             pass,
             verdict: if pass {
                 "pass".into()
