@@ -118,3 +118,35 @@ async fn behaviour_switches_lights_and_a_fraction_fails_updates() {
         .expect("reboot command");
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn flapping_and_rebooting_devices_come_back() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 4;
+    let fleet = Fleet::start(FleetOptions {
+        seed: 3,
+        behaviour: Behaviour {
+            // Every device drops off or power-cycles several times a (simulated) minute.
+            speedup: 1_000.0,
+            switches_per_day: 0.0,
+            flaps_per_day: 2_000.0,
+            flap_seconds: [100.0, 300.0],
+            reboots_per_day: 2_000.0,
+            ota_failure_fraction: 0.0,
+            ..Behaviour::default()
+        },
+        ..options(&server, dir.path(), count)
+    })
+    .await
+    .expect("fleet starts");
+    let busy = within(
+        "flaps and reboots",
+        fleet.wait_for(|s| s.reboots >= count as u64 && s.connects >= 3 * count as u64),
+    )
+    .await;
+    assert!(busy.reboots >= count as u64, "{busy:?}");
+    fleet.shutdown().await;
+    let listed = server.client.devices().await.expect("devices");
+    assert_eq!(listed.len(), count, "no device was registered twice");
+}

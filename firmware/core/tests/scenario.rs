@@ -697,3 +697,58 @@ fn heartbeat_when_configured() {
     assert_eq!(board.sent[0]["method"], "Dash.Heartbeat");
     assert!(board.sent[0].get("id").is_none());
 }
+
+#[test]
+fn a_devices_life() {
+    // Factory: the bench writes the cloud address; the owner provisions over the AP.
+    let mut board = Board::new();
+    board.local_call(
+        1,
+        "Config.Set",
+        json!({"level": "factory", "config": {"dash": {"enable": true, "server": "ws://cloud", "token": "t"}}}),
+    );
+    board.local_call(
+        2,
+        "Config.Set",
+        json!({"config": {"wifi": {"sta": {"enable": true, "ssid": "home"}}, "device": {"name": "porch"}}, "save": true}),
+    );
+    assert_eq!(board.reboots, 1);
+    assert!(board.device().cloud().is_some());
+
+    // Connect, follow a delta, save a setting, survive a reboot.
+    board.connect();
+    board.call(3, "Shadow.Delta", json!({"state": {"on": true}}));
+    assert_eq!(board.platform().light, Some((8, true)));
+    board.call(
+        4,
+        "Config.Set",
+        json!({"config": {"smartlight": {"inverted": true}}, "save": true}),
+    );
+    board.call(5, "Sys.Reboot", json!({}));
+    assert_eq!(board.reboots, 2);
+    assert!(
+        !board.device().light_on(),
+        "the light starts off after a reboot"
+    );
+    assert_eq!(
+        board.platform().light,
+        Some((8, true)),
+        "inverted: off is a high pin"
+    );
+    board.call(6, "Shadow.Delta", json!({"state": {"on": true}}));
+    assert_eq!(board.platform().light, Some((8, false)));
+
+    // Update, commit; update again, let it revert.
+    upload(&mut board, &image_bytes("2.0.0", 4096), 30);
+    assert_eq!(board.last_ota_report()["fw_version"], "2.0.0");
+    board.call(7, "OTA.Commit", json!({}));
+    upload(&mut board, &image_bytes("3.0.0", 4096), 30);
+    assert_eq!(board.last_ota_report()["fw_version"], "3.0.0");
+    board.advance(30_000);
+    let ota = board.last_ota_report();
+    assert_eq!(ota["fw_version"], "2.0.0");
+    assert_eq!(ota["partition"], 1);
+    assert_eq!(ota["status"], 2);
+    assert_eq!(board.device().config().get_str("device.name"), "porch");
+    assert_eq!(board.reboots, 5);
+}
