@@ -16,11 +16,11 @@ fn reported_on(data: &Value) -> Option<bool> {
 async fn delta_drives_the_light_and_is_reported() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
+    let data_dir = tempfile::tempdir().expect("tempdir");
     let mut events = server.notify();
     subscribed(&mut events).await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
     let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
 
     // On connect the device reports its light and firmware (PROTOCOL §4.4).
     wait_event(&mut events, &id, "updated", |d| {
@@ -69,8 +69,10 @@ async fn saved_config_survives_an_agent_restart() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
     let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
 
     let set = server
         .rpc(
@@ -109,7 +111,7 @@ async fn saved_config_survives_an_agent_restart() {
     options.server = None;
     options.token = None;
     let mut agent = start_agent(options).await;
-    wait_status(&mut agent, "connected again", |s| s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
     let config = server
         .rpc(&id, "Config.Get", json!({}))
         .await
@@ -125,8 +127,10 @@ async fn factory_reset_keeps_the_factory_layer() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
     let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
     server
         .rpc(
             &id,
@@ -141,6 +145,7 @@ async fn factory_reset_keeps_the_factory_layer() {
     wait_status(&mut agent, "reboot after reset", |s| s.boots == 2).await;
     agent.send(Command::Button(false)).await.expect("release");
     wait_status(&mut agent, "reconnected", |s| s.boots == 2 && s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
     assert!(!data_dir.path().join("config/user.json").exists());
     let config = server
         .rpc(&id, "Config.Get", json!({}))
@@ -158,10 +163,10 @@ async fn sys_reboot_reconnects() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
     let mut events = server.notify();
     subscribed(&mut events).await;
+    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
     let reply = server
         .rpc(&id, "Sys.Reboot", json!({"delay_ms": 50}))
         .await
@@ -180,6 +185,7 @@ async fn sys_reboot_reconnects() {
             other => panic!("no offline/online pair: {other:?}"),
         }
     }
+    wait_connect_report(&mut events, &id, |_| true).await;
     let status = wait_status(&mut agent, "second boot", |s| s.boots == 2 && s.connected).await;
     assert_eq!(status.connections, 2);
     agent.shutdown().await.expect("clean shutdown");
@@ -228,8 +234,10 @@ async fn firmware_update_commit_and_revert() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
     let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
 
     // Something that is not an executable never becomes a bootable slot.
     let error = upload(&server, &id, &[0x55; 2048], 60)
@@ -254,8 +262,8 @@ async fn firmware_update_commit_and_revert() {
     })
     .await;
     assert!(!status.committed);
-    let shadow = server.client.shadow(&id).await.expect("shadow");
-    assert_eq!(shadow["state"]["reported"]["ota"]["partition"], 1);
+    let reported = wait_connect_report(&mut events, &id, |r| r["ota"]["partition"] == 1).await;
+    assert_eq!(reported["ota"]["is_committed"], false);
     assert_eq!(
         server
             .rpc(&id, "OTA.Commit", json!({}))
@@ -266,8 +274,6 @@ async fn firmware_update_commit_and_revert() {
     wait_status(&mut agent, "committed", |s| s.committed).await;
 
     // Next update is not committed within its timeout: back to the previous image.
-    let mut events = server.notify();
-    subscribed(&mut events).await;
     let end = upload(&server, &id, &script_image("3"), 1)
         .await
         .expect("upload");
@@ -330,10 +336,10 @@ async fn desired_ota_url_downloads_and_boots_the_image() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_status(&mut agent, "connected", |s| s.connected).await;
     let mut events = server.notify();
     subscribed(&mut events).await;
+    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
 
     let url = serve_file(script_image("4")).await;
     server

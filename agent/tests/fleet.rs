@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{quick_link, TestServer, WAIT};
+use common::{quick_link, subscribed, wait_connect_report, TestServer, WAIT};
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use herd_agent::runner::Command;
 use serde_json::json;
@@ -74,6 +74,8 @@ async fn behaviour_switches_lights_and_a_fraction_fails_updates() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let count = 6;
+    let mut events = server.notify();
+    subscribed(&mut events).await;
     let fleet = Fleet::start(FleetOptions {
         seed: 7,
         behaviour: Behaviour {
@@ -96,6 +98,8 @@ async fn behaviour_switches_lights_and_a_fraction_fails_updates() {
 
     // Every device is set to fail updates here: the new image crashes and reverts.
     let id = fleet.devices()[2].id.clone();
+    // Its connect report has reached the server, so the RPC proxy can reach it.
+    wait_connect_report(&mut events, &id, |_| true).await;
     let image = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 512]);
     server
         .rpc(&id, "OTA.Begin", json!({"size": 512, "commit_timeout": 60}))

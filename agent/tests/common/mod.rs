@@ -190,3 +190,19 @@ pub async fn subscribed(stream: &mut NotifyStream) {
         }
     }
 }
+
+/// Waits for the report a device sends when it connects (`on` and `ota` together,
+/// PROTOCOL §4.4) and returns `reported`. The server handles it on the new connection,
+/// so once it is seen the device is reachable through the RPC proxy.
+pub async fn wait_connect_report(
+    stream: &mut NotifyStream,
+    device: &str,
+    mut predicate: impl FnMut(&Value) -> bool,
+) -> Value {
+    let data = wait_event(stream, device, "rpc.out.Dash.Shadow.Update", |d| {
+        let reported = &d["state"]["reported"];
+        reported.get("on").is_some() && reported.get("ota").is_some() && predicate(reported)
+    })
+    .await;
+    data["state"]["reported"].clone()
+}
