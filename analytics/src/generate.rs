@@ -98,12 +98,12 @@ struct Device {
 }
 
 const LOG_MESSAGES: [&str; 6] = [
-    "wifi: connected, rssi -61",
-    "dash: heartbeat sent",
-    "light: pwm duty 100",
-    "mgos_http_server: accept 192.168.1.23:51234",
-    "sntp: time sync ok",
-    "ram free 187432, min 150220",
+    "wifi rssi -61",
+    "dash ping",
+    "pwm 100",
+    "http accept",
+    "sntp ok",
+    "ram 187432",
 ];
 
 /// Writes a log of about `config.bytes` bytes to `out`.
@@ -213,19 +213,18 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
             }
             Phase::Online => {
                 let roll = rng.below(1000);
-                if roll < 930 {
+                if roll < 955 {
                     device.seq += 1;
                     let message = LOG_MESSAGES[rng.below(LOG_MESSAGES.len() as u64) as usize];
                     let data = format!(
-                        r#"{{"fd":1,"data":"{} {}\n","t":{:.3},"seq":{}}}"#,
-                        now / 1000 % 100_000_000,
+                        r#"{{"fd":1,"data":"{}\n","t":{:.3},"seq":{}}}"#,
                         message,
                         now as f64 / 1e6,
                         device.seq
                     );
                     notification(&mut line, tick(&mut rng), &device.id, "rpc.out.Log", &data);
                     emit(&mut line, &mut summary, &mut out)?;
-                } else if roll < 960 {
+                } else if roll < 970 {
                     // Button press: the device reports its new state.
                     device.on = !device.on;
                     let data = format!(r#"{{"state":{{"reported":{{"on":{}}}}}}}"#, device.on);
@@ -240,7 +239,7 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     device.version += 1;
                     updated(&mut line, tick(&mut rng), device);
                     emit(&mut line, &mut summary, &mut out)?;
-                } else if roll < 985 {
+                } else if roll < 980 {
                     // Switched from the cloud: the delta's reply is the new reported state.
                     device.on = !device.on;
                     device.version += 1;
