@@ -71,7 +71,7 @@ async fn saved_config_survives_an_agent_restart() {
     let data_dir = tempfile::tempdir().expect("tempdir");
     let mut events = server.notify();
     subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
+    let agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
     wait_connect_report(&mut events, &id, |_| true).await;
 
     let set = server
@@ -110,7 +110,7 @@ async fn saved_config_survives_an_agent_restart() {
     let mut options = agent_options(&server, &token, data_dir.path().into());
     options.server = None;
     options.token = None;
-    let mut agent = start_agent(options).await;
+    let agent = start_agent(options).await;
     wait_connect_report(&mut events, &id, |_| true).await;
     let config = server
         .rpc(&id, "Config.Get", json!({}))
