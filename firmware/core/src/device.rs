@@ -299,14 +299,24 @@ impl<P: Platform> Device<P> {
         Ok(())
     }
 
-    /// The cloud connection is up: report the light and the firmware (PROTOCOL §4.4).
+    /// The cloud connection is up: report the light, the firmware and memory (PROTOCOL
+    /// §4.4 `reported.ota`, `reported.stats`).
     pub fn connected(&mut self, now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         self.connected = true;
         self.splitter = FrameSplitter::new(MAX_INPUT_FRAME);
         let interval = self.heartbeat_interval_ms();
         self.heartbeat_due = interval.map(|ms| now_ms.saturating_add(ms));
-        let reported = json!({"on": self.light_on, "ota": self.ota_report()});
+        let facts = self.platform.facts();
+        let reported = json!({
+            "on": self.light_on,
+            "ota": self.ota_report(),
+            "stats": {
+                "ram_total": facts.ram_size,
+                "ram_free": facts.ram_free,
+                "ram_lwm": facts.ram_min_free,
+            },
+        });
         let mut out = Vec::new();
         self.report(reported, &mut out);
         out

@@ -56,6 +56,9 @@ fn connect_reports_light_and_firmware() {
     assert_eq!(ota["partition"], 0);
     assert_eq!(ota["is_committed"], true);
     assert_eq!(ota["status"], 0);
+    let stats = &reported[0]["stats"];
+    assert_eq!(stats["ram_total"], 320 * 1024);
+    assert!(stats["ram_free"].is_u64() && stats["ram_lwm"].is_u64());
 }
 
 #[test]
