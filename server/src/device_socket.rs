@@ -97,14 +97,19 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
 
     conn.fail_pending();
     if state.registry.remove(&identity.id, conn.conn_id) {
+        // `offline` is emitted before any await: a device reconnecting right away must not
+        // see its new `online` overtaken by the old connection's `offline`.
+        let identity = conn.identity();
+        state.hub.emit(&identity, "offline", &Value::Null);
         let now = clock::now();
         if let Err(e) = state.store.set_last_seen(&identity.id, now).await {
             tracing::warn!(device = %identity.id, error = %e, "cannot record last_seen");
         }
-        let identity = conn.identity();
-        state.hub.emit(&identity, "offline", &Value::Null);
-        if let Ok(Some(device)) = state.store.device(&identity.id).await {
-            state.emit_updated(&device);
+        // Skip the trailing `updated` if the device is already back: it would say offline.
+        if !state.registry.is_online(&identity.id) {
+            if let Ok(Some(device)) = state.store.device(&identity.id).await {
+                state.emit_updated(&device);
+            }
         }
     }
 }
