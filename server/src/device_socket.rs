@@ -59,12 +59,15 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
 /// Runs one device connection to its end.
 async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
     let identity = Identity::of(&device);
-    let (conn, replaced) = state.registry.insert(identity.clone());
-    match replaced {
-        // The device reconnected before its old socket was noticed gone: it never went
-        // offline, so only the old socket is closed.
-        Some(old) => old.push(Out::Close("replaced by a newer connection".into())),
-        None => state.hub.emit(&identity, "online", &Value::Null),
+    let (conn, replaced) = state.registry.insert(identity.clone(), |replaced| {
+        // A device that reconnected before its old socket was noticed gone never went
+        // offline: no second `online`.
+        if replaced.is_none() {
+            state.hub.emit(&identity, "online", &Value::Null);
+        }
+    });
+    if let Some(old) = replaced {
+        old.push(Out::Close("replaced by a newer connection".into()));
     }
     state.emit_updated(&device);
     tracing::debug!(device = %identity.id, "device connected");
@@ -96,11 +99,12 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
     tracing::debug!(device = %identity.id, %reason, "device disconnected");
 
     conn.fail_pending();
-    if state.registry.remove(&identity.id, conn.conn_id) {
-        // `offline` is emitted before any await: a device reconnecting right away must not
-        // see its new `online` overtaken by the old connection's `offline`.
-        let identity = conn.identity();
-        state.hub.emit(&identity, "offline", &Value::Null);
+    let removed = state.registry.remove(&identity.id, conn.conn_id, |conn| {
+        // Under the registry lock: a device reconnecting right away cannot have its new
+        // `online` overtaken by this connection's `offline`.
+        state.hub.emit(&conn.identity(), "offline", &Value::Null);
+    });
+    if removed {
         let now = clock::now();
         if let Err(e) = state.store.set_last_seen(&identity.id, now).await {
             tracing::warn!(device = %identity.id, error = %e, "cannot record last_seen");

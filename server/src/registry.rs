@@ -138,7 +138,14 @@ pub struct Registry {
 impl Registry {
     /// Registers a new connection for `identity`, returning it and the connection it replaced
     /// (a device that reconnects before its old socket was noticed gone).
-    pub fn insert(&self, identity: Identity) -> (Arc<DeviceConn>, Option<Arc<DeviceConn>>) {
+    ///
+    /// `announce` runs under the registry lock with the replaced connection, so that
+    /// online/offline events of one device are emitted in the order its connections changed.
+    pub fn insert(
+        &self,
+        identity: Identity,
+        announce: impl FnOnce(Option<&Arc<DeviceConn>>),
+    ) -> (Arc<DeviceConn>, Option<Arc<DeviceConn>>) {
         let conn = Arc::new(DeviceConn {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             identity: RwLock::new(identity.clone()),
@@ -148,16 +155,21 @@ impl Registry {
             next_id: AtomicU64::new(1),
             missed_pongs: AtomicU32::new(0),
         });
-        let old = self.devices.write().insert(identity.id, conn.clone());
+        let mut devices = self.devices.write();
+        let old = devices.insert(identity.id, conn.clone());
+        announce(old.as_ref());
         (conn, old)
     }
 
     /// Removes the device's entry if it still belongs to connection `conn_id`; true if so.
-    pub fn remove(&self, id: &str, conn_id: u64) -> bool {
+    /// `announce` runs under the registry lock when the entry is removed (see [`Self::insert`]).
+    pub fn remove(&self, id: &str, conn_id: u64, announce: impl FnOnce(&DeviceConn)) -> bool {
         let mut devices = self.devices.write();
         match devices.get(id) {
             Some(conn) if conn.conn_id == conn_id => {
-                devices.remove(id);
+                if let Some(conn) = devices.remove(id) {
+                    announce(&conn);
+                }
                 true
             }
             _ => false,
