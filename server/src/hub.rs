@@ -10,6 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::notification_log::NotificationLog;
 use crate::store::{shared_contains, DeviceRecord, User};
@@ -42,7 +43,8 @@ impl Identity {
 pub struct Event {
     pub device: Identity,
     pub name: Box<str>,
-    pub json: Arc<str>,
+    /// Shared bytes, so handing the event to many sockets copies nothing.
+    pub json: Utf8Bytes,
 }
 
 #[derive(Serialize)]
@@ -94,14 +96,14 @@ impl Hub {
         let event = Arc::new(Event {
             device: device.clone(),
             name: name.into(),
-            json: json.as_str().into(),
+            json: Utf8Bytes::from(json),
         });
         let _order = self.inner.order.lock();
         let ts = crate::clock::now();
         // `json` starts with '{'; the persisted form puts `ts` first (PROTOCOL §7).
         self.inner
             .log
-            .append(format!("{{\"ts\":{ts},{}", &json[1..]));
+            .append(format!("{{\"ts\":{ts},{}", &event.json.as_str()[1..]));
         // No receivers is not an error: nobody is watching right now.
         let _ = self.inner.ring.send(event);
     }

@@ -73,7 +73,7 @@ async fn stream_notifications(
                 Ok(event) => event
                     .device
                     .visible_to(&user)
-                    .then(|| Message::text(event.json.to_string())),
+                    .then(|| Message::Text(event.json.clone())),
                 Err(RecvError::Lagged(dropped)) => match policy {
                     LagPolicy::Notify => Some(lagged_message(dropped)),
                     LagPolicy::Disconnect => {
@@ -152,7 +152,7 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String) {
                 }
             } => match event {
                 Ok(event) if *event.device.id == *id => {
-                    format!("{{\"method\":\"Dash.Console.Event\",\"params\":{}}}", event.json)
+                    format!("{{\"method\":\"Dash.Console.Event\",\"params\":{}}}", event.json.as_str())
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return,

@@ -74,7 +74,27 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<WriterMessage>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// How often the WAL is folded into the database, off the writer thread.
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(500);
+
+/// Checkpoints on a connection of its own. SQLite's automatic checkpoint runs inside the
+/// commit that crosses the threshold, stalling every write queued behind it (and with it the
+/// devices waiting for their replies); a passive checkpoint beside the writer never blocks it.
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_PERIOD) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+            _ => return,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -89,6 +109,13 @@ impl SqliteStore {
         let path = dir.join("herd.db");
         let mut writer = open_connection(&path, durability)?;
         migrate(&mut writer)?;
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let checkpoint_conn = open_connection(&path, durability)?;
+        let (stop_checkpoints, stop) = mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("herd-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stop))
+            .map_err(|e| StoreError::Backend(format!("cannot start checkpoint thread: {e}")))?;
         let readers = (0..READERS)
             .map(|_| open_connection(&path, durability))
             .collect::<Result<Vec<_>, _>>()?;
@@ -101,6 +128,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(Mutex::new(readers)),
         })
     }
@@ -640,6 +668,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        let checkpointer = self.checkpointer.lock().take();
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let sender = self.writer.lock().take();
         let Some(sender) = sender else {
             return Ok(());
