@@ -12,9 +12,9 @@ use crate::scan::{self, Head};
 pub struct Need {
     /// Keep every known event with its full name (fleet and rpc reports).
     pub names: bool,
-    /// Read `reported.on` and `reported.ota` from shadow updates (usage and firmware).
+    /// Read `reported.on` from shadow updates (usage and firmware).
     pub shadow: bool,
-    /// Also read `info.fw_version` from `updated` events (firmware).
+    /// Also read `reported.ota` and `info.fw_version` (firmware).
     pub firmware: bool,
 }
 
@@ -252,9 +252,7 @@ impl Batch {
                 true
             }
             Kind::RpcOut if need.shadow && &*head.name == b"rpc.out.Dash.Shadow.Update" => {
-                if let Some(reported) =
-                    scan::get(head.data, b"state").and_then(|state| scan::get(state, b"reported"))
-                {
+                if let Some(reported) = scan::path(head.data, &[b"state", b"reported"]) {
                     self.reported(reported, &mut event, need);
                 }
                 true
@@ -274,27 +272,15 @@ impl Batch {
     /// `updated` carries the device object (PROTOCOL §5, §6): the reported state sits at
     /// `shadow.state.reported`, the running firmware at `info.fw_version`.
     fn updated(&mut self, head: &Head<'_>, event: &mut Event, need: Need) {
-        let mut info_fw = None;
-        scan::members(head.data, 0, |key, value| {
-            match key {
-                b"shadow" => {
-                    if let Some(reported) =
-                        scan::get(value, b"state").and_then(|state| scan::get(state, b"reported"))
-                    {
-                        self.reported(reported, event, need);
-                    }
-                }
-                b"info" if need.firmware => {
-                    info_fw = scan::get(value, b"fw_version").and_then(scan::string);
-                }
-                _ => {}
-            }
-            true
-        });
+        if let Some(reported) = scan::path(head.data, &[b"shadow", b"state", b"reported"]) {
+            self.reported(reported, event, need);
+        }
         // `reported.ota.fw_version` is what the device says it booted; `info` may lag it
         // until the next `Sys.GetInfo`, so it only fills in when the shadow has nothing.
-        if event.fw == NONE {
-            if let Some(fw) = info_fw {
+        if need.firmware && event.fw == NONE {
+            if let Some(fw) =
+                scan::path(head.data, &[b"info", b"fw_version"]).and_then(scan::string)
+            {
                 event.fw = self.versions.intern(&fw);
             }
         }
@@ -309,7 +295,7 @@ impl Batch {
                         event.on = i8::from(on);
                     }
                 }
-                b"ota" => {
+                b"ota" if need.firmware => {
                     scan::members(value, 0, |key, value| {
                         match key {
                             b"status" => {
@@ -322,7 +308,7 @@ impl Batch {
                                     m.len() >= 6 && m[..6].eq_ignore_ascii_case(b"revert")
                                 });
                             }
-                            b"fw_version" if need.firmware => {
+                            b"fw_version" => {
                                 if let Some(fw) = scan::string(value) {
                                     event.fw = self.versions.intern(&fw);
                                 }

@@ -264,6 +264,7 @@ pub(crate) fn members<'a>(
 }
 
 /// The value of `key` in the object `value`, if it is one and has it.
+#[cfg(test)]
 pub(crate) fn get<'a>(value: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut found = None;
     members(value, 0, |k, v| {
@@ -275,6 +276,51 @@ pub(crate) fn get<'a>(value: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         }
     })?;
     found
+}
+
+/// The value at `keys` inside the object `value`, descending without first measuring the
+/// objects on the way: each byte before the target is scanned once, where repeated
+/// [`get`]s would skip each enclosing object whole before looking inside it.
+pub(crate) fn path<'a>(value: &'a [u8], keys: &[&[u8]]) -> Option<&'a [u8]> {
+    let mut rest = value;
+    for (depth, key) in keys.iter().enumerate() {
+        let start = member_start(rest, key)?;
+        if depth + 1 == keys.len() {
+            let end = skip_value(rest, start)?;
+            return Some(&rest[start..end]);
+        }
+        rest = &rest[start..];
+    }
+    Some(value)
+}
+
+/// Where the value of `key` starts in the object that opens at 0 of `bytes` (which may go
+/// on past the object's end).
+fn member_start(bytes: &[u8], key: &[u8]) -> Option<usize> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let mut pos = skip_ws(bytes, 1);
+    loop {
+        if bytes.get(pos) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(bytes, pos)?;
+        let found = &bytes[pos + 1..key_end - 1] == key;
+        pos = skip_ws(bytes, key_end);
+        if bytes.get(pos) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(bytes, pos + 1);
+        if found {
+            return Some(value_start);
+        }
+        pos = skip_ws(bytes, skip_value(bytes, value_start)?);
+        match bytes.get(pos) {
+            Some(b',') => pos = skip_ws(bytes, pos + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// The contents of a JSON string value, with escapes decoded when there are any.
@@ -368,6 +414,13 @@ mod tests {
             Some(&b"1.0"[..])
         );
         assert_eq!(get(b"null", b"x"), None);
+        assert_eq!(
+            path(data, &[b"shadow", b"state", b"reported"]),
+            Some(&br#"{"on":true}"#[..])
+        );
+        assert_eq!(path(data, &[b"shadow", b"nope"]), None);
+        assert_eq!(path(b"{}", &[b"a"]), None);
+        assert_eq!(path(br#"{"a":1"#, &[b"b"]), None);
         assert_eq!(get(br#"{"a":"\"}"}"#, b"a"), Some(&br#""\"}""#[..]));
     }
 
