@@ -414,21 +414,25 @@ pub async fn run_console(
         now: unix_now(),
         size,
     });
-    let (sender, mut receiver) = mpsc::channel::<Msg>(256);
-    let mut input = spawn_input(sender.clone());
+    // Keys travel apart from everything else and are read first, so a flood of
+    // notifications queued ahead of a keypress cannot delay it.
+    let (input_sender, mut input_receiver) = mpsc::channel::<Msg>(64);
+    // Small: when the loop falls behind, the notify task stops reading and the server
+    // drops for us and says how many (PROTOCOL §5), instead of memory growing here.
+    let (sender, mut receiver) = mpsc::channel::<Msg>(64);
+    let mut input = spawn_input(input_sender.clone());
     let ticks = spawn_ticks(sender.clone());
     let notify = spawn_notify(client.clone(), sender.clone());
     let mut last_draw = Instant::now() - FRAME_INTERVAL;
 
     let outcome = loop {
-        let wake = if model.dirty {
-            let deadline = tokio::time::Instant::from_std(last_draw + FRAME_INTERVAL);
-            tokio::select! {
-                msg = receiver.recv() => msg.map_or(Wake::Closed, Wake::Msg),
-                _ = tokio::time::sleep_until(deadline) => Wake::Draw,
-            }
-        } else {
-            receiver.recv().await.map_or(Wake::Closed, Wake::Msg)
+        let deadline = tokio::time::Instant::from_std(last_draw + FRAME_INTERVAL);
+        let dirty = model.dirty;
+        let wake = tokio::select! {
+            biased;
+            msg = input_receiver.recv() => msg.map_or(Wake::Closed, Wake::Msg),
+            msg = receiver.recv() => msg.map_or(Wake::Closed, Wake::Msg),
+            _ = tokio::time::sleep_until(deadline), if dirty => Wake::Draw,
         };
         let mut pending = match wake {
             Wake::Msg(msg) => vec![msg],
@@ -444,7 +448,7 @@ pub async fn run_console(
                         // The editor needs the keyboard: stop reading keys meanwhile.
                         input.abort();
                         let result = external_editor(&mut terminal, options.mouse, &text).await;
-                        input = spawn_input(sender.clone());
+                        input = spawn_input(input_sender.clone());
                         pending.push(Msg::ExternalEdit { id, result });
                     }
                     other => execute(&client, other, &sender),
@@ -453,9 +457,13 @@ pub async fn run_console(
             if model.quit {
                 break;
             }
-            if pending.is_empty() && started.elapsed() < BATCH_BUDGET {
-                if let Ok(msg) = receiver.try_recv() {
+            if pending.is_empty() {
+                if let Ok(msg) = input_receiver.try_recv() {
                     pending.push(msg);
+                } else if started.elapsed() < BATCH_BUDGET {
+                    if let Ok(msg) = receiver.try_recv() {
+                        pending.push(msg);
+                    }
                 }
             }
         }

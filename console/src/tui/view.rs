@@ -957,7 +957,9 @@ fn render_palette(
 }
 
 fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) {
-    let width = (question.chars().count() as u16 + 4).clamp(30, area.width);
+    let width = (question.chars().count() as u16 + 4)
+        .max(30)
+        .min(area.width);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
         y: area.y + area.height / 3,
