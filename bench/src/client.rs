@@ -159,11 +159,22 @@ struct Phase {
     errors: AtomicU64,
     probe_seq: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Scheduled start of the phase, the origin of `window_max`.
+    start: Instant,
+    /// Worst latency (µs) of the requests scheduled in each window of
+    /// [`TIMELINE_WINDOW`]: shows whether a tail comes from one stall or from all along.
+    window_max: Vec<AtomicU64>,
 }
 
+/// Width of one timeline window.
+pub const TIMELINE_WINDOW: Duration = Duration::from_millis(100);
+
 impl Phase {
-    fn new() -> Self {
+    fn new(start: Instant, duration: Duration) -> Self {
+        let windows = (duration.as_millis() / TIMELINE_WINDOW.as_millis()) as usize + 1;
         Self {
+            start,
+            window_max: (0..windows).map(|_| AtomicU64::new(0)).collect(),
             histogram: Mutex::new(latency::new_histogram()),
             dispatched: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -183,7 +194,12 @@ impl Phase {
         first.get_or_insert(message);
     }
 
-    fn record(&self, nanos: u64) {
+    fn record(&self, scheduled: Instant, nanos: u64) {
+        let offset = scheduled.saturating_duration_since(self.start);
+        let window = (offset.as_millis() / TIMELINE_WINDOW.as_millis()) as usize;
+        if let Some(max) = self.window_max.get(window) {
+            max.fetch_max(nanos / 1000, Ordering::Relaxed);
+        }
         let mut histogram = self
             .histogram
             .lock()
@@ -360,14 +376,15 @@ impl Fleet {
         if live.is_empty() {
             bail!("no connected devices");
         }
-        let phase = Arc::new(Phase::new());
+        let start = instant_at(start_unix_ns);
+        let phase = Arc::new(Phase::new(start, duration));
         // The count bounds the phase however slow the peer is.
         let count = (rate * duration.as_secs_f64()).round() as u64;
         let schedule = Schedule {
             kind,
             rate,
             count,
-            start: instant_at(start_unix_ns),
+            start,
             start_unix_ns,
             seq_base: self.next_seq,
         };
@@ -420,6 +437,11 @@ impl Fleet {
             buckets,
             probe,
             first_error,
+            window_max_us: phase
+                .window_max
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .collect(),
         })
     }
 
@@ -680,7 +702,7 @@ impl Device {
             },
             Purpose::Load { phase, seq } => match error {
                 None => {
-                    phase.record(duration_nanos(pending.since.elapsed()));
+                    phase.record(pending.since, duration_nanos(pending.since.elapsed()));
                     phase.replied.fetch_add(1, Ordering::Relaxed);
                     if self.probe {
                         phase.probe_seq.fetch_max(seq, Ordering::Relaxed);

@@ -649,6 +649,9 @@ async fn update_step(
     if let Some(error) = &totals.first_error {
         verdict.push_str(&format!(" (first error: {error:.200})"));
     }
+    if !pass {
+        verdict.push_str(&timeline_summary(&totals.window_max_us, p99_limit_ms));
+    }
     let step = StepReport {
         offered: rate,
         seconds,
@@ -661,6 +664,7 @@ async fn update_step(
         achieved: totals.replied as f64 / seconds,
         latency,
         peer_cpu_us,
+        window_max_us: totals.window_max_us,
         pass,
         verdict,
     };
@@ -735,9 +739,40 @@ async fn fanout_step(
         achieved: collected.deliveries as f64 / seconds,
         latency,
         peer_cpu_us,
+        window_max_us: Vec::new(),
         pass,
         verdict,
     })
+}
+
+/// Where in time the slow requests were: the slowest 100-ms windows of scheduled send
+/// time and how many windows had a request over the limit.
+fn timeline_summary(window_max_us: &[u64], limit_ms: f64) -> String {
+    let limit_us = (limit_ms * 1000.0) as u64;
+    let over = window_max_us.iter().filter(|&&us| us > limit_us).count();
+    let mut slowest: Vec<(usize, u64)> = window_max_us.iter().copied().enumerate().collect();
+    slowest.sort_by_key(|window| std::cmp::Reverse(window.1));
+    let window_s = crate::client::TIMELINE_WINDOW.as_secs_f64();
+    let listed: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .filter(|(_, us)| *us > limit_us)
+        .map(|(i, us)| {
+            format!(
+                "t={:.1} s: {}",
+                *i as f64 * window_s,
+                crate::latency::format_micros(*us)
+            )
+        })
+        .collect();
+    if listed.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {over} of {} 100-ms windows over the limit, slowest {}",
+        window_max_us.len(),
+        listed.join(", ")
+    )
 }
 
 /// CPU time the peer spent since `before` (clock ticks), per completed operation, in
@@ -1042,6 +1077,7 @@ struct LoadTotals {
     histogram: Histogram<u64>,
     probes: Vec<(usize, u64)>,
     first_error: Option<String>,
+    window_max_us: Vec<u64>,
 }
 
 impl Shards {
@@ -1187,6 +1223,7 @@ impl Shards {
             histogram: latency::new_histogram(),
             probes: Vec::new(),
             first_error: None,
+            window_max_us: Vec::new(),
         };
         let wait = duration + DRAIN + Duration::from_secs(30);
         let mut dropped = 0;
@@ -1204,8 +1241,15 @@ impl Shards {
                     buckets,
                     probe,
                     first_error,
+                    window_max_us,
                 } => {
                     dropped += disconnected;
+                    if totals.window_max_us.len() < window_max_us.len() {
+                        totals.window_max_us.resize(window_max_us.len(), 0);
+                    }
+                    for (merged, shard_max) in totals.window_max_us.iter_mut().zip(&window_max_us) {
+                        *merged = (*merged).max(*shard_max);
+                    }
                     totals.sent += sent;
                     totals.replied += replied;
                     totals.errors += errors;
@@ -1290,6 +1334,19 @@ mod tests {
             assert!(tried.len() < 100);
         }
         tried
+    }
+
+    #[test]
+    fn timeline_names_the_slowest_windows() {
+        let mut windows = vec![1_000; 50];
+        windows[12] = 660_000;
+        windows[13] = 90_000;
+        let summary = timeline_summary(&windows, 50.0);
+        assert_eq!(
+            summary,
+            "; 2 of 50 100-ms windows over the limit, slowest t=1.2 s: 660 ms, t=1.3 s: 90 ms"
+        );
+        assert_eq!(timeline_summary(&[1_000; 5], 50.0), "");
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct StepReport {
     /// CPU time of the peer per completed operation, µs (user + system, including
     /// persistence and notification-log work done meanwhile).
     pub peer_cpu_us: Option<f64>,
+    /// Worst latency (µs) per 100-ms window of scheduled send time (update steps).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub window_max_us: Vec<u64>,
     pub pass: bool,
     pub verdict: String,
 }
@@ -496,6 +499,7 @@ mod tests {
                 max_us: 9000,
             },
             peer_cpu_us: Some(12.0),
+            window_max_us: Vec::new(),
             pass,
             verdict: if pass {
                 "pass".into()

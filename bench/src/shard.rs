@@ -88,6 +88,9 @@ pub enum Event {
         /// this shard's first device, to check afterwards that it was persisted.
         probe: Option<(usize, u64)>,
         first_error: Option<String>,
+        /// Worst latency per 100-ms window of scheduled send time (update load only).
+        #[serde(default)]
+        window_max_us: Vec<u64>,
     },
     Closed,
     /// The shard could not carry out a command.
