@@ -27,7 +27,12 @@ fn row(i: usize) -> DeviceRow {
         name: format!("lamp-{i:07}").into(),
         online: !i.is_multiple_of(3),
         app: "smart-light".into(),
-        arch: if i.is_multiple_of(4) { "esp32c6" } else { "esp32c3" }.into(),
+        arch: if i.is_multiple_of(4) {
+            "esp32c6"
+        } else {
+            "esp32c3"
+        }
+        .into(),
         fw_version: format!("1.{}.0", i % 5).into(),
         uptime: Some(((i % 86_400) as f64, NOW)),
         last_seen: Some(NOW - (i % 10_000) as f64),

@@ -25,7 +25,16 @@ Exit codes:
   7  the device is offline, did not reply, or returned an error
   8  refused by a read-only profile
 
-Errors go to stderr as one line: `herd: <message>`.";
+Errors go to stderr as one line: `herd: <message>`.
+
+Environment:
+  HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_LOG
+                   the flags of the same names
+  HERD_LOG_LEVEL   console log filter (default info)
+  HERD_TAIL_LINES  notification lines the console keeps (default 20000)
+  HERD_MOUSE=1     mouse: wheel scrolls, click selects
+  NO_COLOR         no colours, only bold and reverse video
+  VISUAL, EDITOR   the editor for `E` in the device view";
 
 /// The exit codes listed in [`EXIT_CODES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
