@@ -144,19 +144,27 @@ async fn fetch_info(
 }
 
 /// Pings every device each period and closes those that missed too many pongs (PROTOCOL §1).
+///
+/// The period is cut into slices and each tick pings only the connections of one slice, so
+/// 19,000 devices cost a steady trickle of pings instead of one burst that delays every
+/// request queued behind it.
 pub async fn liveness_sweeper(state: AppState) {
+    const SLICES: u64 = 30;
     let period = Duration::from_secs(state.settings.ping_interval_secs);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let tick = period / SLICES as u32;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0u64;
     loop {
         ticker.tick().await;
-        for conn in state.registry.all() {
+        for conn in state.registry.slice(slice, SLICES) {
             if conn.note_ping() >= state.settings.missed_pongs {
                 conn.push(Out::Close("no pong to the last pings".into()));
             } else {
                 conn.push(Out::Ping);
             }
         }
+        slice = (slice + 1) % SLICES;
     }
 }
 

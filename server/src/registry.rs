@@ -192,8 +192,13 @@ impl Registry {
         self.len() == 0
     }
 
-    /// A snapshot of all connections, for the liveness sweeper and shutdown.
-    pub fn all(&self) -> Vec<Arc<DeviceConn>> {
-        self.devices.read().values().cloned().collect()
+    /// The connections whose `conn_id % slices == slice`, for the liveness sweeper.
+    pub fn slice(&self, slice: u64, slices: u64) -> Vec<Arc<DeviceConn>> {
+        self.devices
+            .read()
+            .values()
+            .filter(|conn| conn.conn_id % slices == slice)
+            .cloned()
+            .collect()
     }
 }
