@@ -601,7 +601,7 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
                 Span::styled(format!("{} ", text::clock_time(entry.ts)), theme.dim),
                 Span::raw(log.to_string()),
             ]),
-            _ => tail_line(entry, theme, false),
+            _ => tail_line(entry, None, theme),
         })
         .collect();
     let content = if lines.is_empty() {
@@ -769,13 +769,30 @@ fn event_style(name: &str, theme: &Theme) -> Style {
     }
 }
 
-fn tail_line(entry: &Entry, theme: &Theme, _wrap: bool) -> Line<'static> {
-    Line::from(vec![
-        Span::styled(format!("{} ", text::clock_time(entry.ts)), theme.dim),
-        Span::styled(format!("{} ", entry.id), theme.accent),
-        Span::styled(format!("{} ", entry.name), event_style(&entry.name, theme)),
-        Span::raw(entry.data.to_string()),
-    ])
+/// One tail line; `who` names the device (its name when the fleet knows it, else its id),
+/// and is left out where every line is about the same device.
+fn tail_line(entry: &Entry, who: Option<&str>, theme: &Theme) -> Line<'static> {
+    let mut spans = vec![Span::styled(
+        format!("{} ", text::clock_time(entry.ts)),
+        theme.dim,
+    )];
+    if let Some(who) = who {
+        spans.push(Span::styled(format!("{who} "), theme.accent));
+    }
+    spans.push(Span::styled(
+        format!("{} ", entry.name),
+        event_style(&entry.name, theme),
+    ));
+    spans.push(Span::raw(entry.data.to_string()));
+    Line::from(spans)
+}
+
+/// The device's name for tail lines: shorter than its id and what operators recognise.
+fn device_label<'a>(model: &'a Model, id: &'a str) -> &'a str {
+    match model.fleet.get(id) {
+        Some(row) if !row.name.is_empty() => &row.name,
+        _ => id,
+    }
 }
 
 fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
@@ -826,7 +843,7 @@ fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     }
     let mut lines: Vec<Line> = entries
         .iter()
-        .map(|e| tail_line(e, theme, tail.wrap))
+        .map(|e| tail_line(e, Some(device_label(model, &e.id)), theme))
         .collect();
     if tail.wrap {
         // Keep the newest lines at the bottom: drop from the top what wrapping pushes out.
