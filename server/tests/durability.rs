@@ -100,7 +100,7 @@ async fn acknowledged_updates_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let key = register(dir.path());
     let (mut child, addr) = spawn(dir.path());
-    let http = reqwest::Client::new();
+    let http = http_client();
     const DEVICES: usize = 16;
     let mut devices = Vec::new();
     for i in 0..DEVICES {
@@ -212,7 +212,7 @@ async fn sigterm_flushes_the_log_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let key = register(dir.path());
     let (child, addr) = spawn(dir.path());
-    let http = reqwest::Client::new();
+    let http = http_client();
     for i in 0..50 {
         let resp = http
             .post(format!("http://{addr}/api/v2/devices"))

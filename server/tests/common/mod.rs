@@ -19,6 +19,13 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// CI machines are shared and slow.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// An HTTP client. Other workspace crates build reqwest with rustls but without a built-in
+/// crypto provider (feature unification reaches these tests), so one is installed first.
+pub fn http_client() -> reqwest::Client {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn test_settings(dir: &std::path::Path) -> ServerSettings {
     ServerSettings {
         data_dir: Some(dir.to_path_buf()),
@@ -59,7 +66,7 @@ impl TestServer {
             base: format!("http://{addr}/api/v2"),
             ws_base: format!("ws://{addr}/api/v2"),
             admin_key,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
