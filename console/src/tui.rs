@@ -16,6 +16,7 @@ pub mod view;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{
@@ -112,8 +113,16 @@ pub fn init_logging(path: Option<PathBuf>) {
 
 type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
 
-/// Puts the terminal back as the shell had it. Safe to call more than once.
+/// Whether this process has the terminal in raw mode on the alternate screen.
+static TERMINAL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Puts the terminal back as the shell had it. Only the first call after taking the
+/// terminal acts: leaving the alternate screen twice would move the cursor back up, over
+/// whatever was printed in between (a panic message).
 fn restore_terminal(mouse: bool) {
+    if !TERMINAL_TAKEN.swap(false, Ordering::SeqCst) {
+        return;
+    }
     let _ = disable_raw_mode();
     let mut stdout = std::io::stdout();
     if mouse {
@@ -132,6 +141,7 @@ fn setup_terminal(mouse: bool) -> Result<Term, Failure> {
     let fail =
         |e: std::io::Error| Failure::new(Exit::Failure, format!("cannot set up the terminal: {e}"));
     enable_raw_mode().map_err(fail)?;
+    TERMINAL_TAKEN.store(true, Ordering::SeqCst);
     let mut stdout = std::io::stdout();
     let entered =
         crossterm::execute!(stdout, EnterAlternateScreen, EnableBracketedPaste).and_then(|()| {
@@ -369,6 +379,7 @@ async fn external_editor(terminal: &mut Term, mouse: bool, text: &str) -> Result
         .status()
         .await;
     let _ = enable_raw_mode();
+    TERMINAL_TAKEN.store(true, Ordering::SeqCst);
     let _ = crossterm::execute!(
         std::io::stdout(),
         EnterAlternateScreen,
