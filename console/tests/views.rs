@@ -116,6 +116,11 @@ fn device_scene(size: (u16, u16)) -> herd_console::tui::Model {
 #[test]
 fn device_view() {
     snapshot("device", device_scene);
+    snapshot("device_info", |size| {
+        let mut model = device_scene(size);
+        send(&mut model, key(KeyCode::Char('i')));
+        model
+    });
     snapshot("device_logs", |size| {
         let mut model = device_scene(size);
         send(&mut model, key(KeyCode::Char('l')));

@@ -16,6 +16,8 @@ pub enum Pane {
     Events,
     /// Only its `rpc.out.Log` lines.
     Logs,
+    /// Its `Sys.GetInfo` object.
+    Info,
 }
 
 /// One device opened from the fleet.

@@ -1191,7 +1191,15 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             if let Some(view) = model.device.as_mut() {
                 view.pane = match view.pane {
                     Pane::Events => Pane::Logs,
-                    Pane::Logs => Pane::Events,
+                    Pane::Logs | Pane::Info => Pane::Events,
+                };
+            }
+        }
+        KeyCode::Char('i') => {
+            if let Some(view) = model.device.as_mut() {
+                view.pane = match view.pane {
+                    Pane::Info => Pane::Events,
+                    _ => Pane::Info,
                 };
             }
         }

@@ -263,6 +263,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 ("E", "$EDITOR"),
                 ("c", "call"),
                 ("l", "logs"),
+                ("i", "info"),
                 ("t", "tail"),
                 ("r", "reload"),
                 ("Esc", "back"),
@@ -583,10 +584,24 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     }
 
     let title = match view.pane {
-        Pane::Events => " events · l: logs ",
-        Pane::Logs => " logs · l: events ",
+        Pane::Events => " events · l: logs · i: info ",
+        Pane::Logs => " logs · l: events · i: info ",
+        Pane::Info => " info (Sys.GetInfo) · i: events ",
     };
     let block = Block::bordered().title(Span::styled(title, theme.title));
+    if view.pane == Pane::Info {
+        let lines: Vec<Line> = json_lines(&object.info, "info")
+            .into_iter()
+            .map(|line| Line::raw(line.text))
+            .collect();
+        frame.render_widget(Paragraph::new(lines).block(block), events);
+        if let Some(editor) = &view.editor {
+            render_editor(frame, editor, view, theme, area);
+        } else if let Some(dialog) = &view.rpc {
+            render_rpc(frame, dialog, theme, area);
+        }
+        return;
+    }
     let height = events.height.saturating_sub(2) as usize;
     let filter = TailFilter {
         device: Some(view.id.clone()),
@@ -607,8 +622,8 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     let content = if lines.is_empty() {
         Text::styled(
             match view.pane {
-                Pane::Events => "no notifications from this device since the console started",
                 Pane::Logs => "no log lines from this device since the console started",
+                _ => "no notifications from this device since the console started",
             },
             theme.dim,
         )
@@ -910,6 +925,7 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("E", "edit desired in $EDITOR"),
             ("c", "call an RPC from RPC.List"),
             ("l", "events / logs"),
+            ("i", "the device's Sys.GetInfo"),
             ("t", "tail this device"),
             ("r", "reload"),
         ],
