@@ -26,6 +26,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Longest wait for a TCP (and TLS) connection.
     pub connect_timeout: Duration,
+    /// Extra trusted CA certificates (PEM), for a server whose certificate the system
+    /// does not trust, such as a self-signed one.
+    pub ca_cert: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -46,6 +49,7 @@ impl ClientOptions {
             api_key,
             request_timeout: Duration::from_secs(40),
             connect_timeout: Duration::from_secs(10),
+            ca_cert: None,
         }
     }
 }
@@ -74,6 +78,8 @@ struct Inner {
     ws_api: String,
     api_key: Option<String>,
     connect_timeout: Duration,
+    /// TLS settings for `wss://` when extra CA certificates were given.
+    ws_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The REST API and notify stream of one server, with one API key. Cheap to clone.
@@ -106,10 +112,23 @@ impl Client {
     pub fn with_options(options: ClientOptions) -> Result<Self, Error> {
         install_crypto_provider();
         let (api, ws_api) = url::bases(&options.server)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(options.request_timeout)
             .connect_timeout(options.connect_timeout)
-            .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")));
+        let mut ws_tls = None;
+        if let Some(pem) = &options.ca_cert {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Certificate(crate::error::root_cause(&e)))?;
+            if certificates.is_empty() {
+                return Err(Error::Certificate("no certificate in the PEM data".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+            ws_tls = Some(tls_config(pem)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Http(crate::error::root_cause(&e)))?;
         Ok(Client {
@@ -120,6 +139,7 @@ impl Client {
                 ws_api,
                 api_key: options.api_key.filter(|k| !k.is_empty()),
                 connect_timeout: options.connect_timeout,
+                ws_tls,
             }),
         })
     }
@@ -321,10 +341,37 @@ impl Client {
                 server: self.inner.server.clone(),
                 api_key: self.inner.api_key.clone(),
                 connect_timeout: self.inner.connect_timeout,
+                tls: self.inner.ws_tls.clone(),
             },
             options,
         )
     }
+}
+
+/// TLS for the notify socket: the system's roots plus the given PEM certificates, the
+/// same trust the REST side gets from reqwest.
+fn tls_config(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        // A broken system certificate must not keep the operator's own CA from working.
+        let _ = roots.add(certificate);
+    }
+    for certificate in CertificateDer::pem_slice_iter(pem) {
+        let certificate = certificate.map_err(|e| Error::Certificate(e.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Certificate(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 async fn decode<T: DeserializeOwned>(

@@ -33,6 +33,9 @@ pub enum Error {
     /// The server URL given by the user is not usable.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// The extra CA certificate could not be used.
+    #[error("invalid CA certificate: {0}")]
+    Certificate(String),
     /// Anything else the HTTP layer reported.
     #[error("HTTP request failed: {0}")]
     Http(String),

@@ -94,6 +94,7 @@ pub(crate) struct Target {
     pub server: String,
     pub api_key: Option<String>,
     pub connect_timeout: Duration,
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub(crate) fn spawn(target: Target, options: NotifyOptions) -> NotifyStream {
@@ -125,7 +126,9 @@ async fn connect(target: &Target) -> Result<Socket, ConnectError> {
         })?;
         request.headers_mut().insert("authorization", value);
     }
-    let connecting = tokio_tungstenite::connect_async(request);
+    let connector = target.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
     match tokio::time::timeout(target.connect_timeout, connecting).await {
         Err(_) => Err(ConnectError::Failed(format!(
             "no answer from {} within {} s",

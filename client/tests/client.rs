@@ -323,3 +323,52 @@ async fn notify_batches() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_and_wss_with_a_private_ca() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let files = tempfile::tempdir().expect("tempdir");
+    let cert = files.path().join("cert.pem");
+    let key = files.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let server = TestServer::start_with(|settings| {
+        settings.tls = Some(herd_config::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    })
+    .await;
+    let url = format!("https://localhost:{}", server.addr.port());
+
+    // Without the CA the certificate is refused, and the error says it cannot connect.
+    let untrusting = Client::new(&url, Some(&server.admin_key)).expect("client");
+    assert!(untrusting
+        .devices()
+        .await
+        .expect_err("untrusted")
+        .is_connection());
+
+    let mut options = herd_client::ClientOptions::new(&url, Some(server.admin_key.clone()));
+    options.ca_cert = Some(certified.cert.pem().into_bytes());
+    let client = Client::with_options(options).expect("client");
+    let mut stream = client.notify();
+    wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
+    let device = client
+        .create_device(&NewDevice {
+            name: Some("secure".into()),
+            id: None,
+        })
+        .await
+        .expect("create over https");
+    wait_for(&mut stream, |e| is_notification(e, &device.id, "created")).await;
+
+    let mut options = herd_client::ClientOptions::new(&url, None);
+    options.ca_cert = Some(b"not a certificate".to_vec());
+    assert!(matches!(
+        Client::with_options(options),
+        Err(Error::Certificate(_))
+    ));
+    server.shutdown().await;
+}

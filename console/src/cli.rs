@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use herd_client::{Client, Error as ClientError};
+use herd_client::Error as ClientError;
 
 use crate::profile::{Overrides, Profile};
 
@@ -28,8 +28,8 @@ Exit codes:
 Errors go to stderr as one line: `herd: <message>`.
 
 Environment:
-  HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_LOG
-                   the flags of the same names
+  HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_CA_CERT,
+  HERD_LOG         the flags of the same names
   HERD_LOG_LEVEL   console log filter (default info)
   HERD_TAIL_LINES  notification lines the console keeps (default 20000)
   HERD_MOUSE=1     mouse: wheel scrolls, click selects
@@ -130,6 +130,10 @@ pub struct ConnectionArgs {
     /// Config file with profiles (default: console.toml in the platform config directory).
     #[arg(long, env = "HERD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    /// PEM file of a CA to trust besides the system's, for a server with a private or
+    /// self-signed certificate.
+    #[arg(long, env = "HERD_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ConnectionArgs {
@@ -140,6 +144,7 @@ impl ConnectionArgs {
             api_key: self.api_key.clone(),
             read_only: self.read_only,
             config: self.config.clone(),
+            ca_cert: self.ca_cert.clone(),
         }
     }
 }
@@ -275,7 +280,7 @@ async fn run(args: Args) -> CommandResult {
         return crate::demo::run(crate::demo::DemoOptions { devices, speedup }, args.log).await;
     }
     let profile = Profile::resolve(&args.connection.overrides())?;
-    let client = Client::new(&profile.server, profile.api_key.as_deref())?;
+    let client = profile.client().map_err(Failure::usage)?;
     match command {
         Command::Devices { json } => commands::devices(&client, json).await,
         Command::Device { id, json } => commands::device(&client, &id, json).await,

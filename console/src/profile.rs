@@ -14,6 +14,7 @@
 //! server = "https://herd.example.com"
 //! api_key = "..."
 //! read_only = true
+//! ca_cert = "/etc/herd/ca.pem"   # trust a private CA besides the system's
 //! ```
 //!
 //! Flags (`--server`, `--api-key`, `--read-only`) and `HERD_*` variables override the
@@ -34,6 +35,8 @@ pub struct ProfileEntry {
     pub server: Option<String>,
     pub api_key: Option<String>,
     pub read_only: bool,
+    /// PEM file of a CA to trust besides the system's (a self-signed server).
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ProfileEntry {
@@ -42,6 +45,7 @@ impl std::fmt::Debug for ProfileEntry {
             .field("server", &self.server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -108,6 +112,7 @@ pub struct Overrides {
     pub api_key: Option<String>,
     pub read_only: bool,
     pub config: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The connection the console and CLI use.
@@ -118,6 +123,7 @@ pub struct Profile {
     pub server: String,
     pub api_key: Option<String>,
     pub read_only: bool,
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -127,11 +133,24 @@ impl std::fmt::Debug for Profile {
             .field("server", &self.server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
 
 impl Profile {
+    /// A client for this profile's server, trusting its CA file if it names one.
+    pub fn client(&self) -> Result<herd_client::Client, String> {
+        let mut options =
+            herd_client::ClientOptions::new(self.server.clone(), self.api_key.clone());
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
+            options.ca_cert = Some(pem);
+        }
+        herd_client::Client::with_options(options).map_err(|e| e.to_string())
+    }
+
     /// Resolves the profile: flags and variables over the selected profile over defaults.
     pub fn resolve(overrides: &Overrides) -> Result<Profile, ProfileError> {
         let path = overrides
@@ -182,6 +201,7 @@ impl Profile {
                 .unwrap_or_else(|| DEFAULT_SERVER.into()),
             api_key: overrides.api_key.clone().or(entry.api_key),
             read_only: overrides.read_only || entry.read_only,
+            ca_cert: overrides.ca_cert.clone().or(entry.ca_cert),
         })
     }
 }

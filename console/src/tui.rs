@@ -75,7 +75,7 @@ impl ConsoleOptions {
 /// Opens the console on `profile`'s server; returns when the operator quits.
 pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
-    let client = Client::new(&profile.server, profile.api_key.as_deref())?;
+    let client = profile.client().map_err(crate::cli::Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),

@@ -330,3 +330,45 @@ async fn tail_streams_json_lines() {
     assert_eq!(saved.trim_end(), lines[0]);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_when_named() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let files = tempfile::tempdir().expect("tempdir");
+    let cert = files.path().join("cert.pem");
+    let key = files.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let server = TestServer::start_with(|settings| {
+        settings.tls = Some(herd_config::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    })
+    .await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["devices", "--json"]).await;
+    assert_eq!(out.code, 3, "untrusted certificate: {}", out.stderr);
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url).env("HERD_CA_CERT", &cert);
+    let out = run(command, &["devices", "--json"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "[]\n"),
+        "{}",
+        out.stderr
+    );
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--ca-cert", "/nonexistent.pem", "devices"]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("cannot read the CA certificate"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown().await;
+}

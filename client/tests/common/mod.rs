@@ -26,8 +26,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with adjusted settings (TLS, for example).
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerSettings)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = Self::settings_for(dir.path());
+        let mut settings = Self::settings_for(dir.path());
+        tweak(&mut settings);
         let (_, admin_key) = herd_server::register_user(&settings, "admin", "secret")
             .await
             .expect("register admin");
