@@ -184,7 +184,13 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
     let line = row(&screen, "e2e-0000").expect("row");
     assert!(line.contains("off"), "the light starts off: {line}");
 
-    // Switch the first light on through the palette; the cursor is on it.
+    // Narrow the table to the first light, so the cursor is on it whatever order the
+    // devices arrived in, then switch it on through the palette.
+    pty.type_text("/e2e-0000\r");
+    pty.wait_for("the filtered table", |s| {
+        s.contains("filter: e2e-0000") && row(s, "e2e-0001").is_none()
+    })
+    .await;
     pty.type_text(":set {\"on\": true}\r");
     pty.wait_for("the confirmation", |s| {
         s.contains("set desired {\"on\":true} on device")
