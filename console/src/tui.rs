@@ -270,7 +270,16 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
     let sender = sender.clone();
     let task = async move {
         let msg = match command {
-            Command::LoadDevices => Msg::DevicesLoaded(client.devices().await.map_err(Into::into)),
+            Command::LoadDevices => {
+                let result = client.devices().await.map(|devices| {
+                    let now = unix_now();
+                    devices
+                        .iter()
+                        .map(|device| crate::fleet::DeviceRow::from_object(device, now))
+                        .collect()
+                });
+                Msg::DevicesLoaded(result.map_err(Into::into))
+            }
             Command::LoadDevice(id) => {
                 let result = client.device(&id).await.map_err(Into::into);
                 Msg::DeviceLoaded { id, result }

@@ -20,7 +20,7 @@ fn connecting_lists_devices_and_reconnecting_lists_again() {
     );
     send(
         &mut model,
-        Msg::DevicesLoaded(Ok((0..9).map(device).collect())),
+        Msg::DevicesLoaded(Ok((0..9).map(row).collect())),
     );
     let counts = model.fleet.counts();
     assert_eq!((counts.total, counts.online), (9, 6));
@@ -95,7 +95,7 @@ fn the_table_follows_the_stream_without_polling() {
     // A listing that started before these events does not undo them.
     send(
         &mut model,
-        Msg::DevicesLoaded(Ok((0..6).map(device).collect())),
+        Msg::DevicesLoaded(Ok((0..6).map(row).collect())),
     );
     assert_eq!(model.fleet.get(&id).map(|r| r.online), Some(true));
 }

@@ -78,7 +78,9 @@ pub enum Msg {
     },
     /// The server dropped this many notifications for us (PROTOCOL §5 `lagged`).
     Lagged(u64),
-    DevicesLoaded(Result<Vec<DeviceObject>, Failure>),
+    /// A `GET /devices` listing, already turned into rows by the task that fetched it:
+    /// a 100,000-device listing must not stall the loop.
+    DevicesLoaded(Result<Vec<DeviceRow>, Failure>),
     DeviceLoaded {
         id: String,
         result: Result<DeviceObject, Failure>,
@@ -550,12 +552,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
             model.loading = false;
             model.dirty = true;
             match result {
-                Ok(devices) => {
-                    let now = model.now;
-                    let rows = devices
-                        .iter()
-                        .map(|d| DeviceRow::from_object(d, now))
-                        .collect();
+                Ok(rows) => {
                     let touched = std::mem::take(&mut model.touched);
                     model.fleet.replace_all(rows, &touched);
                     model.loaded_once = true;

@@ -66,13 +66,18 @@ pub fn device(i: usize) -> DeviceObject {
     }
 }
 
+/// Device `i` as a table row, as the listing task delivers it.
+pub fn row(i: usize) -> herd_console::fleet::DeviceRow {
+    herd_console::fleet::DeviceRow::from_object(&device(i), NOW)
+}
+
 /// A model connected and loaded with `count` devices.
 pub fn loaded(count: usize, read_only: bool, size: (u16, u16)) -> Model {
     let mut model = model(read_only, size);
     send(&mut model, Msg::Stream(Connection::Connected));
     send(
         &mut model,
-        Msg::DevicesLoaded(Ok((0..count).map(device).collect())),
+        Msg::DevicesLoaded(Ok((0..count).map(row).collect())),
     );
     model
 }
