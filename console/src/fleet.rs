@@ -524,12 +524,19 @@ impl Fleet {
         };
         let row = self.rows.swap_remove(i);
         self.count(&row, -1);
+        // The last row moved into the gap: fix the index and the order in one pass rather
+        // than re-sorting, so deleting many devices stays cheap.
+        let moved_from = self.rows.len() as u32;
         if i < self.rows.len() {
             let moved = self.rows[i].id.clone();
             self.index.insert(moved, i);
         }
-        // Indices moved: the order must be rebuilt now, not later.
-        self.rebuild();
+        self.view.retain(|&v| v as usize != i);
+        for v in self.view.iter_mut() {
+            if *v == moved_from {
+                *v = i as u32;
+            }
+        }
         true
     }
 
@@ -695,10 +702,23 @@ mod tests {
 
         assert!(fleet.remove("b"));
         assert_eq!(names(&fleet), ["zulu"]);
+        fleet.set_filter(Filter::default());
+        assert_eq!(names(&fleet), ["zulu", "charlie", "alpha"]);
+        // Removing a row from the middle keeps the order of the others.
+        assert!(fleet.remove("c"));
+        assert_eq!(names(&fleet), ["zulu", "alpha"]);
+        assert!(!fleet.remove("c"));
+        fleet.upsert(row("b", "bravo", true));
+        fleet.upsert(row("c", "charlie", false));
+        assert!(fleet.remove("z"));
+        assert_eq!(names(&fleet), ["alpha", "bravo", "charlie"]);
+        fleet.refresh();
+        fleet.set_filter(Filter::parse("state:online"));
         assert_eq!(fleet.counts().total, 3);
         assert_eq!(fleet.get("c").map(|r| &*r.name), Some("charlie"));
-        assert_eq!(fleet.position_of("zulu"), None);
-        assert_eq!(fleet.position_of("z"), Some(0));
+        assert_eq!(fleet.position_of("z"), None);
+        assert_eq!(fleet.position_of("b"), Some(0));
+        assert_eq!(fleet.counts().online, 1);
     }
 
     #[test]
