@@ -372,3 +372,49 @@ async fn a_private_ca_is_trusted_when_named() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn tail_stops_when_its_reader_goes_away() {
+    let server = TestServer::start().await;
+    let (_, token) = server.create_device("lamp").await;
+    let mut command = herd(&server, &server.admin_key);
+    command
+        .args(["tail"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            break;
+        }
+    }
+    // Read one line, then close the pipe, as `herd tail | head -1` does.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let first = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("a line")
+        .expect("read")
+        .expect("open");
+    assert!(
+        first.contains("online") || first.contains("updated") || first.contains("rpc."),
+        "{first}"
+    );
+    drop(stdout);
+    // More notifications: the next write finds the pipe closed and herd ends.
+    device.disconnect().await;
+    let (_, token2) = server.create_device("porch").await;
+    let _again = SimDevice::connect(&server.ws_base(), &token2).await;
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("herd exits once nobody reads")
+        .expect("wait");
+    assert!(status.success());
+    server.shutdown().await;
+}

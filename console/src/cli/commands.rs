@@ -10,13 +10,19 @@ use crate::fleet::DeviceRow;
 
 /// Writes to stdout; a closed pipe (`herd devices | head`) is not an error.
 pub(crate) fn print(text: &str) -> CommandResult {
+    write_out(text).map(|_| ())
+}
+
+/// Writes to stdout; `Ok(false)` once the reader has gone away (a closed pipe), so a
+/// stream can stop instead of writing into nothing.
+pub(crate) fn write_out(text: &str) -> Result<bool, Failure> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(Failure::new(
             Exit::Failure,
             format!("cannot write output: {e}"),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use herd_client::{Client, Notification, NotifyEvent};
 use protocol::notification::LoggedNotification;
 
-use super::commands::print;
+use super::commands::{print, write_out};
 use super::{CommandResult, Exit, Failure};
 use crate::text::{glob_match, unix_now};
 
@@ -132,7 +132,10 @@ pub async fn run(client: &Client, options: TailOptions) -> CommandResult {
                 }
             }
         }
-        print(&out)?;
+        if !write_out(&out)? {
+            // `herd tail | head -3`: the reader is gone, so is the point of streaming.
+            return Ok(());
+        }
     }
 }
 
