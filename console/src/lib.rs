@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod demo;
 pub mod fleet;
+pub mod logsource;
 pub mod profile;
 pub mod text;
 pub mod tui;
