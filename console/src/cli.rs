@@ -29,7 +29,8 @@ Errors go to stderr as one line: `herd: <message>`.
 
 Environment:
   HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_CA_CERT,
-  HERD_LOG         the flags of the same names
+  HERD_CONSOLE_LOG the flags of the same names
+  HERD_NOTIFICATION_LOG  `--log` of the console (comma-separated paths)
   HERD_LOG_LEVEL   console log filter (default info)
   HERD_TAIL_LINES  notification lines the console keeps (default 20000)
   HERD_MOUSE=1     mouse: wheel scrolls, click selects
@@ -145,6 +146,7 @@ impl ConnectionArgs {
             read_only: self.read_only,
             config: self.config.clone(),
             ca_cert: self.ca_cert.clone(),
+            log: Vec::new(),
         }
     }
 }
@@ -155,10 +157,20 @@ impl ConnectionArgs {
 pub struct Args {
     #[command(flatten)]
     pub connection: ConnectionArgs,
-    /// Where the console writes its log (default: console.log in the platform data
+    /// Where the console writes its own log (default: console.log in the platform data
     /// directory). The console never logs to the screen it draws.
-    #[arg(long, env = "HERD_LOG", global = true)]
-    pub log: Option<PathBuf>,
+    #[arg(long, env = "HERD_CONSOLE_LOG", global = true, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// The server's notification log, when this machine can read it: its data directory
+    /// (the whole rotated set) or log files. The analytics view follows it; without it the
+    /// view pulls the log from the server (`POST /logs`).
+    #[arg(
+        long,
+        env = "HERD_NOTIFICATION_LOG",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub log: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -273,11 +285,17 @@ pub fn main() -> ExitCode {
 
 async fn run(args: Args) -> CommandResult {
     let Some(command) = args.command else {
-        let profile = Profile::resolve(&args.connection.overrides())?;
-        return crate::tui::run(profile, args.log).await;
+        let mut overrides = args.connection.overrides();
+        overrides.log = args.log;
+        let profile = Profile::resolve(&overrides)?;
+        return crate::tui::run(profile, args.console_log).await;
     };
     if let Command::Demo { devices, speedup } = command {
-        return crate::demo::run(crate::demo::DemoOptions { devices, speedup }, args.log).await;
+        return crate::demo::run(
+            crate::demo::DemoOptions { devices, speedup },
+            args.console_log,
+        )
+        .await;
     }
     let profile = Profile::resolve(&args.connection.overrides())?;
     let client = profile.client().map_err(Failure::usage)?;

@@ -80,7 +80,13 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
                 server: url.clone(),
                 read_only: false,
             };
-            tui::run_console(client, profile, ConsoleOptions::from_env()).await
+            // The embedded server's log is on this machine: the analytics view follows
+            // the file itself.
+            let options = ConsoleOptions {
+                notification_log: vec![dir.path().join("server")],
+                ..ConsoleOptions::from_env()
+            };
+            tui::run_console(client, profile, options).await
         }
         Err(e) => Err(e.into()),
     };

@@ -37,6 +37,9 @@ pub struct ProfileEntry {
     pub read_only: bool,
     /// PEM file of a CA to trust besides the system's (a self-signed server).
     pub ca_cert: Option<PathBuf>,
+    /// The server's notification log as this machine sees it (its data directory or a
+    /// log file), for reports and the analytics view; without it they use `POST /logs`.
+    pub log: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ProfileEntry {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for ProfileEntry {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .field("ca_cert", &self.ca_cert)
+            .field("log", &self.log)
             .finish()
     }
 }
@@ -113,6 +117,8 @@ pub struct Overrides {
     pub read_only: bool,
     pub config: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
+    /// Notification log paths given on the command line; they replace the profile's.
+    pub log: Vec<PathBuf>,
 }
 
 /// The connection the console and CLI use.
@@ -124,6 +130,9 @@ pub struct Profile {
     pub api_key: Option<String>,
     pub read_only: bool,
     pub ca_cert: Option<PathBuf>,
+    /// The server's notification log readable from here (directories or files); empty
+    /// when reports must pull it from the server.
+    pub log: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -134,6 +143,7 @@ impl std::fmt::Debug for Profile {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .field("ca_cert", &self.ca_cert)
+            .field("log", &self.log)
             .finish()
     }
 }
@@ -202,6 +212,11 @@ impl Profile {
             api_key: overrides.api_key.clone().or(entry.api_key),
             read_only: overrides.read_only || entry.read_only,
             ca_cert: overrides.ca_cert.clone().or(entry.ca_cert),
+            log: if overrides.log.is_empty() {
+                entry.log.into_iter().collect()
+            } else {
+                overrides.log.clone()
+            },
         })
     }
 }
@@ -221,6 +236,7 @@ mod tests {
             server = "https://prod"
             api_key = "prod-key"
             read_only = true
+            log = "/var/lib/herd"
             "#,
         )
         .expect("valid config")
@@ -246,6 +262,30 @@ mod tests {
         assert_eq!(profile.server, "https://prod");
         assert_eq!(profile.api_key.as_deref(), Some("other"));
         assert!(profile.read_only, "a read-only profile stays read-only");
+    }
+
+    #[test]
+    fn log_paths_on_the_command_line_replace_the_profiles() {
+        let prod = Overrides {
+            profile: Some("prod".into()),
+            ..Default::default()
+        };
+        let profile = Profile::resolve_with(&prod, &config(), None).expect("ok");
+        assert_eq!(profile.log, vec![PathBuf::from("/var/lib/herd")]);
+        let flags = Overrides {
+            log: vec!["/a".into(), "/b.log".into()],
+            ..prod
+        };
+        let profile = Profile::resolve_with(&flags, &config(), None).expect("ok");
+        assert_eq!(
+            profile.log,
+            vec![PathBuf::from("/a"), PathBuf::from("/b.log")]
+        );
+        let lab = Profile::resolve_with(&Overrides::default(), &config(), None).expect("ok");
+        assert!(
+            lab.log.is_empty(),
+            "no log configured: reports use the server"
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ConsoleOptions {
     pub tail_lines: usize,
     pub mouse: bool,
     pub theme: Theme,
+    /// The server's notification log readable from here, followed by the analytics view;
+    /// empty when the view pulls it from the server.
+    pub notification_log: Vec<PathBuf>,
 }
 
 impl ConsoleOptions {
@@ -68,6 +71,7 @@ impl ConsoleOptions {
                 .unwrap_or(DEFAULT_TAIL_LINES),
             mouse: std::env::var("HERD_MOUSE").is_ok_and(|v| v == "1" || v == "true"),
             theme: Theme::from_env(),
+            notification_log: Vec::new(),
         }
     }
 }
@@ -81,7 +85,11 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         server: profile.server.clone(),
         read_only: profile.read_only,
     };
-    run_console(client, info, ConsoleOptions::from_env()).await
+    let options = ConsoleOptions {
+        notification_log: profile.log.clone(),
+        ..ConsoleOptions::from_env()
+    };
+    run_console(client, info, options).await
 }
 
 /// Sends logs to a file: the console owns the screen, so nothing may print on it.

@@ -39,7 +39,7 @@ impl Pty {
         let log = dir.join("console.log");
         command.env("TERM", "xterm-256color");
         command.env("HERD_CONFIG", dir.join("no-console.toml"));
-        command.env("HERD_LOG", &log);
+        command.env("HERD_CONSOLE_LOG", &log);
         command.env_remove("HERD_PROFILE");
         command.env_remove("HERD_READ_ONLY");
         command.env_remove("NO_COLOR");
