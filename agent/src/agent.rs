@@ -13,10 +13,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use firmware_core::config::{Layer, Object};
 use firmware_core::device::Device;
-use firmware_core::ota::{BootState, ContentHash, ImageInfo};
-use firmware_core::platform::{
-    ConfigStorage, FileStore, FirmwareSlots, Light, StorageError, System, SystemFacts,
-};
+use firmware_core::ota::{ContentHash, ImageInfo};
+use firmware_core::platform::{ConfigStorage, FileStore, Light, StorageError, System, SystemFacts};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde_json::json;
@@ -101,35 +99,7 @@ impl FileStore for AgentPlatform {
     }
 }
 
-impl FirmwareSlots for AgentPlatform {
-    fn boot_state(&mut self) -> BootState {
-        self.slots.boot_state()
-    }
-    fn running_image(&mut self) -> ImageInfo {
-        self.slots.running_image()
-    }
-    fn slot_capacity(&mut self) -> usize {
-        self.slots.slot_capacity()
-    }
-    fn begin(&mut self, size: usize) -> Result<(), StorageError> {
-        self.slots.begin(size)
-    }
-    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError> {
-        FirmwareSlots::write(&mut self.slots, offset, data)
-    }
-    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
-        self.slots.finish(commit_timeout_s)
-    }
-    fn abort(&mut self) {
-        self.slots.abort()
-    }
-    fn commit(&mut self) -> Result<(), StorageError> {
-        self.slots.commit()
-    }
-    fn revert(&mut self) -> Result<(), StorageError> {
-        self.slots.revert()
-    }
-}
+firmware_core::delegate_firmware_slots!(AgentPlatform, slots);
 
 impl Light for AgentPlatform {
     fn set_level(&mut self, pin: i64, level: bool) {

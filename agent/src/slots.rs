@@ -12,8 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use firmware_core::memory::describe_image;
-use firmware_core::ota::{BootRecord, BootState, ContentHash, ImageInfo};
+use firmware_core::ota::{BootRecord, BootState, ImageInfo, ImageStaging};
 use firmware_core::platform::{FirmwareSlots, StorageError};
 
 use crate::storage::write_atomic;
@@ -24,10 +23,7 @@ pub const SLOT_CAPACITY: usize = 256 * 1024 * 1024;
 struct Staging {
     file: File,
     path: PathBuf,
-    size: usize,
-    written: usize,
-    hash: ContentHash,
-    head: Vec<u8>,
+    image: ImageStaging,
 }
 
 /// Two slots on disk (see the module docs).
@@ -148,19 +144,11 @@ pub fn looks_executable(head: &[u8]) -> bool {
 
 impl FirmwareSlots for FileSlots {
     fn boot_state(&mut self) -> BootState {
-        let mut state = self.booted.clone();
-        state.committed = self.record.committed || state.partition != self.record.active;
-        state.last = self.record.last.clone();
-        if state.committed {
-            state.commit_timeout_s = 0;
-        }
-        state
+        self.record.boot_state_since(&self.booted)
     }
 
     fn running_image(&mut self) -> ImageInfo {
-        self.record.images[usize::from(self.booted.partition.min(1))]
-            .clone()
-            .unwrap_or_default()
+        self.record.image_in(self.booted.partition)
     }
 
     fn slot_capacity(&mut self) -> usize {
@@ -174,39 +162,29 @@ impl FirmwareSlots for FileSlots {
         self.staging = Some(Staging {
             file,
             path,
-            size,
-            written: 0,
-            hash: ContentHash::default(),
-            head: Vec::new(),
+            image: ImageStaging::new(size),
         });
         Ok(())
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError> {
         let staging = self.staging.as_mut().ok_or("no image being written")?;
-        if offset != staging.written || staging.written + data.len() > staging.size {
-            return Err("write outside the image".into());
-        }
+        // Checked before the bytes are stored, so a refused chunk leaves the file as it was.
+        let mut image = staging.image.clone();
+        image.accept(offset, data)?;
         staging
             .file
             .write_all(data)
             .map_err(|e| io_error("cannot write the slot", e))?;
-        staging.hash.update(data);
-        let room = 256usize.saturating_sub(staging.head.len());
-        staging
-            .head
-            .extend_from_slice(&data[..data.len().min(room)]);
-        staging.written += data.len();
+        staging.image = image;
         Ok(())
     }
 
     fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
         let staging = self.staging.take().ok_or("no image being written")?;
         let result = (|| {
-            if staging.written != staging.size {
-                return Err(StorageError("image incomplete".into()));
-            }
-            if !looks_executable(&staging.head) {
+            staging.image.check_complete()?;
+            if !looks_executable(staging.image.head()) {
                 return Err(StorageError(
                     "not an executable image (neither ELF nor a #! script)".into(),
                 ));
@@ -221,7 +199,7 @@ impl FirmwareSlots for FileSlots {
             fs::rename(&staging.path, self.slot_file(slot))
                 .map_err(|e| io_error("cannot install the slot", e))?;
             let running = self.running_image();
-            let info = describe_image(&staging.head, staging.hash, &running);
+            let info = staging.image.describe(&running);
             let previous = self.record.clone();
             self.record.stage(info, commit_timeout_s);
             if let Err(e) = self.persist() {

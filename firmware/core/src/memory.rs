@@ -3,49 +3,16 @@
 //! [`MemoryPlatform`] after calling [`MemoryPlatform::reboot`].
 
 use alloc::collections::BTreeMap;
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use serde_json::Value;
-
 use crate::config::Layer;
-use crate::ota::{BootRecord, BootState, ContentHash, ImageInfo};
+use crate::ota::{BootRecord, BootState, ImageInfo, ImageStaging};
 use crate::platform::{
     ConfigStorage, FileStore, FirmwareSlots, Light, StorageError, System, SystemFacts,
 };
 
-/// Prefix of the optional first line of an image that names it:
-/// `HERD-IMAGE {"app": ..., "fw_version": ..., "arch": ...}\n`.
-pub const IMAGE_HEADER: &[u8] = b"HERD-IMAGE ";
-
-/// Reads the identity an image declares in its header line; the id is the content hash.
-pub fn describe_image(head: &[u8], hash: ContentHash, fallback: &ImageInfo) -> ImageInfo {
-    let mut info = ImageInfo {
-        app: fallback.app.clone(),
-        arch: fallback.arch.clone(),
-        fw_version: String::new(),
-        fw_id: hash.hex(),
-    };
-    if let Some(rest) = head.strip_prefix(IMAGE_HEADER) {
-        let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-        if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(line) {
-            for (key, slot) in [
-                ("app", &mut info.app),
-                ("arch", &mut info.arch),
-                ("fw_version", &mut info.fw_version),
-            ] {
-                if let Some(Value::String(text)) = fields.get(key) {
-                    *slot = text.clone();
-                }
-            }
-        }
-    }
-    if info.fw_version.is_empty() {
-        info.fw_version = format!("build-{}", &info.fw_id[..8]);
-    }
-    info
-}
+pub use crate::ota::{describe_image, IMAGE_HEADER};
 
 /// Two firmware slots in RAM. Images are hashed, not kept, so a thousand simulated devices
 /// updating at once stay small.
@@ -54,17 +21,9 @@ pub struct MemorySlots {
     record: BootRecord,
     booted: BootState,
     capacity: usize,
-    staging: Option<Staging>,
+    staging: Option<ImageStaging>,
     /// When set, `finish` refuses every image (a device whose update always fails).
     pub reject_images: bool,
-}
-
-#[derive(Debug, Clone)]
-struct Staging {
-    size: usize,
-    written: usize,
-    hash: ContentHash,
-    head: Vec<u8>,
 }
 
 impl MemorySlots {
@@ -96,20 +55,11 @@ impl MemorySlots {
 
 impl FirmwareSlots for MemorySlots {
     fn boot_state(&mut self) -> BootState {
-        let mut state = self.booted.clone();
-        // Commit happens while running; the boot snapshot must reflect it.
-        state.committed = self.record.committed || state.partition != self.record.active;
-        state.last = self.record.last.clone();
-        if state.committed {
-            state.commit_timeout_s = 0;
-        }
-        state
+        self.record.boot_state_since(&self.booted)
     }
 
     fn running_image(&mut self) -> ImageInfo {
-        self.record.images[usize::from(self.booted.partition.min(1))]
-            .clone()
-            .unwrap_or_default()
+        self.record.image_in(self.booted.partition)
     }
 
     fn slot_capacity(&mut self) -> usize {
@@ -117,39 +67,24 @@ impl FirmwareSlots for MemorySlots {
     }
 
     fn begin(&mut self, size: usize) -> Result<(), StorageError> {
-        self.staging = Some(Staging {
-            size,
-            written: 0,
-            hash: ContentHash::default(),
-            head: Vec::new(),
-        });
+        self.staging = Some(ImageStaging::new(size));
         Ok(())
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError> {
-        let staging = self.staging.as_mut().ok_or("no image being written")?;
-        if offset != staging.written || staging.written + data.len() > staging.size {
-            return Err("write outside the image".into());
-        }
-        staging.hash.update(data);
-        let room = 256usize.saturating_sub(staging.head.len());
-        staging
-            .head
-            .extend_from_slice(&data[..data.len().min(room)]);
-        staging.written += data.len();
-        Ok(())
+        self.staging
+            .as_mut()
+            .ok_or("no image being written")?
+            .accept(offset, data)
     }
 
     fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
         let staging = self.staging.take().ok_or("no image being written")?;
-        if staging.written != staging.size {
-            return Err("image incomplete".into());
-        }
+        staging.check_complete()?;
         if self.reject_images {
             return Err("image verification failed".into());
         }
-        let running = self.running_image();
-        let info = describe_image(&staging.head, staging.hash, &running);
+        let info = staging.describe(&self.running_image());
         self.record.stage(info, commit_timeout_s);
         Ok(())
     }
@@ -290,35 +225,7 @@ impl FileStore for MemoryPlatform {
     }
 }
 
-impl FirmwareSlots for MemoryPlatform {
-    fn boot_state(&mut self) -> BootState {
-        self.slots.boot_state()
-    }
-    fn running_image(&mut self) -> ImageInfo {
-        self.slots.running_image()
-    }
-    fn slot_capacity(&mut self) -> usize {
-        self.slots.slot_capacity()
-    }
-    fn begin(&mut self, size: usize) -> Result<(), StorageError> {
-        self.slots.begin(size)
-    }
-    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError> {
-        FirmwareSlots::write(&mut self.slots, offset, data)
-    }
-    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
-        self.slots.finish(commit_timeout_s)
-    }
-    fn abort(&mut self) {
-        self.slots.abort()
-    }
-    fn commit(&mut self) -> Result<(), StorageError> {
-        self.slots.commit()
-    }
-    fn revert(&mut self) -> Result<(), StorageError> {
-        self.slots.revert()
-    }
-}
+crate::delegate_firmware_slots!(MemoryPlatform, slots);
 
 impl Light for MemoryPlatform {
     fn set_level(&mut self, pin: i64, level: bool) {

@@ -9,12 +9,13 @@
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::platform::FirmwareSlots;
+use crate::platform::{FirmwareSlots, StorageError};
 use protocol::codes;
 
 /// Default inactivity timeout of a transfer, in seconds, when `OTA.Begin` names none.
@@ -166,6 +167,117 @@ impl BootRecord {
     /// The image in the active slot.
     pub fn active_image(&self) -> Option<&ImageInfo> {
         self.images[usize::from(self.active.min(1))].as_ref()
+    }
+
+    /// What a running system reports as its boot: `booted` as [`BootRecord::on_boot`] left
+    /// it, brought up to date with the commits, reverts and outcomes recorded since.
+    pub fn boot_state_since(&self, booted: &BootState) -> BootState {
+        let mut state = booted.clone();
+        // A commit happens while running; the boot snapshot must reflect it.
+        state.committed = self.committed || state.partition != self.active;
+        state.last = self.last.clone();
+        if state.committed {
+            state.commit_timeout_s = 0;
+        }
+        state
+    }
+
+    /// The image in `partition` (the running one when given the booted partition); an
+    /// empty identity when the slot never held one.
+    pub fn image_in(&self, partition: u8) -> ImageInfo {
+        self.images[usize::from(partition.min(1))]
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// Prefix of the optional first line of an image that names it:
+/// `HERD-IMAGE {"app": ..., "fw_version": ..., "arch": ...}\n`.
+pub const IMAGE_HEADER: &[u8] = b"HERD-IMAGE ";
+
+/// How many leading bytes of an image are kept to read its header and check its type.
+pub const IMAGE_HEAD: usize = 256;
+
+/// Reads the identity an image declares in its header line; the id is the content hash.
+pub fn describe_image(head: &[u8], hash: ContentHash, fallback: &ImageInfo) -> ImageInfo {
+    let mut info = ImageInfo {
+        app: fallback.app.clone(),
+        arch: fallback.arch.clone(),
+        fw_version: String::new(),
+        fw_id: hash.hex(),
+    };
+    if let Some(rest) = head.strip_prefix(IMAGE_HEADER) {
+        let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+        if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(line) {
+            for (key, slot) in [
+                ("app", &mut info.app),
+                ("arch", &mut info.arch),
+                ("fw_version", &mut info.fw_version),
+            ] {
+                if let Some(Value::String(text)) = fields.get(key) {
+                    *slot = text.clone();
+                }
+            }
+        }
+    }
+    if info.fw_version.is_empty() {
+        info.fw_version = format!("build-{}", &info.fw_id[..8]);
+    }
+    info
+}
+
+/// The bookkeeping of an image being written into a slot, whatever holds its bytes:
+/// in-order chunks within the announced size, the content hash, and the first
+/// [`IMAGE_HEAD`] bytes.
+#[derive(Debug, Clone)]
+pub struct ImageStaging {
+    size: usize,
+    written: usize,
+    hash: ContentHash,
+    head: Vec<u8>,
+}
+
+impl ImageStaging {
+    /// An image of `size` bytes, nothing written yet.
+    pub fn new(size: usize) -> ImageStaging {
+        ImageStaging {
+            size,
+            written: 0,
+            hash: ContentHash::default(),
+            head: Vec::new(),
+        }
+    }
+
+    /// Accounts for a chunk at `offset`; refuses one out of order or past the size. The
+    /// caller stores the bytes only when this succeeds.
+    pub fn accept(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError> {
+        if offset != self.written || self.written + data.len() > self.size {
+            return Err("write outside the image".into());
+        }
+        self.hash.update(data);
+        let room = IMAGE_HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&data[..data.len().min(room)]);
+        self.written += data.len();
+        Ok(())
+    }
+
+    /// Fails unless every announced byte was written.
+    pub fn check_complete(&self) -> Result<(), StorageError> {
+        if self.written == self.size {
+            Ok(())
+        } else {
+            Err("image incomplete".into())
+        }
+    }
+
+    /// The first bytes written.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The identity of the written image; see [`describe_image`].
+    pub fn describe(&self, running: &ImageInfo) -> ImageInfo {
+        describe_image(&self.head, self.hash, running)
     }
 }
 
@@ -455,6 +567,46 @@ mod tests {
             fw_version: v.into(),
             ..ImageInfo::default()
         }
+    }
+
+    #[test]
+    fn staging_takes_chunks_in_order_within_the_size() {
+        let header = b"HERD-IMAGE {\"fw_version\": \"2.0\"}\n";
+        let mut body = header.to_vec();
+        body.resize(600, b'x');
+        let mut staging = ImageStaging::new(body.len());
+        assert!(staging.accept(1, &body[..10]).is_err(), "a gap is refused");
+        staging.accept(0, &body[..300]).expect("first chunk");
+        assert!(
+            staging.accept(0, &body[..10]).is_err(),
+            "a repeat is refused"
+        );
+        assert!(staging.check_complete().is_err());
+        assert!(
+            staging.accept(300, &[0; 301]).is_err(),
+            "past the size is refused"
+        );
+        staging.accept(300, &body[300..]).expect("last chunk");
+        staging.check_complete().expect("complete");
+        assert_eq!(staging.head(), &body[..IMAGE_HEAD]);
+        let info = staging.describe(&image("1"));
+        assert_eq!(info.fw_version, "2.0");
+        assert_eq!(info.fw_id, ContentHash::of(&body).hex());
+    }
+
+    #[test]
+    fn boot_state_follows_a_commit_made_while_running() {
+        let mut record = BootRecord::new(image("1"));
+        record.stage(image("2"), 30);
+        record.on_boot();
+        let booted = record.state();
+        assert!(!record.boot_state_since(&booted).committed);
+        assert_eq!(record.boot_state_since(&booted).commit_timeout_s, 30);
+        assert_eq!(record.image_in(booted.partition).fw_version, "2");
+        record.commit();
+        let state = record.boot_state_since(&booted);
+        assert!(state.committed);
+        assert_eq!(state.commit_timeout_s, 0);
     }
 
     #[test]

@@ -87,6 +87,54 @@ pub trait FirmwareSlots {
     fn revert(&mut self) -> Result<(), StorageError>;
 }
 
+/// Implements [`FirmwareSlots`] for a platform type by handing every call to one of its
+/// fields, for platforms that keep their slots in a value of their own:
+/// `delegate_firmware_slots!(MyPlatform, slots);`.
+#[macro_export]
+macro_rules! delegate_firmware_slots {
+    ($platform:ty, $field:ident) => {
+        impl $crate::platform::FirmwareSlots for $platform {
+            fn boot_state(&mut self) -> $crate::ota::BootState {
+                $crate::platform::FirmwareSlots::boot_state(&mut self.$field)
+            }
+            fn running_image(&mut self) -> $crate::ota::ImageInfo {
+                $crate::platform::FirmwareSlots::running_image(&mut self.$field)
+            }
+            fn slot_capacity(&mut self) -> usize {
+                $crate::platform::FirmwareSlots::slot_capacity(&mut self.$field)
+            }
+            fn begin(
+                &mut self,
+                size: usize,
+            ) -> ::core::result::Result<(), $crate::platform::StorageError> {
+                $crate::platform::FirmwareSlots::begin(&mut self.$field, size)
+            }
+            fn write(
+                &mut self,
+                offset: usize,
+                data: &[u8],
+            ) -> ::core::result::Result<(), $crate::platform::StorageError> {
+                $crate::platform::FirmwareSlots::write(&mut self.$field, offset, data)
+            }
+            fn finish(
+                &mut self,
+                commit_timeout_s: u32,
+            ) -> ::core::result::Result<(), $crate::platform::StorageError> {
+                $crate::platform::FirmwareSlots::finish(&mut self.$field, commit_timeout_s)
+            }
+            fn abort(&mut self) {
+                $crate::platform::FirmwareSlots::abort(&mut self.$field)
+            }
+            fn commit(&mut self) -> ::core::result::Result<(), $crate::platform::StorageError> {
+                $crate::platform::FirmwareSlots::commit(&mut self.$field)
+            }
+            fn revert(&mut self) -> ::core::result::Result<(), $crate::platform::StorageError> {
+                $crate::platform::FirmwareSlots::revert(&mut self.$field)
+            }
+        }
+    };
+}
+
 /// The light output.
 pub trait Light {
     /// Drives `pin` to `level` (already corrected for an inverted light).
