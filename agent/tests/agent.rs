@@ -14,13 +14,14 @@ fn reported_on(data: &Value) -> Option<bool> {
 
 #[tokio::test]
 async fn delta_drives_the_light_and_is_reported() {
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token: _,
+        data_dir: _data_dir,
+        mut events,
+        mut agent,
+    } = connected_agent().await;
 
     // On connect the device reports its light and firmware (PROTOCOL §4.4).
     wait_event(&mut events, &id, "updated", |d| {
@@ -66,13 +67,14 @@ async fn delta_drives_the_light_and_is_reported() {
 
 #[tokio::test]
 async fn saved_config_survives_an_agent_restart() {
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token,
+        data_dir,
+        mut events,
+        agent,
+    } = connected_agent().await;
 
     let set = server
         .rpc(
@@ -124,13 +126,14 @@ async fn saved_config_survives_an_agent_restart() {
 
 #[tokio::test]
 async fn factory_reset_keeps_the_factory_layer() {
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token,
+        data_dir,
+        mut events,
+        mut agent,
+    } = connected_agent().await;
     server
         .rpc(
             &id,
@@ -160,13 +163,14 @@ async fn factory_reset_keeps_the_factory_layer() {
 
 #[tokio::test]
 async fn sys_reboot_reconnects() {
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token: _,
+        data_dir: _data_dir,
+        mut events,
+        mut agent,
+    } = connected_agent().await;
     let reply = server
         .rpc(&id, "Sys.Reboot", json!({"delay_ms": 50}))
         .await
@@ -231,13 +235,14 @@ fn script_image(version: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn firmware_update_commit_and_revert() {
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token: _,
+        data_dir,
+        mut events,
+        mut agent,
+    } = connected_agent().await;
 
     // Something that is not an executable never becomes a bootable slot.
     let error = upload(&server, &id, &[0x55; 2048], 60)
@@ -333,13 +338,14 @@ async fn serve_file(body: Vec<u8>) -> String {
 #[tokio::test]
 async fn desired_ota_url_downloads_and_boots_the_image() {
     // PROTOCOL §4.4: desired.ota.url makes the device fetch the firmware itself.
-    let server = TestServer::start().await;
-    let (id, token) = server.create_device("lamp").await;
-    let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
-    subscribed(&mut events).await;
-    let mut agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
-    wait_connect_report(&mut events, &id, |_| true).await;
+    let Connected {
+        server,
+        id,
+        token: _,
+        data_dir: _data_dir,
+        mut events,
+        mut agent,
+    } = connected_agent().await;
 
     let url = serve_file(script_image("4")).await;
     server

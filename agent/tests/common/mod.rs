@@ -144,6 +144,37 @@ pub async fn start_agent(options: AgentOptions) -> AgentHandle {
     Agent::start(options).await.expect("agent starts")
 }
 
+/// A server with one registered device whose agent is connected and has reported, and a
+/// notify stream that saw it happen.
+pub struct Connected {
+    pub server: TestServer,
+    pub id: String,
+    pub token: String,
+    /// The agent's data directory; removed when dropped.
+    pub data_dir: tempfile::TempDir,
+    pub events: NotifyStream,
+    pub agent: AgentHandle,
+}
+
+/// Starts a server, registers `lamp` and runs its agent until it reported on connect.
+pub async fn connected_agent() -> Connected {
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("lamp").await;
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
+    let agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
+    wait_connect_report(&mut events, &id, |_| true).await;
+    Connected {
+        server,
+        id,
+        token,
+        data_dir,
+        events,
+        agent,
+    }
+}
+
 pub async fn wait_status(
     agent: &mut AgentHandle,
     what: &str,
