@@ -9,30 +9,7 @@ pub fn unix_now() -> f64 {
 }
 
 /// Matches `text` against a glob with `*` (any run) and `?` (one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    // Iterative matcher with one backtrack point: linear enough for event names and
-    // immune to the exponential blow-up of naive recursion on `*a*a*a*`.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
+pub use protocol::text::glob_match;
 
 /// `HH:MM:SS.mmm` in UTC: the console and `herd tail` show UTC so that lines compare with
 /// the server's log, whatever the operator's time zone.

@@ -107,7 +107,7 @@ impl Frame {
         if !value.is_object() {
             return Err(FrameError(format!(
                 "expected a JSON object, got {}",
-                type_name(&value)
+                crate::text::json_type_name(&value)
             )));
         }
         serde_json::from_value(value).map_err(|error| FrameError(error.to_string()))
@@ -215,7 +215,7 @@ impl TryFrom<RawFrame> for Frame {
             if !(id.is_number() || id.is_string()) {
                 return Err(format!(
                     "`id` must be a number or a string, got {}",
-                    type_name(id)
+                    crate::text::json_type_name(id)
                 ));
             }
         }
@@ -230,17 +230,6 @@ impl TryFrom<RawFrame> for Frame {
             result: raw.result,
             error: raw.error,
         })
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -44,5 +44,6 @@ pub mod notification;
 pub mod rest;
 pub mod shadow;
 pub mod splitter;
+pub mod text;
 
 pub use serde_json::{json, Map, Value};

@@ -320,7 +320,7 @@ fn check_types(schema: &Object, patch: &Object, prefix: &str) -> Result<(), Conf
             (expected, _) => {
                 return Err(ConfigError::WrongType {
                     key: path,
-                    expected: type_name(expected),
+                    expected: protocol::text::json_type_name(expected),
                 })
             }
         }
@@ -375,49 +375,11 @@ pub fn acl_allows(acl: &str, key: &str) -> bool {
             Some(rest) => (false, rest),
             None => (true, entry.strip_prefix('+').unwrap_or(entry)),
         };
-        if glob(pattern.as_bytes(), key.as_bytes()) {
+        if protocol::text::glob_match(pattern, key) {
             return allow;
         }
     }
     false
-}
-
-/// `*` matches any run of characters, `?` one character.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative matcher with one backtrack point: linear enough for short keys and free of
-    // recursion depth concerns on a small stack.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    while p < pattern.len() && pattern[p] == b'*' {
-        p += 1;
-    }
-    p == pattern.len()
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
