@@ -2,6 +2,7 @@
 //! scripts rely on. Without a subcommand `herd` opens the console.
 
 mod commands;
+mod report;
 mod tail;
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ Exit codes:
   2  usage error: bad arguments, invalid JSON input
   3  the server cannot be reached or did not answer in time
   4  the API key was refused (HTTP 401/403)
-  5  no such device or resource (HTTP 404)
+  5  no such device or resource (HTTP 404), or no such log file or directory
   6  shadow version conflict (HTTP 409)
   7  the device is offline, did not reply, or returned an error
   8  refused by a read-only profile
@@ -30,7 +31,7 @@ Errors go to stderr as one line: `herd: <message>`.
 Environment:
   HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_CA_CERT,
   HERD_CONSOLE_LOG the flags of the same names
-  HERD_NOTIFICATION_LOG  `--log` of the console (comma-separated paths)
+  HERD_NOTIFICATION_LOG  `--log` of the console and `herd report` (comma-separated paths)
   HERD_LOG_LEVEL   console log filter (default info)
   HERD_TAIL_LINES  notification lines the console keeps (default 20000)
   HERD_MOUSE=1     mouse: wheel scrolls, click selects
@@ -162,8 +163,8 @@ pub struct Args {
     #[arg(long, env = "HERD_CONSOLE_LOG", global = true, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
     /// The server's notification log, when this machine can read it: its data directory
-    /// (the whole rotated set) or log files. The analytics view follows it; without it the
-    /// view pulls the log from the server (`POST /logs`).
+    /// (the whole rotated set) or log files. The analytics view follows it and `herd report`
+    /// reads it; without it they pull the log from the server (`POST /logs`).
     #[arg(
         long,
         env = "HERD_NOTIFICATION_LOG",
@@ -230,6 +231,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A usage report over the server's notification log: fleet, connectivity, usage,
+    /// firmware or rpc, as a table or as CSV, JSON or Parquet.
+    Report(report::ReportArgs),
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
     Demo {
@@ -297,7 +301,13 @@ async fn run(args: Args) -> CommandResult {
         )
         .await;
     }
-    let profile = Profile::resolve(&args.connection.overrides())?;
+    let mut overrides = args.connection.overrides();
+    overrides.log = args.log;
+    let profile = Profile::resolve(&overrides)?;
+    // Before the client: a report over local files needs no server.
+    if let Command::Report(report) = command {
+        return report::run(&profile, report).await;
+    }
     let client = profile.client().map_err(Failure::usage)?;
     match command {
         Command::Devices { json } => commands::devices(&client, json).await,
@@ -344,6 +354,6 @@ async fn run(args: Args) -> CommandResult {
             }
             commands::register(&client, &name, id, json).await
         }
-        Command::Demo { .. } => Ok(()),
+        Command::Demo { .. } | Command::Report(_) => Ok(()),
     }
 }
