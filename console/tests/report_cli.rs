@@ -1,0 +1,945 @@
+//! `herd report` as scripts run it: the real binary over hand-written notification logs
+//! whose expected figures are worked out by hand, in every output format, and over a real
+//! in-process server's log pulled with `POST /logs`.
+
+#[path = "../../client/tests/common/mod.rs"]
+mod common;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{SimDevice, TestServer, WAIT};
+use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
+use polars::prelude::{DataFrame, ParquetReader, SerReader};
+use serde_json::{json, Value};
+
+/// 2023-11-14T23:00:00Z, on an hour boundary.
+const BASE: i64 = 1_700_002_800;
+const FROM: &str = "2023-11-14T23:00:00Z";
+/// One hour after [`BASE`], as unix seconds: the range mixes both time forms.
+const TO: &str = "1700006400";
+
+/// One log line (PROTOCOL §7) `offset` seconds after [`BASE`].
+fn line(offset: i64, id: &str, name: &str, data: Value) -> String {
+    format!(
+        "{}\n",
+        json!({"ts": BASE + offset, "id": id, "name": name, "data": data})
+    )
+}
+
+fn light(offset: i64, id: &str, on: bool) -> String {
+    line(
+        offset,
+        id,
+        "rpc.out.Dash.Shadow.Update",
+        json!({"state": {"reported": {"on": on}}}),
+    )
+}
+
+/// Two lights over one hour:
+/// - `lamp` is online for the first half hour (uptime 50%); its light reports off (the
+///   first state seen, not a switch), then on 600-1200 and on 1500-1700: two switch-ons,
+///   two switch-offs, 800 s on.
+/// - `porch` is online the whole hour (100%, its session still open at the end); its light
+///   reports off at 2400 and on at 3000 until the range's end: one switch-on, 600 s on.
+/// - one line with an event name no report knows.
+fn hour_log() -> String {
+    [
+        line(0, "lamp", "online", Value::Null),
+        line(0, "porch", "online", Value::Null),
+        light(60, "lamp", false),
+        light(600, "lamp", true),
+        light(1200, "lamp", false),
+        light(1500, "lamp", true),
+        light(1700, "lamp", false),
+        line(1800, "lamp", "offline", Value::Null),
+        light(2400, "porch", false),
+        light(3000, "porch", true),
+        line(3100, "porch", "custom.thing", Value::Null),
+    ]
+    .concat()
+}
+
+struct Output {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Output {
+    fn text(&self) -> String {
+        String::from_utf8(self.stdout.clone()).expect("text output")
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is JSON ({e}): {}",
+                String::from_utf8_lossy(&self.stdout)
+            )
+        })
+    }
+
+    /// The one `herd: ...` line of a failure.
+    fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line: {}", self.stderr);
+        assert!(lines[0].starts_with("herd: "), "{}", self.stderr);
+        lines[0]
+    }
+}
+
+/// `herd` isolated from this machine: a config file that does not exist and no `HERD_*`
+/// variables, so only what a test passes counts.
+fn herd(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+    command
+        .current_dir(dir)
+        .env("HERD_CONFIG", dir.join("no-console.toml"))
+        .stdin(Stdio::null());
+    for name in [
+        "HERD_PROFILE",
+        "HERD_SERVER",
+        "HERD_API_KEY",
+        "HERD_READ_ONLY",
+        "HERD_CA_CERT",
+        "HERD_NOTIFICATION_LOG",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+fn run(mut command: std::process::Command, args: &[&str]) -> Output {
+    let output = command.args(args).output().expect("herd runs");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A directory holding `notification.log` with `text`.
+fn log_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("notification.log"), text).expect("write log");
+    dir
+}
+
+/// `herd report` over the hour log in `dir`, over the hour.
+fn report(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--log", "notification.log", "--from", FROM, "--to", TO]);
+    run(herd(dir), &all)
+}
+
+fn close(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() < 1e-9
+}
+
+fn parquet(bytes: Vec<u8>) -> DataFrame {
+    ParquetReader::new(Cursor::new(bytes))
+        .finish()
+        .expect("valid Parquet")
+}
+
+fn frame_strings(frame: &DataFrame, column: &str) -> Vec<String> {
+    let column = frame.column(column).expect("column");
+    let values = column.str().expect("text column");
+    (0..values.len())
+        .map(|i| values.get(i).expect("no null").to_string())
+        .collect()
+}
+
+fn frame_numbers(frame: &DataFrame, column: &str) -> Vec<f64> {
+    let column = frame
+        .column(column)
+        .expect("column")
+        .cast(&polars::prelude::DataType::Float64)
+        .expect("numeric");
+    let values = column.f64().expect("f64");
+    (0..values.len())
+        .map(|i| values.get(i).expect("no null"))
+        .collect()
+}
+
+/// CSV output as a header and rows of cells (the reports' cells hold no commas or quotes).
+fn csv(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .expect("header")
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn connectivity_uptime_in_every_format() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+
+    // CSV, parsed back.
+    let out = report(path, &["connectivity", "--format", "csv"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (header, rows) = csv(&out.text());
+    assert_eq!(
+        header,
+        [
+            "id",
+            "sessions",
+            "online_s",
+            "uptime_pct",
+            "connects",
+            "disconnects",
+            "peak_connects",
+            "flapping"
+        ]
+    );
+    let cell = |row: &[String], name: &str| {
+        row[header.iter().position(|h| h == name).expect("column")].clone()
+    };
+    assert_eq!(rows.len(), 2, "one row per device");
+    assert_eq!(cell(&rows[0], "id"), "lamp");
+    assert_eq!(cell(&rows[0], "uptime_pct").parse::<f64>().ok(), Some(50.0));
+    assert_eq!(cell(&rows[0], "online_s").parse::<f64>().ok(), Some(1800.0));
+    assert_eq!(cell(&rows[0], "disconnects"), "1");
+    assert_eq!(cell(&rows[1], "id"), "porch");
+    assert_eq!(
+        cell(&rows[1], "uptime_pct").parse::<f64>().ok(),
+        Some(100.0)
+    );
+    assert_eq!(cell(&rows[1], "disconnects"), "0");
+
+    // JSON: an array of row objects with typed values.
+    let out = report(path, &["connectivity", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = out.json();
+    let rows = rows.as_array().expect("array of rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["id"], "lamp");
+    assert_eq!(rows[0]["uptime_pct"].as_f64(), Some(50.0));
+    assert_eq!(rows[0]["flapping"], false);
+    assert_eq!(rows[1]["id"], "porch");
+    assert_eq!(rows[1]["uptime_pct"].as_f64(), Some(100.0));
+
+    // Parquet on stdout (a pipe here), read back.
+    let out = report(path, &["connectivity", "--format", "parquet"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let frame = parquet(out.stdout);
+    assert_eq!(frame_strings(&frame, "id"), ["lamp", "porch"]);
+    assert_eq!(frame_numbers(&frame, "uptime_pct"), [50.0, 100.0]);
+    assert_eq!(frame_numbers(&frame, "sessions"), [1.0, 1.0]);
+
+    // The human table: a header, a rule, one aligned line per device.
+    let out = report(path, &["connectivity"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("id "), "{text}");
+    assert!(lines[1].starts_with("----"), "{text}");
+    let lamp: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!((lamp[0], lamp[3]), ("lamp", "50"), "{text}");
+    let columns: Vec<usize> = lines
+        .iter()
+        .map(|line| {
+            line.find("uptime_pct")
+                .or_else(|| line.find("50"))
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(columns[0], columns[2], "aligned: {text}");
+}
+
+#[test]
+fn usage_counts_switches_from_reported_on() {
+    let dir = log_dir(&hour_log());
+    let out = report(dir.path(), &["usage", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = out.json();
+    assert_eq!(rows[0]["id"], "lamp");
+    assert_eq!(rows[0]["switch_ons"], 2, "{rows}");
+    assert_eq!(rows[0]["switch_offs"], 2, "{rows}");
+    assert!(close(
+        rows[0]["hours_on"].as_f64().expect("hours"),
+        800.0 / 3600.0
+    ));
+    assert_eq!(rows[1]["id"], "porch");
+    assert_eq!(
+        rows[1]["switch_ons"], 1,
+        "the first state seen is not a switch"
+    );
+    assert_eq!(rows[1]["switch_offs"], 0);
+    assert!(close(
+        rows[1]["hours_on"].as_f64().expect("hours"),
+        600.0 / 3600.0
+    ));
+
+    // One device only.
+    let out = report(
+        dir.path(),
+        &["usage", "--format", "json", "--device", "porch"],
+    );
+    let rows = out.json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["id"], "porch");
+
+    // The hour-of-day table: every switch happened in the 23:00 UTC hour.
+    let out = report(
+        dir.path(),
+        &["usage", "--format", "json", "--table", "hours"],
+    );
+    let hours = out.json();
+    let late = hours
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["hour"] == 23)
+        .expect("hour 23");
+    assert_eq!(late["switch_ons"], 3, "{hours}");
+}
+
+#[test]
+fn fleet_tables_top_and_the_whole_report_as_json() {
+    let dir = log_dir(&hour_log());
+    let out = report(dir.path(), &["fleet", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary[0]["devices_seen"], 2, "{summary}");
+    assert_eq!(summary[0]["online_now"], 1, "porch: {summary}");
+    assert_eq!(summary[0]["notifications"], 10, "{summary}");
+    assert_eq!(summary[0]["unknown_events"], 1, "{summary}");
+    assert_eq!(summary[0]["from"], FROM);
+
+    let out = report(
+        dir.path(),
+        &[
+            "fleet", "--format", "csv", "--table", "busiest", "--top", "1",
+        ],
+    );
+    assert_eq!(out.text(), "id,notifications\nlamp,7\n");
+
+    let out = report(
+        dir.path(),
+        &[
+            "fleet", "--format", "json", "--table", "all", "--bucket", "day",
+        ],
+    );
+    let document = out.json();
+    assert_eq!(document["report"], "fleet");
+    assert_eq!(document["from"].as_f64(), Some(BASE as f64));
+    assert_eq!(document["stats"]["lines"], 11);
+    assert_eq!(document["stats"]["unknown_events"], 1);
+    let events = &document["tables"]["events"];
+    assert_eq!(
+        events[0],
+        json!({"name": "rpc.out.Dash.Shadow.Update", "count": 7})
+    );
+    let buckets = document["tables"]["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 1, "one day: {buckets:?}");
+    assert_eq!(buckets[0]["bucket"], "2023-11-14T00:00:00Z");
+
+    // Every table in the text formats: one section per table.
+    let out = report(dir.path(), &["fleet", "--format", "csv", "--table", "all"]);
+    let text = out.text();
+    for table in ["# summary", "# events", "# busiest", "# buckets"] {
+        assert!(text.lines().any(|l| l == table), "{table}: {text}");
+    }
+    let out = report(dir.path(), &["rpc", "--table", "all"]);
+    assert!(
+        out.text().contains("rpc methods") && out.text().contains("rpc buckets"),
+        "{}",
+        out.text()
+    );
+}
+
+#[test]
+fn ignored_lines_are_counted_on_stderr_and_stdout_stays_data() {
+    let mut text = hour_log();
+    text.push_str("not a notification\n");
+    // A crash in the middle of a write: the last line has no newline.
+    text.push_str(r#"{"ts":1700003000,"id":"lamp","name":"onl"#);
+    let dir = log_dir(&text);
+    let out = report(dir.path(), &["connectivity", "--format", "csv"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "herd: read 12 lines; ignored 1 torn, 1 invalid, 1 with an unknown event name"
+    );
+    let (_, rows) = csv(&out.text());
+    assert_eq!(rows.len(), 2, "the figures are unchanged");
+    assert_eq!(rows[0][3], "50");
+
+    // Nothing ignored: nothing on stderr.
+    let clean: String = hour_log()
+        .lines()
+        .filter(|l| !l.contains("custom.thing"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = log_dir(&clean);
+    let out = report(dir.path(), &["connectivity", "--format", "csv"]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+}
+
+#[test]
+fn out_writes_a_whole_file_or_none() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+
+    let out = report(
+        path,
+        &[
+            "connectivity",
+            "--format",
+            "parquet",
+            "--out",
+            "uptime.parquet",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "the data went to the file");
+    let frame = parquet(std::fs::read(path.join("uptime.parquet")).expect("file"));
+    assert_eq!(frame_numbers(&frame, "uptime_pct"), [50.0, 100.0]);
+
+    let out = report(path, &["usage", "--format", "csv", "--out", "usage.csv"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let written = std::fs::read_to_string(path.join("usage.csv")).expect("file");
+    assert!(
+        written.starts_with("id,switch_ons,switch_offs,hours_on\nlamp,2,2,"),
+        "{written}"
+    );
+
+    // A failing report leaves the earlier file as it was and no temporary file behind.
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = names();
+    let out = run(
+        herd(path),
+        &[
+            "report",
+            "usage",
+            "--format",
+            "csv",
+            "--log",
+            "missing.log",
+            "--out",
+            "usage.csv",
+        ],
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(path.join("usage.csv")).expect("file"),
+        written
+    );
+    let out = run(
+        herd(path),
+        &[
+            "report",
+            "usage",
+            "--log",
+            "missing.log",
+            "--out",
+            "new.csv",
+        ],
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert_eq!(names(), before, "no new.csv, no temporary file");
+
+    // A directory that does not exist cannot take the file.
+    let out = report(path, &["usage", "--out", "nowhere/usage.csv"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.error_line().contains("nowhere/usage.csv"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_directory_is_its_whole_rotated_set() {
+    // The rotated file holds the first half of the hour, the current file the rest.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = hour_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let (old, new) = lines.split_at(6);
+    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(dir.path().join("notification.log.2023-11-14"), join(old)).expect("write");
+    std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
+    std::fs::write(dir.path().join("unrelated.txt"), "not a log\n").expect("write");
+
+    let out = run(
+        herd(dir.path()),
+        &[
+            "report",
+            "connectivity",
+            "--format",
+            "json",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--log",
+        ],
+    );
+    assert_eq!(out.code, 2, "--log needs a value: {}", out.stderr);
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = run(
+        herd(dir.path()),
+        &[
+            "report",
+            "connectivity",
+            "--format",
+            "json",
+            "--from",
+            FROM,
+            "--to",
+            TO,
+            "--log",
+            &dir_arg,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = out.json();
+    assert_eq!(rows[0]["uptime_pct"].as_f64(), Some(50.0), "{rows}");
+
+    // Files given one by one, in several --log flags and several values of one.
+    let out = run(
+        herd(dir.path()),
+        &[
+            "report",
+            "fleet",
+            "--format",
+            "json",
+            "--log",
+            "notification.log.2023-11-14",
+            "--log",
+            "notification.log",
+        ],
+    );
+    assert_eq!(out.json()[0]["notifications"], 10, "{}", out.stderr);
+    let out = run(
+        herd(dir.path()),
+        &[
+            "report",
+            "fleet",
+            "--format",
+            "json",
+            "--log",
+            "notification.log.2023-11-14",
+            "notification.log",
+        ],
+    );
+    assert_eq!(out.json()[0]["notifications"], 10, "{}", out.stderr);
+}
+
+#[test]
+fn the_log_comes_from_report_then_herd_then_the_profile() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+    let config = path.join("console.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_profile = \"prod\"\n[profiles.prod]\nserver = \"http://127.0.0.1:1\"\nread_only = true\nlog = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .expect("write config");
+    let with_profile = || {
+        let mut command = herd(path);
+        command.env("HERD_CONFIG", &config);
+        command
+    };
+    // The read-only profile's log: reports only read, so a read-only profile runs them.
+    let out = run(with_profile(), &["report", "fleet", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()[0]["devices_seen"], 2);
+
+    // `herd --log` and HERD_NOTIFICATION_LOG replace the profile's log.
+    let other = log_dir(&line(0, "solo", "online", Value::Null));
+    let out = run(
+        with_profile(),
+        &[
+            "--log",
+            &other.path().to_string_lossy(),
+            "report",
+            "fleet",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.json()[0]["devices_seen"], 1, "{}", out.stderr);
+    let mut command = with_profile();
+    command.env("HERD_NOTIFICATION_LOG", other.path());
+    let out = run(command, &["report", "fleet", "--format", "json"]);
+    assert_eq!(out.json()[0]["devices_seen"], 1, "{}", out.stderr);
+
+    // `report --log` wins over both.
+    let mut command = with_profile();
+    command.env("HERD_NOTIFICATION_LOG", other.path());
+    let out = run(
+        command,
+        &[
+            "report",
+            "fleet",
+            "--format",
+            "json",
+            "--log",
+            "notification.log",
+        ],
+    );
+    assert_eq!(out.json()[0]["devices_seen"], 2, "{}", out.stderr);
+}
+
+#[test]
+fn bad_inputs_fail_with_their_exit_codes() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+    for (args, code, says) in [
+        (
+            &["report", "uptime", "--log", "notification.log"][..],
+            2,
+            "unknown report \"uptime\"",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--from",
+                "yesterday",
+            ],
+            2,
+            "--from: ",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--to",
+                "2023-13-01T00:00:00Z",
+            ],
+            2,
+            "--to: ",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--from",
+                TO,
+                "--to",
+                FROM,
+            ],
+            2,
+            "must be before --to",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--format",
+                "xml",
+            ],
+            2,
+            "unknown format \"xml\"",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--bucket",
+                "week",
+            ],
+            2,
+            "unknown bucket",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--table",
+                "devices",
+            ],
+            2,
+            "has no table \"devices\"",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--format",
+                "parquet",
+                "--table",
+                "all",
+            ],
+            2,
+            "one table",
+        ),
+        (
+            &["report", "fleet", "--log", "missing.log"],
+            5,
+            "no such log file or directory: missing.log",
+        ),
+        (
+            &[
+                "report",
+                "fleet",
+                "--log",
+                "notification.log",
+                "--log",
+                "missing-dir",
+            ],
+            5,
+            "missing-dir",
+        ),
+    ] {
+        let out = run(herd(path), args);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.error_line().contains(says), "{args:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+    // Clap's own usage errors keep exit 2 too.
+    let out = run(herd(path), &["report"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run(herd(path), &["report", "fleet", "--top", "many"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // The help names every report and its tables.
+    let out = run(herd(path), &["report", "--help"]);
+    let help = out.text();
+    assert!(help.contains("connectivity  devices, buckets"), "{help}");
+    let out = run(herd(path), &["--help"]);
+    assert!(out.text().contains("no such log file or directory"));
+}
+
+#[test]
+fn parquet_is_refused_on_a_terminal() {
+    use portable_pty::{CommandBuilder, PtySize};
+    let dir = log_dir(&hour_log());
+    let pair = portable_pty::native_pty_system()
+        .openpty(PtySize {
+            rows: 24,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("open a pty");
+    let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_herd"));
+    command.cwd(dir.path());
+    command.env("HERD_CONFIG", dir.path().join("no-console.toml"));
+    command.env_remove("HERD_NOTIFICATION_LOG");
+    command.args([
+        "report",
+        "fleet",
+        "--log",
+        "notification.log",
+        "--format",
+        "parquet",
+    ]);
+    let mut child = pair.slave.spawn_command(command).expect("spawn herd");
+    drop(pair.slave);
+    let mut reader = pair.master.try_clone_reader().expect("reader");
+    let reading = std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        // The pty reports an error instead of end of file once herd is gone.
+        let _ = std::io::Read::read_to_end(&mut reader, &mut screen);
+        String::from_utf8_lossy(&screen).into_owned()
+    });
+    let status = child.wait().expect("herd exits");
+    drop(pair.master);
+    let screen = reading.join().expect("reader thread");
+    assert_eq!(status.exit_code(), 2, "{screen}");
+    assert!(
+        screen.contains("herd: refusing to write Parquet to a terminal"),
+        "{screen}"
+    );
+}
+
+async fn wait_for(stream: &mut NotifyStream, mut wanted: impl FnMut(&NotifyEvent) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the notification arrives")
+            .expect("stream open");
+        if wanted(&event) {
+            return;
+        }
+    }
+}
+
+fn is(event: &NotifyEvent, id: &str, name: &str) -> bool {
+    matches!(event, NotifyEvent::Notification(n) if n.id == id && n.name == name)
+}
+
+/// `herd report ...` against `server` with `key`, flags rather than variables, as the
+/// issue's example has it.
+async fn report_from(server_url: &str, key: &str, dir: &Path, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::from(herd(dir));
+    command
+        .args(["report"])
+        .args(args)
+        .args(["--server", server_url, "--api-key", key])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("herd finishes")
+        .expect("herd runs");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn reports_over_the_servers_log() {
+    let server = TestServer::start().await;
+    let admin = server.client();
+    // Outlives the server's own directory, for the last run after the server stopped.
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let dir = cwd.path();
+    let mut stream = admin.notify();
+    wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
+
+    // The admin's light, online and switched on, off and on again through its shadow.
+    let (lamp, token) = server.create_device("lamp").await;
+    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    wait_for(&mut stream, |e| is(e, &lamp, "online")).await;
+    for on in [true, false, true] {
+        admin
+            .update_shadow(&lamp, &json!({"state": {"desired": {"on": on}}}))
+            .await
+            .expect("shadow update");
+        wait_for(&mut stream, |e| {
+            matches!(e, NotifyEvent::Notification(n)
+                if n.id == lamp
+                    && n.name == "rpc.out.Dash.Shadow.Update"
+                    && n.data["state"]["reported"]["on"] == on)
+        })
+        .await;
+    }
+    // Bob's device, never connected.
+    let bob = admin.add_user("bob", "pw").await.expect("add bob");
+    let as_bob = Client::new(&server.url(), Some(&bob.api_key)).expect("client");
+    let desk = as_bob
+        .create_device(&NewDevice {
+            name: Some("desk".into()),
+            id: None,
+        })
+        .await
+        .expect("bob's device")
+        .id;
+    wait_for(&mut stream, |e| is(e, &desk, "created")).await;
+    let logged = admin
+        .logs(herd_client::LogsQuery {
+            start: Some(0),
+            limit: Some(10_000),
+        })
+        .await
+        .expect("the log")
+        .items
+        .len();
+
+    let url = server.url();
+    let out = report_from(&url, &server.admin_key, dir, &["fleet", "--format", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = &out.json()[0];
+    assert_eq!(summary["devices_seen"], 2, "{summary}");
+    assert_eq!(summary["online_now"], 1, "the lamp: {summary}");
+    assert_eq!(summary["notifications"], json!(logged), "{summary}");
+    assert_eq!(summary["lines"], json!(logged), "{summary}");
+    assert_eq!(summary["torn_lines"], 0);
+
+    let out = report_from(
+        &url,
+        &server.admin_key,
+        dir,
+        &["usage", "--format", "csv", "--device", &lamp],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, rows) = csv(&out.text());
+    assert_eq!(rows.len(), 1, "{}", out.text());
+    // Reported on, off, on: the first state is no switch, then one off and one on.
+    assert_eq!(
+        (
+            rows[0][0].as_str(),
+            rows[0][1].as_str(),
+            rows[0][2].as_str()
+        ),
+        (lamp.as_str(), "1", "1"),
+        "{}",
+        out.text()
+    );
+
+    // Bob's key sees only Bob's device's lines.
+    let out = report_from(&url, &bob.api_key, dir, &["fleet", "--format", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = &out.json()[0];
+    assert_eq!(summary["devices_seen"], 1, "{summary}");
+    assert_eq!(summary["online_now"], 0, "{summary}");
+    let out = report_from(
+        &url,
+        &bob.api_key,
+        dir,
+        &["fleet", "--format", "csv", "--table", "busiest"],
+    )
+    .await;
+    assert_eq!(out.text(), format!("id,notifications\n{desk},1\n"));
+
+    // A key the server refuses: exit 4; nothing on stdout.
+    let out = report_from(&url, "0123456789abcdef01234567", dir, &["fleet"]).await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.error_line().starts_with("herd: 401"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+
+    drop(device);
+    server.shutdown().await;
+
+    // Nobody listening: exit 3.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let out = report_from(
+        &format!("http://{closed}"),
+        "0123456789abcdef01234567",
+        dir,
+        &["fleet"],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.error_line().contains("cannot reach the server"),
+        "{}",
+        out.stderr
+    );
+}
