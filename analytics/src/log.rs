@@ -2,10 +2,12 @@
 //! every line, built either in one parallel pass over files ([`Log::load`]) or
 //! incrementally from appended bytes ([`Log::push`]).
 //!
-//! Loading splits each file into chunks read with plain positioned reads into per-worker
-//! buffers (not mapped, so memory stays at a few chunks however large the log), parses the
-//! chunks on every core, and merges the per-chunk interners in chunk order, so the result
-//! is the same as a sequential read.
+//! Loading splits each file into chunks, parses the chunks on every core, and merges the
+//! per-chunk interners in chunk order, so the result is the same as a sequential read. A
+//! chunk is mapped while it is parsed and unmapped after, so lines are read straight from
+//! the page cache without copying and memory stays at a few chunks however large the log;
+//! the end of a file the server may still write is read with positioned reads instead
+//! (see [`LIVE_TAIL`]), as is anything that cannot be mapped.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,13 +16,55 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use memchr::memchr;
+use memmap2::{Mmap, MmapOptions};
 
 use crate::event::{Batch, Event, Interner, Need, NONE};
 use crate::{Error, Progress, Stage};
 
 /// Bytes per parallel work item: large enough that per-chunk merging is noise, small
-/// enough that two workers' buffers stay a few tens of MiB.
+/// enough that the pages two workers hold mapped or buffered stay a few tens of MiB.
 const CHUNK: u64 = 8 << 20;
+
+/// Bytes mapped past a chunk's end, where its last line usually ends; a longer line is
+/// finished with reads.
+const SLACK: u64 = 256 << 10;
+
+/// The end of the file the server may still write is read, not mapped. After a failed write
+/// the server cuts the file back to its last complete batch, and unwritten data is given up
+/// past 64 MiB, so no cut reaches further back than this from the end seen when listing.
+/// A page of a mapping that a cut leaves wholly past the end of the file would kill the
+/// process on access; read bytes are merely stale.
+const LIVE_TAIL: u64 = 80 << 20;
+
+/// The current file of a rotated set, the one the server appends to.
+const CURRENT_FILE: &str = "notification.log";
+
+/// How [`Log::load`] cuts files into work items and reads them; tests shrink the sizes to
+/// reach every boundary with small files.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub chunk: u64,
+    pub slack: u64,
+    /// Bytes at the end of a file that may still be written which are read, not mapped.
+    /// Such files are the last one listed and any named `notification.log`.
+    pub live_tail: u64,
+    /// Whether to map at all.
+    pub map: bool,
+    /// Worker threads; default: one per core.
+    pub workers: Option<usize>,
+}
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            chunk: CHUNK,
+            slack: SLACK,
+            live_tail: LIVE_TAIL,
+            map: true,
+            workers: None,
+        }
+    }
+}
 
 /// How the lines of a log were accounted for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,28 +133,19 @@ impl Log {
     where
         P: Fn(Progress) + Sync,
     {
-        let mut chunks = Vec::new();
-        let mut total = 0;
-        for (file, path) in files.iter().enumerate() {
-            let len = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .len();
-            total += len;
-            let mut start = 0;
-            loop {
-                let end = (start + CHUNK).min(len);
-                chunks.push(Chunk {
-                    file,
-                    start,
-                    end,
-                    file_len: len,
-                });
-                if end >= len {
-                    break;
-                }
-                start = end;
-            }
-        }
+        Log::load_with(files, need, progress, Plan::default())
+    }
+
+    pub(crate) fn load_with<P>(
+        files: &[PathBuf],
+        need: Need,
+        progress: &P,
+        plan: Plan,
+    ) -> Result<Log, Error>
+    where
+        P: Fn(Progress) + Sync,
+    {
+        let (chunks, total) = plan_chunks(files, plan)?;
         progress(Progress {
             stage: Stage::Reading,
             done: 0,
@@ -120,9 +155,10 @@ impl Log {
         let done = AtomicU64::new(0);
         let results: Mutex<Vec<Option<Result<ChunkResult, Error>>>> =
             Mutex::new((0..chunks.len()).map(|_| None).collect());
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(chunks.len().max(1));
+        let workers = plan
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .clamp(1, chunks.len().max(1));
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
@@ -133,7 +169,7 @@ impl Log {
                             break;
                         };
                         let path = &files[chunk.file];
-                        let result = read_chunk(path, chunk, need, &mut buffer);
+                        let result = read_chunk(path, chunk, need, plan.slack, &mut buffer);
                         let bytes = chunk.end - chunk.start;
                         let so_far = done.fetch_add(bytes, Ordering::Relaxed) + bytes;
                         progress(Progress {
@@ -261,12 +297,55 @@ impl Log {
     }
 }
 
+/// Cuts `files` into work items in log order; also returns their total length.
+fn plan_chunks(files: &[PathBuf], plan: Plan) -> Result<(Vec<Chunk>, u64), Error> {
+    let chunk_bytes = plan.chunk.max(1);
+    let mut chunks = Vec::new();
+    let mut total = 0;
+    for (file, path) in files.iter().enumerate() {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        total += len;
+        let live =
+            file + 1 == files.len() || path.file_name().is_some_and(|name| name == CURRENT_FILE);
+        let map_limit = if !plan.map {
+            0
+        } else if live {
+            len.saturating_sub(plan.live_tail)
+        } else {
+            len
+        };
+        let mut start = 0;
+        loop {
+            // Mapped and read chunks meet at the mapping limit, so that no chunk is half
+            // of each.
+            let boundary = if start < map_limit { map_limit } else { len };
+            let end = (start + chunk_bytes).min(boundary);
+            chunks.push(Chunk {
+                file,
+                start,
+                end,
+                file_len: len,
+                map_limit: (end <= map_limit && end > start).then_some(map_limit),
+            });
+            if end >= len {
+                break;
+            }
+            start = end;
+        }
+    }
+    Ok((chunks, total))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Chunk {
     file: usize,
     start: u64,
     end: u64,
     file_len: u64,
+    /// Mapped up to this offset when the chunk lies below it; read otherwise.
+    map_limit: Option<u64>,
 }
 
 struct ChunkResult {
@@ -276,43 +355,75 @@ struct ChunkResult {
     extra_bytes: u64,
 }
 
+/// Maps `[from, to)` of `file`, or `None` when it cannot be mapped (then it is read).
+fn map(file: &File, from: u64, to: u64) -> Option<Mmap> {
+    if to <= from {
+        return None;
+    }
+    // A page wholly past the end of the file faults on access, so the file must still hold
+    // every mapped byte now; see [`LIVE_TAIL`] for why it keeps holding them.
+    if file.metadata().ok()?.len() < to {
+        return None;
+    }
+    let len = usize::try_from(to - from).ok()?;
+    // SAFETY: the mapping is only read, and only while this function's caller holds it.
+    // Another process may change the file meanwhile: the server only appends past `to`
+    // and renames files, which leaves mapped bytes as they are; shortening the file below
+    // `to` is the one change that would fault, and `load` keeps the bytes the server may
+    // cut (the live tail) out of every mapping.
+    unsafe { MmapOptions::new().offset(from).len(len).map(file) }.ok()
+}
+
 /// Parses the lines that start inside `chunk`; the last one may run past its end.
 fn read_chunk(
     path: &Path,
     chunk: &Chunk,
     need: Need,
+    slack: u64,
     buffer: &mut Vec<u8>,
 ) -> Result<ChunkResult, Error> {
     let io = |e| Error::io(path, e);
     let mut file = File::open(path).map_err(io)?;
     // One byte before the chunk tells whether a line starts exactly at its start.
     let read_from = chunk.start.saturating_sub(1);
-    file.seek(SeekFrom::Start(read_from)).map_err(io)?;
-    buffer.clear();
-    (&mut file)
-        .take(chunk.end - read_from)
-        .read_to_end(buffer)
-        .map_err(io)?;
+    let mapping = chunk
+        .map_limit
+        .and_then(|limit| map(&file, read_from, limit.min(chunk.end.saturating_add(slack))));
+    let window: &[u8] = match &mapping {
+        Some(mapping) => mapping,
+        None => {
+            file.seek(SeekFrom::Start(read_from)).map_err(io)?;
+            buffer.clear();
+            (&mut file)
+                .take(chunk.end - read_from)
+                .read_to_end(buffer)
+                .map_err(io)?;
+            buffer
+        }
+    };
+    // Bytes of the window at or past this index belong to the next chunk's lines.
+    let body = usize::try_from(chunk.end - read_from)
+        .unwrap_or(usize::MAX)
+        .min(window.len());
     let mut batch = Batch::default();
     let mut at = if chunk.start == 0 {
         0
     } else {
-        match memchr(b'\n', buffer) {
-            Some(newline) => newline + 1,
-            // The whole chunk is inside a line that started earlier.
-            None => buffer.len(),
-        }
+        // The whole chunk may be inside a line that started earlier.
+        memchr(b'\n', window).map_or(window.len(), |newline| newline + 1)
     };
-    while let Some(end) = memchr(b'\n', &buffer[at..]) {
-        batch.line(&buffer[at..at + end], need);
-        at += end + 1;
-    }
     let mut torn = false;
     let mut extra_bytes = 0;
-    if at < buffer.len() {
-        // A line starts here and goes on past the chunk: read on to its newline.
-        let mut line = buffer[at..].to_vec();
-        let mut position = chunk.end;
+    while at < body {
+        if let Some(len) = memchr(b'\n', &window[at..]) {
+            batch.line(&window[at..at + len], need);
+            at += len + 1;
+            continue;
+        }
+        // A line starts here and goes on past the window: read on to its newline.
+        let mut line = window[at..].to_vec();
+        let mut position = read_from + window.len() as u64;
+        file.seek(SeekFrom::Start(position)).map_err(io)?;
         let mut piece = vec![0u8; 64 << 10];
         loop {
             let n = file.read(&mut piece).map_err(io)?;
@@ -333,10 +444,249 @@ fn read_chunk(
                 break;
             }
         }
+        break;
     }
     Ok(ChunkResult {
         batch,
         torn,
         extra_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A log read line by line, the reference every chunked read must match.
+    fn sequential(bytes: &[u8], need: Need) -> Log {
+        let mut log = Log::new(need);
+        log.push(bytes);
+        log.end_file();
+        log
+    }
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    fn assert_same(loaded: &Log, expected: &Log, context: &str) {
+        assert_eq!(loaded.stats, expected.stats, "{context}");
+        assert_eq!(loaded.events, expected.events, "{context}");
+        let values = |i: &Interner| i.values().map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(
+            values(&loaded.devices),
+            values(&expected.devices),
+            "{context}"
+        );
+        assert_eq!(values(&loaded.names), values(&expected.names), "{context}");
+        assert_eq!(
+            values(&loaded.versions),
+            values(&expected.versions),
+            "{context}"
+        );
+        assert_eq!(loaded.first_seen, expected.first_seen, "{context}");
+        assert_eq!(
+            (loaded.min_ts, loaded.max_ts),
+            (expected.min_ts, expected.max_ts)
+        );
+    }
+
+    fn line(ts: u32, device: u32, name: &str, data: &str) -> String {
+        format!(r#"{{"ts":{ts}.5,"id":"device-{device}","name":"{name}","data":{data}}}"#)
+    }
+
+    /// Every mapping and reading plan worth telling apart on a file of `len` bytes.
+    fn plans(len: u64) -> Vec<Plan> {
+        let mut plans = Vec::new();
+        for chunk in [1, 2, 3, 7, 64, len.max(1)] {
+            for slack in [0, 1, 5, 1 << 20] {
+                for (map, live_tail) in [(false, 0), (true, 0), (true, 33), (true, len)] {
+                    plans.push(Plan {
+                        chunk,
+                        slack,
+                        live_tail,
+                        map,
+                        workers: Some(2),
+                    });
+                }
+            }
+        }
+        plans
+    }
+
+    #[test]
+    fn lines_straddling_chunk_ends_are_read_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = [
+            line(1, 1, "online", "null"),
+            line(
+                2,
+                2,
+                "updated",
+                r#"{"shadow":{"state":{"reported":{"on":true}}}}"#,
+            ),
+            String::new(),
+            "not json".to_string(),
+            line(
+                3,
+                1,
+                "rpc.out.Dash.Shadow.Update",
+                r#"{"state":{"reported":{"on":false}}}"#,
+            ),
+            line(4, 3, "whatever", "null"),
+            line(5, 2, "offline", "null"),
+        ]
+        .join("\n")
+            + "\n";
+        let path = write(dir.path(), "a.log", text.as_bytes());
+        let expected = sequential(text.as_bytes(), Need::ALL);
+        assert_eq!(expected.stats.lines, 7);
+        for plan in plans(text.len() as u64) {
+            let loaded = Log::load_with(std::slice::from_ref(&path), Need::ALL, &|_| {}, plan)
+                .expect("load");
+            assert_same(&loaded, &expected, &format!("{plan:?}"));
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_counted_and_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "{}\n{}",
+            line(1, 1, "online", "null"),
+            &line(2, 1, "offline", "null")[..20]
+        );
+        let path = write(dir.path(), "a.log", text.as_bytes());
+        let expected = sequential(text.as_bytes(), Need::default());
+        assert_eq!((expected.stats.lines, expected.stats.torn_lines), (1, 1));
+        for plan in plans(text.len() as u64) {
+            let loaded =
+                Log::load_with(std::slice::from_ref(&path), Need::default(), &|_| {}, plan)
+                    .expect("load");
+            assert_same(&loaded, &expected, &format!("{plan:?}"));
+        }
+    }
+
+    #[test]
+    fn empty_files_are_empty_logs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let empty = write(dir.path(), "empty.log", b"");
+        let one = write(
+            dir.path(),
+            "one.log",
+            line(1, 1, "online", "null").as_bytes(),
+        );
+        let files = [empty.clone(), one, empty];
+        for plan in plans(1) {
+            let loaded = Log::load_with(&files, Need::ALL, &|_| {}, plan).expect("load");
+            assert_eq!(loaded.stats.files, 3);
+            assert_eq!(
+                (loaded.stats.lines, loaded.stats.torn_lines),
+                (0, 1),
+                "{plan:?}"
+            );
+            assert!(loaded.is_empty());
+        }
+        let none = Log::load(&[], Need::ALL, &|_| {}).expect("load");
+        assert_eq!(none.stats, LogStats::default());
+    }
+
+    #[test]
+    fn only_the_live_tail_is_kept_out_of_mappings() {
+        let plan = Plan {
+            chunk: 10,
+            live_tail: 25,
+            ..Plan::default()
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bytes = vec![b'\n'; 100];
+        let rotated = write(dir.path(), "notification.log.2024-01-01", &bytes);
+        let current = write(dir.path(), "notification.log", &bytes);
+        let last = write(dir.path(), "other.log", &bytes);
+        let mapped = |files: &[PathBuf]| {
+            let (chunks, _) = plan_chunks(files, plan).expect("plan");
+            chunks
+                .iter()
+                .map(|c| (c.file, c.start, c.end, c.map_limit))
+                .filter(|c| c.3.is_none())
+                .map(|c| (c.0, c.1, c.2))
+                .collect::<Vec<_>>()
+        };
+        // The current file and the last listed file keep their ends out of mappings;
+        // rotated files before them are mapped whole.
+        assert_eq!(
+            mapped(&[rotated.clone(), current.clone(), last]),
+            [
+                (1, 75, 85),
+                (1, 85, 95),
+                (1, 95, 100),
+                (2, 75, 85),
+                (2, 85, 95),
+                (2, 95, 100)
+            ]
+        );
+        assert_eq!(
+            mapped(&[rotated, current]),
+            [(1, 75, 85), (1, 85, 95), (1, 95, 100)]
+        );
+    }
+
+    fn arbitrary_line() -> impl Strategy<Value = String> {
+        let name = prop::sample::select(vec![
+            "online",
+            "offline",
+            "deleted",
+            "updated",
+            "rpc.out.Log",
+            "rpc.out.Dash.Shadow.Update",
+            "ota.failed",
+            "unknown",
+        ]);
+        let data = prop::sample::select(vec![
+            "null",
+            r#"{"shadow":{"state":{"reported":{"on":true,"ota":{"status":3,"fw_version":"2.0"}}}},"info":{"fw_version":"1.0"}}"#,
+            r#"{"state":{"reported":{"on":false}}}"#,
+            r#"{"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        ]);
+        prop_oneof![
+            8 => (0u32..1000, 0u32..20, name, data)
+                .prop_map(|(ts, device, name, data)| line(ts, device, name, data)),
+            1 => "[ -~]{0,40}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_parallel_reads_equal_a_sequential_read(
+            files in prop::collection::vec(
+                (prop::collection::vec(arbitrary_line(), 0..40), any::<bool>()),
+                1..4,
+            ),
+            chunk in 1u64..400,
+            slack in 0u64..300,
+            live_tail in 0u64..600,
+            map in any::<bool>(),
+            workers in 1usize..4,
+            need in prop::sample::select(vec![Need::default(), Need { shadow: true, ..Need::default() }, Need::ALL]),
+        ) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let mut paths = Vec::new();
+            let mut expected = Log::new(need);
+            for (index, (lines, torn)) in files.iter().enumerate() {
+                let mut text = lines.join("\n");
+                if !torn && !text.is_empty() {
+                    text.push('\n');
+                }
+                paths.push(write(dir.path(), &format!("{index}.log"), text.as_bytes()));
+                expected.push(text.as_bytes());
+                expected.end_file();
+            }
+            let plan = Plan { chunk, slack, live_tail, map, workers: Some(workers) };
+            let loaded = Log::load_with(&paths, need, &|_| {}, plan).expect("load");
+            assert_same(&loaded, &expected, &format!("{plan:?}"));
+        }
+    }
 }
