@@ -294,6 +294,8 @@ impl Batch {
                     if let Some(on) = scan::boolean(value) {
                         event.on = i8::from(on);
                     }
+                    // The rest (`ota`, usually the bulk of it) is only read for firmware.
+                    return need.firmware;
                 }
                 b"ota" if need.firmware => {
                     scan::members(value, 0, |key, value| {
@@ -363,6 +365,23 @@ mod tests {
         assert_eq!(event.ota_status, 2);
         assert!(event.reverted);
         assert_eq!(batch.versions.get(event.fw), b"1.0");
+    }
+
+    #[test]
+    fn usage_reads_on_and_stops_there() {
+        let need = Need {
+            shadow: true,
+            ..Need::default()
+        };
+        let mut batch = Batch::default();
+        // Everything after `on` goes unread without the firmware need, malformed or not.
+        let line = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":false,"ota":{"status":2 "fw_version":"1.0"}}}}}"#;
+        assert_eq!(batch.line(line, need), LineOutcome::Kept);
+        assert_eq!(batch.events[0].on, 0);
+        assert_eq!(batch.events[0].ota_status, -1);
+        let late = br#"{"ts":11,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"ota":{"status":2},"on":true}}}}"#;
+        assert_eq!(batch.line(late, need), LineOutcome::Kept);
+        assert_eq!(batch.events[1].on, 1);
     }
 
     #[test]

@@ -104,6 +104,42 @@ pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
 /// A JSON number at the start of `bytes` as whole microseconds, and the bytes it took.
 /// Plain decimals are converted exactly; exponents go through `f64`.
 pub(crate) fn number_us(bytes: &[u8]) -> Option<(i64, usize)> {
+    seconds_micros(bytes).or_else(|| any_number_us(bytes))
+}
+
+/// The server's own timestamps, `<10 digits>.<6 digits>` not followed by more digits or
+/// an exponent, read eight digits at a time.
+fn seconds_micros(bytes: &[u8]) -> Option<(i64, usize)> {
+    let head: &[u8; 18] = bytes.get(..18)?.try_into().ok()?;
+    if head[10] != b'.' || matches!(head[17], b'0'..=b'9' | b'e' | b'E') {
+        return None;
+    }
+    let high = eight_digits(head[..8].try_into().ok()?)?;
+    let low = eight_digits([
+        head[8], head[9], head[11], head[12], head[13], head[14], head[15], head[16],
+    ])?;
+    // high: the first eight digits of the seconds; low: two more, then six of micros.
+    let micros = i64::from(high) * 100_000_000 + i64::from(low);
+    Some((micros, 17))
+}
+
+/// Eight ASCII digits as a number, or `None` if any byte is not a digit.
+fn eight_digits(bytes: [u8; 8]) -> Option<u32> {
+    let word = u64::from_le_bytes(bytes);
+    let digits = word.wrapping_sub(0x3030_3030_3030_3030);
+    // A byte below '0' wraps and sets its top bit; one above '9' does so once 0x76 is
+    // added. The lowest bad byte is computed exactly (the digits below it neither borrow
+    // nor carry), so it always shows.
+    if (digits | digits.wrapping_add(0x7676_7676_7676_7676)) & 0x8080_8080_8080_8080 != 0 {
+        return None;
+    }
+    // Pairs, then quads, then the whole: the first byte is the most significant digit.
+    let pairs = (digits.wrapping_mul(10) + (digits >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_ffff_0000_ffff;
+    Some(((quads.wrapping_mul(10_000) + (quads >> 32)) & 0xffff_ffff) as u32)
+}
+
+fn any_number_us(bytes: &[u8]) -> Option<(i64, usize)> {
     let mut at = 0;
     let negative = bytes.first() == Some(&b'-');
     if negative {
@@ -165,6 +201,16 @@ pub(crate) fn number_us(bytes: &[u8]) -> Option<(i64, usize)> {
 /// End of the string whose opening quote is at `at`.
 fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
     let mut from = at + 1;
+    // Most strings in a notification are keys and short values, which a plain loop ends
+    // sooner than a vector search can start.
+    let short_end = bytes.len().min(from + 16);
+    while from < short_end {
+        match bytes[from] {
+            b'"' => return Some(from + 1),
+            b'\\' => from += 2,
+            _ => from += 1,
+        }
+    }
     loop {
         let found = from + memchr2(b'"', b'\\', bytes.get(from..)?)?;
         if bytes[found] == b'"' {
@@ -400,6 +446,22 @@ mod tests {
         assert_eq!(number_us(b"1."), None);
         assert_eq!(number_us(b"x"), None);
         assert_eq!(number_us(b"99999999999999999999"), None);
+        assert_eq!(
+            number_us(b"1767225600.031823,"),
+            Some((1_767_225_600_031_823, 17))
+        );
+        assert_eq!(eight_digits(*b"01234567"), Some(1_234_567));
+        assert_eq!(eight_digits(*b"99999999"), Some(99_999_999));
+        assert_eq!(eight_digits(*b"0123456:"), None);
+        assert_eq!(eight_digits(*b"/1234567"), None);
+        assert_eq!(
+            number_us(b"1767225600.0318234"),
+            Some((1_767_225_600_031_823, 18))
+        );
+        assert_eq!(
+            number_us(b"1767225600.031823e1"),
+            Some((17_672_256_000_318_230, 19))
+        );
     }
 
     #[test]
@@ -422,6 +484,29 @@ mod tests {
         assert_eq!(path(b"{}", &[b"a"]), None);
         assert_eq!(path(br#"{"a":1"#, &[b"b"]), None);
         assert_eq!(get(br#"{"a":"\"}"}"#, b"a"), Some(&br#""\"}""#[..]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_timestamps_read_like_any_number(text in "[0-9]{10}\\.[0-9]{6}[,0-9eE.}]?") {
+            let bytes = text.as_bytes();
+            proptest::prop_assert_eq!(number_us(bytes), any_number_us(bytes));
+        }
+
+        #[test]
+        fn eight_digits_reads_only_digits(bytes in proptest::array::uniform8(proptest::prelude::any::<u8>())) {
+            let expected = std::str::from_utf8(&bytes)
+                .ok()
+                .filter(|text| text.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|text| text.parse::<u32>().ok());
+            proptest::prop_assert_eq!(eight_digits(bytes), expected);
+        }
+
+        #[test]
+        fn near_timestamps_read_like_any_number(text in "[0-9/:]{10}[.,][0-9/:]{6}[,0-9eE.}]?") {
+            let bytes = text.as_bytes();
+            proptest::prop_assert_eq!(number_us(bytes), any_number_us(bytes));
+        }
     }
 
     #[test]
