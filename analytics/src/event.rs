@@ -202,7 +202,77 @@ pub(crate) struct Batch {
     pub max_ts: Option<i64>,
 }
 
+/// Where a batch's events and interned values go: the tables of a later batch or a log.
+pub(crate) struct Tables<'a> {
+    pub events: &'a mut Vec<Event>,
+    pub devices: &'a mut Interner,
+    pub first_seen: &'a mut Vec<i64>,
+    pub names: &'a mut Interner,
+    pub versions: &'a mut Interner,
+    pub min_ts: &'a mut Option<i64>,
+    pub max_ts: &'a mut Option<i64>,
+}
+
 impl Batch {
+    /// Appends a batch of the lines that follow this one's.
+    pub fn absorb(&mut self, later: Batch) {
+        self.lines += later.lines;
+        self.unknown += later.unknown;
+        self.invalid += later.invalid;
+        later.append_to(Tables {
+            events: &mut self.events,
+            devices: &mut self.devices,
+            first_seen: &mut self.first_seen,
+            names: &mut self.names,
+            versions: &mut self.versions,
+            min_ts: &mut self.min_ts,
+            max_ts: &mut self.max_ts,
+        });
+    }
+
+    /// Appends this batch's events after those of `into`, renumbering interned values into
+    /// its interners (line counts are the caller's).
+    pub fn append_to(self, into: Tables<'_>) {
+        if let Some(t) = self.min_ts {
+            *into.min_ts = Some(into.min_ts.map_or(t, |m| m.min(t)));
+        }
+        if let Some(t) = self.max_ts {
+            *into.max_ts = Some(into.max_ts.map_or(t, |m| m.max(t)));
+        }
+        let devices: Vec<u32> = self
+            .devices
+            .values()
+            .map(|id| into.devices.intern(id))
+            .collect();
+        for (local, &global) in devices.iter().enumerate() {
+            let first = self.first_seen.get(local).copied().unwrap_or(i64::MAX);
+            match into.first_seen.get_mut(global as usize) {
+                Some(seen) => *seen = (*seen).min(first),
+                None => into.first_seen.push(first),
+            }
+        }
+        let names: Vec<u32> = self.names.values().map(|n| into.names.intern(n)).collect();
+        let versions: Vec<u32> = self
+            .versions
+            .values()
+            .map(|v| into.versions.intern(v))
+            .collect();
+        let remap = |table: &[u32], id: u32| {
+            if id == NONE {
+                NONE
+            } else {
+                table.get(id as usize).copied().unwrap_or(NONE)
+            }
+        };
+        into.events.reserve(self.events.len());
+        for mut event in self.events {
+            event.device = remap(&devices, event.device);
+            event.name = remap(&names, event.name);
+            event.fw = remap(&versions, event.fw);
+            into.events.push(event);
+        }
+    }
+
     /// Accounts for one complete line (without its newline).
     pub fn line(&mut self, line: &[u8], need: Need) -> LineOutcome {
         self.lines += 1;

@@ -9,8 +9,9 @@
 //! Parquet, JSON or an aligned text table ([`export`], [`ReportOutput::write`]).
 //!
 //! Main types: [`ReportRequest`] and [`run`] for a one-shot report; [`Log`] to read once and
-//! compute many reports ([`Log::load`], [`compute`]); [`Log::push`] and [`Follower`] to keep
-//! a log current from appended bytes. Torn last lines, invalid lines and unknown event
+//! compute many reports ([`Log::load`], [`compute`]); [`Log::load_cached`] (or
+//! [`ReportRequest::cache`]) to keep the parsed lines of rotated files for later reports;
+//! [`Log::push`] and [`Follower`] to keep a log current from appended bytes. Torn last lines, invalid lines and unknown event
 //! names are ignored and counted in [`LogStats`].
 //!
 //! ```
@@ -33,6 +34,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod event;
 mod export;
 mod files;

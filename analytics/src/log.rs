@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use memchr::memchr;
 use memmap2::{Mmap, MmapOptions};
 
-use crate::event::{Batch, Event, Interner, Need, NONE};
-use crate::{Error, Progress, Stage};
+use crate::event::{Batch, Event, Interner, Need, Tables};
+use crate::{cache, Error, Progress, Stage};
 
 /// Bytes per parallel work item: large enough that per-chunk merging is noise, small
 /// enough that the pages two workers hold mapped or buffered stay a few tens of MiB.
@@ -133,7 +133,24 @@ impl Log {
     where
         P: Fn(Progress) + Sync,
     {
-        Log::load_with(files, need, progress, Plan::default())
+        Log::load_with(files, need, progress, Plan::default(), None)
+    }
+
+    /// Like [`load`](Self::load), keeping the parsed lines of rotated files in `cache` (a
+    /// directory, created when missing) and reusing them while those files stay as they
+    /// were: a report over a rotated set seen before parses only the new files and the
+    /// current one. The cache only ever costs a parse: an entry that is missing, stale or
+    /// damaged is rebuilt, and failing to write one is not an error.
+    pub fn load_cached<P>(
+        files: &[PathBuf],
+        need: Need,
+        cache: &Path,
+        progress: &P,
+    ) -> Result<Log, Error>
+    where
+        P: Fn(Progress) + Sync,
+    {
+        Log::load_with(files, need, progress, Plan::default(), Some(cache))
     }
 
     pub(crate) fn load_with<P>(
@@ -141,18 +158,37 @@ impl Log {
         need: Need,
         progress: &P,
         plan: Plan,
+        cache: Option<&Path>,
     ) -> Result<Log, Error>
     where
         P: Fn(Progress) + Sync,
     {
-        let (chunks, total) = plan_chunks(files, plan)?;
+        // Final files the cache may serve: their identity before parsing, where their entry
+        // goes, and the entry when there is a sound one.
+        let mut cacheable: Vec<Option<(cache::Source, PathBuf)>> = vec![None; files.len()];
+        let mut cached: Vec<Option<cache::Entry>> = (0..files.len()).map(|_| None).collect();
+        if let Some(dir) = cache {
+            for (index, path) in files.iter().enumerate() {
+                if is_live(files, index) {
+                    continue;
+                }
+                let Some(source) = cache::Source::of(path) else {
+                    continue;
+                };
+                let entry = cache::entry_path(dir, path, need);
+                cached[index] = cache::load(&entry, &source, need);
+                cacheable[index] = Some((source, entry));
+            }
+        }
+        let skip: Vec<bool> = cached.iter().map(Option::is_some).collect();
+        let (chunks, total, skipped) = plan_chunks(files, plan, &skip)?;
         progress(Progress {
             stage: Stage::Reading,
-            done: 0,
+            done: skipped,
             total,
         });
         let next = AtomicUsize::new(0);
-        let done = AtomicU64::new(0);
+        let done = AtomicU64::new(skipped);
         let results: Mutex<Vec<Option<Result<ChunkResult, Error>>>> =
             Mutex::new((0..chunks.len()).map(|_| None).collect());
         let workers = plan
@@ -195,14 +231,45 @@ impl Log {
         let mut log = Log::new(need);
         log.stats.files = files.len() as u64;
         log.stats.bytes = total;
-        for result in results {
-            let Some(result) = result else {
-                return Err(Error::Internal("a log chunk was not read".into()));
-            };
-            let result = result?;
-            log.stats.torn_lines += u64::from(result.torn);
-            log.stats.bytes += result.extra_bytes;
-            log.merge(result.batch);
+        let mut results = chunks.iter().zip(results).peekable();
+        for (index, path) in files.iter().enumerate() {
+            if let Some(entry) = cached[index].take() {
+                log.stats.torn_lines += entry.torn;
+                log.merge(entry.batch);
+                continue;
+            }
+            // A file to cache is gathered into one batch first; others merge chunk by chunk.
+            let mut whole = cacheable[index].as_ref().map(|_| cache::Entry {
+                batch: Batch::default(),
+                torn: 0,
+            });
+            let mut grew = false;
+            while let Some((_, result)) = results.next_if(|(chunk, _)| chunk.file == index) {
+                let Some(result) = result else {
+                    return Err(Error::Internal("a log chunk was not read".into()));
+                };
+                let result = result?;
+                log.stats.bytes += result.extra_bytes;
+                grew |= result.extra_bytes > 0;
+                match &mut whole {
+                    Some(entry) => {
+                        entry.torn += u64::from(result.torn);
+                        entry.batch.absorb(result.batch);
+                    }
+                    None => {
+                        log.stats.torn_lines += u64::from(result.torn);
+                        log.merge(result.batch);
+                    }
+                }
+            }
+            if let (Some(entry), Some((source, entry_path))) = (whole, &cacheable[index]) {
+                // Only what was read from the very file the identity names is stored.
+                if !grew && cache::Source::of(path).as_ref() == Some(source) {
+                    cache::store(entry_path, source, need, &entry);
+                }
+                log.stats.torn_lines += entry.torn;
+                log.merge(entry.batch);
+            }
         }
         Ok(log)
     }
@@ -256,59 +323,49 @@ impl Log {
         self.stats.lines += batch.lines;
         self.stats.invalid_lines += batch.invalid;
         self.stats.unknown_events += batch.unknown;
-        if let Some(t) = batch.min_ts {
-            self.min_ts = Some(self.min_ts.map_or(t, |m| m.min(t)));
-        }
-        if let Some(t) = batch.max_ts {
-            self.max_ts = Some(self.max_ts.map_or(t, |m| m.max(t)));
-        }
-        let devices: Vec<u32> = batch
-            .devices
-            .values()
-            .map(|id| self.devices.intern(id))
-            .collect();
-        for (local, &global) in devices.iter().enumerate() {
-            let first = batch.first_seen.get(local).copied().unwrap_or(i64::MAX);
-            match self.first_seen.get_mut(global as usize) {
-                Some(seen) => *seen = (*seen).min(first),
-                None => self.first_seen.push(first),
-            }
-        }
-        let names: Vec<u32> = batch.names.values().map(|n| self.names.intern(n)).collect();
-        let versions: Vec<u32> = batch
-            .versions
-            .values()
-            .map(|v| self.versions.intern(v))
-            .collect();
-        let remap = |table: &[u32], id: u32| {
-            if id == NONE {
-                NONE
-            } else {
-                table.get(id as usize).copied().unwrap_or(NONE)
-            }
-        };
-        self.events.reserve(batch.events.len());
-        for mut event in batch.events {
-            event.device = remap(&devices, event.device);
-            event.name = remap(&names, event.name);
-            event.fw = remap(&versions, event.fw);
-            self.events.push(event);
-        }
+        batch.append_to(Tables {
+            events: &mut self.events,
+            devices: &mut self.devices,
+            first_seen: &mut self.first_seen,
+            names: &mut self.names,
+            versions: &mut self.versions,
+            min_ts: &mut self.min_ts,
+            max_ts: &mut self.max_ts,
+        });
     }
 }
 
-/// Cuts `files` into work items in log order; also returns their total length.
-fn plan_chunks(files: &[PathBuf], plan: Plan) -> Result<(Vec<Chunk>, u64), Error> {
+/// Whether the server may still write `files[index]`: the current file, or the last file
+/// listed (the newest, which the server appends to while it cannot start a new current
+/// file).
+fn is_live(files: &[PathBuf], index: usize) -> bool {
+    index + 1 == files.len()
+        || files[index]
+            .file_name()
+            .is_some_and(|name| name == CURRENT_FILE)
+}
+
+/// Cuts `files` into work items in log order, leaving out those `skip` marks. Also returns
+/// the total length of the files and that of the skipped ones.
+fn plan_chunks(
+    files: &[PathBuf],
+    plan: Plan,
+    skip: &[bool],
+) -> Result<(Vec<Chunk>, u64, u64), Error> {
     let chunk_bytes = plan.chunk.max(1);
     let mut chunks = Vec::new();
     let mut total = 0;
+    let mut skipped = 0;
     for (file, path) in files.iter().enumerate() {
         let len = std::fs::metadata(path)
             .map_err(|e| Error::io(path, e))?
             .len();
         total += len;
-        let live =
-            file + 1 == files.len() || path.file_name().is_some_and(|name| name == CURRENT_FILE);
+        if skip.get(file).copied().unwrap_or(false) {
+            skipped += len;
+            continue;
+        }
+        let live = is_live(files, file);
         let map_limit = if !plan.map {
             0
         } else if live {
@@ -335,7 +392,7 @@ fn plan_chunks(files: &[PathBuf], plan: Plan) -> Result<(Vec<Chunk>, u64), Error
             start = end;
         }
     }
-    Ok((chunks, total))
+    Ok((chunks, total, skipped))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -545,8 +602,9 @@ mod tests {
         let expected = sequential(text.as_bytes(), Need::ALL);
         assert_eq!(expected.stats.lines, 7);
         for plan in plans(text.len() as u64) {
-            let loaded = Log::load_with(std::slice::from_ref(&path), Need::ALL, &|_| {}, plan)
-                .expect("load");
+            let loaded =
+                Log::load_with(std::slice::from_ref(&path), Need::ALL, &|_| {}, plan, None)
+                    .expect("load");
             assert_same(&loaded, &expected, &format!("{plan:?}"));
         }
     }
@@ -563,9 +621,14 @@ mod tests {
         let expected = sequential(text.as_bytes(), Need::default());
         assert_eq!((expected.stats.lines, expected.stats.torn_lines), (1, 1));
         for plan in plans(text.len() as u64) {
-            let loaded =
-                Log::load_with(std::slice::from_ref(&path), Need::default(), &|_| {}, plan)
-                    .expect("load");
+            let loaded = Log::load_with(
+                std::slice::from_ref(&path),
+                Need::default(),
+                &|_| {},
+                plan,
+                None,
+            )
+            .expect("load");
             assert_same(&loaded, &expected, &format!("{plan:?}"));
         }
     }
@@ -581,7 +644,7 @@ mod tests {
         );
         let files = [empty.clone(), one, empty];
         for plan in plans(1) {
-            let loaded = Log::load_with(&files, Need::ALL, &|_| {}, plan).expect("load");
+            let loaded = Log::load_with(&files, Need::ALL, &|_| {}, plan, None).expect("load");
             assert_eq!(loaded.stats.files, 3);
             assert_eq!(
                 (loaded.stats.lines, loaded.stats.torn_lines),
@@ -607,7 +670,7 @@ mod tests {
         let current = write(dir.path(), "notification.log", &bytes);
         let last = write(dir.path(), "other.log", &bytes);
         let mapped = |files: &[PathBuf]| {
-            let (chunks, _) = plan_chunks(files, plan).expect("plan");
+            let (chunks, _, _) = plan_chunks(files, plan, &[]).expect("plan");
             chunks
                 .iter()
                 .map(|c| (c.file, c.start, c.end, c.map_limit))
@@ -685,7 +748,7 @@ mod tests {
                 expected.end_file();
             }
             let plan = Plan { chunk, slack, live_tail, map, workers: Some(workers) };
-            let loaded = Log::load_with(&paths, need, &|_| {}, plan).expect("load");
+            let loaded = Log::load_with(&paths, need, &|_| {}, plan, None).expect("load");
             assert_same(&loaded, &expected, &format!("{plan:?}"));
         }
     }

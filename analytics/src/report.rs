@@ -176,6 +176,9 @@ pub struct ReportRequest {
     /// Rows of the fleet report's busiest-devices table.
     pub top: usize,
     pub flapping: FlapRule,
+    /// A directory where the parsed lines of rotated files are kept for later reports
+    /// ([`Log::load_cached`]); none by default.
+    pub cache: Option<PathBuf>,
 }
 
 impl ReportRequest {
@@ -190,6 +193,7 @@ impl ReportRequest {
             bucket: Bucket::Hour,
             top: 10,
             flapping: FlapRule::default(),
+            cache: None,
         }
     }
 }
@@ -236,7 +240,10 @@ where
     P: Fn(Progress) + Sync,
 {
     let files = files::resolve(&request.logs)?;
-    let log = Log::load(&files, request.report.need(), progress)?;
+    let log = match &request.cache {
+        Some(cache) => Log::load_cached(&files, request.report.need(), cache, progress)?,
+        None => Log::load(&files, request.report.need(), progress)?,
+    };
     progress(Progress {
         stage: Stage::Computing,
         done: 0,

@@ -1,7 +1,8 @@
 //! Runs one report the way `herd report` will, and prints how long it took and the peak
 //! memory of the process, for the benchmark script:
 //! `herd-analytics-bench REPORT --log PATH... [--from T] [--to T] [--device ID]
-//! [--bucket hour|day] [--format table|csv|parquet|json] [--table NAME] [--out FILE]`.
+//! [--bucket hour|day] [--format table|csv|parquet|json] [--table NAME] [--out FILE]
+//! [--cache DIR]`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ fn main_inner() -> Result<(), Box<dyn std::error::Error>> {
             "--format" => format = value()?.parse()?,
             "--table" => table = Some(value()?),
             "--out" => out = Some(value()?.into()),
+            "--cache" => request.cache = Some(value()?.into()),
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }

@@ -1,0 +1,612 @@
+//! A cache of parsed rotated files, so that a report over a rotated set it has seen before
+//! only parses the files that are new (PROTOCOL §7: rotated files are final).
+//!
+//! One cache file holds the parsed [`Batch`] of one log file for one [`Need`]. Its header
+//! names the source by path, length, modification time, inode and a hash of its first
+//! bytes, and the file ends with a CRC-32 of everything before it; a cache file that does
+//! not match its source in every one of these, or that is short, malformed or fails its
+//! check, is ignored and rebuilt, never trusted. Cache files are written to a temporary name and renamed
+//! into place, so readers see either the old or the new file whole.
+
+use std::fs::File;
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustc_hash::FxHasher;
+
+use crate::event::{Batch, Event, Interner, Kind, Need, OtaSignal, NONE};
+
+const MAGIC: &[u8; 8] = b"HERDLOGC";
+/// Bumped whenever the layout or the meaning of a parsed field changes.
+const VERSION: u32 = 1;
+/// Bytes of the source hashed into its identity.
+const HEAD_BYTES: usize = 4096;
+
+/// What identifies a source file's content: a rotated file keeps all of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Source {
+    len: u64,
+    modified_ns: i128,
+    inode: u64,
+    head: u64,
+}
+
+impl Source {
+    /// The identity of `path` now; `None` when it cannot be read.
+    pub fn of(path: &Path) -> Option<Source> {
+        let mut file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        let modified_ns = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let mut head = vec![0u8; HEAD_BYTES];
+        let mut filled = 0;
+        while filled < head.len() {
+            match file.read(&mut head[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(_) => return None,
+            }
+        }
+        Some(Source {
+            len: meta.len(),
+            modified_ns,
+            inode: inode(&meta),
+            head: hash(&head[..filled]),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn inode(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &std::fs::Metadata) -> u64 {
+    0
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(bytes);
+    hasher.write_usize(bytes.len());
+    hasher.finish()
+}
+
+/// A file's parsed lines as the cache keeps them.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub batch: Batch,
+    pub torn: u64,
+}
+
+/// Where the cache keeps the entry of `path` read for `need`.
+pub(crate) fn entry_path(dir: &Path, path: &Path, need: Need) -> PathBuf {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let key = hash(absolute.as_os_str().as_encoded_bytes());
+    dir.join(format!("{key:016x}-{}.parsed", need_bits(need)))
+}
+
+fn need_bits(need: Need) -> u32 {
+    u32::from(need.names) | u32::from(need.shadow) << 1 | u32::from(need.firmware) << 2
+}
+
+/// The cached entry for `source` read with `need`, if there is a sound one.
+pub(crate) fn load(entry: &Path, source: &Source, need: Need) -> Option<Entry> {
+    let bytes = std::fs::read(entry).ok()?;
+    decode(&bytes, source, need)
+}
+
+/// Stores `entry` for `source`; failures only cost the next report a parse.
+pub(crate) fn store(path: &Path, source: &Source, need: Need, entry: &Entry) {
+    let result = (|| -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let bytes = encode(source, need, entry);
+        // Unique per process and call, so concurrent reports never share a temp file.
+        static STORES: AtomicU64 = AtomicU64::new(0);
+        let temp = dir.join(format!(
+            ".{}.{}.{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+            std::process::id(),
+            STORES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = File::create(&temp).and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_data()
+        });
+        match written.and_then(|()| std::fs::rename(&temp, path)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
+        }
+    })();
+    // A report does not fail for want of a cache; the next one parses again.
+    drop(result);
+}
+
+fn encode(source: &Source, need: Need, entry: &Entry) -> Vec<u8> {
+    let batch = &entry.batch;
+    let mut payload = Writer::default();
+    for n in [batch.lines, batch.unknown, batch.invalid, entry.torn] {
+        payload.u64(n);
+    }
+    for t in [batch.min_ts, batch.max_ts] {
+        payload.u8(u8::from(t.is_some()));
+        payload.i64(t.unwrap_or(0));
+    }
+    for interner in [&batch.devices, &batch.names, &batch.versions] {
+        payload.u64(interner.len() as u64);
+        for value in interner.values() {
+            payload.u64(value.len() as u64);
+            payload.0.extend_from_slice(value);
+        }
+    }
+    payload.u64(batch.first_seen.len() as u64);
+    for &t in &batch.first_seen {
+        payload.i64(t);
+    }
+    payload.u64(batch.events.len() as u64);
+    for event in &batch.events {
+        let (kind, signal) = kind_code(event.kind);
+        payload.i64(event.ts);
+        payload.u32(event.device);
+        payload.u32(event.name);
+        payload.u32(event.fw);
+        payload.0.extend_from_slice(&[
+            kind,
+            signal,
+            event.on as u8,
+            event.ota_status as u8,
+            u8::from(event.reverted),
+        ]);
+    }
+    let mut out = Writer::default();
+    out.0.extend_from_slice(MAGIC);
+    out.u32(VERSION);
+    out.u32(need_bits(need));
+    out.u64(source.len);
+    out.0.extend_from_slice(&source.modified_ns.to_le_bytes());
+    out.u64(source.inode);
+    out.u64(source.head);
+    out.u64(payload.0.len() as u64);
+    out.0.extend_from_slice(&payload.0);
+    let check = crc32fast::hash(&out.0);
+    out.u32(check);
+    out.0
+}
+
+fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
+    let (bytes, check) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32fast::hash(bytes).to_le_bytes() != check {
+        return None;
+    }
+    let mut header = Reader(bytes);
+    if header.take(MAGIC.len())? != MAGIC
+        || header.u32()? != VERSION
+        || header.u32()? != need_bits(need)
+        || header.u64()? != source.len
+        || i128::from_le_bytes(header.take(16)?.try_into().ok()?) != source.modified_ns
+        || header.u64()? != source.inode
+        || header.u64()? != source.head
+    {
+        return None;
+    }
+    let len = header.u64()?;
+    let payload = header.0;
+    if payload.len() as u64 != len {
+        return None;
+    }
+    let mut r = Reader(payload);
+    let mut batch = Batch {
+        lines: r.u64()?,
+        unknown: r.u64()?,
+        invalid: r.u64()?,
+        ..Batch::default()
+    };
+    let torn = r.u64()?;
+    let mut times = [None; 2];
+    for t in &mut times {
+        let present = r.u8()?;
+        let value = r.i64()?;
+        *t = match present {
+            0 => None,
+            1 => Some(value),
+            _ => return None,
+        };
+    }
+    [batch.min_ts, batch.max_ts] = times;
+    for interner in [&mut batch.devices, &mut batch.names, &mut batch.versions] {
+        let count = r.u64()?;
+        for _ in 0..count {
+            let len = usize::try_from(r.u64()?).ok()?;
+            let value = r.take(len)?;
+            // A repeated value would shift every later id.
+            if interner.intern(value) as usize + 1 != interner.len() {
+                return None;
+            }
+        }
+    }
+    let seen = r.u64()?;
+    if seen != batch.devices.len() as u64 {
+        return None;
+    }
+    for _ in 0..seen {
+        batch.first_seen.push(r.i64()?);
+    }
+    let count = usize::try_from(r.u64()?).ok()?;
+    // Each event takes 25 bytes: a count the payload cannot hold is a lie.
+    if count > r.0.len() / 25 {
+        return None;
+    }
+    let known = |id: u32, interner: &Interner| id == NONE || (id as usize) < interner.len();
+    batch.events.reserve_exact(count);
+    for _ in 0..count {
+        let ts = r.i64()?;
+        let device = r.u32()?;
+        let name = r.u32()?;
+        let fw = r.u32()?;
+        let [kind, signal, on, ota_status, reverted] = r.take(5)?.try_into().ok()?;
+        if (device as usize) >= batch.devices.len()
+            || !known(name, &batch.names)
+            || !known(fw, &batch.versions)
+        {
+            return None;
+        }
+        batch.events.push(Event {
+            ts,
+            device,
+            name,
+            fw,
+            kind: kind_from(kind, signal)?,
+            on: on as i8,
+            ota_status: ota_status as i8,
+            reverted: match reverted {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
+        });
+    }
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Entry { batch, torn })
+}
+
+fn kind_code(kind: Kind) -> (u8, u8) {
+    match kind {
+        Kind::Online => (0, 0),
+        Kind::Offline => (1, 0),
+        Kind::Created => (2, 0),
+        Kind::Updated => (3, 0),
+        Kind::Deleted => (4, 0),
+        Kind::RpcOut => (5, 0),
+        Kind::RpcIn => (6, 0),
+        Kind::Rollout => (7, 0),
+        Kind::Ota(signal) => (
+            8,
+            match signal {
+                OtaSignal::Start => 0,
+                OtaSignal::Success => 1,
+                OtaSignal::Failure => 2,
+                OtaSignal::Revert => 3,
+                OtaSignal::Other => 4,
+            },
+        ),
+    }
+}
+
+fn kind_from(kind: u8, signal: u8) -> Option<Kind> {
+    let plain = |k| (signal == 0).then_some(k);
+    match kind {
+        0 => plain(Kind::Online),
+        1 => plain(Kind::Offline),
+        2 => plain(Kind::Created),
+        3 => plain(Kind::Updated),
+        4 => plain(Kind::Deleted),
+        5 => plain(Kind::RpcOut),
+        6 => plain(Kind::RpcIn),
+        7 => plain(Kind::Rollout),
+        8 => Some(Kind::Ota(match signal {
+            0 => OtaSignal::Start,
+            1 => OtaSignal::Success,
+            2 => OtaSignal::Failure,
+            3 => OtaSignal::Revert,
+            4 => OtaSignal::Other,
+            _ => return None,
+        })),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Log;
+
+    fn sample() -> Entry {
+        let mut batch = Batch::default();
+        for line in [
+            r#"{"ts":1,"id":"a","name":"online","data":null}"#,
+            r#"{"ts":2,"id":"b","name":"updated","data":{"info":{"fw_version":"1.0"},"shadow":{"state":{"reported":{"on":true,"ota":{"status":2,"message":"reverted"}}}}}}"#,
+            r#"{"ts":3,"id":"a","name":"ota.failed","data":null}"#,
+            r#"{"ts":4,"id":"b","name":"nonsense","data":null}"#,
+            "not json",
+        ] {
+            batch.line(line.as_bytes(), Need::ALL);
+        }
+        Entry { batch, torn: 1 }
+    }
+
+    fn source() -> Source {
+        Source {
+            len: 1234,
+            modified_ns: 1_700_000_000_123_456_789,
+            inode: 42,
+            head: 7,
+        }
+    }
+
+    fn same(a: &Entry, b: &Entry) {
+        let values = |i: &Interner| i.values().map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(a.torn, b.torn);
+        assert_eq!(a.batch.events, b.batch.events);
+        assert_eq!(values(&a.batch.devices), values(&b.batch.devices));
+        assert_eq!(values(&a.batch.names), values(&b.batch.names));
+        assert_eq!(values(&a.batch.versions), values(&b.batch.versions));
+        assert_eq!(a.batch.first_seen, b.batch.first_seen);
+        assert_eq!(
+            (a.batch.lines, a.batch.unknown, a.batch.invalid),
+            (b.batch.lines, b.batch.unknown, b.batch.invalid)
+        );
+        assert_eq!(
+            (a.batch.min_ts, a.batch.max_ts),
+            (b.batch.min_ts, b.batch.max_ts)
+        );
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let entry = sample();
+        assert_eq!(entry.batch.events.len(), 3);
+        let bytes = encode(&source(), Need::ALL, &entry);
+        let decoded = decode(&bytes, &source(), Need::ALL).expect("decodes");
+        same(&decoded, &entry);
+        let empty = Entry {
+            batch: Batch::default(),
+            torn: 0,
+        };
+        let bytes = encode(&source(), Need::default(), &empty);
+        same(
+            &decode(&bytes, &source(), Need::default()).expect("decodes"),
+            &empty,
+        );
+    }
+
+    #[test]
+    fn torn_or_damaged_entries_are_never_trusted() {
+        let bytes = encode(&source(), Need::ALL, &sample());
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len], &source(), Need::ALL).is_none(),
+                "{len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer, &source(), Need::ALL).is_none());
+        for at in 0..bytes.len() {
+            for bit in [0x01, 0x80] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= bit;
+                assert!(
+                    decode(&damaged, &source(), Need::ALL).is_none(),
+                    "byte {at} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn entries_of_another_source_or_need_are_ignored() {
+        let bytes = encode(&source(), Need::ALL, &sample());
+        assert!(decode(&bytes, &source(), Need::default()).is_none());
+        for other in [
+            Source {
+                len: 1235,
+                ..source()
+            },
+            Source {
+                modified_ns: 1,
+                ..source()
+            },
+            Source {
+                inode: 43,
+                ..source()
+            },
+            Source {
+                head: 8,
+                ..source()
+            },
+        ] {
+            assert!(decode(&bytes, &other, Need::ALL).is_none());
+        }
+    }
+
+    /// Payloads that pass the check but say impossible things are rejected too: the CRC
+    /// guards against damage, the checks against a writer's mistakes.
+    #[test]
+    fn well_hashed_nonsense_is_rejected() {
+        let mut entry = sample();
+        entry.batch.events[0].device = 99;
+        let bytes = encode(&source(), Need::ALL, &entry);
+        assert!(decode(&bytes, &source(), Need::ALL).is_none());
+        let mut entry = sample();
+        entry.batch.first_seen.pop();
+        let bytes = encode(&source(), Need::ALL, &entry);
+        assert!(decode(&bytes, &source(), Need::ALL).is_none());
+    }
+
+    fn write_log(path: &Path, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(path, text).expect("write");
+    }
+
+    fn rotated_set(dir: &Path) -> Vec<PathBuf> {
+        let line = |ts: u32, id: &str, name: &str| {
+            format!(
+                r#"{{"ts":{ts},"id":"{id}","name":"{name}","data":{{"state":{{"reported":{{"on":{}}}}}}}}}"#,
+                ts % 2 == 0
+            )
+        };
+        let names = [
+            "notification.log.2024-01-01",
+            "notification.log.2024-01-02",
+            "notification.log",
+        ];
+        for (file, name) in names.iter().enumerate() {
+            let base = file as u32 * 100;
+            write_log(
+                &dir.join(name),
+                &[
+                    line(base + 1, "a", "online"),
+                    line(
+                        base + 2,
+                        &format!("dev{file}"),
+                        "rpc.out.Dash.Shadow.Update",
+                    ),
+                    line(base + 3, "a", "rpc.out.Dash.Shadow.Update"),
+                    line(base + 4, "b", "offline"),
+                ],
+            );
+        }
+        crate::log_files(dir).expect("list")
+    }
+
+    fn assert_logs_equal(a: &Log, b: &Log) {
+        assert_eq!(a.stats, b.stats);
+        assert_eq!(a.events, b.events);
+        let values = |i: &Interner| i.values().map(<[u8]>::to_vec).collect::<Vec<_>>();
+        assert_eq!(values(&a.devices), values(&b.devices));
+        assert_eq!(a.first_seen, b.first_seen);
+        assert_eq!((a.min_ts, a.max_ts), (b.min_ts, b.max_ts));
+    }
+
+    #[test]
+    fn rotated_files_are_served_from_the_cache_while_they_stay_the_same() {
+        let logs = tempfile::tempdir().expect("temp dir");
+        let cache_dir = tempfile::tempdir().expect("temp dir");
+        let files = rotated_set(logs.path());
+        let need = Need {
+            shadow: true,
+            ..Need::default()
+        };
+        let fresh = Log::load(&files, need, &|_| {}).expect("load");
+        let first = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&first, &fresh);
+        // Only the two rotated files have entries; the current file is always read.
+        let mut entries: Vec<_> = std::fs::read_dir(cache_dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let second = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&second, &fresh);
+
+        // A sound entry is used as it is: doctor one and the result shows it.
+        let entry_path = entry_path(cache_dir.path(), &files[0], need);
+        let source = Source::of(&files[0]).expect("source");
+        let mut entry = load(&entry_path, &source, need).expect("entry");
+        entry.batch.lines += 1000;
+        store(&entry_path, &source, need, &entry);
+        let doctored = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_eq!(doctored.stats.lines, fresh.stats.lines + 1000);
+
+        // A damaged entry is ignored and rebuilt.
+        std::fs::write(&entry_path, b"HERDLOGC garbage").expect("write");
+        let rebuilt = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&rebuilt, &fresh);
+        assert!(load(&entry_path, &source, need).is_some());
+
+        // A rotated file that changed is parsed again, never served stale.
+        let mut text = std::fs::read_to_string(&files[1]).expect("read");
+        text.push_str(r#"{"ts":150,"id":"c","name":"online","data":null}"#);
+        text.push('\n');
+        std::fs::write(&files[1], text).expect("write");
+        let fresh = Log::load(&files, need, &|_| {}).expect("load");
+        let changed = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&changed, &fresh);
+        assert!(changed.devices.find(b"c").is_some());
+
+        // Another need has entries of its own.
+        let all = Log::load_cached(&files, Need::ALL, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&all, &Log::load(&files, Need::ALL, &|_| {}).expect("load"));
+    }
+
+    #[test]
+    fn an_unwritable_cache_is_no_error() {
+        let logs = tempfile::tempdir().expect("temp dir");
+        let files = rotated_set(logs.path());
+        // A file where the cache directory should be: nothing can be stored under it.
+        let blocked = logs.path().join("blocked");
+        std::fs::write(&blocked, b"").expect("write");
+        let loaded = Log::load_cached(&files, Need::default(), &blocked, &|_| {}).expect("load");
+        assert_logs_equal(
+            &loaded,
+            &Log::load(&files, Need::default(), &|_| {}).expect("load"),
+        );
+    }
+}
