@@ -6,6 +6,7 @@
 //! dirty, at most [`FRAME_INTERVAL`] apart, so a flood of notifications costs one draw per
 //! frame rather than one per notification, and keys are handled between batches.
 
+pub mod analytics;
 pub mod device;
 pub mod input;
 pub mod model;
@@ -366,8 +367,8 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     Err(e) => Err(format!("saving failed: {e}")),
                 })
             }
-            // Handled by the loop itself, which owns the terminal.
-            Command::ExternalEditor { .. } | Command::Quit => return,
+            // Handled by the loop itself, which owns the terminal and the analytics worker.
+            Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
         };
         let _ = sender.send(msg).await;
     };
@@ -414,6 +415,18 @@ async fn external_editor(terminal: &mut Term, mouse: bool, text: &str) -> Result
     }
 }
 
+/// The analytics view's log: the paths the options name, else the server's.
+fn analytics_source(client: &Client, options: &ConsoleOptions) -> analytics::worker::Source {
+    if options.notification_log.is_empty() {
+        analytics::worker::Source::Remote {
+            client: client.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    } else {
+        analytics::worker::Source::Local(options.notification_log.clone())
+    }
+}
+
 // One value per loop turn, never stored: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Wake {
@@ -451,6 +464,8 @@ pub async fn run_console(
     let mut input = spawn_input(input_sender.clone());
     let ticks = spawn_ticks(sender.clone());
     let notify = spawn_notify(client.clone(), sender.clone());
+    // Started when the analytics view first opens; it keeps the log read so far.
+    let mut analytics: Option<analytics::worker::Worker> = None;
     let mut last_draw = Instant::now() - FRAME_INTERVAL;
 
     let outcome = loop {
@@ -479,6 +494,14 @@ pub async fn run_console(
                         input = spawn_input(input_sender.clone());
                         pending.push(Msg::ExternalEdit { id, result });
                     }
+                    Command::Analytics(request) => analytics
+                        .get_or_insert_with(|| {
+                            analytics::worker::Worker::start(
+                                analytics_source(&client, &options),
+                                sender.clone(),
+                            )
+                        })
+                        .request(request),
                     other => execute(&client, other, &sender),
                 }
             }

@@ -14,6 +14,7 @@ use herd_client::{DeviceObject, Notification};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::analytics::{self, AnalyticsView};
 use super::device::{desired_update, DeviceView, Editor, Pane, RpcDialog, RpcFocus};
 use super::input::LineInput;
 use super::notifications::Tail;
@@ -109,6 +110,8 @@ pub enum Msg {
         id: String,
         result: Result<String, String>,
     },
+    /// The analytics worker reports.
+    Analytics(analytics::Event),
 }
 
 /// What a bulk action does to each device.
@@ -151,6 +154,9 @@ pub enum Command {
         id: String,
         text: String,
     },
+    /// Tell the analytics worker (started on the first) what the view shows, or that it
+    /// was left.
+    Analytics(analytics::Request),
     Quit,
 }
 
@@ -160,6 +166,8 @@ pub enum Screen {
     Fleet,
     Device(String),
     Notifications,
+    /// Reports over the notification log.
+    Analytics,
 }
 
 /// What the one-line prompt is asking for.
@@ -255,6 +263,7 @@ pub struct Model {
     pub load_error: Option<String>,
     pub tail: Tail,
     pub device: Option<DeviceView>,
+    pub analytics: AnalyticsView,
     pub stack: Vec<Screen>,
     pub overlay: Option<Overlay>,
     pub status: Option<Status>,
@@ -289,6 +298,7 @@ impl Model {
             load_error: None,
             tail: Tail::new(options.tail_lines),
             device: None,
+            analytics: AnalyticsView::default(),
             stack: vec![Screen::Fleet],
             overlay: None,
             status: None,
@@ -483,6 +493,23 @@ impl Model {
 
 /// Applies one message; returns the work it asks for.
 pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
+    let was_open = *model.screen() == Screen::Analytics;
+    let before = model.analytics.selection;
+    let mut commands = apply(model, msg);
+    // However the view was reached or left (key, palette, back), the worker hears of it,
+    // and of every change of what it shows.
+    let open = *model.screen() == Screen::Analytics;
+    if open && (!was_open || model.analytics.selection != before) {
+        commands.push(Command::Analytics(analytics::Request::Show(
+            model.analytics.selection,
+        )));
+    } else if was_open && !open {
+        commands.push(Command::Analytics(analytics::Request::Hide));
+    }
+    commands
+}
+
+fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
     match msg {
         Msg::Tick(now) => {
             let second_changed = now.floor() != model.now.floor();
@@ -702,6 +729,11 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Command> {
                 }
             }
         }
+        Msg::Analytics(event) => {
+            model.dirty = true;
+            model.analytics.apply(event);
+            Vec::new()
+        }
         Msg::Paste(text) => {
             model.dirty = true;
             paste(model, &text);
@@ -757,6 +789,10 @@ fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
     match model.screen() {
         Screen::Fleet => model.move_selection(step),
         Screen::Notifications => model.tail.scroll(step),
+        Screen::Analytics => {
+            let rows = analytics::table_rows(model.size);
+            model.analytics.scroll(step, rows);
+        }
         Screen::Device(_) => {}
     }
     Vec::new()
@@ -795,6 +831,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Fleet => fleet_key(model, key),
         Screen::Device(id) => device_key(model, key, &id),
         Screen::Notifications => tail_key(model, key),
+        Screen::Analytics => analytics_key(model, key),
     }
 }
 
@@ -915,6 +952,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
     match command {
         PaletteCommand::Fleet => model.go_to(Screen::Fleet),
         PaletteCommand::Notifications => model.go_to(Screen::Notifications),
+        PaletteCommand::Analytics => model.go_to(Screen::Analytics),
         PaletteCommand::Device(id) => {
             model.go_to(Screen::Fleet);
             return model.open_device(&id);
@@ -1015,6 +1053,7 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             }
         }
         KeyCode::Char('t') => model.go_to(Screen::Notifications),
+        KeyCode::Char('a') => model.go_to(Screen::Analytics),
         KeyCode::Char('r') => {
             model.loading = true;
             model.touched.clear();
@@ -1282,6 +1321,46 @@ fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             model.overlay = Some(prompt(PromptKind::SavePath, &default));
         }
         KeyCode::Char('c') => model.tail.clear(),
+        _ => model.dirty = false,
+    }
+    Vec::new()
+}
+
+fn analytics_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    let rows = analytics::table_rows(model.size);
+    let page = rows.max(1) as isize;
+    let view = &mut model.analytics;
+    let step = |report: herd_analytics::Report, delta: isize| {
+        let all = herd_analytics::Report::ALL;
+        let index = all.iter().position(|r| *r == report).unwrap_or(0) as isize;
+        all[(index + delta).rem_euclid(all.len() as isize) as usize]
+    };
+    match key.code {
+        KeyCode::Esc | KeyCode::Char('q') | KeyCode::Backspace => model.back(),
+        KeyCode::Char(c @ '1'..='5') => {
+            let report = herd_analytics::Report::ALL[c as usize - '1' as usize];
+            view.select_report(report);
+        }
+        KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => {
+            view.select_report(step(view.selection.report, 1))
+        }
+        KeyCode::BackTab | KeyCode::Left | KeyCode::Char('h') => {
+            view.select_report(step(view.selection.report, -1))
+        }
+        KeyCode::Char('r') => view.selection.range = view.selection.range.next(),
+        KeyCode::Char('b') => {
+            view.selection.bucket = match view.selection.bucket {
+                herd_analytics::Bucket::Hour => herd_analytics::Bucket::Day,
+                herd_analytics::Bucket::Day => herd_analytics::Bucket::Hour,
+            }
+        }
+        KeyCode::Char('t') => view.next_table(),
+        KeyCode::Down | KeyCode::Char('j') => view.scroll(1, rows),
+        KeyCode::Up | KeyCode::Char('k') => view.scroll(-1, rows),
+        KeyCode::PageDown => view.scroll(page, rows),
+        KeyCode::PageUp => view.scroll(-page, rows),
+        KeyCode::Home | KeyCode::Char('g') => view.scroll(isize::MIN / 2, rows),
+        KeyCode::End | KeyCode::Char('G') => view.scroll(isize::MAX / 2, rows),
         _ => model.dirty = false,
     }
     Vec::new()

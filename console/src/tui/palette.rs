@@ -12,6 +12,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "",
         "live notification tail (also :tail, :events)",
     ),
+    (
+        "analytics",
+        "",
+        "reports and charts over the notification log (also :report)",
+    ),
     ("device", "ID", "open one device"),
     ("filter", "TEXT", "filter the fleet: text or field:value"),
     ("sort", "COLUMN [desc]", "sort the fleet by a column"),
@@ -31,6 +36,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
 pub enum PaletteCommand {
     Fleet,
     Notifications,
+    Analytics,
     Device(String),
     Filter(String),
     Sort(Sort),
@@ -55,12 +61,14 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
     };
     // A unique prefix of a command name or alias runs that command (`:tai` is `:tail`).
-    const ALIASES: [(&str, &str); 5] = [
+    const ALIASES: [(&str, &str); 7] = [
         ("devices", "fleet"),
         ("tail", "notifications"),
         ("events", "notifications"),
         ("notify", "notifications"),
         ("exit", "quit"),
+        ("report", "analytics"),
+        ("reports", "analytics"),
     ];
     let mut canonical: Vec<&str> = COMMANDS
         .iter()
@@ -80,6 +88,7 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         "" => Err("type a command; Tab completes, Esc closes".into()),
         "fleet" | "devices" | "dev" | "f" => Ok(PaletteCommand::Fleet),
         "notifications" | "notify" | "events" | "tail" | "n" => Ok(PaletteCommand::Notifications),
+        "analytics" | "report" | "reports" | "a" => Ok(PaletteCommand::Analytics),
         "device" | "d" => {
             if rest.is_empty() {
                 Err(":device needs an id".into())
@@ -197,6 +206,9 @@ mod tests {
         assert!(parse("frobnicate").is_err());
         assert_eq!(parse("tai"), Ok(PaletteCommand::Notifications));
         assert_eq!(parse("noti"), Ok(PaletteCommand::Notifications));
+        assert_eq!(parse("an"), Ok(PaletteCommand::Analytics));
+        assert_eq!(parse("report"), Ok(PaletteCommand::Analytics));
+        assert_eq!(parse("rep"), Ok(PaletteCommand::Analytics));
         assert!(parse("s").is_err(), "ambiguous");
     }
 

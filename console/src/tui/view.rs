@@ -1,5 +1,7 @@
 //! Drawing: a pure function of the [`Model`]. Tables build only the rows that fit.
 
+mod analytics;
+
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span, Text};
@@ -50,6 +52,7 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
             None => frame.render_widget(Paragraph::new("no device open"), body),
         },
         Screen::Notifications => render_tail(frame, model, theme, body),
+        Screen::Analytics => analytics::render(frame, model, theme, body),
     }
     render_footer(frame, model, theme, footer);
     match &model.overlay {
@@ -133,6 +136,7 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
         match screen {
             Screen::Fleet => crumbs.push("Fleet".to_string()),
             Screen::Notifications => crumbs.push("Notifications".into()),
+            Screen::Analytics => crumbs.push("Analytics".into()),
             Screen::Device(id) => {
                 let name = model
                     .fleet
@@ -241,6 +245,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ("1-0", "sort"),
             ("␣", "mark"),
             ("t", "tail"),
+            ("a", "reports"),
             (":", "cmd"),
             ("?", "help"),
             ("q", "quit"),
@@ -279,6 +284,15 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ("w", "wrap"),
             ("s", "save"),
             ("Esc", "back"),
+        ],
+        Screen::Analytics => vec![
+            ("1-5", "report"),
+            ("r", "range"),
+            ("b", "bucket"),
+            ("t", "table"),
+            ("↑↓", "scroll"),
+            ("Esc", "back"),
+            ("?", "help"),
         ],
     }
 }
@@ -918,6 +932,7 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("1-0", "sort by column 1-10; again reverses"),
             ("␣ *", "mark one / all shown, for :set and :call"),
             ("t", "notification tail"),
+            ("a", "analytics: reports over the notification log"),
             ("r", "list devices again"),
         ],
         Screen::Device(_) => &[
@@ -937,6 +952,14 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("w", "wrap long lines"),
             ("s", "save shown lines as JSON lines"),
             ("c", "clear the buffer"),
+        ],
+        Screen::Analytics => &[
+            ("1-5", "fleet, connectivity, usage, firmware, rpc"),
+            ("Tab ← →", "next / previous report"),
+            ("r", "range: last hour, last 24 h, all"),
+            ("b", "buckets of an hour or a day"),
+            ("t", "next table of the report"),
+            ("↑↓ PgUp", "scroll the table; g G jump"),
         ],
     };
     lines.push(Line::styled("this view", theme.title));
