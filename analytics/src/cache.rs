@@ -116,10 +116,9 @@ pub(crate) fn store(path: &Path, source: &Source, need: Need, entry: &Entry) {
             std::process::id(),
             STORES.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = File::create(&temp).and_then(|mut file| {
-            file.write_all(&bytes)?;
-            file.sync_data()
-        });
+        // No fsync: after a crash an entry may be empty or garbage, and its check rejects
+        // it; a cache is not worth a disk flush per file.
+        let written = File::create(&temp).and_then(|mut file| file.write_all(&bytes));
         match written.and_then(|()| std::fs::rename(&temp, path)) {
             Ok(()) => Ok(()),
             Err(e) => {
