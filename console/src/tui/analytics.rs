@@ -179,6 +179,8 @@ pub struct Bars {
     pub bars: Vec<(String, u64)>,
     /// Bars stand (hours of the day); otherwise they lie, with their labels on the left.
     pub vertical: bool,
+    /// The labels are device ids, which the view shows by name when the fleet knows it.
+    pub devices: bool,
 }
 
 /// A sparkline over the report's buckets.
@@ -253,6 +255,7 @@ impl ReportData {
                     title: "notifications by event".into(),
                     bars: labelled(rows("events"), "name", "count"),
                     vertical: false,
+                    devices: false,
                 },
                 Some(spark(
                     format!("notifications per {bucket}"),
@@ -264,6 +267,7 @@ impl ReportData {
                     title: "uptime % by device".into(),
                     bars: labelled(rows("devices"), "id", "uptime_pct"),
                     vertical: false,
+                    devices: true,
                 },
                 Some(spark(
                     format!("devices online per {bucket}"),
@@ -275,6 +279,7 @@ impl ReportData {
                     title: "switch-ons by hour of day (UTC)".into(),
                     bars: labelled(rows("hours"), "hour", "switch_ons"),
                     vertical: true,
+                    devices: false,
                 },
                 Some(spark(
                     format!("hours on per {bucket}"),
@@ -313,6 +318,7 @@ impl ReportData {
                         title: "devices by firmware version".into(),
                         bars: version_counts(rows("devices")),
                         vertical: false,
+                        devices: false,
                     },
                     spark,
                 )
@@ -340,6 +346,7 @@ impl ReportData {
                         title: "calls by method".into(),
                         bars,
                         vertical: false,
+                        devices: false,
                     },
                     Some(spark(format!("calls per {bucket}"), calls)),
                 )

@@ -424,8 +424,15 @@ impl Reader {
     /// Reads the whole log the first time, then what is new.
     fn refresh(&mut self, output: &Output) -> Result<(), String> {
         let reading = |progress: herd_analytics::Progress| {
-            output.progress(Stage::Reading, progress.done, Some(progress.total));
+            // Nothing to read in rotated files says nothing about the current one.
+            let total = Some(progress.total).filter(|total| *total > 0);
+            output.progress(Stage::Reading, progress.done, total);
         };
+        if self.log().is_none() && !matches!(self, Reader::Server { .. }) {
+            // The first read may be long, and the current file reports no progress of
+            // its own: say that reading started.
+            output.progress(Stage::Reading, 0, None);
+        }
         match self {
             Reader::Directory { dir, follower } => match follower {
                 Some(follower) => follower.poll().map(drop).map_err(|e| e.to_string()),
@@ -452,6 +459,9 @@ impl Reader {
                 offset,
                 pulled_once,
             } => {
+                if !*pulled_once {
+                    output.progress(Stage::Pulling, 0, None);
+                }
                 let mut pulled = 0;
                 let result = runtime.block_on(crate::logsource::pull(client, log, *offset, |n| {
                     pulled = n;

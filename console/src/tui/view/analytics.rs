@@ -52,10 +52,17 @@ pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect
         );
         return;
     };
+    // Reports name devices by id; operators know them by name.
+    let device = |id: &str| -> String {
+        match model.fleet.get(id) {
+            Some(row) if !row.name.is_empty() => row.name.to_string(),
+            _ => id.to_string(),
+        }
+    };
     if let Some(charts) = areas.charts {
-        render_charts(frame, data, theme, charts);
+        render_charts(frame, data, theme, charts, &device);
     }
-    render_table(frame, view, data, theme, areas.table);
+    render_table(frame, view, data, theme, areas.table, &device);
 }
 
 fn render_tabs(frame: &mut Frame, view: &AnalyticsView, theme: &Theme, area: Rect) {
@@ -157,15 +164,21 @@ fn render_info(frame: &mut Frame, view: &AnalyticsView, theme: &Theme, area: Rec
     }
 }
 
-fn render_charts(frame: &mut Frame, data: &ReportData, theme: &Theme, area: Rect) {
+fn render_charts(
+    frame: &mut Frame,
+    data: &ReportData,
+    theme: &Theme,
+    area: Rect,
+    device: &dyn Fn(&str) -> String,
+) {
     match (&data.bars, &data.spark) {
         (Some(bars), Some(spark)) => {
             let [left, right] =
                 Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(area);
-            render_bars(frame, bars, theme, left);
+            render_bars(frame, bars, theme, left, device);
             render_spark(frame, spark, theme, right);
         }
-        (Some(bars), None) => render_bars(frame, bars, theme, area),
+        (Some(bars), None) => render_bars(frame, bars, theme, area, device),
         (None, Some(spark)) => render_spark(frame, spark, theme, area),
         (None, None) => {}
     }
@@ -175,7 +188,13 @@ fn chart_block<'a>(title: &str, theme: &Theme) -> Block<'a> {
     Block::bordered().title(Span::styled(format!(" {title} "), theme.title))
 }
 
-fn render_bars(frame: &mut Frame, bars: &Bars, theme: &Theme, area: Rect) {
+fn render_bars(
+    frame: &mut Frame,
+    bars: &Bars,
+    theme: &Theme,
+    area: Rect,
+    device: &dyn Fn(&str) -> String,
+) {
     let block = chart_block(&bars.title, theme);
     let inner = block.inner(area);
     frame.render_widget(block, area);
@@ -198,7 +217,8 @@ fn render_bars(frame: &mut Frame, bars: &Bars, theme: &Theme, area: Rect) {
             ((inner.width / count).max(1), 0)
         };
         let fitting = (inner.width / (width + gap).max(1)).max(1) as usize;
-        let labelled = width >= 2 && inner.height >= 3;
+        // Two-digit labels need a column between bars to be read.
+        let labelled = width + gap >= 3 && inner.height >= 3;
         let mut inner = inner;
         if !labelled && inner.height >= 3 {
             // Too narrow for a label under each bar: an axis line with every sixth.
@@ -238,19 +258,29 @@ fn render_bars(frame: &mut Frame, bars: &Bars, theme: &Theme, area: Rect) {
         (chart, inner)
     } else {
         let rows = inner.height as usize;
-        let label_width = bars
+        let labels: Vec<String> = bars
             .bars
             .iter()
             .take(rows)
-            .map(|(label, _)| label.chars().count())
+            .map(|(label, _)| {
+                if bars.devices {
+                    device(label)
+                } else {
+                    label.clone()
+                }
+            })
+            .collect();
+        let label_width = labels
+            .iter()
+            .map(|label| label.chars().count())
             .max()
             .unwrap_or(0)
             .min(inner.width as usize / 2);
         let shown: Vec<Bar> = bars
             .bars
             .iter()
-            .take(rows)
-            .map(|(label, value)| {
+            .zip(&labels)
+            .map(|((_, value), label)| {
                 Bar::default()
                     .value(*value)
                     .text_value(thousands(*value))
@@ -308,6 +338,7 @@ fn render_table(
     data: &ReportData,
     theme: &Theme,
     area: Rect,
+    device: &dyn Fn(&str) -> String,
 ) {
     let Some(table) = data.tables.get(view.table) else {
         return;
@@ -321,10 +352,33 @@ fn render_table(
     let start = view.offset.min(len.saturating_sub(visible));
     let end = (start + visible).min(len);
 
+    // Only the visible rows are built; an `id` column shows device names, as wide as the
+    // names on screen need.
+    let id_column = table.columns.iter().position(|c| c == "id");
+    let cells: Vec<Vec<String>> = table.rows[start..end]
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            if let Some(cell) = id_column.and_then(|i| row.get_mut(i)) {
+                *cell = device(cell);
+            }
+            row
+        })
+        .collect();
+    let mut widths = table.widths.clone();
+    let mut columns = table.columns.clone();
+    if let Some(i) = id_column {
+        columns[i] = "device".into();
+        widths[i] = cells
+            .iter()
+            .map(|row| row[i].chars().count() as u16)
+            .fold(6, u16::max);
+    }
+
     // Columns in order while they fit; at least the first.
     let mut budget = area.width as i32;
     let mut shown = 0;
-    for width in &table.widths {
+    for width in &widths {
         let need = i32::from((*width).min(MAX_COLUMN)) + i32::from(shown > 0);
         if shown > 0 && need > budget {
             break;
@@ -374,15 +428,14 @@ fn render_table(
         }
     };
     let header = Row::new(
-        table
-            .columns
+        columns
             .iter()
             .zip(&table.numeric)
             .take(shown)
             .map(|(name, numeric)| Cell::from(align(name, *numeric))),
     )
     .style(theme.header.add_modifier(Modifier::UNDERLINED));
-    let rows: Vec<Row> = table.rows[start..end]
+    let rows: Vec<Row> = cells
         .iter()
         .map(|row| {
             Row::new(
@@ -393,8 +446,7 @@ fn render_table(
             )
         })
         .collect();
-    let widths: Vec<Constraint> = table
-        .widths
+    let widths: Vec<Constraint> = widths
         .iter()
         .take(shown)
         .map(|w| Constraint::Length((*w).min(MAX_COLUMN)))
