@@ -323,3 +323,42 @@ async fn demo_runs_the_whole_product() {
     let (success, restored) = pty.exit().await;
     assert!(success && restored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_analytics_follow_the_servers_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pty = Pty::spawn(
+        &["demo", "--devices", "3", "--speedup", "1"],
+        &[],
+        dir.path(),
+    );
+    pty.wait_for("the demo fleet online", |s| s.contains("3 devices 3 on"))
+        .await;
+    // The demo's server writes its log on this machine: the view follows the file.
+    pty.type_text("a");
+    let screen = pty
+        .wait_for("the fleet report", |s| {
+            s.contains("Fleet › Analytics")
+                && s.contains("1 fleet  2 connectivity  3 usage  4 firmware  5 rpc")
+                && s.contains("notifications by event")
+                && s.contains("herd-demo-")
+        })
+        .await;
+    assert!(screen.contains(" lines · 0 torn · 0 invalid"), "{screen}");
+    pty.type_text("2");
+    pty.wait_for("the connectivity report", |s| {
+        s.contains("uptime % by device") && s.contains("lamp-0001")
+    })
+    .await;
+    pty.type_text("3");
+    pty.wait_for("the usage report", |s| {
+        s.contains("switch-ons by hour of day") && s.contains("switch_ons")
+    })
+    .await;
+    pty.type_text("q");
+    pty.wait_for("back on the fleet", |s| !s.contains("Analytics"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+}
