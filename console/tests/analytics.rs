@@ -587,6 +587,11 @@ async fn the_worker_follows_a_growing_rotating_log_directory() {
     })
     .await;
     assert_eq!(cell(&caught_up, "summary", 0, "notifications"), "8");
+
+    // Old files deleted by retention: the log is what the directory holds again.
+    std::fs::remove_file(dir.path().join("notification.log.2023-11-14")).expect("delete");
+    let pruned = report_where(&mut messages, "the pruned log", |d| d.stats.lines == 3).await;
+    assert_eq!(cell(&pruned, "summary", 0, "devices_seen"), "1");
     drop(worker);
 }
 

@@ -434,15 +434,22 @@ impl Reader {
             output.progress(Stage::Reading, 0, None);
         }
         match self {
-            Reader::Directory { dir, follower } => match follower {
-                Some(follower) => follower.poll().map(drop).map_err(|e| e.to_string()),
-                None => {
-                    *follower = Some(
-                        Follower::open(dir.clone(), need(), &reading).map_err(|e| e.to_string())?,
-                    );
-                    Ok(())
+            Reader::Directory { dir, follower } => {
+                if let Some(followed) = follower {
+                    followed.poll().map_err(|e| e.to_string())?;
+                    if followed.log().stats().bytes <= bytes_on_disk(dir)? {
+                        return Ok(());
+                    }
+                    // More was read than the directory holds. Old files were deleted or
+                    // a file was cut back, or a rotation happened between the follower
+                    // listing the directory and reading a file, and a rotated file was
+                    // taken for a new one and read twice. Start over from what is there.
+                    tracing::warn!(dir = %dir.display(), "analytics: the log shrank or was read twice; reading it again");
                 }
-            },
+                *follower =
+                    Some(Follower::open(dir.clone(), need(), &reading).map_err(|e| e.to_string())?);
+                Ok(())
+            }
             Reader::Files { paths, files } => {
                 if let Some(followed) = files {
                     if followed.poll()? {
@@ -487,6 +494,16 @@ impl Reader {
             }
         }
     }
+}
+
+/// The size of a directory's rotated set now.
+fn bytes_on_disk(dir: &Path) -> Result<u64, String> {
+    let files = herd_analytics::log_files(dir).map_err(|e| e.to_string())?;
+    Ok(files
+        .iter()
+        .filter_map(|file| std::fs::metadata(file).ok())
+        .map(|meta| meta.len())
+        .sum())
 }
 
 /// How many leading bytes identify a file, as the follower does it.
