@@ -614,7 +614,7 @@ async fn the_worker_follows_a_named_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_pulls_the_servers_log_and_reports_failures() {
-    let server = common::TestServer::start().await;
+    let mut server = common::TestServer::start().await;
     let client = server.client();
     let (_, token) = server.create_device("lamp").await;
     let device = common::SimDevice::connect(&server.ws_base(), &token).await;
@@ -675,8 +675,32 @@ async fn the_worker_pulls_the_servers_log_and_reports_failures() {
     .await;
     assert!(grown.stats.lines > pulled_lines);
     assert_eq!(grown.stats.lines, expected().await);
-    drop(worker);
+
+    // The server goes away: the failure is shown; when it is back, a report replaces the
+    // failure even if the log did not change.
     drop(device);
+    server.stop().await;
+    loop {
+        match tokio::time::timeout(WAIT, messages.recv()).await {
+            Ok(Some(Msg::Analytics(Event::Failed(message)))) => {
+                assert!(message.starts_with("cannot pull the log"), "{message}");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+    server.start_again().await;
+    // Failures of pulls made before the restart may still be queued.
+    let back = loop {
+        match tokio::time::timeout(WAIT, messages.recv()).await {
+            Ok(Some(Msg::Analytics(Event::Report(data)))) => break data,
+            Ok(Some(_)) => {}
+            other => panic!("expected a report after the restart, got {other:?}"),
+        }
+    };
+    assert!(back.stats.lines >= grown.stats.lines);
+    drop(worker);
     server.shutdown().await;
 
     // Nobody listening: the failure is reported, and reported again on retry.

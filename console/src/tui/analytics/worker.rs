@@ -198,6 +198,9 @@ fn run(
     let mut read_now = false;
     // When the first file event since the last read arrived.
     let mut event_at: Option<Instant> = None;
+    // The last read failed: the view shows the failure until a report replaces it, so the
+    // next good read sends one even when nothing changed.
+    let mut failing = false;
     loop {
         let first = if visible {
             let now = Instant::now();
@@ -257,6 +260,7 @@ fn run(
             }
             if let Err(message) = result {
                 tracing::warn!(%message, "analytics: reading the log failed");
+                failing = true;
                 if !output.send(Event::Failed(message)) {
                     return;
                 }
@@ -269,6 +273,7 @@ fn run(
         let stats = settled(log.stats());
         let now = Instant::now();
         let compute = match reported {
+            _ if std::mem::take(&mut failing) => true,
             None => true,
             Some((shown, _, _)) if shown != selection => true,
             Some((_, shown, at)) if shown != stats => {
