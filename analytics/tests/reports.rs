@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use herd_analytics::{
-    compute, json_rows, run, Bucket, DataFrame, Follower, Format, Log, Need, Report, ReportOutput,
-    ReportRequest,
+    compute, json_rows, run, Bucket, DataFrame, Follower, Format, Log, Need, Progress, Report,
+    ReportOutput, ReportRequest,
 };
 use serde_json::{json, Value};
 
@@ -497,6 +497,73 @@ fn follower_reads_appends_and_rotation() {
     let rows = json_rows(output.main()).expect("rows");
     assert_eq!(rows[0]["online_s"], json!(7100.0));
     assert_eq!(rows[0]["sessions"], json!(2));
+}
+
+#[test]
+fn follower_counts_every_line_once_while_the_log_rotates_under_it() {
+    // A writer appends (sometimes half a line at a time) and rotates as fast as it can
+    // while the follower polls: whatever a poll sees mid-rotation, each line is read once.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let current = dir.path().join("notification.log");
+    std::fs::write(&current, line(0.0, "a", "online", Value::Null)).expect("write");
+    let mut follower = Follower::open(dir.path(), Need::ALL, &|_| {}).expect("open");
+    const ROTATIONS: u64 = 150;
+    const PER_FILE: u64 = 20;
+    let writer = {
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let current = dir.join("notification.log");
+            let mut ts = 1.0;
+            for rotation in 1..=ROTATIONS {
+                for i in 0..PER_FILE {
+                    let text = line(
+                        ts,
+                        "a",
+                        if i % 2 == 0 { "offline" } else { "online" },
+                        Value::Null,
+                    );
+                    ts += 1.0;
+                    let (head, tail) = text.split_at(text.len() / 2);
+                    append(&current, head);
+                    append(&current, tail);
+                }
+                let rotated = dir.join(format!("notification.log.2023-11-15.{rotation}"));
+                std::fs::rename(&current, rotated).expect("rotate");
+                std::fs::write(&current, line(ts, "a", "online", Value::Null)).expect("write");
+                ts += 1.0;
+            }
+        })
+    };
+    while !writer.is_finished() {
+        follower.poll().expect("poll during rotation");
+    }
+    writer.join().expect("writer");
+    follower.poll().expect("last poll");
+    let written = 1 + ROTATIONS * (PER_FILE + 1);
+    assert_eq!(follower.log().stats().lines, written);
+    assert_eq!(follower.log().len() as u64, written);
+    assert_eq!(follower.log().stats().torn_lines, 0);
+}
+
+#[test]
+fn follower_progress_covers_the_current_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rotated = line(0.0, "a", "online", Value::Null);
+    let current: String = (1..200)
+        .map(|i| line(f64::from(i), "a", "offline", Value::Null))
+        .collect();
+    std::fs::write(dir.path().join("notification.log.2023-11-14"), &rotated).expect("write");
+    std::fs::write(dir.path().join("notification.log"), &current).expect("write");
+    let seen = std::sync::Mutex::new(Vec::new());
+    Follower::open(dir.path(), Need::ALL, &|p: Progress| {
+        seen.lock().expect("lock").push(p)
+    })
+    .expect("open");
+    let seen = seen.into_inner().expect("lock");
+    let total = (rotated.len() + current.len()) as u64;
+    let last = seen.last().expect("progress was reported");
+    assert_eq!((last.done, last.total), (total, total));
+    assert!(seen.iter().all(|p| p.done <= p.total && p.total == total));
 }
 
 fn append(path: &Path, text: &str) {
