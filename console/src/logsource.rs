@@ -11,9 +11,30 @@ use herd_client::{Client, Error, LogsQuery};
 /// Notifications asked for per request: the server's largest page.
 pub const PAGE: u64 = 10_000;
 
+/// A pull that stopped part way: the pages before the failure are in the log, and
+/// `offset` is where to go on from.
+#[derive(Debug)]
+pub struct PullError {
+    pub offset: u64,
+    pub error: Error,
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for PullError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// Pulls every stored notification from line `start` on into `log`, until the server has
 /// nothing newer; returns the offset to pull from next time. `progress` is told the
-/// number of lines pulled so far after each page.
+/// number of lines pulled so far after each page. A failure keeps the pages already
+/// pulled and says where they end, so a retry neither loses nor repeats lines.
 ///
 /// Lines of devices the key cannot see are left out by the server; their offsets are
 /// still skipped, so the offset keeps advancing.
@@ -22,7 +43,7 @@ pub async fn pull(
     log: &mut Log,
     start: u64,
     mut progress: impl FnMut(u64),
-) -> Result<u64, Error> {
+) -> Result<u64, PullError> {
     let mut offset = start;
     let mut pulled = 0u64;
     let mut line = Vec::with_capacity(256);
@@ -32,13 +53,16 @@ pub async fn pull(
                 start: Some(offset),
                 limit: Some(PAGE),
             })
-            .await?;
+            .await
+            .map_err(|error| PullError { offset, error })?;
         let count = page.items.len() as u64;
         let mut bytes = Vec::with_capacity(page.items.len() * 160);
         for item in &page.items {
             line.clear();
-            serde_json::to_writer(&mut line, item)
-                .map_err(|e| Error::Protocol(format!("cannot re-encode a log line: {e}")))?;
+            serde_json::to_writer(&mut line, item).map_err(|e| PullError {
+                offset,
+                error: Error::Protocol(format!("cannot re-encode a log line: {e}")),
+            })?;
             bytes.extend_from_slice(&line);
             bytes.push(b'\n');
         }
@@ -50,5 +74,28 @@ pub async fn pull(
             return Ok(offset);
         }
         offset = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_analytics::Need;
+
+    #[tokio::test]
+    async fn a_failed_pull_says_where_to_go_on() {
+        // A port nothing listens on: the first page fails, nothing was pulled.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let client = Client::new(&format!("http://127.0.0.1:{port}"), Some("key")).expect("client");
+        let mut log = Log::new(Need::ALL);
+        let error = pull(&client, &mut log, 42, |_| {})
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(error.offset, 42);
+        assert!(error.error.is_connection(), "{error}");
+        assert!(log.is_empty());
     }
 }

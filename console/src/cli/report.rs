@@ -229,7 +229,7 @@ async fn from_server(
         .await
         .map_err(|e| {
             meter.clear();
-            let mut failure = Failure::from(e);
+            let mut failure = Failure::from(e.error);
             if failure.exit == Exit::Unreachable {
                 failure.message.push_str(
                     " (without --log or a profile log, the report reads the log from the server)",

@@ -474,9 +474,7 @@ impl Reader {
                 if !*pulled_once {
                     output.progress(Stage::Pulling, 0, None);
                 }
-                let mut pulled = 0;
                 let result = runtime.block_on(crate::logsource::pull(client, log, *offset, |n| {
-                    pulled = n;
                     output.progress(Stage::Pulling, n, None);
                 }));
                 match result {
@@ -486,13 +484,8 @@ impl Reader {
                         Ok(())
                     }
                     Err(e) => {
-                        if pulled > 0 {
-                            // Pages before the failure are in the log but the offset that
-                            // follows them is unknown: start over rather than count twice.
-                            *log = Log::new(need());
-                            *offset = 0;
-                            *pulled_once = false;
-                        }
+                        // The pages before the failure are in the log: go on after them.
+                        *offset = e.offset;
                         Err(format!("cannot pull the log from the server: {e}"))
                     }
                 }
