@@ -37,6 +37,13 @@ pub fn default_data_dir(component: &str) -> Result<PathBuf, ConfigError> {
     Ok(dirs.data_dir().join(component))
 }
 
+/// The platform cache directory for a Herd component, e.g. `~/.cache/herd/reports`:
+/// things that may be deleted at any time and are rebuilt when needed.
+pub fn default_cache_dir(component: &str) -> Result<PathBuf, ConfigError> {
+    let dirs = directories::ProjectDirs::from("org", "herd", "herd").ok_or(ConfigError::NoHome)?;
+    Ok(dirs.cache_dir().join(component))
+}
+
 /// The platform config directory, e.g. `~/.config/herd`.
 pub fn default_config_dir() -> Result<PathBuf, ConfigError> {
     let dirs = directories::ProjectDirs::from("org", "herd", "herd").ok_or(ConfigError::NoHome)?;

@@ -32,6 +32,7 @@ Environment:
   HERD_PROFILE, HERD_SERVER, HERD_API_KEY, HERD_READ_ONLY, HERD_CONFIG, HERD_CA_CERT,
   HERD_CONSOLE_LOG the flags of the same names
   HERD_NOTIFICATION_LOG  `--log` of the console and `herd report` (comma-separated paths)
+  HERD_REPORT_CACHE      `--cache` of `herd report` and the analytics view
   HERD_LOG_LEVEL   console log filter (default info)
   HERD_TAIL_LINES  notification lines the console keeps (default 20000)
   HERD_MOUSE=1     mouse: wheel scrolls, click selects

@@ -97,6 +97,7 @@ fn herd(dir: &Path) -> std::process::Command {
     command
         .current_dir(dir)
         .env("HERD_CONFIG", dir.join("no-console.toml"))
+        .env("HERD_REPORT_CACHE", dir.join("report-cache"))
         .stdin(Stdio::null());
     for name in [
         "HERD_PROFILE",
@@ -466,6 +467,54 @@ fn out_writes_a_whole_file_or_none() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn the_parse_cache_serves_rotated_files_and_a_damaged_entry_is_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = hour_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let (old, new) = lines.split_at(6);
+    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(dir.path().join("notification.log.2023-11-14"), join(old)).expect("write");
+    std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let report = |extra: &[&str]| {
+        let mut args = vec![
+            "report", "usage", "--format", "csv", "--from", FROM, "--to", TO, "--log", &dir_arg,
+        ];
+        args.extend_from_slice(extra);
+        let out = run(herd(dir.path()), &args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let cache = dir.path().join("report-cache");
+    let first = report(&[]);
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .expect("the cache was created")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "only the rotated file is cached: {entries:?}"
+    );
+    assert_eq!(report(&[]), first, "served from the cache");
+    // A damaged entry is ignored and rebuilt, never trusted.
+    let mut bytes = std::fs::read(&entries[0]).expect("read entry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&entries[0], &bytes).expect("damage entry");
+    assert_eq!(report(&[]), first, "a damaged entry is rebuilt");
+    std::fs::write(&entries[0], b"half").expect("truncate entry");
+    assert_eq!(report(&[]), first, "a cut entry is rebuilt");
+    let other = dir.path().join("other-cache");
+    assert_eq!(report(&["--no-cache"]), first);
+    assert_eq!(report(&["--cache", &other.to_string_lossy()]), first);
+    assert!(other.is_dir(), "--cache names the directory");
+    let unused = dir.path().join("unused-cache");
+    report(&["--no-cache", "--cache", &unused.to_string_lossy()]);
+    assert!(!unused.exists(), "--no-cache wins");
 }
 
 #[test]

@@ -60,6 +60,14 @@ pub struct ReportArgs {
     /// table, in the table, csv and json formats.
     #[arg(long, value_name = "TABLE")]
     pub table: Option<String>,
+    /// Where parsed rotated log files are kept, so the next report over the same files
+    /// parses only what is new (default: `reports` in the platform cache directory).
+    /// Entries are checked against their file and rebuilt when stale or damaged.
+    #[arg(long, value_name = "DIR", env = "HERD_REPORT_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Parse every file and keep nothing (wins over --cache and HERD_REPORT_CACHE).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// The reports and their tables, under `herd report --help`.
@@ -148,6 +156,13 @@ impl Plan {
         request.device = args.device.clone();
         request.bucket = bucket;
         request.top = args.top;
+        request.cache = if args.no_cache {
+            None
+        } else {
+            args.cache
+                .clone()
+                .or_else(|| herd_config::default_cache_dir("reports").ok())
+        };
         Ok(Plan {
             request,
             format,
@@ -206,7 +221,12 @@ async fn from_files(
     // Reading and computing are CPU-bound; they stay off the async runtime.
     tokio::task::spawn_blocking(move || {
         let output = herd_analytics::resolve(&request.logs).and_then(|files| {
-            let log = Log::load(&files, request.report.need(), &|p| meter.progress(p))?;
+            let need = request.report.need();
+            let progress = |p| meter.progress(p);
+            let log = match &request.cache {
+                Some(cache) => Log::load_cached(&files, need, cache, &progress)?,
+                None => Log::load(&files, need, &progress)?,
+            };
             meter.computing();
             herd_analytics::compute(&log, &request)
         });
