@@ -84,6 +84,8 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
             // the file itself.
             let options = ConsoleOptions {
                 notification_log: vec![dir.path().join("server")],
+                // The demo's log goes away with it: nothing worth keeping.
+                report_cache: None,
                 ..ConsoleOptions::from_env()
             };
             tui::run_console(client, profile, options).await

@@ -59,6 +59,8 @@ pub struct ConsoleOptions {
     /// The server's notification log readable from here, followed by the analytics view;
     /// empty when the view pulls it from the server.
     pub notification_log: Vec<PathBuf>,
+    /// Where the analytics view keeps parsed rotated log files between sessions.
+    pub report_cache: Option<PathBuf>,
 }
 
 impl ConsoleOptions {
@@ -73,6 +75,9 @@ impl ConsoleOptions {
             mouse: std::env::var("HERD_MOUSE").is_ok_and(|v| v == "1" || v == "true"),
             theme: Theme::from_env(),
             notification_log: Vec::new(),
+            report_cache: std::env::var_os("HERD_REPORT_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| herd_config::default_cache_dir("reports").ok()),
         }
     }
 }
@@ -423,7 +428,10 @@ fn analytics_source(client: &Client, options: &ConsoleOptions) -> analytics::wor
             runtime: tokio::runtime::Handle::current(),
         }
     } else {
-        analytics::worker::Source::Local(options.notification_log.clone())
+        analytics::worker::Source::Local {
+            paths: options.notification_log.clone(),
+            cache: options.report_cache.clone(),
+        }
     }
 }
 

@@ -516,8 +516,13 @@ async fn the_worker_follows_a_growing_rotating_log_directory() {
         .concat(),
     );
     let (sender, mut messages) = mpsc::channel(64);
+    // With a parse cache: files the follower reads again after a deletion come from it.
+    let cache = tempfile::tempdir().expect("tempdir");
     let worker = Worker::start_with(
-        Source::Local(vec![dir.path().to_path_buf()]),
+        Source::Local {
+            paths: vec![dir.path().to_path_buf()],
+            cache: Some(cache.path().to_path_buf()),
+        },
         sender,
         quick(),
         clock,
@@ -601,7 +606,15 @@ async fn the_worker_follows_a_named_file() {
     let file = dir.path().join("exported.log");
     append(&file, &line(0, "lamp", "online", Value::Null));
     let (sender, mut messages) = mpsc::channel(64);
-    let worker = Worker::start_with(Source::Local(vec![file.clone()]), sender, quick(), clock);
+    let worker = Worker::start_with(
+        Source::Local {
+            paths: vec![file.clone()],
+            cache: None,
+        },
+        sender,
+        quick(),
+        clock,
+    );
     worker.request(Request::Show(selection(Report::Fleet)));
     report_where(&mut messages, "the first report", |d| d.stats.lines == 1).await;
     append(&file, &line(60, "lamp", "offline", Value::Null));

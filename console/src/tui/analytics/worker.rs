@@ -39,8 +39,13 @@ use crate::tui::Msg;
 /// Where the worker reads the log.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// Paths on this machine: one directory, followed with its rotation, or files.
-    Local(Vec<PathBuf>),
+    /// Paths on this machine: one directory, followed with its rotation, or files. With a
+    /// `cache` directory, parsed rotated files are kept there for the next session (see
+    /// [`herd_analytics::Log::load_cached`]).
+    Local {
+        paths: Vec<PathBuf>,
+        cache: Option<PathBuf>,
+    },
     /// The server's log over `POST /logs`; requests run on `runtime`.
     Remote {
         client: Client,
@@ -306,10 +311,12 @@ fn run(
 enum Reader {
     Directory {
         dir: PathBuf,
+        cache: Option<PathBuf>,
         follower: Option<Follower>,
     },
     Files {
         paths: Vec<PathBuf>,
+        cache: Option<PathBuf>,
         files: Option<FollowedFiles>,
     },
     Server {
@@ -324,11 +331,18 @@ enum Reader {
 impl Reader {
     fn new(source: Source) -> Reader {
         match source {
-            Source::Local(paths) if paths.len() == 1 && paths[0].is_dir() => Reader::Directory {
-                dir: paths[0].clone(),
-                follower: None,
+            Source::Local { paths, cache } if paths.len() == 1 && paths[0].is_dir() => {
+                Reader::Directory {
+                    dir: paths[0].clone(),
+                    cache,
+                    follower: None,
+                }
+            }
+            Source::Local { paths, cache } => Reader::Files {
+                paths,
+                cache,
+                files: None,
             },
-            Source::Local(paths) => Reader::Files { paths, files: None },
             Source::Remote { client, runtime } => Reader::Server {
                 client,
                 runtime,
@@ -439,7 +453,11 @@ impl Reader {
             output.progress(Stage::Reading, 0, None);
         }
         match self {
-            Reader::Directory { dir, follower } => {
+            Reader::Directory {
+                dir,
+                cache,
+                follower,
+            } => {
                 if let Some(followed) = follower {
                     followed.poll().map_err(|e| e.to_string())?;
                     if followed.log().stats().bytes <= bytes_on_disk(dir)? {
@@ -451,17 +469,22 @@ impl Reader {
                     // taken for a new one and read twice. Start over from what is there.
                     tracing::warn!(dir = %dir.display(), "analytics: the log shrank or was read twice; reading it again");
                 }
-                *follower =
-                    Some(Follower::open(dir.clone(), need(), &reading).map_err(|e| e.to_string())?);
+                *follower = Some(
+                    open_follower(dir, cache.as_deref(), &reading).map_err(|e| e.to_string())?,
+                );
                 Ok(())
             }
-            Reader::Files { paths, files } => {
+            Reader::Files {
+                paths,
+                cache,
+                files,
+            } => {
                 if let Some(followed) = files {
                     if followed.poll()? {
                         return Ok(());
                     }
                 }
-                *files = Some(FollowedFiles::open(paths, &reading)?);
+                *files = Some(FollowedFiles::open(paths, cache.as_deref(), &reading)?);
                 Ok(())
             }
             Reader::Server {
@@ -494,6 +517,21 @@ impl Reader {
     }
 }
 
+/// A follower of `dir`, its rotated files served from `cache` when there is one.
+fn open_follower<P>(
+    dir: &Path,
+    cache: Option<&Path>,
+    progress: &P,
+) -> Result<Follower, herd_analytics::Error>
+where
+    P: Fn(herd_analytics::Progress) + Sync,
+{
+    match cache {
+        Some(cache) => Follower::open_cached(dir, need(), cache, progress),
+        None => Follower::open(dir, need(), progress),
+    }
+}
+
 /// The size of a directory's rotated set now.
 fn bytes_on_disk(dir: &Path) -> Result<u64, String> {
     let files = herd_analytics::log_files(dir).map_err(|e| e.to_string())?;
@@ -517,7 +555,11 @@ struct FollowedFiles {
 }
 
 impl FollowedFiles {
-    fn open<P>(paths: &[PathBuf], progress: &P) -> Result<FollowedFiles, String>
+    fn open<P>(
+        paths: &[PathBuf],
+        cache: Option<&Path>,
+        progress: &P,
+    ) -> Result<FollowedFiles, String>
     where
         P: Fn(herd_analytics::Progress) + Sync,
     {
@@ -531,7 +573,11 @@ impl FollowedFiles {
             let (len, print) = identify(path)?;
             identified.push((path.clone(), len, print));
         }
-        let log = Log::load(&closed, need(), progress).map_err(|e| e.to_string())?;
+        let log = match cache {
+            Some(cache) => Log::load_cached(&closed, need(), cache, progress),
+            None => Log::load(&closed, need(), progress),
+        }
+        .map_err(|e| e.to_string())?;
         let mut followed = FollowedFiles {
             log,
             closed: identified,
