@@ -463,11 +463,9 @@ impl Reader {
                     if followed.log().stats().bytes <= bytes_on_disk(dir)? {
                         return Ok(());
                     }
-                    // More was read than the directory holds. Old files were deleted or
-                    // a file was cut back, or a rotation happened between the follower
-                    // listing the directory and reading a file, and a rotated file was
-                    // taken for a new one and read twice. Start over from what is there.
-                    tracing::warn!(dir = %dir.display(), "analytics: the log shrank or was read twice; reading it again");
+                    // More was read than the directory holds: old files were deleted or
+                    // a file was cut back. Start over from what is there.
+                    tracing::warn!(dir = %dir.display(), "analytics: the log shrank; reading it again");
                 }
                 *follower = Some(
                     open_follower(dir, cache.as_deref(), &reading).map_err(|e| e.to_string())?,
