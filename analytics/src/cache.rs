@@ -13,6 +13,7 @@ use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use rustc_hash::FxHasher;
 
@@ -96,10 +97,54 @@ fn need_bits(need: Need) -> u32 {
     u32::from(need.names) | u32::from(need.shadow) << 1 | u32::from(need.firmware) << 2
 }
 
-/// The cached entry for `source` read with `need`, if there is a sound one.
+/// The cached entry for `source` read with `need`, if there is a sound one. A hit marks
+/// the entry as used now, for [`prune`].
 pub(crate) fn load(entry: &Path, source: &Source, need: Need) -> Option<Entry> {
     let bytes = std::fs::read(entry).ok()?;
-    decode(&bytes, source, need)
+    let decoded = decode(&bytes, source, need)?;
+    if let Ok(file) = File::options().write(true).open(entry) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+    Some(decoded)
+}
+
+/// Entries unused for this long are removed: their rotated file was most likely deleted
+/// or archived, and a report that still wants one only pays a parse.
+pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 86_400);
+
+/// Temporary files older than this were left by a report that died while storing.
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// Removes the cache's entries unused for `unused_for` and abandoned temporary files; other
+/// files in the directory are not the cache's and stay. Returns how many were removed.
+pub(crate) fn prune(dir: &Path, unused_for: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let limit = if name.ends_with(".parsed") {
+            unused_for
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            ABANDONED_AFTER
+        } else {
+            continue;
+        };
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| now.duration_since(modified).ok());
+        if age.is_some_and(|age| age > limit) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Stores `entry` for `source`; failures only cost the next report a parse.
@@ -373,6 +418,53 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::log::Log;
+
+    #[test]
+    fn pruning_removes_old_entries_and_abandoned_temp_files_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+        let write = |name: &str, aged: bool| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").expect("write");
+            if aged {
+                let file = File::options().write(true).open(&path).expect("open");
+                file.set_modified(old).expect("age");
+            }
+            path
+        };
+        let stale = write("00000000000000aa-7.parsed", true);
+        let fresh = write("00000000000000bb-7.parsed", false);
+        let abandoned = write(".00000000000000cc-7.parsed.1.0.tmp", true);
+        let in_flight = write(".00000000000000dd-7.parsed.2.0.tmp", false);
+        let foreign = write("notes.txt", true);
+        assert_eq!(prune(dir.path(), UNUSED_FOR), 2);
+        assert!(!stale.exists() && !abandoned.exists());
+        assert!(fresh.exists() && in_flight.exists() && foreign.exists());
+        assert_eq!(prune(&dir.path().join("missing"), UNUSED_FOR), 0);
+    }
+
+    #[test]
+    fn a_hit_marks_the_entry_as_used() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log_path = dir.path().join("notification.log.2023-11-14");
+        std::fs::write(
+            &log_path,
+            b"{\"ts\":1,\"id\":\"a\",\"name\":\"online\",\"data\":null}\n",
+        )
+        .expect("write");
+        let source = Source::of(&log_path).expect("source");
+        let entry_path = entry_path(dir.path(), &log_path, Need::ALL);
+        store(&entry_path, &source, Need::ALL, &sample());
+        let old = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+        File::options()
+            .write(true)
+            .open(&entry_path)
+            .and_then(|f| f.set_modified(old))
+            .expect("age");
+        assert!(load(&entry_path, &source, Need::ALL).is_some());
+        assert_eq!(prune(dir.path(), UNUSED_FOR), 0, "just used");
+        assert!(entry_path.exists());
+    }
 
     fn sample() -> Entry {
         let mut batch = Batch::default();

@@ -179,6 +179,7 @@ impl Log {
                 cached[index] = cache::load(&entry, &source, need);
                 cacheable[index] = Some((source, entry));
             }
+            cache::prune(dir, cache::UNUSED_FOR);
         }
         let skip: Vec<bool> = cached.iter().map(Option::is_some).collect();
         let (chunks, total, skipped) = plan_chunks(files, plan, &skip)?;
