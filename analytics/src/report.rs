@@ -205,6 +205,12 @@ pub struct Table {
     pub frame: DataFrame,
 }
 
+impl Table {
+    pub fn new(name: &'static str, frame: DataFrame) -> Table {
+        Table { name, frame }
+    }
+}
+
 /// A computed report.
 #[derive(Debug, Clone)]
 pub struct ReportOutput {

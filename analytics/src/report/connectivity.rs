@@ -156,14 +156,8 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         Column::new("disconnects".into(), bucket_disconnects),
     ])?;
     Ok(vec![
-        Table {
-            name: "devices",
-            frame: devices,
-        },
-        Table {
-            name: "buckets",
-            frame: bucket_table,
-        },
+        Table::new("devices", devices),
+        Table::new("buckets", bucket_table),
     ])
 }
 

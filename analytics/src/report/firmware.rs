@@ -183,13 +183,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         ),
     ])?;
     Ok(vec![
-        Table {
-            name: "devices",
-            frame: devices,
-        },
-        Table {
-            name: "versions",
-            frame: versions,
-        },
+        Table::new("devices", devices),
+        Table::new("versions", versions),
     ])
 }

@@ -104,21 +104,9 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         Column::new("devices".into(), bucket_devices),
     ])?;
     Ok(vec![
-        Table {
-            name: "summary",
-            frame: summary,
-        },
-        Table {
-            name: "events",
-            frame: events,
-        },
-        Table {
-            name: "busiest",
-            frame: busiest,
-        },
-        Table {
-            name: "buckets",
-            frame: by_bucket,
-        },
+        Table::new("summary", summary),
+        Table::new("events", events),
+        Table::new("busiest", busiest),
+        Table::new("buckets", by_bucket),
     ])
 }

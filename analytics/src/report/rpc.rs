@@ -94,13 +94,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         Column::new("errors_out".into(), errors_out),
     ])?;
     Ok(vec![
-        Table {
-            name: "methods",
-            frame: methods,
-        },
-        Table {
-            name: "buckets",
-            frame: by_bucket,
-        },
+        Table::new("methods", methods),
+        Table::new("buckets", by_bucket),
     ])
 }

@@ -145,17 +145,8 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         Column::new("devices_on".into(), bucket_devices),
     ])?;
     Ok(vec![
-        Table {
-            name: "devices",
-            frame: devices,
-        },
-        Table {
-            name: "hours",
-            frame: by_hour,
-        },
-        Table {
-            name: "buckets",
-            frame: by_bucket,
-        },
+        Table::new("devices", devices),
+        Table::new("hours", by_hour),
+        Table::new("buckets", by_bucket),
     ])
 }
