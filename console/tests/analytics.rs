@@ -5,6 +5,7 @@
 
 #[path = "../../client/tests/common/mod.rs"]
 mod common;
+mod logs;
 mod support;
 
 use std::io::Write;
@@ -19,28 +20,10 @@ use herd_console::tui::analytics::{
 };
 use herd_console::tui::model::Screen;
 use herd_console::tui::{Command, Model, Msg};
+use logs::{light, line};
 use serde_json::{json, Value};
 use support::*;
 use tokio::sync::mpsc;
-
-/// 2023-11-14T23:00:00Z, on an hour boundary.
-const BASE: i64 = 1_700_002_800;
-
-fn line(offset: i64, id: &str, name: &str, data: Value) -> String {
-    format!(
-        "{}\n",
-        json!({"ts": BASE + offset, "id": id, "name": name, "data": data})
-    )
-}
-
-fn light(offset: i64, id: &str, on: bool) -> String {
-    line(
-        offset,
-        id,
-        "rpc.out.Dash.Shadow.Update",
-        json!({"state": {"reported": {"on": on}}}),
-    )
-}
 
 fn firmware(offset: i64, id: &str, version: &str) -> String {
     line(

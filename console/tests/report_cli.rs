@@ -4,6 +4,7 @@
 
 #[path = "../../client/tests/common/mod.rs"]
 mod common;
+mod logs;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -11,31 +12,13 @@ use std::process::Stdio;
 
 use common::{SimDevice, TestServer, WAIT};
 use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
+use logs::{light, line, BASE};
 use polars::prelude::{DataFrame, ParquetReader, SerReader};
 use serde_json::{json, Value};
 
-/// 2023-11-14T23:00:00Z, on an hour boundary.
-const BASE: i64 = 1_700_002_800;
 const FROM: &str = "2023-11-14T23:00:00Z";
 /// One hour after [`BASE`], as unix seconds: the range mixes both time forms.
 const TO: &str = "1700006400";
-
-/// One log line (PROTOCOL §7) `offset` seconds after [`BASE`].
-fn line(offset: i64, id: &str, name: &str, data: Value) -> String {
-    format!(
-        "{}\n",
-        json!({"ts": BASE + offset, "id": id, "name": name, "data": data})
-    )
-}
-
-fn light(offset: i64, id: &str, on: bool) -> String {
-    line(
-        offset,
-        id,
-        "rpc.out.Dash.Shadow.Update",
-        json!({"state": {"reported": {"on": on}}}),
-    )
-}
 
 /// Two lights over one hour:
 /// - `lamp` is online for the first half hour (uptime 50%); its light reports off (the
