@@ -187,17 +187,8 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     device.on,
                     ota_object(device)
                 );
-                notification(
-                    &mut line,
-                    tick(&mut rng),
-                    &device.id,
-                    "rpc.out.Dash.Shadow.Update",
-                    &data,
-                );
-                emit(&mut line, &mut summary, &mut out)?;
-                device.version += 1;
-                updated(&mut line, tick(&mut rng), device);
-                emit(&mut line, &mut summary, &mut out)?;
+                let ts = [tick(&mut rng), tick(&mut rng)];
+                shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
                 t + rng.wait_us(20.0)
             }
             Phase::Online if now >= device.session_end => {
@@ -228,17 +219,8 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     // Button press: the device reports its new state.
                     device.on = !device.on;
                     let data = format!(r#"{{"state":{{"reported":{{"on":{}}}}}}}"#, device.on);
-                    notification(
-                        &mut line,
-                        tick(&mut rng),
-                        &device.id,
-                        "rpc.out.Dash.Shadow.Update",
-                        &data,
-                    );
-                    emit(&mut line, &mut summary, &mut out)?;
-                    device.version += 1;
-                    updated(&mut line, tick(&mut rng), device);
-                    emit(&mut line, &mut summary, &mut out)?;
+                    let ts = [tick(&mut rng), tick(&mut rng)];
+                    shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
                 } else if roll < 980 {
                     // Switched from the cloud: the delta's reply is the new reported state.
                     device.on = !device.on;
@@ -314,17 +296,8 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     r#"{{"state":{{"reported":{{"ota":{}}}}}}}"#,
                     ota_object_with(device, percent)
                 );
-                notification(
-                    &mut line,
-                    tick(&mut rng),
-                    &device.id,
-                    "rpc.out.Dash.Shadow.Update",
-                    &data,
-                );
-                emit(&mut line, &mut summary, &mut out)?;
-                device.version += 1;
-                updated(&mut line, tick(&mut rng), device);
-                emit(&mut line, &mut summary, &mut out)?;
+                let ts = [tick(&mut rng), tick(&mut rng)];
+                shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
                 if device.pending_fw.is_some() {
                     // Reboot: the socket drops, the device comes back on the new image.
                     device.session_end = t;
@@ -379,6 +352,23 @@ fn ota_object_with(device: &Device, percent: u8) -> String {
         device.ota_message,
         percent
     )
+}
+
+/// A device's report of its shadow (PROTOCOL §4.4) at `ts[0]`, and the `updated` event
+/// of the new version the server sends after it at `ts[1]`.
+fn shadow_report<W: Write>(
+    line: &mut String,
+    ts: [i64; 2],
+    device: &mut Device,
+    data: &str,
+    summary: &mut Summary,
+    out: &mut W,
+) -> io::Result<()> {
+    notification(line, ts[0], &device.id, "rpc.out.Dash.Shadow.Update", data);
+    emit(line, summary, out)?;
+    device.version += 1;
+    updated(line, ts[1], device);
+    emit(line, summary, out)
 }
 
 /// The `updated` event: the device object without its token (PROTOCOL §5, §6).
