@@ -188,7 +188,14 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     ota_object(device)
                 );
                 let ts = [tick(&mut rng), tick(&mut rng)];
-                shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
+                shadow_change(
+                    &mut line,
+                    ts,
+                    device,
+                    ("rpc.out.Dash.Shadow.Update", &data),
+                    &mut summary,
+                    &mut out,
+                )?;
                 t + rng.wait_us(20.0)
             }
             Phase::Online if now >= device.session_end => {
@@ -220,7 +227,14 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     device.on = !device.on;
                     let data = format!(r#"{{"state":{{"reported":{{"on":{}}}}}}}"#, device.on);
                     let ts = [tick(&mut rng), tick(&mut rng)];
-                    shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
+                    shadow_change(
+                        &mut line,
+                        ts,
+                        device,
+                        ("rpc.out.Dash.Shadow.Update", &data),
+                        &mut summary,
+                        &mut out,
+                    )?;
                 } else if roll < 980 {
                     // Switched from the cloud: the delta's reply is the new reported state.
                     device.on = !device.on;
@@ -231,17 +245,15 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                         device.version,
                         now as f64 / 1e6
                     );
-                    notification(
+                    let ts = [tick(&mut rng), tick(&mut rng)];
+                    shadow_change(
                         &mut line,
-                        tick(&mut rng),
-                        &device.id,
-                        "rpc.in.Shadow.Delta",
-                        &data,
-                    );
-                    emit(&mut line, &mut summary, &mut out)?;
-                    device.version += 1;
-                    updated(&mut line, tick(&mut rng), device);
-                    emit(&mut line, &mut summary, &mut out)?;
+                        ts,
+                        device,
+                        ("rpc.in.Shadow.Delta", &data),
+                        &mut summary,
+                        &mut out,
+                    )?;
                 } else if roll < 998 {
                     let data = format!(
                         r#"{{"lux":{},"temp":{:.1}}}"#,
@@ -297,7 +309,14 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     ota_object_with(device, percent)
                 );
                 let ts = [tick(&mut rng), tick(&mut rng)];
-                shadow_report(&mut line, ts, device, &data, &mut summary, &mut out)?;
+                shadow_change(
+                    &mut line,
+                    ts,
+                    device,
+                    ("rpc.out.Dash.Shadow.Update", &data),
+                    &mut summary,
+                    &mut out,
+                )?;
                 if device.pending_fw.is_some() {
                     // Reboot: the socket drops, the device comes back on the new image.
                     device.session_end = t;
@@ -354,17 +373,17 @@ fn ota_object_with(device: &Device, percent: u8) -> String {
     )
 }
 
-/// A device's report of its shadow (PROTOCOL §4.4) at `ts[0]`, and the `updated` event
-/// of the new version the server sends after it at `ts[1]`.
-fn shadow_report<W: Write>(
+/// A shadow change (PROTOCOL §4): the device's report or the delta sent to it, `name`
+/// with `data` at `ts[0]`, and the `updated` event of the new version at `ts[1]`.
+fn shadow_change<W: Write>(
     line: &mut String,
     ts: [i64; 2],
     device: &mut Device,
-    data: &str,
+    (name, data): (&str, &str),
     summary: &mut Summary,
     out: &mut W,
 ) -> io::Result<()> {
-    notification(line, ts[0], &device.id, "rpc.out.Dash.Shadow.Update", data);
+    notification(line, ts[0], &device.id, name, data);
     emit(line, summary, out)?;
     device.version += 1;
     updated(line, ts[1], device);
