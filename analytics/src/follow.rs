@@ -1,10 +1,13 @@
-//! Following a growing log directory: each [`Follower::poll`] reads only the bytes
-//! appended since the last one, across rotation (PROTOCOL §7).
+//! Following a growing log: each [`Follower::poll`] reads only the bytes appended since the
+//! last one, across rotation (PROTOCOL §7).
 //!
 //! The server only ever appends to `notification.log` and renames it when it rotates, so a
 //! file is recognised by its first bytes (the first line's `ts` makes them unique): when
 //! the file being followed turns up under a rotated name, reading goes on where it
 //! stopped, its end is final, and the new `notification.log` is read from its start.
+//! The log followed is a directory's rotated set, named files, or both, listed the way
+//! [`resolve`] lists them. When something already read is gone (old files deleted, a named
+//! file replaced, a file cut back), the next poll reads the log again from what is there.
 //! What to call `poll` on is the caller's business: a file watcher's events (the console
 //! uses `notify`), a timer, or both.
 
@@ -13,17 +16,20 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::event::Need;
-use crate::files::log_files;
+use crate::files::resolve;
 use crate::log::Log;
 use crate::{Error, Progress, Stage};
 
 /// How many leading bytes identify a file.
 const FINGERPRINT: usize = 64;
 
-/// A log directory read incrementally into a [`Log`].
+/// A log read incrementally into a [`Log`].
 #[derive(Debug)]
 pub struct Follower {
-    dir: PathBuf,
+    /// What the log is: directories and files, as given.
+    paths: Vec<PathBuf>,
+    need: Need,
+    cache: Option<PathBuf>,
     log: Log,
     /// Fingerprints of files read to their end and closed.
     finished: Vec<Vec<u8>>,
@@ -31,30 +37,40 @@ pub struct Follower {
     current: Option<(Vec<u8>, u64)>,
 }
 
-/// How often a poll lists the directory again when a rotation races it before it leaves
+/// What a [`Follower::poll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Polled {
+    /// Bytes read by this poll.
+    pub bytes: u64,
+    /// Whether something read before was gone, so the whole log was read again.
+    pub reread: bool,
+}
+
+/// How often a poll lists the files again when a rotation races it before it leaves
 /// the reading to the next poll.
 const SNAPSHOT_ATTEMPTS: usize = 8;
 
-/// The log files of a directory, opened: the handles keep reading the same files whatever
-/// is renamed after they were opened.
+/// The log's files, opened: the handles keep reading the same files whatever is renamed
+/// after they were opened.
 struct Snapshot {
     files: Vec<(PathBuf, File, Vec<u8>)>,
 }
 
 impl Follower {
-    /// Reads what `dir` holds now: rotated files in parallel (they are final), then the
-    /// current file, whose unterminated last line stays pending rather than torn.
-    pub fn open<P>(dir: impl Into<PathBuf>, need: Need, progress: &P) -> Result<Follower, Error>
+    /// Reads what `path` (a directory's rotated set, or one file) holds now: rotated files
+    /// in parallel (they are final), then the current file, whose unterminated last line
+    /// stays pending rather than torn.
+    pub fn open<P>(path: impl Into<PathBuf>, need: Need, progress: &P) -> Result<Follower, Error>
     where
         P: Fn(Progress) + Sync,
     {
-        Self::open_with(dir.into(), need, None, progress)
+        Self::open_all(vec![path.into()], need, None, progress)
     }
 
     /// Like [`open`](Self::open), serving rotated files from the parse cache in `cache`
     /// (see [`Log::load_cached`]).
     pub fn open_cached<P>(
-        dir: impl Into<PathBuf>,
+        path: impl Into<PathBuf>,
         need: Need,
         cache: &Path,
         progress: &P,
@@ -62,19 +78,22 @@ impl Follower {
     where
         P: Fn(Progress) + Sync,
     {
-        Self::open_with(dir.into(), need, Some(cache), progress)
+        Self::open_all(vec![path.into()], need, Some(cache.to_path_buf()), progress)
     }
 
-    fn open_with<P>(
-        dir: PathBuf,
+    /// Follows directories and files together, in the order [`resolve`] lists them: every
+    /// file but the last is read whole, the last is followed. With a `cache`, files other
+    /// than the last come from the parse cache when they are in it.
+    pub fn open_all<P>(
+        paths: Vec<PathBuf>,
         need: Need,
-        cache: Option<&Path>,
+        cache: Option<PathBuf>,
         progress: &P,
     ) -> Result<Follower, Error>
     where
         P: Fn(Progress) + Sync,
     {
-        let files = log_files(&dir)?;
+        let files = resolve(&paths)?;
         let (closed, open) = match files.split_last() {
             Some((last, rest)) => (rest.to_vec(), Some(last.clone())),
             None => (Vec::new(), None),
@@ -94,62 +113,105 @@ impl Follower {
             Stage::Reading => progress(Progress { total, ..p }),
             Stage::Computing => {}
         };
-        let log = match cache {
+        let log = match &cache {
             Some(cache) => Log::load_cached(&closed, need, cache, &scaled)?,
             None => Log::load(&closed, need, &scaled)?,
         };
         let mut finished = Vec::new();
         for path in &closed {
-            finished.push(fingerprint(path)?);
+            let print = fingerprint(path)?;
+            if !print.is_empty() {
+                finished.push(print);
+            }
         }
         let mut follower = Follower {
-            dir,
+            paths,
+            need,
+            cache,
             log,
             finished,
             current: None,
         };
         // Rotations while the closed files were read are picked up here, with the rules
         // of every later poll.
-        follower.poll_with(&|done| {
-            progress(Progress {
-                stage: Stage::Reading,
-                done: closed_bytes + done,
-                total: total.max(closed_bytes + done),
-            })
-        })?;
+        let snapshot = follower.snapshot()?;
+        if let Some(snapshot) = snapshot {
+            follower.read_snapshot(snapshot, &|done| {
+                progress(Progress {
+                    stage: Stage::Reading,
+                    done: closed_bytes + done,
+                    total: total.max(closed_bytes + done),
+                })
+            })?;
+        }
         Ok(follower)
     }
 
-    /// Reads whatever was appended or rotated since the last call; returns the number of
-    /// new bytes.
-    pub fn poll(&mut self) -> Result<u64, Error> {
-        self.poll_with(&|_| {})
+    /// Reads whatever was appended or rotated since the last call.
+    pub fn poll(&mut self) -> Result<Polled, Error> {
+        self.poll_reporting(&|_| {})
     }
 
-    fn poll_with(&mut self, read: &dyn Fn(u64)) -> Result<u64, Error> {
-        let before = self.log.stats().bytes;
+    /// Like [`poll`](Self::poll), reporting the progress of reading the log again when it
+    /// has to.
+    pub fn poll_reporting<P>(&mut self, progress: &P) -> Result<Polled, Error>
+    where
+        P: Fn(Progress) + Sync,
+    {
         let Some(snapshot) = self.snapshot()? else {
             // Rotating faster than the files can be listed: nothing is lost by waiting
             // for the next poll.
-            return Ok(0);
+            return Ok(Polled {
+                bytes: 0,
+                reread: false,
+            });
         };
+        if self.lost_read_bytes(&snapshot) {
+            drop(snapshot);
+            let paths = std::mem::take(&mut self.paths);
+            *self = Follower::open_all(paths, self.need, self.cache.take(), progress)?;
+            return Ok(Polled {
+                bytes: self.log.stats().bytes,
+                reread: true,
+            });
+        }
+        let bytes = self.read_snapshot(snapshot, &|_| {})?;
+        Ok(Polled {
+            bytes,
+            reread: false,
+        })
+    }
+
+    /// Whether a file read before is no longer among the log's files, or the followed
+    /// file was cut back.
+    fn lost_read_bytes(&self, snapshot: &Snapshot) -> bool {
+        let listed = |print: &[u8]| {
+            snapshot
+                .files
+                .iter()
+                .find(|(_, _, listed)| same_file(print, listed))
+        };
+        if self.finished.iter().any(|print| listed(print).is_none()) {
+            return true;
+        }
+        let Some((print, offset)) = &self.current else {
+            return false;
+        };
+        match listed(print) {
+            None => true,
+            Some((_, file, _)) => file.metadata().map_or(true, |meta| meta.len() < *offset),
+        }
+    }
+
+    /// Reads the files of `snapshot` that are new or grew; returns the bytes read.
+    fn read_snapshot(&mut self, snapshot: Snapshot, read: &dyn Fn(u64)) -> Result<u64, Error> {
+        let before = self.log.stats().bytes;
         let last = snapshot.files.len().saturating_sub(1);
         let followed = |print: &[u8], current: &Option<(Vec<u8>, u64)>| {
             current
                 .as_ref()
                 .is_some_and(|(known, _)| same_file(known, print))
         };
-        // The followed file is still there, under its name or a rotated one; if not, it
-        // was deleted and its held-back tail will never complete.
-        if self.current.is_some()
-            && !snapshot
-                .files
-                .iter()
-                .any(|(_, _, print)| followed(print, &self.current))
-        {
-            self.log.end_file();
-            self.current = None;
-        }
         let mut done = 0u64;
         for (index, (path, mut file, print)) in snapshot.files.into_iter().enumerate() {
             if print.is_empty() || self.finished.iter().any(|f| same_file(f, &print)) {
@@ -184,11 +246,11 @@ impl Follower {
         &self.log
     }
 
-    /// Opens the directory's log files between two listings that agree, so no rotation
-    /// happened while they were opened: each handle is the file its name had in the
-    /// listing, and the followed file is found under whichever name it has now.
+    /// Opens the log's files between two listings that agree, so no rotation happened
+    /// while they were opened: each handle is the file its name had in the listing, and
+    /// the followed file is found under whichever name it has now.
     fn snapshot(&self) -> Result<Option<Snapshot>, Error> {
-        let mut names = log_files(&self.dir)?;
+        let mut names = resolve(&self.paths)?;
         for _ in 0..SNAPSHOT_ATTEMPTS {
             let mut files = Vec::with_capacity(names.len());
             let mut vanished = false;
@@ -205,7 +267,7 @@ impl Follower {
                     Err(e) => return Err(Error::io(path, e)),
                 }
             }
-            let again = log_files(&self.dir)?;
+            let again = resolve(&self.paths)?;
             if !vanished && again == names {
                 return Ok(Some(Snapshot { files }));
             }

@@ -51,7 +51,7 @@ pub use polars::prelude::DataFrame;
 pub use event::Need;
 pub use export::{export, json_rows, Format};
 pub use files::{log_files, resolve};
-pub use follow::Follower;
+pub use follow::{Follower, Polled};
 pub use log::{Log, LogStats};
 pub use report::{compute, run, Bucket, FlapRule, Report, ReportOutput, ReportRequest, Table};
 

@@ -473,13 +473,13 @@ fn follower_reads_appends_and_rotation() {
     std::fs::write(&current, line(0.0, "a", "online", Value::Null)).expect("write");
     let mut follower = Follower::open(dir.path(), Need::ALL, &|_| {}).expect("open");
     assert_eq!(follower.log().len(), 1);
-    assert_eq!(follower.poll().expect("poll"), 0);
+    assert_eq!(follower.poll().expect("poll").bytes, 0);
 
     // Appended: half a line first, then the rest.
     let next = line(3600.0, "a", "offline", Value::Null);
     let (head, tail) = next.split_at(10);
     append(&current, head);
-    assert_eq!(follower.poll().expect("poll"), 10);
+    assert_eq!(follower.poll().expect("poll").bytes, 10);
     assert_eq!(follower.log().len(), 1);
     append(&current, tail);
     follower.poll().expect("poll");
@@ -491,7 +491,7 @@ fn follower_reads_appends_and_rotation() {
     std::fs::write(&current, line(7200.0, "a", "offline", Value::Null)).expect("write");
     follower.poll().expect("poll");
     assert_eq!(follower.log().len(), 4);
-    assert_eq!(follower.poll().expect("poll"), 0);
+    assert_eq!(follower.poll().expect("poll").bytes, 0);
 
     let output = compute(follower.log(), &request(Report::Connectivity, &[])).expect("compute");
     let rows = json_rows(output.main()).expect("rows");
@@ -535,7 +535,8 @@ fn follower_counts_every_line_once_while_the_log_rotates_under_it() {
         })
     };
     while !writer.is_finished() {
-        follower.poll().expect("poll during rotation");
+        let polled = follower.poll().expect("poll during rotation");
+        assert!(!polled.reread, "a rotation is not a loss");
     }
     writer.join().expect("writer");
     follower.poll().expect("last poll");
@@ -564,6 +565,73 @@ fn follower_progress_covers_the_current_file() {
     let last = seen.last().expect("progress was reported");
     assert_eq!((last.done, last.total), (total, total));
     assert!(seen.iter().all(|p| p.done <= p.total && p.total == total));
+}
+
+#[test]
+fn follower_of_named_files_reads_the_last_one_as_it_grows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let older = dir.path().join("older.log");
+    let live = dir.path().join("live.log");
+    std::fs::write(&older, line(0.0, "a", "online", Value::Null)).expect("write");
+    std::fs::write(&live, line(600.0, "a", "offline", Value::Null)).expect("write");
+    let paths = vec![older.clone(), live.clone()];
+    let mut follower = Follower::open_all(paths, Need::ALL, None, &|_| {}).expect("open");
+    assert_eq!(follower.log().len(), 2);
+
+    let next = line(1200.0, "a", "online", Value::Null);
+    append(&live, &next);
+    let polled = follower.poll().expect("poll");
+    assert_eq!((polled.bytes, polled.reread), (next.len() as u64, false));
+    assert_eq!(follower.log().len(), 3);
+
+    // The named file replaced by a new one (as a rotation does to `notification.log`):
+    // the log is what the named files hold now.
+    std::fs::rename(&live, dir.path().join("live.log.old")).expect("rename");
+    std::fs::write(&live, line(1800.0, "a", "offline", Value::Null)).expect("write");
+    let polled = follower.poll().expect("poll");
+    assert!(polled.reread);
+    assert_eq!(follower.log().len(), 2);
+    assert_eq!(follower.log().stats().torn_lines, 0);
+}
+
+#[test]
+fn follower_reads_again_when_read_bytes_are_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rotated = dir.path().join("notification.log.2023-11-14");
+    let current = dir.path().join("notification.log");
+    std::fs::write(&rotated, line(0.0, "a", "online", Value::Null)).expect("write");
+    let two = line(60.0, "a", "offline", Value::Null) + &line(120.0, "a", "online", Value::Null);
+    std::fs::write(&current, &two).expect("write");
+    let cache = tempfile::tempdir().expect("cache dir");
+    let mut follower =
+        Follower::open_cached(dir.path(), Need::ALL, cache.path(), &|_| {}).expect("open");
+    assert_eq!(follower.log().len(), 3);
+    assert!(!follower.poll().expect("poll").reread);
+
+    // Old files deleted by retention.
+    std::fs::remove_file(&rotated).expect("delete");
+    let polled = follower.poll().expect("poll");
+    assert!(polled.reread);
+    assert_eq!(polled.bytes, two.len() as u64);
+    assert_eq!(follower.log().len(), 2);
+
+    // The current file cut back by hand, then written again.
+    let one = line(60.0, "a", "offline", Value::Null);
+    std::fs::write(&current, &one).expect("truncate");
+    let seen = std::sync::Mutex::new(Vec::new());
+    let polled = follower
+        .poll_reporting(&|p: Progress| seen.lock().expect("lock").push(p))
+        .expect("poll");
+    assert!(polled.reread);
+    assert_eq!(follower.log().len(), 1);
+    let seen = seen.into_inner().expect("lock");
+    assert!(seen.last().is_some_and(|p| p.done == one.len() as u64));
+
+    // Nothing lost since: polls read only what is appended again.
+    append(&current, &line(180.0, "a", "online", Value::Null));
+    assert!(!follower.poll().expect("poll").reread);
+    assert_eq!(follower.log().len(), 2);
+    assert_eq!(follower.log().stats().torn_lines, 0);
 }
 
 fn append(path: &Path, text: &str) {

@@ -3,15 +3,13 @@
 //! nor computing a report ever holds up the console's event loop.
 //!
 //! Where the log comes from:
-//! - One directory on this machine (the server's data directory, as `herd demo` and a
-//!   profile's `log` name it): a [`Follower`] reads its rotated set once, then only the
-//!   bytes appended since, across rotation. A `notify` watcher on the directory (not
-//!   recursive) says when to look, and a timer looks every [`Timing::poll`] anyway,
-//!   because file events can be missed (a full inotify queue, a network file system).
-//! - Log files, or several paths: read as named, directories expanded to their rotated set
-//!   when the view first opens, like `herd report --log`. The last file is followed by
-//!   offset; a file that is replaced or shrinks is read again from the start. Rotation is
-//!   followed only when the directory itself is named.
+//! - Paths on this machine (the server's data directory, as `herd demo` and a profile's
+//!   `log` name it, or files, like `herd report --log`): a [`Follower`] reads them once,
+//!   then only the bytes appended since, across rotation when a directory is named. When
+//!   bytes it read are gone (old files deleted, a named file replaced or cut back) it
+//!   reads the log again. A `notify` watcher on the directories (not recursive) says when
+//!   to look, and a timer looks every [`Timing::poll`] anyway, because file events can be
+//!   missed (a full inotify queue, a network file system).
 //! - No path: the server's log over `POST /logs`, pulled every [`Timing::pull`], only the
 //!   lines after the offset reached last time.
 //!
@@ -21,8 +19,6 @@
 //! opens and keeps the log afterwards; while the view is closed it neither reads nor
 //! computes.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -309,15 +305,10 @@ fn run(
 
 /// The log and how it is kept current.
 enum Reader {
-    Directory {
-        dir: PathBuf,
-        cache: Option<PathBuf>,
-        follower: Option<Follower>,
-    },
-    Files {
+    Local {
         paths: Vec<PathBuf>,
         cache: Option<PathBuf>,
-        files: Option<FollowedFiles>,
+        follower: Option<Follower>,
     },
     Server {
         client: Client,
@@ -331,17 +322,10 @@ enum Reader {
 impl Reader {
     fn new(source: Source) -> Reader {
         match source {
-            Source::Local { paths, cache } if paths.len() == 1 && paths[0].is_dir() => {
-                Reader::Directory {
-                    dir: paths[0].clone(),
-                    cache,
-                    follower: None,
-                }
-            }
-            Source::Local { paths, cache } => Reader::Files {
+            Source::Local { paths, cache } => Reader::Local {
                 paths,
                 cache,
-                files: None,
+                follower: None,
             },
             Source::Remote { client, runtime } => Reader::Server {
                 client,
@@ -355,8 +339,7 @@ impl Reader {
 
     fn label(&self) -> String {
         match self {
-            Reader::Directory { dir, .. } => dir.display().to_string(),
-            Reader::Files { paths, .. } => paths
+            Reader::Local { paths, .. } => paths
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
@@ -367,8 +350,7 @@ impl Reader {
 
     fn log(&self) -> Option<&Log> {
         match self {
-            Reader::Directory { follower, .. } => follower.as_ref().map(Follower::log),
-            Reader::Files { files, .. } => files.as_ref().map(|f| &f.log),
+            Reader::Local { follower, .. } => follower.as_ref().map(Follower::log),
             Reader::Server {
                 log, pulled_once, ..
             } => pulled_once.then_some(log),
@@ -383,8 +365,7 @@ impl Reader {
         changed: Arc<AtomicBool>,
     ) -> Option<RecommendedWatcher> {
         let (dirs, names): (Vec<PathBuf>, Option<Vec<std::ffi::OsString>>) = match self {
-            Reader::Directory { dir, .. } => (vec![dir.clone()], None),
-            Reader::Files { paths, .. } => {
+            Reader::Local { paths, .. } => {
                 let mut dirs = Vec::new();
                 let mut names = Vec::new();
                 for path in paths {
@@ -453,36 +434,27 @@ impl Reader {
             output.progress(Stage::Reading, 0, None);
         }
         match self {
-            Reader::Directory {
-                dir,
+            Reader::Local {
+                paths,
                 cache,
                 follower,
             } => {
                 if let Some(followed) = follower {
-                    followed.poll().map_err(|e| e.to_string())?;
-                    if followed.log().stats().bytes <= bytes_on_disk(dir)? {
-                        return Ok(());
+                    let polled = followed
+                        .poll_reporting(&reading)
+                        .map_err(|e| e.to_string())?;
+                    if polled.reread {
+                        tracing::warn!(
+                            ?paths,
+                            "analytics: bytes read before are gone; read the log again"
+                        );
                     }
-                    // More was read than the directory holds: old files were deleted or
-                    // a file was cut back. Start over from what is there.
-                    tracing::warn!(dir = %dir.display(), "analytics: the log shrank; reading it again");
+                    return Ok(());
                 }
                 *follower = Some(
-                    open_follower(dir, cache.as_deref(), &reading).map_err(|e| e.to_string())?,
+                    Follower::open_all(paths.clone(), need(), cache.clone(), &reading)
+                        .map_err(|e| e.to_string())?,
                 );
-                Ok(())
-            }
-            Reader::Files {
-                paths,
-                cache,
-                files,
-            } => {
-                if let Some(followed) = files {
-                    if followed.poll()? {
-                        return Ok(());
-                    }
-                }
-                *files = Some(FollowedFiles::open(paths, cache.as_deref(), &reading)?);
                 Ok(())
             }
             Reader::Server {
@@ -512,135 +484,5 @@ impl Reader {
                 }
             }
         }
-    }
-}
-
-/// A follower of `dir`, its rotated files served from `cache` when there is one.
-fn open_follower<P>(
-    dir: &Path,
-    cache: Option<&Path>,
-    progress: &P,
-) -> Result<Follower, herd_analytics::Error>
-where
-    P: Fn(herd_analytics::Progress) + Sync,
-{
-    match cache {
-        Some(cache) => Follower::open_cached(dir, need(), cache, progress),
-        None => Follower::open(dir, need(), progress),
-    }
-}
-
-/// The size of a directory's rotated set now.
-fn bytes_on_disk(dir: &Path) -> Result<u64, String> {
-    let files = herd_analytics::log_files(dir).map_err(|e| e.to_string())?;
-    Ok(files
-        .iter()
-        .filter_map(|file| std::fs::metadata(file).ok())
-        .map(|meta| meta.len())
-        .sum())
-}
-
-/// How many leading bytes identify a file, as the follower does it.
-const FINGERPRINT: usize = 64;
-
-/// Named log files: all but the last read whole, the last followed by offset.
-struct FollowedFiles {
-    log: Log,
-    /// Each file but the last, with the length and first bytes it had when read.
-    closed: Vec<(PathBuf, u64, Vec<u8>)>,
-    /// The last file, how far it was read, and its first bytes.
-    last: Option<(PathBuf, u64, Vec<u8>)>,
-}
-
-impl FollowedFiles {
-    fn open<P>(
-        paths: &[PathBuf],
-        cache: Option<&Path>,
-        progress: &P,
-    ) -> Result<FollowedFiles, String>
-    where
-        P: Fn(herd_analytics::Progress) + Sync,
-    {
-        let files = herd_analytics::resolve(paths).map_err(|e| e.to_string())?;
-        let (last, closed) = match files.split_last() {
-            Some((last, closed)) => (Some(last.clone()), closed.to_vec()),
-            None => (None, Vec::new()),
-        };
-        let mut identified = Vec::with_capacity(closed.len());
-        for path in &closed {
-            let (len, print) = identify(path)?;
-            identified.push((path.clone(), len, print));
-        }
-        let log = match cache {
-            Some(cache) => Log::load_cached(&closed, need(), cache, progress),
-            None => Log::load(&closed, need(), progress),
-        }
-        .map_err(|e| e.to_string())?;
-        let mut followed = FollowedFiles {
-            log,
-            closed: identified,
-            last: None,
-        };
-        if let Some(path) = last {
-            // Read with `push`, like the follower: a line still being written stays
-            // pending instead of counting as torn.
-            let (_, print) = identify(&path)?;
-            let end = read_into(&mut followed.log, &path, 0)?;
-            followed.last = Some((path, end, print));
-        }
-        Ok(followed)
-    }
-
-    /// Reads what was appended to the last file; false when the files changed otherwise
-    /// and must be read again.
-    fn poll(&mut self) -> Result<bool, String> {
-        for (path, len, print) in &self.closed {
-            if identify(path)? != (*len, print.clone()) {
-                return Ok(false);
-            }
-        }
-        let Some((path, offset, print)) = &mut self.last else {
-            return Ok(true);
-        };
-        let (len, now) = identify(path)?;
-        let shared = print.len().min(now.len());
-        if len < *offset || print[..shared] != now[..shared] {
-            return Ok(false);
-        }
-        if len > *offset {
-            *offset = read_into(&mut self.log, path, *offset)?;
-            *print = now;
-        }
-        Ok(true)
-    }
-}
-
-/// A file's length and first bytes.
-fn identify(path: &Path) -> Result<(u64, Vec<u8>), String> {
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut file = File::open(path).map_err(fail)?;
-    let len = file.metadata().map_err(fail)?.len();
-    let mut print = Vec::with_capacity(FINGERPRINT);
-    (&mut file)
-        .take(FINGERPRINT as u64)
-        .read_to_end(&mut print)
-        .map_err(fail)?;
-    Ok((len, print))
-}
-
-/// Pushes the bytes of `path` after `offset` into `log`; returns the offset reached.
-fn read_into(log: &mut Log, path: &Path, offset: u64) -> Result<u64, String> {
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut file = File::open(path).map_err(fail)?;
-    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
-    let mut position = offset;
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).map_err(fail)?;
-        if n == 0 {
-            return Ok(position);
-        }
-        log.push(&buffer[..n]);
-        position += n as u64;
     }
 }
