@@ -403,6 +403,15 @@ impl Fleet {
         self.index.get(id).and_then(|&i| self.rows.get(i))
     }
 
+    /// What device `id` is called on screen: its name, or its id when it has none or is
+    /// not in the fleet.
+    pub fn label<'a>(&'a self, id: &'a str) -> &'a str {
+        match self.get(id) {
+            Some(row) if !row.name.is_empty() => &row.name,
+            _ => id,
+        }
+    }
+
     /// Table position of device `id`, if it passes the filter.
     pub fn position_of(&self, id: &str) -> Option<usize> {
         let index = *self.index.get(id)? as u32;

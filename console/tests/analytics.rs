@@ -348,6 +348,62 @@ fn tables_scroll_and_cycle() {
     assert_eq!((model.analytics.table, model.analytics.offset), (0, 0));
 }
 
+#[test]
+fn tables_sort_by_any_column_and_keep_it_as_reports_arrive() {
+    let size = (200, 50);
+    let mut model = analytics(Report::Connectivity, size);
+    // The device column of the table's rows, top to bottom (the chart's lines start
+    // with its border).
+    let drawn = |model: &Model| -> Vec<String> {
+        screen(model, size.0, size.1)
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|cells| {
+                cells.len() == 8 && (cells[0].starts_with("lamp-") || cells[0] == "porch")
+            })
+            .map(|cells| cells[0].to_string())
+            .collect()
+    };
+    let as_reported = drawn(&model);
+    assert_eq!(as_reported, ["lamp-001", "lamp-002", "lamp-003", "porch"]);
+
+    // First the device column, A to Z, then sessions: numbers biggest first.
+    send(&mut model, key(KeyCode::Char('s')));
+    assert!(screen(&model, size.0, size.1).contains("device▲"));
+    assert_eq!(drawn(&model), as_reported);
+    send(&mut model, key(KeyCode::Char('S')));
+    assert_eq!(drawn(&model), ["porch", "lamp-003", "lamp-002", "lamp-001"]);
+    send(&mut model, key(KeyCode::Char('s')));
+    let shown = screen(&model, size.0, size.1);
+    assert!(shown.contains("sessions▼"), "{shown}");
+    assert_eq!(drawn(&model)[0], "lamp-003", "two sessions");
+    // online_s, then reversed: the least online first.
+    send(&mut model, key(KeyCode::Char('s')));
+    send(&mut model, key(KeyCode::Char('S')));
+    assert!(screen(&model, size.0, size.1).contains("online_s▲"));
+    assert_eq!(drawn(&model)[0], "lamp-003");
+
+    // A new report of the same selection is drawn in the same order.
+    send(
+        &mut model,
+        Msg::Analytics(Event::Report(Box::new(sample(Report::Connectivity)))),
+    );
+    assert_eq!(drawn(&model)[0], "lamp-003");
+
+    // Past the last column: the report's order again.
+    for _ in 0..6 {
+        send(&mut model, key(KeyCode::Char('s')));
+    }
+    assert_eq!(model.analytics.sort, None);
+    assert_eq!(drawn(&model), as_reported);
+    assert!(!screen(&model, size.0, size.1).contains('▲'));
+
+    // Another table starts in the report's order.
+    send(&mut model, key(KeyCode::Char('s')));
+    send(&mut model, key(KeyCode::Char('t')));
+    assert_eq!(model.analytics.sort, None);
+}
+
 // --- snapshots -------------------------------------------------------------------------
 
 const SIZES: [(u16, u16); 2] = [(80, 24), (200, 50)];

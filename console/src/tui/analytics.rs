@@ -193,7 +193,7 @@ pub struct Spark {
 }
 
 /// A computed report, ready to draw.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportData {
     pub selection: Selection,
     /// The range reported on, unix seconds.
@@ -577,6 +577,56 @@ pub struct AnalyticsView {
     pub table: usize,
     /// First row of the table shown.
     pub offset: usize,
+    /// How the shown table's rows are ordered; `None`: as the report gives them.
+    pub sort: Option<TableSort>,
+    /// With a sort, the rows of the shown table in drawing order.
+    pub order: Vec<usize>,
+}
+
+/// A column of the shown table to order its rows by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSort {
+    pub column: usize,
+    pub descending: bool,
+}
+
+/// A cell as a sort key: numbers by value, text in natural order (`lamp-9` before
+/// `lamp-10`); empty cells last either way.
+#[derive(Debug, PartialEq)]
+enum SortKey {
+    Number(f64),
+    Text(String),
+    Empty,
+}
+
+impl SortKey {
+    fn of(text: &str, numeric: bool) -> SortKey {
+        if text == "-" {
+            return SortKey::Empty;
+        }
+        match text.parse::<f64>() {
+            Ok(n) if numeric => SortKey::Number(n),
+            _ => SortKey::Text(text.to_string()),
+        }
+    }
+
+    fn compare(&self, other: &SortKey, descending: bool) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        let order = match (self, other) {
+            (SortKey::Empty, SortKey::Empty) => return Ordering::Equal,
+            (SortKey::Empty, _) => return Ordering::Greater,
+            (_, SortKey::Empty) => return Ordering::Less,
+            (SortKey::Number(a), SortKey::Number(b)) => a.total_cmp(b),
+            (SortKey::Text(a), SortKey::Text(b)) => compare_versions(a, b),
+            (SortKey::Number(_), SortKey::Text(_)) => Ordering::Less,
+            (SortKey::Text(_), SortKey::Number(_)) => Ordering::Greater,
+        };
+        if descending {
+            order.reverse()
+        } else {
+            order
+        }
+    }
 }
 
 impl AnalyticsView {
@@ -602,13 +652,82 @@ impl AnalyticsView {
             .map_or(0, |table| table.rows.len())
     }
 
-    /// Picks another report; the table and scroll position start over.
+    /// Picks another report; the table, its order and the scroll position start over.
     pub fn select_report(&mut self, report: Report) {
         if self.selection.report != report {
             self.selection.report = report;
             self.table = 0;
             self.offset = 0;
+            self.sort = None;
+            self.order.clear();
         }
+    }
+
+    /// Orders the shown table by its next column (numbers biggest first, text from A),
+    /// and after the last column as the report gives it again. Call
+    /// [`order_rows`](Self::order_rows) after.
+    pub fn next_sort(&mut self) {
+        let numeric = match self.shown().and_then(|data| data.tables.get(self.table)) {
+            Some(table) => table.numeric.clone(),
+            None => return,
+        };
+        let column = self.sort.map_or(0, |sort| sort.column + 1);
+        self.sort = numeric.get(column).map(|&numeric| TableSort {
+            column,
+            descending: numeric,
+        });
+        self.offset = 0;
+    }
+
+    /// Reverses the order of the sorted column, or sorts by the first one from its end.
+    pub fn reverse_sort(&mut self) {
+        match &mut self.sort {
+            Some(sort) => sort.descending = !sort.descending,
+            None => {
+                self.next_sort();
+                if let Some(sort) = &mut self.sort {
+                    sort.descending = !sort.descending;
+                }
+            }
+        }
+        self.offset = 0;
+    }
+
+    /// Computes the drawing order of the shown table's rows for the sort chosen; `label`
+    /// gives the name a device id is shown with, so an `id` column sorts as it reads.
+    pub fn order_rows(&mut self, label: &dyn Fn(&str) -> String) {
+        self.order.clear();
+        let Some(sort) = self.sort else {
+            return;
+        };
+        let Some(table) = self.shown().and_then(|data| data.tables.get(self.table)) else {
+            return;
+        };
+        let Some(numeric) = table.numeric.get(sort.column).copied() else {
+            return;
+        };
+        let is_id = table.columns[sort.column] == "id";
+        let keys: Vec<SortKey> = table
+            .rows
+            .iter()
+            .map(|row| {
+                let cell = row.get(sort.column).map_or("-", String::as_str);
+                if is_id {
+                    SortKey::Text(label(cell))
+                } else {
+                    SortKey::of(cell, numeric)
+                }
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        // Stable: rows with equal keys keep the report's order.
+        order.sort_by(|&a, &b| keys[a].compare(&keys[b], sort.descending));
+        self.order = order;
+    }
+
+    /// The row of the shown table drawn `n`th.
+    pub fn row_at(&self, n: usize) -> usize {
+        self.order.get(n).copied().unwrap_or(n)
     }
 
     /// Scrolls the table by `delta` rows, keeping `visible` rows on screen.
@@ -623,6 +742,8 @@ impl AnalyticsView {
         if count > 0 {
             self.table = (self.table + 1) % count;
             self.offset = 0;
+            self.sort = None;
+            self.order.clear();
         }
     }
 
@@ -637,7 +758,11 @@ impl AnalyticsView {
                 let tables = self.shown().map_or(0, |data| data.tables.len());
                 if self.table >= tables {
                     self.table = 0;
+                    self.sort = None;
                 }
+                // The new rows are ordered by the caller (`order_rows`), which knows the
+                // device names.
+                self.order.clear();
                 self.offset = self.offset.min(self.table_len().saturating_sub(1));
             }
             Event::Failed(message) => {
@@ -667,6 +792,60 @@ mod tests {
         assert!(compare_versions("1.10.0", "1.9.2").is_gt());
         assert_eq!(thousands(1234), "1,234");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn sorted_rows_read_as_shown() {
+        let rows = [
+            ["aa01", "10", "3"],
+            ["aa02", "9", "-"],
+            ["aa03", "10.5", "1"],
+            ["aa04", "-", "2"],
+        ];
+        let table = TableData {
+            name: "devices",
+            columns: vec!["id".into(), "n".into(), "m".into()],
+            rows: rows
+                .iter()
+                .map(|row| row.iter().map(|c| c.to_string()).collect())
+                .collect(),
+            widths: vec![4, 4, 1],
+            numeric: vec![false, true, true],
+        };
+        let mut view = AnalyticsView {
+            data: Some(Box::new(ReportData {
+                tables: vec![table],
+                ..ReportData::default()
+            })),
+            ..AnalyticsView::default()
+        };
+        // Ids read as the names shown, in natural order.
+        let names = |id: &str| match id {
+            "aa01" => "lamp-10".to_string(),
+            "aa02" => "lamp-9".to_string(),
+            "aa03" => "desk".to_string(),
+            other => other.to_string(),
+        };
+        let order = |view: &mut AnalyticsView| {
+            view.order_rows(&names);
+            (0..4).map(|n| view.row_at(n)).collect::<Vec<_>>()
+        };
+        view.next_sort();
+        assert_eq!(
+            order(&mut view),
+            [3, 2, 1, 0],
+            "aa04, desk, lamp-9, lamp-10"
+        );
+        // Numbers biggest first; empty cells last either way.
+        view.next_sort();
+        assert_eq!(order(&mut view), [2, 0, 1, 3]);
+        view.reverse_sort();
+        assert_eq!(order(&mut view), [1, 0, 2, 3]);
+        view.next_sort();
+        assert_eq!(order(&mut view), [0, 3, 2, 1]);
+        view.next_sort();
+        assert_eq!(view.sort, None);
+        assert_eq!(order(&mut view), [0, 1, 2, 3]);
     }
 
     #[test]

@@ -731,7 +731,11 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
         }
         Msg::Analytics(event) => {
             model.dirty = true;
+            let report = matches!(event, analytics::Event::Report(_));
             model.analytics.apply(event);
+            if report {
+                order_analytics_rows(model);
+            }
             Vec::new()
         }
         Msg::Paste(text) => {
@@ -1326,6 +1330,14 @@ fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     Vec::new()
 }
 
+/// Orders the analytics table's rows for its sort, device ids read as the names shown.
+fn order_analytics_rows(model: &mut Model) {
+    let fleet = &model.fleet;
+    model
+        .analytics
+        .order_rows(&|id| fleet.label(id).to_string());
+}
+
 fn analytics_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     let rows = analytics::table_rows(model.size);
     let page = rows.max(1) as isize;
@@ -1355,6 +1367,14 @@ fn analytics_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             }
         }
         KeyCode::Char('t') => view.next_table(),
+        KeyCode::Char('s') => {
+            view.next_sort();
+            order_analytics_rows(model);
+        }
+        KeyCode::Char('S') => {
+            view.reverse_sort();
+            order_analytics_rows(model);
+        }
         KeyCode::Down | KeyCode::Char('j') => view.scroll(1, rows),
         KeyCode::Up | KeyCode::Char('k') => view.scroll(-1, rows),
         KeyCode::PageDown => view.scroll(page, rows),

@@ -290,6 +290,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ("r", "range"),
             ("b", "bucket"),
             ("t", "table"),
+            ("s", "sort"),
             ("↑↓", "scroll"),
             ("Esc", "back"),
             ("?", "help"),
@@ -818,10 +819,7 @@ fn tail_line(entry: &Entry, who: Option<&str>, theme: &Theme) -> Line<'static> {
 
 /// The device's name for tail lines: shorter than its id and what operators recognise.
 fn device_label<'a>(model: &'a Model, id: &'a str) -> &'a str {
-    match model.fleet.get(id) {
-        Some(row) if !row.name.is_empty() => &row.name,
-        _ => id,
-    }
+    model.fleet.label(id)
 }
 
 fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
@@ -959,6 +957,7 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("r", "range: last hour, last 24 h, all"),
             ("b", "buckets of an hour or a day"),
             ("t", "next table of the report"),
+            ("s S", "sort by the next column; reverse"),
             ("↑↓ PgUp", "scroll the table; g G jump"),
         ],
     };

@@ -53,12 +53,7 @@ pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect
         return;
     };
     // Reports name devices by id; operators know them by name.
-    let device = |id: &str| -> String {
-        match model.fleet.get(id) {
-            Some(row) if !row.name.is_empty() => row.name.to_string(),
-            _ => id.to_string(),
-        }
-    };
+    let device = |id: &str| model.fleet.label(id).to_string();
     if let Some(charts) = areas.charts {
         render_charts(frame, data, theme, charts, &device);
     }
@@ -355,10 +350,12 @@ fn render_table(
     // Only the visible rows are built; an `id` column shows device names, as wide as the
     // names on screen need.
     let id_column = table.columns.iter().position(|c| c == "id");
-    let cells: Vec<Vec<String>> = table.rows[start..end]
-        .iter()
-        .map(|row| {
-            let mut row = row.clone();
+    // A sort made for other rows (a report just arrived) is not applied.
+    let ordered = view.order.len() == len;
+    let cells: Vec<Vec<String>> = (start..end)
+        .map(|n| {
+            let index = if ordered { view.row_at(n) } else { n };
+            let mut row = table.rows[index].clone();
             if let Some(cell) = id_column.and_then(|i| row.get_mut(i)) {
                 *cell = device(cell);
             }
@@ -373,6 +370,12 @@ fn render_table(
             .iter()
             .map(|row| row[i].chars().count() as u16)
             .fold(6, u16::max);
+    }
+    if let Some(sort) = view.sort.filter(|sort| sort.column < columns.len()) {
+        let column = &mut columns[sort.column];
+        column.push(if sort.descending { '▼' } else { '▲' });
+        let width = column.chars().count() as u16;
+        widths[sort.column] = widths[sort.column].max(width);
     }
 
     // Columns in order while they fit; at least the first.
