@@ -168,8 +168,10 @@ impl Follower {
         };
         if self.lost_read_bytes(&snapshot) {
             drop(snapshot);
-            let paths = std::mem::take(&mut self.paths);
-            *self = Follower::open_all(paths, self.need, self.cache.take(), progress)?;
+            // On failure this follower stays as it was, and the next poll tries again.
+            let again =
+                Follower::open_all(self.paths.clone(), self.need, self.cache.clone(), progress)?;
+            *self = again;
             return Ok(Polled {
                 bytes: self.log.stats().bytes,
                 reread: true,
