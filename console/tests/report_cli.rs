@@ -104,6 +104,11 @@ fn run(mut command: std::process::Command, args: &[&str]) -> Output {
     }
 }
 
+/// The words of a command line (none of them hold spaces).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// A directory holding `notification.log` with `text`.
 fn log_dir(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -304,17 +309,13 @@ fn fleet_tables_top_and_the_whole_report_as_json() {
 
     let out = report(
         dir.path(),
-        &[
-            "fleet", "--format", "csv", "--table", "busiest", "--top", "1",
-        ],
+        &words("fleet --format csv --table busiest --top 1"),
     );
     assert_eq!(out.text(), "id,notifications\nlamp,7\n");
 
     let out = report(
         dir.path(),
-        &[
-            "fleet", "--format", "json", "--table", "all", "--bucket", "day",
-        ],
+        &words("fleet --format json --table all --bucket day"),
     );
     let document = out.json();
     assert_eq!(document["report"], "fleet");
@@ -379,13 +380,7 @@ fn out_writes_a_whole_file_or_none() {
 
     let out = report(
         path,
-        &[
-            "connectivity",
-            "--format",
-            "parquet",
-            "--out",
-            "uptime.parquet",
-        ],
+        &words("connectivity --format parquet --out uptime.parquet"),
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.is_empty(), "the data went to the file");
@@ -412,16 +407,7 @@ fn out_writes_a_whole_file_or_none() {
     let before = names();
     let out = run(
         herd(path),
-        &[
-            "report",
-            "usage",
-            "--format",
-            "csv",
-            "--log",
-            "missing.log",
-            "--out",
-            "usage.csv",
-        ],
+        &words("report usage --format csv --log missing.log --out usage.csv"),
     );
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert_eq!(
@@ -430,14 +416,7 @@ fn out_writes_a_whole_file_or_none() {
     );
     let out = run(
         herd(path),
-        &[
-            "report",
-            "usage",
-            "--log",
-            "missing.log",
-            "--out",
-            "new.csv",
-        ],
+        &words("report usage --log missing.log --out new.csv"),
     );
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert_eq!(names(), before, "no new.csv, no temporary file");
@@ -512,37 +491,13 @@ fn a_directory_is_its_whole_rotated_set() {
     std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
     std::fs::write(dir.path().join("unrelated.txt"), "not a log\n").expect("write");
 
-    let out = run(
-        herd(dir.path()),
-        &[
-            "report",
-            "connectivity",
-            "--format",
-            "json",
-            "--from",
-            FROM,
-            "--to",
-            TO,
-            "--log",
-        ],
-    );
+    let line = format!("report connectivity --format json --from {FROM} --to {TO} --log");
+    let mut args = words(&line);
+    let out = run(herd(dir.path()), &args);
     assert_eq!(out.code, 2, "--log needs a value: {}", out.stderr);
     let dir_arg = dir.path().to_string_lossy().into_owned();
-    let out = run(
-        herd(dir.path()),
-        &[
-            "report",
-            "connectivity",
-            "--format",
-            "json",
-            "--from",
-            FROM,
-            "--to",
-            TO,
-            "--log",
-            &dir_arg,
-        ],
-    );
+    args.push(&dir_arg);
+    let out = run(herd(dir.path()), &args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let rows = out.json();
     assert_eq!(rows[0]["uptime_pct"].as_f64(), Some(50.0), "{rows}");
@@ -550,29 +505,14 @@ fn a_directory_is_its_whole_rotated_set() {
     // Files given one by one, in several --log flags and several values of one.
     let out = run(
         herd(dir.path()),
-        &[
-            "report",
-            "fleet",
-            "--format",
-            "json",
-            "--log",
-            "notification.log.2023-11-14",
-            "--log",
-            "notification.log",
-        ],
+        &words(
+            "report fleet --format json --log notification.log.2023-11-14 --log notification.log",
+        ),
     );
     assert_eq!(out.json()[0]["notifications"], 10, "{}", out.stderr);
     let out = run(
         herd(dir.path()),
-        &[
-            "report",
-            "fleet",
-            "--format",
-            "json",
-            "--log",
-            "notification.log.2023-11-14",
-            "notification.log",
-        ],
+        &words("report fleet --format json --log notification.log.2023-11-14 notification.log"),
     );
     assert_eq!(out.json()[0]["notifications"], 10, "{}", out.stderr);
 }
@@ -624,14 +564,7 @@ fn the_log_comes_from_report_then_herd_then_the_profile() {
     command.env("HERD_NOTIFICATION_LOG", other.path());
     let out = run(
         command,
-        &[
-            "report",
-            "fleet",
-            "--format",
-            "json",
-            "--log",
-            "notification.log",
-        ],
+        &words("report fleet --format json --log notification.log"),
     );
     assert_eq!(out.json()[0]["devices_seen"], 2, "{}", out.stderr);
 }
@@ -642,117 +575,59 @@ fn bad_inputs_fail_with_their_exit_codes() {
     let path = dir.path();
     for (args, code, says) in [
         (
-            &["report", "uptime", "--log", "notification.log"][..],
+            words("report uptime --log notification.log"),
             2,
             "unknown report \"uptime\"",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--from",
-                "yesterday",
-            ],
+            words("report fleet --log notification.log --from yesterday"),
             2,
             "--from: ",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--to",
-                "2023-13-01T00:00:00Z",
-            ],
+            words("report fleet --log notification.log --to 2023-13-01T00:00:00Z"),
             2,
             "--to: ",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--from",
-                TO,
-                "--to",
-                FROM,
-            ],
+            words(&format!(
+                "report fleet --log notification.log --from {TO} --to {FROM}"
+            )),
             2,
             "must be before --to",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--format",
-                "xml",
-            ],
+            words("report fleet --log notification.log --format xml"),
             2,
             "unknown format \"xml\"",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--bucket",
-                "week",
-            ],
+            words("report fleet --log notification.log --bucket week"),
             2,
             "unknown bucket",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--table",
-                "devices",
-            ],
+            words("report fleet --log notification.log --table devices"),
             2,
             "has no table \"devices\"",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--format",
-                "parquet",
-                "--table",
-                "all",
-            ],
+            words("report fleet --log notification.log --format parquet --table all"),
             2,
             "one table",
         ),
         (
-            &["report", "fleet", "--log", "missing.log"],
+            words("report fleet --log missing.log"),
             5,
             "no such log file or directory: missing.log",
         ),
         (
-            &[
-                "report",
-                "fleet",
-                "--log",
-                "notification.log",
-                "--log",
-                "missing-dir",
-            ],
+            words("report fleet --log notification.log --log missing-dir"),
             5,
             "missing-dir",
         ),
     ] {
-        let out = run(herd(path), args);
+        let out = run(herd(path), &args);
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
         assert!(out.error_line().contains(says), "{args:?}: {}", out.stderr);
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
