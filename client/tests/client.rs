@@ -326,21 +326,8 @@ async fn notify_batches() {
 
 #[tokio::test]
 async fn https_and_wss_with_a_private_ca() {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let files = tempfile::tempdir().expect("tempdir");
-    let cert = files.path().join("cert.pem");
-    let key = files.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
-    let server = TestServer::start_with(|settings| {
-        settings.tls = Some(herd_config::TlsSettings {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
-    })
-    .await;
-    let url = format!("https://localhost:{}", server.addr.port());
+    let server = TestServer::start_tls().await;
+    let url = server.https_url();
 
     // Without the CA the certificate is refused, and the error says it cannot connect.
     let untrusting = Client::new(&url, Some(&server.admin_key)).expect("client");
@@ -351,7 +338,7 @@ async fn https_and_wss_with_a_private_ca() {
         .is_connection());
 
     let mut options = herd_client::ClientOptions::new(&url, Some(server.admin_key.clone()));
-    options.ca_cert = Some(certified.cert.pem().into_bytes());
+    options.ca_cert = Some(std::fs::read(server.ca_cert()).expect("read the certificate"));
     let client = Client::with_options(options).expect("client");
     let mut stream = client.notify();
     wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;

@@ -333,27 +333,16 @@ async fn tail_streams_json_lines() {
 
 #[tokio::test]
 async fn a_private_ca_is_trusted_when_named() {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
-    let files = tempfile::tempdir().expect("tempdir");
-    let cert = files.path().join("cert.pem");
-    let key = files.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
-    let server = TestServer::start_with(|settings| {
-        settings.tls = Some(herd_config::TlsSettings {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
-    })
-    .await;
-    let url = format!("https://localhost:{}", server.addr.port());
+    let server = TestServer::start_tls().await;
+    let url = server.https_url();
     let mut command = herd(&server, &server.admin_key);
     command.env("HERD_SERVER", &url);
     let out = run(command, &["devices", "--json"]).await;
     assert_eq!(out.code, 3, "untrusted certificate: {}", out.stderr);
     let mut command = herd(&server, &server.admin_key);
-    command.env("HERD_SERVER", &url).env("HERD_CA_CERT", &cert);
+    command
+        .env("HERD_SERVER", &url)
+        .env("HERD_CA_CERT", server.ca_cert());
     let out = run(command, &["devices", "--json"]).await;
     assert_eq!(
         (out.code, out.stdout.as_str()),

@@ -52,6 +52,33 @@ impl TestServer {
         }
     }
 
+    /// Starts on https and wss with a fresh self-signed certificate for `localhost`, kept
+    /// in the data directory ([`ca_cert`](Self::ca_cert)); clients reach it at
+    /// [`https_url`](Self::https_url).
+    pub async fn start_tls() -> Self {
+        Self::start_with(|settings| {
+            let dir = settings.data_dir.clone().expect("a data directory");
+            let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .expect("certificate");
+            let cert = dir.join("cert.pem");
+            let key = dir.join("key.pem");
+            std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+            std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+            settings.tls = Some(herd_config::TlsSettings { cert, key });
+        })
+        .await
+    }
+
+    /// The certificate of a [`start_tls`](Self::start_tls) server, the CA clients must trust.
+    pub fn ca_cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    /// `https://localhost:PORT`: the name the certificate is for.
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
     fn settings_for(dir: &std::path::Path) -> ServerSettings {
         ServerSettings {
             data_dir: Some(dir.to_path_buf()),
