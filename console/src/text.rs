@@ -70,18 +70,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs() {
-        assert!(glob_match("rpc.out.*", "rpc.out.Log"));
-        assert!(glob_match("*", ""));
-        assert!(glob_match("on?ine", "online"));
-        assert!(glob_match("*line", "offline"));
-        assert!(!glob_match("rpc.in.*", "rpc.out.Log"));
-        assert!(!glob_match("online", "online2"));
-        assert!(glob_match("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaab"));
-        assert!(!glob_match("*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaa"));
-    }
-
-    #[test]
     fn times() {
         assert_eq!(clock_time(3661.5), "01:01:01.500");
         assert_eq!(clock_time(f64::NAN), "00:00:00.000");

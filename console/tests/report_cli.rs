@@ -116,6 +116,19 @@ fn log_dir(text: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The hour log as a rotated set: the rotated file holds its first six lines, the current
+/// file the rest.
+fn rotated_hour_log() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = hour_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let (old, new) = lines.split_at(6);
+    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(dir.path().join("notification.log.2023-11-14"), join(old)).expect("write");
+    std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
+    dir
+}
+
 /// `herd report` over the hour log in `dir`, over the hour.
 fn report(dir: &Path, args: &[&str]) -> Output {
     let mut all = vec!["report"];
@@ -433,13 +446,7 @@ fn out_writes_a_whole_file_or_none() {
 
 #[test]
 fn the_parse_cache_serves_rotated_files_and_a_damaged_entry_is_rebuilt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = hour_log();
-    let lines: Vec<&str> = log.lines().collect();
-    let (old, new) = lines.split_at(6);
-    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-    std::fs::write(dir.path().join("notification.log.2023-11-14"), join(old)).expect("write");
-    std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
+    let dir = rotated_hour_log();
     let dir_arg = dir.path().to_string_lossy().into_owned();
     let report = |extra: &[&str]| {
         let mut args = vec![
@@ -481,14 +488,7 @@ fn the_parse_cache_serves_rotated_files_and_a_damaged_entry_is_rebuilt() {
 
 #[test]
 fn a_directory_is_its_whole_rotated_set() {
-    // The rotated file holds the first half of the hour, the current file the rest.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = hour_log();
-    let lines: Vec<&str> = log.lines().collect();
-    let (old, new) = lines.split_at(6);
-    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
-    std::fs::write(dir.path().join("notification.log.2023-11-14"), join(old)).expect("write");
-    std::fs::write(dir.path().join("notification.log"), join(new)).expect("write");
+    let dir = rotated_hour_log();
     std::fs::write(dir.path().join("unrelated.txt"), "not a log\n").expect("write");
 
     let line = format!("report connectivity --format json --from {FROM} --to {TO} --log");
