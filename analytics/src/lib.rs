@@ -100,21 +100,54 @@ pub enum Stage {
     Computing,
 }
 
-/// A time given on a command line: unix seconds (fractions allowed) or RFC 3339.
+/// A time given on a command line: unix seconds (fractions allowed), RFC 3339, `now`, or
+/// a time before now as `-` and a count of `s`, `m`, `h`, `d` or `w` (`-24h`, `-7d`).
 pub fn parse_time(text: &str) -> Result<f64, Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    parse_time_at(text, now)
+}
+
+/// [`parse_time`] with relative times counted back from `now` (unix seconds).
+pub fn parse_time_at(text: &str, now: f64) -> Result<f64, Error> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
         if seconds.is_finite() {
             return Ok(seconds);
         }
     }
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Some(ago) = text.strip_prefix('-').and_then(relative_seconds) {
+        return Ok(now - ago);
+    }
     let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
             Error::Request(format!(
-                "{text:?} is neither unix seconds nor an RFC 3339 time: {e}"
+                "{text:?} is neither unix seconds, an RFC 3339 time, now, nor a time before now \
+                 such as -24h: {e}"
             ))
         })?;
     Ok(parsed.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+/// `90m`, `24h`, `7d` as seconds.
+fn relative_seconds(text: &str) -> Option<f64> {
+    let unit = match text.chars().last()? {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        'w' => 7.0 * 86_400.0,
+        _ => return None,
+    };
+    let count = &text[..text.len() - 1];
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    count.parse::<f64>().ok().map(|n| n * unit)
 }
 
 #[cfg(test)]
@@ -135,5 +168,16 @@ mod tests {
         );
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("inf").is_err());
+        let now = 1_700_000_000.0;
+        assert_eq!(parse_time_at("now", now).ok(), Some(now));
+        assert_eq!(parse_time_at("-24h", now).ok(), Some(now - 86_400.0));
+        assert_eq!(parse_time_at("-90m", now).ok(), Some(now - 5400.0));
+        assert_eq!(parse_time_at("-7d", now).ok(), Some(now - 604_800.0));
+        assert_eq!(parse_time_at("-2w", now).ok(), Some(now - 1_209_600.0));
+        assert_eq!(parse_time_at("-30s", now).ok(), Some(now - 30.0));
+        assert_eq!(parse_time_at("-5", now).ok(), Some(-5.0), "unix seconds");
+        for bad in ["-h", "-1.5h", "-24x", "24h", "-+3h", "--3h", "-3 h"] {
+            assert!(parse_time_at(bad, now).is_err(), "{bad}");
+        }
     }
 }

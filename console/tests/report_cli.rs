@@ -570,6 +570,32 @@ fn the_log_comes_from_report_then_herd_then_the_profile() {
 }
 
 #[test]
+fn ranges_relative_to_now() {
+    // Online since half an hour ago: over the last hour, uptime is about 50 %.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let online = json!({"ts": now - 1800.0, "id": "lamp", "name": "online", "data": null});
+    let dir = log_dir(&format!("{online}\n"));
+    let out = run(
+        herd(dir.path()),
+        &words("report connectivity --format json --log notification.log --from -1h --to now"),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows = out.json();
+    let uptime = rows[0]["uptime_pct"].as_f64().expect("uptime");
+    // The report starts a moment after the line was written.
+    assert!((49.0..=51.0).contains(&uptime), "{rows}");
+    let out = run(
+        herd(dir.path()),
+        &words("report connectivity --log notification.log --from -1x"),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.error_line().contains("such as -24h"), "{}", out.stderr);
+}
+
+#[test]
 fn bad_inputs_fail_with_their_exit_codes() {
     let dir = log_dir(&hour_log());
     let path = dir.path();

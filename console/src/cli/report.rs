@@ -33,12 +33,13 @@ pub struct ReportArgs {
     /// (`POST /logs`, with the API key: a key sees only its own devices' lines).
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub log: Vec<PathBuf>,
-    /// Start of the range, RFC 3339 or unix seconds (default: the log's first event).
-    #[arg(long, value_name = "TIME")]
+    /// Start of the range: RFC 3339, unix seconds, `now`, or a time before now such as
+    /// `-24h` (s, m, h, d, w) (default: the log's first event).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub from: Option<String>,
-    /// End of the range, inclusive, RFC 3339 or unix seconds (default: the log's last
+    /// End of the range, inclusive, in the same forms as --from (default: the log's last
     /// event).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub to: Option<String>,
     /// Only this device.
     #[arg(long, value_name = "ID")]
