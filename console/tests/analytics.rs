@@ -670,17 +670,7 @@ async fn the_worker_pulls_the_servers_log_and_reports_failures() {
     let client = server.client();
     let (_, token) = server.create_device("lamp").await;
     let device = common::SimDevice::connect(&server.ws_base(), &token).await;
-    let expected = || async {
-        client
-            .logs(herd_client::LogsQuery {
-                start: Some(0),
-                limit: Some(10_000),
-            })
-            .await
-            .expect("the log")
-            .items
-            .len() as u64
-    };
+    let expected = || async { common::visible_log_lines(&client).await as u64 };
 
     let (sender, mut messages) = mpsc::channel(64);
     let worker = Worker::start_with(

@@ -791,15 +791,7 @@ async fn reports_over_the_servers_log() {
         .expect("bob's device")
         .id;
     wait_for(&mut stream, |e| is(e, &desk, "created")).await;
-    let logged = admin
-        .logs(herd_client::LogsQuery {
-            start: Some(0),
-            limit: Some(10_000),
-        })
-        .await
-        .expect("the log")
-        .items
-        .len();
+    let logged = common::visible_log_lines(&admin).await;
 
     let url = server.url();
     let out = report_from(&url, &server.admin_key, dir, &["fleet", "--format", "json"]).await;

@@ -13,6 +13,20 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
+/// How many lines of the server's log `client` may see (one page of `POST /logs`, enough
+/// for a test's log).
+pub async fn visible_log_lines(client: &herd_client::Client) -> usize {
+    client
+        .logs(herd_client::LogsQuery {
+            start: Some(0),
+            limit: Some(10_000),
+        })
+        .await
+        .expect("the log")
+        .items
+        .len()
+}
+
 /// How long a test waits for something that should happen promptly; generous, because CI
 /// machines are shared and slow.
 pub const WAIT: Duration = Duration::from_secs(30);
