@@ -111,6 +111,16 @@ pub struct ServerSettings {
     pub commit_window_us: u64,
     /// bcrypt cost for new passwords.
     pub bcrypt_cost: u32,
+    /// Largest firmware image an upload may carry, bytes (PROTOCOL §10.1).
+    pub firmware_max_bytes: u64,
+    /// Raw bytes per `OTA.Write` chunk (PROTOCOL §8, §10.2).
+    pub ota_chunk_bytes: usize,
+    /// `OTA.Write` requests one device may have unanswered at once (PROTOCOL §10.2).
+    pub ota_window: usize,
+    /// Retries of one `OTA.Write` chunk after a timeout (PROTOCOL §10.2).
+    pub ota_chunk_retries: u32,
+    /// Commit timeout sent in `OTA.Begin` for a one-device push, seconds (PROTOCOL §8).
+    pub ota_commit_timeout_s: u32,
 }
 
 impl Default for ServerSettings {
@@ -133,6 +143,11 @@ impl Default for ServerSettings {
             durability: Durability::Process,
             commit_window_us: 0,
             bcrypt_cost: 10,
+            firmware_max_bytes: 128 * 1024 * 1024,
+            ota_chunk_bytes: 1024,
+            ota_window: 4,
+            ota_chunk_retries: 3,
+            ota_commit_timeout_s: 300,
         }
     }
 }
@@ -178,7 +193,7 @@ impl ServerSettings {
 
     /// Rejects values that would make the server misbehave rather than fail loudly.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 7] = [
+        let checks: [(bool, &str); 10] = [
             (self.rpc_timeout_ms > 0, "rpc_timeout_ms must be positive"),
             (
                 self.ping_interval_secs > 0,
@@ -200,6 +215,18 @@ impl ServerSettings {
             (
                 (4..=31).contains(&self.bcrypt_cost),
                 "bcrypt_cost must be within 4..=31",
+            ),
+            (
+                self.firmware_max_bytes > 0,
+                "firmware_max_bytes must be positive",
+            ),
+            (
+                (16..=8 * 1024).contains(&self.ota_chunk_bytes),
+                "ota_chunk_bytes must be within 16..=8192",
+            ),
+            (
+                (1..=64).contains(&self.ota_window),
+                "ota_window must be within 1..=64",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -38,6 +38,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod codes;
+pub mod filter;
+pub mod firmware;
 pub mod frame;
 pub mod methods;
 pub mod notification;

@@ -51,15 +51,30 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         Ok(upgrade) => upgrade,
         Err(e) => return e.into_response(),
     };
+    let origin = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .filter(|host| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|host| {
+            let scheme = if state.settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
+        });
     let config = ws::device_config(state.settings.frame_buffer_bytes);
     let tasks = state.tasks.clone();
-    upgrade.respond(config, &tasks, move |socket| serve(state, socket, device))
+    upgrade.respond(config, &tasks, move |socket| {
+        serve(state, socket, device, origin)
+    })
 }
 
 /// Runs one device connection to its end.
-async fn serve(state: AppState, socket: Socket, device: DeviceRecord) {
+async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
     let identity = Identity::of(&device);
-    let (conn, replaced) = state.registry.insert(identity.clone(), |replaced| {
+    let (conn, replaced) = state.registry.insert(identity.clone(), origin, |replaced| {
         // A device that reconnected before its old socket was noticed gone never went
         // offline: no second `online`.
         if replaced.is_none() {
@@ -132,6 +147,7 @@ async fn fetch_info(
                 tracing::warn!(device = %id, error = %e, "cannot store device info");
                 return;
             }
+            conn.note_info();
             if let Ok(Some(device)) = state.store.device(&id).await {
                 state.emit_updated(&device);
             }

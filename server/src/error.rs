@@ -87,6 +87,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Exists(what) => ApiError::conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            StoreError::Conflict(message) => ApiError::conflict(message),
             StoreError::Shadow(shadow) => {
                 let status =
                     StatusCode::from_u16(shadow.code() as u16).unwrap_or(StatusCode::BAD_REQUEST);

@@ -22,16 +22,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod device_socket;
 pub mod error;
+pub mod firmware;
 pub mod http;
 pub mod hub;
 pub mod notification_log;
+pub mod ota;
 pub mod registry;
 pub mod rest;
+pub mod rollout;
 pub mod store;
+pub mod watch;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -65,6 +70,14 @@ pub struct Shared {
     pub hub: Hub,
     pub limits: Limits,
     pub basic_cache: auth::BasicCache,
+    /// Wakes tasks waiting for a device to change.
+    pub watch: watch::DeviceWatch,
+    /// One firmware update per device.
+    pub ota_jobs: Arc<ota::OtaJobs>,
+    /// Firmware image files.
+    pub firmware_files: firmware::FirmwareFiles,
+    /// Runners of active rollouts.
+    pub rollouts: rollout::Rollouts,
     /// Fires when the server begins shutting down.
     pub shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
@@ -106,6 +119,7 @@ impl AppState {
             "updated",
             &self.device_object(device, None),
         );
+        self.watch.notify(&device.id);
     }
 
     /// Applies a shadow update (PROTOCOL §4.1), emits `updated`, and offers the resulting
@@ -221,6 +235,20 @@ impl Server {
             fsync: false,
         })
         .with_context(|| format!("cannot open notification.log in {}", data_dir.display()))?;
+        let firmware_files = firmware::FirmwareFiles::open(&data_dir)
+            .with_context(|| format!("cannot open the firmware store in {}", data_dir.display()))?;
+        let known: std::collections::HashSet<String> = store
+            .list_firmware(None)
+            .await
+            .context("cannot list stored firmware")?
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        match firmware_files.remove_unknown(&known) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed image files no stored firmware names"),
+            Err(e) => tracing::warn!(error = %e, "cannot tidy the firmware store"),
+        }
         let tls = match &settings.tls {
             Some(tls) => Some(http::tls_acceptor(&tls.cert, &tls.key)?),
             None => None,
@@ -235,6 +263,10 @@ impl Server {
             store: Arc::new(store),
             registry: Registry::default(),
             basic_cache: auth::BasicCache::default(),
+            watch: watch::DeviceWatch::default(),
+            ota_jobs: Arc::new(ota::OtaJobs::default()),
+            firmware_files,
+            rollouts: rollout::Rollouts::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             settings,
@@ -242,6 +274,9 @@ impl Server {
         let router = rest::router(state.clone());
         let serving = tokio::spawn(http::serve(listener, router, tls, state.shutdown.clone()));
         let sweeper = tokio::spawn(device_socket::liveness_sweeper(state.clone()));
+        // Rollouts a previous process left running carry on.
+        let resuming = state.clone();
+        tokio::spawn(async move { resuming.rollouts.resume_all(&resuming).await });
         tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "herd-server listening");
         Ok(Self {
             state,

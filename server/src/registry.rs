@@ -6,7 +6,7 @@
 //! socket.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -62,9 +62,28 @@ pub struct DeviceConn {
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     missed_pongs: AtomicU32,
+    /// `Sys.GetInfo` was answered on this connection (PROTOCOL §3).
+    info_fresh: AtomicBool,
+    /// `scheme://host[:port]` the device used to reach the server, for URLs it must fetch.
+    origin: Option<Box<str>>,
 }
 
 impl DeviceConn {
+    /// Records that the device's info was fetched on this connection.
+    pub fn note_info(&self) {
+        self.info_fresh.store(true, Ordering::Release);
+    }
+
+    /// Whether the stored device info comes from this connection.
+    pub fn info_fresh(&self) -> bool {
+        self.info_fresh.load(Ordering::Acquire)
+    }
+
+    /// How the device reached the server, e.g. `http://10.0.0.5:8009`.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
     pub fn identity(&self) -> Identity {
         self.identity.read().clone()
     }
@@ -144,6 +163,7 @@ impl Registry {
     pub fn insert(
         &self,
         identity: Identity,
+        origin: Option<String>,
         announce: impl FnOnce(Option<&Arc<DeviceConn>>),
     ) -> (Arc<DeviceConn>, Option<Arc<DeviceConn>>) {
         let conn = Arc::new(DeviceConn {
@@ -154,6 +174,8 @@ impl Registry {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             missed_pongs: AtomicU32::new(0),
+            info_fresh: AtomicBool::new(false),
+            origin: origin.map(String::into_boxed_str),
         });
         let mut devices = self.devices.write();
         let old = devices.insert(identity.id, conn.clone());

@@ -1,6 +1,9 @@
 //! The REST API under `/api/v2` (PROTOCOL §6) and the router that also carries the device
 //! socket (§1), the notify stream (§5) and the per-device RPC socket.
 
+pub mod firmware;
+pub mod ota;
+pub mod rollouts;
 pub mod sockets;
 
 use axum::body::Bytes;
@@ -19,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::access::{self, require_owner};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::hub::Identity;
@@ -43,7 +47,28 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/shadow", get(get_shadow).post(post_shadow))
         .route("/devices/{id}/rpc", get(sockets::device_rpc))
         .route("/devices/{id}/rpc/{method}", get(rpc_proxy).post(rpc_proxy))
-        .route("/devices/{id}/ota", post(ota))
+        .route(
+            "/devices/{id}/ota",
+            post(ota::push).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/firmware",
+            get(firmware::list)
+                .post(firmware::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/firmware/{id}",
+            get(firmware::get).delete(firmware::delete),
+        )
+        .route("/firmware/{id}/image", get(firmware::image))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/{id}", get(rollouts::show))
+        .route("/rollouts/{id}/start", post(rollouts::start))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/rollouts/{id}/retry", post(rollouts::retry))
         .route("/keys", get(list_keys).post(create_key))
         .route("/keys/{id}", axum::routing::delete(delete_key))
         .route("/user/add", post(add_user))
@@ -99,16 +124,6 @@ async fn visible_device(state: &AppState, user: &User, id: &str) -> Result<Devic
     match state.store.device(id).await? {
         Some(device) if device.visible_to(user) => Ok(device),
         _ => Err(ApiError::not_found(format!("device {id} not found"))),
-    }
-}
-
-/// Renaming, sharing and deleting are for the owner (or the admin), not for users the device
-/// is shared with.
-fn require_owner(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
-    if user.admin || device.user_id == user.id {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("only the device's owner may do this"))
     }
 }
 
@@ -190,6 +205,9 @@ async fn change_device(
         .map(Update::from_value)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("invalid shadow update: {e}")))?;
+    if let Some(update) = &update {
+        access::check_shadow_update(&caller.user, &device, update)?;
+    }
     if change.name.is_some() || change.shared_with.is_some() {
         require_owner(&caller.user, &device)?;
         if let Some(name) = &change.name {
@@ -255,10 +273,11 @@ async fn post_shadow(
     Path(id): Path<String>,
     Body(body): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller.user, &id).await?;
     let body = body.ok_or_else(|| ApiError::bad_request("missing shadow update body"))?;
     let update =
         Update::from_value(&body).map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
+    access::check_shadow_update(&caller.user, &device, &update)?;
     let device = state.update_shadow(&id, update).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
@@ -291,26 +310,13 @@ async fn rpc_proxy(
     Path((id, method)): Path<(String, String)>,
     Body(params): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller.user, &id).await?;
+    access::check_rpc(&caller.user, &device, &method)?;
     state
         .call_device(&id, &method, params, state.rpc_timeout())
         .await
         .map(Json)
         .map_err(|e| call_error(e, &id, &method, state.settings.rpc_timeout_ms))
-}
-
-/// PROTOCOL §8 (firmware update) is served by the OTA engine, which this server does not
-/// carry yet; say so plainly instead of pretending.
-async fn ota(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    visible_device(&state, &caller.user, &id).await?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "firmware update (PROTOCOL §8) is not available on this server yet",
-    ))
 }
 
 fn key_object(key: &ApiKey, token: Option<&str>) -> KeyObject {

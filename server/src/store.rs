@@ -8,6 +8,7 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
+use protocol::firmware::{DeviceState, RolloutSpec, RolloutState};
 use protocol::shadow::{Applied, Limits, Shadow, ShadowError, Update};
 use protocol::Value;
 
@@ -79,6 +80,10 @@ pub enum StoreError {
     Exists(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// The change is refused because of the state of something else (a firmware image
+    /// in use by a rollout).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Shadow(#[from] ShadowError),
     #[error("store failure: {0}")]
@@ -98,6 +103,61 @@ impl From<rusqlite::Error> for StoreError {
 pub struct ShadowChange {
     pub device: DeviceRecord,
     pub applied: Applied,
+}
+
+/// A stored firmware image's metadata (PROTOCOL §10.1); the bytes live in the data
+/// directory under the id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirmwareRecord {
+    /// SHA-256 of the image, lowercase hex.
+    pub id: String,
+    pub app: String,
+    pub version: String,
+    pub platform: String,
+    pub size: u64,
+    pub signature: Option<String>,
+    /// `raw`, `elf` or `zip`.
+    pub format: String,
+    /// A package manifest's build id, which Mongoose OS devices report as `fw_id`.
+    pub build_id: Option<String>,
+    pub created_at: f64,
+    pub created_by: String,
+}
+
+/// A rollout's stored state (PROTOCOL §10.5); its devices are [`RolloutDeviceRecord`]s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub name: String,
+    pub firmware_id: String,
+    pub spec: RolloutSpec,
+    pub state: RolloutState,
+    pub current_wave: u32,
+    pub wave_started_at: Option<f64>,
+    /// When the current wave's soak ends, once it began.
+    pub soak_until: Option<f64>,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+/// One device of a rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutDeviceRecord {
+    pub rollout_id: String,
+    pub device_id: String,
+    pub name: String,
+    pub wave: u32,
+    /// Place in the plan's deterministic order.
+    pub position: u32,
+    pub state: DeviceState,
+    pub from_version: String,
+    pub attempts: u32,
+    pub message: String,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
 }
 
 /// The persistence contract of herd-server.
@@ -147,6 +207,42 @@ pub trait Store: Send + Sync + 'static {
         now: f64,
         limits: Limits,
     ) -> Result<ShadowChange, StoreError>;
+
+    /// Stores firmware metadata for `owner`, or adds `owner` to an image already stored
+    /// (same bytes, same id); returns the stored record and whether it was new.
+    async fn put_firmware(
+        &self,
+        firmware: FirmwareRecord,
+        owner: &str,
+    ) -> Result<(FirmwareRecord, bool), StoreError>;
+    /// A firmware image and the users it belongs to.
+    async fn firmware(&self, id: &str)
+        -> Result<Option<(FirmwareRecord, Vec<String>)>, StoreError>;
+    /// All images, or those belonging to `user`.
+    async fn list_firmware(&self, user: Option<&str>) -> Result<Vec<FirmwareRecord>, StoreError>;
+    /// Takes the image from `user` (from everyone when `None`); refused with
+    /// [`StoreError::Conflict`] while an unfinished rollout uses it. Returns true when the
+    /// image belongs to nobody any more and its bytes may go.
+    async fn delete_firmware(&self, id: &str, user: Option<&str>) -> Result<bool, StoreError>;
+
+    /// Stores a new rollout and its devices in one transaction.
+    async fn create_rollout(
+        &self,
+        rollout: RolloutRecord,
+        devices: Vec<RolloutDeviceRecord>,
+    ) -> Result<(), StoreError>;
+    async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError>;
+    /// All rollouts, or those created by `user`, newest first.
+    async fn list_rollouts(&self, user: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// A rollout's devices in plan order.
+    async fn rollout_devices(&self, id: &str) -> Result<Vec<RolloutDeviceRecord>, StoreError>;
+    /// Saves the mutable fields of a rollout (state, wave, times, reason).
+    async fn save_rollout(&self, rollout: RolloutRecord) -> Result<(), StoreError>;
+    /// Saves the mutable fields of rollout devices (state, attempts, message, times).
+    async fn save_rollout_devices(
+        &self,
+        devices: Vec<RolloutDeviceRecord>,
+    ) -> Result<(), StoreError>;
 
     /// Makes every acknowledged write durable and stops accepting writes.
     async fn close(&self) -> Result<(), StoreError>;

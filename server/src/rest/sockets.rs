@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::auth::Caller;
 use crate::hub::Event;
 use crate::registry::CallError;
-use crate::store::User;
+use crate::store::{DeviceRecord, User};
 use crate::ws::{self, Socket, Upgrade};
 use crate::AppState;
 
@@ -116,25 +116,32 @@ pub async fn device_rpc(
     Path(id): Path<String>,
     mut req: Request,
 ) -> Response {
-    match state.store.device(&id).await {
-        Ok(Some(device)) if device.visible_to(&caller.user) => {}
+    let device = match state.store.device(&id).await {
+        Ok(Some(device)) if device.visible_to(&caller.user) => device,
         Ok(_) => {
             return crate::error::ApiError::not_found(format!("device {id} not found"))
                 .into_response()
         }
         Err(e) => return crate::error::ApiError::from(e).into_response(),
-    }
+    };
     let upgrade = match Upgrade::from_request(&mut req) {
         Ok(upgrade) => upgrade,
         Err(e) => return e.into_response(),
     };
     let tasks = state.tasks.clone();
+    let user = caller.user;
     upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
-        device_rpc_session(state, socket, id)
+        device_rpc_session(state, socket, id, user, device)
     })
 }
 
-async fn device_rpc_session(state: AppState, mut socket: Socket, id: String) {
+async fn device_rpc_session(
+    state: AppState,
+    mut socket: Socket,
+    id: String,
+    user: User,
+    device: DeviceRecord,
+) {
     let mut splitter = FrameSplitter::new(state.settings.frame_buffer_bytes);
     let (replies_tx, mut replies) = mpsc::channel::<String>(64);
     let mut console: Option<broadcast::Receiver<Arc<Event>>> = None;
@@ -179,6 +186,14 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String) {
                         console.get_or_insert_with(|| state.hub.subscribe());
                         if frame.id.is_some() {
                             let _ = replies_tx.try_send(Frame::reply_to(&frame, Value::Bool(true)).to_json());
+                        }
+                        continue;
+                    }
+                    // OTA.* needs deploy rights here as through the REST proxy (PROTOCOL §11).
+                    if let Err(refused) = crate::access::check_rpc(&user, &device, frame.method.as_deref().unwrap_or_default()) {
+                        if frame.id.is_some() {
+                            let reply = Frame::error_to(&frame, protocol::codes::FORBIDDEN, refused.message);
+                            let _ = replies_tx.try_send(reply.to_json());
                         }
                         continue;
                     }

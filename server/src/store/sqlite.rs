@@ -21,12 +21,16 @@ use protocol::Value;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
+use protocol::firmware::{DeviceState, RolloutSpec, RolloutState};
+
 use super::{
-    ApiKey, DeviceRecord, NewDevice, ShadowChange, Store, StoreError, User, UserCredentials,
+    ApiKey, DeviceRecord, FirmwareRecord, NewDevice, RolloutDeviceRecord, RolloutRecord,
+    ShadowChange, Store, StoreError, User, UserCredentials,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -54,7 +58,59 @@ CREATE TABLE devices (
     shadow TEXT NOT NULL
 );
 CREATE INDEX devices_user ON devices(user_id);
-"#];
+"#,
+    r#"
+CREATE TABLE firmware (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    version TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    signature TEXT,
+    format TEXT NOT NULL,
+    build_id TEXT,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE firmware_owners (
+    firmware_id TEXT NOT NULL REFERENCES firmware(id) ON DELETE CASCADE,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (firmware_id, user_id)
+);
+CREATE INDEX firmware_owners_user ON firmware_owners(user_id);
+CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    firmware_id TEXT NOT NULL REFERENCES firmware(id),
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    current_wave INTEGER NOT NULL DEFAULT 0,
+    wave_started_at REAL,
+    soak_until REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX rollouts_state ON rollouts(state);
+CREATE TABLE rollout_devices (
+    rollout_id TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    from_version TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (rollout_id, device_id)
+);
+CREATE INDEX rollout_devices_device ON rollout_devices(device_id);
+"#,
+];
 
 const DEVICE_COLUMNS: &str = "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
 const READERS: usize = 4;
@@ -374,6 +430,114 @@ fn require_device(conn: &Connection, id: &str) -> Result<DeviceRecord, StoreErro
     load_device(conn, id)?.ok_or_else(|| StoreError::NotFound(format!("device {id}")))
 }
 
+const FIRMWARE_COLUMNS: &str =
+    "id, app, version, platform, size, signature, format, build_id, created_at, created_by";
+
+fn firmware_from_row(row: &Row<'_>) -> rusqlite::Result<FirmwareRecord> {
+    Ok(FirmwareRecord {
+        id: row.get(0)?,
+        app: row.get(1)?,
+        version: row.get(2)?,
+        platform: row.get(3)?,
+        size: row.get::<_, i64>(4)?.max(0) as u64,
+        signature: row.get(5)?,
+        format: row.get(6)?,
+        build_id: row.get(7)?,
+        created_at: row.get(8)?,
+        created_by: row.get(9)?,
+    })
+}
+
+const ROLLOUT_COLUMNS: &str = "id, name, firmware_id, spec, state, current_wave, wave_started_at, soak_until, reason, created_by, created_at, started_at, finished_at";
+
+/// A rollout row before its JSON and enum columns are checked.
+struct RawRollout {
+    record: RolloutRecord,
+    spec: String,
+    state: String,
+}
+
+fn raw_rollout(row: &Row<'_>) -> rusqlite::Result<RawRollout> {
+    let spec: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    Ok(RawRollout {
+        record: RolloutRecord {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            firmware_id: row.get(2)?,
+            // Replaced by `parse`; a placeholder keeps the row callback free of JSON work.
+            spec: RolloutSpec {
+                name: None,
+                firmware: String::new(),
+                select: Default::default(),
+                waves: Vec::new(),
+                max_parallel: 1,
+                halt_when: Default::default(),
+                commit: Default::default(),
+                offline: Default::default(),
+                delivery: Default::default(),
+                commit_timeout_s: 0,
+                dry_run: false,
+            },
+            state: RolloutState::Planned,
+            current_wave: row.get::<_, i64>(5)?.max(0) as u32,
+            wave_started_at: row.get(6)?,
+            soak_until: row.get(7)?,
+            reason: row.get(8)?,
+            created_by: row.get(9)?,
+            created_at: row.get(10)?,
+            started_at: row.get(11)?,
+            finished_at: row.get(12)?,
+        },
+        spec,
+        state,
+    })
+}
+
+impl RawRollout {
+    fn parse(self) -> Result<RolloutRecord, StoreError> {
+        let mut record = self.record;
+        record.spec = serde_json::from_str(&self.spec).map_err(|e| {
+            StoreError::Backend(format!(
+                "rollout {}: stored spec is corrupt: {e}",
+                record.id
+            ))
+        })?;
+        record.state = RolloutState::parse(&self.state).ok_or_else(|| {
+            StoreError::Backend(format!(
+                "rollout {}: unknown stored state {:?}",
+                record.id, self.state
+            ))
+        })?;
+        Ok(record)
+    }
+}
+
+const ROLLOUT_DEVICE_COLUMNS: &str = "rollout_id, device_id, name, wave, position, state, from_version, attempts, message, started_at, finished_at";
+
+fn rollout_device_from_row(row: &Row<'_>) -> rusqlite::Result<(RolloutDeviceRecord, String)> {
+    Ok((
+        RolloutDeviceRecord {
+            rollout_id: row.get(0)?,
+            device_id: row.get(1)?,
+            name: row.get(2)?,
+            wave: row.get::<_, i64>(3)?.max(0) as u32,
+            position: row.get::<_, i64>(4)?.max(0) as u32,
+            state: DeviceState::Pending,
+            from_version: row.get(6)?,
+            attempts: row.get::<_, i64>(7)?.max(0) as u32,
+            message: row.get(8)?,
+            started_at: row.get(9)?,
+            finished_at: row.get(10)?,
+        },
+        row.get(5)?,
+    ))
+}
+
+fn spec_json(spec: &RolloutSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Backend(format!("spec: {e}")))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_user(&self, name: &str, pass_hash: &str, now: f64) -> Result<User, StoreError> {
@@ -663,6 +827,327 @@ impl Store for SqliteStore {
             conn.prepare_cached("UPDATE devices SET shadow = ?2 WHERE id = ?1")?
                 .execute(params![id, device.shadow.to_document().to_string()])?;
             Ok(ShadowChange { device, applied })
+        })
+        .await
+    }
+
+    async fn put_firmware(
+        &self,
+        firmware: FirmwareRecord,
+        owner: &str,
+    ) -> Result<(FirmwareRecord, bool), StoreError> {
+        let owner = owner.to_string();
+        self.write(move |conn| {
+            let sql = format!("SELECT {FIRMWARE_COLUMNS} FROM firmware WHERE id = ?1");
+            let existing = conn
+                .prepare_cached(&sql)?
+                .query_row([&firmware.id], firmware_from_row)
+                .optional()?;
+            let (record, created) = match existing {
+                Some(existing) => (existing, false),
+                None => {
+                    conn.execute(
+                        "INSERT INTO firmware (id, app, version, platform, size, signature, format, build_id, created_at, created_by)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        params![
+                            firmware.id,
+                            firmware.app,
+                            firmware.version,
+                            firmware.platform,
+                            firmware.size as i64,
+                            firmware.signature,
+                            firmware.format,
+                            firmware.build_id,
+                            firmware.created_at,
+                            firmware.created_by
+                        ],
+                    )?;
+                    (firmware, true)
+                }
+            };
+            conn.execute(
+                "INSERT OR IGNORE INTO firmware_owners (firmware_id, user_id) VALUES (?1, ?2)",
+                params![record.id, owner],
+            )?;
+            Ok((record, created))
+        })
+        .await
+    }
+
+    async fn firmware(
+        &self,
+        id: &str,
+    ) -> Result<Option<(FirmwareRecord, Vec<String>)>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let sql = format!("SELECT {FIRMWARE_COLUMNS} FROM firmware WHERE id = ?1");
+            let Some(record) = conn
+                .prepare_cached(&sql)?
+                .query_row([&id], firmware_from_row)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let owners = conn
+                .prepare_cached(
+                    "SELECT user_id FROM firmware_owners WHERE firmware_id = ?1 ORDER BY user_id",
+                )?
+                .query_map([&id], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(Some((record, owners)))
+        })
+        .await
+    }
+
+    async fn list_firmware(&self, user: Option<&str>) -> Result<Vec<FirmwareRecord>, StoreError> {
+        let user = user.map(str::to_string);
+        self.read(move |conn| {
+            let list = match &user {
+                None => {
+                    let sql = format!(
+                        "SELECT {FIRMWARE_COLUMNS} FROM firmware ORDER BY created_at DESC, id"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([], firmware_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+                Some(user) => {
+                    let sql = format!(
+                        "SELECT {FIRMWARE_COLUMNS} FROM firmware WHERE id IN
+                         (SELECT firmware_id FROM firmware_owners WHERE user_id = ?1)
+                         ORDER BY created_at DESC, id"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([user], firmware_from_row)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            Ok(list)
+        })
+        .await
+    }
+
+    async fn delete_firmware(&self, id: &str, user: Option<&str>) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let user = user.map(str::to_string);
+        self.write(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM firmware WHERE id = ?1")?
+                .exists([&id])?;
+            if !exists {
+                return Err(StoreError::NotFound(format!("firmware {id}")));
+            }
+            // The bytes must stay while a rollout may still send them, whoever asks.
+            let unfinished: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM rollouts WHERE firmware_id = ?1
+                     AND state IN ('planned', 'running', 'paused') ORDER BY created_at",
+                )?
+                .query_map([&id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            if !unfinished.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "firmware {id} is used by unfinished rollout {}",
+                    unfinished.join(", ")
+                )));
+            }
+            let removed = match &user {
+                Some(user) => conn.execute(
+                    "DELETE FROM firmware_owners WHERE firmware_id = ?1 AND user_id = ?2",
+                    params![id, user],
+                )?,
+                None => {
+                    conn.execute("DELETE FROM firmware_owners WHERE firmware_id = ?1", [&id])?
+                }
+            };
+            if removed == 0 && user.is_some() {
+                return Err(StoreError::NotFound(format!("firmware {id}")));
+            }
+            let owners: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM firmware_owners WHERE firmware_id = ?1",
+                [&id],
+                |row| row.get(0),
+            )?;
+            let used: bool = conn
+                .prepare_cached("SELECT 1 FROM rollouts WHERE firmware_id = ?1")?
+                .exists([&id])?;
+            if owners > 0 {
+                return Ok(false);
+            }
+            if used {
+                // Finished rollouts keep naming the image; its row stays for their history,
+                // its bytes go.
+                return Ok(true);
+            }
+            conn.execute("DELETE FROM firmware WHERE id = ?1", [&id])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn create_rollout(
+        &self,
+        rollout: RolloutRecord,
+        devices: Vec<RolloutDeviceRecord>,
+    ) -> Result<(), StoreError> {
+        let spec = spec_json(&rollout.spec)?;
+        self.write(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                params![
+                    rollout.id,
+                    rollout.name,
+                    rollout.firmware_id,
+                    spec,
+                    rollout.state.as_str(),
+                    rollout.current_wave as i64,
+                    rollout.wave_started_at,
+                    rollout.soak_until,
+                    rollout.reason,
+                    rollout.created_by,
+                    rollout.created_at,
+                    rollout.started_at,
+                    rollout.finished_at
+                ],
+            )?;
+            let sql = format!("INSERT INTO rollout_devices ({ROLLOUT_DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            for d in devices {
+                stmt.execute(params![
+                    d.rollout_id,
+                    d.device_id,
+                    d.name,
+                    d.wave as i64,
+                    d.position as i64,
+                    d.state.as_str(),
+                    d.from_version,
+                    d.attempts as i64,
+                    d.message,
+                    d.started_at,
+                    d.finished_at
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1");
+            conn.prepare_cached(&sql)?
+                .query_row([id], raw_rollout)
+                .optional()?
+                .map(RawRollout::parse)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_rollouts(&self, user: Option<&str>) -> Result<Vec<RolloutRecord>, StoreError> {
+        let user = user.map(str::to_string);
+        self.read(move |conn| {
+            let raws = match &user {
+                None => {
+                    let sql = format!(
+                        "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([], raw_rollout)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+                Some(user) => {
+                    let sql = format!(
+                        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE created_by = ?1 ORDER BY created_at DESC, id"
+                    );
+                    let mut stmt = conn.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([user], raw_rollout)?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            let mut list = Vec::with_capacity(raws.len());
+            for raw in raws {
+                match raw.parse() {
+                    Ok(rollout) => list.push(rollout),
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable rollout row"),
+                }
+            }
+            Ok(list)
+        })
+        .await
+    }
+
+    async fn rollout_devices(&self, id: &str) -> Result<Vec<RolloutDeviceRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {ROLLOUT_DEVICE_COLUMNS} FROM rollout_devices WHERE rollout_id = ?1 ORDER BY position"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([&id], rollout_device_from_row)?;
+            let mut devices = Vec::new();
+            for row in rows {
+                let (mut device, state) = row?;
+                device.state = DeviceState::parse(&state).ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "rollout {id}: device {} has unknown stored state {state:?}",
+                        device.device_id
+                    ))
+                })?;
+                devices.push(device);
+            }
+            Ok(devices)
+        })
+        .await
+    }
+
+    async fn save_rollout(&self, rollout: RolloutRecord) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE rollouts SET state = ?2, current_wave = ?3, wave_started_at = ?4, soak_until = ?5,
+                     reason = ?6, started_at = ?7, finished_at = ?8 WHERE id = ?1",
+                )?
+                .execute(params![
+                    rollout.id,
+                    rollout.state.as_str(),
+                    rollout.current_wave as i64,
+                    rollout.wave_started_at,
+                    rollout.soak_until,
+                    rollout.reason,
+                    rollout.started_at,
+                    rollout.finished_at
+                ])?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("rollout {}", rollout.id)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_rollout_devices(
+        &self,
+        devices: Vec<RolloutDeviceRecord>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE rollout_devices SET state = ?3, attempts = ?4, message = ?5, started_at = ?6,
+                 finished_at = ?7 WHERE rollout_id = ?1 AND device_id = ?2",
+            )?;
+            for d in devices {
+                stmt.execute(params![
+                    d.rollout_id,
+                    d.device_id,
+                    d.state.as_str(),
+                    d.attempts as i64,
+                    d.message,
+                    d.started_at,
+                    d.finished_at
+                ])?;
+            }
+            Ok(())
         })
         .await
     }

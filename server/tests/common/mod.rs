@@ -166,6 +166,15 @@ impl TestServer {
 
     /// Connects a device and answers its Sys.GetInfo.
     pub async fn device(&self, token: &str) -> Device {
+        self.device_with_info(
+            token,
+            json!({"app": "test", "fw_version": "1.0", "arch": "x86_64"}),
+        )
+        .await
+    }
+
+    /// Connects a device whose Sys.GetInfo answers `info`.
+    pub async fn device_with_info(&self, token: &str, info: Value) -> Device {
         let (ws, _) =
             tokio_tungstenite::connect_async(format!("{}/rpc?access_token={token}", self.ws_base))
                 .await
@@ -173,7 +182,7 @@ impl TestServer {
         let mut device = Device { ws, next_id: 1 };
         let request = device.expect_request("Sys.GetInfo").await;
         device
-            .send(json!({"id": request["id"], "result": {"app": "test", "fw_version": "1.0", "arch": "x86_64"}}))
+            .send(json!({"id": request["id"], "result": info}))
             .await;
         device
     }

@@ -1,0 +1,159 @@
+//! Who may do what (PROTOCOL §4.4, §6, §10, §11), in one place.
+//!
+//! A device's owner and the administrator may do everything with it; a user the device is
+//! shared with may read it, write its `desired` state and call its RPCs, except for what
+//! changes its firmware: `desired.ota`, `OTA.*` calls and firmware pushes. Firmware images
+//! belong to the users who uploaded them; rollouts to their creator. Refusals are 403 with
+//! a message that says what was needed; things a caller may not even see are 404, so ids of
+//! other tenants do not leak.
+
+use protocol::shadow::Update;
+
+use crate::error::ApiError;
+use crate::store::{DeviceRecord, RolloutRecord, User};
+
+/// The prefix of the RPC methods that change a device's firmware (PROTOCOL §8).
+pub const OTA_METHOD_PREFIX: &str = "OTA.";
+
+/// Whether `user` may see `device` at all.
+pub fn can_see(user: &User, device: &DeviceRecord) -> bool {
+    device.visible_to(user)
+}
+
+/// Renaming, sharing and deleting are for the owner (or the admin).
+pub fn require_owner(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
+    if is_owner(user, device) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("only the device's owner may do this"))
+    }
+}
+
+fn is_owner(user: &User, device: &DeviceRecord) -> bool {
+    user.admin || device.user_id == user.id
+}
+
+/// Pushing firmware, writing `desired.ota` and calling `OTA.*` (PROTOCOL §4.4, §11).
+pub fn require_deploy(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
+    if is_owner(user, device) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "changing the firmware of device {} needs its owner or the administrator",
+            device.id
+        )))
+    }
+}
+
+/// A shadow update that writes `desired.ota` needs deploy rights; the update is refused
+/// whole (PROTOCOL §4.4).
+pub fn check_shadow_update(
+    user: &User,
+    device: &DeviceRecord,
+    update: &Update,
+) -> Result<(), ApiError> {
+    let touches_ota = update
+        .desired
+        .as_ref()
+        .is_some_and(|desired| desired.contains_key("ota"));
+    if touches_ota {
+        require_deploy(user, device).map_err(|_| {
+            ApiError::forbidden(
+                "writing desired.ota needs the device's owner or the administrator (PROTOCOL §4.4)",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// An RPC through the proxy: `OTA.*` needs deploy rights (PROTOCOL §11).
+pub fn check_rpc(user: &User, device: &DeviceRecord, method: &str) -> Result<(), ApiError> {
+    if method.starts_with(OTA_METHOD_PREFIX) {
+        require_deploy(user, device).map_err(|_| {
+            ApiError::forbidden(format!(
+                "{method} changes the firmware and needs the device's owner or the administrator"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `user` may see a firmware image, given the users it belongs to.
+pub fn can_see_firmware(user: &User, owners: &[String]) -> bool {
+    user.admin || owners.contains(&user.id)
+}
+
+/// Whether a device may download a firmware image that belongs to `owners`: the image is
+/// its owner's, or an update of that device with this image is under way (an
+/// administrator's rollout to other users' devices).
+pub fn device_may_fetch(device: &DeviceRecord, owners: &[String], update_under_way: bool) -> bool {
+    update_under_way || owners.contains(&device.user_id)
+}
+
+/// Whether `user` may see and steer a rollout.
+pub fn can_see_rollout(user: &User, rollout: &RolloutRecord) -> bool {
+    user.admin || rollout.created_by == user.id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::json;
+    use protocol::shadow::Shadow;
+
+    fn user(id: &str, admin: bool) -> User {
+        User {
+            id: id.into(),
+            name: id.into(),
+            admin,
+            created_at: 0.0,
+        }
+    }
+
+    fn device() -> DeviceRecord {
+        DeviceRecord {
+            id: "d1".into(),
+            name: "lamp".into(),
+            user_id: "email_ann".into(),
+            shared_with: "email_bob".into(),
+            created_at: 0.0,
+            last_seen: None,
+            info: json!({}),
+            shadow: Shadow::default(),
+        }
+    }
+
+    #[test]
+    fn shared_users_may_operate_but_not_deploy() {
+        let (ann, bob, root) = (
+            user("email_ann", false),
+            user("email_bob", false),
+            user("email_root", true),
+        );
+        let d = device();
+        let plain = Update::from_value(&json!({"state": {"desired": {"on": true}}})).unwrap();
+        let ota =
+            Update::from_value(&json!({"state": {"desired": {"ota": {"url": "x"}}}})).unwrap();
+        assert!(check_shadow_update(&bob, &d, &plain).is_ok());
+        let refused = check_shadow_update(&bob, &d, &ota).unwrap_err();
+        assert_eq!(refused.status.as_u16(), 403);
+        assert!(
+            refused.message.contains("desired.ota"),
+            "{}",
+            refused.message
+        );
+        assert!(check_shadow_update(&ann, &d, &ota).is_ok());
+        assert!(check_shadow_update(&root, &d, &ota).is_ok());
+        assert!(check_rpc(&bob, &d, "Sys.GetInfo").is_ok());
+        assert_eq!(
+            check_rpc(&bob, &d, "OTA.Begin")
+                .unwrap_err()
+                .status
+                .as_u16(),
+            403
+        );
+        assert!(check_rpc(&ann, &d, "OTA.Commit").is_ok());
+        assert!(require_deploy(&bob, &d).is_err());
+        assert!(require_owner(&root, &d).is_ok());
+    }
+}
