@@ -424,6 +424,9 @@ pub struct Observed {
 /// Reads what device `id` says about its firmware now.
 pub async fn observe(state: &AppState, id: &str) -> Result<Observed, StoreError> {
     let conn = state.registry.get(id);
+    // Read before the store: the flag is set only after the info was written, so a true
+    // flag guarantees the read below sees that info.
+    let info_fresh = conn.as_ref().is_some_and(|c| c.info_fresh());
     let device = state
         .store
         .device(id)
@@ -453,7 +456,7 @@ pub async fn observe(state: &AppState, id: &str) -> Result<Observed, StoreError>
     Ok(Observed {
         online: conn.is_some(),
         conn_id: conn.as_ref().map(|c| c.conn_id),
-        info_fresh: conn.as_ref().is_some_and(|c| c.info_fresh()),
+        info_fresh,
         fw_id,
         fw_version,
         ota_status: field("status").and_then(Value::as_i64),
