@@ -154,24 +154,23 @@ impl Client {
         &self.inner.api
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<reqwest::Response, Error> {
-        let mut request = self
+    /// A request to `path` under the API base, with the key.
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
             .inner
             .http
             .request(method, format!("{}{}", self.inner.api, path));
-        if let Some(key) = &self.inner.api_key {
-            request = request.bearer_auth(key);
+        match &self.inner.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
         }
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
+    }
+
+    /// Sends `request`; a non-2xx answer becomes the server's error.
+    pub(crate) async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
         let response = request
             .send()
             .await
@@ -187,7 +186,30 @@ impl Client {
         Err(Error::from_response(status.as_u16(), &bytes))
     }
 
-    async fn json<T: DeserializeOwned>(
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response, Error> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        self.execute(request).await
+    }
+
+    /// Decodes a JSON answer.
+    pub(crate) async fn decode<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, Error> {
+        decode(response, &self.inner.server).await
+    }
+
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

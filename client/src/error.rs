@@ -39,6 +39,9 @@ pub enum Error {
     /// Anything else the HTTP layer reported.
     #[error("HTTP request failed: {0}")]
     Http(String),
+    /// A local file could not be read.
+    #[error("{0}")]
+    Io(String),
 }
 
 fn api_text(status: u16, message: &str, device: Option<&DeviceError>) -> String {
@@ -66,6 +69,7 @@ fn status_phrase(status: u16) -> &'static str {
         404 => "not found",
         409 => "conflict",
         413 => "too large",
+        416 => "range not satisfiable",
         500 => "server error",
         501 => "not implemented",
         502 => "bad gateway",
