@@ -20,6 +20,7 @@ fn spawn_agent(server: &TestServer, token: &str, data_dir: &Path) -> Child {
         .arg(token)
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--exec-images")
         .env("RUST_LOG", "warn")
         .env_remove("HERD_AGENT_BOOTED")
         .env_remove("HERD_AGENT_FACTORY_IMAGE")

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herd_agent::agent::{Agent, AgentHandle, AgentOptions, AgentStatus};
+use herd_agent::agent::{Agent, AgentHandle, AgentOptions, AgentStatus, ImagePolicy};
+use herd_agent::download::DownloadOptions;
 use herd_agent::runner::LinkOptions;
 use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
 use herd_config::ServerSettings;
@@ -129,14 +130,25 @@ impl TestServer {
     }
 }
 
+/// Options of an in-process agent of `server`. It stages the images it is sent and boots
+/// the engine on them without running anything, so tests see the update logic work.
 pub fn agent_options(server: &TestServer, token: &str, data_dir: PathBuf) -> AgentOptions {
     AgentOptions {
         server: Some(server.socket_url()),
         token: Some(token.into()),
-        data_dir,
-        light: Default::default(),
         link: quick_link(),
-        exec_images: false,
+        images: ImagePolicy::StageOnly,
+        download: quick_download(),
+        ..AgentOptions::new(data_dir)
+    }
+}
+
+/// Fast download retries, so tests do not wait on backoff.
+pub fn quick_download() -> DownloadOptions {
+    DownloadOptions {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..DownloadOptions::default()
     }
 }
 

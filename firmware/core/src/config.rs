@@ -96,6 +96,8 @@ pub fn defaults() -> Object {
         "provision": {"button": {"pin": 9, "hold_ms": 3000}},
         "smartlight": {"pin": 8, "inverted": false},
         "debug": {"level": 2},
+        "update": {"pubkey": "", "commit_timeout": 0},
+        "rpc": {"ota_methods": "all"},
         "conf_acl": "*"
     });
     match value {

@@ -41,5 +41,13 @@ pub mod fs;
 pub mod memory;
 pub mod ota;
 pub mod platform;
+pub mod pull;
+pub mod verify;
 
 pub use device::{Action, Device};
+
+/// What exported macros name, for crates that have no `alloc` of their own in scope.
+#[doc(hidden)]
+pub mod __private {
+    pub use alloc::string::String;
+}
