@@ -59,6 +59,8 @@ impl Default for DownloadOptions {
 /// transfer (a big image on a slow link takes as long as it takes), and few idle
 /// connections kept, since a fleet of thousands shares one client.
 pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    // https:// needs one process-wide rustls provider; ring is what the workspace builds.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60))
