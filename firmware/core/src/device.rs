@@ -142,6 +142,9 @@ struct ActivePull {
     commit_timeout_s: u32,
     /// The platform announced the size and the slot is being written.
     started: bool,
+    /// Uptime by which the platform must have announced the size; after that the
+    /// transfer's own inactivity timeout applies.
+    start_deadline_ms: u64,
 }
 
 /// Statistics and state the platform may show or log.
@@ -457,6 +460,10 @@ impl<P: Platform> Device<P> {
     pub fn next_deadline(&self) -> Option<u64> {
         [
             self.ota.deadline(),
+            self.pull
+                .as_ref()
+                .filter(|pull| !pull.started)
+                .map(|pull| pull.start_deadline_ms),
             self.commit_deadline,
             self.button_since
                 .filter(|_| !self.reset_done)
@@ -480,6 +487,16 @@ impl<P: Platform> Device<P> {
             self.pull = None;
             self.ota
                 .fail(&mut self.platform, "the update timed out waiting for data");
+            self.report_ota(&mut out);
+        }
+        if self
+            .pull
+            .as_ref()
+            .is_some_and(|pull| !pull.started && now_ms >= pull.start_deadline_ms)
+        {
+            self.pull = None;
+            self.ota
+                .refused("the download did not start in time; the platform gave no size");
             self.report_ota(&mut out);
         }
         if self
@@ -737,6 +754,9 @@ impl<P: Platform> Device<P> {
             expected: pull.expected,
             commit_timeout_s,
             started: false,
+            start_deadline_ms: self
+                .now_ms
+                .saturating_add(ota::DEFAULT_TRANSFER_TIMEOUT_S * 1000),
         });
         // An earlier failure no longer describes the state: the device is downloading.
         self.ota.transfer = Transfer::Idle;

@@ -531,6 +531,22 @@ fn a_download_the_server_restarts_starts_over() {
 }
 
 #[test]
+fn a_download_that_never_starts_times_out() {
+    let mut board = board(json!({}));
+    board.call(1, "OTA.Update", json!({"url": "/fw"}));
+    assert_eq!(board.device().next_deadline(), Some(600_000));
+    board.advance(600_000);
+    assert!(!board.device().downloading());
+    assert_eq!(ota(&board)["status"], 2);
+    assert!(ota(&board)["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("the download did not start")));
+    // Late bytes are for nobody.
+    let actions = board.device().download_started(100, 600_001);
+    assert!(actions.is_empty());
+}
+
+#[test]
 fn the_commit_timeout_defaults_to_the_configured_one() {
     let mut board = board(json!({"update": {"commit_timeout": 45}}));
     board.call(1, "OTA.Update", json!({"url": "/fw"}));
