@@ -2,6 +2,10 @@
 //! `OTA.Write`, `OTA.End` and `OTA.Status`, and the boot bookkeeping that makes an
 //! uncommitted image revert.
 //!
+//! Whether the bytes come over the socket or from a download (§10.3), [`Ota`] hashes
+//! them as they are written; the SHA-256 names the image (`fw_id`, §10.1) and is what
+//! [`crate::verify`] checks, with the signature, before the platform may stage it.
+//!
 //! [`BootRecord`] is pure data plus rules; a platform persists it next to its slots and
 //! calls [`BootRecord::on_boot`] before running anything. An image that boots uncommitted
 //! gets exactly one boot: if the device starts again without an `OTA.Commit` in between
