@@ -961,15 +961,17 @@ impl<P: Platform> Device<P> {
         if let Some(outcome) = fs::handle(&mut self.platform, method, params) {
             return outcome;
         }
-        let ota_methods = self.ota_methods();
-        if !ota_methods.offers(method) {
+        if method.starts_with("OTA.") && !self.ota_methods().offers(method) {
             return Err((codes::NOT_FOUND, format!("No handler for {method}")));
         }
         match method {
-            "RPC.List" => Ok(json!(METHODS
-                .iter()
-                .filter(|name| ota_methods.offers(name))
-                .collect::<Vec<_>>())),
+            "RPC.List" => {
+                let ota_methods = self.ota_methods();
+                Ok(json!(METHODS
+                    .iter()
+                    .filter(|name| ota_methods.offers(name))
+                    .collect::<Vec<_>>()))
+            }
             "Sys.GetInfo" => Ok(self.sys_info()),
             "Sys.Reboot" => {
                 let delay_ms = match params.get("delay_ms") {
