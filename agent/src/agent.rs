@@ -3,18 +3,21 @@
 //! [`Agent::start`] boots [`Device`] on an [`AgentPlatform`] whose configuration, files and
 //! firmware slots live in the data directory, and runs it until [`AgentHandle::shutdown`].
 //! A reboot drops the engine and boots a new one from what is on disk, exactly as a power
-//! cycle would; with [`AgentOptions::exec_images`] a reboot into another firmware slot
-//! replaces the process with that slot's executable.
+//! cycle would; with [`ImagePolicy::Exec`] (`--exec-images`) a reboot into another
+//! firmware slot replaces the process with that slot's executable. Without it the agent
+//! refuses firmware updates: an image stored but never run would have the agent report a
+//! version it does not run.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use firmware_core::config::{Layer, Object};
 use firmware_core::device::Device;
-use firmware_core::ota::{ContentHash, ImageInfo};
+use firmware_core::ota::{ContentHash, ImageInfo, OtaMethods};
 use firmware_core::platform::{ConfigStorage, FileStore, Light, StorageError, System, SystemFacts};
+use firmware_core::pull::DownloadRequest;
+use firmware_core::verify::UpdateKey;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde_json::json;
@@ -23,9 +26,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::download::{self, DownloadOptions};
 use crate::light::{LightDriver, LightOptions};
-use crate::runner::{BootLoop, Command, DownloadEvent, LinkOptions, Observer, Stop};
-use crate::slots::{FileSlots, SLOT_CAPACITY};
+use crate::runner::{BootLoop, Command, DownloadEvent, DownloadFeed, LinkOptions, Observer, Stop};
+use crate::slots::FileSlots;
 use crate::storage::{DirFileStore, FileConfigStorage};
 
 /// Set in the environment of an image the agent execs into, so that the new process does
@@ -146,6 +150,25 @@ fn linux_facts() -> SystemFacts {
     }
 }
 
+/// What the agent does with the firmware images it is sent (PROTOCOL §8, §10.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImagePolicy {
+    /// Refuse every update (`OTA.Begin`, `OTA.Update`, `desired.ota`), saying how to
+    /// allow them: the default of the binary without `--exec-images`.
+    #[default]
+    Refuse,
+    /// Store updates in the inactive slot and replace the process with the booted slot's
+    /// executable (`--exec-images`).
+    Exec,
+    /// Store updates and boot the engine on them without executing anything: the agent
+    /// then reports the version of the slot, not of the running process. For tests of the
+    /// update logic that run agents in-process.
+    StageOnly,
+}
+
+/// The refusal of an agent that does not run images.
+pub const REFUSE_IMAGES: &str = "this agent does not run firmware images and takes no updates; start it with --exec-images to allow them";
+
 /// How to run one agent.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -160,9 +183,35 @@ pub struct AgentOptions {
     pub light: LightOptions,
     /// Reconnect policy.
     pub link: LinkOptions,
-    /// Replace the process with the booted slot's executable when it is not the running
-    /// one. The binary sets this; tests running agents in-process do not.
-    pub exec_images: bool,
+    /// What to do with firmware images.
+    pub images: ImagePolicy,
+    /// `update.pubkey` (base64 Ed25519 public key) to record in the factory layer: the
+    /// agent then takes only images signed for it (PROTOCOL §10.4).
+    pub update_pubkey: Option<String>,
+    /// `rpc.ota_methods` to record in the factory layer; [`OtaMethods::Push`] makes the
+    /// agent behave like an mDash device library device.
+    pub ota_methods: Option<OtaMethods>,
+    /// Retry policy of firmware downloads.
+    pub download: DownloadOptions,
+}
+
+impl AgentOptions {
+    /// An agent keeping its state in `data_dir`, with everything else as the binary's
+    /// defaults: no server or token given (they may be remembered), a simulated light,
+    /// updates refused.
+    pub fn new(data_dir: PathBuf) -> AgentOptions {
+        AgentOptions {
+            server: None,
+            token: None,
+            data_dir,
+            light: LightOptions::default(),
+            link: LinkOptions::default(),
+            images: ImagePolicy::Refuse,
+            update_pubkey: None,
+            ota_methods: None,
+            download: DownloadOptions::default(),
+        }
+    }
 }
 
 /// What a running agent shows about itself.
@@ -248,17 +297,28 @@ impl Agent {
     pub async fn start(options: AgentOptions) -> anyhow::Result<AgentHandle> {
         // wss:// needs one process-wide rustls provider; ring is what the workspace builds.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(key) = &options.update_pubkey {
+            if let UpdateKey::Unusable(message) = UpdateKey::from_config(key) {
+                anyhow::bail!("{message}");
+            }
+        }
+        let client = download::http_client().context("cannot build the HTTP client")?;
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
         let (status_tx, status) = watch::channel(AgentStatus::default());
         let (commands_tx, commands) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
+        let observer = AgentObserver {
+            status: status_tx,
+            client,
+            download: options.download.clone(),
+        };
         let task = tokio::spawn(run(
             options,
             commands,
             commands_tx.clone(),
             shutdown.clone(),
-            status_tx,
+            observer,
         ));
         Ok(AgentHandle {
             status,
@@ -271,6 +331,8 @@ impl Agent {
 
 struct AgentObserver {
     status: watch::Sender<AgentStatus>,
+    client: reqwest::Client,
+    download: DownloadOptions,
 }
 
 impl Observer<AgentPlatform> for AgentObserver {
@@ -305,68 +367,39 @@ impl Observer<AgentPlatform> for AgentObserver {
         });
     }
 
-    fn download(&mut self, url: String, commit_timeout_s: u32, events: mpsc::Sender<Command>) {
-        tokio::spawn(download(url, commit_timeout_s, events));
+    fn download(&mut self, request: DownloadRequest, feed: DownloadFeed) {
+        let client = self.client.clone();
+        let options = self.download.clone();
+        tokio::spawn(async move {
+            if let Err(message) = download::fetch(&client, &request, &options, &feed).await {
+                tracing::warn!(url = %request.url, %message, "firmware download failed");
+                feed.send(DownloadEvent::Failed(message)).await;
+            }
+        });
     }
 }
 
-/// Fetches an image over HTTP(S) for `OTA.Update` and feeds it to the device loop.
-async fn download(url: String, commit_timeout_s: u32, events: mpsc::Sender<Command>) {
-    let send = |event| {
-        let events = events.clone();
-        async move { events.send(Command::Download(event)).await.is_ok() }
-    };
-    let body = async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut response = client
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| e.to_string())?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > SLOT_CAPACITY {
-                return Err("the image is larger than the slot".to_string());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok::<_, String>(body)
-    };
-    match body.await {
-        Err(e) => {
-            send(DownloadEvent::Failed(format!("download failed: {e}"))).await;
-        }
-        Ok(body) => {
-            if !send(DownloadEvent::Started(body.len(), commit_timeout_s)).await {
-                return;
-            }
-            for (n, chunk) in body.chunks(64 * 1024).enumerate() {
-                let offset = (n * 64 * 1024) as u64;
-                if !send(DownloadEvent::Chunk(offset, chunk.to_vec())).await {
-                    return;
-                }
-            }
-            send(DownloadEvent::Finished).await;
-        }
-    }
-}
-
-/// The factory-layer patch that records where the cloud is.
-fn cloud_patch(server: Option<&str>, token: Option<&str>) -> Object {
-    let mut dash = json!({"enable": true});
-    if let Some(server) = server {
-        dash["server"] = json!(server);
-    }
-    if let Some(token) = token {
-        dash["token"] = json!(token);
-    }
+/// The factory-layer patch that records where the cloud is and what the options say about
+/// updates; `None` when there is nothing to record.
+fn factory_patch(options: &AgentOptions) -> Option<Object> {
     let mut patch = Object::new();
-    patch.insert("dash".into(), dash);
-    patch
+    if options.server.is_some() || options.token.is_some() {
+        let mut dash = json!({"enable": true});
+        if let Some(server) = &options.server {
+            dash["server"] = json!(server);
+        }
+        if let Some(token) = &options.token {
+            dash["token"] = json!(token);
+        }
+        patch.insert("dash".into(), dash);
+    }
+    if let Some(key) = &options.update_pubkey {
+        patch.insert("update".into(), json!({"pubkey": key}));
+    }
+    if let Some(methods) = options.ota_methods {
+        patch.insert("rpc".into(), json!({"ota_methods": methods.as_str()}));
+    }
+    (!patch.is_empty()).then_some(patch)
 }
 
 async fn run(
@@ -374,7 +407,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     command_sender: mpsc::Sender<Command>,
     shutdown: CancellationToken,
-    status: watch::Sender<AgentStatus>,
+    mut observer: AgentObserver,
 ) -> anyhow::Result<()> {
     let running_exe = std::env::current_exe().context("cannot find the running executable")?;
     let factory_path = std::env::var_os("HERD_AGENT_FACTORY_IMAGE")
@@ -383,10 +416,10 @@ async fn run(
     // A process started by exec is the boot that chose it: it neither counts that boot
     // again nor second-guesses which executable runs it (a slot image may be a script that
     // execs another binary).
-    let mut started_by_exec = options.exec_images && std::env::var_os(BOOTED_ENV).is_some();
+    let exec_images = options.images == ImagePolicy::Exec;
+    let mut started_by_exec = exec_images && std::env::var_os(BOOTED_ENV).is_some();
     let mut rng = SmallRng::from_os_rng();
-    let mut observer = AgentObserver { status };
-    let mut cloud_written = false;
+    let mut factory_written = false;
     loop {
         let mut slots = FileSlots::open(
             options.data_dir.join("slots"),
@@ -395,7 +428,10 @@ async fn run(
             !started_by_exec,
         )
         .context("cannot open the firmware slots")?;
-        if options.exec_images && !started_by_exec {
+        if options.images == ImagePolicy::Refuse {
+            slots.refuse_updates(Some(REFUSE_IMAGES.into()));
+        }
+        if exec_images && !started_by_exec {
             let path = slots.image_path(slots.booted_slot());
             if !same_file(&path, &running_exe) {
                 let error = exec_image(&path, &factory_path);
@@ -419,12 +455,13 @@ async fn run(
         for note in device.boot_notes() {
             tracing::warn!(%note, "configuration problem at boot");
         }
-        if !cloud_written && (options.server.is_some() || options.token.is_some()) {
-            let patch = cloud_patch(options.server.as_deref(), options.token.as_deref());
-            if let Err(e) = device.write_factory(&patch) {
-                tracing::error!(error = %e, "cannot record the server in the factory layer");
+        if !factory_written {
+            if let Some(patch) = factory_patch(&options) {
+                if let Err(e) = device.write_factory(&patch) {
+                    tracing::error!(error = %e, "cannot record the options in the factory layer");
+                }
             }
-            cloud_written = true;
+            factory_written = true;
         }
         if device.cloud().is_none() {
             tracing::warn!("no server or token configured; waiting offline");

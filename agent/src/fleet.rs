@@ -6,8 +6,16 @@
 //! them all and starts one scheduler task that plays the behaviour: people switching
 //! lights on and off, most in the morning and the evening; devices dropping off the
 //! network for a while; devices power-cycling; and a chosen fraction of devices whose
-//! firmware updates crash on first boot and revert. A speed-up factor lets a simulated day
-//! pass in minutes. `herd demo`, the analytics and the load tests run on this.
+//! firmware updates crash on first boot and revert ([`FleetHandle::failing_ids`] names
+//! them). A speed-up factor lets a simulated day pass in minutes. `herd demo`, the
+//! analytics and the load tests run on this.
+//!
+//! Updates work as on real devices, without running anything: pushed images (PROTOCOL
+//! §8) and pulled ones (§10.3, fetched over HTTP with the device token and resumed after
+//! a broken connection, through one HTTP client shared by the whole fleet) go through the
+//! engine's checks into a simulated slot, and the device reboots into the version the
+//! image's header names. [`Behaviour::ota_methods`] makes the devices push-only, like the
+//! mDash device library.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -33,8 +41,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use firmware_core::device::Device;
 use firmware_core::memory::MemoryPlatform;
-use firmware_core::ota::{ContentHash, ImageInfo};
-use firmware_core::platform::FirmwareSlots;
+use firmware_core::ota::{ContentHash, ImageInfo, OtaMethods};
+use firmware_core::pull::DownloadRequest;
+use firmware_core::verify::UpdateKey;
 use futures_util::stream::{self, StreamExt};
 use herd_client::{Client, NewDevice};
 use rand::rngs::SmallRng;
@@ -46,7 +55,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::runner::{BootLoop, Command, LinkOptions, Observer, Stop};
+use crate::download::{self, DownloadOptions};
+use crate::runner::{BootLoop, Command, DownloadEvent, DownloadFeed, LinkOptions, Observer, Stop};
 use crate::storage::write_atomic;
 
 /// How simulated devices behave. Every field has a default; a behaviour file is a JSON
@@ -66,10 +76,15 @@ pub struct Behaviour {
     pub flap_seconds: [f64; 2],
     /// Power cycles per device per simulated day.
     pub reboots_per_day: f64,
-    /// Fraction of devices (0-1) whose firmware updates crash on first boot and revert.
+    /// Fraction of devices (0-1) whose firmware updates crash on first boot and revert:
+    /// exactly `round(fraction * count)` of them, chosen with the seed.
     pub ota_failure_fraction: f64,
     /// `dash.heartbeat_interval` of the devices, in seconds; 0 sends none.
     pub heartbeat_interval_s: u64,
+    /// Which OTA methods the devices offer (`rpc.ota_methods`): `"all"`, or `"push"` for
+    /// devices like the mDash device library's (only `OTA.Begin`, `OTA.Write`, `OTA.End`;
+    /// new images commit themselves on boot).
+    pub ota_methods: OtaMethods,
 }
 
 impl Default for Behaviour {
@@ -83,6 +98,7 @@ impl Default for Behaviour {
             reboots_per_day: 0.2,
             ota_failure_fraction: 0.1,
             heartbeat_interval_s: 0,
+            ota_methods: OtaMethods::All,
         }
     }
 }
@@ -180,6 +196,11 @@ pub struct FleetOptions {
     pub prefix: String,
     /// Reconnect policy of every device.
     pub link: LinkOptions,
+    /// `update.pubkey` of every device (base64 Ed25519 public key): they then take only
+    /// images signed for it (PROTOCOL §10.4).
+    pub update_pubkey: Option<String>,
+    /// Retry policy of firmware downloads.
+    pub download: DownloadOptions,
 }
 
 impl FleetOptions {
@@ -194,6 +215,8 @@ impl FleetOptions {
             data_dir,
             prefix: "sim".into(),
             link: LinkOptions::default(),
+            update_pubkey: None,
+            download: DownloadOptions::default(),
         }
     }
 }
@@ -244,6 +267,7 @@ struct TokenFile {
 /// A running fleet.
 pub struct FleetHandle {
     devices: Vec<SimDevice>,
+    failing: Vec<bool>,
     changes: watch::Receiver<u64>,
     counters: Arc<Counters>,
     commands: Vec<mpsc::Sender<Command>>,
@@ -263,6 +287,17 @@ impl FleetHandle {
     /// The devices, in index order.
     pub fn devices(&self) -> &[SimDevice] {
         &self.devices
+    }
+
+    /// Ids of the devices whose firmware updates crash on first boot and revert
+    /// ([`Behaviour::ota_failure_fraction`]), in index order.
+    pub fn failing_ids(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .zip(&self.failing)
+            .filter(|(_, fails)| **fails)
+            .map(|(device, _)| device.id.clone())
+            .collect()
     }
 
     /// Current counters.
@@ -324,7 +359,15 @@ impl Fleet {
     /// Registers missing devices, then starts every device and the behaviour scheduler.
     pub async fn start(options: FleetOptions) -> anyhow::Result<FleetHandle> {
         options.behaviour.validate()?;
+        if let Some(key) = &options.update_pubkey {
+            if let UpdateKey::Unusable(message) = UpdateKey::from_config(key) {
+                anyhow::bail!("{message}");
+            }
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // One client for every device: a fleet of thousands must not hold thousands of
+        // connection pools.
+        let client = download::http_client().context("cannot build the HTTP client")?;
         let devices = register(&options).await?;
         let socket_url = socket_url(&options.server)?;
         let (changes_tx, changes) = watch::channel(0u64);
@@ -333,12 +376,16 @@ impl Fleet {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut seeds = SmallRng::seed_from_u64(options.seed);
+        let failing = pick_failing(
+            devices.len(),
+            options.behaviour.ota_failure_fraction,
+            options.seed,
+        );
         let mut commands = Vec::with_capacity(devices.len());
         let mut rngs = Vec::with_capacity(devices.len());
-        for device in &devices {
+        for (device, &fails_ota) in devices.iter().zip(&failing) {
             let mut rng = SmallRng::seed_from_u64(seeds.random());
-            let fails_ota = rng.random::<f64>() < options.behaviour.ota_failure_fraction;
-            let platform = sim_platform(device, &socket_url, &options.behaviour, &mut rng);
+            let platform = sim_platform(device, &socket_url, &options, &mut rng);
             let (sender, receiver) = mpsc::channel(4);
             commands.push(sender.clone());
             let observer = FleetObserver {
@@ -346,6 +393,8 @@ impl Fleet {
                 counters: counters.clone(),
                 up: false,
                 light_on: false,
+                client: client.clone(),
+                download: options.download.clone(),
             };
             tasks.spawn(device_task(
                 platform,
@@ -367,6 +416,7 @@ impl Fleet {
         ));
         Ok(FleetHandle {
             devices,
+            failing,
             changes,
             counters,
             commands,
@@ -374,6 +424,18 @@ impl Fleet {
             tasks,
         })
     }
+}
+
+/// Which devices' updates fail: exactly `round(fraction * count)` of them, chosen with
+/// an RNG of their own so the choice does not shift the devices' behaviour.
+fn pick_failing(count: usize, fraction: f64, seed: u64) -> Vec<bool> {
+    let wanted = ((fraction.clamp(0.0, 1.0) * count as f64).round() as usize).min(count);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x0bad_f00d_0bad_f00d);
+    let mut failing = vec![false; count];
+    for index in rand::seq::index::sample(&mut rng, count, wanted) {
+        failing[index] = true;
+    }
+    failing
 }
 
 /// `http://h:p` -> `ws://h:p/api/v2/rpc`.
@@ -470,9 +532,10 @@ async fn register(options: &FleetOptions) -> anyhow::Result<Vec<SimDevice>> {
 fn sim_platform(
     device: &SimDevice,
     socket_url: &str,
-    behaviour: &Behaviour,
+    options: &FleetOptions,
     rng: &mut SmallRng,
 ) -> MemoryPlatform {
+    let behaviour = &options.behaviour;
     let version = "1.0.0";
     let image = ImageInfo {
         app: "herd-light".into(),
@@ -495,6 +558,8 @@ fn sim_platform(
             "token": device.token,
             "heartbeat_interval": behaviour.heartbeat_interval_s,
         },
+        "update": {"pubkey": options.update_pubkey.clone().unwrap_or_default()},
+        "rpc": {"ota_methods": behaviour.ota_methods.as_str()},
     });
     let user = json!({
         "device": {"name": device.name},
@@ -514,6 +579,8 @@ struct FleetObserver {
     counters: Arc<Counters>,
     up: bool,
     light_on: bool,
+    client: reqwest::Client,
+    download: DownloadOptions,
 }
 
 impl Observer<MemoryPlatform> for FleetObserver {
@@ -542,6 +609,17 @@ impl Observer<MemoryPlatform> for FleetObserver {
             }
             self.bump();
         }
+    }
+
+    fn download(&mut self, request: DownloadRequest, feed: DownloadFeed) {
+        let client = self.client.clone();
+        let options = self.download.clone();
+        tokio::spawn(async move {
+            if let Err(message) = download::fetch(&client, &request, &options, &feed).await {
+                tracing::debug!(url = %request.url, %message, "simulated download failed");
+                feed.send(DownloadEvent::Failed(message)).await;
+            }
+        });
     }
 }
 
@@ -584,16 +662,16 @@ async fn device_task(
             return;
         }
         observer.counters.reboots.fetch_add(1, Ordering::Relaxed);
-        platform.reboot();
-        if fails_ota && !platform.boot_state().committed {
-            // This device's new firmware crashes before anyone can commit it; the
-            // bootloader brings the old one back on the next start (PROTOCOL §8).
+        // This device's new firmware crashes on its first boot, before it can commit
+        // (itself or through the cloud); the bootloader brings the old one back (PROTOCOL
+        // §8) and the device reports the revert.
+        if fails_ota && platform.slots.crash_staged_image() {
             observer
                 .counters
                 .ota_crashes
                 .fetch_add(1, Ordering::Relaxed);
-            platform.reboot();
         }
+        platform.reboot();
         observer.bump();
     }
 }
@@ -720,6 +798,28 @@ mod tests {
             ..Behaviour::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn the_failing_fraction_is_exact_and_seeded() {
+        for (count, fraction, wanted) in [
+            (10, 0.1, 1),
+            (10, 0.25, 3),
+            (7, 0.5, 4),
+            (3, 0.0, 0),
+            (3, 1.0, 3),
+            (0, 0.5, 0),
+        ] {
+            let failing = pick_failing(count, fraction, 42);
+            assert_eq!(failing.len(), count);
+            assert_eq!(
+                failing.iter().filter(|f| **f).count(),
+                wanted,
+                "{count} x {fraction}"
+            );
+        }
+        assert_eq!(pick_failing(100, 0.3, 1), pick_failing(100, 0.3, 1));
+        assert_ne!(pick_failing(100, 0.3, 1), pick_failing(100, 0.3, 2));
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! on a GPIO line. [`fleet::Fleet`] runs many simulated devices in one process, registered
 //! through the REST API, with seeded, time-of-day behaviour. Both drive the engine through
 //! [`runner::BootLoop`], the thin IO loop that owns the WebSocket and reconnects with
-//! exponential backoff and jitter.
+//! exponential backoff and jitter. Firmware pulls (PROTOCOL §10.3) are fetched by
+//! [`download::fetch`], which streams the image into the engine and resumes broken
+//! transfers.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use herd_agent::agent::{Agent, AgentOptions};
+//! use herd_agent::agent::{Agent, AgentOptions, ImagePolicy};
 //!
 //! let mut agent = Agent::start(AgentOptions {
 //!     server: Some("ws://127.0.0.1:8009/api/v2/rpc".into()),
@@ -18,7 +20,10 @@
 //!     data_dir: "/var/lib/herd-agent".into(),
 //!     light: Default::default(),
 //!     link: Default::default(),
-//!     exec_images: false,
+//!     images: ImagePolicy::Refuse,
+//!     update_pubkey: None,
+//!     ota_methods: None,
+//!     download: Default::default(),
 //! })
 //! .await?;
 //! agent.wait_for(|status| status.connected).await?;
@@ -29,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod download;
 pub mod fleet;
 pub mod light;
 pub mod runner;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use herd_agent::agent::{Agent, AgentOptions};
+use firmware_core::ota::OtaMethods;
+use herd_agent::agent::{Agent, AgentOptions, ImagePolicy};
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use herd_agent::light::LightOptions;
 use herd_agent::runner::LinkOptions;
@@ -47,6 +48,19 @@ struct RunArgs {
     /// GPIO line offset for the light; defaults to the configured smartlight.pin.
     #[arg(long, requires = "gpio_chip")]
     gpio_line: Option<u32>,
+    /// Take firmware updates and run them: after an update the process replaces itself
+    /// with the new image. Without it the agent refuses updates.
+    #[arg(long)]
+    exec_images: bool,
+    /// Base64 Ed25519 public key; only images signed for it are taken (remembered in the
+    /// data directory).
+    #[arg(long, env = "HERD_AGENT_UPDATE_PUBKEY")]
+    update_pubkey: Option<String>,
+    /// OTA methods to offer: all, or push (only OTA.Begin, OTA.Write and OTA.End, like the
+    /// mDash device library; new images commit themselves on boot). Remembered in the
+    /// data directory.
+    #[arg(long, value_parser = parse_ota_methods)]
+    ota_methods: Option<OtaMethods>,
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +89,20 @@ struct FleetArgs {
     /// Name prefix of the simulated devices.
     #[arg(long, default_value = "sim")]
     prefix: String,
+    /// OTA methods the devices offer: all, or push (overrides the behaviour file).
+    #[arg(long, value_parser = parse_ota_methods)]
+    ota_methods: Option<OtaMethods>,
+    /// Base64 Ed25519 public key every device requires its images to be signed for.
+    #[arg(long)]
+    update_pubkey: Option<String>,
+}
+
+fn parse_ota_methods(text: &str) -> Result<OtaMethods, String> {
+    match text {
+        "all" => Ok(OtaMethods::All),
+        "push" => Ok(OtaMethods::Push),
+        other => Err(format!("expected all or push, not {other:?}")),
+    }
 }
 
 fn data_dir(given: Option<PathBuf>, component: &str) -> anyhow::Result<PathBuf> {
@@ -117,7 +145,14 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         data_dir: data_dir(args.data_dir, "agent")?,
         light,
         link: LinkOptions::default(),
-        exec_images: true,
+        images: if args.exec_images {
+            ImagePolicy::Exec
+        } else {
+            ImagePolicy::Refuse
+        },
+        update_pubkey: args.update_pubkey,
+        ota_methods: args.ota_methods,
+        download: Default::default(),
     })
     .await?;
     let stop = agent.shutdown_token();
@@ -136,6 +171,9 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
     if let Some(speedup) = args.speedup {
         behaviour.speedup = speedup;
     }
+    if let Some(methods) = args.ota_methods {
+        behaviour.ota_methods = methods;
+    }
     let fleet = Fleet::start(FleetOptions {
         server: args.server,
         api_key: args.api_key,
@@ -145,6 +183,8 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
         data_dir: data_dir(args.data_dir, "fleet")?,
         prefix: args.prefix,
         link: LinkOptions::default(),
+        update_pubkey: args.update_pubkey,
+        download: Default::default(),
     })
     .await?;
     let mut ticker = tokio::time::interval(Duration::from_secs(10));

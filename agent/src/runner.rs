@@ -3,10 +3,12 @@
 //! decisions stay in `firmware_core`, as in rumqttc's split between state and event loop.
 
 use std::future::pending;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use firmware_core::device::{Action, Device};
 use firmware_core::platform::Platform;
+use firmware_core::pull::DownloadRequest;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -96,21 +98,64 @@ pub enum Command {
     Offline(Duration),
     /// Power-cycle.
     Reboot,
-    /// Progress of a firmware download the device asked for.
-    Download(DownloadEvent),
+    /// Progress of the firmware download with this id (see [`DownloadFeed`]).
+    Download(u64, DownloadEvent),
 }
 
 /// What a download task reports back to the device loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownloadEvent {
-    /// Size known; commit timeout from the request.
-    Started(usize, u32),
-    /// Bytes at an offset.
+    /// The image's size is known; sent again, the download starts over.
+    Started(usize),
+    /// Bytes at an offset in the image.
     Chunk(u64, Vec<u8>),
     /// All bytes delivered.
     Finished,
     /// The download failed.
     Failed(String),
+}
+
+/// Ids of downloads, unique in the process, so that events of a download that was given
+/// up never reach a later one.
+static DOWNLOAD_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// How a download task hands what it fetched to the device loop. The loop cancels it when
+/// the device no longer wants the bytes (the image was refused, the device rebooted, the
+/// agent stops).
+#[derive(Debug, Clone)]
+pub struct DownloadFeed {
+    id: u64,
+    events: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+}
+
+impl DownloadFeed {
+    /// A feed into `events`, stopped by `cancel`.
+    pub fn new(events: mpsc::Sender<Command>, cancel: CancellationToken) -> DownloadFeed {
+        DownloadFeed {
+            id: DOWNLOAD_IDS.fetch_add(1, Ordering::Relaxed),
+            events,
+            cancel,
+        }
+    }
+
+    /// Hands an event to the device; `false` once the device no longer listens.
+    pub async fn send(&self, event: DownloadEvent) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            sent = self.events.send(Command::Download(self.id, event)) => sent.is_ok(),
+        }
+    }
+
+    /// Whether the device gave up on this download.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the device gives up on this download.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
 }
 
 /// Why a boot ended.
@@ -128,15 +173,36 @@ pub trait Observer<P: Platform>: Send {
     fn connection(&mut self, _up: bool) {}
     /// Something may have changed (light, firmware state).
     fn changed(&mut self, _device: &mut Device<P>) {}
-    /// The device asked for a firmware download (`OTA.Update`, `desired.ota.url`).
-    /// The default refuses it.
-    fn download(&mut self, url: String, _commit_timeout_s: u32, events: mpsc::Sender<Command>) {
+    /// The device asked for a firmware download (`OTA.Update`, `desired.ota`): fetch
+    /// it and hand it over through `feed`, from a task of its own. The default refuses it.
+    fn download(&mut self, request: DownloadRequest, feed: DownloadFeed) {
         tokio::spawn(async move {
-            let message = format!("downloads are not supported here ({url})");
-            let _ = events
-                .send(Command::Download(DownloadEvent::Failed(message)))
-                .await;
+            let message = format!("downloads are not supported here ({})", request.url);
+            feed.send(DownloadEvent::Failed(message)).await;
         });
+    }
+}
+
+/// What a boot has pending besides the socket: a reboot, a download.
+#[derive(Debug, Default)]
+struct Pending {
+    reboot_at: Option<Instant>,
+    /// The download under way, by id, and how to stop it.
+    download: Option<(u64, CancellationToken)>,
+}
+
+impl Pending {
+    fn stop_download(&mut self) {
+        if let Some((_, cancel)) = self.download.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A boot that ends takes its download with it.
+        self.stop_download();
     }
 }
 
@@ -188,18 +254,18 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
     /// Runs the boot to its end.
     pub async fn run(mut self) -> Stop {
         let mut backoff = Backoff::new(self.link);
-        let mut reboot_at: Option<Instant> = None;
+        let mut pending = Pending::default();
         loop {
             let mut offline_for = None;
             if let Some((url, token)) = self.device.cloud() {
                 let connecting = connect(&url, &token, self.link.connect_timeout);
                 let result = tokio::select! {
                     _ = self.shutdown.cancelled() => return Stop::Shutdown,
-                    _ = sleep_opt(reboot_at) => return Stop::Reboot,
+                    _ = sleep_opt(pending.reboot_at) => return Stop::Reboot,
                     result = connecting => result,
                 };
                 match result {
-                    Ok(ws) => match self.session(ws, &mut backoff, &mut reboot_at).await {
+                    Ok(ws) => match self.session(ws, &mut backoff, &mut pending).await {
                         SessionEnd::Stop(stop) => return stop,
                         SessionEnd::Lost => {}
                         SessionEnd::Offline(duration) => offline_for = Some(duration),
@@ -208,82 +274,96 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                 }
             }
             let delay = offline_for.unwrap_or_else(|| backoff.next_delay(self.rng));
-            if let Some(stop) = self.offline(Instant::now() + delay, &mut reboot_at).await {
+            if let Some(stop) = self.offline(Instant::now() + delay, &mut pending).await {
                 return stop;
             }
         }
     }
 
     /// Waits until `until` without a connection, still serving commands and timers.
-    async fn offline(&mut self, until: Instant, reboot_at: &mut Option<Instant>) -> Option<Stop> {
+    async fn offline(&mut self, until: Instant, pending: &mut Pending) -> Option<Stop> {
         loop {
             let deadline = self.deadline();
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Some(Stop::Shutdown),
-                _ = sleep_opt(*reboot_at) => return Some(Stop::Reboot),
+                _ = sleep_opt(pending.reboot_at) => return Some(Stop::Reboot),
                 _ = sleep_until(until) => return None,
                 _ = sleep_opt(deadline) => {
                     let actions = self.device.poll(self.now_ms());
-                    self.perform_offline(actions, reboot_at);
+                    self.perform_offline(actions, pending);
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else { return Some(Stop::Shutdown) };
                     match command {
                         Command::Offline(_) => {}
                         other => {
-                            let actions = self.command(other, reboot_at);
-                            self.perform_offline(actions, reboot_at);
+                            let actions = self.command(other, pending);
+                            self.perform_offline(actions, pending);
                         }
                     }
                 }
             }
-            self.observer.changed(self.device);
+            self.settle(pending);
         }
     }
 
-    fn command(&mut self, command: Command, reboot_at: &mut Option<Instant>) -> Vec<Action> {
+    /// After every event: stop a download the device no longer wants, and tell the
+    /// observer.
+    fn settle(&mut self, pending: &mut Pending) {
+        if pending.download.is_some() && !self.device.downloading() {
+            pending.stop_download();
+        }
+        self.observer.changed(self.device);
+    }
+
+    fn command(&mut self, command: Command, pending: &mut Pending) -> Vec<Action> {
         let now = self.now_ms();
         match command {
             Command::Button(pressed) => self.device.button(pressed, now),
             Command::SetLight(on) => self.device.set_light(on, now),
             Command::Reboot => {
-                *reboot_at = Some(Instant::now());
+                pending.reboot_at = Some(Instant::now());
                 Vec::new()
             }
             Command::Offline(_) => Vec::new(),
-            Command::Download(event) => match event {
-                DownloadEvent::Started(size, commit_timeout_s) => {
-                    self.device.download_started(size, commit_timeout_s, now)
+            Command::Download(id, event) => {
+                if pending.download.as_ref().map(|(current, _)| *current) != Some(id) {
+                    // A download given up on; its bytes are for nobody.
+                    return Vec::new();
                 }
-                DownloadEvent::Chunk(offset, bytes) => {
-                    self.device.download_chunk(offset, &bytes, now)
+                match event {
+                    DownloadEvent::Started(size) => self.device.download_started(size, now),
+                    DownloadEvent::Chunk(offset, bytes) => {
+                        self.device.download_chunk(offset, &bytes, now)
+                    }
+                    DownloadEvent::Finished => self.device.download_finished(now),
+                    DownloadEvent::Failed(message) => self.device.download_failed(&message, now),
                 }
-                DownloadEvent::Finished => self.device.download_finished(now),
-                DownloadEvent::Failed(message) => self.device.download_failed(&message, now),
-            },
+            }
         }
     }
 
     /// Performs actions while disconnected: frames have nowhere to go.
-    fn perform_offline(&mut self, actions: Vec<Action>, reboot_at: &mut Option<Instant>) {
+    fn perform_offline(&mut self, actions: Vec<Action>, pending: &mut Pending) {
         for action in actions {
-            self.side_effect(action, reboot_at);
+            self.side_effect(action, pending);
         }
     }
 
-    fn side_effect(&mut self, action: Action, reboot_at: &mut Option<Instant>) {
+    fn side_effect(&mut self, action: Action, pending: &mut Pending) {
         match action {
             Action::Send(_) | Action::SendLocal(_) => {}
             Action::Reboot { delay_ms } => {
                 let at = Instant::now() + Duration::from_millis(delay_ms);
-                *reboot_at = Some(reboot_at.map_or(at, |t| t.min(at)));
+                pending.reboot_at = Some(pending.reboot_at.map_or(at, |t| t.min(at)));
             }
-            Action::Download {
-                url,
-                commit_timeout_s,
-            } => self
-                .observer
-                .download(url, commit_timeout_s, self.command_sender.clone()),
+            Action::Download(request) => {
+                pending.stop_download();
+                let cancel = self.shutdown.child_token();
+                let feed = DownloadFeed::new(self.command_sender.clone(), cancel.clone());
+                pending.download = Some((feed.id, cancel));
+                self.observer.download(request, feed);
+            }
         }
     }
 
@@ -291,7 +371,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
         &mut self,
         ws: &mut Ws,
         actions: Vec<Action>,
-        reboot_at: &mut Option<Instant>,
+        pending: &mut Pending,
     ) -> Result<(), String> {
         let mut queued = false;
         for action in actions {
@@ -302,7 +382,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                         .map_err(|e| e.to_string())?;
                     queued = true;
                 }
-                other => self.side_effect(other, reboot_at),
+                other => self.side_effect(other, pending),
             }
         }
         if queued {
@@ -315,11 +395,11 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
         &mut self,
         mut ws: Ws,
         backoff: &mut Backoff,
-        reboot_at: &mut Option<Instant>,
+        pending: &mut Pending,
     ) -> SessionEnd {
         self.observer.connection(true);
         let actions = self.device.connected(self.now_ms());
-        let mut end = match self.perform(&mut ws, actions, reboot_at).await {
+        let mut end = match self.perform(&mut ws, actions, pending).await {
             Ok(()) => None,
             Err(_) => Some(SessionEnd::Lost),
         };
@@ -332,7 +412,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                     end = Some(SessionEnd::Stop(Stop::Shutdown));
                     Ok(())
                 }
-                _ = sleep_opt(*reboot_at) => {
+                _ = sleep_opt(pending.reboot_at) => {
                     let _ = ws.close(None).await;
                     end = Some(SessionEnd::Stop(Stop::Reboot));
                     Ok(())
@@ -343,11 +423,11 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                         // next failure starts the backoff from the bottom again.
                         backoff.reset();
                         let actions = self.device.receive(text.as_bytes(), self.now_ms());
-                        self.perform(&mut ws, actions, reboot_at).await
+                        self.perform(&mut ws, actions, pending).await
                     }
                     Some(Ok(Message::Binary(bytes))) => {
                         let actions = self.device.receive(&bytes, self.now_ms());
-                        self.perform(&mut ws, actions, reboot_at).await
+                        self.perform(&mut ws, actions, pending).await
                     }
                     // tungstenite queued the pong; flush it now.
                     Some(Ok(Message::Ping(_))) => ws.flush().await.map_err(|e| e.to_string()),
@@ -357,7 +437,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                 },
                 _ = sleep_opt(deadline) => {
                     let actions = self.device.poll(self.now_ms());
-                    self.perform(&mut ws, actions, reboot_at).await
+                    self.perform(&mut ws, actions, pending).await
                 }
                 command = self.commands.recv() => match command {
                     None => {
@@ -370,8 +450,8 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                         Ok(())
                     }
                     Some(command) => {
-                        let actions = self.command(command, reboot_at);
-                        self.perform(&mut ws, actions, reboot_at).await
+                        let actions = self.command(command, pending);
+                        self.perform(&mut ws, actions, pending).await
                     }
                 },
             };
@@ -379,7 +459,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                 tracing::debug!(%reason, "connection lost");
                 end = Some(SessionEnd::Lost);
             }
-            self.observer.changed(self.device);
+            self.settle(pending);
         }
         self.device.disconnected(self.now_ms());
         self.observer.connection(false);

@@ -33,6 +33,7 @@ pub struct FileSlots {
     record: BootRecord,
     booted: BootState,
     staging: Option<Staging>,
+    refusal: Option<String>,
 }
 
 impl std::fmt::Debug for FileSlots {
@@ -74,6 +75,7 @@ impl FileSlots {
             factory_path,
             booted: BootState::default(),
             staging: None,
+            refusal: None,
             dir,
             record: BootRecord::new(factory.clone()),
         };
@@ -131,6 +133,12 @@ impl FileSlots {
     pub fn record(&self) -> &BootRecord {
         &self.record
     }
+
+    /// Refuses every update with `reason` (see [`FirmwareSlots::update_refusal`]), or
+    /// takes them again with `None`.
+    pub fn refuse_updates(&mut self, reason: Option<String>) {
+        self.refusal = reason;
+    }
 }
 
 fn io_error(context: &str, e: io::Error) -> StorageError {
@@ -180,7 +188,7 @@ impl FirmwareSlots for FileSlots {
         Ok(())
     }
 
-    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
+    fn finish(&mut self, image: &ImageInfo, commit_timeout_s: u32) -> Result<(), StorageError> {
         let staging = self.staging.take().ok_or("no image being written")?;
         let result = (|| {
             staging.image.check_complete()?;
@@ -198,10 +206,8 @@ impl FirmwareSlots for FileSlots {
             let slot = 1 - self.booted.partition.min(1);
             fs::rename(&staging.path, self.slot_file(slot))
                 .map_err(|e| io_error("cannot install the slot", e))?;
-            let running = self.running_image();
-            let info = staging.image.describe(&running);
             let previous = self.record.clone();
-            self.record.stage(info, commit_timeout_s);
+            self.record.stage(image.clone(), commit_timeout_s);
             if let Err(e) = self.persist() {
                 self.record = previous;
                 return Err(io_error("cannot write the boot record", e));
@@ -227,6 +233,10 @@ impl FirmwareSlots for FileSlots {
             self.record = previous;
             io_error("cannot write the boot record", e)
         })
+    }
+
+    fn update_refusal(&mut self) -> Option<String> {
+        self.refusal.clone()
     }
 
     fn revert(&mut self) -> Result<(), StorageError> {

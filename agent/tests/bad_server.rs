@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{quick_link, wait_status, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use herd_agent::agent::{Agent, AgentOptions};
+use herd_agent::agent::{Agent, AgentOptions, ImagePolicy};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -56,10 +56,9 @@ async fn a_misbehaving_server_does_not_break_the_device() {
     let mut agent = Agent::start(AgentOptions {
         server: Some(url),
         token: Some("0123456789abcdef01234567".into()),
-        data_dir: data_dir.path().into(),
-        light: Default::default(),
         link: quick_link(),
-        exec_images: false,
+        images: ImagePolicy::StageOnly,
+        ..AgentOptions::new(data_dir.path().into())
     })
     .await
     .expect("agent starts");

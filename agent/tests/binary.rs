@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 fn spawn_agent(server: &TestServer, token: &str, data_dir: &Path) -> Child {
+    spawn_agent_with(server, token, data_dir, &["--exec-images"])
+}
+
+fn spawn_agent_with(server: &TestServer, token: &str, data_dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_herd-agent"))
         .arg("--server")
         .arg(server.socket_url())
@@ -20,6 +24,7 @@ fn spawn_agent(server: &TestServer, token: &str, data_dir: &Path) -> Child {
         .arg(token)
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .env_remove("HERD_AGENT_BOOTED")
         .env_remove("HERD_AGENT_FACTORY_IMAGE")
@@ -121,5 +126,42 @@ async fn the_binary_restarts_into_its_update_and_reverts_a_bad_one() {
     .await;
     assert_eq!(ota(&data)["status"], 2);
     assert!(agent.try_wait().expect("status").is_none(), "still running");
+    agent.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn without_exec_images_the_binary_refuses_updates_naming_the_flag() {
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("cautious-box").await;
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
+    let mut agent = spawn_agent_with(&server, &token, data_dir.path(), &["--ota-methods", "push"]);
+    wait_event(&mut events, &id, "updated", |d| ota(d)["partition"] == 0).await;
+    let error = server
+        .rpc(&id, "OTA.Begin", json!({"size": 3000}))
+        .await
+        .expect_err("refused");
+    assert_eq!(error.status(), Some(403), "{error}");
+    assert!(error.to_string().contains("--exec-images"), "{error}");
+    // --ota-methods push: the device answers like the mDash device library.
+    let list = server
+        .rpc(&id, "RPC.List", json!({}))
+        .await
+        .expect("RPC.List");
+    let methods: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|m| m.starts_with("OTA."))
+        .collect();
+    assert_eq!(methods, ["OTA.Begin", "OTA.Write", "OTA.End"]);
+    let error = server
+        .rpc(&id, "OTA.Update", json!({"url": "/fw"}))
+        .await
+        .expect_err("no handler");
+    assert_eq!(error.status(), Some(404), "{error}");
+    assert!(!data_dir.path().join("slots/slot1.img").exists());
     agent.kill().await.expect("kill");
 }

@@ -1,17 +1,25 @@
 //! Fleet mode against the real server: N devices registered through REST come online,
-//! stay online across a server restart, and a rerun reuses their tokens.
+//! stay online across a server restart, and a rerun reuses their tokens; they pull
+//! firmware over HTTP (PROTOCOL §10.3), a named set of them fails updates, and push-only
+//! fleets answer like the mDash device library.
 
 mod common;
 
-use common::{quick_link, subscribed, wait_connect_report, TestServer, WAIT};
+use common::{
+    named_image, quick_download, quick_link, sha256_hex, subscribed, wait_connect_report, Faults,
+    ImageServer, TestServer, WAIT,
+};
+use firmware_core::ota::OtaMethods;
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use herd_agent::runner::Command;
-use serde_json::json;
+use herd_client::NotifyEvent;
+use serde_json::{json, Value};
 
 fn options(server: &TestServer, dir: &std::path::Path, count: usize) -> FleetOptions {
     FleetOptions {
         link: quick_link(),
         behaviour: Behaviour::idle(),
+        download: quick_download(),
         ..FleetOptions::new(&server.http(), &server.admin_key, count, dir.into())
     }
 }
@@ -153,4 +161,163 @@ async fn flapping_and_rebooting_devices_come_back() {
     fleet.shutdown().await;
     let listed = server.client.devices().await.expect("devices");
     assert_eq!(listed.len(), count, "no device was registered twice");
+}
+
+fn ota(data: &Value) -> &Value {
+    &data["shadow"]["state"]["reported"]["ota"]
+}
+
+#[tokio::test]
+async fn fleet_devices_pull_firmware_and_the_named_ones_fail() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 4;
+    let mut events = server.notify();
+    subscribed(&mut events).await;
+    let fleet = Fleet::start(FleetOptions {
+        seed: 5,
+        behaviour: Behaviour {
+            ota_failure_fraction: 0.5,
+            ..Behaviour::idle()
+        },
+        ..options(&server, dir.path(), count)
+    })
+    .await
+    .expect("fleet starts");
+    within("online", fleet.wait_online(count)).await;
+    // Exactly round(0.5 * 4) devices fail, and the fleet says which.
+    let failing = fleet.failing_ids();
+    assert_eq!(failing.len(), 2, "{failing:?}");
+    let healthy = fleet
+        .devices()
+        .iter()
+        .map(|d| d.id.clone())
+        .find(|id| !failing.contains(id))
+        .expect("a healthy device");
+    let doomed = failing[0].clone();
+
+    let image = named_image("2.0.0", 40_000);
+    let sha = sha256_hex(&image);
+    let files = ImageServer::start(
+        image.clone(),
+        Faults {
+            cut_first_after: Some(15_000),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let ota_desired =
+        json!({"firmware": sha, "url": files.url("/fw"), "sha256": sha, "size": image.len()});
+    for id in [&healthy, &doomed] {
+        server
+            .client
+            .update_shadow(id, &json!({"state": {"desired": {"ota": ota_desired}}}))
+            .await
+            .expect("shadow update");
+    }
+
+    // Both outcomes show in reported.ota (PROTOCOL §4.4), in whatever order they come.
+    let (mut updated, mut reverted) = (None, None);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while updated.is_none() || reverted.is_none() {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no outcome yet: {updated:?} {reverted:?}"))
+            .expect("notify stream");
+        let NotifyEvent::Notification(n) = event else {
+            continue;
+        };
+        if n.name != "updated" {
+            continue;
+        }
+        let report = ota(&n.data);
+        if n.id == healthy && report["fw_id"] == sha.as_str() && report["status"] == 3 {
+            updated = Some(n.data.clone());
+        }
+        if n.id == doomed && report["status"] == 2 && report["partition"] == 0 {
+            reverted = Some(n.data.clone());
+        }
+    }
+    let updated = updated.expect("updated");
+    assert_eq!(ota(&updated)["fw_version"], "2.0.0");
+    assert_eq!(ota(&updated)["partition"], 1);
+    assert_eq!(ota(&updated)["is_committed"], true);
+    assert_eq!(updated["shadow"]["state"]["delta"], json!({}), "{updated}");
+    let reverted = reverted.expect("reverted");
+    assert_eq!(ota(&reverted)["fw_version"], "1.0.0");
+    let message = ota(&reverted)["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("reverted") && message.contains("crashed"),
+        "{message}"
+    );
+    assert_eq!(fleet.stats().ota_crashes, 1);
+    let requests = files.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.range.as_deref() == Some("bytes=15000-")),
+        "the broken download resumed: {requests:?}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn push_only_fleets_answer_like_the_mdash_device_library() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut events = server.notify();
+    subscribed(&mut events).await;
+    let fleet = Fleet::start(FleetOptions {
+        behaviour: Behaviour {
+            ota_methods: OtaMethods::Push,
+            ..Behaviour::idle()
+        },
+        ..options(&server, dir.path(), 1)
+    })
+    .await
+    .expect("fleet starts");
+    let id = fleet.devices()[0].id.clone();
+    wait_connect_report(&mut events, &id, |_| true).await;
+    let list = server
+        .rpc(&id, "RPC.List", json!({}))
+        .await
+        .expect("RPC.List");
+    let methods: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|m| m.starts_with("OTA."))
+        .collect();
+    assert_eq!(methods, ["OTA.Begin", "OTA.Write", "OTA.End"]);
+    let error = server
+        .rpc(&id, "OTA.Update", json!({"url": "/fw"}))
+        .await
+        .expect_err("no handler");
+    assert_eq!(error.status(), Some(404), "{error}");
+
+    // Pushed without offsets, as the mDash library's cloud does; committed on boot since no
+    // OTA.Commit will come.
+    let image = named_image("1.1.0", 2500);
+    server
+        .rpc(
+            &id,
+            "OTA.Begin",
+            json!({"size": image.len(), "commit_timeout": 60}),
+        )
+        .await
+        .expect("begin");
+    for chunk in image.chunks(1024) {
+        let data = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, chunk);
+        server
+            .rpc(&id, "OTA.Write", json!({"data": data}))
+            .await
+            .expect("write");
+    }
+    server.rpc(&id, "OTA.End", json!({})).await.expect("end");
+    let reported =
+        wait_connect_report(&mut events, &id, |r| r["ota"]["fw_version"] == "1.1.0").await;
+    assert_eq!(reported["ota"]["is_committed"], true);
+    assert_eq!(reported["ota"]["fw_id"], sha256_hex(&image));
+    fleet.shutdown().await;
 }

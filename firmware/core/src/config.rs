@@ -81,7 +81,11 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// The schema and default values of every configuration key (PROTOCOL §9).
+/// The schema and default values of every configuration key (PROTOCOL §9). Besides the
+/// keys PROTOCOL §9 lists: `update.pubkey` (base64 Ed25519 key images must be signed for,
+/// §10.4; settable only locally or in the factory layer), `update.commit_timeout` (of
+/// updates that name none) and `rpc.ota_methods` (`"all"`, or `"push"` for a device that
+/// answers like the mDash device library; see [`crate::ota::OtaMethods`]).
 ///
 /// Built on demand rather than stored, so a thousand simulated devices in one process do
 /// not each keep a copy.
@@ -96,6 +100,8 @@ pub fn defaults() -> Object {
         "provision": {"button": {"pin": 9, "hold_ms": 3000}},
         "smartlight": {"pin": 8, "inverted": false},
         "debug": {"level": 2},
+        "update": {"pubkey": "", "commit_timeout": 0},
+        "rpc": {"ota_methods": "all"},
         "conf_acl": "*"
     });
     match value {

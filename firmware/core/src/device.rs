@@ -10,6 +10,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use base64::Engine as _;
 use protocol::codes;
 use protocol::frame::{Frame, FrameKind};
 use protocol::splitter::FrameSplitter;
@@ -17,8 +18,10 @@ use serde_json::{json, Value};
 
 use crate::config::{self, Config, Layer, Object};
 use crate::fs;
-use crate::ota::{BootState, ImageInfo, Ota, Outcome, Transfer};
+use crate::ota::{self, Begin, BootState, ImageInfo, Ota, OtaMethods, Outcome, Transfer};
 use crate::platform::{Button, Platform};
+use crate::pull::{self, DownloadRequest, Pull};
+use crate::verify::{self, Expected, UpdateKey};
 
 /// Largest JSON value the device accepts from the cloud; `OTA.Write` with a 1 KiB chunk
 /// (PROTOCOL §8) needs well under half of it.
@@ -27,7 +30,8 @@ pub const MAX_INPUT_FRAME: usize = 16 * 1024;
 /// Delay before a reboot that an RPC asked for, so its reply still leaves the device.
 pub const DEFAULT_REBOOT_DELAY_MS: u64 = 100;
 
-/// Every method the engine answers (PROTOCOL §8, §9), as `RPC.List` reports them.
+/// Every method the engine answers (PROTOCOL §8, §9), as `RPC.List` reports them; a
+/// device with `rpc.ota_methods = "push"` leaves out those [`OtaMethods::offers`] does not.
 pub const METHODS: &[&str] = &[
     "RPC.List",
     "Sys.GetInfo",
@@ -64,15 +68,12 @@ pub enum Action {
         /// Milliseconds to wait, so that replies already queued get out.
         delay_ms: u64,
     },
-    /// Download firmware from `url` and feed it through [`Device::download_started`],
-    /// [`Device::download_chunk`] and [`Device::download_finished`] (PROTOCOL §8
-    /// `OTA.Update`, §4.4 `desired.ota.url`).
-    Download {
-        /// Where the image is.
-        url: String,
-        /// Commit timeout for the new image.
-        commit_timeout_s: u32,
-    },
+    /// Download firmware as the request says and feed it through
+    /// [`Device::download_started`], [`Device::download_chunk`] and
+    /// [`Device::download_finished`], or [`Device::download_failed`] (PROTOCOL §10.3
+    /// `OTA.Update`, §4.4 `desired.ota`). Whether the image may boot is the engine's
+    /// decision, made in [`Device::download_finished`].
+    Download(DownloadRequest),
 }
 
 /// How the device reaches the network (provisioning as the reference product does it).
@@ -109,10 +110,15 @@ pub struct Device<P: Platform> {
     platform: P,
     config: Config,
     ota: Ota,
-    /// The transfer is fed by a download rather than by `OTA.Write` over the socket.
-    downloading: bool,
-    /// Last `desired.ota.url` acted on, so a repeated delta does not restart a download.
-    download_url: Option<String>,
+    /// A download the platform performs for this device, feeding the transfer instead of
+    /// `OTA.Write` over the socket.
+    pull: Option<ActivePull>,
+    /// `desired.ota` as the deltas of this boot built it up: a delta holds only the
+    /// leaves that differ (PROTOCOL §4.2), so each is merged over the previous ones.
+    desired_ota: Object,
+    /// The `desired.ota` fields last acted on, so a repeated delta does not start the
+    /// same download again.
+    last_desired_ota: Option<Object>,
     image: ImageInfo,
     light_on: bool,
     connected: bool,
@@ -127,6 +133,18 @@ pub struct Device<P: Platform> {
     reported_percent: Option<u8>,
     /// Problems found while booting (unreadable config layers), for the platform to log.
     boot_notes: Vec<String>,
+}
+
+/// A device pull under way (PROTOCOL §10.3).
+#[derive(Debug)]
+struct ActivePull {
+    expected: Expected,
+    commit_timeout_s: u32,
+    /// The platform announced the size and the slot is being written.
+    started: bool,
+    /// Uptime by which the platform must have announced the size; after that the
+    /// transfer's own inactivity timeout applies.
+    start_deadline_ms: u64,
 }
 
 /// Statistics and state the platform may show or log.
@@ -193,8 +211,9 @@ impl<P: Platform> Device<P> {
             platform,
             config: Config::new(factory, user),
             ota: Ota::default(),
-            downloading: false,
-            download_url: None,
+            pull: None,
+            desired_ota: Object::new(),
+            last_desired_ota: None,
             image,
             light_on: false,
             connected: false,
@@ -249,8 +268,33 @@ impl<P: Platform> Device<P> {
             connected: self.connected,
             boot: self.platform.boot_state(),
             image: self.image.clone(),
-            ota_state: self.ota.transfer.code(),
+            ota_state: if self.pull.is_some() {
+                1
+            } else {
+                self.ota.transfer.code()
+            },
         }
+    }
+
+    /// Whether a download the device asked for is under way; once it is not, the platform
+    /// may stop fetching.
+    pub fn downloading(&self) -> bool {
+        self.pull.is_some()
+    }
+
+    /// Bytes of the current download written so far; a resumed download asks for the rest
+    /// from here.
+    pub fn download_received(&self) -> Option<u64> {
+        self.pull
+            .as_ref()
+            .filter(|pull| pull.started)
+            .and_then(|_| self.ota.written())
+            .map(|n| n as u64)
+    }
+
+    /// Which OTA methods this device offers (`rpc.ota_methods`).
+    pub fn ota_methods(&self) -> OtaMethods {
+        OtaMethods::from_config(&self.config.get_str(OtaMethods::CONFIG_KEY))
     }
 
     /// Provisioned means the station interface has a network to join.
@@ -328,7 +372,7 @@ impl<P: Platform> Device<P> {
         self.now_ms = now_ms;
         self.connected = false;
         self.heartbeat_due = None;
-        if !self.downloading {
+        if self.pull.is_none() {
             self.ota
                 .fail(&mut self.platform, "connection lost during the update");
         }
@@ -416,6 +460,10 @@ impl<P: Platform> Device<P> {
     pub fn next_deadline(&self) -> Option<u64> {
         [
             self.ota.deadline(),
+            self.pull
+                .as_ref()
+                .filter(|pull| !pull.started)
+                .map(|pull| pull.start_deadline_ms),
             self.commit_deadline,
             self.button_since
                 .filter(|_| !self.reset_done)
@@ -436,9 +484,19 @@ impl<P: Platform> Device<P> {
             .deadline()
             .is_some_and(|deadline| now_ms >= deadline)
         {
-            self.downloading = false;
+            self.pull = None;
             self.ota
                 .fail(&mut self.platform, "the update timed out waiting for data");
+            self.report_ota(&mut out);
+        }
+        if self
+            .pull
+            .as_ref()
+            .is_some_and(|pull| !pull.started && now_ms >= pull.start_deadline_ms)
+        {
+            self.pull = None;
+            self.ota
+                .refused("the download did not start in time; the platform gave no size");
             self.report_ota(&mut out);
         }
         if self
@@ -479,61 +537,94 @@ impl<P: Platform> Device<P> {
         out
     }
 
-    /// An `OTA.Update` / `desired.ota.url` download announced its size.
-    pub fn download_started(
-        &mut self,
-        size: usize,
-        commit_timeout_s: u32,
-        now_ms: u64,
-    ) -> Vec<Action> {
+    /// The download of an [`Action::Download`] announced its size: the slot is prepared.
+    /// Called again for the same download, it starts over (a server that answered a
+    /// resumed request with the whole image).
+    pub fn download_started(&mut self, size: usize, now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         let mut out = Vec::new();
-        let result = self.ota.start(
-            &mut self.platform,
-            size,
-            crate::ota::DEFAULT_TRANSFER_TIMEOUT_S,
-            commit_timeout_s,
-            now_ms,
-        );
-        self.downloading = result.is_ok();
-        if let Err((_, message)) = result {
-            if !matches!(self.ota.transfer, Transfer::Receiving { .. }) {
-                self.ota.transfer = Transfer::Failed(message);
+        let Some(pull) = &mut self.pull else {
+            return out;
+        };
+        if pull.started {
+            pull.started = false;
+            self.ota.restart(&mut self.platform);
+        }
+        let expected = pull.expected.clone();
+        let commit_timeout_s = pull.commit_timeout_s;
+        let result = match expected.size {
+            Some(wanted) if wanted != size as u64 => Err((
+                codes::BAD_REQUEST,
+                verify::size_message(wanted, size as u64),
+            )),
+            _ => self.ota.start(
+                &mut self.platform,
+                size,
+                ota::DEFAULT_TRANSFER_TIMEOUT_S,
+                commit_timeout_s,
+                expected,
+                now_ms,
+            ),
+        };
+        match result {
+            Ok(_) => {
+                if let Some(pull) = &mut self.pull {
+                    pull.started = true;
+                }
+            }
+            Err((_, message)) => {
+                self.pull = None;
+                self.ota.refused(&message);
             }
         }
         self.report_ota(&mut out);
         out
     }
 
-    /// The next chunk of a download.
+    /// The next bytes of the download, at `offset` in the image.
     pub fn download_chunk(&mut self, offset: u64, bytes: &[u8], now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         let mut out = Vec::new();
-        if !self.downloading {
+        if !self.pull.as_ref().is_some_and(|pull| pull.started) {
             return out;
         }
-        if self
+        match self
             .ota
-            .write_bytes(&mut self.platform, offset, bytes, now_ms)
-            .is_err()
+            .write_bytes(&mut self.platform, Some(offset), bytes, now_ms)
         {
-            self.downloading = false;
+            Ok(_) => self.report_progress(&mut out),
+            Err((_, message)) => {
+                self.pull = None;
+                self.ota.fail(&mut self.platform, &message);
+                self.report_ota(&mut out);
+            }
         }
-        self.report_progress(&mut out);
         out
     }
 
-    /// The download is complete: verify, stage and reboot into it.
+    /// The download is complete: check the image (PROTOCOL §10.3, §10.4), stage it and
+    /// reboot into it. A refused image is discarded and the refusal reported.
     pub fn download_finished(&mut self, now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         let mut out = Vec::new();
-        if !self.downloading {
+        let Some(pull) = self.pull.take() else {
+            return out;
+        };
+        if !pull.started {
+            self.ota
+                .refused("the download ended before the image's size was known");
+            self.report_ota(&mut out);
             return out;
         }
-        self.downloading = false;
-        let ok = self.ota.end(&mut self.platform).is_ok();
+        let key = self.update_key();
+        let running = self.image.clone();
+        let result = self.ota.end(&mut self.platform, &running, &key);
+        if let Err((_, message)) = &result {
+            // An incomplete image leaves the transfer open; a download will not add to it.
+            self.ota.fail(&mut self.platform, message);
+        }
         self.report_ota(&mut out);
-        if ok {
+        if result.is_ok() {
             out.push(Action::Reboot {
                 delay_ms: DEFAULT_REBOOT_DELAY_MS,
             });
@@ -541,17 +632,173 @@ impl<P: Platform> Device<P> {
         out
     }
 
-    /// The download failed.
+    /// The download failed; the partly written slot is discarded.
     pub fn download_failed(&mut self, message: &str, now_ms: u64) -> Vec<Action> {
         self.now_ms = now_ms;
         let mut out = Vec::new();
-        self.downloading = false;
-        self.ota.fail(&mut self.platform, message);
-        if matches!(self.ota.transfer, Transfer::Idle) {
-            self.ota.transfer = Transfer::Failed(message.to_string());
+        if self.pull.take().is_none() {
+            return out;
         }
+        self.ota.fail(&mut self.platform, message);
+        self.ota.refused(message);
         self.report_ota(&mut out);
         out
+    }
+
+    /// The key images must be signed for (`update.pubkey`, PROTOCOL §10.4).
+    fn update_key(&self) -> UpdateKey {
+        UpdateKey::from_config(&self.config.get_str(verify::PUBKEY_KEY))
+    }
+
+    /// The commit timeout of a new image: what the request says, else `update.commit_timeout`.
+    /// A push-only device gets no `OTA.Commit`, so its images commit themselves on boot.
+    fn commit_timeout_for(&self, requested: Option<u32>) -> u32 {
+        if self.ota_methods() == OtaMethods::Push {
+            return 0;
+        }
+        requested.unwrap_or_else(|| {
+            u32::try_from(self.config.get_i64("update.commit_timeout")).unwrap_or(0)
+        })
+    }
+
+    /// Refuses an update: the refusal shows in `reported.ota` as well as in the reply.
+    fn refuse(&mut self, code: i64, message: String, after: &mut Vec<Action>) -> Outcome {
+        self.ota.refused(&message);
+        self.report_ota(after);
+        Err((code, message))
+    }
+
+    fn update_in_progress(&self) -> Option<(i64, String)> {
+        if self.pull.is_some() || matches!(self.ota.transfer, Transfer::Receiving { .. }) {
+            Some(bad("an update is already in progress"))
+        } else if matches!(self.ota.transfer, Transfer::Staged) {
+            Some(bad("an update is staged; the device is rebooting"))
+        } else {
+            None
+        }
+    }
+
+    /// `OTA.Begin` (PROTOCOL §8).
+    fn begin_push(&mut self, params: &Value, after: &mut Vec<Action>) -> Outcome {
+        let begin = Begin::from_params(params)?;
+        if let Some(busy) = self.update_in_progress() {
+            return Err(busy);
+        }
+        if let Some(reason) = self.platform.update_refusal() {
+            return self.refuse(codes::FORBIDDEN, reason, after);
+        }
+        if let Err(message) = verify::admit(&begin.expected, &self.update_key()) {
+            return self.refuse(codes::BAD_REQUEST, message, after);
+        }
+        let commit_timeout_s = self.commit_timeout_for(begin.commit_timeout_s);
+        let result = self.ota.start(
+            &mut self.platform,
+            begin.size,
+            begin.timeout_s,
+            commit_timeout_s,
+            begin.expected,
+            self.now_ms,
+        );
+        if result.is_ok() || matches!(self.ota.transfer, Transfer::Failed(_)) {
+            self.report_ota(after);
+        }
+        result
+    }
+
+    /// Starts a device pull (PROTOCOL §10.3): checks what can be checked before anything
+    /// is fetched, then asks the platform for the download.
+    fn start_pull(&mut self, pull: Pull, after: &mut Vec<Action>) -> Outcome {
+        if let Some(busy) = self.update_in_progress() {
+            return Err(busy);
+        }
+        if let Some(reason) = self.platform.update_refusal() {
+            return self.refuse(codes::FORBIDDEN, reason, after);
+        }
+        if !self.platform.boot_state().committed {
+            let message =
+                "the running firmware is not committed yet; commit or revert it first".into();
+            return self.refuse(codes::BAD_REQUEST, message, after);
+        }
+        if let Err(message) = verify::admit(&pull.expected, &self.update_key()) {
+            return self.refuse(codes::BAD_REQUEST, message, after);
+        }
+        if let Some(size) = pull.expected.size {
+            let capacity = self.platform.slot_capacity();
+            if size == 0 {
+                return self.refuse(codes::BAD_REQUEST, "size must be positive".into(), after);
+            }
+            if size > capacity as u64 {
+                return self.refuse(codes::BAD_REQUEST, ota::fit_message(size, capacity), after);
+            }
+        }
+        let server = self.config.get_str("dash.server");
+        let (url, same_server) = match pull::resolve_url(&pull.url, &server) {
+            Ok(resolved) => resolved,
+            Err(message) => return self.refuse(codes::BAD_REQUEST, message, after),
+        };
+        let token = Some(self.config.get_str("dash.token"))
+            .filter(|token| same_server && !token.is_empty());
+        let commit_timeout_s = self.commit_timeout_for(pull.commit_timeout_s);
+        let request = DownloadRequest {
+            url,
+            token,
+            size: pull.expected.size,
+            sha256: pull.expected.sha256.map(|digest| digest.hex()),
+            signature: pull
+                .expected
+                .signature
+                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
+            commit_timeout_s,
+        };
+        self.pull = Some(ActivePull {
+            expected: pull.expected,
+            commit_timeout_s,
+            started: false,
+            start_deadline_ms: self
+                .now_ms
+                .saturating_add(ota::DEFAULT_TRANSFER_TIMEOUT_S * 1000),
+        });
+        // An earlier failure no longer describes the state: the device is downloading.
+        self.ota.transfer = Transfer::Idle;
+        self.report_ota(after);
+        after.push(Action::Download(request));
+        Ok(Value::Bool(true))
+    }
+
+    /// A `desired.ota` delta (PROTOCOL §4.4, §10.3): merged over what this boot saw
+    /// before, acted on when it asks for something new. Returns the fields to report back
+    /// so the delta clears, or `None` while they cannot be taken yet (another update is
+    /// under way; the delta then stays and comes again).
+    fn desired_ota(&mut self, delta: &Object, after: &mut Vec<Action>) -> Option<Value> {
+        protocol::shadow::merge(&mut self.desired_ota, delta);
+        let wanted = pull::known_fields(&self.desired_ota);
+        if wanted.is_empty() {
+            return None;
+        }
+        if self.last_desired_ota.as_ref() == Some(&wanted) {
+            return Some(Value::Object(wanted));
+        }
+        if self.update_in_progress().is_some() {
+            return None;
+        }
+        self.last_desired_ota = Some(wanted.clone());
+        match Pull::from_params(&Value::Object(wanted.clone())) {
+            Err(message) => {
+                let _ = self.refuse(codes::BAD_REQUEST, format!("desired.ota: {message}"), after);
+            }
+            Ok(pull) => {
+                let running = pull
+                    .expected
+                    .sha256
+                    .is_some_and(|digest| digest.hex() == self.image.fw_id);
+                if !running {
+                    // Refusals are reported in `reported.ota`; the delta reply only says
+                    // the fields were seen.
+                    let _ = self.start_pull(pull, after);
+                }
+            }
+        }
+        Some(Value::Object(wanted))
     }
 
     fn hold_ms(&self) -> u64 {
@@ -627,6 +874,7 @@ impl<P: Platform> Device<P> {
     fn ota_report(&mut self) -> Value {
         let boot = self.platform.boot_state();
         let (status, message) = match &self.ota.transfer {
+            _ if self.pull.is_some() => (1, "downloading".to_string()),
             Transfer::Idle => match &boot.last {
                 Some(outcome) if outcome.ok => (3, outcome.message.clone()),
                 Some(outcome) => (2, outcome.message.clone()),
@@ -713,8 +961,17 @@ impl<P: Platform> Device<P> {
         if let Some(outcome) = fs::handle(&mut self.platform, method, params) {
             return outcome;
         }
+        if method.starts_with("OTA.") && !self.ota_methods().offers(method) {
+            return Err((codes::NOT_FOUND, format!("No handler for {method}")));
+        }
         match method {
-            "RPC.List" => Ok(json!(METHODS)),
+            "RPC.List" => {
+                let ota_methods = self.ota_methods();
+                Ok(json!(METHODS
+                    .iter()
+                    .filter(|name| ota_methods.offers(name))
+                    .collect::<Vec<_>>()))
+            }
             "Sys.GetInfo" => Ok(self.sys_info()),
             "Sys.Reboot" => {
                 let delay_ms = match params.get("delay_ms") {
@@ -739,14 +996,10 @@ impl<P: Platform> Device<P> {
                 Ok(json!({"saved": true}))
             }
             "Wifi.Scan" => Ok(json!({"results": self.platform.wifi_scan()})),
-            "OTA.Begin" => {
-                let result = self.ota.begin(&mut self.platform, params, self.now_ms);
-                if result.is_ok() {
-                    self.downloading = false;
-                    self.report_ota(after);
-                }
-                result
-            }
+            "OTA.Begin" => self.begin_push(params, after),
+            "OTA.Write" | "OTA.End" if self.pull.is_some() => Err(bad(
+                "the device is downloading its update itself; no OTA.Write or OTA.End expected",
+            )),
             "OTA.Write" => {
                 let result = self.ota.write(&mut self.platform, params, self.now_ms);
                 if result.is_ok() {
@@ -757,7 +1010,9 @@ impl<P: Platform> Device<P> {
                 result
             }
             "OTA.End" => {
-                let result = self.ota.end(&mut self.platform);
+                let key = self.update_key();
+                let running = self.image.clone();
+                let result = self.ota.end(&mut self.platform, &running, &key);
                 self.report_ota(after);
                 if result.is_ok() {
                     // PROTOCOL §8: after OTA.End the device reboots into the new image.
@@ -767,6 +1022,10 @@ impl<P: Platform> Device<P> {
                 }
                 result
             }
+            "OTA.Status" if self.pull.is_some() => Ok(json!({
+                "state": 1,
+                "progress_percent": self.ota.transfer.percent().unwrap_or(0),
+            })),
             "OTA.Status" => Ok(self.ota.status()),
             "OTA.Commit" => {
                 if !self.platform.boot_state().committed {
@@ -791,26 +1050,8 @@ impl<P: Platform> Device<P> {
                 Ok(Value::Bool(true))
             }
             "OTA.Update" => {
-                let url = params
-                    .get("url")
-                    .and_then(Value::as_str)
-                    .filter(|url| !url.is_empty())
-                    .ok_or_else(|| bad("url is required"))?;
-                let commit_timeout_s = match params.get("commit_timeout") {
-                    None | Some(Value::Null) => 0,
-                    Some(v) => v
-                        .as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| bad("commit_timeout must be a non-negative integer"))?,
-                };
-                if matches!(self.ota.transfer, Transfer::Receiving { .. }) {
-                    return Err(bad("an update is already in progress"));
-                }
-                after.push(Action::Download {
-                    url: url.to_string(),
-                    commit_timeout_s,
-                });
-                Ok(Value::Bool(true))
+                let pull = Pull::from_params(params).map_err(bad)?;
+                self.start_pull(pull, after)
             }
             "Shadow.Delta" if channel == Channel::Cloud => self.shadow_delta(params, after),
             _ => Err((codes::NOT_FOUND, format!("No handler for {method}"))),
@@ -866,6 +1107,17 @@ impl<P: Platform> Device<P> {
         };
         let save = optional_bool(params, "save")?;
         let reboot = optional_bool(params, "reboot")?;
+        if channel == Channel::Cloud && config::lookup(&patch, verify::PUBKEY_KEY).is_some() {
+            // PROTOCOL §10.4: the key protects the device from whoever can reach it through
+            // the cloud, so the cloud must not be able to change or remove it.
+            return Err((
+                codes::FORBIDDEN,
+                format!(
+                    "{} can only be set locally or in the factory layer",
+                    verify::PUBKEY_KEY
+                ),
+            ));
+        }
         match params.get("level") {
             None | Some(Value::Null) => {}
             Some(Value::String(level)) if level == "factory" => {
@@ -934,30 +1186,19 @@ impl<P: Platform> Device<P> {
             Some(Value::Bool(on)) => Some(*on),
             Some(_) => return Err(bad("on must be a boolean")),
         };
-        let url = match state.get("ota").and_then(|ota| ota.get("url")) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(url)) if !url.is_empty() => Some(url.clone()),
-            Some(_) => return Err(bad("ota.url must be a non-empty string")),
-        };
         let mut reported = Object::new();
         if let Some(on) = on {
             self.light_on = on;
             self.drive_light();
             reported.insert("on".into(), Value::Bool(on));
         }
-        if let Some(url) = url {
-            // Reporting the URL clears the delta, so the download is not restarted on
-            // every connect; progress and outcome follow in `reported.ota`.
-            let mut ota = Object::new();
-            ota.insert("url".into(), Value::String(url.clone()));
-            reported.insert("ota".into(), Value::Object(ota));
-            let busy = matches!(self.ota.transfer, Transfer::Receiving { .. });
-            if !busy && self.download_url.as_deref() != Some(url.as_str()) {
-                self.download_url = Some(url.clone());
-                after.push(Action::Download {
-                    url,
-                    commit_timeout_s: 0,
-                });
+        // A push-only device does not pull, like the mDash device library: it leaves
+        // `desired.ota` alone.
+        if let Some(Value::Object(ota)) = state.get("ota") {
+            if self.ota_methods() == OtaMethods::All {
+                if let Some(echo) = self.desired_ota(ota, after) {
+                    reported.insert("ota".into(), echo);
+                }
             }
         }
         Ok(Value::Object(reported))

@@ -7,9 +7,12 @@
 //! fleets. A platform implements the traits in [`platform`] (configuration storage, a file
 //! store, two firmware slots, the light, system facts); [`device::Device`] takes what
 //! happened (bytes from the cloud, the time, button changes) and returns
-//! [`device::Action`]s to perform: frames to send, reboots, downloads. Main types:
-//! [`device::Device`], [`config::Config`], [`ota::BootRecord`], and
-//! [`memory::MemoryPlatform`] for tests and simulations.
+//! [`device::Action`]s to perform: frames to send, reboots, downloads. Firmware images are
+//! named by their SHA-256 and checked by the engine (size, SHA-256, Ed25519 signature,
+//! PROTOCOL §10.4, in [`verify`]) before the platform may boot them; a platform only moves
+//! their bytes ([`pull::DownloadRequest`]). Main types: [`device::Device`],
+//! [`config::Config`], [`ota::BootRecord`], and [`memory::MemoryPlatform`] for tests and
+//! simulations.
 //!
 //! ```
 //! use firmware_core::device::{Action, Device};
@@ -41,5 +44,13 @@ pub mod fs;
 pub mod memory;
 pub mod ota;
 pub mod platform;
+pub mod pull;
+pub mod verify;
 
 pub use device::{Action, Device};
+
+/// What exported macros name, for crates that have no `alloc` of their own in scope.
+#[doc(hidden)]
+pub mod __private {
+    pub use alloc::string::String;
+}

@@ -14,8 +14,8 @@ use crate::platform::{
 
 pub use crate::ota::{describe_image, IMAGE_HEADER};
 
-/// Two firmware slots in RAM. Images are hashed, not kept, so a thousand simulated devices
-/// updating at once stay small.
+/// Two firmware slots in RAM. Images are hashed by the engine and not kept, so a thousand
+/// simulated devices updating at once stay small.
 #[derive(Debug, Clone)]
 pub struct MemorySlots {
     record: BootRecord,
@@ -24,6 +24,9 @@ pub struct MemorySlots {
     staging: Option<ImageStaging>,
     /// When set, `finish` refuses every image (a device whose update always fails).
     pub reject_images: bool,
+    /// When set, the platform refuses every update with this message (see
+    /// [`FirmwareSlots::update_refusal`]).
+    pub refuse_updates: Option<String>,
 }
 
 impl MemorySlots {
@@ -37,6 +40,7 @@ impl MemorySlots {
             capacity,
             staging: None,
             reject_images: false,
+            refuse_updates: None,
         }
     }
 
@@ -50,6 +54,18 @@ impl MemorySlots {
     /// The persisted boot bookkeeping.
     pub fn record(&self) -> &BootRecord {
         &self.record
+    }
+
+    /// A staged image that crashes on its first boot, before it could commit itself: the
+    /// record goes back to the previous image, as the bootloader finds it after that
+    /// boot. Returns whether there was such an image. Call it before [`Self::reboot`].
+    pub fn crash_staged_image(&mut self) -> bool {
+        let staged = !self.record.committed && self.record.trial_boots == 0;
+        if staged {
+            self.record
+                .revert("reverted: the new firmware crashed on its first boot");
+        }
+        staged
     }
 }
 
@@ -78,14 +94,13 @@ impl FirmwareSlots for MemorySlots {
             .accept(offset, data)
     }
 
-    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError> {
+    fn finish(&mut self, image: &ImageInfo, commit_timeout_s: u32) -> Result<(), StorageError> {
         let staging = self.staging.take().ok_or("no image being written")?;
         staging.check_complete()?;
         if self.reject_images {
             return Err("image verification failed".into());
         }
-        let info = staging.describe(&self.running_image());
-        self.record.stage(info, commit_timeout_s);
+        self.record.stage(image.clone(), commit_timeout_s);
         Ok(())
     }
 
@@ -101,6 +116,10 @@ impl FirmwareSlots for MemorySlots {
     fn revert(&mut self) -> Result<(), StorageError> {
         self.record.revert("reverted on request");
         Ok(())
+    }
+
+    fn update_refusal(&mut self) -> Option<String> {
+        self.refuse_updates.clone()
     }
 }
 

@@ -2,6 +2,10 @@
 //! `OTA.Write`, `OTA.End` and `OTA.Status`, and the boot bookkeeping that makes an
 //! uncommitted image revert.
 //!
+//! Whether the bytes come over the socket or from a download (§10.3), [`Ota`] hashes
+//! them as they are written; the SHA-256 names the image (`fw_id`, §10.1) and is what
+//! [`crate::verify`] checks, with the signature, before the platform may stage it.
+//!
 //! [`BootRecord`] is pure data plus rules; a platform persists it next to its slots and
 //! calls [`BootRecord::on_boot`] before running anything. An image that boots uncommitted
 //! gets exactly one boot: if the device starts again without an `OTA.Commit` in between
@@ -10,12 +14,15 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 use crate::platform::{FirmwareSlots, StorageError};
+use crate::verify::{self, Expected, UpdateKey};
 use protocol::codes;
 
 /// Default inactivity timeout of a transfer, in seconds, when `OTA.Begin` names none.
@@ -30,7 +37,7 @@ pub struct ImageInfo {
     pub arch: String,
     /// Version text.
     pub fw_version: String,
-    /// Build id; Herd uses a content hash.
+    /// Build id: the lowercase hex SHA-256 of the image (PROTOCOL §4.4, §10.1).
     pub fw_id: String,
 }
 
@@ -198,13 +205,14 @@ pub const IMAGE_HEADER: &[u8] = b"HERD-IMAGE ";
 /// How many leading bytes of an image are kept to read its header and check its type.
 pub const IMAGE_HEAD: usize = 256;
 
-/// Reads the identity an image declares in its header line; the id is the content hash.
-pub fn describe_image(head: &[u8], hash: ContentHash, fallback: &ImageInfo) -> ImageInfo {
+/// Reads the identity an image declares in its header line; the id is its SHA-256
+/// (PROTOCOL §10.1: a firmware object's id is the SHA-256 of its bytes).
+pub fn describe_image(head: &[u8], digest: ImageDigest, fallback: &ImageInfo) -> ImageInfo {
     let mut info = ImageInfo {
         app: fallback.app.clone(),
         arch: fallback.arch.clone(),
         fw_version: String::new(),
-        fw_id: hash.hex(),
+        fw_id: digest.hex(),
     };
     if let Some(rest) = head.strip_prefix(IMAGE_HEADER) {
         let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -226,14 +234,14 @@ pub fn describe_image(head: &[u8], hash: ContentHash, fallback: &ImageInfo) -> I
     info
 }
 
-/// The bookkeeping of an image being written into a slot, whatever holds its bytes:
-/// in-order chunks within the announced size, the content hash, and the first
-/// [`IMAGE_HEAD`] bytes.
+/// The bookkeeping a platform keeps for an image being written into a slot, whatever
+/// holds its bytes: in-order chunks within the announced size, and the first
+/// [`IMAGE_HEAD`] bytes (to check the image's type). The engine hashes the bytes and
+/// names the image; see [`FirmwareSlots::finish`].
 #[derive(Debug, Clone)]
 pub struct ImageStaging {
     size: usize,
     written: usize,
-    hash: ContentHash,
     head: Vec<u8>,
 }
 
@@ -243,7 +251,6 @@ impl ImageStaging {
         ImageStaging {
             size,
             written: 0,
-            hash: ContentHash::default(),
             head: Vec::new(),
         }
     }
@@ -254,7 +261,6 @@ impl ImageStaging {
         if offset != self.written || self.written + data.len() > self.size {
             return Err("write outside the image".into());
         }
-        self.hash.update(data);
         let room = IMAGE_HEAD.saturating_sub(self.head.len());
         self.head.extend_from_slice(&data[..data.len().min(room)]);
         self.written += data.len();
@@ -274,43 +280,122 @@ impl ImageStaging {
     pub fn head(&self) -> &[u8] {
         &self.head
     }
+}
 
-    /// The identity of the written image; see [`describe_image`].
-    pub fn describe(&self, running: &ImageInfo) -> ImageInfo {
-        describe_image(&self.head, self.hash, running)
+/// The SHA-256 of an image: its id (PROTOCOL §10.1) and what a signature signs (§10.4).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageDigest(pub [u8; 32]);
+
+impl ImageDigest {
+    /// 64 lowercase hex digits, as `fw_id` and firmware ids show it.
+    pub fn hex(&self) -> String {
+        let mut text = String::with_capacity(64);
+        for byte in self.0 {
+            let _ = write!(text, "{byte:02x}");
+        }
+        text
+    }
+
+    /// Reads 64 hex digits (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<ImageDigest> {
+        let text = text.as_bytes();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            let high = char::from(pair[0]).to_digit(16)?;
+            let low = char::from(pair[1]).to_digit(16)?;
+            *byte = u8::try_from(high * 16 + low).ok()?;
+        }
+        Some(ImageDigest(bytes))
     }
 }
 
-/// 64-bit FNV-1a, fed chunk by chunk; a content id, not a security measure (the transport
-/// and the operator's credentials protect the image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContentHash(u64);
+impl fmt::Debug for ImageDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ImageDigest({})", self.hex())
+    }
+}
 
-impl Default for ContentHash {
-    fn default() -> Self {
-        ContentHash(0xcbf2_9ce4_8422_2325)
+impl fmt::Display for ImageDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+/// SHA-256 fed chunk by chunk as an image arrives.
+#[derive(Clone, Default)]
+pub struct ContentHash(Sha256);
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ContentHash(sha256)")
     }
 }
 
 impl ContentHash {
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything fed so far; more may be fed afterwards.
+    pub fn digest(&self) -> ImageDigest {
+        ImageDigest(self.0.clone().finalize().into())
+    }
+
+    /// The digest of a whole buffer.
+    pub fn of(bytes: &[u8]) -> ImageDigest {
+        let mut hash = ContentHash::default();
+        hash.update(bytes);
+        hash.digest()
+    }
+}
+
+/// Which of the OTA methods a device offers (configuration key `rpc.ota_methods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtaMethods {
+    /// Every method of PROTOCOL §8 and the device pull of §10.3 (`"all"`, the default).
+    #[default]
+    All,
+    /// Only `OTA.Begin`, `OTA.Write` and `OTA.End`, as the mDash device library offers
+    /// them (`"push"`). Such a device never gets an `OTA.Commit`, so a new image commits
+    /// itself when it boots, and it neither pulls images nor acts on `desired.ota`.
+    Push,
+}
+
+impl OtaMethods {
+    /// The configuration key that chooses.
+    pub const CONFIG_KEY: &'static str = "rpc.ota_methods";
+
+    /// Reads the configured value; anything but `"push"` offers every method.
+    pub fn from_config(text: &str) -> OtaMethods {
+        if text.trim().eq_ignore_ascii_case("push") {
+            OtaMethods::Push
+        } else {
+            OtaMethods::All
         }
     }
 
-    /// 16 lowercase hex digits.
-    pub fn hex(&self) -> String {
-        format!("{:016x}", self.0)
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtaMethods::All => "all",
+            OtaMethods::Push => "push",
+        }
     }
 
-    /// The hash of a whole buffer.
-    pub fn of(bytes: &[u8]) -> ContentHash {
-        let mut hash = ContentHash::default();
-        hash.update(bytes);
-        hash
+    /// Whether a device in this mode has a handler for `method`.
+    pub fn offers(self, method: &str) -> bool {
+        match self {
+            OtaMethods::All => true,
+            OtaMethods::Push => !matches!(
+                method,
+                "OTA.Update" | "OTA.Status" | "OTA.Commit" | "OTA.Revert"
+            ),
+        }
     }
 }
 
@@ -368,7 +453,8 @@ fn bad(message: impl Into<String>) -> (i64, String) {
     (codes::BAD_REQUEST, message.into())
 }
 
-fn param_u64(params: &Value, key: &str) -> Result<Option<u64>, (i64, String)> {
+/// Reads an optional non-negative integer parameter.
+pub fn param_u64(params: &Value, key: &str) -> Result<Option<u64>, (i64, String)> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value
@@ -378,37 +464,76 @@ fn param_u64(params: &Value, key: &str) -> Result<Option<u64>, (i64, String)> {
     }
 }
 
-/// The transfer side of the engine; owned by [`crate::device::Device`].
+/// Reads an optional commit timeout in seconds.
+pub fn param_commit_timeout(params: &Value) -> Result<Option<u32>, (i64, String)> {
+    param_u64(params, "commit_timeout")?
+        .map(|n| u32::try_from(n).map_err(|_| bad("commit_timeout is too large")))
+        .transpose()
+}
+
+/// `OTA.Begin {"size", "timeout"?, "commit_timeout"?, "sha256"?, "signature"?}` (PROTOCOL
+/// §8), read but not acted on. `sha256` and `signature` are optional: a pushed image is
+/// checked against them like a pulled one (§10.4), and a device holding `update.pubkey`
+/// needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begin {
+    /// Announced size.
+    pub size: usize,
+    /// Inactivity timeout in seconds.
+    pub timeout_s: u64,
+    /// Commit timeout of the new image, when the request names one.
+    pub commit_timeout_s: Option<u32>,
+    /// What the image must be.
+    pub expected: Expected,
+}
+
+impl Begin {
+    /// Reads the parameters.
+    pub fn from_params(params: &Value) -> Result<Begin, (i64, String)> {
+        let size = param_u64(params, "size")?.ok_or_else(|| bad("size is required"))?;
+        let size = usize::try_from(size).map_err(|_| bad("size is too large"))?;
+        let timeout_s = param_u64(params, "timeout")?.unwrap_or(DEFAULT_TRANSFER_TIMEOUT_S);
+        let commit_timeout_s = param_commit_timeout(params)?;
+        let mut expected = Expected::from_params(params).map_err(bad)?;
+        expected.size = Some(size as u64);
+        Ok(Begin {
+            size,
+            timeout_s,
+            commit_timeout_s,
+            expected,
+        })
+    }
+}
+
+/// The image being received: its hash and first bytes, and what it must turn out to be.
+#[derive(Debug, Clone)]
+struct Incoming {
+    hash: ContentHash,
+    head: Vec<u8>,
+    expected: Expected,
+}
+
+/// The transfer side of the engine; owned by [`crate::device::Device`]. Whether the bytes
+/// come from `OTA.Write` or from a download, the engine hashes them here, checks them
+/// (PROTOCOL §10.3, §10.4) and names the image before the platform may stage it.
 #[derive(Debug, Default)]
 pub struct Ota {
     /// Current state.
     pub transfer: Transfer,
+    incoming: Option<Incoming>,
 }
 
 impl Ota {
-    /// `OTA.Begin {"size", "timeout"?, "commit_timeout"?}`.
-    pub fn begin(
-        &mut self,
-        slots: &mut impl FirmwareSlots,
-        params: &Value,
-        now_ms: u64,
-    ) -> Outcome {
-        let size = param_u64(params, "size")?.ok_or_else(|| bad("size is required"))?;
-        let timeout_s = param_u64(params, "timeout")?.unwrap_or(DEFAULT_TRANSFER_TIMEOUT_S);
-        let commit_timeout = param_u64(params, "commit_timeout")?.unwrap_or(0);
-        let commit_timeout_s =
-            u32::try_from(commit_timeout).map_err(|_| bad("commit_timeout is too large"))?;
-        let size = usize::try_from(size).map_err(|_| bad("size is too large"))?;
-        self.start(slots, size, timeout_s, commit_timeout_s, now_ms)
-    }
-
-    /// Starts a transfer of `size` bytes (also used for `OTA.Update` downloads).
+    /// Starts a transfer of `size` bytes (`OTA.Begin`, or a download that announced its
+    /// size). An image that does not fit leaves the transfer failed, so the refusal shows
+    /// in `reported.ota`.
     pub fn start(
         &mut self,
         slots: &mut impl FirmwareSlots,
         size: usize,
         timeout_s: u64,
         commit_timeout_s: u32,
+        expected: Expected,
         now_ms: u64,
     ) -> Outcome {
         if matches!(self.transfer, Transfer::Receiving { .. }) {
@@ -427,9 +552,9 @@ impl Ota {
         }
         let capacity = slots.slot_capacity();
         if size > capacity {
-            return Err(bad(format!(
-                "image of {size} bytes does not fit the {capacity}-byte slot"
-            )));
+            let message = fit_message(size as u64, capacity);
+            self.transfer = Transfer::Failed(message.clone());
+            return Err(bad(message));
         }
         if let Err(e) = slots.begin(size) {
             self.transfer = Transfer::Failed(e.0.clone());
@@ -443,17 +568,23 @@ impl Ota {
             deadline_ms: now_ms.saturating_add(timeout_ms),
             commit_timeout_s,
         };
+        self.incoming = Some(Incoming {
+            hash: ContentHash::default(),
+            head: Vec::new(),
+            expected,
+        });
         Ok(Value::Bool(true))
     }
 
-    /// `OTA.Write {"offset", "data": <base64>}`.
+    /// `OTA.Write {"offset"?, "data": <base64>}`. Without `offset` the chunk goes at the
+    /// current position, as the mDash device library's `OTA.Write` takes it.
     pub fn write(
         &mut self,
         slots: &mut impl FirmwareSlots,
         params: &Value,
         now_ms: u64,
     ) -> Outcome {
-        let offset = param_u64(params, "offset")?.unwrap_or(0);
+        let offset = param_u64(params, "offset")?;
         let Some(data) = params.get("data").and_then(Value::as_str) else {
             return Err(bad("data must be a base64 string"));
         };
@@ -463,11 +594,17 @@ impl Ota {
         self.write_bytes(slots, offset, &bytes, now_ms)
     }
 
-    /// Writes raw bytes at `offset` (shared by `OTA.Write` and downloads).
+    /// Writes raw bytes at `offset`, or at the current position when `None` (shared by
+    /// `OTA.Write` and downloads).
+    ///
+    /// A chunk that lies wholly within what was already written is acknowledged without
+    /// writing again: the sender retries a chunk whose reply it did not see in time
+    /// (PROTOCOL §10.2), and with several chunks in flight the retry may arrive after
+    /// chunks that followed it.
     pub fn write_bytes(
         &mut self,
         slots: &mut impl FirmwareSlots,
-        offset: u64,
+        offset: Option<u64>,
         bytes: &[u8],
         now_ms: u64,
     ) -> Outcome {
@@ -481,6 +618,12 @@ impl Ota {
         else {
             return Err(bad("no update in progress; call OTA.Begin first"));
         };
+        let offset = offset.unwrap_or(*written as u64);
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end <= *written as u64 && !bytes.is_empty() {
+            *deadline_ms = now_ms.saturating_add(*timeout_ms);
+            return Ok(Value::Bool(true));
+        }
         if offset != *written as u64 {
             return Err(bad(format!("offset {offset} is wrong, expected {written}")));
         }
@@ -494,15 +637,39 @@ impl Ota {
             let message = format!("cannot write the slot: {e}");
             slots.abort();
             self.transfer = Transfer::Failed(message.clone());
+            self.incoming = None;
             return Err((codes::INTERNAL, message));
         }
         *written += bytes.len();
         *deadline_ms = now_ms.saturating_add(*timeout_ms);
+        if let Some(incoming) = &mut self.incoming {
+            incoming.hash.update(bytes);
+            let room = IMAGE_HEAD.saturating_sub(incoming.head.len());
+            incoming
+                .head
+                .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
         Ok(Value::Bool(true))
     }
 
-    /// `OTA.End`: verifies and stages the image. The caller reboots on success.
-    pub fn end(&mut self, slots: &mut impl FirmwareSlots) -> Outcome {
+    /// Bytes written so far in the current transfer.
+    pub fn written(&self) -> Option<usize> {
+        match self.transfer {
+            Transfer::Receiving { written, .. } => Some(written),
+            _ => None,
+        }
+    }
+
+    /// `OTA.End`, or the end of a download: checks the image against what was expected and
+    /// `key` (PROTOCOL §10.3, §10.4), names it after `running` and its header, and has the
+    /// platform stage it. The caller reboots on success. A refused image is discarded; the
+    /// running one stays.
+    pub fn end(
+        &mut self,
+        slots: &mut impl FirmwareSlots,
+        running: &ImageInfo,
+        key: &UpdateKey,
+    ) -> Outcome {
         let Transfer::Receiving {
             size,
             written,
@@ -515,7 +682,17 @@ impl Ota {
         if written != size {
             return Err(bad(format!("only {written} of {size} bytes were written")));
         }
-        match slots.finish(commit_timeout_s) {
+        let Some(incoming) = self.incoming.take() else {
+            return Err((codes::INTERNAL, "the transfer lost its state".into()));
+        };
+        let digest = incoming.hash.digest();
+        if let Err(message) = verify::check(&incoming.expected, written, &digest, key) {
+            slots.abort();
+            self.transfer = Transfer::Failed(message.clone());
+            return Err(bad(message));
+        }
+        let image = describe_image(&incoming.head, digest, running);
+        match slots.finish(&image, commit_timeout_s) {
             Ok(()) => {
                 self.transfer = Transfer::Staged;
                 Ok(Value::Bool(true))
@@ -534,6 +711,24 @@ impl Ota {
         if matches!(self.transfer, Transfer::Receiving { .. }) {
             slots.abort();
             self.transfer = Transfer::Failed(message.to_string());
+            self.incoming = None;
+        }
+    }
+
+    /// Records a refusal that happened before any transfer started, unless one is
+    /// under way or staged (its state must not be overwritten).
+    pub fn refused(&mut self, message: &str) {
+        if matches!(self.transfer, Transfer::Idle | Transfer::Failed(_)) {
+            self.transfer = Transfer::Failed(message.to_string());
+        }
+    }
+
+    /// Drops a partly received image to receive it again from the start.
+    pub fn restart(&mut self, slots: &mut impl FirmwareSlots) {
+        if matches!(self.transfer, Transfer::Receiving { .. }) {
+            slots.abort();
+            self.transfer = Transfer::Idle;
+            self.incoming = None;
         }
     }
 
@@ -556,6 +751,11 @@ impl Ota {
         }
         status
     }
+}
+
+/// The refusal of an image larger than the slot.
+pub fn fit_message(size: u64, capacity: usize) -> String {
+    format!("image of {size} bytes does not fit the {capacity}-byte slot")
 }
 
 #[cfg(test)]
@@ -589,9 +789,19 @@ mod tests {
         staging.accept(300, &body[300..]).expect("last chunk");
         staging.check_complete().expect("complete");
         assert_eq!(staging.head(), &body[..IMAGE_HEAD]);
-        let info = staging.describe(&image("1"));
+    }
+
+    #[test]
+    fn an_image_is_named_by_its_header_and_its_sha256() {
+        let mut body = b"HERD-IMAGE {\"fw_version\": \"2.0\", \"arch\": 5}\nrest".to_vec();
+        let info = describe_image(&body, ContentHash::of(&body), &image("1"));
         assert_eq!(info.fw_version, "2.0");
+        assert_eq!(info.arch, "", "a header field of the wrong type is ignored");
         assert_eq!(info.fw_id, ContentHash::of(&body).hex());
+        body[0] = b'h';
+        let info = describe_image(&body, ContentHash::of(&body), &image("1"));
+        let id = ContentHash::of(&body).hex();
+        assert_eq!(info.fw_version, format!("build-{}", &id[..8]));
     }
 
     #[test]
@@ -644,11 +854,53 @@ mod tests {
     }
 
     #[test]
-    fn content_hash_is_stable() {
-        assert_eq!(ContentHash::of(b"").hex(), "cbf29ce484222325");
+    fn content_hash_is_sha256() {
+        // FIPS 180-2 test vectors.
+        assert_eq!(
+            ContentHash::of(b"").hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            ContentHash::of(b"abc").hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let mut split = ContentHash::default();
-        split.update(b"hel");
-        split.update(b"lo");
-        assert_eq!(split, ContentHash::of(b"hello"));
+        split.update(b"a");
+        let early = split.digest();
+        split.update(b"bc");
+        assert_eq!(split.digest(), ContentHash::of(b"abc"));
+        assert_eq!(
+            early,
+            ContentHash::of(b"a"),
+            "a digest does not end the hash"
+        );
+    }
+
+    #[test]
+    fn digests_read_back_from_hex() {
+        let digest = ContentHash::of(b"abc");
+        assert_eq!(ImageDigest::from_hex(&digest.hex()), Some(digest));
+        assert_eq!(
+            ImageDigest::from_hex(&digest.hex().to_uppercase()),
+            Some(digest)
+        );
+        assert_eq!(ImageDigest::from_hex("abc"), None);
+        assert_eq!(ImageDigest::from_hex(&"g".repeat(64)), None);
+        assert_eq!(ImageDigest::from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn push_only_devices_offer_the_mdash_library_methods() {
+        assert_eq!(OtaMethods::from_config("push"), OtaMethods::Push);
+        assert_eq!(OtaMethods::from_config(" PUSH "), OtaMethods::Push);
+        assert_eq!(OtaMethods::from_config("all"), OtaMethods::All);
+        assert_eq!(OtaMethods::from_config("bogus"), OtaMethods::All);
+        for method in ["OTA.Begin", "OTA.Write", "OTA.End", "Sys.GetInfo"] {
+            assert!(OtaMethods::Push.offers(method), "{method}");
+        }
+        for method in ["OTA.Update", "OTA.Status", "OTA.Commit", "OTA.Revert"] {
+            assert!(!OtaMethods::Push.offers(method), "{method}");
+            assert!(OtaMethods::All.offers(method), "{method}");
+        }
     }
 }

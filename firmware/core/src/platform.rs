@@ -74,17 +74,24 @@ pub trait FirmwareSlots {
     fn slot_capacity(&mut self) -> usize;
     /// Prepares the inactive slot for an image of `size` bytes.
     fn begin(&mut self, size: usize) -> Result<(), StorageError>;
-    /// Writes a chunk at `offset`; chunks arrive in order.
+    /// Writes a chunk at `offset`; chunks arrive in order, each exactly once.
     fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), StorageError>;
-    /// Verifies the written image and arranges for the next boot to run it uncommitted.
-    /// With `commit_timeout_s == 0` the new image commits itself when it boots.
-    fn finish(&mut self, commit_timeout_s: u32) -> Result<(), StorageError>;
+    /// Makes sure the written image is complete and usable on this platform, and arranges
+    /// for the next boot to run it uncommitted. The engine has already checked it against
+    /// its size, SHA-256 and signature (PROTOCOL §10.4) and names it in `image`. With
+    /// `commit_timeout_s == 0` the new image commits itself when it boots.
+    fn finish(&mut self, image: &ImageInfo, commit_timeout_s: u32) -> Result<(), StorageError>;
     /// Discards a partly written image; the boot arrangement stays as it was.
     fn abort(&mut self);
     /// Keeps the running, uncommitted image.
     fn commit(&mut self) -> Result<(), StorageError>;
     /// Arranges for the next boot to run the previous image.
     fn revert(&mut self) -> Result<(), StorageError>;
+    /// Why this platform takes no firmware update at all, if it does not; the engine
+    /// refuses `OTA.Begin`, `OTA.Update` and `desired.ota` with this message.
+    fn update_refusal(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Implements [`FirmwareSlots`] for a platform type by handing every call to one of its
@@ -118,9 +125,10 @@ macro_rules! delegate_firmware_slots {
             }
             fn finish(
                 &mut self,
+                image: &$crate::ota::ImageInfo,
                 commit_timeout_s: u32,
             ) -> ::core::result::Result<(), $crate::platform::StorageError> {
-                $crate::platform::FirmwareSlots::finish(&mut self.$field, commit_timeout_s)
+                $crate::platform::FirmwareSlots::finish(&mut self.$field, image, commit_timeout_s)
             }
             fn abort(&mut self) {
                 $crate::platform::FirmwareSlots::abort(&mut self.$field)
@@ -130,6 +138,9 @@ macro_rules! delegate_firmware_slots {
             }
             fn revert(&mut self) -> ::core::result::Result<(), $crate::platform::StorageError> {
                 $crate::platform::FirmwareSlots::revert(&mut self.$field)
+            }
+            fn update_refusal(&mut self) -> ::core::option::Option<$crate::__private::String> {
+                $crate::platform::FirmwareSlots::update_refusal(&mut self.$field)
             }
         }
     };

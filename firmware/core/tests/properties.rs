@@ -5,6 +5,8 @@ mod common;
 
 use common::Board;
 use firmware_core::device::{Action, METHODS};
+use firmware_core::ota::ImageDigest;
+use firmware_core::pull::{resolve_url, Pull};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -118,5 +120,17 @@ proptest! {
         let actions = board.device().receive_local(frame.to_string().as_bytes(), 1);
         let local = actions.iter().filter(|a| matches!(a, Action::SendLocal(_))).count();
         prop_assert_eq!(local, 1);
+    }
+
+    #[test]
+    fn update_requests_never_panic(url in ".{0,40}", server in ".{0,40}", sha in ".{0,70}", params in arb_json()) {
+        if let Ok((resolved, _)) = resolve_url(&url, &server) {
+            prop_assert!(resolved.starts_with("http://") || resolved.starts_with("https://"), "{}", resolved);
+        }
+        if let Some(digest) = ImageDigest::from_hex(&sha) {
+            prop_assert_eq!(digest.hex(), sha.to_ascii_lowercase());
+        }
+        let _ = Pull::from_params(&params);
+        let _ = Pull::from_params(&json!({"url": url, "sha256": sha, "signature": server}));
     }
 }

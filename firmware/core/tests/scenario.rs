@@ -496,7 +496,10 @@ fn download_updates_from_the_shadow() {
         json!({"state": {"ota": {"url": "http://x/fw.bin"}}}),
     );
     assert_eq!(reply["result"], json!({"ota": {"url": "http://x/fw.bin"}}));
-    assert_eq!(board.downloads, vec![("http://x/fw.bin".to_string(), 0)]);
+    assert_eq!(board.downloads.len(), 1);
+    assert_eq!(board.downloads[0].url, "http://x/fw.bin");
+    assert_eq!(board.downloads[0].commit_timeout_s, 0);
+    assert_eq!(board.last_ota_report()["status"], 1);
     // The same delta again does not start a second download.
     board.call(
         2,
@@ -506,15 +509,7 @@ fn download_updates_from_the_shadow() {
     assert_eq!(board.downloads.len(), 1);
 
     let image = image_bytes("3.0.0", 2500);
-    let now = board.now;
-    let actions = board.device().download_started(image.len(), 0, now);
-    board.perform(actions);
-    for (n, chunk) in image.chunks(1000).enumerate() {
-        let actions = board.device().download_chunk((n * 1000) as u64, chunk, now);
-        board.perform(actions);
-    }
-    let actions = board.device().download_finished(now);
-    board.perform(actions);
+    board.serve_download(&image, 1000);
     assert_eq!(board.reboots, 1);
     let ota = board.last_ota_report();
     assert_eq!(ota["fw_version"], "3.0.0");
@@ -529,7 +524,8 @@ fn download_updates_from_the_shadow() {
         json!({"url": "http://y", "commit_timeout": 10}),
     );
     assert_eq!(reply["result"], true);
-    assert_eq!(board.downloads.last(), Some(&("http://y".to_string(), 10)));
+    let last = board.downloads.last().expect("a download");
+    assert_eq!((last.url.as_str(), last.commit_timeout_s), ("http://y", 10));
     assert_eq!(board.call(4, "OTA.Update", json!({}))["error"]["code"], 400);
 }
 

@@ -5,6 +5,7 @@
 use firmware_core::device::{Action, Device};
 use firmware_core::memory::MemoryPlatform;
 use firmware_core::ota::ImageInfo;
+use firmware_core::pull::DownloadRequest;
 use serde_json::{json, Value};
 
 pub fn image() -> ImageInfo {
@@ -24,7 +25,8 @@ pub struct Board {
     pub sent: Vec<Value>,
     pub local: Vec<Value>,
     pub reboots: u32,
-    pub downloads: Vec<(String, u32)>,
+    /// Downloads the device asked for, in order.
+    pub downloads: Vec<DownloadRequest>,
     pub connected: bool,
 }
 
@@ -115,10 +117,7 @@ impl Board {
                     .local
                     .push(serde_json::from_str(&text).expect("device sends JSON")),
                 Action::Reboot { .. } => self.reboot(),
-                Action::Download {
-                    url,
-                    commit_timeout_s,
-                } => self.downloads.push((url, commit_timeout_s)),
+                Action::Download(request) => self.downloads.push(request),
             }
         }
     }
@@ -143,6 +142,19 @@ impl Board {
             .filter(|f| f["method"] == "Dash.Shadow.Update")
             .map(|f| f["params"]["state"]["reported"].clone())
             .collect()
+    }
+
+    /// Feeds `image` as the platform would for the last download, in `chunk`-byte pieces.
+    pub fn serve_download(&mut self, image: &[u8], chunk: usize) {
+        let now = self.now;
+        let actions = self.device().download_started(image.len(), now);
+        self.perform(actions);
+        for (n, piece) in image.chunks(chunk).enumerate() {
+            let actions = self.device().download_chunk((n * chunk) as u64, piece, now);
+            self.perform(actions);
+        }
+        let actions = self.device().download_finished(now);
+        self.perform(actions);
     }
 
     pub fn last_ota_report(&self) -> Value {
