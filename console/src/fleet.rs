@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use herd_client::DeviceObject;
+use protocol::filter::{Field, Subject};
 use serde_json::Value;
 
 use crate::text;
@@ -249,83 +250,33 @@ impl Default for Sort {
     }
 }
 
-/// A parsed `/` filter: whitespace-separated terms that must all match. `field:value`
-/// matches one column (case-insensitive substring; `state:on`, `light:off`, `delta:yes`
-/// match exactly); a bare term matches id, name, app or firmware.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    text: String,
-    terms: Vec<(Option<Column>, String)>,
-}
+/// The `/` filter is the shared device filter language (see [`protocol::filter`]), the one
+/// rollout selectors use, so a rollout made "from the current filter" selects exactly the
+/// devices the table shows.
+pub use protocol::filter::Filter;
 
-impl Filter {
-    pub fn parse(text: &str) -> Filter {
-        let terms = text
-            .split_whitespace()
-            .map(|term| match term.split_once(':') {
-                Some((field, value)) => match Column::from_key(field) {
-                    Some(column) => (Some(column), value.to_lowercase()),
-                    None => (None, term.to_lowercase()),
-                },
-                None => (None, term.to_lowercase()),
-            })
-            .collect();
-        Filter {
-            text: text.trim().to_string(),
-            terms,
+impl Subject for DeviceRow {
+    fn text(&self, field: Field) -> &str {
+        match field {
+            Field::Id => &self.id,
+            Field::Name => &self.name,
+            Field::App => &self.app,
+            Field::Arch => &self.arch,
+            Field::Firmware => &self.fw_version,
+            _ => "",
         }
     }
 
-    pub fn text(&self) -> &str {
-        &self.text
+    fn online(&self) -> bool {
+        self.online
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.terms.is_empty()
+    fn light(&self) -> Option<bool> {
+        self.light
     }
 
-    pub fn matches(&self, row: &DeviceRow) -> bool {
-        self.terms.iter().all(|(column, value)| match column {
-            None => [&row.id, &row.name, &row.app, &row.fw_version]
-                .iter()
-                .any(|field| contains_lower(field, value)),
-            Some(Column::State) => match value.as_str() {
-                "on" | "online" | "up" => row.online,
-                "off" | "offline" | "down" => !row.online,
-                _ => false,
-            },
-            Some(Column::Light) => match value.as_str() {
-                "on" | "true" => row.light == Some(true),
-                "off" | "false" => row.light == Some(false),
-                "-" | "unknown" => row.light.is_none(),
-                _ => false,
-            },
-            Some(Column::Delta) => match value.as_str() {
-                "yes" | "pending" | "true" => row.delta_pending,
-                "no" | "none" | "false" => !row.delta_pending,
-                _ => false,
-            },
-            Some(Column::Name) => contains_lower(&row.name, value),
-            Some(Column::Id) => contains_lower(&row.id, value),
-            Some(Column::App) => contains_lower(&row.app, value),
-            Some(Column::Arch) => contains_lower(&row.arch, value),
-            Some(Column::Firmware) => contains_lower(&row.fw_version, value),
-            // Times have no useful substring; match their rendering loosely.
-            Some(Column::Uptime) | Some(Column::LastSeen) => true,
-        })
-    }
-}
-
-fn contains_lower(haystack: &str, needle_lower: &str) -> bool {
-    if haystack.is_ascii() {
-        // The common case without an allocation per row and term.
-        haystack
-            .as_bytes()
-            .windows(needle_lower.len().max(1))
-            .any(|w| w.eq_ignore_ascii_case(needle_lower.as_bytes()))
-            || needle_lower.is_empty()
-    } else {
-        haystack.to_lowercase().contains(needle_lower)
+    fn delta_pending(&self) -> bool {
+        self.delta_pending
     }
 }
 
@@ -648,6 +599,8 @@ mod tests {
         assert!(check("PORCH abc"));
         assert!(check("name:lamp state:online light:off delta:yes"));
         assert!(check("app:smart fw:1.0 arch:esp32"));
+        assert!(check("name:porch-* fw:1.?"), "globs cover the whole field");
+        assert!(!check("name:lamp-*"));
         assert!(!check("state:offline"));
         assert!(!check("name:kitchen"));
         assert!(!check("zzz"));
