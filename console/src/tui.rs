@@ -12,6 +12,7 @@ pub mod input;
 pub mod model;
 pub mod notifications;
 pub mod palette;
+pub mod rollouts;
 pub mod theme;
 pub mod view;
 
@@ -372,12 +373,54 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     Err(e) => Err(format!("saving failed: {e}")),
                 })
             }
+            Command::Rollouts(request) => Msg::Rollouts(rollout_call(&client, request).await),
             // Handled by the loop itself, which owns the terminal and the analytics worker.
             Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
         };
         let _ = sender.send(msg).await;
     };
     tokio::spawn(task);
+}
+
+/// Runs one firmware or rollout call (PROTOCOL §10).
+async fn rollout_call(client: &Client, request: rollouts::Request) -> rollouts::Reply {
+    use rollouts::{Reply, Request};
+    match request {
+        Request::List => Reply::Listed(client.rollouts().await.map_err(Into::into)),
+        Request::Load { id, devices } => {
+            let result = client.rollout(&id, devices).await.map_err(Into::into);
+            Reply::Loaded { id, result }
+        }
+        Request::Command { id, command } => {
+            let result = client
+                .rollout_command(&id, command)
+                .await
+                .map_err(Into::into);
+            Reply::Commanded {
+                id,
+                command,
+                result,
+            }
+        }
+        Request::Firmware => Reply::Firmware(client.firmware_list().await.map_err(Into::into)),
+        Request::Plan(spec) => {
+            Reply::Planned(client.create_rollout(&spec).await.map_err(Into::into))
+        }
+        Request::Create(spec) => {
+            Reply::Created(client.create_rollout(&spec).await.map_err(Into::into))
+        }
+        Request::Push { device, firmware } => {
+            let result = client
+                .push_firmware(&device, &firmware, None)
+                .await
+                .map_err(Into::into);
+            Reply::Pushed {
+                device,
+                firmware,
+                result,
+            }
+        }
+    }
 }
 
 /// Edits `text` in `$VISUAL`/`$EDITOR` (or `vi`) with the screen handed over.

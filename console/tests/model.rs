@@ -537,3 +537,795 @@ fn a_flood_stays_bounded() {
         render(&model, size.0, size.1);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Firmware: rollouts (PROTOCOL §10.5, §10.6) and one-device pushes (§10.2).
+
+use herd_client::RolloutCommand;
+use herd_console::tui::rollouts::{FormStage, OtaPhase, PagePane, Reply, Request};
+use protocol::firmware::{DeviceState, RolloutState};
+
+fn request(request: Request) -> Command {
+    Command::Rollouts(request)
+}
+
+/// The fleet, then the rollouts list with the fixture rollouts, then `r1`'s page.
+fn on_rollout_page(read_only: bool) -> herd_console::tui::Model {
+    let mut model = loaded(20, read_only, (200, 50));
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('R'))),
+        vec![request(Request::List)]
+    );
+    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![request(Request::Load {
+            id: "r1".into(),
+            devices: true
+        })]
+    );
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r1".into(),
+            result: Ok(rollout("r1", "lights 1.1.0", true)),
+        }),
+    );
+    model
+}
+
+#[test]
+fn the_rollouts_list_opens_from_the_fleet_and_the_palette() {
+    let mut model = loaded(5, false, (80, 24));
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "rollouts");
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![request(Request::List)]
+    );
+    assert_eq!(model.stack, vec![Screen::Fleet, Screen::Rollouts]);
+    assert!(screen(&model, 80, 24).contains("Loading rollouts"));
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Listed(Err(Failure::new("503 unavailable")))),
+    );
+    assert!(screen(&model, 80, 24).contains("Cannot list rollouts: 503 unavailable"));
+    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("Fleet › Rollouts"), "{text}");
+    assert!(
+        text.contains("lights 1.1.0") && text.contains("halted"),
+        "{text}"
+    );
+    send(&mut model, key(KeyCode::Down));
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![request(Request::Load {
+            id: "r0".into(),
+            devices: true
+        })]
+    );
+    assert_eq!(
+        model.stack,
+        vec![
+            Screen::Fleet,
+            Screen::Rollouts,
+            Screen::Rollout("r0".into())
+        ]
+    );
+    // The list's summary shows at once, before the devices arrive.
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("Fleet › Rollouts › porch lights"), "{text}");
+    assert!(text.contains("loading devices"), "{text}");
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.stack, vec![Screen::Fleet, Screen::Rollouts]);
+    assert!(model.rollout_page.is_none());
+    // `n` plans a new rollout from the fleet's marks or filter.
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('n'))),
+        vec![request(Request::Firmware)]
+    );
+    assert_eq!(
+        model.stack,
+        vec![Screen::Fleet, Screen::Rollouts, Screen::NewRollout]
+    );
+}
+
+#[test]
+fn rollout_events_show_at_once_and_are_fetched_through_the_client() {
+    let mut model = loaded(5, false, (80, 24));
+    send(&mut model, key(KeyCode::Char('R')));
+    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    // The event's body carries the counters and the state (PROTOCOL §10.6).
+    let mut body = serde_json::to_value(rollout("r1", "", false).counters).expect("json");
+    body["state"] = json!("paused");
+    body["wave"] = json!(1);
+    body["firmware"] = json!("f");
+    notify(
+        &mut model,
+        NOW + 0.5,
+        vec![notification("r1", "rollout.paused", body)],
+    );
+    assert_eq!(
+        model.rollouts.get("r1").map(|r| r.state),
+        Some(RolloutState::Paused)
+    );
+    assert!(screen(&model, 80, 24).contains("paused"));
+    // The refetch happens on the clock, not on the event, and only once.
+    assert_eq!(
+        send(&mut model, Msg::Tick(NOW + 1.5)),
+        vec![request(Request::Load {
+            id: "r1".into(),
+            devices: false
+        })]
+    );
+    assert!(send(&mut model, Msg::Tick(NOW + 1.75)).is_empty());
+    // An update of one of its devices names the rollout: fetched again, after the first
+    // answer is in.
+    notify(
+        &mut model,
+        NOW + 2.0,
+        vec![notification(
+            &device(5).id,
+            "ota.success",
+            json!({"firmware": "f", "version": "1.1.0", "seconds": 12.5, "rollout": "r1"}),
+        )],
+    );
+    assert!(
+        send(&mut model, Msg::Tick(NOW + 2.25)).is_empty(),
+        "in flight"
+    );
+    let mut fresh = rollout("r1", "lights 1.1.0", false);
+    fresh.state = RolloutState::Paused;
+    fresh.counters.succeeded += 1;
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r1".into(),
+            result: Ok(fresh),
+        }),
+    );
+    assert_eq!(
+        send(&mut model, Msg::Tick(NOW + 2.5)),
+        vec![request(Request::Load {
+            id: "r1".into(),
+            devices: false
+        })]
+    );
+    // A rollout created elsewhere appears once fetched; the list refreshes by itself.
+    notify(
+        &mut model,
+        NOW + 3.0,
+        vec![notification("r9", "rollout.planned", json!({"total": 3}))],
+    );
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r1".into(),
+            result: Ok(rollout("r1", "lights 1.1.0", false)),
+        }),
+    );
+    assert_eq!(
+        send(&mut model, Msg::Tick(NOW + 4.0)),
+        vec![request(Request::Load {
+            id: "r9".into(),
+            devices: false
+        })]
+    );
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r9".into(),
+            result: Ok(rollout("r9", "kitchen 1.1.0", false)),
+        }),
+    );
+    assert_eq!(model.rollouts.rollouts[0].id, "r9", "newest first");
+    assert_eq!(
+        model.rollouts.selected().map(|r| r.id.as_str()),
+        Some("r1"),
+        "the cursor stays on its rollout"
+    );
+    assert_eq!(
+        send(&mut model, Msg::Tick(NOW + 12.0)),
+        vec![request(Request::List)]
+    );
+    // Away from the list, events change it but fetch nothing.
+    send(&mut model, key(KeyCode::Esc));
+    notify(
+        &mut model,
+        NOW + 13.0,
+        vec![notification(
+            "r1",
+            "rollout.resumed",
+            json!({"state": "running"}),
+        )],
+    );
+    assert!(send(&mut model, Msg::Tick(NOW + 30.0)).is_empty());
+}
+
+#[test]
+fn the_page_asks_before_pause_resume_abort_and_retry_naming_the_counts() {
+    let mut model = on_rollout_page(false);
+    let text = screen(&model, 200, 50);
+    assert!(text.contains("Fleet › Rollouts › lights 1.1.0"), "{text}");
+    // Only what the state allows is asked; the rest is explained.
+    assert!(send(&mut model, key(KeyCode::Char('r'))).is_empty());
+    assert!(model.overlay.is_none());
+    assert!(screen(&model, 200, 50).contains("cannot resume rollout lights 1.1.0: it is running"));
+    send(&mut model, key(KeyCode::Char('A')));
+    match &model.overlay {
+        Some(Overlay::Confirm { question, .. }) => assert_eq!(
+            question,
+            "Abort rollout lights 1.1.0: 12 pending devices will be skipped, 2 updating devices will finish?"
+        ),
+        other => panic!("a confirmation expected, got {other:?}"),
+    }
+    assert!(screen(&model, 80, 24).contains("12 pending devices will be skipped"));
+    assert!(send(&mut model, key(KeyCode::Char('n'))).is_empty());
+    assert!(model.overlay.is_none());
+    send(&mut model, key(KeyCode::Char('p')));
+    match &model.overlay {
+        Some(Overlay::Confirm { question, .. }) => assert_eq!(
+            question,
+            "Pause rollout lights 1.1.0: 12 pending devices will wait, 2 updating devices will finish?"
+        ),
+        other => panic!("a confirmation expected, got {other:?}"),
+    }
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('y'))),
+        vec![request(Request::Command {
+            id: "r1".into(),
+            command: RolloutCommand::Pause
+        })]
+    );
+    let mut paused = rollout("r1", "lights 1.1.0", false);
+    paused.state = RolloutState::Paused;
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Commanded {
+            id: "r1".into(),
+            command: RolloutCommand::Pause,
+            result: Ok(paused),
+        }),
+    );
+    let text = screen(&model, 200, 50);
+    assert!(text.contains("rollout lights 1.1.0 paused"), "{text}");
+    assert!(text.contains("● paused"), "{text}");
+    assert!(
+        !text.contains("loading devices"),
+        "an answer without devices keeps the devices known"
+    );
+    send(&mut model, key(KeyCode::Char('r')));
+    assert!(matches!(
+        &model.overlay,
+        Some(Overlay::Confirm { question, .. })
+            if question == "Resume rollout lights 1.1.0: 12 pending devices will be updated, up to 5 at a time?"
+    ));
+    send(&mut model, key(KeyCode::Esc));
+    // A refused command says why.
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Commanded {
+            id: "r1".into(),
+            command: RolloutCommand::Resume,
+            result: Err(Failure {
+                status: Some(409),
+                message: "409 conflict: cannot resume a rollout that is running".into(),
+            }),
+        }),
+    );
+    assert!(screen(&model, 200, 50)
+        .contains("cannot resume rollout lights 1.1.0: 409 conflict: cannot resume a rollout"));
+
+    // Retry once it is over: a new rollout over the failed devices, started at once.
+    let mut halted = rollout("r1", "lights 1.1.0", true);
+    halted.state = RolloutState::Halted;
+    halted.reason = "2 of 6 devices failed in wave 2".into();
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r1".into(),
+            result: Ok(halted),
+        }),
+    );
+    assert!(screen(&model, 200, 50).contains("halted: 2 of 6 devices failed in wave 2"));
+    send(&mut model, key(KeyCode::Char('r')));
+    assert!(screen(&model, 200, 50).contains("R retries its failed devices"));
+    send(&mut model, key(KeyCode::Char('R')));
+    assert!(matches!(
+        &model.overlay,
+        Some(Overlay::Confirm { question, .. })
+            if question == "Retry rollout lights 1.1.0: a new rollout over 2 failed devices and 0 skipped devices starts now?"
+    ));
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('y'))),
+        vec![request(Request::Command {
+            id: "r1".into(),
+            command: RolloutCommand::Retry
+        })]
+    );
+    let mut retry = rollout("r2", "retry of lights 1.1.0", false);
+    retry.state = RolloutState::Planned;
+    let commands = send(
+        &mut model,
+        Msg::Rollouts(Reply::Commanded {
+            id: "r1".into(),
+            command: RolloutCommand::Retry,
+            result: Ok(retry),
+        }),
+    );
+    assert_eq!(
+        commands,
+        vec![
+            request(Request::Load {
+                id: "r2".into(),
+                devices: true
+            }),
+            request(Request::Command {
+                id: "r2".into(),
+                command: RolloutCommand::Start
+            })
+        ]
+    );
+    assert_eq!(
+        model.stack,
+        vec![
+            Screen::Fleet,
+            Screen::Rollouts,
+            Screen::Rollout("r2".into())
+        ]
+    );
+}
+
+#[test]
+fn the_page_follows_events_and_opens_failed_devices() {
+    let mut model = on_rollout_page(false);
+    // Devices by state, with the fleet's names; the cursor starts on a device.
+    let text = screen(&model, 200, 50);
+    for expected in [
+        "sending 1",
+        "verifying 1",
+        "pending 12",
+        "reverted 1",
+        "lamp-004",
+        "crashed on first boot",
+        "failures (2)",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    assert_eq!(
+        model
+            .rollout_page
+            .as_ref()
+            .and_then(|p| p.selected_device())
+            .map(|d| d.state),
+        Some(DeviceState::Sending)
+    );
+    // Progress of a device of the rollout shows at once.
+    notify(
+        &mut model,
+        NOW + 1.0,
+        vec![notification(
+            &device(5).id,
+            "ota.progress",
+            json!({"firmware": rollout("r1", "", false).firmware, "percent": 40}),
+        )],
+    );
+    assert!(screen(&model, 200, 50).contains("40%"));
+    // A wave event refreshes the page with its devices, on the next tick.
+    notify(
+        &mut model,
+        NOW + 1.2,
+        vec![notification(
+            "r1",
+            "rollout.wave",
+            json!({"wave": 2, "devices": 12}),
+        )],
+    );
+    assert_eq!(
+        send(&mut model, Msg::Tick(NOW + 1.5)),
+        vec![request(Request::Load {
+            id: "r1".into(),
+            devices: true
+        })]
+    );
+    // The failures: latest first; Enter opens that device, Esc comes back.
+    send(&mut model, key(KeyCode::Tab));
+    let page = model.rollout_page.as_ref().expect("page");
+    assert_eq!(page.pane, PagePane::Failures);
+    assert_eq!(
+        page.selected_device().map(|d| d.id.clone()),
+        Some(device(7).id)
+    );
+    send(&mut model, key(KeyCode::Down));
+    let id = device(4).id;
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![Command::LoadDevice(id.clone())]
+    );
+    assert_eq!(
+        model.stack,
+        vec![
+            Screen::Fleet,
+            Screen::Rollouts,
+            Screen::Rollout("r1".into()),
+            Screen::Device(id)
+        ]
+    );
+    assert!(screen(&model, 200, 50).contains("Fleet › Rollouts › lights 1.1.0 › lamp-004"));
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.screen(), &Screen::Rollout("r1".into()));
+    assert!(model.rollout_page.is_some(), "the page is kept underneath");
+    // A rollout that is gone says so.
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Loaded {
+            id: "r1".into(),
+            result: Err(Failure {
+                status: Some(404),
+                message: "404 not found: rollout r1 not found".into(),
+            }),
+        }),
+    );
+    assert!(model.rollouts.get("r1").is_none());
+    assert!(screen(&model, 200, 50).contains("rollout r1 not found"));
+}
+
+#[test]
+fn read_only_refuses_rollout_and_push_writes() {
+    let mut model = on_rollout_page(true);
+    for (c, what) in [
+        ('p', "pause rollout lights 1.1.0"),
+        ('A', "abort rollout lights 1.1.0"),
+    ] {
+        assert!(send(&mut model, key(KeyCode::Char(c))).is_empty());
+        assert!(model.overlay.is_none(), "refused outright, no confirmation");
+        assert!(
+            screen(&model, 200, 50).contains(&format!("read-only profile: refusing to {what}")),
+            "{what}"
+        );
+    }
+    send(&mut model, key(KeyCode::Char('n')));
+    send(&mut model, key(KeyCode::Esc));
+    assert!(send(&mut model, key(KeyCode::Char('n'))).is_empty());
+    assert!(screen(&model, 200, 50).contains("refusing to create a rollout"));
+    assert!(model.new_rollout.is_none());
+    send(&mut model, key(KeyCode::Esc));
+    assert!(send(&mut model, key(KeyCode::Char('U'))).is_empty());
+    assert_eq!(model.screen(), &Screen::Fleet);
+    let id = open_device_5(&mut model);
+    assert!(send(&mut model, key(KeyCode::Char('u'))).is_empty());
+    assert!(model.device.as_ref().is_some_and(|v| v.push.is_none()));
+    assert!(screen(&model, 200, 50).contains("refusing to push firmware"));
+    assert_eq!(model.screen(), &Screen::Device(id));
+}
+
+fn plan_of(spec_ids: usize) -> herd_client::RolloutObject {
+    let mut plan = rollout("", "smart-light 1.1.0", true);
+    plan.dry_run = true;
+    plan.state = RolloutState::Planned;
+    plan.notes = vec![
+        "2 selected devices already run 1.1.0 and are left out".into(),
+        "1 of 3 devices are offline now".into(),
+    ];
+    if let Some(devices) = plan.devices.as_mut() {
+        devices.truncate(spec_ids);
+        for device in devices.iter_mut() {
+            device.state = DeviceState::Pending;
+        }
+    }
+    plan
+}
+
+#[test]
+fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_started() {
+    let mut model = loaded(10, false, (80, 24));
+    for _ in 0..3 {
+        send(&mut model, key(KeyCode::Char(' ')));
+    }
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('U'))),
+        vec![request(Request::Firmware)]
+    );
+    assert_eq!(model.screen(), &Screen::NewRollout);
+    let text = screen(&model, 80, 24);
+    assert!(
+        text.contains("3 marked devices: lamp-000, lamp-001, lamp-002"),
+        "{text}"
+    );
+    assert!(text.contains("loading the firmware list"), "{text}");
+    // Enter before the list came: said, not sent.
+    assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
+    assert!(screen(&model, 80, 24).contains("still loading"));
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Firmware(Ok(vec![
+            firmware(1, 7200.0),
+            firmware(2, 60.0),
+        ]))),
+    );
+    // Newest first: 1.2.0 is chosen; take 1.1.0.
+    send(&mut model, key(KeyCode::Down));
+    assert_eq!(
+        model
+            .new_rollout
+            .as_ref()
+            .and_then(|f| f.chosen_firmware())
+            .map(|f| f.version.as_str()),
+        Some("1.1.0")
+    );
+    // Waves: a typo is caught here.
+    send(&mut model, key(KeyCode::Tab)); // name
+    send(&mut model, key(KeyCode::Tab)); // waves
+    send(&mut model, ctrl('u'));
+    chars(&mut model, "50,fifty");
+    assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
+    assert!(screen(&model, 80, 24).contains("\"fifty\" is not a percent"));
+    for _ in 0..5 {
+        send(&mut model, key(KeyCode::Backspace));
+    }
+    chars(&mut model, "50");
+    send(&mut model, key(KeyCode::Tab)); // soak
+    send(&mut model, ctrl('u'));
+    chars(&mut model, "2m");
+    send(&mut model, key(KeyCode::Down)); // parallel
+    send(&mut model, key(KeyCode::Down)); // halt
+    send(&mut model, ctrl('u'));
+    send(&mut model, key(KeyCode::Down)); // commit
+    send(&mut model, key(KeyCode::Right));
+    send(&mut model, key(KeyCode::Tab)); // delivery
+    send(&mut model, key(KeyCode::Char(' ')));
+    let commands = send(&mut model, key(KeyCode::Enter));
+    let [Command::Rollouts(Request::Plan(spec))] = commands.as_slice() else {
+        panic!("a dry run expected, got {commands:?}");
+    };
+    let ids: Vec<String> = (0..3).map(|i| device(i).id).collect();
+    assert_eq!(
+        serde_json::to_value(spec).expect("json"),
+        json!({
+            "firmware": firmware(1, 0.0).id,
+            "select": {"ids": ids},
+            "waves": [{"percent": 50.0, "soak_s": 120}, {"percent": 50.0, "soak_s": 120}],
+            "max_parallel": 50,
+            "halt_when": {},
+            "commit": "after_soak",
+            "offline": {"wait_s": 300, "then": "skip"},
+            "delivery": "pull",
+            "commit_timeout_s": 300,
+            "dry_run": true,
+        })
+    );
+    let spec = spec.clone();
+    assert!(screen(&model, 80, 24).contains("asking the server for the plan"));
+    // The server's refusal lands in the form.
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Planned(Err(Failure {
+            status: Some(400),
+            message: "400 bad request: the rollout selects no device to update: 3 selected devices already run 1.1.0 and are left out".into(),
+        }))),
+    );
+    let text = screen(&model, 80, 24);
+    assert!(
+        text.contains("the rollout selects no device to update"),
+        "{text}"
+    );
+    // Again, and this time the plan comes.
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![request(Request::Plan(spec.clone()))]
+    );
+    send(&mut model, Msg::Rollouts(Reply::Planned(Ok(plan_of(3)))));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("New rollout › plan"), "{text}");
+    assert!(text.contains("already run 1.1.0"), "{text}");
+    assert!(text.contains("lamp-000, lamp-001"), "{text}");
+    // Esc goes back to the form, as it was.
+    send(&mut model, key(KeyCode::Esc));
+    assert!(matches!(
+        model.new_rollout.as_ref().map(|f| &f.stage),
+        Some(FormStage::Editing)
+    ));
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, Msg::Rollouts(Reply::Planned(Ok(plan_of(3)))));
+    let mut create = spec.clone();
+    create.dry_run = false;
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![request(Request::Create(create))]
+    );
+    assert!(screen(&model, 80, 24).contains("creating the rollout"));
+    let mut created = rollout("r5", "smart-light 1.1.0", false);
+    created.state = RolloutState::Planned;
+    let commands = send(&mut model, Msg::Rollouts(Reply::Created(Ok(created))));
+    assert_eq!(
+        commands,
+        vec![
+            request(Request::Load {
+                id: "r5".into(),
+                devices: true
+            }),
+            request(Request::Command {
+                id: "r5".into(),
+                command: RolloutCommand::Start
+            })
+        ]
+    );
+    assert_eq!(
+        model.stack,
+        vec![
+            Screen::Fleet,
+            Screen::Rollouts,
+            Screen::Rollout("r5".into())
+        ]
+    );
+    assert!(model.new_rollout.is_none());
+    // A start that fails leaves it planned, and says so; `s` starts it after asking.
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Commanded {
+            id: "r5".into(),
+            command: RolloutCommand::Start,
+            result: Err(Failure::new("503 unavailable")),
+        }),
+    );
+    assert!(screen(&model, 80, 24).contains("cannot start rollout smart-light 1.1.0: 503"));
+    send(&mut model, key(KeyCode::Char('s')));
+    assert!(matches!(
+        &model.overlay,
+        Some(Overlay::Confirm { question, .. })
+            if question == "Start rollout smart-light 1.1.0: 20 devices in 3 waves, up to 5 at a time?"
+    ));
+}
+
+#[test]
+fn without_marks_the_rollout_takes_the_filter() {
+    let mut model = loaded(10, false, (80, 24));
+    send(&mut model, key(KeyCode::Char('/')));
+    chars(&mut model, "name:lamp-00* state:online");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('U')));
+    let form = model.new_rollout.as_ref().expect("form");
+    assert_eq!(
+        form.select.query.as_deref(),
+        Some("name:lamp-00* state:online")
+    );
+    assert_eq!(form.select.ids, None);
+    assert!(screen(&model, 80, 24)
+        .contains("the filter name:lamp-00* state:online (6 devices shown now)"));
+    // Esc leaves the form; a filter that matches nothing plans nothing.
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.screen(), &Screen::Fleet);
+    assert!(model.new_rollout.is_none());
+    send(&mut model, key(KeyCode::Char('/')));
+    chars(&mut model, "zzz");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(send(&mut model, key(KeyCode::Char('U'))).is_empty());
+    assert!(screen(&model, 80, 24).contains("no device matches the filter"));
+}
+
+#[test]
+fn u_pushes_an_image_to_one_device_with_live_progress() {
+    let mut model = loaded(10, false, (200, 50));
+    // Offline devices cannot take a push.
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, &format!("device {}", device(3).id));
+    send(&mut model, key(KeyCode::Enter));
+    send(
+        &mut model,
+        Msg::DeviceLoaded {
+            id: device(3).id,
+            result: Ok(device(3)),
+        },
+    );
+    assert!(send(&mut model, key(KeyCode::Char('u'))).is_empty());
+    assert!(screen(&model, 200, 50).contains("the device is offline"));
+    send(&mut model, key(KeyCode::Esc));
+
+    let id = open_device_5(&mut model);
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('u'))),
+        vec![request(Request::Firmware)]
+    );
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Firmware(Ok(vec![
+            firmware(1, 7200.0),
+            firmware(2, 60.0),
+        ]))),
+    );
+    let text = screen(&model, 200, 50);
+    assert!(text.contains("push firmware to lamp-005"), "{text}");
+    assert!(text.contains("1.2.0") && text.contains("1.1.0"), "{text}");
+    assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
+    match &model.overlay {
+        Some(Overlay::Confirm { question, .. }) => assert_eq!(
+            question,
+            &format!("Push 1.2.0 (smart-light for esp32c3, 898.0 KiB) to lamp-005 ({id})? It restarts into the new image.")
+        ),
+        other => panic!("a confirmation expected, got {other:?}"),
+    }
+    // No: back to the picker.
+    send(&mut model, key(KeyCode::Char('n')));
+    assert!(model.device.as_ref().is_some_and(|v| v.push.is_some()));
+    send(&mut model, key(KeyCode::Enter));
+    let fw = firmware(2, 0.0).id;
+    assert_eq!(
+        send(&mut model, key(KeyCode::Char('y'))),
+        vec![request(Request::Push {
+            device: id.clone(),
+            firmware: fw.clone()
+        })]
+    );
+    assert!(model.device.as_ref().is_some_and(|v| v.push.is_none()));
+    assert_eq!(
+        model.ota.get(&id).map(|j| j.phase.clone()),
+        Some(OtaPhase::Requested)
+    );
+    assert!(screen(&model, 200, 50).contains("update to 1.2.0"));
+    notify(
+        &mut model,
+        NOW + 1.0,
+        vec![
+            notification(
+                &id,
+                "ota.begin",
+                json!({"firmware": fw, "version": "1.2.0", "size": 918_528}),
+            ),
+            notification(&id, "ota.progress", json!({"firmware": fw, "percent": 60})),
+        ],
+    );
+    let text = screen(&model, 200, 50);
+    assert!(text.contains(" 60% sending"), "{text}");
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Pushed {
+            device: id.clone(),
+            firmware: fw.clone(),
+            result: Ok(()),
+        }),
+    );
+    assert!(screen(&model, 200, 50).contains("the device restarts into it"));
+    notify(
+        &mut model,
+        NOW + 9.0,
+        vec![notification(
+            &id,
+            "ota.success",
+            json!({"firmware": fw, "version": "1.2.0", "seconds": 8.25}),
+        )],
+    );
+    assert!(screen(&model, 200, 50).contains("✓ updated to 1.2.0 in 8.2 s"));
+    // A revert is told as such, with what the device runs.
+    notify(
+        &mut model,
+        NOW + 20.0,
+        vec![
+            notification(
+                &id,
+                "ota.begin",
+                json!({"firmware": "other", "version": "2.0.0"}),
+            ),
+            notification(
+                &id,
+                "ota.revert",
+                json!({"firmware": "other", "running_version": "1.2.0", "message": "no commit in time"}),
+            ),
+        ],
+    );
+    assert!(screen(&model, 200, 50)
+        .contains("↺ update to 2.0.0 reverted; running 1.2.0: no commit in time"));
+    // A refused push is an error in the view and the status line.
+    send(
+        &mut model,
+        Msg::Rollouts(Reply::Pushed {
+            device: id.clone(),
+            firmware: "third".into(),
+            result: Err(Failure {
+                status: Some(409),
+                message: "409 conflict: an update is already in progress".into(),
+            }),
+        }),
+    );
+    assert!(screen(&model, 200, 50).contains("push to lamp-005 failed: 409 conflict"));
+}

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use tui_textarea::TextArea;
 
 use super::input::LineInput;
+use super::rollouts::PushDialog;
 
 /// Which list the lower pane shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct DeviceView {
     pub pane: Pane,
     pub editor: Option<Editor>,
     pub rpc: Option<RpcDialog>,
+    /// The firmware picker of `u`.
+    pub push: Option<PushDialog>,
 }
 
 /// How long a changed key stays highlighted.
@@ -48,6 +51,7 @@ impl DeviceView {
             pane: Pane::Events,
             editor: None,
             rpc: None,
+            push: None,
         }
     }
 

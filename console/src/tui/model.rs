@@ -6,7 +6,7 @@
 //! answer with more messages. Nothing here touches a terminal or a socket, so tests drive
 //! the whole console by feeding messages.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
@@ -19,6 +19,7 @@ use super::device::{desired_update, DeviceView, Editor, Pane, RpcDialog, RpcFocu
 use super::input::LineInput;
 use super::notifications::Tail;
 use super::palette::{self, PaletteCommand};
+use super::rollouts::{self, NewRollout, OtaJob, RolloutList, RolloutPage};
 use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
 
 /// A failed REST call as the model keeps it: status and text.
@@ -112,6 +113,8 @@ pub enum Msg {
     },
     /// The analytics worker reports.
     Analytics(analytics::Event),
+    /// A firmware or rollout call answered.
+    Rollouts(rollouts::Reply),
 }
 
 /// What a bulk action does to each device.
@@ -157,6 +160,8 @@ pub enum Command {
     /// Tell the analytics worker (started on the first) what the view shows, or that it
     /// was left.
     Analytics(analytics::Request),
+    /// A firmware or rollout call; answers with [`Msg::Rollouts`].
+    Rollouts(rollouts::Request),
     Quit,
 }
 
@@ -168,6 +173,12 @@ pub enum Screen {
     Notifications,
     /// Reports over the notification log.
     Analytics,
+    /// Firmware rollouts.
+    Rollouts,
+    /// One rollout's page.
+    Rollout(String),
+    /// Planning a rollout from the fleet's marks or filter.
+    NewRollout,
 }
 
 /// What the one-line prompt is asking for.
@@ -264,6 +275,11 @@ pub struct Model {
     pub tail: Tail,
     pub device: Option<DeviceView>,
     pub analytics: AnalyticsView,
+    pub rollouts: RolloutList,
+    pub rollout_page: Option<RolloutPage>,
+    pub new_rollout: Option<NewRollout>,
+    /// Each device's latest firmware update, from `ota.*` events (PROTOCOL §10.6).
+    pub ota: HashMap<String, OtaJob>,
     pub stack: Vec<Screen>,
     pub overlay: Option<Overlay>,
     pub status: Option<Status>,
@@ -299,6 +315,10 @@ impl Model {
             tail: Tail::new(options.tail_lines),
             device: None,
             analytics: AnalyticsView::default(),
+            rollouts: RolloutList::default(),
+            rollout_page: None,
+            new_rollout: None,
+            ota: HashMap::new(),
             stack: vec![Screen::Fleet],
             overlay: None,
             status: None,
@@ -317,7 +337,7 @@ impl Model {
         self.size.1.saturating_sub(CHROME_ROWS) as usize
     }
 
-    fn info(&mut self, text: impl Into<String>) {
+    pub(super) fn info(&mut self, text: impl Into<String>) {
         self.status = Some(Status {
             text: text.into(),
             error: false,
@@ -325,7 +345,7 @@ impl Model {
         });
     }
 
-    fn error(&mut self, text: impl Into<String>) {
+    pub(super) fn error(&mut self, text: impl Into<String>) {
         self.status = Some(Status {
             text: text.into(),
             error: true,
@@ -334,7 +354,7 @@ impl Model {
     }
 
     /// Refuses a write in read-only mode, saying so; true if refused.
-    fn refuse_write(&mut self, what: &str) -> bool {
+    pub(super) fn refuse_write(&mut self, what: &str) -> bool {
         if self.profile.read_only {
             self.error(format!("read-only profile: refusing to {what}"));
             true
@@ -381,7 +401,7 @@ impl Model {
         self.clamp_selection();
     }
 
-    fn open_device(&mut self, id: &str) -> Vec<Command> {
+    pub(super) fn open_device(&mut self, id: &str) -> Vec<Command> {
         self.device = Some(DeviceView::new(id));
         if matches!(self.screen(), Screen::Device(_)) {
             self.stack.pop();
@@ -390,19 +410,34 @@ impl Model {
         vec![Command::LoadDevice(id.to_string())]
     }
 
-    fn go_to(&mut self, screen: Screen) {
+    pub(super) fn go_to(&mut self, screen: Screen) {
         self.stack.truncate(1);
         if screen != Screen::Fleet {
             self.stack.push(screen);
         }
+        self.forget_closed();
     }
 
-    fn back(&mut self) {
+    pub(super) fn back(&mut self) {
         if self.stack.len() > 1 {
             self.stack.pop();
             if !matches!(self.screen(), Screen::Device(_)) {
                 self.device = None;
             }
+            self.forget_closed();
+        }
+    }
+
+    /// Drops the state of views no longer on the stack.
+    fn forget_closed(&mut self) {
+        if !self.stack.iter().any(|s| matches!(s, Screen::Rollout(_))) {
+            self.rollout_page = None;
+        }
+        if !self.stack.contains(&Screen::NewRollout) {
+            self.new_rollout = None;
+        }
+        if !self.stack.iter().any(|s| matches!(s, Screen::Device(_))) {
+            self.device = None;
         }
     }
 
@@ -536,7 +571,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             if second_changed {
                 model.dirty = true;
             }
-            Vec::new()
+            rollouts::tick(model)
         }
         Msg::Resize(width, height) => {
             model.size = (width, height);
@@ -556,6 +591,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 if let Some(view) = &model.device {
                     commands.push(Command::LoadDevice(view.id.clone()));
                 }
+                commands.extend(rollouts::reconnected(model));
                 commands
             } else {
                 Vec::new()
@@ -566,6 +602,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             for notification in &items {
                 model.tail.push(at, notification);
                 model.apply_notification(notification);
+                rollouts::notification(model, notification);
             }
             model.dirty = true;
             Vec::new()
@@ -573,6 +610,11 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
         Msg::Lagged(dropped) => {
             model.tail.lagged += dropped;
             model.dirty = true;
+            // Rollout events may be among the dropped: list again on the next tick.
+            model.rollouts.listed_at = f64::NEG_INFINITY;
+            if let Some(page) = model.rollout_page.as_ref() {
+                model.rollouts.stale.insert(page.id.clone());
+            }
             Vec::new()
         }
         Msg::DevicesLoaded(result) => {
@@ -738,6 +780,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
+        Msg::Rollouts(reply) => rollouts::reply(model, reply),
         Msg::Paste(text) => {
             model.dirty = true;
             paste(model, &text);
@@ -761,6 +804,12 @@ fn paste(model: &mut Model, text: &str) {
             return;
         }
         _ => {}
+    }
+    if *model.screen() == Screen::NewRollout {
+        if let Some(form) = model.new_rollout.as_mut() {
+            rollouts::paste_into_form(form, text);
+        }
+        return;
     }
     if let Some(view) = model.device.as_mut() {
         if let Some(editor) = view.editor.as_mut() {
@@ -797,7 +846,13 @@ fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
             let rows = analytics::table_rows(model.size);
             model.analytics.scroll(step, rows);
         }
-        Screen::Device(_) => {}
+        Screen::Rollouts => model.rollouts.move_cursor(step),
+        Screen::Rollout(_) => {
+            if let Some(page) = model.rollout_page.as_mut() {
+                page.move_cursor(step);
+            }
+        }
+        Screen::Device(_) | Screen::NewRollout => {}
     }
     Vec::new()
 }
@@ -816,6 +871,10 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     }
     if let Some(commands) = device_modal_key(model, key) {
         return commands;
+    }
+    // The form takes every key: its fields are typed into.
+    if *model.screen() == Screen::NewRollout {
+        return rollouts::form_key(model, key);
     }
     match key.code {
         KeyCode::Char(':') => {
@@ -836,6 +895,9 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Device(id) => device_key(model, key, &id),
         Screen::Notifications => tail_key(model, key),
         Screen::Analytics => analytics_key(model, key),
+        Screen::Rollouts => rollouts::list_key(model, key),
+        Screen::Rollout(_) => rollouts::page_key(model, key),
+        Screen::NewRollout => rollouts::form_key(model, key),
     }
 }
 
@@ -851,6 +913,7 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Overlay::Confirm { question, command } => match key.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 model.info("working…");
+                rollouts::confirmed(model, &command);
                 vec![command]
             }
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
@@ -957,6 +1020,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Fleet => model.go_to(Screen::Fleet),
         PaletteCommand::Notifications => model.go_to(Screen::Notifications),
         PaletteCommand::Analytics => model.go_to(Screen::Analytics),
+        PaletteCommand::Rollouts => return rollouts::open_list(model),
         PaletteCommand::Device(id) => {
             model.go_to(Screen::Fleet);
             return model.open_device(&id);
@@ -1058,6 +1122,8 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         }
         KeyCode::Char('t') => model.go_to(Screen::Notifications),
         KeyCode::Char('a') => model.go_to(Screen::Analytics),
+        KeyCode::Char('R') => return rollouts::open_list(model),
+        KeyCode::Char('U') => return rollouts::open_form(model),
         KeyCode::Char('r') => {
             model.loading = true;
             model.touched.clear();
@@ -1120,6 +1186,9 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
     let view = model.device.as_mut()?;
     if !matches!(model.stack.last(), Some(Screen::Device(_))) {
         return None;
+    }
+    if view.push.is_some() {
+        return Some(rollouts::push_key(model, key));
     }
     let id = view.id.clone();
     if let Some(editor) = view.editor.as_mut() {
@@ -1279,6 +1348,7 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             model.tail.filter.device = Some(id.to_string());
             model.go_to(Screen::Notifications);
         }
+        KeyCode::Char('u') => return rollouts::open_push(model),
         _ => model.dirty = false,
     }
     Vec::new()

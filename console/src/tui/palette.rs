@@ -17,6 +17,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "",
         "reports and charts over the notification log (also :report)",
     ),
+    (
+        "rollouts",
+        "",
+        "firmware rollouts: progress, pause, resume, abort (also :rollout)",
+    ),
     ("device", "ID", "open one device"),
     ("filter", "TEXT", "filter the fleet: text or field:value"),
     ("sort", "COLUMN [desc]", "sort the fleet by a column"),
@@ -37,6 +42,7 @@ pub enum PaletteCommand {
     Fleet,
     Notifications,
     Analytics,
+    Rollouts,
     Device(String),
     Filter(String),
     Sort(Sort),
@@ -61,7 +67,7 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
     };
     // A unique prefix of a command name or alias runs that command (`:tai` is `:tail`).
-    const ALIASES: [(&str, &str); 7] = [
+    const ALIASES: [(&str, &str); 9] = [
         ("devices", "fleet"),
         ("tail", "notifications"),
         ("events", "notifications"),
@@ -69,6 +75,8 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         ("exit", "quit"),
         ("report", "analytics"),
         ("reports", "analytics"),
+        ("rollout", "rollouts"),
+        ("updates", "rollouts"),
     ];
     let mut canonical: Vec<&str> = COMMANDS
         .iter()
@@ -89,6 +97,7 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         "fleet" | "devices" | "dev" | "f" => Ok(PaletteCommand::Fleet),
         "notifications" | "notify" | "events" | "tail" | "n" => Ok(PaletteCommand::Notifications),
         "analytics" | "report" | "reports" | "a" => Ok(PaletteCommand::Analytics),
+        "rollouts" | "rollout" | "updates" => Ok(PaletteCommand::Rollouts),
         "device" | "d" => {
             if rest.is_empty() {
                 Err(":device needs an id".into())
@@ -210,6 +219,9 @@ mod tests {
         assert_eq!(parse("report"), Ok(PaletteCommand::Analytics));
         assert_eq!(parse("rep"), Ok(PaletteCommand::Analytics));
         assert!(parse("s").is_err(), "ambiguous");
+        assert_eq!(parse("rollouts"), Ok(PaletteCommand::Rollouts));
+        assert_eq!(parse("roll"), Ok(PaletteCommand::Rollouts));
+        assert_eq!(parse("rollout"), Ok(PaletteCommand::Rollouts));
     }
 
     #[test]

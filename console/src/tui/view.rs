@@ -1,6 +1,7 @@
 //! Drawing: a pure function of the [`Model`]. Tables build only the rows that fit.
 
 mod analytics;
+mod rollouts;
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -53,6 +54,12 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
         },
         Screen::Notifications => render_tail(frame, model, theme, body),
         Screen::Analytics => analytics::render(frame, model, theme, body),
+        Screen::Rollouts => rollouts::render_list(frame, model, theme, body),
+        Screen::Rollout(_) => match &model.rollout_page {
+            Some(page) => rollouts::render_page(frame, model, page, theme, body),
+            None => frame.render_widget(Paragraph::new("no rollout open"), body),
+        },
+        Screen::NewRollout => rollouts::render_form(frame, model, theme, body),
     }
     render_footer(frame, model, theme, footer);
     match &model.overlay {
@@ -137,6 +144,28 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
             Screen::Fleet => crumbs.push("Fleet".to_string()),
             Screen::Notifications => crumbs.push("Notifications".into()),
             Screen::Analytics => crumbs.push("Analytics".into()),
+            Screen::Rollouts => crumbs.push("Rollouts".into()),
+            Screen::Rollout(id) => {
+                let name = model
+                    .rollout_page
+                    .as_ref()
+                    .and_then(|p| p.object.as_ref())
+                    .or_else(|| model.rollouts.get(id))
+                    .map(|r| super::rollouts::rollout_name(r).to_string());
+                crumbs.push(name.unwrap_or_else(|| id.clone()));
+            }
+            Screen::NewRollout => {
+                crumbs.push("New rollout".into());
+                if let Some(form) = &model.new_rollout {
+                    if matches!(
+                        form.stage,
+                        super::rollouts::FormStage::Plan { .. }
+                            | super::rollouts::FormStage::Creating { .. }
+                    ) {
+                        crumbs.push("plan".into());
+                    }
+                }
+            }
             Screen::Device(id) => {
                 let name = model
                     .fleet
@@ -152,6 +181,8 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
                         crumbs.push("edit desired".into());
                     } else if view.rpc.is_some() {
                         crumbs.push("call RPC".into());
+                    } else if view.push.is_some() {
+                        crumbs.push("push firmware".into());
                     }
                 }
             }
@@ -249,6 +280,8 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             (":", "cmd"),
             ("?", "help"),
             ("q", "quit"),
+            ("R", "rollouts"),
+            ("U", "update"),
         ],
         Screen::Device(_) => match &model.device {
             Some(view) if view.editor.is_some() => vec![
@@ -263,6 +296,9 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 ("⏎", "call"),
                 ("Esc", "close"),
             ],
+            Some(view) if view.push.is_some() => {
+                vec![("↑↓", "firmware"), ("⏎", "push"), ("Esc", "close")]
+            }
             _ => vec![
                 ("e", "edit"),
                 ("E", "$EDITOR"),
@@ -273,6 +309,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 ("r", "reload"),
                 ("Esc", "back"),
                 ("?", "help"),
+                ("u", "update"),
             ],
         },
         Screen::Notifications => vec![
@@ -295,6 +332,49 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ("Esc", "back"),
             ("?", "help"),
         ],
+        Screen::Rollouts => vec![
+            ("⏎", "open"),
+            ("n", "new"),
+            ("↑↓", "move"),
+            ("Esc", "back"),
+            ("?", "help"),
+        ],
+        Screen::Rollout(_) => {
+            let planned = model
+                .rollout_page
+                .as_ref()
+                .and_then(|p| p.object.as_ref())
+                .is_some_and(|o| o.state == protocol::firmware::RolloutState::Planned);
+            let mut hints = if planned {
+                vec![("s", "start")]
+            } else {
+                Vec::new()
+            };
+            hints.extend([
+                ("p", "pause"),
+                ("r", "resume"),
+                ("A", "abort"),
+                ("R", "retry"),
+                ("⏎", "device"),
+                ("Tab", "list"),
+                ("Esc", "back"),
+                ("?", "help"),
+            ]);
+            hints
+        }
+        Screen::NewRollout => match model.new_rollout.as_ref().map(|f| &f.stage) {
+            Some(super::rollouts::FormStage::Plan { .. }) => {
+                vec![("⏎", "create and start"), ("Esc", "back to the form")]
+            }
+            Some(super::rollouts::FormStage::Editing) | None => vec![
+                ("Tab", "next field"),
+                ("↑↓", "firmware"),
+                ("←→", "choose"),
+                ("⏎", "dry run"),
+                ("Esc", "cancel"),
+            ],
+            Some(_) => vec![("Esc", "stop waiting")],
+        },
     }
 }
 
@@ -539,8 +619,9 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     };
     let row = DeviceRow::from_object(object, model.now);
     let row = model.fleet.get(&view.id).cloned().unwrap_or(row);
+    let job = model.ota.get(&view.id);
     let [info, shadow, events] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(2 + u16::from(job.is_some())),
         Constraint::Percentage(55),
         Constraint::Min(3),
     ])
@@ -570,10 +651,23 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     if let Some(error) = &view.error {
         second.push(Span::styled(error.clone(), theme.error));
     }
-    frame.render_widget(
-        Paragraph::new(vec![Line::from(first), Line::from(second)]),
-        info,
-    );
+    let mut info_lines = vec![Line::from(first), Line::from(second)];
+    if let Some(job) = job {
+        let rollout = job.rollout.as_deref().map(|id| {
+            model
+                .rollouts
+                .get(id)
+                .map_or(id, super::rollouts::rollout_name)
+        });
+        info_lines.push(rollouts::ota_line(
+            job,
+            rollout,
+            model.now,
+            theme,
+            info.width as usize,
+        ));
+    }
+    frame.render_widget(Paragraph::new(info_lines), info);
 
     let [desired, reported, delta] = Layout::horizontal([
         Constraint::Ratio(1, 3),
@@ -610,11 +704,7 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
             .map(|line| Line::raw(line.text))
             .collect();
         frame.render_widget(Paragraph::new(lines).block(block), events);
-        if let Some(editor) = &view.editor {
-            render_editor(frame, editor, view, theme, area);
-        } else if let Some(dialog) = &view.rpc {
-            render_rpc(frame, dialog, theme, area);
-        }
+        render_device_dialogs(frame, model, view, theme, area);
         return;
     }
     let height = events.height.saturating_sub(2) as usize;
@@ -646,11 +736,28 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
         Text::from(lines)
     };
     frame.render_widget(Paragraph::new(content).block(block), events);
+    render_device_dialogs(frame, model, view, theme, area);
+}
 
+fn render_device_dialogs(
+    frame: &mut Frame,
+    model: &Model,
+    view: &DeviceView,
+    theme: &Theme,
+    area: Rect,
+) {
     if let Some(editor) = &view.editor {
         render_editor(frame, editor, view, theme, area);
     } else if let Some(dialog) = &view.rpc {
         render_rpc(frame, dialog, theme, area);
+    } else if let Some(dialog) = &view.push {
+        let running = model
+            .fleet
+            .get(&view.id)
+            .map(|r| r.fw_version.to_string())
+            .unwrap_or_default();
+        let label = model.fleet.label(&view.id).to_string();
+        rollouts::render_push(frame, dialog, &label, &running, theme, area);
     }
 }
 
@@ -925,13 +1032,15 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("⏎", "open the device"),
             (
                 "/",
-                "filter: text, or field:value (state:offline light:on fw:1.2)",
+                "filter: text, field:value, globs (state:offline fw:1.2 name:lamp-*)",
             ),
             ("1-0", "sort by column 1-10; again reverses"),
             ("␣ *", "mark one / all shown, for :set and :call"),
             ("t", "notification tail"),
             ("a", "analytics: reports over the notification log"),
             ("r", "list devices again"),
+            ("R", "firmware rollouts"),
+            ("U", "new rollout of the marked devices, else of the filter"),
         ],
         Screen::Device(_) => &[
             ("e", "edit desired here (^S sends)"),
@@ -940,6 +1049,7 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("l", "events / logs"),
             ("i", "the device's Sys.GetInfo"),
             ("t", "tail this device"),
+            ("u", "push a firmware image to this device, with progress"),
             ("r", "reload"),
         ],
         Screen::Notifications => &[
@@ -959,6 +1069,31 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("t", "next table of the report"),
             ("s S", "sort by the next column; reverse"),
             ("↑↓ PgUp", "scroll the table; g G jump"),
+        ],
+        Screen::Rollouts => &[
+            ("↑↓ j k", "move; PgUp PgDn g G jump"),
+            ("⏎", "open the rollout"),
+            (
+                "n",
+                "new rollout of the fleet's marked devices, else its filter",
+            ),
+            ("^L", "list again"),
+        ],
+        Screen::Rollout(_) => &[
+            ("Tab", "devices by state / failures"),
+            ("↑↓ j k", "move in the list; g G jump"),
+            ("⏎", "open the device under the cursor"),
+            ("s", "start a planned rollout"),
+            ("p r", "pause / resume (asks first)"),
+            ("A", "abort: pending devices are skipped (asks first)"),
+            ("R", "retry the failed devices in a new rollout"),
+        ],
+        Screen::NewRollout => &[
+            ("Tab ⇧Tab", "next / previous field"),
+            ("↑↓", "choose the firmware; move between fields"),
+            ("←→ ␣", "change commit and delivery"),
+            ("⏎", "dry run: the server's plan; ⏎ again creates"),
+            ("Esc", "back; cancel"),
         ],
     };
     lines.push(Line::styled("this view", theme.title));
@@ -1015,11 +1150,14 @@ fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) 
     let width = (question.chars().count() as u16 + 4)
         .max(30)
         .min(area.width);
+    // A long question wraps: the answer keys stay visible under it.
+    let question_rows = wrapped_rows(question, width.saturating_sub(2) as usize) as u16;
+    let height = (question_rows + 3).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
-        y: area.y + area.height / 3,
+        y: (area.y + area.height / 3).min(area.bottom().saturating_sub(height)),
         width,
-        height: 4.min(area.height),
+        height,
     };
     frame.render_widget(Clear, popup);
     let lines = vec![
@@ -1036,4 +1174,25 @@ fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) 
         Paragraph::new(lines).wrap(Wrap { trim: true }).block(block),
         popup,
     );
+}
+
+/// Lines `text` takes when wrapped at word boundaries into `width` columns.
+fn wrapped_rows(text: &str, width: usize) -> usize {
+    let width = width.max(1);
+    let mut rows = 1;
+    let mut used = 0;
+    for word in text.split_whitespace() {
+        let length = word.chars().count().max(1);
+        if used > 0 && used + 1 + length <= width {
+            used += 1 + length;
+            continue;
+        }
+        if used > 0 {
+            rows += 1;
+        }
+        // A word longer than a line is broken over several.
+        rows += (length - 1) / width;
+        used = (length - 1) % width + 1;
+    }
+    rows
 }

@@ -133,3 +133,104 @@ pub fn screen(model: &Model, width: u16, height: u16) -> String {
     }
     out
 }
+
+/// A firmware image of the store: `1.{minor}.0` of the smart light, built `age` seconds ago.
+pub fn firmware(minor: u32, age: f64) -> herd_client::FirmwareObject {
+    let id = format!("{:064x}", 0xf1a9_0000u64 + minor as u64);
+    serde_json::from_value(json!({
+        "id": id, "sha256": id, "app": "smart-light", "version": format!("1.{minor}.0"),
+        "platform": "esp32c3", "size": 917_504 + minor as u64 * 1024, "signed": minor % 2 == 1,
+        "created_at": rfc3339(NOW - age), "created_by": "email_admin",
+    }))
+    .expect("firmware object")
+}
+
+/// The device states of the fixture rollout, device `i` of [`device`] in wave `wave`.
+const PLAN: [(u32, &str, &str); 20] = [
+    (0, "succeeded", ""),
+    (0, "succeeded", ""),
+    (1, "succeeded", ""),
+    (1, "succeeded", ""),
+    (1, "reverted", "crashed on first boot; back on 1.0.0"),
+    (1, "sending", ""),
+    (1, "verifying", "running the new firmware; soaking"),
+    (1, "failed", "OTA.Write at 40960: device did not reply"),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+    (2, "pending", ""),
+];
+
+/// A rollout of [`firmware`] 1.1.0 to 20 of the made-up devices in waves of 10, 30 and 60
+/// percent, running in its second wave: 4 succeeded, a revert and a failure, one device
+/// sending, one soaking, 12 pending. With the per-device states when `devices`.
+pub fn rollout(id: &str, name: &str, devices: bool) -> herd_client::RolloutObject {
+    use protocol::firmware::{Counters, DeviceState};
+    let firmware = firmware(1, 3600.0);
+    let mut waves = vec![Counters::default(); 3];
+    let mut total = Counters::default();
+    let mut list = Vec::new();
+    for (i, (wave, state, message)) in PLAN.iter().enumerate() {
+        let state = DeviceState::parse(state).expect("state");
+        waves[*wave as usize].add(state);
+        total.add(state);
+        let device = device(i);
+        list.push(json!({
+            "id": device.id, "name": device.name, "wave": wave, "state": state,
+            "online": device.online, "from_version": "1.0.0", "attempts": u32::from(state != DeviceState::Pending),
+            "message": message,
+            "finished_at": state.is_final().then(|| rfc3339(NOW - 100.0 + i as f64)),
+        }));
+    }
+    let wave_json: Vec<Value> = waves
+        .iter()
+        .enumerate()
+        .map(|(i, counters)| {
+            json!({"index": i, "size": counters.total, "soak_s": 60, "counters": counters,
+                   "started_at": (i == 1).then(|| rfc3339(NOW - 300.0))})
+        })
+        .collect();
+    let mut object = json!({
+        "id": id, "name": name, "firmware": firmware.id, "version": firmware.version,
+        "state": "running",
+        "spec": {"firmware": firmware.id, "select": {"query": "fw:1.0.0"},
+                 "waves": [{"percent": 10, "soak_s": 60}, {"percent": 30, "soak_s": 60}, {"percent": 60, "soak_s": 60}],
+                 "max_parallel": 5, "halt_when": {"failed_percent": 50}},
+        "counters": total, "waves": wave_json, "current_wave": 1,
+        "created_by": "email_admin", "created_at": rfc3339(NOW - 900.0),
+        "started_at": rfc3339(NOW - 840.0),
+    });
+    if devices {
+        object["devices"] = Value::Array(list);
+    }
+    serde_json::from_value(object).expect("rollout object")
+}
+
+/// Three rollouts, newest first: the running fixture, a halted one and a completed one.
+pub fn rollouts() -> Vec<herd_client::RolloutObject> {
+    let running = rollout("r1", "lights 1.1.0", false);
+    let mut halted = rollout("r0", "porch lights 1.1.0-rc1", false);
+    halted.state = protocol::firmware::RolloutState::Halted;
+    halted.reason = "3 of 6 devices failed in wave 2 (50%)".into();
+    halted.created_at = rfc3339(NOW - 86_400.0);
+    let mut done = rollout("rz", "all 1.0.0", false);
+    done.state = protocol::firmware::RolloutState::Completed;
+    done.version = "1.0.0".into();
+    done.current_wave = 2;
+    done.counters = protocol::firmware::Counters {
+        total: 20,
+        succeeded: 19,
+        skipped: 1,
+        ..Default::default()
+    };
+    done.created_at = rfc3339(NOW - 5.0 * 86_400.0);
+    vec![running, halted, done]
+}
