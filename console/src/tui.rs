@@ -373,7 +373,7 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     Err(e) => Err(format!("saving failed: {e}")),
                 })
             }
-            Command::Rollouts(request) => Msg::Rollouts(rollout_call(&client, request).await),
+            Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             // Handled by the loop itself, which owns the terminal and the analytics worker.
             Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
         };

@@ -556,7 +556,7 @@ fn on_rollout_page(read_only: bool) -> herd_console::tui::Model {
         send(&mut model, key(KeyCode::Char('R'))),
         vec![request(Request::List)]
     );
-    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    send(&mut model, Msg::from(Reply::Listed(Ok(rollouts()))));
     assert_eq!(
         send(&mut model, key(KeyCode::Enter)),
         vec![request(Request::Load {
@@ -566,7 +566,7 @@ fn on_rollout_page(read_only: bool) -> herd_console::tui::Model {
     );
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r1".into(),
             result: Ok(rollout("r1", "lights 1.1.0", true)),
         }),
@@ -587,10 +587,10 @@ fn the_rollouts_list_opens_from_the_fleet_and_the_palette() {
     assert!(screen(&model, 80, 24).contains("Loading rollouts"));
     send(
         &mut model,
-        Msg::Rollouts(Reply::Listed(Err(Failure::new("503 unavailable")))),
+        Msg::from(Reply::Listed(Err(Failure::new("503 unavailable")))),
     );
     assert!(screen(&model, 80, 24).contains("Cannot list rollouts: 503 unavailable"));
-    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    send(&mut model, Msg::from(Reply::Listed(Ok(rollouts()))));
     let text = screen(&model, 80, 24);
     assert!(text.contains("Fleet › Rollouts"), "{text}");
     assert!(
@@ -635,7 +635,7 @@ fn the_rollouts_list_opens_from_the_fleet_and_the_palette() {
 fn rollout_events_show_at_once_and_are_fetched_through_the_client() {
     let mut model = loaded(5, false, (80, 24));
     send(&mut model, key(KeyCode::Char('R')));
-    send(&mut model, Msg::Rollouts(Reply::Listed(Ok(rollouts()))));
+    send(&mut model, Msg::from(Reply::Listed(Ok(rollouts()))));
     // The event's body carries the counters and the state (PROTOCOL §10.6).
     let mut body = serde_json::to_value(rollout("r1", "", false).counters).expect("json");
     body["state"] = json!("paused");
@@ -680,7 +680,7 @@ fn rollout_events_show_at_once_and_are_fetched_through_the_client() {
     fresh.counters.succeeded += 1;
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r1".into(),
             result: Ok(fresh),
         }),
@@ -700,7 +700,7 @@ fn rollout_events_show_at_once_and_are_fetched_through_the_client() {
     );
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r1".into(),
             result: Ok(rollout("r1", "lights 1.1.0", false)),
         }),
@@ -714,7 +714,7 @@ fn rollout_events_show_at_once_and_are_fetched_through_the_client() {
     );
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r9".into(),
             result: Ok(rollout("r9", "kitchen 1.1.0", false)),
         }),
@@ -782,7 +782,7 @@ fn the_page_asks_before_pause_resume_abort_and_retry_naming_the_counts() {
     paused.state = RolloutState::Paused;
     send(
         &mut model,
-        Msg::Rollouts(Reply::Commanded {
+        Msg::from(Reply::Commanded {
             id: "r1".into(),
             command: RolloutCommand::Pause,
             result: Ok(paused),
@@ -805,7 +805,7 @@ fn the_page_asks_before_pause_resume_abort_and_retry_naming_the_counts() {
     // A refused command says why.
     send(
         &mut model,
-        Msg::Rollouts(Reply::Commanded {
+        Msg::from(Reply::Commanded {
             id: "r1".into(),
             command: RolloutCommand::Resume,
             result: Err(Failure {
@@ -823,7 +823,7 @@ fn the_page_asks_before_pause_resume_abort_and_retry_naming_the_counts() {
     halted.reason = "2 of 6 devices failed in wave 2".into();
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r1".into(),
             result: Ok(halted),
         }),
@@ -848,7 +848,7 @@ fn the_page_asks_before_pause_resume_abort_and_retry_naming_the_counts() {
     retry.state = RolloutState::Planned;
     let commands = send(
         &mut model,
-        Msg::Rollouts(Reply::Commanded {
+        Msg::from(Reply::Commanded {
             id: "r1".into(),
             command: RolloutCommand::Retry,
             result: Ok(retry),
@@ -959,7 +959,7 @@ fn the_page_follows_events_and_opens_failed_devices() {
     // A rollout that is gone says so.
     send(
         &mut model,
-        Msg::Rollouts(Reply::Loaded {
+        Msg::from(Reply::Loaded {
             id: "r1".into(),
             result: Err(Failure {
                 status: Some(404),
@@ -1039,7 +1039,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
     assert!(screen(&model, 80, 24).contains("still loading"));
     send(
         &mut model,
-        Msg::Rollouts(Reply::Firmware(Ok(vec![
+        Msg::from(Reply::Firmware(Ok(vec![
             firmware(1, 7200.0),
             firmware(2, 60.0),
         ]))),
@@ -1100,7 +1100,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
     // The server's refusal lands in the form.
     send(
         &mut model,
-        Msg::Rollouts(Reply::Planned(Err(Failure {
+        Msg::from(Reply::Planned(Err(Failure {
             status: Some(400),
             message: "400 bad request: the rollout selects no device to update: 3 selected devices already run 1.1.0 and are left out".into(),
         }))),
@@ -1115,7 +1115,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
         send(&mut model, key(KeyCode::Enter)),
         vec![request(Request::Plan(spec.clone()))]
     );
-    send(&mut model, Msg::Rollouts(Reply::Planned(Ok(plan_of(3)))));
+    send(&mut model, Msg::from(Reply::Planned(Ok(plan_of(3)))));
     let text = screen(&model, 80, 24);
     assert!(text.contains("New rollout › plan"), "{text}");
     assert!(text.contains("already run 1.1.0"), "{text}");
@@ -1127,7 +1127,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
         Some(FormStage::Editing)
     ));
     send(&mut model, key(KeyCode::Enter));
-    send(&mut model, Msg::Rollouts(Reply::Planned(Ok(plan_of(3)))));
+    send(&mut model, Msg::from(Reply::Planned(Ok(plan_of(3)))));
     let mut create = spec.clone();
     create.dry_run = false;
     assert_eq!(
@@ -1137,7 +1137,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
     assert!(screen(&model, 80, 24).contains("creating the rollout"));
     let mut created = rollout("r5", "smart-light 1.1.0", false);
     created.state = RolloutState::Planned;
-    let commands = send(&mut model, Msg::Rollouts(Reply::Created(Ok(created))));
+    let commands = send(&mut model, Msg::from(Reply::Created(Ok(created))));
     assert_eq!(
         commands,
         vec![
@@ -1163,7 +1163,7 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
     // A start that fails leaves it planned, and says so; `s` starts it after asking.
     send(
         &mut model,
-        Msg::Rollouts(Reply::Commanded {
+        Msg::from(Reply::Commanded {
             id: "r5".into(),
             command: RolloutCommand::Start,
             result: Err(Failure::new("503 unavailable")),
@@ -1229,7 +1229,7 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
     );
     send(
         &mut model,
-        Msg::Rollouts(Reply::Firmware(Ok(vec![
+        Msg::from(Reply::Firmware(Ok(vec![
             firmware(1, 7200.0),
             firmware(2, 60.0),
         ]))),
@@ -1279,7 +1279,7 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
     assert!(text.contains(" 60% sending"), "{text}");
     send(
         &mut model,
-        Msg::Rollouts(Reply::Pushed {
+        Msg::from(Reply::Pushed {
             device: id.clone(),
             firmware: fw.clone(),
             result: Ok(()),
@@ -1318,7 +1318,7 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
     // A refused push is an error in the view and the status line.
     send(
         &mut model,
-        Msg::Rollouts(Reply::Pushed {
+        Msg::from(Reply::Pushed {
             device: id.clone(),
             firmware: "third".into(),
             result: Err(Failure {

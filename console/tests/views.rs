@@ -271,3 +271,159 @@ fn tiny_terminal() {
     let model = loaded(10, false, (20, 5));
     insta::assert_snapshot!("tiny_20x5", render(&model, 20, 5).backend());
 }
+
+// ---------------------------------------------------------------------------------------
+// Firmware: rollouts and one-device pushes.
+
+use herd_console::tui::rollouts::Reply;
+
+/// Snapshots at 80x24, 200x50 and the too-small 20x5.
+fn snapshot_all(name: &str, scene: impl Fn((u16, u16)) -> herd_console::tui::Model) {
+    snapshot(name, &scene);
+    let model = scene((20, 5));
+    insta::assert_snapshot!(format!("{name}_20x5"), render(&model, 20, 5).backend());
+}
+
+fn rollouts_scene(size: (u16, u16)) -> herd_console::tui::Model {
+    let mut model = loaded(20, false, size);
+    send(&mut model, key(KeyCode::Char('R')));
+    send(&mut model, Msg::from(Reply::Listed(Ok(rollouts()))));
+    model
+}
+
+fn page_scene(size: (u16, u16)) -> herd_console::tui::Model {
+    let mut model = rollouts_scene(size);
+    send(&mut model, key(KeyCode::Enter));
+    send(
+        &mut model,
+        Msg::from(Reply::Loaded {
+            id: "r1".into(),
+            result: Ok(rollout("r1", "lights 1.1.0", true)),
+        }),
+    );
+    notify(
+        &mut model,
+        NOW + 0.5,
+        vec![notification(
+            &device(5).id,
+            "ota.progress",
+            json!({"firmware": rollout("r1", "", false).firmware, "percent": 70}),
+        )],
+    );
+    // The soak countdown runs from when the console first saw the device verifying.
+    send(&mut model, Msg::Tick(NOW + 20.0));
+    model
+}
+
+#[test]
+fn rollouts_list() {
+    snapshot_all("rollouts", rollouts_scene);
+    snapshot("rollouts_empty", |size| {
+        let mut model = loaded(3, false, size);
+        send(&mut model, key(KeyCode::Char('R')));
+        send(&mut model, Msg::from(Reply::Listed(Ok(Vec::new()))));
+        model
+    });
+}
+
+#[test]
+fn rollout_page() {
+    snapshot_all("rollout_page", page_scene);
+    snapshot("rollout_page_failures", |size| {
+        let mut model = page_scene(size);
+        send(&mut model, key(KeyCode::Tab));
+        model
+    });
+    snapshot("rollout_abort", |size| {
+        let mut model = page_scene(size);
+        send(&mut model, key(KeyCode::Char('A')));
+        model
+    });
+}
+
+fn form_scene(size: (u16, u16)) -> herd_console::tui::Model {
+    let mut model = loaded(20, false, size);
+    for _ in 0..3 {
+        send(&mut model, key(KeyCode::Char(' ')));
+    }
+    send(&mut model, key(KeyCode::Char('U')));
+    send(
+        &mut model,
+        Msg::from(Reply::Firmware(Ok(vec![
+            firmware(0, 86_400.0),
+            firmware(1, 7200.0),
+            firmware(2, 60.0),
+        ]))),
+    );
+    send(&mut model, key(KeyCode::Down));
+    send(&mut model, key(KeyCode::Tab));
+    send(&mut model, key(KeyCode::Tab));
+    model
+}
+
+#[test]
+fn new_rollout_form_and_plan() {
+    snapshot_all("new_rollout", form_scene);
+    snapshot("new_rollout_error", |size| {
+        let mut model = form_scene(size);
+        send(&mut model, key(KeyCode::Enter));
+        send(
+            &mut model,
+            Msg::from(Reply::Planned(Err(herd_console::tui::model::Failure {
+                status: Some(400),
+                message: "400 bad request: the rollout selects no device to update: 3 selected devices already run 1.1.0 and are left out".into(),
+            }))),
+        );
+        model
+    });
+    snapshot_all("rollout_plan", |size| {
+        let mut model = form_scene(size);
+        send(&mut model, key(KeyCode::Enter));
+        let mut plan = rollout("", "smart-light 1.1.0", true);
+        plan.dry_run = true;
+        plan.state = protocol::firmware::RolloutState::Planned;
+        plan.notes = vec![
+            "2 selected devices already run 1.1.0 and are left out".into(),
+            "7 of 20 devices are offline now".into(),
+        ];
+        for device in plan.devices.iter_mut().flatten() {
+            device.state = protocol::firmware::DeviceState::Pending;
+        }
+        send(&mut model, Msg::from(Reply::Planned(Ok(plan))));
+        model
+    });
+}
+
+#[test]
+fn device_push_and_progress() {
+    snapshot("device_push", |size| {
+        let mut model = device_scene(size);
+        send(&mut model, key(KeyCode::Char('u')));
+        send(
+            &mut model,
+            Msg::from(Reply::Firmware(Ok(vec![
+                firmware(1, 7200.0),
+                firmware(2, 60.0),
+            ]))),
+        );
+        model
+    });
+    snapshot("device_update", |size| {
+        let mut model = device_scene(size);
+        let id = device(5).id;
+        let fw = firmware(2, 0.0).id;
+        notify(
+            &mut model,
+            NOW + 2.0,
+            vec![
+                notification(
+                    &id,
+                    "ota.begin",
+                    json!({"firmware": fw, "version": "1.2.0", "size": 918_528, "rollout": "r1"}),
+                ),
+                notification(&id, "ota.progress", json!({"firmware": fw, "percent": 40})),
+            ],
+        );
+        model
+    });
+}

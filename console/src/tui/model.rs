@@ -113,8 +113,14 @@ pub enum Msg {
     },
     /// The analytics worker reports.
     Analytics(analytics::Event),
-    /// A firmware or rollout call answered.
-    Rollouts(rollouts::Reply),
+    /// A firmware or rollout call answered (boxed: rollout objects are large).
+    Rollouts(Box<rollouts::Reply>),
+}
+
+impl From<rollouts::Reply> for Msg {
+    fn from(reply: rollouts::Reply) -> Self {
+        Msg::Rollouts(Box::new(reply))
+    }
 }
 
 /// What a bulk action does to each device.
@@ -780,7 +786,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
-        Msg::Rollouts(reply) => rollouts::reply(model, reply),
+        Msg::Rollouts(reply) => rollouts::reply(model, *reply),
         Msg::Paste(text) => {
             model.dirty = true;
             paste(model, &text);

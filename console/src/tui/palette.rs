@@ -23,7 +23,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "firmware rollouts: progress, pause, resume, abort (also :rollout)",
     ),
     ("device", "ID", "open one device"),
-    ("filter", "TEXT", "filter the fleet: text or field:value"),
+    (
+        "filter",
+        "TEXT",
+        "filter the fleet: text, field:value, globs",
+    ),
     ("sort", "COLUMN [desc]", "sort the fleet by a column"),
     (
         "set",

@@ -730,12 +730,12 @@ impl FormField {
         match self {
             FormField::Firmware => "↑↓ chooses",
             FormField::Name => "empty: app and version",
-            FormField::Waves => "% of the devices per wave; the last takes the rest",
-            FormField::Soak => "seconds each wave is watched (90s, 5m)",
+            FormField::Waves => "% per wave; the last takes the rest",
+            FormField::Soak => "healthy this long to count (90s, 5m)",
             FormField::Parallel => "devices updating at once",
-            FormField::Halt => "% failed in a wave halts it; empty: never",
-            FormField::Commit => "←→: as soon as back, or after the soak",
-            FormField::Delivery => "←→: the server writes it, or the device fetches it",
+            FormField::Halt => "% failed in a wave halts; empty: never",
+            FormField::Commit => "←→ when back, or after the soak",
+            FormField::Delivery => "←→ the server sends, the device fetches",
         }
     }
 

@@ -247,10 +247,16 @@ fn counter_spans(c: &Counters, theme: &Theme) -> Vec<Span<'static>> {
         (c.active(), "updating", theme.warn),
         (c.pending, "pending", theme.dim),
     ];
-    for (i, (n, what, style)) in parts.into_iter().enumerate() {
-        if i > 0 {
+    // Only what is there: the line reads at a glance and fits 80 columns.
+    let mut first = true;
+    for (n, what, style) in parts {
+        if n == 0 && !(first && what == "succeeded") {
+            continue;
+        }
+        if !first {
             spans.push(Span::styled(" · ", theme.dim));
         }
+        first = false;
         let style = if n == 0 { theme.dim } else { style };
         spans.push(Span::styled(format!("{n} {what}"), style));
     }
@@ -259,34 +265,33 @@ fn counter_spans(c: &Counters, theme: &Theme) -> Vec<Span<'static>> {
 
 fn policy_text(rollout: &RolloutObject) -> String {
     let spec = &rollout.spec;
-    let mut parts = vec![format!("up to {} at a time", spec.max_parallel)];
+    let mut parts = vec![format!("{} at once", spec.max_parallel)];
     match (spec.halt_when.failed_percent, spec.halt_when.failed_count) {
-        (Some(p), _) => parts.push(format!("halt at {p}% failed in a wave")),
+        (Some(p), _) => parts.push(format!("halt at {p}% failed")),
         (None, Some(n)) => parts.push(format!("halt at {n} failed")),
         (None, None) => parts.push("never halts".into()),
     }
     parts.push(
         match spec.commit {
             CommitPolicy::Device => "commit when back",
-            CommitPolicy::AfterSoak => "commit after the soak",
+            CommitPolicy::AfterSoak => "commit after soak",
         }
         .into(),
     );
     parts.push(
         match spec.delivery {
-            Delivery::Push => "pushed",
-            Delivery::Pull => "pulled by the devices",
+            Delivery::Push => "push",
+            Delivery::Pull => "pull",
         }
         .into(),
     );
-    parts.push(format!(
-        "offline devices {} after {}",
-        match spec.offline.then {
-            OfflineThen::Skip => "skipped",
-            OfflineThen::KeepWaiting => "waited for",
-        },
-        text::duration(spec.offline.wait_s as f64)
-    ));
+    parts.push(match spec.offline.then {
+        OfflineThen::Skip => format!(
+            "offline: skipped after {}",
+            text::duration(spec.offline.wait_s as f64)
+        ),
+        OfflineThen::KeepWaiting => "offline: waited for".into(),
+    });
     parts.join(" · ")
 }
 
@@ -332,7 +337,7 @@ fn wave_status(
             );
         }
         let status = match rollout.state {
-            RolloutState::Running => "updating",
+            RolloutState::Running => "running",
             RolloutState::Paused => "paused",
             RolloutState::Halted => "halted",
             RolloutState::Aborted => "aborted",
@@ -469,9 +474,6 @@ fn render_waves(
     let height = inner.height as usize;
     let start = window_start(rollout.current_wave as usize, height);
     let width = inner.width as usize;
-    // "▶ 1  1234 devices " · bar · " 100%  12 ok  3 failed  4 updating  soaking, 1m left"
-    let stats_width = if width >= 100 { 50 } else { 24 };
-    let bar_width = width.saturating_sub(18 + 5 + stats_width).max(4);
     let lines: Vec<Line> = rollout
         .waves
         .iter()
@@ -482,50 +484,45 @@ fn render_waves(
             let current =
                 wave.index == rollout.current_wave && rollout.state != RolloutState::Planned;
             let (status, live) = wave_status(rollout, page, wave, model.now);
-            let mut spans = vec![
+            // "▶ 2      6 devices " bar " 66%  2 ok  2 failed  2 updating · soaking"
+            let head = vec![
                 Span::styled(
                     format!("{} {:<2}", if current { "▶" } else { " " }, wave.index + 1),
                     if current { theme.title } else { theme.dim },
                 ),
                 Span::raw(format!(
-                    "{:>6} {:<7}",
+                    "{:>5} {:<8}",
                     wave.size,
                     if wave.size == 1 { "device" } else { "devices" }
                 )),
             ];
-            spans.extend(bar(c, bar_width, theme));
-            spans.push(Span::raw(format!(" {:>3}%", percent(c))));
-            let mut stats = vec![Span::styled(
-                format!("  {} ok", c.succeeded),
-                if c.succeeded > 0 {
-                    theme.online
-                } else {
-                    theme.dim
-                },
-            )];
-            stats.push(Span::styled(
-                format!("  {} failed", c.failures()),
-                if c.failures() > 0 {
-                    theme.error
-                } else {
-                    theme.dim
-                },
-            ));
-            if width >= 100 || c.active() > 0 {
-                stats.push(Span::styled(
+            let quiet = |n: u64, style: Style| if n > 0 { style } else { theme.dim };
+            let mut tail = vec![
+                Span::raw(format!(" {:>3}%", percent(c))),
+                Span::styled(
+                    format!("  {} ok", c.succeeded),
+                    quiet(c.succeeded, theme.online),
+                ),
+                Span::styled(
+                    format!("  {} failed", c.failures()),
+                    quiet(c.failures(), theme.error),
+                ),
+            ];
+            if c.active() > 0 {
+                tail.push(Span::styled(
                     format!("  {} updating", c.active()),
-                    if c.active() > 0 {
-                        theme.warn
-                    } else {
-                        theme.dim
-                    },
+                    theme.warn,
                 ));
             }
-            stats.push(Span::styled(
-                format!("  {status}"),
+            tail.push(Span::styled(
+                format!(" · {status}"),
                 if live { theme.warn } else { theme.dim },
             ));
-            spans.extend(stats);
+            let used: usize = head.iter().chain(&tail).map(|s| s.width()).sum();
+            let bar_width = width.saturating_sub(used).clamp(8, 60);
+            let mut spans = head;
+            spans.extend(bar(c, bar_width, theme));
+            spans.extend(tail);
             Line::from(spans)
         })
         .collect();
@@ -588,12 +585,9 @@ fn render_devices(
                         _ => "soaked; finishing".into(),
                     },
                     DeviceState::Pending if !device.online => "offline".into(),
-                    DeviceState::Pending | DeviceState::Succeeded => {
-                        if device.from_version.is_empty() {
-                            String::new()
-                        } else {
-                            format!("was {}", device.from_version)
-                        }
+                    DeviceState::Pending => String::new(),
+                    DeviceState::Succeeded if !device.from_version.is_empty() => {
+                        format!("from {}", device.from_version)
                     }
                     _ => device.message.clone(),
                 };
@@ -809,19 +803,26 @@ pub(super) fn render_form(frame: &mut Frame, model: &Model, theme: &Theme, area:
         spans.push(Span::styled(format!("  {}", field.hint()), theme.dim));
         lines.push(Line::from(spans));
     }
-    lines.push(Line::raw(""));
-    match (&form.error, &form.stage) {
-        (_, FormStage::Planning(_)) => lines.push(Line::styled(
-            " asking the server for the plan (a dry run)…",
-            theme.dim,
-        )),
-        (Some(error), _) => lines.push(Line::styled(format!(" {error}"), theme.error)),
-        (None, _) => lines.push(Line::styled(
+    let note = match (&form.error, &form.stage) {
+        (_, FormStage::Planning(_)) => {
+            Line::styled(" asking the server for the plan (a dry run)…", theme.dim)
+        }
+        (Some(error), _) => Line::styled(format!(" {error}"), theme.error),
+        (None, _) => Line::styled(
             " ⏎ shows the plan (a dry run: nothing is sent); Esc cancels",
             theme.dim,
-        )),
-    }
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
+        ),
+    };
+    // The fields never wrap, so the cursor lands where it should; the message may.
+    let fields = (lines.len() as u16).min(inner.height);
+    let [top, _, bottom] = Layout::vertical([
+        Constraint::Length(fields),
+        Constraint::Length(1),
+        Constraint::Min(0),
+    ])
+    .areas(inner);
+    frame.render_widget(Paragraph::new(lines), top);
+    frame.render_widget(Paragraph::new(note).wrap(Wrap { trim: false }), bottom);
     if let Some((row, column)) = cursor {
         let x = inner.x + column as u16 + 1;
         let y = inner.y + row as u16;
@@ -877,7 +878,7 @@ fn render_plan(
         let in_wave: Vec<_> = devices.iter().filter(|d| d.wave == wave.index).collect();
         let wave_offline = in_wave.iter().filter(|d| !d.online).count();
         let head = format!(
-            "  wave {:<3}{:>6} {:<8}{:<10}{:<11}",
+            "  wave {:<2} {:>5} {:<8} {:<9} {:<10} ",
             wave.index + 1,
             wave.size,
             if wave.size == 1 { "device" } else { "devices" },
@@ -967,7 +968,7 @@ pub(super) fn render_push(
                     .skip(start)
                     .take(height)
                     .map(|(i, firmware)| {
-                        let mut text = firmware_line(firmware, width.saturating_sub(12));
+                        let mut text = firmware_line(firmware, width.saturating_sub(14));
                         if !running.is_empty() && firmware.version == running {
                             text.push_str("  (running)");
                         }
