@@ -1,12 +1,14 @@
 //! `herd demo`: the whole product on a fresh machine. An embedded `herd-server` on a free
 //! loopback port with a fresh data directory, an administrator, a simulated fleet from
-//! `herd-agent` (real device engines over real sockets), and the console on top. Quitting
-//! the console stops the fleet and the server and removes the data directory.
+//! `herd-agent` (real device engines over real sockets), two firmware images for the
+//! simulated lights in the store (so a rollout or a push can be tried at once), and the
+//! console on top. Quitting the console stops the fleet and the server and removes the
+//! data directory.
 
 use std::path::PathBuf;
 
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
-use herd_client::Client;
+use herd_client::{Client, UploadMeta};
 use herd_config::ServerSettings;
 use herd_server::Server;
 
@@ -22,6 +24,38 @@ pub struct DemoOptions {
 
 fn failed(what: &str) -> impl Fn(anyhow::Error) -> Failure + '_ {
     move |e| Failure::new(Exit::Failure, format!("{what}: {e:#}"))
+}
+
+/// Versions of the images put in the store; the simulated lights run 1.0.0.
+pub const DEMO_VERSIONS: [&str; 2] = ["1.1.0", "1.2.0"];
+
+/// An image the simulated lights take: the header names it (PROTOCOL §10.1), filler makes
+/// the transfer long enough to watch.
+fn demo_image(version: &str) -> Vec<u8> {
+    let mut image = format!(
+        "HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n"
+    )
+    .into_bytes();
+    image.resize(96 * 1024, b'.');
+    image
+}
+
+/// Puts the demo images in the store. A failure only costs the demo its images.
+async fn upload_images(client: &Client, dir: &std::path::Path) {
+    for version in DEMO_VERSIONS {
+        let path = dir.join(format!("herd-light-{version}.bin"));
+        let uploaded = match tokio::fs::write(&path, demo_image(version)).await {
+            Ok(()) => client
+                .upload_firmware(&path, &UploadMeta::default(), None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = uploaded {
+            tracing::warn!(%version, %error, "cannot put a demo image in the store");
+        }
+    }
 }
 
 pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
@@ -75,6 +109,7 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
     };
     let outcome = match Client::new(&url, Some(&api_key)) {
         Ok(client) => {
+            upload_images(&client, dir.path()).await;
             let profile = ProfileInfo {
                 name: "demo".into(),
                 server: url.clone(),

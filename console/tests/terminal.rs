@@ -362,3 +362,75 @@ async fn demo_analytics_follow_the_servers_log() {
     let (success, restored) = pty.exit().await;
     assert!(success && restored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_rolls_out_firmware_and_pushes_an_image_to_one_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pty = Pty::spawn(
+        &["demo", "--devices", "3", "--speedup", "1"],
+        &[],
+        dir.path(),
+    );
+    pty.wait_for("the demo fleet online", |s| s.contains("3 devices 3 on"))
+        .await;
+    // Nothing marked, no filter: the rollout is for every device. The demo's images are
+    // listed newest first.
+    pty.type_text("U");
+    pty.wait_for("the form with the demo images", |s| {
+        s.contains("Fleet › New rollout")
+            && s.contains("every device (nothing marked, no filter): 3 devices")
+            && s.contains("▸ 1.2.0")
+            && s.contains("1.1.0")
+    })
+    .await;
+    // Two waves and no soak, typed over the defaults (Ctrl-U clears a field).
+    pty.type_text("\t\t\x1550,50\t\x150\r");
+    pty.wait_for("the dry-run plan", |s| {
+        s.contains("New rollout › plan")
+            && s.contains("herd-light 1.2.0: firmware 1.2.0 to 3 devices in 2 waves")
+    })
+    .await;
+    pty.type_text("\r");
+    pty.wait_for("the rollout completed", |s| {
+        s.contains("Fleet › Rollouts › herd-light 1.2.0")
+            && s.contains("● completed")
+            && s.contains("3 devices: 3 succeeded")
+    })
+    .await;
+    pty.type_text("\x1b");
+    pty.wait_for("the list", |s| {
+        row(s, "herd-light 1.2.0").is_some_and(|line| line.contains("completed"))
+    })
+    .await;
+    // Back to the fleet, which runs 1.2.0 now; push 1.1.0 to the first light.
+    pty.type_text("\x1b");
+    pty.wait_for("the fleet on 1.2.0", |s| {
+        ["lamp-0000", "lamp-0001", "lamp-0002"]
+            .iter()
+            .all(|name| row(s, name).is_some_and(|line| line.contains("1.2.0")))
+    })
+    .await;
+    pty.type_text("\r");
+    pty.wait_for("the device view", |s| s.contains("Fleet › lamp-0000"))
+        .await;
+    pty.type_text("u");
+    pty.wait_for("the firmware picker", |s| {
+        s.contains("push firmware to lamp-0000") && s.contains("(running)")
+    })
+    .await;
+    pty.type_text("j\r");
+    pty.wait_for("the confirmation", |s| {
+        s.contains("Push 1.1.0 (herd-light for sim, 96.0 KiB) to lamp-0000")
+    })
+    .await;
+    pty.type_text("y");
+    pty.wait_for("the outcome", |s| s.contains("✓ updated to 1.1.0"))
+        .await;
+    // Esc and q apart: together they read as Alt-q.
+    pty.type_text("\x1b");
+    pty.wait_for("back on the fleet", |s| !s.contains("Fleet › lamp-0000"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+}

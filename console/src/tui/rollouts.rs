@@ -1646,6 +1646,7 @@ pub(super) fn reply(model: &mut Model, reply: Reply) -> Vec<Command> {
             let label = model.fleet.label(&device).to_string();
             match result {
                 Ok(()) => {
+                    // The outcome's event may have come first: it stands.
                     if let Some(job) = model.ota.get_mut(&device).filter(|j| {
                         j.firmware == firmware
                             && matches!(j.phase, OtaPhase::Requested | OtaPhase::Sending)
@@ -1653,8 +1654,8 @@ pub(super) fn reply(model: &mut Model, reply: Reply) -> Vec<Command> {
                         job.phase = OtaPhase::Rebooting;
                         job.percent = 100;
                         job.since = now;
+                        model.info(format!("{label} took the image and restarts into it"));
                     }
-                    model.info(format!("{label} took the image and restarts into it"));
                 }
                 Err(failure) => {
                     let job = model
