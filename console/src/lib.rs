@@ -3,9 +3,10 @@
 //! `herd` without a subcommand opens the console, a terminal UI in the spirit of k9s: a
 //! live fleet table fed by the notify stream (PROTOCOL §5), a device view with the shadow
 //! (§4) side by side and a JSON editor for `desired`, RPC calls from the device's
-//! `RPC.List`, and a notification tail. With a subcommand it is a scripting tool with
-//! stable output and exit codes ([`cli::EXIT_CODES`]). `herd demo` runs the whole product
-//! on loopback.
+//! `RPC.List`, firmware rollouts planned from the fleet and watched live, one-device
+//! firmware pushes (§10), and a notification tail. With a subcommand it is a scripting
+//! tool with stable output and exit codes ([`cli::EXIT_CODES`]). `herd demo` runs the
+//! whole product on loopback.
 //!
 //! The console follows The Elm Architecture: [`tui::Model`] is the state,
 //! [`tui::update`] the only transition, [`tui::view::render`] draws from the model. Tests

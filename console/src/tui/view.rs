@@ -927,8 +927,14 @@ fn tail_line(entry: &Entry, who: Option<&str>, theme: &Theme) -> Line<'static> {
     Line::from(spans)
 }
 
-/// The device's name for tail lines: shorter than its id and what operators recognise.
+/// The name for tail lines: shorter than an id and what operators recognise. `rollout.*`
+/// events carry a rollout's id, named from the rollouts list when it is known.
 fn device_label<'a>(model: &'a Model, id: &'a str) -> &'a str {
+    if model.fleet.get(id).is_none() {
+        if let Some(rollout) = model.rollouts.get(id) {
+            return super::rollouts::rollout_name(rollout);
+        }
+    }
     model.fleet.label(id)
 }
 
