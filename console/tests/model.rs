@@ -901,6 +901,33 @@ fn the_page_follows_events_and_opens_failed_devices() {
             .map(|d| d.state),
         Some(DeviceState::Sending)
     );
+    // The cursor steps over the headings.
+    let selected = |model: &herd_console::tui::Model| {
+        model
+            .rollout_page
+            .as_ref()
+            .and_then(|p| p.selected_device())
+            .map(|d| d.id.clone())
+    };
+    send(&mut model, key(KeyCode::Up));
+    assert_eq!(
+        selected(&model),
+        Some(device(5).id),
+        "nothing above the first"
+    );
+    send(&mut model, key(KeyCode::Down));
+    assert_eq!(
+        selected(&model),
+        Some(device(6).id),
+        "past the verifying heading"
+    );
+    send(&mut model, key(KeyCode::Down));
+    assert_eq!(selected(&model), Some(device(8).id), "the first pending");
+    send(&mut model, key(KeyCode::Up));
+    assert_eq!(selected(&model), Some(device(6).id));
+    send(&mut model, key(KeyCode::Char('G')));
+    send(&mut model, key(KeyCode::Char('g')));
+    assert_eq!(selected(&model), Some(device(5).id));
     // Progress of a device of the rollout shows at once.
     notify(
         &mut model,

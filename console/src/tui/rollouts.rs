@@ -576,27 +576,18 @@ impl RolloutPage {
                 if len == 0 {
                     return;
                 }
-                let mut at = (self.devices_cursor as isize + delta).clamp(0, len - 1);
-                let step = if delta < 0 { -1 } else { 1 };
-                while matches!(self.rows[at as usize], PageRow::Group(..)) {
-                    let next = at + step;
-                    if next < 0 || next >= len {
-                        // Nothing past the heading that way: look the other way.
-                        let mut back = at - step;
-                        while back >= 0
-                            && back < len
-                            && matches!(self.rows[back as usize], PageRow::Group(..))
-                        {
-                            back -= step;
-                        }
-                        if back >= 0 && back < len {
-                            at = back;
-                        }
-                        break;
+                let mut at = (self.devices_cursor as isize + delta).clamp(0, len - 1) as usize;
+                // Every heading has its devices right under it, so a device is one step
+                // away: under the heading, or above it (the previous group's last) when
+                // moving up, unless the heading is the first row.
+                if matches!(self.rows[at], PageRow::Group(..)) {
+                    if delta < 0 && at > 0 {
+                        at -= 1;
+                    } else {
+                        at = (at + 1).min(self.rows.len() - 1);
                     }
-                    at = next;
                 }
-                self.devices_cursor = at as usize;
+                self.devices_cursor = at;
             }
         }
     }
