@@ -1263,7 +1263,22 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
     );
     let text = screen(&model, 200, 50);
     assert!(text.contains("push firmware to lamp-005"), "{text}");
-    assert!(text.contains("1.2.0") && text.contains("1.1.0"), "{text}");
+    assert!(
+        text.contains("1.2.0") && text.contains("(running)"),
+        "{text}"
+    );
+    // The device runs 1.2.0, the newest: the next one down is chosen. Take 1.2.0 anyway.
+    let chosen = |model: &herd_console::tui::Model| {
+        model
+            .device
+            .as_ref()
+            .and_then(|v| v.push.as_ref())
+            .and_then(|d| d.chosen())
+            .map(|f| f.version.clone())
+    };
+    assert_eq!(chosen(&model).as_deref(), Some("1.1.0"));
+    send(&mut model, key(KeyCode::Up));
+    assert_eq!(chosen(&model).as_deref(), Some("1.2.0"));
     assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
     match &model.overlay {
         Some(Overlay::Confirm { question, .. }) => assert_eq!(

@@ -414,11 +414,12 @@ async fn demo_rolls_out_firmware_and_pushes_an_image_to_one_device() {
     pty.wait_for("the device view", |s| s.contains("Fleet › lamp-0000"))
         .await;
     pty.type_text("u");
+    // It runs the newest image: the one before is chosen for it.
     pty.wait_for("the firmware picker", |s| {
-        s.contains("push firmware to lamp-0000") && s.contains("(running)")
+        s.contains("push firmware to lamp-0000") && s.contains("(running)") && s.contains("▸ 1.1.0")
     })
     .await;
-    pty.type_text("j\r");
+    pty.type_text("\r");
     pty.wait_for("the confirmation", |s| {
         s.contains("Push 1.1.0 (herd-light for sim, 96.0 KiB) to lamp-0000")
     })

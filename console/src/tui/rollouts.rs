@@ -690,9 +690,23 @@ pub(super) fn reply(model: &mut Model, reply: Reply) -> Vec<Command> {
                 form.firmware = Some(result.clone());
                 form.firmware_cursor = 0;
             }
-            if let Some(dialog) = model.device.as_mut().and_then(|v| v.push.as_mut()) {
-                dialog.firmware = Some(result);
-                dialog.cursor = 0;
+            if let Some(view) = model.device.as_mut() {
+                // The newest image the device does not run yet is the likely choice.
+                let running = model
+                    .fleet
+                    .get(&view.id)
+                    .map(|r| r.fw_version.to_string())
+                    .unwrap_or_default();
+                if let Some(dialog) = view.push.as_mut() {
+                    dialog.cursor = match &result {
+                        Ok(list) => list
+                            .iter()
+                            .position(|f| running.is_empty() || f.version != running)
+                            .unwrap_or(0),
+                        Err(_) => 0,
+                    };
+                    dialog.firmware = Some(result);
+                }
             }
         }
         Reply::Planned(result) => {
