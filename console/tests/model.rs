@@ -1338,6 +1338,23 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
         )],
     );
     assert!(screen(&model, 200, 50).contains("✓ updated to 1.2.0 in 8.2 s"));
+    // The table believes the server's word on what the device runs now.
+    notify(
+        &mut model,
+        NOW + 9.5,
+        vec![notification(
+            &device(4).id,
+            "ota.success",
+            json!({"firmware": fw, "version": "1.9.0", "seconds": 3.0}),
+        )],
+    );
+    assert_eq!(
+        model
+            .fleet
+            .get(&device(4).id)
+            .map(|r| r.fw_version.to_string()),
+        Some("1.9.0".into())
+    );
     // A revert is told as such, with what the device runs.
     notify(
         &mut model,

@@ -512,6 +512,21 @@ pub(super) fn notification(model: &mut Model, notification: &Notification) {
         if let Some(rollout) = apply_ota(&mut model.ota, notification, model.now) {
             model.rollouts.stale.insert(rollout);
         }
+        // The server says what the device runs now. The table hears it from `updated`
+        // too, but an `updated` of the connection the device restarted out of can arrive
+        // after the fresh one and carry the old version.
+        if name == protocol::firmware::OTA_SUCCESS {
+            if let Some(version) = notification
+                .data
+                .get("version")
+                .and_then(serde_json::Value::as_str)
+                .filter(|v| !v.is_empty())
+            {
+                model
+                    .fleet
+                    .modify(&notification.id, |row| row.fw_version = version.into());
+            }
+        }
     } else if name.starts_with("rollout.") {
         let id = notification.id.as_str();
         if let Some(rollout) = model.rollouts.rollouts.iter_mut().find(|r| r.id == id) {

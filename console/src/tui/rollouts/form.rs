@@ -6,6 +6,7 @@ use protocol::firmware::{CommitPolicy, Delivery, Selector, WaveSpec};
 use serde_json::json;
 
 use super::super::input::LineInput;
+use crate::text;
 
 /// The form's fields, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,9 +256,12 @@ pub fn parse_seconds(text: &str) -> Option<u64> {
 
 /// Newest first: the image just uploaded is the one wanted most often.
 pub(super) fn sort_firmware(list: &mut [FirmwareObject]) {
+    // Times compare as instants: RFC 3339 text with and without fractions of a second
+    // does not sort as text.
+    let time = |f: &FirmwareObject| text::parse_rfc3339(&f.created_at).unwrap_or(0.0);
     list.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
+        time(b)
+            .total_cmp(&time(a))
             .then_with(|| b.version.cmp(&a.version))
     });
 }
@@ -284,6 +288,23 @@ pub fn version_text(firmware: &FirmwareObject) -> String {
 mod tests {
     use super::*;
     use crate::tui::rollouts::count;
+
+    #[test]
+    fn newest_firmware_first_whatever_the_time_text() {
+        let image = |version: &str, created_at: &str| -> FirmwareObject {
+            serde_json::from_value(json!({"id": version, "sha256": version, "size": 1,
+                "version": version, "created_at": created_at}))
+            .expect("firmware")
+        };
+        let mut list = vec![
+            image("1.1.0", "2025-01-01T00:00:01.250Z"),
+            image("1.2.0", "2025-01-01T00:00:01.5Z"),
+            image("1.0.0", "2025-01-01T00:00:01Z"),
+        ];
+        sort_firmware(&mut list);
+        let versions: Vec<&str> = list.iter().map(|f| f.version.as_str()).collect();
+        assert_eq!(versions, ["1.2.0", "1.1.0", "1.0.0"]);
+    }
 
     #[test]
     fn waves_and_seconds() {

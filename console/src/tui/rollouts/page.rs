@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::fleet::Fleet;
+use crate::text;
 
 /// The rollouts list: what `GET /rollouts` said, kept current by events.
 #[derive(Debug, Default)]
@@ -326,8 +327,14 @@ impl RolloutPage {
             .collect();
         failures.sort_by(|&a, &b| {
             let (a, b) = (&devices[a], &devices[b]);
-            b.finished_at
-                .cmp(&a.finished_at)
+            let time = |d: &RolloutDevice| {
+                d.finished_at
+                    .as_deref()
+                    .and_then(text::parse_rfc3339)
+                    .unwrap_or(0.0)
+            };
+            time(b)
+                .total_cmp(&time(a))
                 .then_with(|| device_label(fleet, a).cmp(device_label(fleet, b)))
         });
         self.rows = rows;
