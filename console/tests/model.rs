@@ -1155,6 +1155,16 @@ fn a_rollout_is_planned_from_the_marks_shown_as_a_dry_run_then_created_and_start
     ));
     send(&mut model, key(KeyCode::Enter));
     send(&mut model, Msg::from(Reply::Planned(Ok(plan_of(3)))));
+    // Waiting for the creation can be given up; the rollout then stays planned, listed.
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Esc));
+    let mut late = rollout("r4", "smart-light 1.1.0", false);
+    late.state = RolloutState::Planned;
+    assert!(send(&mut model, Msg::from(Reply::Created(Ok(late)))).is_empty());
+    assert!(screen(&model, 80, 24).contains("was created and waits, planned"));
+    assert!(model.rollouts.get("r4").is_some());
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, Msg::from(Reply::Planned(Ok(plan_of(3)))));
     let mut create = spec.clone();
     create.dry_run = false;
     assert_eq!(

@@ -435,7 +435,7 @@ impl Model {
     }
 
     /// Drops the state of views no longer on the stack.
-    fn forget_closed(&mut self) {
+    pub(super) fn forget_closed(&mut self) {
         if !self.stack.iter().any(|s| matches!(s, Screen::Rollout(_))) {
             self.rollout_page = None;
         }

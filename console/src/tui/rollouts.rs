@@ -123,6 +123,7 @@ pub(super) fn open_page(model: &mut Model, id: &str) -> Vec<Command> {
         model.stack.pop();
     }
     model.stack.push(Screen::Rollout(id.to_string()));
+    model.forget_closed();
     let summary = model.rollouts.get(id).cloned();
     model.rollout_page = Some(RolloutPage::new(id, summary));
     page_fetch(model).into_iter().collect()
@@ -745,12 +746,24 @@ pub(super) fn reply(model: &mut Model, reply: Reply) -> Vec<Command> {
             }
         }
         Reply::Created(result) => {
+            let waiting = model
+                .new_rollout
+                .as_ref()
+                .is_some_and(|f| matches!(f.stage, FormStage::Creating { .. }));
+            if !waiting {
+                // Nobody waits any more, but the rollout exists: say so, start nothing.
+                if let Ok(object) = result {
+                    model.info(format!(
+                        "rollout {} was created and waits, planned: s on its page starts it",
+                        rollout_name(&object)
+                    ));
+                    model.rollouts.upsert(object);
+                }
+                return Vec::new();
+            }
             let Some(form) = model.new_rollout.as_mut() else {
                 return Vec::new();
             };
-            if !matches!(form.stage, FormStage::Creating { .. }) {
-                return Vec::new();
-            }
             match result {
                 Ok(object) => {
                     let id = object.id.clone();
