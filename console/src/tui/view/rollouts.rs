@@ -634,31 +634,43 @@ fn render_failures(
     let height = inner.height as usize;
     let width = inner.width as usize;
     let name_width = (width / 3).clamp(8, 24);
-    let start = window_start(page.failures_cursor, height);
-    let lines: Vec<Line> = page
+    // Narrow: the message goes under the name, or it would be cut to a few words.
+    let narrow = width < 60;
+    let per_item = if narrow { 2 } else { 1 };
+    let start = window_start(page.failures_cursor, (height / per_item).max(1));
+    let mut lines: Vec<Line> = Vec::with_capacity(height);
+    for (i, &d) in page
         .failures
         .iter()
         .enumerate()
         .skip(start)
-        .take(height)
-        .map(|(i, &d)| {
-            let device = &devices[d];
-            let name = text::truncate(device_label(&model.fleet, device), name_width);
-            let line = Line::from(vec![
-                Span::raw(format!("{name:<name_width$} ")),
-                Span::styled(
-                    format!("{:<9} ", state_words(device.state)),
-                    device_state_style(device.state, theme),
-                ),
-                Span::raw(device.message.clone()),
-            ]);
-            if focused && i == page.failures_cursor {
+        .take(height.div_ceil(per_item))
+    {
+        let device = &devices[d];
+        let name = text::truncate(device_label(&model.fleet, device), name_width);
+        let mut first = vec![
+            Span::raw(format!("{name:<name_width$} ")),
+            Span::styled(
+                format!("{:<9} ", state_words(device.state)),
+                device_state_style(device.state, theme),
+            ),
+        ];
+        let mut item = Vec::with_capacity(per_item);
+        if narrow {
+            item.push(Line::from(first));
+            item.push(Line::styled(format!("  {}", device.message), theme.dim));
+        } else {
+            first.push(Span::raw(device.message.clone()));
+            item.push(Line::from(first));
+        }
+        for line in item {
+            lines.push(if focused && i == page.failures_cursor {
                 line.style(theme.selected)
             } else {
                 line
-            }
-        })
-        .collect();
+            });
+        }
+    }
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
