@@ -776,3 +776,167 @@ async fn bad_rollouts_get_clear_errors() {
     device.ws.close(None).await.ok();
     server.shutdown().await;
 }
+
+/// Lines of `notification.log` on disk that whole lines have reached so far.
+fn log_on_disk(dir: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("notification.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_sigkill_mid_wave() {
+    const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::register_binary(BIN, dir.path());
+    let (mut child, addr) = common::spawn_binary(BIN, dir.path(), "127.0.0.1:0");
+    let base = format!("http://{addr}/api/v2");
+    let http = common::http_client();
+    let count = 40;
+    let max_parallel = 4;
+    let fleet_dir = tempfile::tempdir().unwrap();
+    let fleet = fleet_at(&base, &key, fleet_dir.path(), count, Behaviour::idle()).await;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&key);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let image = sim_image("1.1.0", 512 * 1024);
+    let (status, firmware) = {
+        let response = http
+            .post(format!("{base}/firmware"))
+            .bearer_auth(&key)
+            .body(image)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let spec = json!({
+        "firmware": firmware["id"],
+        "select": {"query": ""},
+        "waves": [{"percent": 25}, {"percent": 75}],
+        "max_parallel": max_parallel,
+    });
+    let (status, rollout) = call(reqwest::Method::POST, "/rollouts".into(), Some(spec)).await;
+    assert_eq!(status, 200, "{rollout}");
+    let id = rollout["id"].as_str().unwrap().to_string();
+    call(reqwest::Method::POST, format!("/rollouts/{id}/start"), None).await;
+
+    // Kill without warning once the second wave is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let begun = log_on_disk(dir.path())
+            .iter()
+            .filter(|l| l["name"] == "ota.begin" && l["data"]["rollout"] == id)
+            .count();
+        if begun >= count / 4 + 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A fresh process on the same port; the fleet finds it by itself.
+    let (mut child, _) = common::spawn_binary(BIN, dir.path(), &addr);
+    let finished = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let (status, rollout) = call(
+                reqwest::Method::GET,
+                format!("/rollouts/{id}?devices=1"),
+                None,
+            )
+            .await;
+            if status == 200 && rollout["state"] == "completed" {
+                break rollout;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rollout did not finish: {rollout}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(
+        finished["counters"]["succeeded"], count,
+        "{}",
+        finished["counters"]
+    );
+    for device in finished["devices"].as_array().unwrap() {
+        let (_, object) = call(
+            reqwest::Method::GET,
+            format!("/devices/{}", device["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(object["info"]["fw_version"], "1.1.0", "{device}");
+    }
+    // No device got the image twice: only transfers cut by the kill were sent again, and
+    // none after it had succeeded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = log_on_disk(dir.path());
+        if lines
+            .iter()
+            .any(|l| l["name"] == "rollout.completed" && l["id"] == id)
+        {
+            break lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout.completed never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut resent = 0;
+    for device in finished["devices"].as_array().unwrap() {
+        let device_id = device["id"].as_str().unwrap();
+        let events: Vec<&str> = lines
+            .iter()
+            .filter(|l| l["id"] == device_id && l["data"]["rollout"] == id)
+            .map(|l| l["name"].as_str().unwrap())
+            .filter(|name| ["ota.begin", "ota.success"].contains(name))
+            .collect();
+        let begins = events.iter().filter(|n| **n == "ota.begin").count();
+        let successes = events.iter().filter(|n| **n == "ota.success").count();
+        assert!((1..=2).contains(&begins), "{device_id}: {events:?}");
+        assert!(successes <= 1, "{device_id}: {events:?}");
+        if let Some(success) = events.iter().position(|n| *n == "ota.success") {
+            assert!(
+                !events[success..].contains(&"ota.begin"),
+                "{device_id} was sent the image after it took it: {events:?}"
+            );
+        }
+        if begins == 2 {
+            resent += 1;
+        }
+    }
+    assert!(
+        resent <= max_parallel,
+        "only transfers under way at the kill start again: {resent}"
+    );
+    fleet.shutdown().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
