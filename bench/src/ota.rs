@@ -71,9 +71,10 @@ impl OtaResult {
 
 /// A simulated-fleet image: the header names it, the rest is varied filler.
 pub fn image(version: &str, size: usize) -> Vec<u8> {
-    let mut bytes =
-        format!("HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n")
-            .into_bytes();
+    let mut bytes = format!(
+        "HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n"
+    )
+    .into_bytes();
     let mut state = 0x2545_f491_u32;
     while bytes.len() < size {
         state ^= state << 13;
@@ -93,7 +94,9 @@ struct Fleet {
 
 impl Fleet {
     async fn start(bin: &Path, server: &ServerProcess, devices: usize) -> Result<Fleet> {
-        let dir = tempfile::Builder::new().prefix("herd-ota-fleet-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("herd-ota-fleet-")
+            .tempdir()?;
         let behaviour = dir.path().join("behaviour.json");
         std::fs::write(
             &behaviour,
@@ -115,7 +118,9 @@ impl Fleet {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().ok_or_else(|| anyhow!("the fleet exited at once"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the fleet exited at once"))?;
         Ok(Fleet {
             child,
             pid,
@@ -173,7 +178,10 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
         .unwrap_or_else(|| RunArgs::sibling("herd-agent"));
     for bin in [&server_bin, &agent_bin] {
         if !bin.exists() {
-            bail!("{} not found; build it with `cargo build --release -p herd-server -p herd-agent`", bin.display());
+            bail!(
+                "{} not found; build it with `cargo build --release -p herd-server -p herd-agent`",
+                bin.display()
+            );
         }
     }
     let mut server = ServerProcess::start(&server_bin).await?;
@@ -240,13 +248,23 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
         let finished = loop {
             server.check_alive()?;
             peak = peak.max(procfs::sample(server.pid)?.rss);
-            let current = api(&http, &server, reqwest::Method::GET, &format!("/rollouts/{id}"), None).await?;
+            let current = api(
+                &http,
+                &server,
+                reqwest::Method::GET,
+                &format!("/rollouts/{id}"),
+                None,
+            )
+            .await?;
             let state = current["state"].as_str().unwrap_or_default().to_string();
             if ["completed", "halted", "aborted"].contains(&state.as_str()) {
                 break current;
             }
             if started.elapsed() > args.limit {
-                bail!("the {delivery} rollout did not finish within {:?}: {current}", args.limit);
+                bail!(
+                    "the {delivery} rollout did not finish within {:?}: {current}",
+                    args.limit
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -262,7 +280,11 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
             idle_rss: idle.rss,
             peak_rss: peak,
         };
-        eprintln!("{delivery}: {} in {:.1} s", result.state, wall.as_secs_f64());
+        eprintln!(
+            "{delivery}: {} in {:.1} s",
+            result.state,
+            wall.as_secs_f64()
+        );
         results.push(result);
     }
     let _ = fleet.child.kill().await;

@@ -286,15 +286,20 @@ pub async fn push(
     let identity = conn.identity();
     emit_begin(state, &identity, firmware, options.rollout.as_deref());
     let size = firmware.size;
-    call(
-        state,
-        conn,
-        methods::OTA_BEGIN,
-        json!({"size": size, "timeout": 600, "commit_timeout": options.commit_timeout_s}),
-        options.call_timeout,
-    )
-    .await
-    .map_err(|e| Failure::call(stage::BEGIN, methods::OTA_BEGIN, e))?;
+    // `sha256` and `signature` let a device that holds an update key check a pushed image
+    // as it checks a pulled one (PROTOCOL §10.4); devices that do not know them ignore them.
+    let mut begin = json!({
+        "size": size,
+        "timeout": 600,
+        "commit_timeout": options.commit_timeout_s,
+        "sha256": firmware.id,
+    });
+    if let Some(signature) = &firmware.signature {
+        begin["signature"] = json!(signature);
+    }
+    call(state, conn, methods::OTA_BEGIN, begin, options.call_timeout)
+        .await
+        .map_err(|e| Failure::call(stage::BEGIN, methods::OTA_BEGIN, e))?;
 
     let mut file = tokio::fs::File::open(path)
         .await

@@ -940,3 +940,180 @@ async fn a_rollout_survives_sigkill_mid_wave() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_with_an_update_key_take_only_signed_images() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let server = TestServer::start().await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let base = server.base.trim_end_matches("/api/v2").to_string();
+    let fleet = Fleet::start(FleetOptions {
+        link: quick_link(),
+        behaviour: Behaviour::idle(),
+        update_pubkey: Some(public),
+        ..FleetOptions::new(&base, &server.admin_key, 2, dir.path().into())
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), fleet.wait_online(2))
+        .await
+        .unwrap();
+    let ids: Vec<String> = fleet.devices().iter().map(|d| d.id.clone()).collect();
+    let rollout = |firmware: String, delivery: &'static str| {
+        let ids = ids.clone();
+        let server = &server;
+        async move {
+            let (status, rollout) = server
+                .call(
+                    "POST",
+                    "/rollouts",
+                    Some(
+                        json!({"firmware": firmware, "select": {"ids": ids}, "delivery": delivery}),
+                    ),
+                )
+                .await;
+            assert_eq!(status, 200, "{rollout}");
+            let id = rollout["id"].as_str().unwrap().to_string();
+            server
+                .call("POST", &format!("/rollouts/{id}/start"), None)
+                .await;
+            wait_rollout(server, &id, Duration::from_secs(60), |r| {
+                r["state"] == "completed"
+            })
+            .await
+        }
+    };
+    // Unsigned: refused, pushed or pulled, and the devices say why (PROTOCOL §10.4).
+    let unsigned = upload(&server, sim_image("1.1.0", 3000)).await;
+    for delivery in ["push", "pull"] {
+        let done = rollout(unsigned.clone(), delivery).await;
+        for device in done["devices"].as_array().unwrap() {
+            assert_eq!(device["state"], "failed", "{delivery}: {device}");
+            assert!(
+                device["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("signature missing"),
+                "{delivery}: {device}"
+            );
+        }
+    }
+    let signed_upload = |image: Vec<u8>| {
+        let digest = sha2::Sha256::digest(&image);
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(ed25519_dalek::Signer::sign(&key, &digest).to_bytes());
+        let server = &server;
+        async move {
+            let resp = server
+                .http
+                .post(format!("{}/firmware", server.base))
+                .query(&[("signature", signature)])
+                .bearer_auth(&server.admin_key)
+                .body(image)
+                .send()
+                .await
+                .unwrap();
+            let firmware: Value = resp.json().await.unwrap();
+            assert_eq!(firmware["signed"], true);
+            firmware["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Signed but too large for the slot: refused before a byte is written.
+    let huge = signed_upload(sim_image("1.1.1", 1024 * 1024 + 1)).await;
+    let done = rollout(huge, "push").await;
+    assert!(
+        done["devices"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit"),
+        "{done}"
+    );
+    // Signed with the key the devices hold: taken, pushed and pulled alike.
+    for (version, delivery) in [("1.2.0", "push"), ("1.3.0", "pull")] {
+        let firmware = signed_upload(sim_image(version, 3000)).await;
+        let done = rollout(firmware, delivery).await;
+        assert_eq!(done["counters"]["succeeded"], 2, "{delivery}: {done}");
+    }
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_starts_nothing_new_until_resumed() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = 10;
+    let fleet = fleet(&server, dir.path(), count, Behaviour::idle()).await;
+    let firmware = upload(&server, sim_image("1.1.0", 512 * 1024)).await;
+    let (_, rollout) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": ""}, "max_parallel": 1})),
+        )
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .call("POST", &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 409, "a planned rollout cannot be paused: {body}");
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["counters"]["succeeded"].as_u64().unwrap() >= 1
+    })
+    .await;
+    let (status, paused) = server
+        .call("POST", &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!((status, paused["state"].as_str()), (200, Some("paused")));
+    // What was under way finishes; nothing else starts.
+    let settled = wait_rollout(&server, &id, Duration::from_secs(60), quiet).await;
+    let done_while_paused = settled["counters"]["succeeded"].as_u64().unwrap();
+    assert!(
+        settled["counters"]["pending"].as_u64().unwrap() > 0,
+        "{settled}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, later) = server.call("GET", &format!("/rollouts/{id}"), None).await;
+    assert_eq!(
+        later["counters"]["succeeded"].as_u64().unwrap(),
+        done_while_paused,
+        "{later}"
+    );
+    assert_eq!(later["state"], "paused");
+    let (status, resumed) = server
+        .call("POST", &format!("/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!((status, resumed["state"].as_str()), (200, Some("running")));
+    let done = wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["counters"]["succeeded"], count);
+    let names: Vec<String> = logged(&server)
+        .await
+        .iter()
+        .filter(|l| l["id"] == id)
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in [
+        "rollout.planned",
+        "rollout.started",
+        "rollout.wave",
+        "rollout.paused",
+        "rollout.resumed",
+        "rollout.completed",
+    ] {
+        assert!(
+            names.contains(&name.to_string()),
+            "{name} missing from {names:?}"
+        );
+    }
+    fleet.shutdown().await;
+    server.shutdown().await;
+}

@@ -6,7 +6,10 @@ use clap::Parser;
 use herd_bench::ota::{self, OtaArgs};
 
 #[derive(Parser)]
-#[command(version, about = "Benchmark firmware rollouts: push and pull to a simulated fleet")]
+#[command(
+    version,
+    about = "Benchmark firmware rollouts: push and pull to a simulated fleet"
+)]
 struct Cli {
     #[command(flatten)]
     args: OtaArgs,
