@@ -2,6 +2,11 @@
 //! loopback port with a fresh data directory, an administrator, a simulated fleet from
 //! `herd-agent` (real device engines over real sockets), and the console on top. Quitting
 //! the console stops the fleet and the server and removes the data directory.
+//!
+//! The fleet runs firmware 1.0.0 and the server already stores 1.1.0, so a rollout can be
+//! planned and started at once. One lamp in ten has an update that crashes on its first
+//! boot and reverts (the fleet's default behaviour): a rollout with a `halt_when`
+//! threshold halts in front of the user.
 
 use std::path::PathBuf;
 
@@ -75,6 +80,10 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
     };
     let outcome = match Client::new(&url, Some(&api_key)) {
         Ok(client) => {
+            if let Err(e) = seed_firmware(&client, dir.path()).await {
+                // The console is still worth opening without it.
+                tracing::warn!(error = %e, "cannot store the demo's second firmware");
+            }
             let profile = ProfileInfo {
                 name: "demo".into(),
                 server: url.clone(),
@@ -97,4 +106,51 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
         tracing::warn!(error = %e, "demo server did not stop cleanly");
     }
     outcome
+}
+
+/// The version the demo fleet can be updated to.
+pub const DEMO_UPDATE_VERSION: &str = "1.1.0";
+
+/// A firmware image for the simulated lamps: the header names it (app `herd-light`, arch
+/// `sim`, as the fleet reports), the rest is filler a real image would carry.
+pub fn demo_image(version: &str, size: usize) -> Vec<u8> {
+    let mut image = format!(
+        "HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n"
+    )
+    .into_bytes();
+    let mut state = 0x9e37_79b9_u32;
+    while image.len() < size {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image.push((state >> 24) as u8);
+    }
+    image
+}
+
+/// Stores firmware 1.1.0 for the demo fleet, through the API as an operator would.
+async fn seed_firmware(client: &Client, dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join(format!("herd-light-{DEMO_UPDATE_VERSION}.bin"));
+    std::fs::write(&path, demo_image(DEMO_UPDATE_VERSION, 256 * 1024))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    client
+        .upload_firmware(&path, &herd_client::UploadMeta::default(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_image_names_itself() {
+        let image = demo_image("1.1.0", 4096);
+        assert_eq!(image.len(), 4096);
+        assert!(image.starts_with(b"HERD-IMAGE {\"app\":\"herd-light\",\"fw_version\":\"1.1.0\""));
+        assert_eq!(
+            image,
+            demo_image("1.1.0", 4096),
+            "the same bytes every time"
+        );
+    }
 }
