@@ -883,6 +883,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Registers an administrator and starts `bin` on a free loopback port.
     pub async fn start(bin: &Path) -> Result<Self> {
+        Self::start_with(bin, None).await
+    }
+
+    /// [`ServerProcess::start`] with a settings file (`herd-server --config`).
+    pub async fn start_with(bin: &Path, config: Option<&Path>) -> Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("herd-bench-")
             .tempdir()
@@ -925,7 +930,11 @@ impl ServerProcess {
         let address = format!("127.0.0.1:{port}");
         let log_path = data_dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).context("server log file")?;
-        let mut child = tokio::process::Command::new(bin)
+        let mut command = tokio::process::Command::new(bin);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &address])

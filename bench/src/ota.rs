@@ -43,6 +43,10 @@ pub struct OtaArgs {
     /// herd-agent binary [default: next to this binary].
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
+    /// `OTA.Write` requests a device may have unanswered at once (the server's
+    /// `ota_window`); several values run the push once each.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub window: Vec<usize>,
     /// Longest a rollout may take.
     #[arg(long, default_value = "600s", value_parser = crate::parse_duration)]
     pub limit: Duration,
@@ -52,6 +56,8 @@ pub struct OtaArgs {
 #[derive(Debug, Clone)]
 pub struct OtaResult {
     pub delivery: String,
+    /// `ota_window` of the server, for pushes.
+    pub window: Option<usize>,
     pub state: String,
     pub succeeded: u64,
     pub devices: usize,
@@ -166,8 +172,29 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// Runs the benchmark and returns one result per delivery.
+/// Runs the benchmark and returns one result per delivery and window: the first window
+/// runs every delivery, further windows only the push (a pull does not use it).
 pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
+    let mut results = Vec::new();
+    for (i, &window) in args.window.iter().enumerate() {
+        let deliveries: Vec<String> = if i == 0 {
+            args.delivery.clone()
+        } else {
+            args.delivery
+                .iter()
+                .filter(|d| *d == "push")
+                .cloned()
+                .collect()
+        };
+        if !deliveries.is_empty() {
+            results.extend(run_once(args, window, &deliveries).await?);
+        }
+    }
+    Ok(results)
+}
+
+/// One server and fleet, and a rollout per delivery.
+async fn run_once(args: &OtaArgs, window: usize, deliveries: &[String]) -> Result<Vec<OtaResult>> {
     let server_bin = args
         .server_bin
         .clone()
@@ -184,9 +211,17 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
             );
         }
     }
-    let mut server = ServerProcess::start(&server_bin).await?;
+    let config_dir = tempfile::Builder::new()
+        .prefix("herd-ota-config-")
+        .tempdir()?;
+    let config = config_dir.path().join("herd.toml");
+    std::fs::write(&config, format!("ota_window = {window}\n"))?;
+    let mut server = ServerProcess::start_with(&server_bin, Some(&config)).await?;
     let http = reqwest::Client::new();
-    eprintln!("herd-server pid {} on {}", server.pid, server.address);
+    eprintln!(
+        "herd-server pid {} on {} (ota_window {window})",
+        server.pid, server.address
+    );
     let mut fleet = Fleet::start(&agent_bin, &server, args.devices).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -206,7 +241,7 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
     eprintln!("{} devices online", args.devices);
     let image_size = args.image_kib * 1024;
     let mut results = Vec::new();
-    for (round, delivery) in args.delivery.iter().enumerate() {
+    for (round, delivery) in deliveries.iter().enumerate() {
         let version = format!("1.{}.0", round + 1);
         let firmware = api(
             &http,
@@ -271,6 +306,7 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
         let wall = started.elapsed();
         let result = OtaResult {
             delivery: delivery.clone(),
+            window: (delivery == "push").then_some(window),
             state: finished["state"].as_str().unwrap_or_default().to_string(),
             succeeded: finished["counters"]["succeeded"].as_u64().unwrap_or(0),
             devices: args.devices,
@@ -298,13 +334,14 @@ pub async fn run(args: &OtaArgs) -> Result<Vec<OtaResult>> {
 pub fn markdown(args: &OtaArgs, results: &[OtaResult]) -> String {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let mut out = format!(
-        "{} devices, {} KiB image, max_parallel {}\n\n| delivery | outcome | wall time | server CPU | fleet CPU | server RSS at rest | peak RSS above rest | payload rate |\n|---|---|---|---|---|---|---|---|\n",
+        "{} devices, {} KiB image, max_parallel {}\n\n| delivery | window | outcome | wall time | server CPU | fleet CPU | server RSS at rest | peak RSS above rest | payload rate |\n|---|---|---|---|---|---|---|---|---|\n",
         args.devices, args.image_kib, args.max_parallel
     );
     for r in results {
         out.push_str(&format!(
-            "| {} | {} {}/{} | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB | {:.0} MiB | {:.1} MiB/s |\n",
+            "| {} | {} | {} {}/{} | {:.1} s | {:.1} s | {:.1} s | {:.0} MiB | {:.0} MiB | {:.1} MiB/s |\n",
             r.delivery,
+            r.window.map_or("-".to_string(), |w| w.to_string()),
             r.state,
             r.succeeded,
             r.devices,
