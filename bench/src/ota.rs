@@ -304,6 +304,29 @@ async fn run_once(args: &OtaArgs, window: usize, deliveries: &[String]) -> Resul
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let wall = started.elapsed();
+        if finished["counters"]["succeeded"].as_u64().unwrap_or(0) < args.devices as u64 {
+            // Say what went wrong with the devices that did not make it.
+            let detail = api(
+                &http,
+                &server,
+                reqwest::Method::GET,
+                &format!("/rollouts/{id}?devices=1"),
+                None,
+            )
+            .await?;
+            let empty = Vec::new();
+            let devices = detail["devices"].as_array().unwrap_or(&empty);
+            for device in devices
+                .iter()
+                .filter(|d| d["state"] != "succeeded")
+                .take(10)
+            {
+                eprintln!(
+                    "  {} {}: {}",
+                    device["name"], device["state"], device["message"]
+                );
+            }
+        }
         let result = OtaResult {
             delivery: delivery.clone(),
             window: (delivery == "push").then_some(window),
