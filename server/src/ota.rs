@@ -301,9 +301,12 @@ pub async fn push(
         .await
         .map_err(|e| Failure::call(stage::BEGIN, methods::OTA_BEGIN, e))?;
 
-    let mut file = tokio::fs::File::open(path)
+    // Read in large blocks: every read of a tokio file is a trip to the blocking pool, one
+    // per 1 KiB chunk would cost more than the chunk itself.
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Failure::new(stage::WRITE, format!("cannot read the stored image: {e}")))?;
+    let mut file = tokio::io::BufReader::with_capacity(64 * 1024, file);
     let mut progress = Progress {
         state,
         device: identity,

@@ -752,8 +752,11 @@ impl Runner {
                 self.save().await;
                 self.emit(ROLLOUT_PAUSED, &[]);
             }
-            (Action::Resume, RolloutState::Paused) => {
+            // A halted rollout goes on when an operator says so, having looked at the
+            // failures; a new failure in the same wave halts it again.
+            (Action::Resume, RolloutState::Paused | RolloutState::Halted) => {
                 self.rollout.state = RolloutState::Running;
+                self.rollout.finished_at = None;
                 self.save().await;
                 self.emit(ROLLOUT_RESUMED, &[]);
             }
