@@ -215,8 +215,12 @@ pub async fn push(
     };
     // Before the push: an `ota.*` event sent while the push runs must not be missed.
     let mut stream = open_stream(client).await?;
-    let bar = progress_bar(100, "device", "{prefix:>8} [{bar:30}] {pos:>3}% {msg}");
-    bar.set_message(target.label());
+    let bar = progress_bar(100, "device", "{prefix:>8} [{bar:30}] {pos:>3}% {wide_msg}");
+    bar.set_message(if device.name.is_empty() {
+        device.id.clone()
+    } else {
+        device.name.clone()
+    });
     let pushing = client.push_firmware(&device.id, &firmware.id, commit_timeout);
     tokio::pin!(pushing);
     let mut outcome = None;

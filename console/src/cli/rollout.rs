@@ -671,8 +671,14 @@ async fn watch(client: &Client, id: &str, devices: bool, json: bool) -> CommandR
                 last = line;
             }
         } else if terminal {
-            let size = crossterm::terminal::size().unwrap_or((80, 24));
-            let frame = fit(&show_text(&rollout, devices), size);
+            let mut frame = show_text(&rollout, devices);
+            // A terminal that does not say its size (0 x 0) gets the frame uncut.
+            if let Some(size) = crossterm::terminal::size()
+                .ok()
+                .filter(|&(width, height)| width > 0 && height > 0)
+            {
+                frame = fit(&frame, size);
+            }
             let mut stdout = std::io::stdout().lock();
             if drawn_lines > 0 {
                 // Up to the first line of the last frame, and clear from there down.
