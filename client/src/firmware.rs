@@ -84,13 +84,14 @@ impl Client {
             .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?
             .len();
         let mut sent = 0u64;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
-            if let (Ok(bytes), Some(progress)) = (&chunk, &progress) {
-                sent += bytes.len() as u64;
-                progress(sent);
-            }
-            chunk
-        });
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
+                if let (Ok(bytes), Some(progress)) = (&chunk, &progress) {
+                    sent += bytes.len() as u64;
+                    progress(sent);
+                }
+                chunk
+            });
         let request = self
             .request(Method::POST, "/firmware")
             .query(&meta.query())

@@ -35,7 +35,7 @@ mod url;
 pub use client::{Client, ClientOptions, LogPage, NewUserResponse};
 pub use error::{DeviceError, Error};
 pub use firmware::{Progress, RolloutCommand, UploadMeta};
-pub use protocol::firmware::{FirmwareObject, RolloutObject, RolloutSpec};
 pub use notify::{NotifyEvent, NotifyOptions, NotifyStream};
+pub use protocol::firmware::{FirmwareObject, RolloutObject, RolloutSpec};
 pub use protocol::notification::Notification;
 pub use protocol::rest::{DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, UserObject};

@@ -457,9 +457,6 @@ pub struct WaveStatus {
     /// RFC 3339 time the wave started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
-    /// RFC 3339 time the soak ends, once it began.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soak_until: Option<String>,
 }
 
 /// One device of a rollout (`GET /rollouts/:id?devices=1`, and the dry-run plan).

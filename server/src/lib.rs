@@ -156,14 +156,25 @@ impl AppState {
         method: &str,
         params: Option<Value>,
     ) -> (u64, oneshot::Receiver<Result<Value, CallError>>) {
-        let request_id = conn.next_id();
-        let (tx, rx) = oneshot::channel();
-        conn.expect_reply(request_id, Pending::Call(tx));
         self.hub.emit(
             &conn.identity(),
             &format!("rpc.in.{method}"),
             params.as_ref().unwrap_or(&Value::Null),
         );
+        Self::start_call_unlogged(conn, method, params)
+    }
+
+    /// [`AppState::start_call`] without the `rpc.in` event: for firmware chunks, whose
+    /// every kilobyte would otherwise be copied into notification.log (`ota.progress`
+    /// tells the story instead, PROTOCOL §10.6).
+    pub fn start_call_unlogged(
+        conn: &DeviceConn,
+        method: &str,
+        params: Option<Value>,
+    ) -> (u64, oneshot::Receiver<Result<Value, CallError>>) {
+        let request_id = conn.next_id();
+        let (tx, rx) = oneshot::channel();
+        conn.expect_reply(request_id, Pending::Call(tx));
         conn.push(Out::Frame(
             Frame::request(request_id, method, params).to_json(),
         ));

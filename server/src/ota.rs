@@ -328,7 +328,7 @@ pub async fn push(
                 break;
             };
             let data = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
-            let (request, reply) = state.start_call(
+            let (request, reply) = AppState::start_call_unlogged(
                 conn,
                 methods::OTA_WRITE,
                 Some(json!({"offset": offset, "data": data})),

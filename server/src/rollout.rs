@@ -9,9 +9,10 @@
 //! devices of the current wave, at most `max_parallel` transferring at once; a device that
 //! is offline when its turn comes is waited for (`offline.wait_s`), then skipped or kept
 //! waiting. Each device's update is its own task ([`device_job`]): transfer (push or pull),
-//! restart, come back running the image (committed at once with `commit: device`), then the
-//! wave's soak; at the soak's end a device still online on the new image since it came back
-//! counts as succeeded (committed then with `commit: after_soak`). Failures, reverts and
+//! restart, come back running the image (committed at once with `commit: device`), then its
+//! wave's soak: a device still online on the new image `soak_s` after it came back counts
+//! as succeeded (committed then with `commit: after_soak`). A wave ends when each of its
+//! devices did, and the next one starts. Failures, reverts and
 //! timeouts count against `halt_when` as they happen, so a rollout halts in the wave where
 //! the threshold is crossed and later waves are never touched.
 //!
@@ -478,7 +479,6 @@ pub async fn plan(state: &AppState, user: &User, mut spec: RolloutSpec) -> Resul
             state: RolloutState::Planned,
             current_wave: 0,
             wave_started_at: None,
-            soak_until: None,
             reason: String::new(),
             created_by: user.id.clone(),
             created_at: now,
@@ -564,10 +564,6 @@ pub fn object(
                 .then_some(rollout.wave_started_at)
                 .flatten()
                 .map(clock::rfc3339),
-            soak_until: (i as u32 == rollout.current_wave)
-                .then_some(rollout.soak_until)
-                .flatten()
-                .map(clock::rfc3339),
         })
         .collect();
     let dry_run = rollout.id.is_empty();
@@ -621,9 +617,8 @@ struct JobEvent {
     ended: bool,
 }
 
-struct Job {
-    confirm: Option<oneshot::Sender<()>>,
-}
+/// A device's update task, as the runner tracks it.
+struct Job;
 
 struct Runner {
     state: AppState,
@@ -801,42 +796,13 @@ impl Runner {
             self.start_devices(wave).await;
         }
         let running = self.rollout.state == RolloutState::Running;
-        let blocking = self.in_wave(wave).any(|i| {
+        // A wave is over when each of its devices is: updated and soaked, failed, or
+        // skipped. Once nothing new may start, pending devices no longer hold it open.
+        let open = self.in_wave(wave).any(|i| {
             let s = self.devices[i].state;
-            matches!(s, DeviceState::Sending | DeviceState::Rebooting)
-                || (running && s == DeviceState::Pending)
+            s.is_active() || (running && s == DeviceState::Pending)
         });
-        if blocking {
-            return;
-        }
-        let verifying: Vec<usize> = self
-            .in_wave(wave)
-            .filter(|&i| self.devices[i].state == DeviceState::Verifying)
-            .collect();
-        if !verifying.is_empty() {
-            let now = clock::now();
-            match self.rollout.soak_until {
-                None => {
-                    let soak = self
-                        .rollout
-                        .spec
-                        .waves
-                        .get(wave as usize)
-                        .map_or(0, |w| w.soak_s);
-                    self.rollout.soak_until = Some(now + soak as f64);
-                    self.save().await;
-                }
-                Some(until) if now >= until => {
-                    for index in verifying {
-                        if let Some(confirm) =
-                            self.jobs.get_mut(&index).and_then(|job| job.confirm.take())
-                        {
-                            let _ = confirm.send(());
-                        }
-                    }
-                }
-                Some(_) => {}
-            }
+        if open {
             return;
         }
         let now = clock::now();
@@ -845,7 +811,6 @@ impl Runner {
                 if (wave as usize) + 1 < self.rollout.spec.waves.len() {
                     self.rollout.current_wave = wave + 1;
                     self.rollout.wave_started_at = Some(now);
-                    self.rollout.soak_until = None;
                     self.save().await;
                     self.emit(
                         ROLLOUT_WAVE,
@@ -944,13 +909,7 @@ impl Runner {
             device.attempts += 1;
             let _ = self.save_device(index).await;
         }
-        let (confirm_tx, confirm) = oneshot::channel();
-        self.jobs.insert(
-            index,
-            Job {
-                confirm: Some(confirm_tx),
-            },
-        );
+        self.jobs.insert(index, Job);
         let context = JobContext {
             state: self.state.clone(),
             firmware: self.firmware.clone(),
@@ -958,13 +917,20 @@ impl Runner {
             spec: self.rollout.spec.clone(),
             rollout: self.rollout.id.clone(),
             index,
+            soak: Duration::from_secs(
+                self.rollout
+                    .spec
+                    .waves
+                    .get(self.devices[index].wave as usize)
+                    .map_or(0, |w| w.soak_s),
+            ),
             device: self.devices[index].device_id.clone(),
             events: self.events_tx.clone(),
         };
         let from = self.devices[index].state;
         tokio::spawn(async move {
             let _guard = guard;
-            device_job(context, from, resumed, confirm).await;
+            device_job(context, from, resumed).await;
         });
     }
 
@@ -1066,6 +1032,8 @@ struct JobContext {
     spec: RolloutSpec,
     rollout: String,
     index: usize,
+    /// How long the device must stay healthy on the new image (its wave's `soak_s`).
+    soak: Duration,
     device: String,
     events: mpsc::UnboundedSender<JobEvent>,
 }
@@ -1128,12 +1096,7 @@ impl JobContext {
 }
 
 /// One device's part of a rollout, from `from` (see the module docs).
-async fn device_job(
-    ctx: JobContext,
-    from: DeviceState,
-    resumed: bool,
-    confirm: oneshot::Receiver<()>,
-) {
+async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
     let firmware = ctx.firmware.clone();
     let mut phase = from;
     let mut old_conn = None;
@@ -1267,25 +1230,20 @@ async fn device_job(
     // The soak: the device must stay on the connection it came back on.
     let conn_at_verify = ctx.state.registry.get(&ctx.device).map(|c| c.conn_id);
     let mut left = false;
+    let soak_end = Instant::now() + ctx.soak;
     let notify = ctx.state.watch.subscribe(&ctx.device);
-    tokio::pin!(confirm);
     loop {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now_conn = ctx.state.registry.get(&ctx.device).map(|c| c.conn_id);
-        if now_conn != conn_at_verify {
+        if ctx.state.registry.get(&ctx.device).map(|c| c.conn_id) != conn_at_verify {
             left = true;
+            break;
         }
         tokio::select! {
-            result = &mut confirm => {
-                if result.is_err() {
-                    // The runner is gone (shutdown); the next one resumes from `verifying`.
-                    return;
-                }
-                break;
-            }
+            _ = tokio::time::sleep_until(soak_end) => break,
             _ = notified => {}
+            // The next runner resumes this device from `verifying`.
             _ = ctx.state.shutdown.cancelled() => return,
         }
     }

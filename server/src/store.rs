@@ -134,8 +134,6 @@ pub struct RolloutRecord {
     pub state: RolloutState,
     pub current_wave: u32,
     pub wave_started_at: Option<f64>,
-    /// When the current wave's soak ends, once it began.
-    pub soak_until: Option<f64>,
     pub reason: String,
     pub created_by: String,
     pub created_at: f64,

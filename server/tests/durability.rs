@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,24 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
 
 fn register(dir: &Path) -> String {
-    let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--register-user",
-            "admin",
-            "pw",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).expect("register prints JSON");
-    assert_eq!(printed["user"], "email_admin");
+    let key = register_binary(BIN, dir);
     // A second registration of the same name fails with a clear message.
     let again = Command::new(BIN)
         .args([
@@ -48,33 +30,11 @@ fn register(dir: &Path) -> String {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    printed["api_key"].as_str().unwrap().to_string()
+    key
 }
 
-/// Starts the binary on a free port; returns the child and its address.
-fn spawn(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+fn spawn(dir: &Path) -> (std::process::Child, String) {
+    spawn_binary(BIN, dir, "127.0.0.1:0")
 }
 
 fn check_log(dir: &Path) -> Vec<Value> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{recv_json, TestServer, Ws};
 use herd_agent::fleet::{Behaviour, Fleet, FleetHandle, FleetOptions};
-use herd_agent::runner::LinkOptions;
+use herd_agent::runner::{Command, LinkOptions};
 use serde_json::{json, Value};
 
 fn quick_link() -> LinkOptions {
@@ -49,12 +49,22 @@ async fn fleet(
     count: usize,
     behaviour: Behaviour,
 ) -> FleetHandle {
-    let base = server.base.trim_end_matches("/api/v2").to_string();
+    fleet_at(&server.base, &server.admin_key, dir, count, behaviour).await
+}
+
+async fn fleet_at(
+    base: &str,
+    key: &str,
+    dir: &std::path::Path,
+    count: usize,
+    behaviour: Behaviour,
+) -> FleetHandle {
+    let base = base.trim_end_matches("/api/v2").to_string();
     let fleet = Fleet::start(FleetOptions {
         link: quick_link(),
         behaviour,
         seed: 3,
-        ..FleetOptions::new(&base, &server.admin_key, count, dir.into())
+        ..FleetOptions::new(&base, key, count, dir.into())
     })
     .await
     .expect("fleet starts");
@@ -212,5 +222,557 @@ async fn a_rollout_updates_the_fleet_in_waves() {
     );
     // The image may not go while... it is finished now, so it may.
     fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+/// Every logged notification (PROTOCOL §7), read page by page through `POST /logs`.
+async fn logged(server: &TestServer) -> Vec<Value> {
+    let mut lines = Vec::new();
+    let mut start = 0u64;
+    loop {
+        let resp = server
+            .http
+            .post(format!("{}/logs", server.base))
+            .bearer_auth(&server.admin_key)
+            .body(json!({"start": start, "limit": 10_000}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let next: u64 = resp.headers()["x-herd-next-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let page: Vec<Value> = resp.json().await.unwrap();
+        if page.is_empty() {
+            return lines;
+        }
+        lines.extend(page);
+        start = next;
+    }
+}
+
+/// `ota.*` events of rollout `rollout`, counted by name and by device.
+fn ota_counts(lines: &[Value], rollout: &str) -> HashMap<(String, String), usize> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        let name = line["name"].as_str().unwrap_or_default();
+        if name.starts_with("ota.") && line["data"]["rollout"] == rollout {
+            *counts
+                .entry((name.to_string(), line["id"].as_str().unwrap().to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn total(counts: &HashMap<(String, String), usize>, name: &str) -> usize {
+    counts
+        .iter()
+        .filter(|((n, _), _)| n == name)
+        .map(|(_, c)| c)
+        .sum()
+}
+
+/// Polls the rollout until `done` says so.
+async fn wait_rollout(
+    server: &TestServer,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (status, rollout) = server
+            .call("GET", &format!("/rollouts/{id}?devices=1"), None)
+            .await;
+        assert_eq!(status, 200, "{rollout}");
+        if done(&rollout) {
+            return rollout;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout never got there: {rollout}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn quiet(rollout: &Value) -> bool {
+    let c = &rollout["counters"];
+    c["sending"] == 0 && c["rebooting"] == 0 && c["verifying"] == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_halts_in_the_wave_where_failures_cross_the_threshold() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = 200;
+    let behaviour = Behaviour {
+        ota_failure_fraction: 0.05,
+        ..Behaviour::idle()
+    };
+    let fleet = fleet(&server, dir.path(), count, behaviour).await;
+    let failing: std::collections::HashSet<String> = fleet.failing_ids().into_iter().collect();
+    assert_eq!(failing.len(), 10, "5 % of 200 devices fail their update");
+    let firmware = upload(&server, sim_image("1.1.0", 2048)).await;
+    let mut spec = json!({
+        "firmware": firmware,
+        "select": {"query": "name:sim-*"},
+        "waves": [{"percent": 10}, {"percent": 30}, {"percent": 60}],
+        "max_parallel": 20,
+        "dry_run": true,
+    });
+    // The plan is fixed by the image and the device ids; where it puts the failing devices
+    // says which threshold is crossed in which wave.
+    let (status, planned) = server.call("POST", "/rollouts", Some(spec.clone())).await;
+    assert_eq!(status, 200, "{planned}");
+    let sizes: Vec<u64> = planned["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [20, 60, 120]);
+    let failing_in = |wave: u64| {
+        planned["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["wave"] == wave && failing.contains(d["id"].as_str().unwrap()))
+            .count() as f64
+    };
+    // The first wave with a failure crosses a threshold set at exactly its failure rate.
+    let expected_wave = (0..3u64).find(|&w| failing_in(w) > 0.0).unwrap();
+    let limit = failing_in(expected_wave) * 100.0 / sizes[expected_wave as usize] as f64;
+    spec["dry_run"] = json!(false);
+    spec["halt_when"] = json!({"failed_percent": limit});
+    let (status, rollout) = server.call("POST", "/rollouts", Some(spec)).await;
+    assert_eq!(status, 200, "{rollout}");
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let (_, stored) = server
+        .call("GET", &format!("/rollouts/{id}?devices=1"), None)
+        .await;
+    let order = |object: &Value| -> Vec<(String, u64)> {
+        object["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_string(),
+                    d["wave"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        order(&stored),
+        order(&planned),
+        "the stored plan is the dry run's"
+    );
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    let finished = wait_rollout(&server, &id, Duration::from_secs(120), |r| {
+        r["state"] != "running" && quiet(r)
+    })
+    .await;
+    assert_eq!(finished["state"], "halted", "{finished}");
+    assert_eq!(finished["current_wave"], expected_wave);
+    assert!(
+        finished["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("wave {expected_wave}")),
+        "{}",
+        finished["reason"]
+    );
+    let devices = finished["devices"].as_array().unwrap();
+    for device in devices {
+        let id_text = device["id"].as_str().unwrap();
+        let state = device["state"].as_str().unwrap();
+        if device["wave"].as_u64().unwrap() > expected_wave {
+            assert_eq!(state, "pending", "later waves are untouched: {device}");
+            assert_eq!(device["attempts"], 0);
+        } else if failing.contains(id_text) && state != "pending" {
+            assert_eq!(state, "reverted", "{device}");
+            assert!(
+                device["message"].as_str().unwrap().contains("reverted"),
+                "{device}"
+            );
+        } else {
+            assert!(["succeeded", "pending"].contains(&state), "{device}");
+        }
+    }
+    // The counts in the rollout, in the events and per device agree.
+    let counts = ota_counts(&logged(&server).await, &id);
+    let counters = &finished["counters"];
+    assert_eq!(
+        total(&counts, "ota.success") as u64,
+        counters["succeeded"].as_u64().unwrap()
+    );
+    assert_eq!(
+        total(&counts, "ota.revert") as u64,
+        counters["reverted"].as_u64().unwrap()
+    );
+    assert_eq!(
+        total(&counts, "ota.failure") as u64,
+        counters["failed"].as_u64().unwrap() + counters["timed_out"].as_u64().unwrap()
+    );
+    let started = devices
+        .iter()
+        .filter(|d| d["attempts"].as_u64().unwrap() > 0)
+        .count();
+    assert_eq!(
+        total(&counts, "ota.begin"),
+        started,
+        "one ota.begin per device started"
+    );
+    for device in devices
+        .iter()
+        .filter(|d| d["wave"].as_u64().unwrap() > expected_wave)
+    {
+        assert!(!counts.contains_key(&(
+            "ota.begin".to_string(),
+            device["id"].as_str().unwrap().to_string()
+        )));
+    }
+    // A finished rollout can be retried for the devices that did not make it.
+    let (status, retry) = server
+        .call("POST", &format!("/rollouts/{id}/retry"), None)
+        .await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["state"], "planned");
+    let retried = retry["counters"]["total"].as_u64().unwrap();
+    assert_eq!(
+        retried,
+        counters["reverted"].as_u64().unwrap() + counters["failed"].as_u64().unwrap()
+    );
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_lets_updates_under_way_finish_and_skips_the_rest() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = 12;
+    let fleet = fleet(&server, dir.path(), count, Behaviour::idle()).await;
+    let firmware = upload(&server, sim_image("1.1.0", 1024 * 1024)).await;
+    // One device stays away and is waited for, so the rollout cannot end before the abort.
+    fleet
+        .send(0, Command::Offline(Duration::from_secs(300)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), fleet.wait_offline(count - 1))
+        .await
+        .unwrap();
+    let (_, rollout) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": ""}, "max_parallel": 2, "offline": {"wait_s": 600, "then": "keep_waiting"}})),
+        )
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    // Abort once a few devices are through and others are mid-transfer.
+    wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["counters"]["succeeded"].as_u64().unwrap() >= 2
+    })
+    .await;
+    let (status, aborted) = server
+        .call("POST", &format!("/rollouts/{id}/abort"), None)
+        .await;
+    assert_eq!(status, 200, "{aborted}");
+    assert_eq!(aborted["state"], "aborted");
+    let (status, _) = server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    assert_eq!(status, 409, "an aborted rollout does not start again");
+    let done = wait_rollout(&server, &id, Duration::from_secs(60), quiet).await;
+    let counters = &done["counters"];
+    assert_eq!(counters["pending"], 0);
+    assert!(counters["skipped"].as_u64().unwrap() > 0, "{counters}");
+    assert_eq!(
+        counters["succeeded"].as_u64().unwrap() + counters["skipped"].as_u64().unwrap(),
+        count as u64,
+        "each device finished its update or was never touched: {counters}"
+    );
+    // No device is left half written: each runs a committed image, old or new.
+    for device in done["devices"].as_array().unwrap() {
+        let (_, shadow) = server
+            .call(
+                "GET",
+                &format!("/devices/{}/shadow", device["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        let ota = &shadow["state"]["reported"]["ota"];
+        let version = if device["state"] == "succeeded" {
+            "1.1.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(ota["fw_version"], version, "{device}: {ota}");
+        assert_eq!(ota["is_committed"], true, "{device}: {ota}");
+    }
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_are_waited_for_then_skipped_or_kept() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fleet(&server, dir.path(), 4, Behaviour::idle()).await;
+    let firmware = upload(&server, sim_image("1.1.0", 2048)).await;
+    let away = fleet.devices()[0].id.clone();
+    let back_soon = fleet.devices()[1].id.clone();
+    fleet
+        .send(0, Command::Offline(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    fleet
+        .send(1, Command::Offline(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), fleet.wait_offline(2))
+        .await
+        .unwrap();
+    // Skip after one second offline.
+    let (status, plan) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"ids": [away.clone()]}, "offline": {"wait_s": 1, "then": "skip"}, "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert!(
+        plan["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("offline")),
+        "{plan}"
+    );
+    let (_, skipping) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"ids": [away.clone()]}, "offline": {"wait_s": 1, "then": "skip"}})),
+        )
+        .await;
+    let skip_id = skipping["id"].as_str().unwrap().to_string();
+    server
+        .call("POST", &format!("/rollouts/{skip_id}/start"), None)
+        .await;
+    let done = wait_rollout(&server, &skip_id, Duration::from_secs(30), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["devices"][0]["state"], "skipped");
+    assert!(done["devices"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("offline"));
+    // Keep waiting: the device that comes back is updated.
+    let (_, keeping) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"ids": [back_soon.clone()]}, "offline": {"wait_s": 1, "then": "keep_waiting"}})),
+        )
+        .await;
+    let keep_id = keeping["id"].as_str().unwrap().to_string();
+    server
+        .call("POST", &format!("/rollouts/{keep_id}/start"), None)
+        .await;
+    let done = wait_rollout(&server, &keep_id, Duration::from_secs(60), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["devices"][0]["state"], "succeeded", "{done}");
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_only_devices_and_pulling_devices_both_update() {
+    let server = TestServer::start().await;
+    // Devices that speak only OTA.Begin/Write/End, as the mDash device library does.
+    let dir = tempfile::tempdir().unwrap();
+    let push_only = fleet(
+        &server,
+        dir.path(),
+        3,
+        Behaviour {
+            ota_methods: firmware_core::ota::OtaMethods::Push,
+            ..Behaviour::idle()
+        },
+    )
+    .await;
+    let (_, methods) = server
+        .call(
+            "POST",
+            &format!("/devices/{}/rpc/RPC.List", push_only.devices()[0].id),
+            None,
+        )
+        .await;
+    assert!(
+        !methods.as_array().unwrap().contains(&json!("OTA.Commit")),
+        "{methods}"
+    );
+    let firmware = upload(&server, sim_image("1.1.0", 3000)).await;
+    let (_, rollout) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": ""}})),
+        )
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    let done = wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["counters"]["succeeded"], 3, "{done}");
+    push_only.shutdown().await;
+
+    // Devices that fetch the image themselves from the image endpoint (PROTOCOL §10.3).
+    let dir = tempfile::tempdir().unwrap();
+    let pulling = fleet_at(
+        &server.base,
+        &server.admin_key,
+        dir.path(),
+        3,
+        Behaviour::idle(),
+    )
+    .await;
+    let firmware = upload(&server, sim_image("1.2.0", 40_000)).await;
+    let ids: Vec<String> = pulling.devices().iter().map(|d| d.id.clone()).collect();
+    let (status, rollout) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"ids": ids}, "delivery": "pull"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rollout}");
+    let id = rollout["id"].as_str().unwrap().to_string();
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    let done = wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["counters"]["succeeded"], 3, "{done}");
+    for id in &ids {
+        let (_, device) = server.call("GET", &format!("/devices/{id}"), None).await;
+        assert_eq!(device["info"]["fw_version"], "1.2.0");
+        assert_eq!(
+            device["info"]["fw_id"], firmware,
+            "Herd devices report the image's SHA-256"
+        );
+    }
+    pulling.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_rollouts_get_clear_errors() {
+    let server = TestServer::start().await;
+    let firmware = upload(&server, sim_image("1.1.0", 1000)).await;
+    let cases = [
+        (
+            json!({"firmware": "f".repeat(64), "select": {"query": ""}}),
+            404,
+            "firmware",
+        ),
+        (
+            json!({"firmware": firmware, "select": {"query": ""}}),
+            400,
+            "no device",
+        ),
+        (
+            json!({"firmware": firmware, "select": {"ids": ["nope"]}}),
+            404,
+            "nope",
+        ),
+        (json!({"firmware": firmware}), 400, "select"),
+        (
+            json!({"firmware": firmware, "select": {"query": ""}, "halt_when": {"failed_pct": 3}}),
+            400,
+            "failed_pct",
+        ),
+        (
+            json!({"firmware": firmware, "select": {"query": ""}, "waves": [{"percent": 70}, {"percent": 70}]}),
+            400,
+            "100",
+        ),
+        (json!("not a spec"), 400, "invalid rollout spec"),
+    ];
+    for (spec, status, says) in cases {
+        let (got, body) = server.call("POST", "/rollouts", Some(spec.clone())).await;
+        assert_eq!(got, status, "{spec}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{spec}: {message}");
+    }
+    let (status, _) = server.call("GET", "/rollouts/nope", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server.call("POST", "/rollouts/nope/start", None).await;
+    assert_eq!(status, 404);
+    // An image a planned rollout uses cannot be deleted; another user sees neither.
+    let (_, token) = server.create_device("lamp").await;
+    let mut device = server
+        .device_with_info(
+            &token,
+            json!({"app": "herd-light", "fw_version": "1.0.0", "arch": "sim"}),
+        )
+        .await;
+    let (status, planned) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": "name:lamp"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{planned}");
+    let (status, body) = server
+        .call("DELETE", &format!("/firmware/{firmware}"), None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let bob = server.add_user("bob").await;
+    let (status, _) = server
+        .call_as(
+            &bob,
+            "GET",
+            &format!("/rollouts/{}", planned["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        server.call_as(&bob, "GET", "/rollouts", None).await.1,
+        json!([])
+    );
+    let (status, _) = server
+        .call_as(
+            &bob,
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": ""}})),
+        )
+        .await;
+    assert_eq!(status, 404, "another user's image is not there for bob");
+    device.ws.close(None).await.ok();
     server.shutdown().await;
 }

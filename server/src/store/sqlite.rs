@@ -86,7 +86,6 @@ CREATE TABLE rollouts (
     state TEXT NOT NULL,
     current_wave INTEGER NOT NULL DEFAULT 0,
     wave_started_at REAL,
-    soak_until REAL,
     reason TEXT NOT NULL DEFAULT '',
     created_by TEXT NOT NULL,
     created_at REAL NOT NULL,
@@ -448,7 +447,7 @@ fn firmware_from_row(row: &Row<'_>) -> rusqlite::Result<FirmwareRecord> {
     })
 }
 
-const ROLLOUT_COLUMNS: &str = "id, name, firmware_id, spec, state, current_wave, wave_started_at, soak_until, reason, created_by, created_at, started_at, finished_at";
+const ROLLOUT_COLUMNS: &str = "id, name, firmware_id, spec, state, current_wave, wave_started_at, reason, created_by, created_at, started_at, finished_at";
 
 /// A rollout row before its JSON and enum columns are checked.
 struct RawRollout {
@@ -482,12 +481,11 @@ fn raw_rollout(row: &Row<'_>) -> rusqlite::Result<RawRollout> {
             state: RolloutState::Planned,
             current_wave: row.get::<_, i64>(5)?.max(0) as u32,
             wave_started_at: row.get(6)?,
-            soak_until: row.get(7)?,
-            reason: row.get(8)?,
-            created_by: row.get(9)?,
-            created_at: row.get(10)?,
-            started_at: row.get(11)?,
-            finished_at: row.get(12)?,
+            reason: row.get(7)?,
+            created_by: row.get(8)?,
+            created_at: row.get(9)?,
+            started_at: row.get(10)?,
+            finished_at: row.get(11)?,
         },
         spec,
         state,
@@ -993,7 +991,7 @@ impl Store for SqliteStore {
         let spec = spec_json(&rollout.spec)?;
         self.write(move |conn| {
             conn.execute(
-                &format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     rollout.id,
                     rollout.name,
@@ -1002,7 +1000,6 @@ impl Store for SqliteStore {
                     rollout.state.as_str(),
                     rollout.current_wave as i64,
                     rollout.wave_started_at,
-                    rollout.soak_until,
                     rollout.reason,
                     rollout.created_by,
                     rollout.created_at,
@@ -1106,15 +1103,14 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "UPDATE rollouts SET state = ?2, current_wave = ?3, wave_started_at = ?4, soak_until = ?5,
-                     reason = ?6, started_at = ?7, finished_at = ?8 WHERE id = ?1",
+                    "UPDATE rollouts SET state = ?2, current_wave = ?3, wave_started_at = ?4,
+                     reason = ?5, started_at = ?6, finished_at = ?7 WHERE id = ?1",
                 )?
                 .execute(params![
                     rollout.id,
                     rollout.state.as_str(),
                     rollout.current_wave as i64,
                     rollout.wave_started_at,
-                    rollout.soak_until,
                     rollout.reason,
                     rollout.started_at,
                     rollout.finished_at

@@ -276,3 +276,52 @@ pub fn request_with_token(
         .insert("Authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
+
+/// Registers the administrator with the real binary `bin` in `dir`; returns its API key.
+pub fn register_binary(bin: &str, dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(bin)
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--register-user",
+            "admin",
+            "pw",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).expect("register prints JSON");
+    assert_eq!(printed["user"], "email_admin");
+    printed["api_key"].as_str().unwrap().to_string()
+}
+
+/// Starts the real binary `bin` on `listen`; returns the child and the address it serves.
+pub fn spawn_binary(
+    bin: &str,
+    dir: &std::path::Path,
+    listen: &str,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(bin)
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
