@@ -107,7 +107,10 @@ async fn keygen_writes_a_private_key_once() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key_file).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&key_file)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "private key mode {mode:o}");
     }
 
@@ -118,7 +121,11 @@ async fn keygen_writes_a_private_key_once() {
     )
     .await;
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("refusing to overwrite"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refusing to overwrite"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(std::fs::read_to_string(&key_file).expect("key file"), text);
 
     // The default name, in the current directory; --json.
@@ -147,7 +154,12 @@ async fn upload_signs_lists_and_removes() {
     let key_file = dir.path().join("k.key");
     let out = run(
         herd(&server, &key),
-        &["firmware", "keygen", "--out", key_file.to_str().expect("utf-8")],
+        &[
+            "firmware",
+            "keygen",
+            "--out",
+            key_file.to_str().expect("utf-8"),
+        ],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -169,10 +181,18 @@ async fn upload_signs_lists_and_removes() {
     let firmware = json(&out.stdout);
     let digest: [u8; 32] = Sha256::digest(std::fs::read(&image).expect("image")).into();
     let id = firmware["id"].as_str().expect("id").to_string();
-    assert_eq!(id, hex(&digest), "the id is the image's SHA-256 (PROTOCOL §10.1)");
+    assert_eq!(
+        id,
+        hex(&digest),
+        "the id is the image's SHA-256 (PROTOCOL §10.1)"
+    );
     assert_eq!(
         (&firmware["app"], &firmware["version"], &firmware["signed"]),
-        (&Value::from("herd-light"), &Value::from("1.1.0"), &Value::from(true))
+        (
+            &Value::from("herd-light"),
+            &Value::from("1.1.0"),
+            &Value::from(true)
+        )
     );
     // PROTOCOL §10.4: Ed25519 over the SHA-256 digest, base64; it verifies with the
     // public key from FILE.pub.
@@ -198,7 +218,12 @@ async fn upload_signs_lists_and_removes() {
         &["firmware", "upload", image.to_str().expect("utf-8")],
     )
     .await;
-    assert_eq!((out.code, out.stdout.trim()), (0, id.as_str()), "{}", out.stderr);
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, id.as_str()),
+        "{}",
+        out.stderr
+    );
 
     let out = run(herd(&server, &key), &["firmware", "list", "--json"]).await;
     let list = json(&out.stdout);
@@ -206,12 +231,18 @@ async fn upload_signs_lists_and_removes() {
     let out = run(herd(&server, &key), &["firmware", "list"]).await;
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.stdout);
-    for column in ["ID", "APP", "VERSION", "PLATFORM", "SIZE", "SIGNED", "CREATED"] {
+    for column in [
+        "ID", "APP", "VERSION", "PLATFORM", "SIZE", "SIGNED", "CREATED",
+    ] {
         assert!(lines[0].contains(column), "{}", lines[0]);
     }
     let cells: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&cells[..4], [&id[..12], "herd-light", "1.1.0", "sim"]);
-    assert!(lines[1].contains("4.0 KiB") && lines[1].contains("yes"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("4.0 KiB") && lines[1].contains("yes"),
+        "{}",
+        lines[1]
+    );
 
     // Deleting: an unknown id is 404, a short prefix a usage error, a prefix works.
     let out = run(herd(&server, &key), &["firmware", "rm", &"0".repeat(64)]).await;
@@ -263,9 +294,23 @@ async fn plan_stores_nothing_and_a_planned_rollout_keeps_its_image() {
     args.extend(spec_args);
     let out = run(herd(&server, &key), &args).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("3 devices in 2 waves, 3 offline now"), "{}", out.stdout);
-    assert!(out.stdout.contains("wave 1: 1 device, soak 5s, 1 offline: lamp-"), "{}", out.stdout);
-    assert!(out.stdout.contains("wave 2: 2 devices, soak 5s, 2 offline: lamp-"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("3 devices in 2 waves, 3 offline now"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("wave 1: 1 device, soak 5s, 1 offline: lamp-"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("wave 2: 2 devices, soak 5s, 2 offline: lamp-"),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stdout.contains("note: 3 of 3 devices are offline now"),
         "the server's notes: {}",
@@ -299,15 +344,27 @@ async fn plan_stores_nothing_and_a_planned_rollout_keeps_its_image() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("SUCCEEDED/FAILED/PENDING"));
     assert!(lines[1].starts_with(&rollout), "{}", out.stdout);
-    assert!(lines[1].contains("planned") && lines[1].contains("0/0/3"), "{}", lines[1]);
+    assert!(
+        lines[1].contains("planned") && lines[1].contains("0/0/3"),
+        "{}",
+        lines[1]
+    );
     let out = run(
         herd(&server, &key),
         &["rollout", "show", &rollout[..8], "--devices"],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("state     planned, wave 1 of 2"), "{}", out.stdout);
-    assert!(out.stdout.contains("wave 2  [....................]"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("state     planned, wave 1 of 2"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("wave 2  [....................]"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("NAME") && out.stdout.contains("ATTEMPTS"));
 
     // 409 while an unfinished rollout uses the image: exit 6 with the server's message.
@@ -325,9 +382,18 @@ async fn plan_stores_nothing_and_a_planned_rollout_keeps_its_image() {
         &["rollout", "abort", &rollout[..12], "--yes"],
     )
     .await;
-    assert_eq!((out.code, out.stdout.trim()), (0, "aborted"), "{}", out.stderr);
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (0, "aborted"),
+        "{}",
+        out.stderr
+    );
     // Watching an aborted rollout ends at once, with exit 1.
-    let out = run(herd(&server, &key), &["rollout", "show", &rollout, "--watch"]).await;
+    let out = run(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--watch"],
+    )
+    .await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stdout.contains("aborted"), "{}", out.stdout);
     // Finished, the rollout no longer holds the image.
@@ -350,7 +416,14 @@ async fn read_only_refuses_every_change() {
         vec!["firmware", "rm", "0123456789ab"],
         vec!["ota", "push", "lamp", image],
         vec!["ota", "push", "lamp", "--firmware", "0123456789ab"],
-        vec!["rollout", "create", "--firmware", "0123456789ab", "--select", ""],
+        vec![
+            "rollout",
+            "create",
+            "--firmware",
+            "0123456789ab",
+            "--select",
+            "",
+        ],
         vec!["rollout", "start", rollout],
         vec!["rollout", "pause", rollout],
         vec!["rollout", "resume", rollout],
@@ -371,7 +444,12 @@ async fn read_only_refuses_every_change() {
     }
     // `herd --help` documents the commands and the watch exit codes.
     let out = run(herd(&server, &server.admin_key), &["--help"]).await;
-    for text in ["firmware keygen", "ota push", "rollout show ID --watch", "halted or"] {
+    for text in [
+        "firmware keygen",
+        "ota push",
+        "rollout show ID --watch",
+        "halted or",
+    ] {
         assert!(out.stdout.contains(text), "{text}: {}", out.stdout);
     }
     server.shutdown().await;
@@ -408,13 +486,25 @@ async fn ota_push_updates_one_device_and_refuses_an_offline_one() {
     assert_eq!(result["device"], device.id.as_str());
     assert_eq!(result["version"], "1.1.0");
     let out = run(herd(&server, &key), &["device", &device.id, "--json"]).await;
-    assert_eq!(json(&out.stdout)["info"]["fw_version"], "1.1.0", "{}", out.stdout);
+    assert_eq!(
+        json(&out.stdout)["info"]["fw_version"],
+        "1.1.0",
+        "{}",
+        out.stdout
+    );
     // The other device was left alone.
-    let out = run(herd(&server, &key), &["device", &fleet.devices()[0].id, "--json"]).await;
+    let out = run(
+        herd(&server, &key),
+        &["device", &fleet.devices()[0].id, "--json"],
+    )
+    .await;
     assert_eq!(json(&out.stdout)["info"]["fw_version"], "1.0.0");
 
     // A stored image by prefix, to a device that is not connected: 503, exit 7.
-    let firmware = result["firmware"].as_str().expect("firmware id").to_string();
+    let firmware = result["firmware"]
+        .as_str()
+        .expect("firmware id")
+        .to_string();
     let (offline, _) = server.create_device("attic").await;
     let out = run(
         herd(&server, &key),
@@ -483,10 +573,18 @@ async fn a_started_rollout_is_watched_to_completion() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     // Off a terminal: one line per change, the last one the end.
     let last = out.stdout.lines().last().expect("lines");
-    assert!(last.contains("completed") && last.contains("6 succeeded"), "{}", out.stdout);
+    assert!(
+        last.contains("completed") && last.contains("6 succeeded"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.lines().count() >= 2, "{}", out.stdout);
 
-    let out = run(herd(&server, &key), &["rollout", "show", &rollout, "--json"]).await;
+    let out = run(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--json"],
+    )
+    .await;
     let shown = json(&out.stdout);
     assert_eq!(shown["state"], "completed");
     assert_eq!(shown["counters"]["succeeded"], count);
@@ -496,7 +594,11 @@ async fn a_started_rollout_is_watched_to_completion() {
         assert_eq!(device["info"]["fw_version"], "1.1.0", "{device}");
     }
     // Watching a finished rollout ends at once, with its exit code.
-    let out = run(herd(&server, &key), &["rollout", "show", &rollout, "--watch"]).await;
+    let out = run(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--watch"],
+    )
+    .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     fleet.shutdown().await;
     server.shutdown().await;

@@ -475,7 +475,9 @@ mod tests {
     #[test]
     fn prefixes_must_be_long_and_unique() {
         let ids = ["abcdef0123", "abcdef0199", "12345678aa"];
-        let id = |s: &&str| -> &str { s };
+        fn id<'a>(s: &'a &str) -> &'a str {
+            s
+        }
         assert_eq!(
             unique_prefix(&ids, "12345678", id, "firmware").ok(),
             Some(&"12345678aa")
