@@ -41,6 +41,16 @@ fn json(text: &str) -> Value {
 /// Starts `count` idle simulated devices and returns once the server has every one
 /// online with its info, which rollout filters such as `fw:1.0.0` read.
 async fn fleet(server: &TestServer, dir: &Path, count: usize) -> FleetHandle {
+    keyed_fleet(server, dir, count, None).await
+}
+
+/// [`fleet`] with devices that hold `update.pubkey` (PROTOCOL §10.4).
+async fn keyed_fleet(
+    server: &TestServer,
+    dir: &Path,
+    count: usize,
+    update_pubkey: Option<String>,
+) -> FleetHandle {
     let client = server.client();
     // Listen first: a device's `updated` must not slip by before the stream is open.
     let mut stream = client.notify();
@@ -53,6 +63,7 @@ async fn fleet(server: &TestServer, dir: &Path, count: usize) -> FleetHandle {
     }
     let fleet = Fleet::start(FleetOptions {
         behaviour: Behaviour::idle(),
+        update_pubkey,
         link: LinkOptions {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
@@ -600,6 +611,141 @@ async fn a_started_rollout_is_watched_to_completion() {
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_holding_the_public_key_take_the_signed_image() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("k.key");
+    let key_arg = key_file.to_str().expect("utf-8");
+    let out = run(
+        herd(&server, &key),
+        &["firmware", "keygen", "--out", key_arg],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let public = out.stdout.lines().next().expect("public key").to_string();
+    let fleet = keyed_fleet(&server, &dir.path().join("fleet"), 2, Some(public)).await;
+    let image = sim_image(dir.path(), "1.1.0");
+    let out = run(
+        herd(&server, &key),
+        &[
+            "firmware",
+            "upload",
+            image.to_str().expect("utf-8"),
+            "--sign",
+            key_arg,
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let firmware = out.stdout.trim().to_string();
+
+    // Pulled (PROTOCOL §10.3), the image comes with its signature, which each device
+    // checks against its key before it switches.
+    let out = run(
+        herd(&server, &key),
+        &[
+            "rollout",
+            "create",
+            "--firmware",
+            &firmware,
+            "--select",
+            "",
+            "--delivery",
+            "pull",
+            "--commit-timeout",
+            "30",
+            "--halt-failed-count",
+            "1",
+            "--start",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rollout = out.stdout.trim().to_string();
+    let out = run_within(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--watch", "--json"],
+        LONG_WAIT,
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // --json --watch: the rollout object, one line per change.
+    let last = json(out.stdout.lines().last().expect("a line"));
+    assert_eq!(last["state"], "completed", "{last}");
+    assert_eq!(last["counters"]["succeeded"], 2, "{last}");
+    let out = run(herd(&server, &key), &["devices", "--json"]).await;
+    for device in json(&out.stdout).as_array().expect("devices") {
+        assert_eq!(device["info"]["fw_version"], "1.1.0", "{device}");
+    }
+
+    // Signed with another key, the image is refused; the rollout halts at the first
+    // failure and the watch ends with exit 1.
+    let other_key = dir.path().join("other.key");
+    let other_arg = other_key.to_str().expect("utf-8");
+    let out = run(
+        herd(&server, &key),
+        &["firmware", "keygen", "--out", other_arg],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let image = sim_image(dir.path(), "1.2.0");
+    let out = run(
+        herd(&server, &key),
+        &[
+            "firmware",
+            "upload",
+            image.to_str().expect("utf-8"),
+            "--sign",
+            other_arg,
+        ],
+    )
+    .await;
+    let forged = out.stdout.trim().to_string();
+    let out = run(
+        herd(&server, &key),
+        &[
+            "rollout",
+            "create",
+            "--firmware",
+            &forged,
+            "--select",
+            "",
+            "--delivery",
+            "pull",
+            "--max-parallel",
+            "1",
+            "--halt-failed-count",
+            "1",
+            "--start",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rollout = out.stdout.trim().to_string();
+    let out = run_within(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--watch"],
+        LONG_WAIT,
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("halted"), "{}", out.stderr);
+    let out = run(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--devices"],
+    )
+    .await;
+    assert!(
+        out.stdout.contains("signature"),
+        "the device says why: {}",
+        out.stdout
+    );
     fleet.shutdown().await;
     server.shutdown().await;
 }
