@@ -749,3 +749,99 @@ async fn devices_holding_the_public_key_take_the_signed_image() {
     fleet.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_device_only_shared_with_the_caller_is_forbidden() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (id, _) = server.create_device("attic").await;
+    let bob = server
+        .client()
+        .add_user("bob", "secret-pw")
+        .await
+        .expect("user");
+    server
+        .client()
+        .change_device(
+            &id,
+            &herd_client::DeviceChange {
+                shared_with: Some(bob.user.id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("shared");
+    // PROTOCOL §11: whom a device is shared with may not change its firmware: 403, exit 4.
+    let image = sim_image(dir.path(), "1.1.0");
+    let out = run(
+        herd(&server, &bob.api_key),
+        &["ota", "push", "attic", image.to_str().expect("utf-8")],
+    )
+    .await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("403"), "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_push_while_one_runs_is_a_conflict() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = fleet(&server, &dir.path().join("fleet"), 1).await;
+    let device = fleet.devices()[0].id.clone();
+    // Big enough (the simulated slot takes 1 MiB) that the transfer is still under way
+    // when the second push comes.
+    let image = dir.path().join("big.bin");
+    let mut bytes =
+        b"HERD-IMAGE {\"app\":\"herd-light\",\"fw_version\":\"1.1.0\",\"arch\":\"sim\"}\n".to_vec();
+    bytes.resize(1000 * 1024, b'.');
+    std::fs::write(&image, bytes).expect("write image");
+    let out = run(
+        herd(&server, &key),
+        &["firmware", "upload", image.to_str().expect("utf-8")],
+    )
+    .await;
+    let firmware = out.stdout.trim().to_string();
+
+    let mut events = server.client().notify();
+    while !matches!(
+        tokio::time::timeout(WAIT, events.next()).await,
+        Ok(Some(NotifyEvent::Connected))
+    ) {}
+    let mut first = herd(&server, &key);
+    first.args(["ota", "push", &device, "--firmware", &firmware, "--wait"]);
+    let first = first.output();
+    let first = tokio::spawn(first);
+    // PROTOCOL §10.6: `ota.begin` says the first update is under way.
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("ota.begin")
+            .expect("stream open");
+        if let NotifyEvent::Notification(n) = event {
+            if n.id == device && n.name == "ota.begin" {
+                break;
+            }
+        }
+    }
+    let out = run(
+        herd(&server, &key),
+        &["ota", "push", &device, "--firmware", &firmware],
+    )
+    .await;
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("already in progress"), "{}", out.stderr);
+    let first = tokio::time::timeout(LONG_WAIT, first)
+        .await
+        .expect("the first push ends")
+        .expect("joined")
+        .expect("ran");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
