@@ -414,33 +414,7 @@ async fn run(args: Args) -> CommandResult {
             commands::register(&client, &name, id, json).await
         }
         Command::Firmware { command } => firmware::run(&client, profile.read_only, command).await,
-        Command::Ota {
-            command:
-                ota::OtaCommand::Push {
-                    device,
-                    file,
-                    firmware,
-                    wait,
-                    commit_timeout,
-                    sign,
-                    json,
-                },
-        } => {
-            if profile.read_only {
-                return Err(Failure::read_only("push firmware"));
-            }
-            ota::push(
-                &client,
-                &device,
-                file,
-                firmware,
-                wait,
-                commit_timeout,
-                sign,
-                json,
-            )
-            .await
-        }
+        Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
         Command::Demo { .. } | Command::Report(_) => Ok(()),
     }

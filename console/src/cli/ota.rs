@@ -28,7 +28,10 @@ pub enum OtaCommand {
     /// through its restart until it runs and commits the image (exit 0) or reverts or
     /// fails (exit 7). Exit 7 also for an offline device, 6 when an update is already
     /// running on it, 4 when the key may not deploy.
-    #[command(group(clap::ArgGroup::new("image").required(true).args(["file", "firmware"])))]
+    #[command(
+        group(clap::ArgGroup::new("image").required(true).args(["file", "firmware"])),
+        override_usage = "herd ota push [OPTIONS] <DEVICE> <FILE | --firmware ID>"
+    )]
     Push {
         /// Device id, or a unique device name.
         device: String,
@@ -192,22 +195,55 @@ impl Target<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+pub async fn run(client: &Client, read_only: bool, command: OtaCommand) -> CommandResult {
+    if read_only {
+        return Err(Failure::read_only("push firmware"));
+    }
+    match command {
+        OtaCommand::Push {
+            device,
+            file,
+            firmware,
+            wait,
+            commit_timeout,
+            sign,
+            json,
+        } => {
+            let image = match (file, firmware) {
+                (Some(file), _) => Image::File { file, sign },
+                (None, Some(id)) => Image::Stored(id),
+                (None, None) => return Err(Failure::usage("give an image FILE or --firmware ID")),
+            };
+            push(client, &device, image, wait, commit_timeout, json).await
+        }
+    }
+}
+
+/// What `ota push` sends.
+pub enum Image {
+    /// A file to upload first, signed with a key file when given.
+    File {
+        file: PathBuf,
+        sign: Option<PathBuf>,
+    },
+    /// A stored image: its id or a unique prefix.
+    Stored(String),
+}
+
 pub async fn push(
     client: &Client,
     device: &str,
-    file: Option<PathBuf>,
-    firmware: Option<String>,
+    image: Image,
     wait: bool,
     commit_timeout: Option<u32>,
-    sign: Option<PathBuf>,
     json: bool,
 ) -> CommandResult {
     let device = resolve_device(client, device).await?;
-    let firmware = match (file, firmware) {
-        (Some(file), _) => upload_file(client, &file, Default::default(), sign.as_deref()).await?,
-        (None, Some(id)) => resolve_firmware(client, &id).await?,
-        (None, None) => return Err(Failure::usage("give an image FILE or --firmware ID")),
+    let firmware = match image {
+        Image::File { file, sign } => {
+            upload_file(client, &file, Default::default(), sign.as_deref()).await?
+        }
+        Image::Stored(id) => resolve_firmware(client, &id).await?,
     };
     let target = Target {
         device: &device,
