@@ -11,7 +11,7 @@ use protocol::firmware::{
 };
 use serde_json::Value;
 
-use super::commands::{print, table};
+use super::commands::{print, table, write_out};
 use super::firmware::{resolve_firmware, short_id, short_time, to_json, unique_prefix};
 use super::ota::open_stream;
 use super::{CommandResult, Exit, Failure};
@@ -667,7 +667,10 @@ async fn watch(client: &Client, id: &str, devices: bool, json: bool) -> CommandR
         if json {
             let line = to_json(&rollout)?;
             if line != last {
-                print(&line)?;
+                if !write_out(&line)? {
+                    // `| head -1`: nobody reads any more.
+                    return Ok(());
+                }
                 last = line;
             }
         } else if terminal {
@@ -690,10 +693,13 @@ async fn watch(client: &Client, id: &str, devices: bool, json: bool) -> CommandR
         } else {
             let line = summary_line(&rollout);
             if line != last {
-                print(&format!(
+                let stamped = format!(
                     "{}  {line}\n",
                     crate::text::clock_time(crate::text::unix_now())
-                ))?;
+                );
+                if !write_out(&stamped)? {
+                    return Ok(());
+                }
                 last = line;
             }
         }
