@@ -4,7 +4,8 @@
 //! live fleet table fed by the notify stream (PROTOCOL §5), a device view with the shadow
 //! (§4) side by side and a JSON editor for `desired`, RPC calls from the device's
 //! `RPC.List`, and a notification tail. With a subcommand it is a scripting tool with
-//! stable output and exit codes ([`cli::EXIT_CODES`]). `herd demo` runs the whole product
+//! stable output and exit codes ([`cli::EXIT_CODES`]), firmware updates and rollouts
+//! (PROTOCOL §10) among its commands. `herd demo` runs the whole product
 //! on loopback.
 //!
 //! The console follows The Elm Architecture: [`tui::Model`] is the state,
