@@ -47,6 +47,10 @@ pub struct OtaArgs {
     /// `ota_window`); several values run the push once each.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     pub window: Vec<usize>,
+    /// Raw bytes per `OTA.Write`, in KiB (the server's `ota_chunk_bytes`; PROTOCOL §8's
+    /// default is 1).
+    #[arg(long, default_value_t = 1)]
+    pub chunk_kib: usize,
     /// Longest a rollout may take.
     #[arg(long, default_value = "600s", value_parser = crate::parse_duration)]
     pub limit: Duration,
@@ -215,7 +219,10 @@ async fn run_once(args: &OtaArgs, window: usize, deliveries: &[String]) -> Resul
         .prefix("herd-ota-config-")
         .tempdir()?;
     let config = config_dir.path().join("herd.toml");
-    std::fs::write(&config, format!("ota_window = {window}\n"))?;
+    std::fs::write(
+        &config,
+        format!("ota_window = {window}\nota_chunk_bytes = {}\n", args.chunk_kib * 1024),
+    )?;
     let mut server = ServerProcess::start_with(&server_bin, Some(&config)).await?;
     let http = reqwest::Client::new();
     eprintln!(
@@ -357,8 +364,8 @@ async fn run_once(args: &OtaArgs, window: usize, deliveries: &[String]) -> Resul
 pub fn markdown(args: &OtaArgs, results: &[OtaResult]) -> String {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let mut out = format!(
-        "{} devices, {} KiB image, max_parallel {}\n\n| delivery | window | outcome | wall time | server CPU | fleet CPU | server RSS at rest | peak RSS above rest | payload rate |\n|---|---|---|---|---|---|---|---|---|\n",
-        args.devices, args.image_kib, args.max_parallel
+        "{} devices, {} KiB image, {} KiB chunks, max_parallel {}\n\n| delivery | window | outcome | wall time | server CPU | fleet CPU | server RSS at rest | peak RSS above rest | payload rate |\n|---|---|---|---|---|---|---|---|---|\n",
+        args.devices, args.image_kib, args.chunk_kib, args.max_parallel
     );
     for r in results {
         out.push_str(&format!(
