@@ -35,8 +35,9 @@
 //!   device took part in), as it stood at the range's end, by first event: `id`, `name`,
 //!   `firmware` (image id), `fw_version`, `state` of its last `rollout.*` event, `devices`,
 //!   `succeeded`, `failed`, `reverted`, `timed_out`, `skipped` (the counters of that event;
-//!   devices that finished after it, as under way ones do after a halt, are moved from
-//!   under way to their outcome, a timeout counting as failed), `success_rate` (succeeded
+//!   outcomes logged after it, such as those of devices still under way when it halted or
+//!   of devices a running wave updated since it started, move a device from under way, or
+//!   else from pending, to its outcome, a timeout counting as failed), `success_rate` (succeeded
 //!   over succeeded, failed, reverted and timed out), `median_update_s`, `p90_update_s`,
 //!   `started` (`rollout.started`), `finished` (`rollout.completed`, `.halted` or
 //!   `.aborted`), `duration_s` between the two, and the halt's `reason`.

@@ -111,8 +111,9 @@ struct Rollout {
     reason: u32,
     /// The counters of its last rollout event.
     counters: Option<Counters>,
-    /// Device outcomes logged after that event: the server emits no rollout event for
-    /// devices that finish after a halt, so these are folded into the counters.
+    /// Device outcomes logged after that event: the server emits rollout events only when
+    /// the rollout changes (a wave starts, it halts), so these are folded into the
+    /// counters.
     late: Vec<Outcome>,
     started: Option<i64>,
     finished: Option<i64>,
@@ -204,18 +205,20 @@ impl Rollout {
             return counters;
         };
         for &outcome in &self.late {
-            let active = [
+            // Devices under way end first; after them, devices that started since.
+            let unfinished = [
                 &mut counters.verifying,
                 &mut counters.rebooting,
                 &mut counters.sending,
+                &mut counters.pending,
             ]
             .into_iter()
             .find(|n| **n > 0);
-            // An outcome for no device under way was counted already.
-            let Some(active) = active else {
+            // An outcome with no device left to end was counted already.
+            let Some(unfinished) = unfinished else {
                 continue;
             };
-            *active -= 1;
+            *unfinished -= 1;
             match outcome {
                 Outcome::Succeeded => counters.succeeded += 1,
                 Outcome::Failed => counters.failed += 1,
