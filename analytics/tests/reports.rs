@@ -1109,6 +1109,72 @@ fn chunk_boundaries_do_not_lose_lines() {
     }
 }
 
+/// The generator's rollouts read back: every rollout that ended shows in its waves the
+/// outcomes its counters hold (a timeout is a failure there).
+#[test]
+fn generated_rollouts_add_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notification.log");
+    let config = herd_analytics::generate::Config {
+        seed: 5,
+        devices: 40,
+        bytes: 4 << 20,
+        ..Default::default()
+    };
+    let file = std::fs::File::create(&path).expect("create");
+    herd_analytics::generate::generate(&config, file).expect("generate");
+    let output =
+        run(&ReportRequest::new(Report::Firmware, vec![path]), &|_| {}).expect("report runs");
+    assert_eq!(output.stats.unknown_events, 0);
+    assert_eq!(output.stats.invalid_lines, 0);
+    let rollouts = json_rows(output.table("rollouts").expect("rollouts")).expect("rows");
+    let waves = json_rows(output.table("rollout_waves").expect("waves")).expect("rows");
+    let rollouts = rollouts.as_array().expect("rows");
+    let states: Vec<&str> = rollouts
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"completed") && states.contains(&"halted"),
+        "{states:?}"
+    );
+    let number = |v: &Value| v.as_u64().expect("count");
+    for rollout in rollouts {
+        let ended = ["succeeded", "failed", "reverted", "timed_out", "skipped"]
+            .iter()
+            .map(|c| number(&rollout[*c]))
+            .sum::<u64>();
+        assert!(ended <= number(&rollout["devices"]), "{rollout}");
+        if rollout["state"] == "running" {
+            continue;
+        }
+        let sum = |column: &str| {
+            waves
+                .as_array()
+                .expect("rows")
+                .iter()
+                .filter(|w| w["rollout"] == rollout["id"])
+                .map(|w| number(&w[column]))
+                .sum::<u64>()
+        };
+        assert_eq!(sum("succeeded"), number(&rollout["succeeded"]), "{rollout}");
+        assert_eq!(
+            sum("failed"),
+            number(&rollout["failed"]) + number(&rollout["timed_out"]),
+            "{rollout}"
+        );
+        assert_eq!(sum("reverted"), number(&rollout["reverted"]), "{rollout}");
+    }
+    let updates = json_rows(output.table("updates").expect("updates")).expect("rows");
+    let begun: u64 = updates
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| number(&r["begun"]))
+        .sum();
+    assert!(begun > 0, "{updates}");
+}
+
 #[test]
 fn exports_in_every_format() {
     let dir = tempfile::tempdir().expect("temp dir");
