@@ -221,7 +221,10 @@ async fn run_once(args: &OtaArgs, window: usize, deliveries: &[String]) -> Resul
     let config = config_dir.path().join("herd.toml");
     std::fs::write(
         &config,
-        format!("ota_window = {window}\nota_chunk_bytes = {}\n", args.chunk_kib * 1024),
+        format!(
+            "ota_window = {window}\nota_chunk_bytes = {}\n",
+            args.chunk_kib * 1024
+        ),
     )?;
     let mut server = ServerProcess::start_with(&server_bin, Some(&config)).await?;
     let http = reqwest::Client::new();
