@@ -51,6 +51,17 @@ async fn keyed_fleet(
     count: usize,
     update_pubkey: Option<String>,
 ) -> FleetHandle {
+    fleet_with(server, dir, count, update_pubkey, Behaviour::idle()).await
+}
+
+/// [`fleet`] with a key and a behaviour of choice.
+async fn fleet_with(
+    server: &TestServer,
+    dir: &Path,
+    count: usize,
+    update_pubkey: Option<String>,
+    behaviour: Behaviour,
+) -> FleetHandle {
     let client = server.client();
     // Listen first: a device's `updated` must not slip by before the stream is open.
     let mut stream = client.notify();
@@ -62,7 +73,7 @@ async fn keyed_fleet(
         }
     }
     let fleet = Fleet::start(FleetOptions {
-        behaviour: Behaviour::idle(),
+        behaviour,
         update_pubkey,
         link: LinkOptions {
             backoff_initial: Duration::from_millis(50),
@@ -842,6 +853,156 @@ async fn a_second_push_while_one_runs_is_a_conflict() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+/// PROTOCOL §10.5, §10.6: after a rollout halts, the API's counters, the `ota.*` events in
+/// notification.log and `herd report firmware` all say the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_rollout_counts_the_same_in_the_api_the_log_and_the_report() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = 20;
+    let behaviour = Behaviour {
+        ota_failure_fraction: 0.1,
+        ..Behaviour::idle()
+    };
+    let fleet = fleet_with(&server, &dir.path().join("fleet"), count, None, behaviour).await;
+    assert_eq!(fleet.failing_ids().len(), 2);
+    let image = sim_image(dir.path(), "1.1.0");
+    let out = run(
+        herd(&server, &key),
+        &["firmware", "upload", image.to_str().expect("utf-8")],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let firmware = out.stdout.trim().to_string();
+    let out = run(
+        herd(&server, &key),
+        &[
+            "rollout",
+            "create",
+            "--firmware",
+            &firmware,
+            "--select",
+            "",
+            "--waves",
+            "50,50",
+            "--max-parallel",
+            "4",
+            "--halt-failed-count",
+            "1",
+            "--start",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rollout = out.stdout.trim().to_string();
+    let out = run_within(
+        herd(&server, &key),
+        &["rollout", "show", &rollout, "--watch"],
+        LONG_WAIT,
+    )
+    .await;
+    assert_eq!(
+        out.code, 1,
+        "the first revert halts it: {}\n{}",
+        out.stdout, out.stderr
+    );
+    // Updates under way when it halted finish; then everything is counted.
+    let deadline = tokio::time::Instant::now() + LONG_WAIT;
+    let shown = loop {
+        let out = run(
+            herd(&server, &key),
+            &["rollout", "show", &rollout, "--json"],
+        )
+        .await;
+        let shown = json(&out.stdout);
+        let c = &shown["counters"];
+        if c["sending"] == 0 && c["rebooting"] == 0 && c["verifying"] == 0 {
+            break shown;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(shown["state"], "halted");
+    let counters = &shown["counters"];
+    assert!(
+        counters["reverted"].as_u64().expect("reverted") >= 1,
+        "{counters}"
+    );
+    assert!(
+        counters["pending"].as_u64().expect("pending") > 0,
+        "later devices untouched: {counters}"
+    );
+    // The events as logged.
+    let log = server.dir.path().join("notification.log");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let counted = |name: &str| {
+            events
+                .iter()
+                .filter(|e| e["name"] == name && e["data"]["rollout"] == rollout.as_str())
+                .count() as u64
+        };
+        if counted("ota.success") == counters["succeeded"].as_u64().unwrap_or(0)
+            && counted("ota.revert") == counters["reverted"].as_u64().unwrap_or(0)
+        {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never caught up with {counters}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let failures = events
+        .iter()
+        .filter(|e| e["name"] == "ota.failure" && e["data"]["rollout"] == rollout.as_str())
+        .count() as u64;
+    assert_eq!(
+        failures,
+        counters["failed"].as_u64().unwrap_or(0) + counters["timed_out"].as_u64().unwrap_or(0)
+    );
+    // The report over that log.
+    let out = run(
+        herd(&server, &key),
+        &[
+            "report",
+            "firmware",
+            "--table",
+            "rollouts",
+            "--format",
+            "json",
+            "--no-cache",
+            "--log",
+            server.dir.path().to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report = json(&out.stdout);
+    let rows = report.as_array().expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == rollout.as_str())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(row["state"], "halted", "{row}");
+    for field in ["succeeded", "reverted", "failed", "skipped"] {
+        assert_eq!(
+            row[field].as_u64(),
+            counters[field].as_u64(),
+            "{field}: {row} vs {counters}"
+        );
+    }
+    assert_eq!(row["devices"].as_u64(), Some(count as u64), "{row}");
     fleet.shutdown().await;
     server.shutdown().await;
 }
