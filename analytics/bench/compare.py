@@ -11,7 +11,8 @@ from online/offline/deleted transitions per device in time order (file order bre
 ties), repeats ignored, open sessions and "on" periods run to the range's end, clipped to
 the range [from, to]; switch-ons are false->true changes of reported.on read from
 rpc.out.Dash.Shadow.Update (data.state.reported.on) and updated
-(data.shadow.state.reported.on).
+(data.shadow.state.reported.on). Every id seen up to the range's end is a device, except
+the ids of rollout.* events, which are rollouts.
 """
 
 import csv
@@ -43,7 +44,7 @@ def duckdb_query(report, log, t_from, t_to):
         WITH raw AS (
           SELECT ts, id, name, row_number() OVER () AS seq FROM {src}
           WHERE ts <= {t_to}),
-        devices AS (SELECT DISTINCT id FROM raw),
+        devices AS (SELECT DISTINCT id FROM raw WHERE NOT starts_with(name, 'rollout.')),
         ev AS (
           SELECT ts, id, name, seq,
                  lag(name) OVER (PARTITION BY id ORDER BY ts, seq) AS prev
@@ -85,7 +86,7 @@ def duckdb_query(report, log, t_from, t_to):
         WITH raw AS (
           SELECT ts, id, name, data, row_number() OVER () AS seq FROM {src}
           WHERE ts <= {t_to}),
-        devices AS (SELECT DISTINCT id FROM raw),
+        devices AS (SELECT DISTINCT id FROM raw WHERE NOT starts_with(name, 'rollout.')),
         ev AS (
           SELECT ts, id, seq, CASE
             WHEN name = 'deleted' THEN 'deleted'
@@ -135,8 +136,14 @@ def polars_query(report, log, t_from, t_to):
                 "shadow": pl.Struct({"state": pl.Struct({"reported": on})}),
             }
         )
-    lf = pl.scan_ndjson(log, schema=schema).with_row_index("seq").filter(pl.col("ts") <= t_to)
-    devices = lf.select("id").unique()
+    # ignore_errors: rollout.* events carry a text `state`, which the usage schema reads as
+    # a struct; those rows are no shadow change either way.
+    lf = (
+        pl.scan_ndjson(log, schema=schema, ignore_errors=True)
+        .with_row_index("seq")
+        .filter(pl.col("ts") <= t_to)
+    )
+    devices = lf.filter(~pl.col("name").str.starts_with("rollout.")).select("id").unique()
     if report == "connectivity":
         ev = (
             lf.filter(pl.col("name").is_in(["online", "offline", "deleted"]))
@@ -247,7 +254,8 @@ def jq_query(report, log, t_from, t_to):
         ts = float(parts[0])
         if ts > t_to:
             continue
-        seen.add(parts[1])
+        if not parts[2].startswith("rollout."):
+            seen.add(parts[1])
         if parts[2] in wanted:
             seq += 1
             value = parts[2] if report == "connectivity" or parts[2] == "deleted" else parts[3]

@@ -31,7 +31,7 @@ fi
 "$WORK/venv/bin/pip" install -q duckdb polars >&2
 
 cargo build --release -p herd-analytics --bins >&2
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 LOG="$WORK/notification-$SEED-$DEVICES-$BYTES.log"
 if [ ! -s "$LOG" ]; then
   "$BIN/herd-loggen" --seed "$SEED" --devices "$DEVICES" --bytes "$BYTES" "$LOG" >&2

@@ -17,11 +17,14 @@ use std::time::Duration;
 
 use rustc_hash::FxHasher;
 
-use crate::event::{Batch, Event, Interner, Kind, Need, OtaSignal, NONE};
+use protocol::firmware::Counters;
+
+use crate::event::{Batch, Event, Interner, Kind, Need, OtaSignal, Step, Update, NONE};
 
 const MAGIC: &[u8; 8] = b"HERDLOGC";
-/// Bumped whenever the layout or the meaning of a parsed field changes.
-const VERSION: u32 = 1;
+/// Bumped whenever the layout or the meaning of a parsed field changes. 2: the engine's
+/// events of PROTOCOL §10.6 only, rollout events without a device, and [`Update`]s.
+const VERSION: u32 = 2;
 /// Bytes of the source hashed into its identity.
 const HEAD_BYTES: usize = 4096;
 
@@ -186,7 +189,7 @@ fn encode(source: &Source, need: Need, entry: &Entry) -> Vec<u8> {
         payload.u8(u8::from(t.is_some()));
         payload.i64(t.unwrap_or(0));
     }
-    for interner in [&batch.devices, &batch.names, &batch.versions] {
+    for interner in [&batch.devices, &batch.names, &batch.versions, &batch.texts] {
         payload.u64(interner.len() as u64);
         for value in interner.values() {
             payload.u64(value.len() as u64);
@@ -211,6 +214,29 @@ fn encode(source: &Source, need: Need, entry: &Entry) -> Vec<u8> {
             event.ota_status as u8,
             u8::from(event.reverted),
         ]);
+    }
+    payload.u64(batch.updates.len() as u64);
+    for update in &batch.updates {
+        payload.i64(update.ts);
+        payload.u8(update.step as u8);
+        for id in [
+            update.device,
+            update.rollout,
+            update.firmware,
+            update.version,
+            update.stage,
+            update.text,
+            update.state,
+            update.wave,
+            update.devices,
+        ] {
+            payload.u32(id);
+        }
+        payload.u8(u8::from(update.seconds_us.is_some()));
+        payload.i64(update.seconds_us.unwrap_or(0));
+        for n in counters(&update.counters) {
+            payload.u64(n);
+        }
     }
     let mut out = Writer::default();
     out.0.extend_from_slice(MAGIC);
@@ -267,7 +293,12 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
         };
     }
     [batch.min_ts, batch.max_ts] = times;
-    for interner in [&mut batch.devices, &mut batch.names, &mut batch.versions] {
+    for interner in [
+        &mut batch.devices,
+        &mut batch.names,
+        &mut batch.versions,
+        &mut batch.texts,
+    ] {
         let count = r.u64()?;
         for _ in 0..count {
             let len = usize::try_from(r.u64()?).ok()?;
@@ -298,10 +329,14 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
         let name = r.u32()?;
         let fw = r.u32()?;
         let [kind, signal, on, ota_status, reverted] = r.take(5)?.try_into().ok()?;
-        if (device as usize) >= batch.devices.len()
-            || !known(name, &batch.names)
-            || !known(fw, &batch.versions)
-        {
+        let kind = kind_from(kind, signal)?;
+        // Only a rollout's events have no device (and never one).
+        let device_ok = if kind == Kind::Rollout {
+            device == NONE
+        } else {
+            (device as usize) < batch.devices.len()
+        };
+        if !device_ok || !known(name, &batch.names) || !known(fw, &batch.versions) {
             return None;
         }
         batch.events.push(Event {
@@ -309,7 +344,7 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
             device,
             name,
             fw,
-            kind: kind_from(kind, signal)?,
+            kind,
             on: on as i8,
             ota_status: ota_status as i8,
             reverted: match reverted {
@@ -319,10 +354,93 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
             },
         });
     }
+    let count = usize::try_from(r.u64()?).ok()?;
+    if count > r.0.len() / UPDATE_BYTES {
+        return None;
+    }
+    batch.updates.reserve_exact(count);
+    for _ in 0..count {
+        let ts = r.i64()?;
+        let step = *Step::ALL.get(usize::from(r.u8()?))?;
+        let mut ids = [0u32; 9];
+        for id in &mut ids {
+            *id = r.u32()?;
+        }
+        let [device, rollout, firmware, version, stage, text, state, wave, devices] = ids;
+        let seconds_us = match (r.u8()?, r.i64()?) {
+            (0, 0) => None,
+            (1, us) => Some(us),
+            _ => return None,
+        };
+        let mut values = [0u64; 10];
+        for n in &mut values {
+            *n = r.u64()?;
+        }
+        let device_ok = if step.is_rollout() {
+            device == NONE
+        } else {
+            (device as usize) < batch.devices.len()
+        };
+        if !device_ok
+            || !known(version, &batch.versions)
+            || ![rollout, firmware, stage, text, state]
+                .iter()
+                .all(|&id| known(id, &batch.texts))
+        {
+            return None;
+        }
+        let [total, pending, sending, rebooting, verifying, succeeded, failed, reverted, skipped, timed_out] =
+            values;
+        batch.updates.push(Update {
+            ts,
+            step,
+            device,
+            rollout,
+            firmware,
+            version,
+            seconds_us,
+            stage,
+            text,
+            state,
+            wave,
+            devices,
+            counters: Counters {
+                total,
+                pending,
+                sending,
+                rebooting,
+                verifying,
+                succeeded,
+                failed,
+                reverted,
+                skipped,
+                timed_out,
+            },
+        });
+    }
     if !r.0.is_empty() {
         return None;
     }
     Some(Entry { batch, torn })
+}
+
+/// Bytes of one encoded [`Update`].
+const UPDATE_BYTES: usize = 8 + 1 + 9 * 4 + 1 + 8 + 10 * 8;
+
+/// The counters in the order they are stored.
+fn counters(c: &Counters) -> [u64; 10] {
+    [
+        c.total,
+        c.pending,
+        c.sending,
+        c.rebooting,
+        c.verifying,
+        c.succeeded,
+        c.failed,
+        c.reverted,
+        c.skipped,
+        c.timed_out,
+    ]
 }
 
 fn kind_code(kind: Kind) -> (u8, u8) {
@@ -471,7 +589,9 @@ mod tests {
         for line in [
             r#"{"ts":1,"id":"a","name":"online","data":null}"#,
             r#"{"ts":2,"id":"b","name":"updated","data":{"info":{"fw_version":"1.0"},"shadow":{"state":{"reported":{"on":true,"ota":{"status":2,"message":"reverted"}}}}}}"#,
-            r#"{"ts":3,"id":"a","name":"ota.failed","data":null}"#,
+            r#"{"ts":3,"id":"a","name":"ota.failure","data":{"firmware":"ab","stage":"end","message":"refused","rollout":"r"}}"#,
+            r#"{"ts":3.5,"id":"r","name":"rollout.wave","data":{"total":2,"sending":1,"state":"running","firmware":"ab","wave":1,"devices":1}}"#,
+            r#"{"ts":3.75,"id":"a","name":"ota.success","data":{"firmware":"ab","version":"2.0","seconds":12.5}}"#,
             r#"{"ts":4,"id":"b","name":"nonsense","data":null}"#,
             "not json",
         ] {
@@ -496,6 +616,8 @@ mod tests {
         assert_eq!(values(&a.batch.devices), values(&b.batch.devices));
         assert_eq!(values(&a.batch.names), values(&b.batch.names));
         assert_eq!(values(&a.batch.versions), values(&b.batch.versions));
+        assert_eq!(values(&a.batch.texts), values(&b.batch.texts));
+        assert_eq!(a.batch.updates, b.batch.updates);
         assert_eq!(a.batch.first_seen, b.batch.first_seen);
         assert_eq!(
             (a.batch.lines, a.batch.unknown, a.batch.invalid),
@@ -510,7 +632,8 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let entry = sample();
-        assert_eq!(entry.batch.events.len(), 3);
+        assert_eq!(entry.batch.events.len(), 5);
+        assert_eq!(entry.batch.updates.len(), 3);
         let bytes = encode(&source(), Need::ALL, &entry);
         let decoded = decode(&bytes, &source(), Need::ALL).expect("decodes");
         same(&decoded, &entry);
@@ -585,6 +708,19 @@ mod tests {
         assert!(decode(&bytes, &source(), Need::ALL).is_none());
         let mut entry = sample();
         entry.batch.first_seen.pop();
+        let bytes = encode(&source(), Need::ALL, &entry);
+        assert!(decode(&bytes, &source(), Need::ALL).is_none());
+        let mut entry = sample();
+        entry.batch.updates[0].firmware = 99;
+        let bytes = encode(&source(), Need::ALL, &entry);
+        assert!(decode(&bytes, &source(), Need::ALL).is_none());
+        // A rollout's update with a device, or a device's without one.
+        let mut entry = sample();
+        entry.batch.updates[1].device = 0;
+        let bytes = encode(&source(), Need::ALL, &entry);
+        assert!(decode(&bytes, &source(), Need::ALL).is_none());
+        let mut entry = sample();
+        entry.batch.updates[0].device = NONE;
         let bytes = encode(&source(), Need::ALL, &entry);
         assert!(decode(&bytes, &source(), Need::ALL).is_none());
     }

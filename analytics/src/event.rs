@@ -1,7 +1,9 @@
 //! What a line becomes: a small fixed-size [`Event`] holding only the fields the reports
-//! read, and the interners that turn device ids, event names and firmware versions into
-//! numbers.
+//! read, an [`Update`] for each outcome of Herd's update engine and each rollout event
+//! (PROTOCOL §10.6), and the interners that turn device ids, event names, firmware
+//! versions and other texts into numbers.
 
+use protocol::firmware::{self, Counters};
 use rustc_hash::FxHashMap;
 
 use crate::scan::{self, Head};
@@ -56,7 +58,8 @@ pub(crate) enum Kind {
     RpcIn,
     /// An `ota.*` event of Herd's update engine, with its meaning for an update attempt.
     Ota(OtaSignal),
-    /// `rollout.*`: counted in the fleet report, read by no other.
+    /// `rollout.*`: its id is a rollout's, not a device's, so its [`Event`] has no device.
+    /// The fleet report counts it; the firmware report reads its [`Update`].
     Rollout,
 }
 
@@ -68,20 +71,37 @@ pub(crate) enum OtaSignal {
     Success,
     Failure,
     Revert,
-    /// Another `ota.*` event (progress and the like): no effect on attempts.
+    /// `ota.progress`: no effect on attempts.
     Other,
 }
 
-/// The event names of Herd's update engine and what they mean for an attempt. Several
-/// spellings are accepted because the engine's names are not fixed by PROTOCOL §5 yet.
-fn ota_signal(suffix: &[u8]) -> OtaSignal {
-    match suffix {
-        b"start" | b"started" | b"begin" => OtaSignal::Start,
-        b"success" | b"succeeded" | b"done" | b"committed" => OtaSignal::Success,
-        b"failure" | b"failed" | b"error" => OtaSignal::Failure,
-        b"revert" | b"reverted" => OtaSignal::Revert,
-        _ => OtaSignal::Other,
-    }
+/// The device events of Herd's update engine (PROTOCOL §10.6) and what they mean for an
+/// attempt. Other `ota.*` names are unknown events.
+const OTA_EVENTS: [(&str, OtaSignal); 5] = [
+    (firmware::OTA_BEGIN, OtaSignal::Start),
+    (firmware::OTA_PROGRESS, OtaSignal::Other),
+    (firmware::OTA_SUCCESS, OtaSignal::Success),
+    (firmware::OTA_FAILURE, OtaSignal::Failure),
+    (firmware::OTA_REVERT, OtaSignal::Revert),
+];
+
+/// The rollout events (PROTOCOL §10.6); other `rollout.*` names are unknown events.
+const ROLLOUT_EVENTS: [(&str, Step); 8] = [
+    (firmware::ROLLOUT_PLANNED, Step::Planned),
+    (firmware::ROLLOUT_STARTED, Step::Started),
+    (firmware::ROLLOUT_WAVE, Step::Wave),
+    (firmware::ROLLOUT_PAUSED, Step::Paused),
+    (firmware::ROLLOUT_RESUMED, Step::Resumed),
+    (firmware::ROLLOUT_HALTED, Step::Halted),
+    (firmware::ROLLOUT_ABORTED, Step::Aborted),
+    (firmware::ROLLOUT_COMPLETED, Step::Completed),
+];
+
+fn rollout_step(name: &[u8]) -> Option<Step> {
+    ROLLOUT_EVENTS
+        .iter()
+        .find(|(known, _)| known.as_bytes() == name)
+        .map(|&(_, step)| step)
 }
 
 /// The kind of an event name, or `None` for names the reports do not know.
@@ -103,9 +123,13 @@ pub(crate) fn classify(name: &[u8]) -> Option<Kind> {
                     return None;
                 }
                 Kind::RpcIn
-            } else if let Some(suffix) = name.strip_prefix(b"ota.") {
-                Kind::Ota(ota_signal(suffix))
+            } else if name.starts_with(b"ota.") {
+                let (_, signal) = OTA_EVENTS
+                    .iter()
+                    .find(|(known, _)| known.as_bytes() == name)?;
+                Kind::Ota(*signal)
             } else if name.starts_with(b"rollout.") {
+                rollout_step(name)?;
                 Kind::Rollout
             } else {
                 return None;
@@ -116,6 +140,140 @@ pub(crate) fn classify(name: &[u8]) -> Option<Kind> {
 
 /// Marks an absent interned value.
 pub(crate) const NONE: u32 = u32::MAX;
+
+/// Which engine event an [`Update`] comes from (PROTOCOL §10.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub(crate) enum Step {
+    Begin,
+    Success,
+    Failure,
+    Revert,
+    Planned,
+    Started,
+    Wave,
+    Paused,
+    Resumed,
+    Halted,
+    Aborted,
+    Completed,
+}
+
+impl Step {
+    /// Every step, in the order of their codes in the parse cache.
+    pub const ALL: [Step; 12] = [
+        Step::Begin,
+        Step::Success,
+        Step::Failure,
+        Step::Revert,
+        Step::Planned,
+        Step::Started,
+        Step::Wave,
+        Step::Paused,
+        Step::Resumed,
+        Step::Halted,
+        Step::Aborted,
+        Step::Completed,
+    ];
+
+    /// Whether this is a `rollout.*` event rather than a device's.
+    pub fn is_rollout(self) -> bool {
+        !matches!(
+            self,
+            Step::Begin | Step::Success | Step::Failure | Step::Revert
+        )
+    }
+
+    /// Whether the rollout is over after this event (PROTOCOL §10.5).
+    pub fn ends_rollout(self) -> bool {
+        matches!(self, Step::Halted | Step::Aborted | Step::Completed)
+    }
+}
+
+/// What an `ota.begin`, `ota.success`, `ota.failure`, `ota.revert` or `rollout.*` line says
+/// (PROTOCOL §10.6), for the firmware report. Kept beside the events, in log order, only
+/// when firmware is needed; `ota.progress` has none. Texts are interned in
+/// [`Batch::texts`], versions in [`Batch::versions`]; a field the line lacks is [`NONE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Update {
+    pub ts: i64,
+    pub step: Step,
+    /// The device of a device event; [`NONE`] for a rollout event.
+    pub device: u32,
+    /// The `rollout` of a device event, or the `id` of a rollout event.
+    pub rollout: u32,
+    /// Firmware id (the image's SHA-256).
+    pub firmware: u32,
+    /// `version` of `ota.begin` and `ota.success`; `running_version` of `ota.revert`.
+    pub version: u32,
+    /// `seconds` of `ota.success`, in microseconds.
+    pub seconds_us: Option<i64>,
+    /// `stage` of `ota.failure`.
+    pub stage: u32,
+    /// `message` of `ota.failure` and `ota.revert`, `reason` of `rollout.halted`, `name` of
+    /// `rollout.planned`.
+    pub text: u32,
+    /// `state` of a rollout event.
+    pub state: u32,
+    /// `wave` of a rollout event: the current wave, from 0.
+    pub wave: u32,
+    /// `devices` of `rollout.wave`: the wave's size.
+    pub devices: u32,
+    /// The device counters of a rollout event.
+    pub counters: Counters,
+}
+
+impl Update {
+    fn new(ts: i64, step: Step, device: u32) -> Update {
+        Update {
+            ts,
+            step,
+            device,
+            rollout: NONE,
+            firmware: NONE,
+            version: NONE,
+            seconds_us: None,
+            stage: NONE,
+            text: NONE,
+            state: NONE,
+            wave: NONE,
+            devices: NONE,
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// A count as an interned-size number; [`NONE`] stays reserved for "absent".
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(NONE - 1).min(NONE - 1)
+}
+
+/// A whole non-negative JSON number, such as a counter.
+fn count(value: &[u8]) -> Option<u64> {
+    let (us, used) = scan::number_us(value)?;
+    if used != value.len() || us < 0 || us % 1_000_000 != 0 {
+        return None;
+    }
+    Some((us / 1_000_000) as u64)
+}
+
+/// Sets the counter called `key` (PROTOCOL §10.6: `total` and the device states).
+fn set_counter(counters: &mut Counters, key: &[u8], n: u64) {
+    let slot = match key {
+        b"total" => &mut counters.total,
+        b"pending" => &mut counters.pending,
+        b"sending" => &mut counters.sending,
+        b"rebooting" => &mut counters.rebooting,
+        b"verifying" => &mut counters.verifying,
+        b"succeeded" => &mut counters.succeeded,
+        b"failed" => &mut counters.failed,
+        b"reverted" => &mut counters.reverted,
+        b"skipped" => &mut counters.skipped,
+        b"timed_out" => &mut counters.timed_out,
+        _ => return,
+    };
+    *slot = n;
+}
 
 /// One kept line. 24 bytes, so tens of millions fit comfortably.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,6 +353,9 @@ pub(crate) struct Batch {
     pub first_seen: Vec<i64>,
     pub names: Interner,
     pub versions: Interner,
+    /// Firmware ids, rollout ids and the other texts of [`Update`]s.
+    pub texts: Interner,
+    pub updates: Vec<Update>,
     pub lines: u64,
     pub unknown: u64,
     pub invalid: u64,
@@ -209,6 +370,8 @@ pub(crate) struct Tables<'a> {
     pub first_seen: &'a mut Vec<i64>,
     pub names: &'a mut Interner,
     pub versions: &'a mut Interner,
+    pub texts: &'a mut Interner,
+    pub updates: &'a mut Vec<Update>,
     pub min_ts: &'a mut Option<i64>,
     pub max_ts: &'a mut Option<i64>,
 }
@@ -225,6 +388,8 @@ impl Batch {
             first_seen: &mut self.first_seen,
             names: &mut self.names,
             versions: &mut self.versions,
+            texts: &mut self.texts,
+            updates: &mut self.updates,
             min_ts: &mut self.min_ts,
             max_ts: &mut self.max_ts,
         });
@@ -257,6 +422,7 @@ impl Batch {
             .values()
             .map(|v| into.versions.intern(v))
             .collect();
+        let texts: Vec<u32> = self.texts.values().map(|t| into.texts.intern(t)).collect();
         let remap = |table: &[u32], id: u32| {
             if id == NONE {
                 NONE
@@ -270,6 +436,21 @@ impl Batch {
             event.name = remap(&names, event.name);
             event.fw = remap(&versions, event.fw);
             into.events.push(event);
+        }
+        into.updates.reserve(self.updates.len());
+        for mut update in self.updates {
+            update.device = remap(&devices, update.device);
+            update.version = remap(&versions, update.version);
+            for text in [
+                &mut update.rollout,
+                &mut update.firmware,
+                &mut update.stage,
+                &mut update.text,
+                &mut update.state,
+            ] {
+                *text = remap(&texts, *text);
+            }
+            into.updates.push(update);
         }
     }
 
@@ -297,12 +478,18 @@ impl Batch {
         let Some(kind) = classify(&head.name) else {
             return LineOutcome::Unknown;
         };
-        let device = self.devices.intern(&head.id);
-        if device as usize == self.first_seen.len() {
-            self.first_seen.push(head.ts_us);
-        } else if let Some(first) = self.first_seen.get_mut(device as usize) {
-            *first = (*first).min(head.ts_us);
-        }
+        // A rollout is not a device: it must not show up in per-device tables.
+        let device = if kind == Kind::Rollout {
+            NONE
+        } else {
+            let device = self.devices.intern(&head.id);
+            if device as usize == self.first_seen.len() {
+                self.first_seen.push(head.ts_us);
+            } else if let Some(first) = self.first_seen.get_mut(device as usize) {
+                *first = (*first).min(head.ts_us);
+            }
+            device
+        };
         self.min_ts = Some(self.min_ts.map_or(head.ts_us, |t| t.min(head.ts_us)));
         self.max_ts = Some(self.max_ts.map_or(head.ts_us, |t| t.max(head.ts_us)));
         let mut event = Event {
@@ -315,6 +502,7 @@ impl Batch {
             ota_status: -1,
             reverted: false,
         };
+        let mut recorded = false;
         let keep = match kind {
             Kind::Online | Kind::Offline | Kind::Deleted => true,
             Kind::Updated if need.shadow || need.firmware => {
@@ -327,16 +515,94 @@ impl Batch {
                 }
                 true
             }
-            Kind::Ota(_) => need.shadow || need.firmware,
+            Kind::Ota(signal) => {
+                let step = match signal {
+                    OtaSignal::Start => Some(Step::Begin),
+                    OtaSignal::Success => Some(Step::Success),
+                    OtaSignal::Failure => Some(Step::Failure),
+                    OtaSignal::Revert => Some(Step::Revert),
+                    OtaSignal::Other => None,
+                };
+                if let Some(step) = step.filter(|_| need.firmware) {
+                    let update = self.update(&head, step, device);
+                    // Both say what the device runs now.
+                    if matches!(step, Step::Success | Step::Revert) {
+                        event.fw = update.version;
+                    }
+                    self.updates.push(update);
+                }
+                need.shadow || need.firmware
+            }
+            Kind::Rollout => {
+                if let Some(step) = rollout_step(&head.name).filter(|_| need.firmware) {
+                    let update = self.update(&head, step, NONE);
+                    self.updates.push(update);
+                    recorded = true;
+                }
+                false
+            }
             _ => false,
         };
         if need.names {
             event.name = self.names.intern(&head.name);
         } else if !keep {
-            return LineOutcome::Skipped;
+            return if recorded {
+                LineOutcome::Kept
+            } else {
+                LineOutcome::Skipped
+            };
         }
         self.events.push(event);
         LineOutcome::Kept
+    }
+
+    /// The [`Update`] of an engine event: its data's fields (PROTOCOL §10.6); the id of a
+    /// rollout event is the rollout's.
+    fn update(&mut self, head: &Head<'_>, step: Step, device: u32) -> Update {
+        let mut update = Update::new(head.ts_us, step, device);
+        if step.is_rollout() {
+            update.rollout = self.texts.intern(&head.id);
+        }
+        scan::members(head.data, 0, |key, value| {
+            // An empty text says nothing, like a missing one.
+            let text = |texts: &mut Interner| {
+                scan::string(value)
+                    .filter(|text| !text.is_empty())
+                    .map_or(NONE, |text| texts.intern(&text))
+            };
+            match key {
+                b"firmware" => update.firmware = text(&mut self.texts),
+                b"rollout" if !step.is_rollout() => update.rollout = text(&mut self.texts),
+                b"version" if matches!(step, Step::Begin | Step::Success) => {
+                    update.version = text(&mut self.versions);
+                }
+                b"running_version" if step == Step::Revert => {
+                    update.version = text(&mut self.versions);
+                }
+                b"seconds" if step == Step::Success => {
+                    update.seconds_us = scan::number_us(value)
+                        .filter(|&(us, used)| used == value.len() && us >= 0)
+                        .map(|(us, _)| us);
+                }
+                b"stage" if step == Step::Failure => update.stage = text(&mut self.texts),
+                b"message" if matches!(step, Step::Failure | Step::Revert) => {
+                    update.text = text(&mut self.texts);
+                }
+                b"reason" if step == Step::Halted => update.text = text(&mut self.texts),
+                b"name" if step == Step::Planned => update.text = text(&mut self.texts),
+                _ if !step.is_rollout() => {}
+                b"state" => update.state = text(&mut self.texts),
+                b"wave" => update.wave = count(value).map_or(NONE, clamp),
+                b"devices" => update.devices = count(value).map_or(NONE, clamp),
+                _ => {
+                    if let Some(n) = count(value) {
+                        set_counter(&mut update.counters, key, n);
+                    }
+                }
+            }
+            true
+        });
+        update
     }
 
     /// `updated` carries the device object (PROTOCOL §5, §6): the reported state sits at
@@ -415,12 +681,22 @@ mod tests {
         assert_eq!(classify(b"online"), Some(Kind::Online));
         assert_eq!(classify(b"rpc.out.Log"), Some(Kind::RpcOut));
         assert_eq!(classify(b"rpc.in."), None);
-        assert_eq!(
-            classify(b"ota.reverted"),
-            Some(Kind::Ota(OtaSignal::Revert))
-        );
+        assert_eq!(classify(b"ota.revert"), Some(Kind::Ota(OtaSignal::Revert)));
+        assert_eq!(classify(b"ota.begin"), Some(Kind::Ota(OtaSignal::Start)));
         assert_eq!(classify(b"ota.progress"), Some(Kind::Ota(OtaSignal::Other)));
         assert_eq!(classify(b"rollout.started"), Some(Kind::Rollout));
+        // Only the names of PROTOCOL §10.6: guesses at other spellings are unknown.
+        for other in [
+            &b"ota.reverted"[..],
+            b"ota.start",
+            b"ota.failed",
+            b"ota.done",
+            b"ota.",
+            b"rollout.finished",
+            b"rollout.",
+        ] {
+            assert_eq!(classify(other), None, "{}", String::from_utf8_lossy(other));
+        }
         assert_eq!(classify(b"lagged"), None);
         assert_eq!(classify(b"whatever"), None);
     }
@@ -475,5 +751,65 @@ mod tests {
         // Both devices of known events are seen; the unknown event's is not new.
         assert_eq!(batch.devices.len(), 2);
         assert_eq!((batch.lines, batch.unknown, batch.invalid), (4, 1, 1));
+    }
+
+    #[test]
+    fn engine_events_become_updates() {
+        let mut batch = Batch::default();
+        let lines: [&[u8]; 6] = [
+            br#"{"ts":1,"id":"d","name":"ota.begin","data":{"firmware":"ab12","version":"1.1","size":1024,"rollout":"r1"}}"#,
+            br#"{"ts":2,"id":"d","name":"ota.progress","data":{"firmware":"ab12","percent":50}}"#,
+            br#"{"ts":3.25,"id":"d","name":"ota.success","data":{"firmware":"ab12","version":"1.1","seconds":2.25,"rollout":"r1"}}"#,
+            br#"{"ts":4,"id":"e","name":"ota.failure","data":{"firmware":"ab12","stage":"write","message":"chunk 3 refused"}}"#,
+            br#"{"ts":5,"id":"r1","name":"rollout.halted","data":{"total":3,"pending":1,"succeeded":1,"failed":1,"reverted":0,"state":"halted","firmware":"ab12","wave":1,"reason":"too many failures"}}"#,
+            br#"{"ts":6,"id":"e","name":"ota.revert","data":{"firmware":"ab12","running_version":"1.0","message":""}}"#,
+        ];
+        for line in lines {
+            assert_eq!(batch.line(line, Need::ALL), LineOutcome::Kept);
+        }
+        // The rollout is no device.
+        assert_eq!(batch.devices.len(), 2);
+        assert_eq!(batch.events[4].device, NONE);
+        assert_eq!(batch.updates.len(), 5, "progress has no update");
+        let text = |id: u32| String::from_utf8_lossy(batch.texts.get(id)).into_owned();
+        let version = |id: u32| String::from_utf8_lossy(batch.versions.get(id)).into_owned();
+        let [begin, success, failure, halted, revert] = batch.updates[..] else {
+            panic!("five updates");
+        };
+        assert_eq!((begin.step, begin.device), (Step::Begin, 0));
+        assert_eq!(
+            (text(begin.firmware), text(begin.rollout)),
+            ("ab12".into(), "r1".into())
+        );
+        assert_eq!(version(begin.version), "1.1");
+        assert_eq!(success.seconds_us, Some(2_250_000));
+        assert_eq!(
+            batch.events[2].fw, success.version,
+            "success says what runs"
+        );
+        assert_eq!((failure.step, failure.rollout), (Step::Failure, NONE));
+        assert_eq!(
+            (text(failure.stage), text(failure.text)),
+            ("write".into(), "chunk 3 refused".into())
+        );
+        assert_eq!((halted.device, text(halted.rollout)), (NONE, "r1".into()));
+        assert_eq!(
+            (text(halted.state), text(halted.text)),
+            ("halted".into(), "too many failures".into())
+        );
+        assert_eq!(halted.wave, 1);
+        assert_eq!(halted.counters.total, 3);
+        assert_eq!(halted.counters.pending, 1);
+        assert_eq!(halted.counters.failed, 1);
+        assert_eq!(version(revert.version), "1.0");
+        assert_eq!(revert.text, NONE, "an empty message is none");
+
+        // Without the firmware need nothing is recorded, and a rollout line is skipped.
+        let mut narrow = Batch::default();
+        for line in lines {
+            narrow.line(line, Need::default());
+        }
+        assert!(narrow.updates.is_empty());
+        assert_eq!(narrow.events.len(), 0);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use memchr::memchr;
 use memmap2::{Mmap, MmapOptions};
 
-use crate::event::{Batch, Event, Interner, Need, Tables};
+use crate::event::{Batch, Event, Interner, Need, Tables, Update};
 use crate::{cache, Error, Progress, Stage};
 
 /// Bytes per parallel work item: large enough that per-chunk merging is noise, small
@@ -92,6 +92,10 @@ pub struct Log {
     pub(crate) first_seen: Vec<i64>,
     pub(crate) names: Interner,
     pub(crate) versions: Interner,
+    /// Firmware ids, rollout ids and the other texts of `updates`.
+    pub(crate) texts: Interner,
+    /// What the engine's events said, in log order (kept with the firmware need).
+    pub(crate) updates: Vec<Update>,
     pub(crate) min_ts: Option<i64>,
     pub(crate) max_ts: Option<i64>,
     pub(crate) stats: LogStats,
@@ -330,6 +334,8 @@ impl Log {
             first_seen: &mut self.first_seen,
             names: &mut self.names,
             versions: &mut self.versions,
+            texts: &mut self.texts,
+            updates: &mut self.updates,
             min_ts: &mut self.min_ts,
             max_ts: &mut self.max_ts,
         });
@@ -545,6 +551,8 @@ mod tests {
             values(&expected.versions),
             "{context}"
         );
+        assert_eq!(values(&loaded.texts), values(&expected.texts), "{context}");
+        assert_eq!(loaded.updates, expected.updates, "{context}");
         assert_eq!(loaded.first_seen, expected.first_seen, "{context}");
         assert_eq!(
             (loaded.min_ts, loaded.max_ts),
@@ -707,6 +715,8 @@ mod tests {
             "rpc.out.Log",
             "rpc.out.Dash.Shadow.Update",
             "ota.failed",
+            "ota.failure",
+            "rollout.wave",
             "unknown",
         ]);
         let data = prop::sample::select(vec![
@@ -714,6 +724,7 @@ mod tests {
             r#"{"shadow":{"state":{"reported":{"on":true,"ota":{"status":3,"fw_version":"2.0"}}}},"info":{"fw_version":"1.0"}}"#,
             r#"{"state":{"reported":{"on":false}}}"#,
             r#"{"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            r#"{"firmware":"ab","stage":"write","message":"no","rollout":"r","wave":1,"devices":4,"total":4,"state":"running"}"#,
         ]);
         prop_oneof![
             8 => (0u32..1000, 0u32..20, name, data)

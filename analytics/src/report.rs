@@ -34,7 +34,8 @@ pub enum Report {
     Connectivity,
     /// Smart-light switch-ons, switch-offs and hours on, per device and hour of day.
     Usage,
-    /// Devices per firmware version over time; update attempts and their outcomes.
+    /// Devices per firmware version over time; update attempts and their outcomes; how
+    /// updates went per version, per rollout and per wave, and why they failed.
     Firmware,
     /// Calls by method and direction, with the error rate the log can show.
     Rpc,
@@ -87,7 +88,14 @@ impl Report {
             Report::Fleet => &["summary", "events", "busiest", "buckets"],
             Report::Connectivity => &["devices", "buckets"],
             Report::Usage => &["devices", "hours", "buckets"],
-            Report::Firmware => &["devices", "versions"],
+            Report::Firmware => &[
+                "devices",
+                "versions",
+                "updates",
+                "rollouts",
+                "rollout_waves",
+                "revert_reasons",
+            ],
             Report::Rpc => &["methods", "buckets"],
         }
     }
@@ -487,6 +495,13 @@ impl DeviceEvents {
 
 /// A column of microsecond timestamps as a Polars datetime (naive, meaning UTC).
 pub(crate) fn time_column(name: &str, micros: Vec<i64>) -> Column {
+    Series::new(name.into(), micros)
+        .into_datetime(TimeUnit::Microseconds, None)
+        .into_column()
+}
+
+/// Like [`time_column`], with nulls where there is no time.
+pub(crate) fn optional_time_column(name: &str, micros: Vec<Option<i64>>) -> Column {
     Series::new(name.into(), micros)
         .into_datetime(TimeUnit::Microseconds, None)
         .into_column()

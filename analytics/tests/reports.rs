@@ -297,8 +297,9 @@ fn ota(status: u8, fw: &str, message: &str) -> Value {
 }
 
 /// `f1` goes through a committed update, a reverted one, a failed one started by Herd's
-/// engine, and one still running; `f2` changes version with no attempt seen; `f3` never
-/// says its version; `f4` is deleted early.
+/// engine, and one still running; `f2` changes version with no attempt seen (the engine's
+/// success names the version the shadow already shows); `f3` never says its version; `f4`
+/// is deleted early.
 fn firmware_log(dir: &Path) -> Vec<PathBuf> {
     let mut text = String::new();
     text += &updated(-100.0, "f4", json!({}), json!({"fw_version": "1.0"}));
@@ -324,8 +325,18 @@ fn firmware_log(dir: &Path) -> Vec<PathBuf> {
         ota(0, "2.1", ""),
         json!({"fw_version": "2.0"}),
     );
-    text += &line(7300.0, "f2", "ota.success", json!({"fw_version": "2.1"}));
-    text += &line(8000.0, "f1", "ota.start", json!({"url": "http://x/fw.bin"}));
+    text += &line(
+        7300.0,
+        "f2",
+        "ota.success",
+        json!({"firmware": "img-2.1", "version": "2.1", "seconds": 30}),
+    );
+    text += &line(
+        8000.0,
+        "f1",
+        "ota.begin",
+        json!({"firmware": "img-1.2", "version": "1.2", "size": 4096}),
+    );
     text += &shadow_update(8100.0, "f1", ota(1, "1.1", "receiving"));
     text += &shadow_update(8200.0, "f1", ota(2, "1.1", "timed out"));
     text += &shadow_update(12000.0, "f1", ota(1, "1.1", "receiving"));
@@ -363,6 +374,413 @@ fn firmware_versions_and_attempts() {
             {"bucket": "2023-11-15T02:00:00Z", "fw_version": "2.1", "devices": 1},
             {"bucket": "2023-11-15T03:00:00Z", "fw_version": "1.1", "devices": 1},
             {"bucket": "2023-11-15T03:00:00Z", "fw_version": "2.1", "devices": 1},
+        ]),
+    );
+    // The engine's view: a success for 2.1, a begin for 1.2 that has no outcome yet.
+    assert_rows(
+        output.table("updates").expect("updates"),
+        json!([
+            {"fw_version": "1.1", "begun": 0, "succeeded": 0, "failed": 0, "reverted": 0,
+             "success_rate": null, "median_update_s": null, "p90_update_s": null,
+             "devices_running": 1},
+            {"fw_version": "1.2", "begun": 1, "succeeded": 0, "failed": 0, "reverted": 0,
+             "success_rate": null, "median_update_s": null, "p90_update_s": null,
+             "devices_running": 0},
+            {"fw_version": "2.1", "begun": 0, "succeeded": 1, "failed": 0, "reverted": 0,
+             "success_rate": 1.0, "median_update_s": 30.0, "p90_update_s": 30.0,
+             "devices_running": 1},
+        ]),
+    );
+    for table in ["rollouts", "rollout_waves", "revert_reasons"] {
+        assert_eq!(output.table(table).expect(table).height(), 0, "{table}");
+    }
+}
+
+/// Herd's update engine at work (PROTOCOL §10.6). Every device runs 1.0 at first. Images:
+/// `fw-a` is 2.0, `fw-b` is 1.5.
+/// - Rollout `r1` ("lights 2.0") over d1-d6 completes in two waves: wave 0 (d1, d2)
+///   succeeds in 100 s and 200 s; in wave 1, d3 and d6 succeed in 300 s and 400 s, d4
+///   reverts and d5 fails writing.
+/// - Rollout `r2` halts in its wave 0 (d7-d10) after d7 fails writing and d8 times out;
+///   d9 (still sending) then fails writing and d10 (verifying) succeeds in 590 s, after
+///   the halt, which the counters of the halt event do not show yet. Its wave 1 (d13,
+///   d14) never starts.
+/// - One-device pushes: d11 fails `OTA.End` with `fw-b`, then succeeds in 50 s; d12
+///   reverts `fw-a`.
+/// - Two events under guessed names (unknown), and a torn last line.
+fn engine_log(dir: &Path) -> Vec<PathBuf> {
+    let counters = |state: &str, wave: u32, extra: Value| {
+        let mut data = json!({"total": 6, "pending": 0, "sending": 0, "rebooting": 0,
+            "verifying": 0, "succeeded": 0, "failed": 0, "reverted": 0, "skipped": 0,
+            "timed_out": 0, "state": state, "firmware": "fw-a", "wave": wave});
+        for (key, value) in extra.as_object().expect("object") {
+            data[key] = value.clone();
+        }
+        data
+    };
+    let begin = |offset: f64, id: &str, rollout: Option<&str>| {
+        let mut data = json!({"firmware": "fw-a", "version": "2.0", "size": 1000});
+        if let Some(rollout) = rollout {
+            data["rollout"] = json!(rollout);
+        }
+        line(offset, id, "ota.begin", data)
+    };
+    let success = |offset: f64, id: &str, seconds: f64, rollout: &str| {
+        line(
+            offset,
+            id,
+            "ota.success",
+            json!({"firmware": "fw-a", "version": "2.0", "seconds": seconds, "rollout": rollout}),
+        )
+    };
+    let failure = |offset: f64, id: &str, stage: &str, message: &str, rollout: &str| {
+        line(
+            offset,
+            id,
+            "ota.failure",
+            json!({"firmware": "fw-a", "stage": stage, "message": message, "rollout": rollout}),
+        )
+    };
+    let reverted = |offset: f64, id: &str, rollout: Option<&str>| {
+        let mut data = json!({"firmware": "fw-a", "running_version": "1.0",
+                              "message": "reverted: not committed"});
+        if let Some(rollout) = rollout {
+            data["rollout"] = json!(rollout);
+        }
+        line(offset, id, "ota.revert", data)
+    };
+    let mut text = String::new();
+    for i in 1..=14 {
+        let id = format!("d{i}");
+        text += &updated(0.0, &id, json!({}), json!({"fw_version": "1.0"}));
+    }
+    // r1: two waves, completed.
+    text += &line(
+        100.0,
+        "r1",
+        "rollout.planned",
+        counters("planned", 0, json!({"pending": 6, "name": "lights 2.0"})),
+    );
+    text += &line(
+        200.0,
+        "r1",
+        "rollout.started",
+        counters("running", 0, json!({"pending": 6})),
+    );
+    text += &line(
+        200.0,
+        "r1",
+        "rollout.wave",
+        counters("running", 0, json!({"pending": 6, "devices": 2})),
+    );
+    text += &begin(210.0, "d1", Some("r1"));
+    text += &begin(211.0, "d2", Some("r1"));
+    text += &line(
+        250.0,
+        "d1",
+        "ota.progress",
+        json!({"firmware": "fw-a", "percent": 50}),
+    );
+    text += &success(310.0, "d1", 100.0, "r1");
+    text += &success(411.0, "d2", 200.0, "r1");
+    text += &line(
+        1000.0,
+        "r1",
+        "rollout.wave",
+        counters(
+            "running",
+            1,
+            json!({"pending": 4, "succeeded": 2, "devices": 4}),
+        ),
+    );
+    for (i, id) in ["d3", "d4", "d5", "d6"].iter().enumerate() {
+        text += &begin(1010.0 + i as f64, id, Some("r1"));
+    }
+    text += &failure(1100.0, "d5", "write", "chunk 12 refused", "r1");
+    text += &success(1310.0, "d3", 300.0, "r1");
+    text += &reverted(1411.0, "d4", Some("r1"));
+    text += &success(1413.0, "d6", 400.0, "r1");
+    text += &line(1500.0, "r1", "rollout.finished", json!({}));
+    text += &line(
+        2000.0,
+        "r1",
+        "rollout.completed",
+        counters(
+            "completed",
+            1,
+            json!({"succeeded": 4, "failed": 1, "reverted": 1}),
+        ),
+    );
+    // One-device pushes.
+    text += &line(
+        3000.0,
+        "d11",
+        "ota.begin",
+        json!({"firmware": "fw-b", "version": "1.5", "size": 500}),
+    );
+    text += &line(
+        3010.0,
+        "d11",
+        "ota.progress",
+        json!({"firmware": "fw-b", "percent": 100}),
+    );
+    text += &line(
+        3050.0,
+        "d11",
+        "ota.failure",
+        json!({"firmware": "fw-b", "stage": "end", "message": "image rejected"}),
+    );
+    text += &line(3060.0, "d11", "ota.start", json!({"firmware": "fw-b"}));
+    text += &line(
+        3100.0,
+        "d11",
+        "ota.begin",
+        json!({"firmware": "fw-b", "version": "1.5", "size": 500}),
+    );
+    text += &line(
+        3150.0,
+        "d11",
+        "ota.success",
+        json!({"firmware": "fw-b", "version": "1.5", "seconds": 50}),
+    );
+    text += &begin(4000.0, "d12", None);
+    text += &reverted(4100.0, "d12", None);
+    // r2: halted in wave 0.
+    text += &line(
+        6000.0,
+        "r2",
+        "rollout.planned",
+        counters(
+            "planned",
+            0,
+            json!({"pending": 6, "name": "lights 2.0 again"}),
+        ),
+    );
+    text += &line(
+        6100.0,
+        "r2",
+        "rollout.started",
+        counters("running", 0, json!({"pending": 6})),
+    );
+    text += &line(
+        6100.0,
+        "r2",
+        "rollout.wave",
+        counters("running", 0, json!({"pending": 6, "devices": 4})),
+    );
+    for (i, id) in ["d7", "d8", "d9", "d10"].iter().enumerate() {
+        text += &begin(6110.0 + i as f64, id, Some("r2"));
+    }
+    text += &failure(6200.0, "d7", "write", "chunk 12 refused", "r2");
+    text += &failure(
+        6500.0,
+        "d8",
+        "reboot",
+        "did not come back within 330 s",
+        "r2",
+    );
+    text += &line(
+        6500.0,
+        "r2",
+        "rollout.halted",
+        counters(
+            "halted",
+            0,
+            json!({"pending": 2, "sending": 1, "verifying": 1, "failed": 1, "timed_out": 1,
+                   "reason": "wave 0: 2 of 4 devices failed (50.0 %), the limit is 50 %"}),
+        ),
+    );
+    text += &failure(6600.0, "d9", "write", "chunk 12 refused", "r2");
+    text += &success(6700.0, "d10", 590.0, "r2");
+    // A crash while writing the last line.
+    let torn = line(7000.0, "d13", "ota.begin", json!({"firmware": "fw-a"}));
+    text += &torn[..torn.len() / 2];
+    let path = dir.join("notification.log");
+    std::fs::write(&path, text).expect("write");
+    vec![path]
+}
+
+#[test]
+fn firmware_updates_rollouts_waves_and_reasons() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = engine_log(dir.path());
+    let output = report(Report::Firmware, &logs);
+    assert_eq!(output.stats.torn_lines, 1);
+    assert_eq!(
+        output.stats.unknown_events, 2,
+        "ota.start, rollout.finished"
+    );
+    assert_eq!(output.stats.invalid_lines, 0);
+    assert_eq!(
+        output.tables.iter().map(|t| t.name).collect::<Vec<_>>(),
+        [
+            "devices",
+            "versions",
+            "updates",
+            "rollouts",
+            "rollout_waves",
+            "revert_reasons"
+        ]
+    );
+
+    // 2.0: 6 + 4 begins in rollouts and one push; successes in 100, 200, 300, 400 and
+    // 590 s (median 300, p90 at rank 3.6: 400 + 0.6 * 190); failures d5, d7, d8, d9;
+    // reverts d4, d12. 1.5: d11 twice. Running at the end: 2.0 on d1-d3, d6, d10; 1.5 on
+    // d11; 1.0 on the other eight (d4 and d12 went back to it).
+    assert_rows(
+        output.table("updates").expect("updates"),
+        json!([
+            {"fw_version": "1.0", "begun": 0, "succeeded": 0, "failed": 0, "reverted": 0,
+             "success_rate": null, "median_update_s": null, "p90_update_s": null,
+             "devices_running": 8},
+            {"fw_version": "1.5", "begun": 2, "succeeded": 1, "failed": 1, "reverted": 0,
+             "success_rate": 0.5, "median_update_s": 50.0, "p90_update_s": 50.0,
+             "devices_running": 1},
+            {"fw_version": "2.0", "begun": 11, "succeeded": 5, "failed": 4, "reverted": 2,
+             "success_rate": 5.0 / 11.0, "median_update_s": 300.0, "p90_update_s": 514.0,
+             "devices_running": 5},
+        ]),
+    );
+
+    // r1: 4 of 6 succeeded, times 100-400 s (median 250, p90 at rank 2.7: 300 + 0.7 *
+    // 100). r2: the halt's counters (1 failed, 1 timed out, 2 under way) plus d9's
+    // failure and d10's success after it: 1 of 4 ended updates succeeded.
+    assert_rows(
+        output.table("rollouts").expect("rollouts"),
+        json!([
+            {"id": "r1", "name": "lights 2.0", "firmware": "fw-a", "fw_version": "2.0",
+             "state": "completed", "devices": 6, "succeeded": 4, "failed": 1, "reverted": 1,
+             "timed_out": 0, "skipped": 0, "success_rate": 4.0 / 6.0,
+             "median_update_s": 250.0, "p90_update_s": 370.0,
+             "started": "2023-11-15T00:03:20Z", "finished": "2023-11-15T00:33:20Z",
+             "duration_s": 1800.0, "reason": null},
+            {"id": "r2", "name": "lights 2.0 again", "firmware": "fw-a", "fw_version": "2.0",
+             "state": "halted", "devices": 6, "succeeded": 1, "failed": 2, "reverted": 0,
+             "timed_out": 1, "skipped": 0, "success_rate": 0.25,
+             "median_update_s": 590.0, "p90_update_s": 590.0,
+             "started": "2023-11-15T01:41:40Z", "finished": "2023-11-15T01:48:20Z",
+             "duration_s": 400.0,
+             "reason": "wave 0: 2 of 4 devices failed (50.0 %), the limit is 50 %"},
+        ]),
+    );
+
+    assert_rows(
+        output.table("rollout_waves").expect("rollout_waves"),
+        json!([
+            {"rollout": "r1", "wave": 0, "devices": 2, "begun": 2, "succeeded": 2,
+             "failed": 0, "reverted": 0, "success_rate": 1.0},
+            {"rollout": "r1", "wave": 1, "devices": 4, "begun": 4, "succeeded": 2,
+             "failed": 1, "reverted": 1, "success_rate": 0.5},
+            {"rollout": "r2", "wave": 0, "devices": 4, "begun": 4, "succeeded": 1,
+             "failed": 3, "reverted": 0, "success_rate": 0.25},
+        ]),
+    );
+
+    assert_rows(
+        output.table("revert_reasons").expect("revert_reasons"),
+        json!([
+            {"rollout": "r2", "outcome": "failed", "stage": "write",
+             "message": "chunk 12 refused", "count": 2},
+            {"rollout": null, "outcome": "failed", "stage": "end",
+             "message": "image rejected", "count": 1},
+            {"rollout": null, "outcome": "reverted", "stage": null,
+             "message": "reverted: not committed", "count": 1},
+            {"rollout": "r1", "outcome": "failed", "stage": "write",
+             "message": "chunk 12 refused", "count": 1},
+            {"rollout": "r1", "outcome": "reverted", "stage": null,
+             "message": "reverted: not committed", "count": 1},
+            {"rollout": "r2", "outcome": "failed", "stage": "reboot",
+             "message": "did not come back within 330 s", "count": 1},
+        ]),
+    );
+
+    // Per device, the engine's events are attempts like the shadow's.
+    let devices = json_rows(output.main()).expect("rows");
+    let row = |id: &str| {
+        devices
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {devices}"))
+    };
+    assert_eq!(
+        devices.as_array().map(Vec::len),
+        Some(14),
+        "no rollout rows"
+    );
+    let d11 = row("d11");
+    assert_eq!(
+        (
+            &d11["fw_version"],
+            &d11["ota_attempts"],
+            &d11["ota_successes"],
+            &d11["ota_failures"]
+        ),
+        (&json!("1.5"), &json!(2), &json!(1), &json!(1))
+    );
+    let d12 = row("d12");
+    assert_eq!(
+        (
+            &d12["fw_version"],
+            &d12["ota_attempts"],
+            &d12["ota_reverts"]
+        ),
+        (&json!("1.0"), &json!(1), &json!(1))
+    );
+
+    // Rollouts are not devices in the other reports either.
+    let fleet = report(Report::Fleet, &logs);
+    let summary = json_rows(fleet.main()).expect("rows");
+    assert_eq!(summary[0]["devices_seen"], 14, "{summary}");
+}
+
+#[test]
+fn firmware_engine_tables_follow_the_range_and_the_device() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = engine_log(dir.path());
+
+    // From 5000 s on: r1 and the pushes are before the range.
+    let mut late = request(Report::Firmware, &logs);
+    late.from = Some(T + 5000.0);
+    let output = run(&late, &|_| {}).expect("report runs");
+    let rollouts = json_rows(output.table("rollouts").expect("rollouts")).expect("rows");
+    assert_eq!(rollouts.as_array().map(Vec::len), Some(1), "{rollouts}");
+    assert_eq!(rollouts[0]["id"], "r2");
+    let updates = json_rows(output.table("updates").expect("updates")).expect("rows");
+    let two = updates
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["fw_version"] == "2.0"))
+        .cloned()
+        .expect("2.0");
+    assert_eq!(
+        (&two["begun"], &two["succeeded"], &two["failed"]),
+        (&json!(4), &json!(1), &json!(3))
+    );
+
+    // One device: the rollout it was in, whole; only its own failures.
+    let mut one = request(Report::Firmware, &logs);
+    one.device = Some("d9".into());
+    let output = run(&one, &|_| {}).expect("report runs");
+    let rollouts = json_rows(output.table("rollouts").expect("rollouts")).expect("rows");
+    assert_eq!(rollouts.as_array().map(Vec::len), Some(1), "{rollouts}");
+    assert_eq!(
+        (&rollouts[0]["id"], &rollouts[0]["devices"]),
+        (&json!("r2"), &json!(6))
+    );
+    assert_rows(
+        output.table("revert_reasons").expect("revert_reasons"),
+        json!([{"rollout": "r2", "outcome": "failed", "stage": "write",
+                "message": "chunk 12 refused", "count": 1}]),
+    );
+    assert_rows(
+        output.table("updates").expect("updates"),
+        json!([
+            {"fw_version": "1.0", "begun": 0, "succeeded": 0, "failed": 0, "reverted": 0,
+             "success_rate": null, "median_update_s": null, "p90_update_s": null,
+             "devices_running": 1},
+            {"fw_version": "2.0", "begun": 1, "succeeded": 0, "failed": 1, "reverted": 0,
+             "success_rate": 0.0, "median_update_s": null, "p90_update_s": null,
+             "devices_running": 0},
         ]),
     );
 }
@@ -689,6 +1107,72 @@ fn chunk_boundaries_do_not_lose_lines() {
             assert_eq!(x.frame, y.frame, "{report} {}", x.name);
         }
     }
+}
+
+/// The generator's rollouts read back: every rollout that ended shows in its waves the
+/// outcomes its counters hold (a timeout is a failure there).
+#[test]
+fn generated_rollouts_add_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notification.log");
+    let config = herd_analytics::generate::Config {
+        seed: 5,
+        devices: 40,
+        bytes: 4 << 20,
+        ..Default::default()
+    };
+    let file = std::fs::File::create(&path).expect("create");
+    herd_analytics::generate::generate(&config, file).expect("generate");
+    let output =
+        run(&ReportRequest::new(Report::Firmware, vec![path]), &|_| {}).expect("report runs");
+    assert_eq!(output.stats.unknown_events, 0);
+    assert_eq!(output.stats.invalid_lines, 0);
+    let rollouts = json_rows(output.table("rollouts").expect("rollouts")).expect("rows");
+    let waves = json_rows(output.table("rollout_waves").expect("waves")).expect("rows");
+    let rollouts = rollouts.as_array().expect("rows");
+    let states: Vec<&str> = rollouts
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"completed") && states.contains(&"halted"),
+        "{states:?}"
+    );
+    let number = |v: &Value| v.as_u64().expect("count");
+    for rollout in rollouts {
+        let ended = ["succeeded", "failed", "reverted", "timed_out", "skipped"]
+            .iter()
+            .map(|c| number(&rollout[*c]))
+            .sum::<u64>();
+        assert!(ended <= number(&rollout["devices"]), "{rollout}");
+        if rollout["state"] == "running" {
+            continue;
+        }
+        let sum = |column: &str| {
+            waves
+                .as_array()
+                .expect("rows")
+                .iter()
+                .filter(|w| w["rollout"] == rollout["id"])
+                .map(|w| number(&w[column]))
+                .sum::<u64>()
+        };
+        assert_eq!(sum("succeeded"), number(&rollout["succeeded"]), "{rollout}");
+        assert_eq!(
+            sum("failed"),
+            number(&rollout["failed"]) + number(&rollout["timed_out"]),
+            "{rollout}"
+        );
+        assert_eq!(sum("reverted"), number(&rollout["reverted"]), "{rollout}");
+    }
+    let updates = json_rows(output.table("updates").expect("updates")).expect("rows");
+    let begun: u64 = updates
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| number(&r["begun"]))
+        .sum();
+    assert!(begun > 0, "{updates}");
 }
 
 #[test]

@@ -101,7 +101,8 @@ impl RunArgs {
             .clamp(1, 100)
     }
 
-    fn sibling(name: &str) -> PathBuf {
+    /// `name` next to the running binary (both are built into target/release).
+    pub fn sibling(name: &str) -> PathBuf {
         std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
@@ -866,19 +867,27 @@ impl Ladder {
 // ---------------------------------------------------------------------------------
 // processes
 
-struct ServerProcess {
+/// A herd-server process on a fresh data directory, with an administrator's API key.
+pub struct ServerProcess {
     child: Child,
-    pid: u32,
-    address: String,
-    base: String,
-    api_key: String,
+    pub pid: u32,
+    pub address: String,
+    /// `http://ADDRESS`.
+    pub base: String,
+    pub api_key: String,
     log_path: PathBuf,
     /// Dropped last: removes the data directory once the server is gone.
     _data_dir: tempfile::TempDir,
 }
 
 impl ServerProcess {
-    async fn start(bin: &Path) -> Result<Self> {
+    /// Registers an administrator and starts `bin` on a free loopback port.
+    pub async fn start(bin: &Path) -> Result<Self> {
+        Self::start_with(bin, None).await
+    }
+
+    /// [`ServerProcess::start`] with a settings file (`herd-server --config`).
+    pub async fn start_with(bin: &Path, config: Option<&Path>) -> Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("herd-bench-")
             .tempdir()
@@ -921,7 +930,11 @@ impl ServerProcess {
         let address = format!("127.0.0.1:{port}");
         let log_path = data_dir.path().join("server.log");
         let log = std::fs::File::create(&log_path).context("server log file")?;
-        let mut child = tokio::process::Command::new(bin)
+        let mut command = tokio::process::Command::new(bin);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &address])
@@ -969,7 +982,8 @@ impl ServerProcess {
         })
     }
 
-    fn check_alive(&mut self) -> Result<()> {
+    /// Fails when the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(Some(status)) => bail!("server exited ({status}): {}", log_tail(&self.log_path)),
             _ => Ok(()),
@@ -977,7 +991,7 @@ impl ServerProcess {
     }
 
     /// SIGTERM, wait for a graceful exit, then report what the log says.
-    async fn stop(mut self) -> Vec<String> {
+    pub async fn stop(mut self) -> Vec<String> {
         let mut notes = Vec::new();
         let started = Instant::now();
         // `kill` avoids unsafe libc calls for one signal.

@@ -27,6 +27,7 @@ pub mod client;
 pub mod consumer;
 pub mod driver;
 pub mod latency;
+pub mod ota;
 pub mod procfs;
 pub mod report;
 pub mod shard;

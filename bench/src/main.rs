@@ -25,6 +25,9 @@ enum Mode {
 }
 
 fn main() -> Result<()> {
+    // reqwest is built with rustls but without a chosen crypto provider when the whole
+    // workspace is built together; choose ring, as the rest of Herd does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Some(Mode::Client) => {

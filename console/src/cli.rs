@@ -2,7 +2,10 @@
 //! scripts rely on. Without a subcommand `herd` opens the console.
 
 mod commands;
+mod firmware;
+mod ota;
 mod report;
+mod rollout;
 mod tail;
 
 use std::path::PathBuf;
@@ -13,8 +16,11 @@ use herd_client::Error as ClientError;
 
 use crate::profile::{Overrides, Profile};
 
-/// Printed under `herd --help`; scripts depend on these numbers, so they never change.
-pub const EXIT_CODES: &str = "\
+/// The text of [`EXIT_CODES`], as a literal so that the help can be put together at
+/// compile time.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   0  success
   1  any other failure (server error, unexpected answer)
@@ -22,9 +28,14 @@ Exit codes:
   3  the server cannot be reached or did not answer in time
   4  the API key was refused (HTTP 401/403)
   5  no such device or resource (HTTP 404), or no such log file or directory
-  6  shadow version conflict (HTTP 409)
-  7  the device is offline, did not reply, or returned an error
+  6  conflict (HTTP 409): a stale shadow version, an update already running on the
+     device, firmware still used by an unfinished rollout
+  7  the device is offline, did not reply, or returned an error; a firmware update
+     (`herd ota push --wait`) failed or reverted
   8  refused by a read-only profile
+
+`herd rollout show --watch` exits 0 when the rollout completed and 1 when it halted or
+was aborted.
 
 Errors go to stderr as one line: `herd: <message>`.
 
@@ -37,7 +48,29 @@ Environment:
   HERD_TAIL_LINES  notification lines the console keeps (default 20000)
   HERD_MOUSE=1     mouse: wheel scrolls, click selects
   NO_COLOR         no colours, only bold and reverse video
-  VISUAL, EDITOR   the editor for `E` in the device view";
+  VISUAL, EDITOR   the editor for `E` in the device view"
+    };
+}
+
+/// Printed under `herd --help`; scripts depend on these numbers, so they never change.
+pub const EXIT_CODES: &str = exit_codes!();
+
+/// Everything under `herd --help`: the firmware workflow in brief, then [`EXIT_CODES`].
+const AFTER_HELP: &str = concat!(
+    "\
+Firmware updates (PROTOCOL §10; ids may be shortened to 8 or more characters):
+  herd firmware keygen                      a key; devices take its .pub as update.pubkey
+  herd firmware upload FILE --sign KEYFILE  a signed image; prints its id
+  herd firmware list | rm ID
+  herd ota push DEVICE FILE --wait          one device; waits until it runs the image
+  herd rollout plan --firmware ID --select 'fw:1.0.0' --waves 10,90 --soak 600
+  herd rollout create ... --start           the same, stored and started; prints its id
+  herd rollout show ID --watch              until completed (0), halted or aborted (1)
+  herd rollout pause|resume|abort|retry ID
+
+",
+    exit_codes!()
+);
 
 /// The exit codes listed in [`EXIT_CODES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +160,8 @@ pub struct ConnectionArgs {
     /// API key (overrides the profile).
     #[arg(long, env = "HERD_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Refuse every change: shadow edits, RPC calls, registrations.
+    /// Refuse every change: shadow edits, RPC calls, registrations, firmware uploads and
+    /// deletions, updates and rollout commands.
     #[arg(long, env = "HERD_READ_ONLY", global = true)]
     pub read_only: bool,
     /// Config file with profiles (default: console.toml in the platform config directory).
@@ -155,7 +189,7 @@ impl ConnectionArgs {
 
 /// `herd`: the operator console and the scripting CLI for a Herd device cloud.
 #[derive(Debug, Parser)]
-#[command(name = "herd", version, after_help = EXIT_CODES)]
+#[command(name = "herd", version, after_help = AFTER_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -235,6 +269,23 @@ pub enum Command {
     /// A usage report over the server's notification log: fleet, connectivity, usage,
     /// firmware or rpc, as a table or as CSV, JSON or Parquet.
     Report(report::ReportArgs),
+    /// Firmware images: signing keys, upload, list, delete (PROTOCOL §10.1, §10.4).
+    /// Wherever a firmware id is taken, a unique prefix of at least 8 characters will do.
+    Firmware {
+        #[command(subcommand)]
+        command: firmware::FirmwareCommand,
+    },
+    /// Update one device with an image (PROTOCOL §10.2).
+    Ota {
+        #[command(subcommand)]
+        command: ota::OtaCommand,
+    },
+    /// Staged firmware rollouts over many devices, in waves, watched (PROTOCOL §10.5).
+    /// Rollout ids may be given as a unique prefix of at least 8 characters.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutSubcommand,
+    },
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
     Demo {
@@ -302,6 +353,13 @@ async fn run(args: Args) -> CommandResult {
         )
         .await;
     }
+    // A key is made locally; it needs no server or profile.
+    if let Command::Firmware {
+        command: firmware::FirmwareCommand::Keygen { out, json },
+    } = &command
+    {
+        return firmware::keygen(out, *json);
+    }
     let mut overrides = args.connection.overrides();
     overrides.log = args.log;
     let profile = Profile::resolve(&overrides)?;
@@ -355,6 +413,9 @@ async fn run(args: Args) -> CommandResult {
             }
             commands::register(&client, &name, id, json).await
         }
+        Command::Firmware { command } => firmware::run(&client, profile.read_only, command).await,
+        Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
+        Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
         Command::Demo { .. } | Command::Report(_) => Ok(()),
     }
 }

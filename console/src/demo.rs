@@ -1,14 +1,17 @@
 //! `herd demo`: the whole product on a fresh machine. An embedded `herd-server` on a free
 //! loopback port with a fresh data directory, an administrator, a simulated fleet from
-//! `herd-agent` (real device engines over real sockets), two firmware images for the
-//! simulated lights in the store (so a rollout or a push can be tried at once), and the
-//! console on top. Quitting the console stops the fleet and the server and removes the
-//! data directory.
+//! `herd-agent` (real device engines over real sockets), and the console on top. Quitting
+//! the console stops the fleet and the server and removes the data directory.
+//!
+//! The fleet runs firmware 1.0.0 and the server already stores 1.1.0 and 1.2.0, so a
+//! rollout can be planned and started at once, and a lamp on one can be pushed the other. One lamp in ten has an update that crashes on its first
+//! boot and reverts (the fleet's default behaviour): a rollout with a `halt_when`
+//! threshold halts in front of the user.
 
 use std::path::PathBuf;
 
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
-use herd_client::{Client, UploadMeta};
+use herd_client::Client;
 use herd_config::ServerSettings;
 use herd_server::Server;
 
@@ -24,38 +27,6 @@ pub struct DemoOptions {
 
 fn failed(what: &str) -> impl Fn(anyhow::Error) -> Failure + '_ {
     move |e| Failure::new(Exit::Failure, format!("{what}: {e:#}"))
-}
-
-/// Versions of the images put in the store; the simulated lights run 1.0.0.
-pub const DEMO_VERSIONS: [&str; 2] = ["1.1.0", "1.2.0"];
-
-/// An image the simulated lights take: the header names it (PROTOCOL §10.1), filler makes
-/// the transfer long enough to watch.
-fn demo_image(version: &str) -> Vec<u8> {
-    let mut image = format!(
-        "HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n"
-    )
-    .into_bytes();
-    image.resize(96 * 1024, b'.');
-    image
-}
-
-/// Puts the demo images in the store. A failure only costs the demo its images.
-async fn upload_images(client: &Client, dir: &std::path::Path) {
-    for version in DEMO_VERSIONS {
-        let path = dir.join(format!("herd-light-{version}.bin"));
-        let uploaded = match tokio::fs::write(&path, demo_image(version)).await {
-            Ok(()) => client
-                .upload_firmware(&path, &UploadMeta::default(), None)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(error) = uploaded {
-            tracing::warn!(%version, %error, "cannot put a demo image in the store");
-        }
-    }
 }
 
 pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
@@ -109,7 +80,10 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
     };
     let outcome = match Client::new(&url, Some(&api_key)) {
         Ok(client) => {
-            upload_images(&client, dir.path()).await;
+            if let Err(e) = seed_firmware(&client, dir.path()).await {
+                // The console is still worth opening without it.
+                tracing::warn!(error = %e, "cannot store the demo's firmware");
+            }
             let profile = ProfileInfo {
                 name: "demo".into(),
                 server: url.clone(),
@@ -132,4 +106,56 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
         tracing::warn!(error = %e, "demo server did not stop cleanly");
     }
     outcome
+}
+
+/// The version the demo fleet can be updated to.
+pub const DEMO_UPDATE_VERSION: &str = "1.1.0";
+/// A newer one, so there is a choice (and a device on one can be pushed the other).
+pub const DEMO_NEXT_VERSION: &str = "1.2.0";
+
+/// A firmware image for the simulated lamps: the header names it (app `herd-light`, arch
+/// `sim`, as the fleet reports), the rest is filler a real image would carry.
+pub fn demo_image(version: &str, size: usize) -> Vec<u8> {
+    let mut image = format!(
+        "HERD-IMAGE {{\"app\":\"herd-light\",\"fw_version\":\"{version}\",\"arch\":\"sim\"}}\n"
+    )
+    .into_bytes();
+    let mut state = 0x9e37_79b9_u32;
+    while image.len() < size {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image.push((state >> 24) as u8);
+    }
+    image
+}
+
+/// Stores firmware 1.1.0 and 1.2.0 for the demo fleet, through the API as an operator
+/// would.
+async fn seed_firmware(client: &Client, dir: &std::path::Path) -> Result<(), String> {
+    for version in [DEMO_UPDATE_VERSION, DEMO_NEXT_VERSION] {
+        let path = dir.join(format!("herd-light-{version}.bin"));
+        std::fs::write(&path, demo_image(version, 256 * 1024))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        client
+            .upload_firmware(&path, &herd_client::UploadMeta::default(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_image_names_itself() {
+        let image = demo_image("1.1.0", 4096);
+        assert_eq!(image.len(), 4096);
+        assert!(image.starts_with(b"HERD-IMAGE {\"app\":\"herd-light\",\"fw_version\":\"1.1.0\""));
+        assert_eq!(
+            image,
+            demo_image("1.1.0", 4096),
+            "the same bytes every time"
+        );
+    }
 }

@@ -5,8 +5,9 @@
 //! (§4) side by side and a JSON editor for `desired`, RPC calls from the device's
 //! `RPC.List`, firmware rollouts planned from the fleet and watched live, one-device
 //! firmware pushes (§10), and a notification tail. With a subcommand it is a scripting
-//! tool with stable output and exit codes ([`cli::EXIT_CODES`]). `herd demo` runs the
-//! whole product on loopback.
+//! tool with stable output and exit codes ([`cli::EXIT_CODES`]), firmware updates and
+//! rollouts (PROTOCOL §10) among its commands. `herd demo` runs the whole product on
+//! loopback.
 //!
 //! The console follows The Elm Architecture: [`tui::Model`] is the state,
 //! [`tui::update`] the only transition, [`tui::view::render`] draws from the model. Tests

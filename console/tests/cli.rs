@@ -1,46 +1,14 @@
 //! The real `herd` binary against an in-process server: output formats and the exit codes
 //! scripts rely on (`herd --help` lists them).
 
-#[path = "../../client/tests/common/mod.rs"]
-mod common;
+mod cli_support;
 
 use std::process::Stdio;
 
-use common::{SimDevice, TestServer, WAIT};
+use cli_support::common::{SimDevice, TestServer, WAIT};
+use cli_support::{herd, run};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// `herd` with a config file that does not exist, so nothing on this machine leaks in.
-fn herd(server: &TestServer, key: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herd"));
-    command
-        .env("HERD_CONFIG", server.dir.path().join("no-console.toml"))
-        .env("HERD_SERVER", server.url())
-        .env("HERD_API_KEY", key)
-        .env_remove("HERD_PROFILE")
-        .env_remove("HERD_READ_ONLY")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-async fn run(mut command: tokio::process::Command, args: &[&str]) -> Output {
-    let output = tokio::time::timeout(WAIT, command.args(args).output())
-        .await
-        .expect("herd finishes")
-        .expect("herd runs");
-    Output {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 #[tokio::test]
 async fn devices_device_and_register() {

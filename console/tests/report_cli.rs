@@ -358,6 +358,239 @@ fn fleet_tables_top_and_the_whole_report_as_json() {
     );
 }
 
+/// Herd's update engine over the hour (PROTOCOL §10.6):
+/// - rollout `r1` (image `img-11`, version 1.1) completes: wave 0 updates lamp-1 in 60 s;
+///   in wave 1 lamp-2 updates in 120 s and lamp-3 reverts. 2 of 3 succeeded; median 90 s,
+///   p90 60 + 0.9 * 60 = 114 s; started at 200 s, completed at 600 s.
+/// - rollout `r2` (`img-12`, 1.2) halts at 1200 s when lamp-4 fails writing, while lamp-5
+///   is still sending; lamp-5 then succeeds in 190 s. 1 of 2 succeeded.
+/// - lamp-6 fails a one-device push, which no rollout row shows.
+fn rollout_log() -> String {
+    let rollout = |offset: i64, id: &str, name: &str, state: &str, wave: u32, extra: Value| {
+        let image = if id == "r1" { "img-11" } else { "img-12" };
+        let mut data = json!({"total": 0, "pending": 0, "sending": 0, "rebooting": 0,
+            "verifying": 0, "succeeded": 0, "failed": 0, "reverted": 0, "skipped": 0,
+            "timed_out": 0, "state": state, "firmware": image, "wave": wave});
+        for (key, value) in extra.as_object().expect("object") {
+            data[key] = value.clone();
+        }
+        line(offset, id, name, data)
+    };
+    let device = |offset: i64, id: &str, name: &str, data: Value| line(offset, id, name, data);
+    [
+        rollout(
+            100,
+            "r1",
+            "rollout.planned",
+            "planned",
+            0,
+            json!({"total": 3, "pending": 3, "name": "porch lights 1.1"}),
+        ),
+        rollout(
+            200,
+            "r1",
+            "rollout.started",
+            "running",
+            0,
+            json!({"total": 3, "pending": 3}),
+        ),
+        rollout(
+            200,
+            "r1",
+            "rollout.wave",
+            "running",
+            0,
+            json!({"total": 3, "pending": 3, "devices": 1}),
+        ),
+        device(
+            210,
+            "lamp-1",
+            "ota.begin",
+            json!({"firmware": "img-11", "version": "1.1", "size": 1000, "rollout": "r1"}),
+        ),
+        device(
+            270,
+            "lamp-1",
+            "ota.success",
+            json!({"firmware": "img-11", "version": "1.1", "seconds": 60, "rollout": "r1"}),
+        ),
+        rollout(
+            300,
+            "r1",
+            "rollout.wave",
+            "running",
+            1,
+            json!({"total": 3, "pending": 2, "succeeded": 1, "devices": 2}),
+        ),
+        device(
+            310,
+            "lamp-2",
+            "ota.begin",
+            json!({"firmware": "img-11", "version": "1.1", "size": 1000, "rollout": "r1"}),
+        ),
+        device(
+            311,
+            "lamp-3",
+            "ota.begin",
+            json!({"firmware": "img-11", "version": "1.1", "size": 1000, "rollout": "r1"}),
+        ),
+        device(
+            320,
+            "lamp-2",
+            "ota.progress",
+            json!({"firmware": "img-11", "percent": 50}),
+        ),
+        device(
+            430,
+            "lamp-2",
+            "ota.success",
+            json!({"firmware": "img-11", "version": "1.1", "seconds": 120, "rollout": "r1"}),
+        ),
+        device(
+            500,
+            "lamp-3",
+            "ota.revert",
+            json!({"firmware": "img-11", "running_version": "1.0",
+                   "message": "reverted: not committed", "rollout": "r1"}),
+        ),
+        rollout(
+            600,
+            "r1",
+            "rollout.completed",
+            "completed",
+            1,
+            json!({"total": 3, "succeeded": 2, "reverted": 1}),
+        ),
+        rollout(
+            1000,
+            "r2",
+            "rollout.planned",
+            "planned",
+            0,
+            json!({"total": 2, "pending": 2, "name": "porch lights 1.2"}),
+        ),
+        rollout(
+            1100,
+            "r2",
+            "rollout.started",
+            "running",
+            0,
+            json!({"total": 2, "pending": 2}),
+        ),
+        rollout(
+            1100,
+            "r2",
+            "rollout.wave",
+            "running",
+            0,
+            json!({"total": 2, "pending": 2, "devices": 2}),
+        ),
+        device(
+            1110,
+            "lamp-4",
+            "ota.begin",
+            json!({"firmware": "img-12", "version": "1.2", "size": 1000, "rollout": "r2"}),
+        ),
+        device(
+            1111,
+            "lamp-5",
+            "ota.begin",
+            json!({"firmware": "img-12", "version": "1.2", "size": 1000, "rollout": "r2"}),
+        ),
+        device(
+            1200,
+            "lamp-4",
+            "ota.failure",
+            json!({"firmware": "img-12", "stage": "write", "message": "chunk 3 refused",
+                   "rollout": "r2"}),
+        ),
+        rollout(
+            1200,
+            "r2",
+            "rollout.halted",
+            "halted",
+            0,
+            json!({"total": 2, "sending": 1, "failed": 1,
+                   "reason": "wave 0: 1 of 2 devices failed (50.0 %), the limit is 50 %"}),
+        ),
+        device(
+            1301,
+            "lamp-5",
+            "ota.success",
+            json!({"firmware": "img-12", "version": "1.2", "seconds": 190, "rollout": "r2"}),
+        ),
+        device(
+            2000,
+            "lamp-6",
+            "ota.begin",
+            json!({"firmware": "img-12", "version": "1.2", "size": 1000}),
+        ),
+        device(
+            2100,
+            "lamp-6",
+            "ota.failure",
+            json!({"firmware": "img-12", "stage": "end", "message": "image rejected"}),
+        ),
+    ]
+    .concat()
+}
+
+#[test]
+fn firmware_rollouts_as_csv() {
+    let dir = log_dir(&rollout_log());
+    let out = report(dir.path(), &words("firmware --table rollouts --format csv"));
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""));
+    assert_eq!(
+        out.text(),
+        concat!(
+            "id,name,firmware,fw_version,state,devices,succeeded,failed,reverted,timed_out,",
+            "skipped,success_rate,median_update_s,p90_update_s,started,finished,duration_s,",
+            "reason\n",
+            "r1,porch lights 1.1,img-11,1.1,completed,3,2,0,1,0,0,0.6666666666666666,90,114,",
+            "2023-11-14T23:03:20Z,2023-11-14T23:10:00Z,400,\n",
+            "r2,porch lights 1.2,img-12,1.2,halted,2,1,1,0,0,0,0.5,190,190,",
+            "2023-11-14T23:18:20Z,2023-11-14T23:20:00Z,100,",
+            "\"wave 0: 1 of 2 devices failed (50.0 %), the limit is 50 %\"\n",
+        )
+    );
+
+    let out = report(
+        dir.path(),
+        &words("firmware --table rollout_waves --format json"),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.json(),
+        json!([
+            {"rollout": "r1", "wave": 0, "devices": 1, "begun": 1, "succeeded": 1,
+             "failed": 0, "reverted": 0, "success_rate": 1.0},
+            {"rollout": "r1", "wave": 1, "devices": 2, "begun": 2, "succeeded": 1,
+             "failed": 0, "reverted": 1, "success_rate": 0.5},
+            {"rollout": "r2", "wave": 0, "devices": 2, "begun": 2, "succeeded": 1,
+             "failed": 1, "reverted": 0, "success_rate": 0.5},
+        ])
+    );
+
+    // Every table of the report, the engine's included.
+    let out = report(dir.path(), &words("firmware --format csv --table all"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    for table in [
+        "# devices",
+        "# versions",
+        "# updates",
+        "# rollouts",
+        "# rollout_waves",
+        "# revert_reasons",
+    ] {
+        assert!(text.lines().any(|l| l == table), "{table}: {text}");
+    }
+    assert!(
+        text.contains("\n,failed,end,image rejected,1\n"),
+        "the push's failure has no rollout: {text}"
+    );
+}
+
 #[test]
 fn ignored_lines_are_counted_on_stderr_and_stdout_stays_data() {
     let mut text = hour_log();

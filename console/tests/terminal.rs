@@ -421,7 +421,7 @@ async fn demo_rolls_out_firmware_and_pushes_an_image_to_one_device() {
     .await;
     pty.type_text("\r");
     pty.wait_for("the confirmation", |s| {
-        s.contains("Push 1.1.0 (herd-light for sim, 96.0 KiB) to lamp-0000")
+        s.contains("Push 1.1.0 (herd-light for sim, 256.0 KiB) to lamp-0000")
     })
     .await;
     pty.type_text("y");

@@ -278,7 +278,8 @@ impl RolloutState {
         .find(|s| s.as_str() == text)
     }
 
-    /// Whether the rollout is over: it will never touch a device again.
+    /// Whether the rollout has stopped starting devices for good, or until an operator
+    /// resumes a halted one.
     pub fn is_finished(self) -> bool {
         matches!(
             self,

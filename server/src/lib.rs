@@ -2,7 +2,9 @@
 //!
 //! Devices connect over WebSocket and talk JSON-RPC (PROTOCOL §1-§3); the server keeps their
 //! shadows (§4) in SQLite, fans notifications out to live streams (§5) and appends them to
-//! `notification.log` (§7), and offers the REST API (§6) with an RPC proxy to devices.
+//! `notification.log` (§7), and offers the REST API (§6) with an RPC proxy to devices. It
+//! stores firmware images (§10.1), updates one device ([`ota`], §10.2, §10.3) or many in
+//! waves ([`rollout`], §10.5), and decides who may do what in one place ([`access`]).
 //!
 //! The main types: [`AppState`] (the shared handles every task uses), [`Server`] (a running
 //! instance), [`store::Store`] (persistence), [`hub::Hub`] (notifications) and

@@ -286,19 +286,27 @@ pub async fn push(
     let identity = conn.identity();
     emit_begin(state, &identity, firmware, options.rollout.as_deref());
     let size = firmware.size;
-    call(
-        state,
-        conn,
-        methods::OTA_BEGIN,
-        json!({"size": size, "timeout": 600, "commit_timeout": options.commit_timeout_s}),
-        options.call_timeout,
-    )
-    .await
-    .map_err(|e| Failure::call(stage::BEGIN, methods::OTA_BEGIN, e))?;
+    // `sha256` and `signature` let a device that holds an update key check a pushed image
+    // as it checks a pulled one (PROTOCOL §10.4); devices that do not know them ignore them.
+    let mut begin = json!({
+        "size": size,
+        "timeout": 600,
+        "commit_timeout": options.commit_timeout_s,
+        "sha256": firmware.id,
+    });
+    if let Some(signature) = &firmware.signature {
+        begin["signature"] = json!(signature);
+    }
+    call(state, conn, methods::OTA_BEGIN, begin, options.call_timeout)
+        .await
+        .map_err(|e| Failure::call(stage::BEGIN, methods::OTA_BEGIN, e))?;
 
-    let mut file = tokio::fs::File::open(path)
+    // Read in large blocks: every read of a tokio file is a trip to the blocking pool, one
+    // per 1 KiB chunk would cost more than the chunk itself.
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Failure::new(stage::WRITE, format!("cannot read the stored image: {e}")))?;
+    let mut file = tokio::io::BufReader::with_capacity(64 * 1024, file);
     let mut progress = Progress {
         state,
         device: identity,

@@ -615,6 +615,8 @@ struct JobEvent {
     identity: Identity,
     /// The task ends with this event.
     ended: bool,
+    /// A transfer starts again (after a restart of the server cut the last one).
+    new_attempt: bool,
 }
 
 /// A device's update task, as the runner tracks it.
@@ -681,13 +683,16 @@ impl Runner {
                 }
             }
             tokio::select! {
+                biased;
+                // On shutdown the device sockets close under the updates; what they report
+                // then is not the devices' doing, and the next runner resumes them.
+                _ = self.state.shutdown.cancelled() => return,
                 Some(event) = self.events.recv() => self.apply(event).await,
                 command = control.recv() => if let Some(command) = command {
                     let result = self.command(command.action).await;
                     let _ = command.reply.send(result);
                 },
                 _ = tokio::time::sleep(TICK) => {}
-                _ = self.state.shutdown.cancelled() => return,
             }
         }
     }
@@ -747,8 +752,11 @@ impl Runner {
                 self.save().await;
                 self.emit(ROLLOUT_PAUSED, &[]);
             }
-            (Action::Resume, RolloutState::Paused) => {
+            // A halted rollout goes on when an operator says so, having looked at the
+            // failures; a new failure in the same wave halts it again.
+            (Action::Resume, RolloutState::Paused | RolloutState::Halted) => {
                 self.rollout.state = RolloutState::Running;
+                self.rollout.finished_at = None;
                 self.save().await;
                 self.emit(ROLLOUT_RESUMED, &[]);
             }
@@ -893,6 +901,8 @@ impl Runner {
         }
     }
 
+    /// Starts device `index`'s update task; when another update holds the device (a
+    /// one-device push), it goes back to `pending` and starts once that ended.
     async fn spawn(&mut self, index: usize, resumed: bool) {
         let device = &self.devices[index];
         let Some(guard) =
@@ -900,15 +910,18 @@ impl Runner {
                 .ota_jobs
                 .claim(&device.device_id, &self.firmware.id, Some(&self.rollout.id))
         else {
-            tracing::warn!(device = %device.device_id, "another update runs on the device");
+            tracing::info!(device = %device.device_id, "another update runs on the device; it waits");
+            let device = &mut self.devices[index];
+            if device.state == DeviceState::Sending && !resumed {
+                device.attempts = device.attempts.saturating_sub(1);
+            }
+            device.state = DeviceState::Pending;
+            device.message = "waiting: another update runs on the device".into();
+            if let Err(e) = self.save_device(index).await {
+                tracing::error!(error = %e, "cannot store a device's state");
+            }
             return;
         };
-        if resumed && device.state == DeviceState::Sending {
-            // It may have got the image, or half of it, before the process stopped.
-            let device = &mut self.devices[index];
-            device.attempts += 1;
-            let _ = self.save_device(index).await;
-        }
         self.jobs.insert(index, Job);
         let context = JobContext {
             state: self.state.clone(),
@@ -935,6 +948,9 @@ impl Runner {
     }
 
     async fn apply(&mut self, event: JobEvent) {
+        if self.state.shutdown.is_cancelled() {
+            return;
+        }
         let index = event.index;
         if event.ended {
             self.jobs.remove(&index);
@@ -943,6 +959,10 @@ impl Runner {
         let device = &mut self.devices[index];
         device.state = event.state;
         device.message = event.message.clone();
+        if event.new_attempt {
+            device.attempts += 1;
+            device.started_at = Some(now);
+        }
         if event.state.is_final() {
             device.finished_at = Some(now);
         }
@@ -1069,6 +1089,21 @@ impl JobContext {
             running_version: running_version.to_string(),
             identity: self.identity().await,
             ended,
+            new_attempt: false,
+        });
+    }
+
+    /// Tells the runner a cut transfer starts again: one more attempt.
+    async fn send_again(&self) {
+        let _ = self.events.send(JobEvent {
+            index: self.index,
+            state: DeviceState::Sending,
+            message: "sending again: the last transfer was cut".into(),
+            stage: None,
+            running_version: String::new(),
+            identity: self.identity().await,
+            ended: false,
+            new_attempt: true,
         });
     }
 
@@ -1136,6 +1171,9 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
         }
     }
     if phase == DeviceState::Sending {
+        if resumed {
+            ctx.send_again().await;
+        }
         let Some(conn) = ctx.state.registry.get(&ctx.device) else {
             ctx.send(
                 DeviceState::Failed,

@@ -776,3 +776,344 @@ async fn bad_rollouts_get_clear_errors() {
     device.ws.close(None).await.ok();
     server.shutdown().await;
 }
+
+/// Lines of `notification.log` on disk that whole lines have reached so far.
+fn log_on_disk(dir: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("notification.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_sigkill_mid_wave() {
+    const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::register_binary(BIN, dir.path());
+    let (mut child, addr) = common::spawn_binary(BIN, dir.path(), "127.0.0.1:0");
+    let base = format!("http://{addr}/api/v2");
+    let http = common::http_client();
+    let count = 40;
+    let max_parallel = 4;
+    let fleet_dir = tempfile::tempdir().unwrap();
+    let fleet = fleet_at(&base, &key, fleet_dir.path(), count, Behaviour::idle()).await;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut request = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&key);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let image = sim_image("1.1.0", 512 * 1024);
+    let (status, firmware) = {
+        let response = http
+            .post(format!("{base}/firmware"))
+            .bearer_auth(&key)
+            .body(image)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let spec = json!({
+        "firmware": firmware["id"],
+        "select": {"query": ""},
+        "waves": [{"percent": 25}, {"percent": 75}],
+        "max_parallel": max_parallel,
+    });
+    let (status, rollout) = call(reqwest::Method::POST, "/rollouts".into(), Some(spec)).await;
+    assert_eq!(status, 200, "{rollout}");
+    let id = rollout["id"].as_str().unwrap().to_string();
+    call(reqwest::Method::POST, format!("/rollouts/{id}/start"), None).await;
+
+    // Kill without warning once the second wave is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let begun = log_on_disk(dir.path())
+            .iter()
+            .filter(|l| l["name"] == "ota.begin" && l["data"]["rollout"] == id)
+            .count();
+        if begun >= count / 4 + 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A fresh process on the same port; the fleet finds it by itself.
+    let (mut child, _) = common::spawn_binary(BIN, dir.path(), &addr);
+    let finished = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let (status, rollout) = call(
+                reqwest::Method::GET,
+                format!("/rollouts/{id}?devices=1"),
+                None,
+            )
+            .await;
+            if status == 200 && rollout["state"] == "completed" {
+                break rollout;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rollout did not finish: {rollout}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(
+        finished["counters"]["succeeded"], count,
+        "{}",
+        finished["counters"]
+    );
+    for device in finished["devices"].as_array().unwrap() {
+        let (_, object) = call(
+            reqwest::Method::GET,
+            format!("/devices/{}", device["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(object["info"]["fw_version"], "1.1.0", "{device}");
+    }
+    // No device got the image twice: only transfers cut by the kill were sent again, and
+    // none after it had succeeded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = log_on_disk(dir.path());
+        if lines
+            .iter()
+            .any(|l| l["name"] == "rollout.completed" && l["id"] == id)
+        {
+            break lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout.completed never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut resent = 0;
+    for device in finished["devices"].as_array().unwrap() {
+        let device_id = device["id"].as_str().unwrap();
+        let events: Vec<&str> = lines
+            .iter()
+            .filter(|l| l["id"] == device_id && l["data"]["rollout"] == id)
+            .map(|l| l["name"].as_str().unwrap())
+            .filter(|name| ["ota.begin", "ota.success"].contains(name))
+            .collect();
+        let begins = events.iter().filter(|n| **n == "ota.begin").count();
+        let successes = events.iter().filter(|n| **n == "ota.success").count();
+        assert!((1..=2).contains(&begins), "{device_id}: {events:?}");
+        assert!(successes <= 1, "{device_id}: {events:?}");
+        if let Some(success) = events.iter().position(|n| *n == "ota.success") {
+            assert!(
+                !events[success..].contains(&"ota.begin"),
+                "{device_id} was sent the image after it took it: {events:?}"
+            );
+        }
+        if begins == 2 {
+            resent += 1;
+        }
+    }
+    assert!(
+        resent <= max_parallel,
+        "only transfers under way at the kill start again: {resent}"
+    );
+    fleet.shutdown().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_with_an_update_key_take_only_signed_images() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let server = TestServer::start().await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let base = server.base.trim_end_matches("/api/v2").to_string();
+    let fleet = Fleet::start(FleetOptions {
+        link: quick_link(),
+        behaviour: Behaviour::idle(),
+        update_pubkey: Some(public),
+        ..FleetOptions::new(&base, &server.admin_key, 2, dir.path().into())
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), fleet.wait_online(2))
+        .await
+        .unwrap();
+    let ids: Vec<String> = fleet.devices().iter().map(|d| d.id.clone()).collect();
+    let rollout = |firmware: String, delivery: &'static str| {
+        let ids = ids.clone();
+        let server = &server;
+        async move {
+            let (status, rollout) = server
+                .call(
+                    "POST",
+                    "/rollouts",
+                    Some(
+                        json!({"firmware": firmware, "select": {"ids": ids}, "delivery": delivery}),
+                    ),
+                )
+                .await;
+            assert_eq!(status, 200, "{rollout}");
+            let id = rollout["id"].as_str().unwrap().to_string();
+            server
+                .call("POST", &format!("/rollouts/{id}/start"), None)
+                .await;
+            wait_rollout(server, &id, Duration::from_secs(60), |r| {
+                r["state"] == "completed"
+            })
+            .await
+        }
+    };
+    // Unsigned: refused, pushed or pulled, and the devices say why (PROTOCOL §10.4).
+    let unsigned = upload(&server, sim_image("1.1.0", 3000)).await;
+    for delivery in ["push", "pull"] {
+        let done = rollout(unsigned.clone(), delivery).await;
+        for device in done["devices"].as_array().unwrap() {
+            assert_eq!(device["state"], "failed", "{delivery}: {device}");
+            assert!(
+                device["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("signature missing"),
+                "{delivery}: {device}"
+            );
+        }
+    }
+    let signed_upload = |image: Vec<u8>| {
+        let digest = sha2::Sha256::digest(&image);
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(ed25519_dalek::Signer::sign(&key, &digest).to_bytes());
+        let server = &server;
+        async move {
+            let resp = server
+                .http
+                .post(format!("{}/firmware", server.base))
+                .query(&[("signature", signature)])
+                .bearer_auth(&server.admin_key)
+                .body(image)
+                .send()
+                .await
+                .unwrap();
+            let firmware: Value = resp.json().await.unwrap();
+            assert_eq!(firmware["signed"], true);
+            firmware["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Signed but too large for the slot: refused before a byte is written.
+    let huge = signed_upload(sim_image("1.1.1", 1024 * 1024 + 1)).await;
+    let done = rollout(huge, "push").await;
+    assert!(
+        done["devices"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit"),
+        "{done}"
+    );
+    // Signed with the key the devices hold: taken, pushed and pulled alike.
+    for (version, delivery) in [("1.2.0", "push"), ("1.3.0", "pull")] {
+        let firmware = signed_upload(sim_image(version, 3000)).await;
+        let done = rollout(firmware, delivery).await;
+        assert_eq!(done["counters"]["succeeded"], 2, "{delivery}: {done}");
+    }
+    fleet.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_starts_nothing_new_until_resumed() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = 10;
+    let fleet = fleet(&server, dir.path(), count, Behaviour::idle()).await;
+    let firmware = upload(&server, sim_image("1.1.0", 512 * 1024)).await;
+    let (_, rollout) = server
+        .call(
+            "POST",
+            "/rollouts",
+            Some(json!({"firmware": firmware, "select": {"query": ""}, "max_parallel": 1})),
+        )
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .call("POST", &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 409, "a planned rollout cannot be paused: {body}");
+    server
+        .call("POST", &format!("/rollouts/{id}/start"), None)
+        .await;
+    wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["counters"]["succeeded"].as_u64().unwrap() >= 1
+    })
+    .await;
+    let (status, paused) = server
+        .call("POST", &format!("/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!((status, paused["state"].as_str()), (200, Some("paused")));
+    // What was under way finishes; nothing else starts.
+    let settled = wait_rollout(&server, &id, Duration::from_secs(60), quiet).await;
+    let done_while_paused = settled["counters"]["succeeded"].as_u64().unwrap();
+    assert!(
+        settled["counters"]["pending"].as_u64().unwrap() > 0,
+        "{settled}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, later) = server.call("GET", &format!("/rollouts/{id}"), None).await;
+    assert_eq!(
+        later["counters"]["succeeded"].as_u64().unwrap(),
+        done_while_paused,
+        "{later}"
+    );
+    assert_eq!(later["state"], "paused");
+    let (status, resumed) = server
+        .call("POST", &format!("/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!((status, resumed["state"].as_str()), (200, Some("running")));
+    let done = wait_rollout(&server, &id, Duration::from_secs(60), |r| {
+        r["state"] == "completed"
+    })
+    .await;
+    assert_eq!(done["counters"]["succeeded"], count);
+    let names: Vec<String> = logged(&server)
+        .await
+        .iter()
+        .filter(|l| l["id"] == id)
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in [
+        "rollout.planned",
+        "rollout.started",
+        "rollout.wave",
+        "rollout.paused",
+        "rollout.resumed",
+        "rollout.completed",
+    ] {
+        assert!(
+            names.contains(&name.to_string()),
+            "{name} missing from {names:?}"
+        );
+    }
+    fleet.shutdown().await;
+    server.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! Fleet: what the log says about the fleet as a whole (PROTOCOL §5).
 //!
-//! Tables: `summary` (one row: `from`, `to`, `devices_seen` with an event in the range,
+//! Tables: `summary` (one row: `from`, `to`, `devices_seen` with an event in the range
+//! (rollouts are not devices: their events count as notifications only),
 //! `online_now` at the range's end, `notifications` in the range, and the log's `lines`,
 //! `torn_lines`, `invalid_lines`, `unknown_events`), `events` (`name`, `count`; most
 //! frequent first), `busiest` (`id`, `notifications`; the request's `top` devices) and
@@ -32,10 +33,14 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         if let Some(count) = by_name.get_mut(event.name as usize) {
             *count += 1;
         }
-        let device = event.device as usize;
-        by_device[device] += 1;
         let bucket = scope.bucket_index(event.ts);
         bucket_events[bucket] += 1;
+        // Rollout events belong to no device.
+        let Some(count) = by_device.get_mut(event.device as usize) else {
+            continue;
+        };
+        *count += 1;
+        let device = event.device as usize;
         // The remembered bucket spares the set a lookup per event in time-ordered logs;
         // the set keeps the count exact when lines are out of order.
         if last_bucket[device] != bucket {

@@ -1,4 +1,5 @@
-//! The one-shot commands: devices, device, shadow get/set, call, register.
+//! The one-shot commands: devices, device, shadow get/set, call, register; and the output
+//! helpers every command shares.
 
 use std::io::{Read, Write};
 
@@ -30,7 +31,7 @@ pub(crate) fn write_out(text: &str) -> Result<bool, Failure> {
     }
 }
 
-fn pretty(value: &Value) -> String {
+pub(crate) fn pretty(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
     text.push('\n');
     text
@@ -62,7 +63,7 @@ pub async fn devices(client: &Client, json: bool) -> CommandResult {
     print(&device_table(&devices, now()))
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -86,17 +87,23 @@ pub fn device_table(devices: &[DeviceObject], now: f64) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+    table(&header, &rows)
+}
+
+/// Aligned columns separated by two spaces, a header line first; the last column is not
+/// padded, so lines carry no trailing blanks.
+pub fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &[&str]| {
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
+        for (i, cell) in cells.enumerate() {
+            if i + 1 == widths.len() {
                 text.push_str(cell);
             } else {
                 text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
@@ -105,10 +112,9 @@ pub fn device_table(devices: &[DeviceObject], now: f64) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&header);
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        line(&cells);
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.as_ref().iter().map(String::as_str));
     }
     out
 }

@@ -1093,7 +1093,7 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("↑↓ j k", "move in the list; g G jump"),
             ("⏎", "open the device under the cursor"),
             ("s", "start a planned rollout"),
-            ("p r", "pause / resume (asks first)"),
+            ("p r", "pause / resume, a halted one too (asks first)"),
             ("A", "abort: pending devices are skipped (asks first)"),
             ("R", "retry the failed devices in a new rollout"),
         ],

@@ -939,7 +939,7 @@ impl Store for SqliteStore {
             let unfinished: Vec<String> = conn
                 .prepare_cached(
                     "SELECT id FROM rollouts WHERE firmware_id = ?1
-                     AND state IN ('planned', 'running', 'paused') ORDER BY created_at",
+                     AND state IN ('planned', 'running', 'paused', 'halted') ORDER BY created_at",
                 )?
                 .query_map([&id], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;

@@ -419,9 +419,13 @@ pub fn question(rollout: &RolloutObject, command: RolloutCommand) -> Result<Stri
             count(c.pending, "pending device"),
             rollout.spec.max_parallel
         )),
-        RolloutCommand::Resume if state == RolloutState::Halted => {
-            refuse(" (R retries its failed devices in a new rollout)")
-        }
+        // The server lets a halted rollout go on once someone looked at the failures.
+        RolloutCommand::Resume if state == RolloutState::Halted => Ok(format!(
+            "Resume halted rollout {name} despite {}: {} will be updated, up to {} at a time; a new failure in this wave halts it again?",
+            count(c.failures(), "failed device"),
+            count(c.pending, "pending device"),
+            rollout.spec.max_parallel
+        )),
         RolloutCommand::Abort
             if matches!(
                 state,
