@@ -65,7 +65,8 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
             format!("{scheme}://{host}")
         });
     let config = ws::device_config(state.settings.frame_buffer_bytes);
-    let tasks = state.tasks.clone();
+    // Device sessions have a tracker of their own: shutdown ends them first.
+    let tasks = state.device_tasks.clone();
     upgrade.respond(config, &tasks, move |socket| {
         serve(state, socket, device, origin)
     })

@@ -80,10 +80,16 @@ pub struct Shared {
     pub firmware_files: firmware::FirmwareFiles,
     /// Runners of active rollouts.
     pub rollouts: rollout::Rollouts,
-    /// Fires when the server begins shutting down.
+    /// Fires when the server begins shutting down: it stops accepting and device sessions
+    /// end (their devices go offline).
     pub shutdown: CancellationToken,
+    /// Fires in the second phase of a shutdown, once devices are offline: notify streams
+    /// deliver what was emitted and close.
+    pub streams_shutdown: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The device sessions among them, which shutdown ends first.
+    pub device_tasks: TaskTracker,
 }
 
 /// Cheap-to-clone access to [`Shared`].
@@ -281,7 +287,9 @@ impl Server {
             firmware_files,
             rollouts: rollout::Rollouts::default(),
             shutdown: CancellationToken::new(),
+            streams_shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            device_tasks: TaskTracker::new(),
             settings,
         }));
         let router = rest::router(state.clone());
@@ -314,6 +322,20 @@ impl Server {
         state.shutdown.cancel();
         self.sweeper.abort();
         let _ = self.serving.await;
+        // Phase one: every device session ends and announces `offline` (and its last
+        // `updated`), while the notify streams still run, so consumers see each device go.
+        state.device_tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), state.device_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                devices = state.registry.len(),
+                "some device sessions did not end in time"
+            );
+        }
+        // Phase two: the streams deliver what was emitted, then close.
+        state.streams_shutdown.cancel();
         state.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), state.tasks.wait())
             .await

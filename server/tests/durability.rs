@@ -229,3 +229,84 @@ fn a_bad_config_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// PROTOCOL §5 on SIGTERM: the server ends device sessions first and closes the notify
+/// streams after, so a live consumer sees every device's `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_consumers_see_every_device_go_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = register(dir.path());
+    let (child, addr) = spawn(dir.path());
+    let http = http_client();
+    let mut devices = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..200 {
+        let body: Value = http
+            .post(format!("http://{addr}/api/v2/devices"))
+            .bearer_auth(&key)
+            .body(json!({"name": format!("d{i}")}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = body["token"].as_str().unwrap().to_string();
+        ids.insert(body["id"].as_str().unwrap().to_string());
+        let (ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{addr}/api/v2/rpc?access_token={token}"
+        ))
+        .await
+        .unwrap();
+        devices.push(ws);
+    }
+    let (mut consumer, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/api/v2/notify?access_token={key}"))
+            .await
+            .unwrap();
+    // Every device is online before the signal.
+    let health = format!("http://{addr}/healthz");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http
+        .get(&health)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["devices_online"]
+        != 200
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut offline = std::collections::HashSet::new();
+    loop {
+        match tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("the stream ends")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["name"] == "offline" {
+                    offline.insert(event["id"].as_str().unwrap().to_string());
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        offline.len(),
+        ids.len(),
+        "offline reached the consumer for every device"
+    );
+    drop(devices);
+}

@@ -54,8 +54,18 @@ async fn stream_notifications(
     let policy = state.settings.notify_lag_policy;
     loop {
         let first = tokio::select! {
-            _ = state.shutdown.cancelled() => {
-                let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() }))).await;
+            // Closed in the second phase of a shutdown, after every device went offline:
+            // what was emitted until then still reaches the consumer.
+            _ = state.streams_shutdown.cancelled() => {
+                let drain = async {
+                    while let Ok(event) = events.try_recv() {
+                        if event.device.visible_to(&user) && socket.feed(Message::Text(event.json.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() }))).await;
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
                 return;
             }
             incoming = socket.next() => match incoming {
@@ -147,7 +157,7 @@ async fn device_rpc_session(
     let mut console: Option<broadcast::Receiver<Arc<Event>>> = None;
     loop {
         let outgoing = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = state.streams_shutdown.cancelled() => return,
             reply = replies.recv() => match reply {
                 Some(reply) => reply,
                 None => return,
