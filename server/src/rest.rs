@@ -94,8 +94,23 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "devices_online": state.registry.len()}))
+/// `GET /healthz`: 200 while the server can do its work, 503 when its store cannot write.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let writing = state.store.writes_possible();
+    let body = json!({
+        "status": if writing { "ok" } else { "failing" },
+        "devices_online": state.registry.len(),
+        "store": {
+            "writer": if writing { "running" } else { "stopped" },
+            "failed_jobs": crate::store::sqlite::job_panics(),
+        },
+    });
+    let status = if writing {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// An optional JSON body: empty means `None`; anything else must parse as `T`. The content

@@ -244,4 +244,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every acknowledged write durable and stops accepting writes.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Whether writes can be carried out now, for `/healthz`.
+    fn writes_possible(&self) -> bool {
+        true
+    }
 }

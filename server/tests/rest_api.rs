@@ -387,5 +387,7 @@ async fn healthz_answers() {
         .await
         .unwrap();
     assert_eq!(body["status"], "ok");
+    assert_eq!(body["store"]["writer"], "running");
+    assert!(body["store"]["failed_jobs"].is_u64());
     server.shutdown().await;
 }

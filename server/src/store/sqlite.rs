@@ -193,6 +193,15 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Whether the writer thread runs (it ends only with [`Store::close`] or a fault the
+    /// job guard did not catch).
+    pub fn writer_alive(&self) -> bool {
+        self.writer_thread
+            .lock()
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
     /// Runs `job` on the writer thread inside the current group transaction; resolves after
     /// the transaction that carried it committed.
     async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
@@ -211,7 +220,15 @@ impl SqliteStore {
         sender
             .send(WriterMessage::Job(job))
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        match rx.await {
+            Ok(result) => result,
+            // The writer dropped the answer: the job panicked (the writer lives on), or the
+            // writer itself is gone.
+            Err(_) if self.writer_alive() => Err(StoreError::Backend(
+                "the store could not carry out this write; see the server log".into(),
+            )),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Runs `job` on a pooled reader connection off the async runtime.
@@ -287,6 +304,35 @@ fn in_savepoint<T>(
     result
 }
 
+/// Runs one job in the group transaction. A job that panics loses only itself: its
+/// savepoint is rolled back, its caller hears that the job failed (the oneshot it waits on
+/// is dropped), and the writer goes on with the next job.
+fn run_job(conn: &Connection, job: Job) -> Option<Completion> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
+        Ok(completion) => Some(completion),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(panic = %what, "a store job panicked; its write is undone");
+            JOB_PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The savepoint the job opened may still be open.
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            None
+        }
+    }
+}
+
+/// Store jobs that panicked since the process started, for `/healthz`.
+static JOB_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many store jobs panicked since the process started.
+pub fn job_panics() -> u64 {
+    JOB_PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriterMessage>, commit_window: Duration) {
     let mut closing: Option<oneshot::Sender<Result<(), StoreError>>> = None;
     while closing.is_none() {
@@ -305,7 +351,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriterMessage>, commit_windo
             drop(first);
             continue;
         }
-        let mut completions = vec![first(&conn)];
+        let mut completions: Vec<Completion> = run_job(&conn, first).into_iter().collect();
         let deadline = Instant::now() + commit_window;
         while completions.len() < MAX_BATCH {
             let next = match rx.try_recv() {
@@ -321,7 +367,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriterMessage>, commit_windo
                 Err(mpsc::TryRecvError::Disconnected) => None,
             };
             match next {
-                Some(WriterMessage::Job(job)) => completions.push(job(&conn)),
+                Some(WriterMessage::Job(job)) => completions.extend(run_job(&conn, job)),
                 Some(WriterMessage::Close(done)) => {
                     closing = Some(done);
                     break;
@@ -1148,6 +1194,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn writes_possible(&self) -> bool {
+        self.writer_alive()
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         let checkpointer = self.checkpointer.lock().take();
         if let Some((stop, thread)) = checkpointer {
@@ -1314,6 +1364,37 @@ mod tests {
             .map(|d| d.id)
             .collect();
         assert_eq!(ids, ["d1"]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_devices(dir.path(), 1).await;
+        let before = job_panics();
+        let failed = store
+            .write(|conn| -> Result<(), StoreError> {
+                conn.execute("UPDATE devices SET name = 'half-done' WHERE id = 'd0'", [])?;
+                panic!("a bug in a store job")
+            })
+            .await;
+        let message = failed.unwrap_err().to_string();
+        assert!(message.contains("could not carry out"), "{message}");
+        assert!(store.writer_alive());
+        // The panicking job's change is undone; the next writes work as ever.
+        let device = store.device("d0").await.unwrap().unwrap();
+        assert_eq!(device.name, "d0");
+        let change = store
+            .update_shadow(
+                "d0",
+                update(json!({"state": {"reported": {"on": true}}})),
+                1.0,
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(change.device.shadow.version, 1);
+        // Counted once the writer was done with it, which the write above waited for.
+        assert!(job_panics() > before);
     }
 
     #[test]
