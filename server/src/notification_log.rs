@@ -89,6 +89,9 @@ enum Command {
     Line(String),
     Flush(tokio::sync::oneshot::Sender<io::Result<()>>),
     Shutdown,
+    /// Makes the writer panic, to test its supervision.
+    #[cfg(test)]
+    Crash,
 }
 
 /// Handle to the log. Clones share one writer thread; the thread also ends (after writing
@@ -104,6 +107,8 @@ struct Inner {
     sender: mpsc::Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Times the writer failed and was started again.
+    restarts: Arc<std::sync::atomic::AtomicU64>,
     /// Lines appended after shutdown are lost; say so once rather than per line.
     warned_closed: AtomicBool,
 }
@@ -119,17 +124,20 @@ impl NotificationLog {
     pub fn open_with_clock(config: LogConfig, clock: Clock) -> io::Result<NotificationLog> {
         std::fs::create_dir_all(&config.dir)?;
         let dir = config.dir.clone();
-        let writer = writer::Writer::open(config, clock)?;
+        let writer = writer::Writer::open(config.clone(), clock.clone())?;
         let (sender, receiver) = mpsc::channel();
+        let restarts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = restarts.clone();
         let thread = std::thread::Builder::new()
             .name("notification-log".to_string())
-            .spawn(move || writer.run(receiver))?;
+            .spawn(move || supervise(writer, receiver, config, clock, counted))?;
         Ok(NotificationLog {
             inner: Arc::new(Inner {
                 dir,
                 sender,
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
+                restarts,
                 warned_closed: AtomicBool::new(false),
             }),
         })
@@ -192,6 +200,17 @@ impl NotificationLog {
         if thread.join().is_err() {
             tracing::error!(dir = %self.inner.dir.display(), "notification log writer panicked");
         }
+    }
+
+    /// How many times the writer failed and was started again since the log was opened.
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Makes the writer thread panic (tests of its supervision).
+    #[cfg(test)]
+    fn crash_writer(&self) {
+        let _ = self.inner.sender.send(Command::Crash);
     }
 
     /// The directory holding the log files.
@@ -297,4 +316,36 @@ fn date_of_unix(seconds: i64) -> Option<Date> {
     OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
         .map(OffsetDateTime::date)
+}
+
+/// Runs the writer; if it panics, the lines of the batch it held are lost, the file is
+/// opened again (its torn tail repaired) and later lines are written as before, instead of
+/// every later line going nowhere.
+fn supervise(
+    writer: writer::Writer,
+    commands: mpsc::Receiver<Command>,
+    config: LogConfig,
+    clock: Clock,
+    restarts: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut writer = writer;
+    loop {
+        let running = writer;
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| running.run(&commands)));
+        if outcome.is_ok() {
+            return;
+        }
+        restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(dir = %config.dir.display(), "the notification log writer failed; opening the log again");
+        writer = loop {
+            match writer::Writer::open(config.clone(), clock.clone()) {
+                Ok(writer) => break writer,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the notification log again; retrying");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        };
+    }
 }

@@ -104,6 +104,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "writer": if writing { "running" } else { "stopped" },
             "failed_jobs": crate::store::sqlite::job_panics(),
         },
+        "notification_log": {"writer_restarts": state.hub.log().restarts()},
     });
     let status = if writing {
         StatusCode::OK

@@ -751,3 +751,26 @@ fn a_killed_writer_leaves_only_whole_lines() {
         log_files(dir.path()).expect("files").len()
     );
 }
+
+#[test]
+fn a_writer_that_fails_is_started_again_and_later_lines_are_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = NotificationLog::open(config(dir.path())).expect("open");
+    let runtime = runtime();
+    log.append(line(1));
+    runtime.block_on(log.flush()).expect("flush");
+    log.crash_writer();
+    log.append(line(2));
+    log.append(line(3));
+    runtime
+        .block_on(log.flush())
+        .expect("the writer answers again");
+    assert_eq!(log.restarts(), 1);
+    let seqs: Vec<u64> = read_all(dir.path(), 10).iter().map(seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3],
+        "nothing appended after the failure is lost"
+    );
+    log.shutdown();
+}

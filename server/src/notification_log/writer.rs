@@ -88,7 +88,7 @@ impl Writer {
         })
     }
 
-    pub(super) fn run(mut self, commands: Receiver<Command>) {
+    pub(super) fn run(mut self, commands: &Receiver<Command>) {
         let mut shutdown_flushes = Vec::new();
         loop {
             let command = if self.pending.is_empty() {
@@ -124,6 +124,8 @@ impl Writer {
                 Command::Flush(reply) => {
                     let _ = reply.send(self.flush());
                 }
+                #[cfg(test)]
+                Command::Crash => panic!("notification log writer crash asked for by a test"),
                 Command::Shutdown => {
                     // Whatever raced in before the receiver goes away is still written.
                     while let Ok(command) = commands.try_recv() {
@@ -131,6 +133,8 @@ impl Writer {
                             Command::Line(line) => self.push(line),
                             Command::Flush(reply) => shutdown_flushes.push(reply),
                             Command::Shutdown => {}
+                            #[cfg(test)]
+                            Command::Crash => {}
                         }
                     }
                     break;
