@@ -121,6 +121,11 @@ pub struct ServerSettings {
     pub ota_chunk_retries: u32,
     /// Commit timeout sent in `OTA.Begin` for a one-device push, seconds (PROTOCOL §8).
     pub ota_commit_timeout_s: u32,
+    /// Longest a write to a device socket may wait for the device to read, milliseconds;
+    /// a device that does not read for that long is dropped.
+    pub device_write_timeout_ms: u64,
+    /// Frames queued for one device beyond which it is dropped as too slow.
+    pub device_outbox_limit: usize,
 }
 
 impl Default for ServerSettings {
@@ -148,6 +153,8 @@ impl Default for ServerSettings {
             ota_window: 4,
             ota_chunk_retries: 3,
             ota_commit_timeout_s: 300,
+            device_write_timeout_ms: 10_000,
+            device_outbox_limit: 4096,
         }
     }
 }
@@ -193,7 +200,7 @@ impl ServerSettings {
 
     /// Rejects values that would make the server misbehave rather than fail loudly.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 12] = [
             (self.rpc_timeout_ms > 0, "rpc_timeout_ms must be positive"),
             (
                 self.ping_interval_secs > 0,
@@ -227,6 +234,14 @@ impl ServerSettings {
             (
                 (1..=64).contains(&self.ota_window),
                 "ota_window must be within 1..=64",
+            ),
+            (
+                self.device_write_timeout_ms > 0,
+                "device_write_timeout_ms must be positive",
+            ),
+            (
+                self.device_outbox_limit >= 16,
+                "device_outbox_limit must be at least 16",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

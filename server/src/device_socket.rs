@@ -75,13 +75,17 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
 /// Runs one device connection to its end.
 async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
     let identity = Identity::of(&device);
-    let (conn, replaced) = state.registry.insert(identity.clone(), origin, |replaced| {
-        // A device that reconnected before its old socket was noticed gone never went
-        // offline: no second `online`.
-        if replaced.is_none() {
-            state.hub.emit(&identity, "online", &Value::Null);
-        }
-    });
+    let outbox_limit = state.settings.device_outbox_limit;
+    let (conn, replaced) =
+        state
+            .registry
+            .insert(identity.clone(), origin, outbox_limit, |replaced| {
+                // A device that reconnected before its old socket was noticed gone never went
+                // offline: no second `online`.
+                if replaced.is_none() {
+                    state.hub.emit(&identity, "online", &Value::Null);
+                }
+            });
     if let Some(old) = replaced {
         old.push(Out::Close("replaced by a newer connection".into()));
     }
@@ -212,7 +216,7 @@ impl Session {
                 }
                 // Handlers are boxed so that an idle connection's task holds only the small
                 // waiting state, not the largest handler's state (19,000 idle tasks add up).
-                _ = self.conn.woken() => Box::pin(self.flush_outbox()).await,
+                _ = self.conn.woken() => Box::pin(self.flush_outbox_bounded()).await,
                 message = self.socket.next() => match message {
                     None => Err("socket closed".to_string()),
                     Some(Err(e)) => Err(format!("socket error: {e}")),
@@ -243,7 +247,13 @@ impl Session {
             Message::Text(text) => self.on_bytes(text.as_bytes()).await,
             Message::Binary(bytes) => self.on_bytes(&bytes).await,
             // tungstenite queues the pong; flushing sends it now rather than with the next frame.
-            Message::Ping(_) => self.socket.flush().await.map_err(|e| e.to_string()),
+            Message::Ping(_) => {
+                let timeout = self.write_timeout();
+                match tokio::time::timeout(timeout, self.socket.flush()).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(not_reading(timeout)),
+                }
+            }
             Message::Pong(_) | Message::Frame(_) => Ok(()),
             Message::Close(_) => Err("device closed the socket".into()),
         }
@@ -387,11 +397,34 @@ impl Session {
         }
     }
 
+    /// The longest a write may wait for the device to read.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.state.settings.device_write_timeout_ms)
+    }
+
     async fn send(&mut self, text: String) -> Flow {
-        self.socket
-            .send(Message::text(text))
-            .await
-            .map_err(|e| format!("send failed: {e}"))
+        let timeout = self.write_timeout();
+        match tokio::time::timeout(timeout, self.socket.send(Message::text(text))).await {
+            Ok(result) => result.map_err(|e| format!("send failed: {e}")),
+            Err(_) => Err(not_reading(timeout)),
+        }
+    }
+
+    /// [`Session::flush_outbox`] within the write timeout: a device that stopped reading
+    /// cannot hold its session (and what other tasks queued for it) forever.
+    async fn flush_outbox_bounded(&mut self) -> Flow {
+        if self.conn.overflowed() {
+            tracing::warn!(device = %self.id, "dropping a device that does not read: its outbox is full");
+            return Err("outbox full: the device does not read".into());
+        }
+        let timeout = self.write_timeout();
+        match tokio::time::timeout(timeout, self.flush_outbox()).await {
+            Ok(flow) => flow,
+            Err(_) => {
+                tracing::warn!(device = %self.id, "dropping a device that does not read");
+                Err(not_reading(timeout))
+            }
+        }
     }
 
     /// Writes everything queued for this device in one flush.
@@ -445,6 +478,10 @@ impl Session {
             .await
             .map_err(|e| format!("send failed: {e}"))
     }
+}
+
+fn not_reading(timeout: Duration) -> String {
+    format!("the device read nothing for {} ms", timeout.as_millis())
 }
 
 fn store_error(e: StoreError) -> (i64, String) {

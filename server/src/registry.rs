@@ -66,6 +66,10 @@ pub struct DeviceConn {
     info_fresh: AtomicBool,
     /// `scheme://host[:port]` the device used to reach the server, for URLs it must fetch.
     origin: Option<Box<str>>,
+    /// Most frames the outbox holds; past it the device is too slow and is dropped.
+    outbox_limit: usize,
+    /// The outbox overflowed: the session ends at its next wake-up.
+    overflowed: AtomicBool,
 }
 
 impl DeviceConn {
@@ -92,10 +96,24 @@ impl DeviceConn {
         *self.identity.write() = identity;
     }
 
-    /// Queues `out` and wakes the socket task.
+    /// Queues `out` and wakes the socket task. A device whose outbox is full is not
+    /// reading: nothing more is queued, and its session ends.
     pub fn push(&self, out: Out) {
-        self.outbox.lock().push_back(out);
+        {
+            let mut outbox = self.outbox.lock();
+            if outbox.len() >= self.outbox_limit {
+                outbox.clear();
+                self.overflowed.store(true, Ordering::Release);
+            } else {
+                outbox.push_back(out);
+            }
+        }
         self.wake.notify_one();
+    }
+
+    /// Whether the outbox overflowed (see [`DeviceConn::push`]).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
     }
 
     /// Takes everything queued so far.
@@ -164,6 +182,7 @@ impl Registry {
         &self,
         identity: Identity,
         origin: Option<String>,
+        outbox_limit: usize,
         announce: impl FnOnce(Option<&Arc<DeviceConn>>),
     ) -> (Arc<DeviceConn>, Option<Arc<DeviceConn>>) {
         let conn = Arc::new(DeviceConn {
@@ -176,6 +195,8 @@ impl Registry {
             missed_pongs: AtomicU32::new(0),
             info_fresh: AtomicBool::new(false),
             origin: origin.map(String::into_boxed_str),
+            outbox_limit: outbox_limit.max(1),
+            overflowed: AtomicBool::new(false),
         });
         let mut devices = self.devices.write();
         let old = devices.insert(identity.id, conn.clone());

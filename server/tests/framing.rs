@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -196,5 +196,58 @@ async fn silent_devices_are_dropped_after_missed_pongs() {
     expect_event(&mut notify, &id, "online").await;
     expect_event(&mut notify, &id, "offline").await;
     drop(stream);
+    server.shutdown().await;
+}
+
+/// A device that stops reading cannot pin its session: writes give up after
+/// `device_write_timeout_ms`, the device goes offline, and the server serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_reads_is_dropped_within_the_bound() {
+    let server = TestServer::start_with(|s| s.device_write_timeout_ms = 500).await;
+    let (id, token) = server.create_device("deaf").await;
+    let mut events = server.notify(&server.admin_key).await;
+    // Connect, and never read again: Sys.GetInfo goes unanswered, deltas pile up.
+    let (deaf, _) =
+        tokio_tungstenite::connect_async(format!("{}/rpc?access_token={token}", server.ws_base))
+            .await
+            .unwrap();
+    expect_event(&mut events, &id, "online").await;
+    // Deltas of about 24 KiB each until the socket buffers between us are full.
+    let filler = "x".repeat(24 * 1024);
+    let started = tokio::time::Instant::now();
+    let mut offline = false;
+    for n in 0..2000 {
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("/devices/{id}/shadow"),
+                Some(json!({"state": {"desired": {"blob": format!("{n}{filler}")}}})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (_, device) = server.call("GET", &format!("/devices/{id}"), None).await;
+        if device["online"] == false {
+            offline = true;
+            break;
+        }
+    }
+    assert!(offline, "the device was never dropped");
+    assert!(started.elapsed() < WAIT, "dropped within the bound");
+    // The server is fine: health, and another device works.
+    let health: Value = server
+        .http
+        .get(server.base.replace("/api/v2", "/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let (_, other) = server.create_device("other").await;
+    let mut other = server.device(&other).await;
+    let reply = other.report(json!({"on": true})).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    drop(deaf);
     server.shutdown().await;
 }
