@@ -316,10 +316,12 @@ impl Session {
                     .emit(&identity, "rpc.out.Dash.Shadow.Update", &params);
                 match Update::from_value(&params) {
                     Err(e) => Err((e.code(), e.to_string())),
-                    Ok(update) => match self.state.update_shadow(&self.id, update).await {
-                        Ok(device) => Ok(device.shadow.to_document_with_delta()),
-                        Err(e) => Err(store_error(e)),
-                    },
+                    Ok(update) => {
+                        match crate::ops::shadow_update::run(&self.state, &self.id, update).await {
+                            Ok(device) => Ok(device.shadow.to_document_with_delta()),
+                            Err(e) => Err(store_error(e)),
+                        }
+                    }
                 }
             }
             "Dash.Shadow.Get" => {
@@ -382,10 +384,12 @@ impl Session {
             Some(Pending::ShadowDelta) => {
                 // PROTOCOL §4.3: an object result is the device's new reported state.
                 if let Some(Value::Object(reported)) = frame.result {
-                    if let Err(e) = self
-                        .state
-                        .update_shadow(&self.id, Update::reported(reported))
-                        .await
+                    if let Err(e) = crate::ops::shadow_update::run(
+                        &self.state,
+                        &self.id,
+                        Update::reported(reported),
+                    )
+                    .await
                     {
                         tracing::warn!(device = %self.id, error = %e, "cannot apply Shadow.Delta result");
                     }

@@ -33,6 +33,7 @@ pub mod firmware;
 pub mod http;
 pub mod hub;
 pub mod notification_log;
+pub mod ops;
 pub mod ota;
 pub mod registry;
 pub mod rest;
@@ -50,7 +51,7 @@ use anyhow::Context;
 use herd_config::ServerSettings;
 use protocol::frame::Frame;
 use protocol::rest::DeviceObject;
-use protocol::shadow::{Limits, Update};
+use protocol::shadow::Limits;
 use protocol::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -80,6 +81,8 @@ pub struct Shared {
     pub firmware_files: firmware::FirmwareFiles,
     /// Runners of active rollouts.
     pub rollouts: rollout::Rollouts,
+    /// One operation at a time per device, so effects follow commits ([`ops`]).
+    pub sequencer: ops::Sequencer,
     /// Fires when the server begins shutting down: it stops accepting and device sessions
     /// end (their devices go offline).
     pub shutdown: CancellationToken,
@@ -128,33 +131,6 @@ impl AppState {
             &self.device_object(device, None),
         );
         self.watch.notify(&device.id);
-    }
-
-    /// Applies a shadow update (PROTOCOL §4.1), emits `updated`, and offers the resulting
-    /// delta to the device if it is online (§4.3).
-    pub async fn update_shadow(
-        &self,
-        id: &str,
-        update: Update,
-    ) -> Result<DeviceRecord, StoreError> {
-        let change = self
-            .store
-            .update_shadow(id, update, clock::now(), self.limits)
-            .await?;
-        let device = change.device;
-        self.emit_updated(&device);
-        if let Some(conn) = self.registry.get(id) {
-            let delta = device.shadow.delta();
-            if !delta.is_empty() {
-                conn.push(Out::Delta {
-                    delta,
-                    version: device.shadow.version,
-                    timestamp: device.shadow.timestamp,
-                    desired_changed: change.applied.desired_changed,
-                });
-            }
-        }
-        Ok(device)
     }
 
     /// Queues a request to `conn` and returns where its reply will arrive (PROTOCOL §2).
@@ -286,6 +262,7 @@ impl Server {
             ota_jobs: Arc::new(ota::OtaJobs::default()),
             firmware_files,
             rollouts: rollout::Rollouts::default(),
+            sequencer: ops::Sequencer::default(),
             shutdown: CancellationToken::new(),
             streams_shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -250,7 +250,7 @@ async fn change_device(
         }
     }
     if let Some(update) = update {
-        device = state.update_shadow(&id, update).await?;
+        device = crate::ops::shadow_update::run(&state, &id, update).await?;
     }
     Ok(Json(state.device_object(&device, None)))
 }
@@ -294,7 +294,7 @@ async fn post_shadow(
     let update =
         Update::from_value(&body).map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
     access::check_shadow_update(&caller.user, &device, &update)?;
-    let device = state.update_shadow(&id, update).await?;
+    let device = crate::ops::shadow_update::run(&state, &id, update).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
 

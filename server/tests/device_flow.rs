@@ -297,3 +297,122 @@ async fn data_survives_a_restart() {
     assert_eq!(push["params"]["state"], json!({"on": false}));
     server.shutdown().await;
 }
+
+/// Concurrent updates of one device from REST and from the device: every `updated` comes
+/// in version order, on the stream and in notification.log, and the last one is what the
+/// device object says (PROTOCOL §4.1, §5, §7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_are_announced_in_commit_order() {
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("busy").await;
+    let mut device = server.device(&token).await;
+    let mut events = server.notify(&server.admin_key).await;
+    const EACH: u64 = 60;
+    // The device reports without waiting for replies, while REST clients write desired.
+    for n in 0..EACH {
+        device
+            .send(json!({"id": 1000 + n, "method": "Dash.Shadow.Update", "params": {"state": {"reported": {"n": n}}}}))
+            .await;
+    }
+    let writers: Vec<_> = (0..EACH)
+        .map(|n| {
+            let (http, base, key, id) = (
+                server.http.clone(),
+                server.base.clone(),
+                server.admin_key.clone(),
+                id.clone(),
+            );
+            tokio::spawn(async move {
+                let resp = http
+                    .post(format!("{base}/devices/{id}/shadow"))
+                    .bearer_auth(key)
+                    .body(json!({"state": {"desired": {"m": n}}}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = 2 * EACH;
+    let mut versions = Vec::new();
+    while versions.last() != Some(&total) {
+        let event = recv_json(&mut events).await;
+        if event["id"] == id && event["name"] == "updated" {
+            let version = event["data"]["shadow"]["version"].as_u64().unwrap();
+            if version > 0 {
+                versions.push(version);
+            }
+        }
+    }
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        versions, sorted,
+        "updated events in version order on the stream"
+    );
+    let (_, object) = server.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(object["shadow"]["version"], total);
+    // The same order in notification.log.
+    let (_, log) = server
+        .call("POST", "/logs", Some(json!({"limit": 10_000})))
+        .await;
+    let logged: Vec<u64> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["id"] == id && l["name"] == "updated")
+        .filter_map(|l| l["data"]["shadow"]["version"].as_u64())
+        .filter(|v| *v > 0)
+        .collect();
+    let mut sorted = logged.clone();
+    sorted.sort_unstable();
+    assert_eq!(logged, sorted, "updated lines in version order in the log");
+    assert_eq!(logged.last(), Some(&total));
+    server.shutdown().await;
+}
+
+/// A REST client that hangs up right after sending an update does not leave a stored change
+/// without its `updated` event and its delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_whose_client_hangs_up_still_has_its_event_and_delta() {
+    use tokio::io::AsyncWriteExt;
+    // Commits wait a while to gather writes, so the hang-up lands while the update waits.
+    let server = TestServer::start_with(|s| s.commit_window_us = 300_000).await;
+    let (id, token) = server.create_device("lamp").await;
+    let mut device = server.device(&token).await;
+    let mut events = server.notify(&server.admin_key).await;
+    let body = json!({"state": {"desired": {"on": true}}}).to_string();
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    raw.write_all(
+        format!(
+            "POST /api/v2/devices/{id}/shadow HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+            server.admin_key,
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(raw);
+    let delta = device.expect_request("Shadow.Delta").await;
+    assert_eq!(delta["params"]["state"], json!({"on": true}));
+    loop {
+        let event = expect_event(&mut events, &id, "updated").await;
+        if event["data"]["shadow"]["state"]["desired"]["on"] == true {
+            break;
+        }
+    }
+    server.shutdown().await;
+}

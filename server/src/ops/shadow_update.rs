@@ -1,0 +1,40 @@
+//! A shadow update (PROTOCOL §4.1), from REST or from the device itself: commit, then
+//! `updated` (§5), then the delta offered to the device if it is online (§4.3). See
+//! [`crate::ops`] for the order and completeness every operation keeps.
+
+use protocol::shadow::Update;
+
+use crate::registry::Out;
+use crate::store::{DeviceRecord, StoreError};
+use crate::{clock, AppState};
+
+/// Applies `update` to device `id` and carries out its effects, in commit order, whether
+/// or not the caller still waits.
+pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
+    let task_state = state.clone();
+    let id = id.to_string();
+    let task = tokio::spawn(async move {
+        let state = task_state;
+        let _turn = state.sequencer.turn(&id).await;
+        let change = state
+            .store
+            .update_shadow(&id, update, clock::now(), state.limits)
+            .await?;
+        let device = change.device;
+        state.emit_updated(&device);
+        if let Some(conn) = state.registry.get(&id) {
+            let delta = device.shadow.delta();
+            if !delta.is_empty() {
+                conn.push(Out::Delta {
+                    delta,
+                    version: device.shadow.version,
+                    timestamp: device.shadow.timestamp,
+                    desired_changed: change.applied.desired_changed,
+                });
+            }
+        }
+        Ok(device)
+    });
+    task.await
+        .map_err(|e| StoreError::Backend(format!("the shadow update failed: {e}")))?
+}
