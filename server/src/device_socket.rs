@@ -23,11 +23,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{self, Credential};
 use crate::error::ApiError;
-use crate::hub::Identity;
 use crate::registry::{CallError, DeviceConn, Out, Pending};
 use crate::store::{DeviceRecord, StoreError};
 use crate::ws::{self, Socket, Upgrade};
-use crate::{clock, AppState};
+use crate::{ops, AppState};
 
 /// `GET /api/v2/rpc`: authenticates the device token before upgrading (401 otherwise).
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
@@ -74,38 +73,7 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
 
 /// Runs one device connection to its end.
 async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
-    let identity = Identity::of(&device);
-    let outbox_limit = state.settings.device_outbox_limit;
-    let (conn, replaced) =
-        state
-            .registry
-            .insert(identity.clone(), origin, outbox_limit, |replaced| {
-                // A device that reconnected before its old socket was noticed gone never went
-                // offline: no second `online`.
-                if replaced.is_none() {
-                    state.hub.emit(&identity, "online", &Value::Null);
-                }
-            });
-    if let Some(old) = replaced {
-        old.push(Out::Close("replaced by a newer connection".into()));
-    }
-    state.emit_updated(&device);
-    tracing::debug!(device = %identity.id, "device connected");
-
-    // Sys.GetInfo goes out first, before any delta (PROTOCOL §3 order).
-    let (request_id, reply) = state.start_call(&conn, "Sys.GetInfo", None);
-    tokio::spawn(fetch_info(state.clone(), conn.clone(), request_id, reply));
-
-    let delta = device.shadow.delta();
-    if !delta.is_empty() {
-        conn.push(Out::Delta {
-            delta,
-            version: device.shadow.version,
-            timestamp: device.shadow.timestamp,
-            desired_changed: false,
-        });
-    }
-
+    let conn = ops::connect::run(&state, &device, origin).await;
     let mut session = Session {
         splitter: FrameSplitter::new(state.settings.frame_buffer_bytes),
         state: state.clone(),
@@ -113,55 +81,11 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Op
         socket,
         last_delta: None,
         delta_request: None,
-        id: identity.id.clone(),
+        id: device.id.as_str().into(),
     };
     let reason = session.run().await;
-    tracing::debug!(device = %identity.id, %reason, "device disconnected");
-
-    conn.fail_pending();
-    let removed = state.registry.remove(&identity.id, conn.conn_id, |conn| {
-        // Under the registry lock: a device reconnecting right away cannot have its new
-        // `online` overtaken by this connection's `offline`.
-        state.hub.emit(&conn.identity(), "offline", &Value::Null);
-    });
-    if removed {
-        let now = clock::now();
-        if let Err(e) = state.store.set_last_seen(&identity.id, now).await {
-            tracing::warn!(device = %identity.id, error = %e, "cannot record last_seen");
-        }
-        // Skip the trailing `updated` if the device is already back: it would say offline.
-        if !state.registry.is_online(&identity.id) {
-            if let Ok(Some(device)) = state.store.device(&identity.id).await {
-                state.emit_updated(&device);
-            }
-        }
-    }
-}
-
-/// PROTOCOL §3: on connect the server calls `Sys.GetInfo` once and stores the result.
-async fn fetch_info(
-    state: AppState,
-    conn: Arc<DeviceConn>,
-    request_id: u64,
-    reply: tokio::sync::oneshot::Receiver<Result<Value, CallError>>,
-) {
-    let id = conn.identity().id.to_string();
-    match AppState::finish_call(&conn, request_id, reply, state.rpc_timeout()).await {
-        Ok(info @ Value::Object(_)) => {
-            if let Err(e) = state.store.set_info(&id, info).await {
-                tracing::warn!(device = %id, error = %e, "cannot store device info");
-                return;
-            }
-            conn.note_info();
-            if let Ok(Some(device)) = state.store.device(&id).await {
-                state.emit_updated(&device);
-            }
-        }
-        Ok(other) => {
-            tracing::debug!(device = %id, result = %other, "Sys.GetInfo returned a non-object")
-        }
-        Err(e) => tracing::debug!(device = %id, error = ?e, "Sys.GetInfo failed"),
-    }
+    tracing::debug!(device = %device.id, %reason, "device disconnected");
+    ops::disconnect::run(&state, &conn).await;
 }
 
 /// Pings every device each period and closes those that missed too many pongs (PROTOCOL §1).

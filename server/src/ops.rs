@@ -15,6 +15,9 @@
 //! device Shadow.Delta result ────┘
 //! ```
 
+pub mod connect;
+pub mod device_info;
+pub mod disconnect;
 pub mod shadow_update;
 
 use std::collections::HashMap;

@@ -1,0 +1,64 @@
+//! A device connects (PROTOCOL §3): it is registered as online (`online`, unless it only
+//! replaced a connection not yet noticed gone), its current state goes out as `updated`,
+//! `Sys.GetInfo` is asked first, then the pending delta is pushed (§4.3).
+
+use std::sync::Arc;
+
+use protocol::methods;
+use protocol::notification::ONLINE;
+use protocol::Value;
+
+use crate::hub::Identity;
+use crate::ops::device_info;
+use crate::registry::{DeviceConn, Out};
+use crate::store::DeviceRecord;
+use crate::AppState;
+
+/// Registers the connection of `device` (as authenticated) and carries out the effects of
+/// connecting; returns the connection for its session.
+pub async fn run(
+    state: &AppState,
+    device: &DeviceRecord,
+    origin: Option<String>,
+) -> Arc<DeviceConn> {
+    let _turn = state.sequencer.turn(&device.id).await;
+    let identity = Identity::of(device);
+    let limit = state.settings.device_outbox_limit;
+    let (conn, replaced) = state
+        .registry
+        .insert(identity.clone(), origin, limit, |replaced| {
+            // A device that reconnected before its old socket was noticed gone never went
+            // offline: no second `online`.
+            if replaced.is_none() {
+                state.hub.emit(&identity, ONLINE, &Value::Null);
+            }
+        });
+    if let Some(old) = replaced {
+        old.push(Out::Close("replaced by a newer connection".into()));
+    }
+    // The record read when the device authenticated may predate an update committed since.
+    let device = match state.store.device(&device.id).await {
+        Ok(Some(stored)) => stored,
+        _ => device.clone(),
+    };
+    state.emit_updated(&device);
+    tracing::debug!(device = %identity.id, "device connected");
+    // Sys.GetInfo goes out first, before any delta (PROTOCOL §3 order).
+    let (request_id, reply) = state.start_call(&conn, methods::SYS_GET_INFO, None);
+    tokio::spawn(device_info::fetch(
+        state.clone(),
+        conn.clone(),
+        request_id,
+        reply,
+    ));
+    let delta = device.shadow.delta();
+    if !delta.is_empty() {
+        conn.push(Out::Delta {
+            delta,
+            version: device.shadow.version,
+            timestamp: device.shadow.timestamp,
+            desired_changed: false,
+        });
+    }
+    conn
+}
