@@ -15,15 +15,33 @@
 //! device Shadow.Delta result ────┘
 //! ```
 
+pub mod change;
 pub mod connect;
+pub mod create;
+pub mod delete;
 pub mod device_info;
 pub mod disconnect;
 pub mod shadow_update;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+
+use crate::store::StoreError;
+
+/// Runs an operation as a task of its own and waits for its outcome: the caller going
+/// away (a REST client hanging up drops its handler) does not cut the operation short.
+pub async fn carry_out<T, F>(operation: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    tokio::spawn(operation)
+        .await
+        .map_err(|e| StoreError::Backend(format!("an operation failed: {e}")))?
+}
 
 /// One turn at a time per device (see the module docs). Entries go away with their last
 /// holder, so idle devices cost nothing.

@@ -25,10 +25,9 @@ use serde_json::json;
 use crate::access::{self, require_owner};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
-use crate::hub::Identity;
-use crate::registry::{CallError, Out};
-use crate::store::{self, ApiKey, DeviceRecord, User};
-use crate::{clock, device_socket, notification_log, AppState};
+use crate::registry::CallError;
+use crate::store::{ApiKey, DeviceRecord, User};
+use crate::{clock, device_socket, notification_log, ops, AppState};
 
 /// Builds the whole HTTP surface.
 pub fn router(state: AppState) -> Router {
@@ -179,22 +178,8 @@ async fn create_device(
         }
         None => auth::new_secret(),
     };
-    let token = auth::new_secret();
-    let device = state
-        .store
-        .create_device(store::NewDevice {
-            name: body.name.unwrap_or_else(|| id.clone()),
-            id,
-            user_id: caller.user.id.clone(),
-            token_hash: auth::hash_secret(&token),
-            created_at: clock::now(),
-        })
-        .await?;
-    state.hub.emit(
-        &Identity::of(&device),
-        "created",
-        &state.device_object(&device, None),
-    );
+    let name = body.name.unwrap_or_else(|| id.clone());
+    let (device, token) = ops::create::run(&state, &caller.user, id, name).await?;
     Ok(Json(state.device_object(&device, Some(&token))))
 }
 
@@ -238,19 +223,10 @@ async fn change_device(
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        device = state
-            .store
-            .update_device_meta(&id, change.name, shared_with)
-            .await?;
-        if let Some(conn) = state.registry.get(&id) {
-            conn.set_identity(Identity::of(&device));
-        }
-        if update.is_none() {
-            state.emit_updated(&device);
-        }
+        device = ops::change::run(&state, &id, change.name, shared_with).await?;
     }
     if let Some(update) = update {
-        device = crate::ops::shadow_update::run(&state, &id, update).await?;
+        device = ops::shadow_update::run(&state, &id, update).await?;
     }
     Ok(Json(state.device_object(&device, None)))
 }
@@ -262,15 +238,9 @@ async fn delete_device(
 ) -> Result<Json<Value>, ApiError> {
     let device = visible_device(&state, &caller.user, &id).await?;
     require_owner(&caller.user, &device)?;
-    if !state.store.delete_device(&id).await? {
+    if !ops::delete::run(&state, &device).await? {
         return Err(ApiError::not_found(format!("device {id} not found")));
     }
-    if let Some(conn) = state.registry.get(&id) {
-        conn.push(Out::Close("device deleted".into()));
-    }
-    state
-        .hub
-        .emit(&Identity::of(&device), "deleted", &json!({ "id": id }));
     Ok(Json(Value::Bool(true)))
 }
 
@@ -294,7 +264,7 @@ async fn post_shadow(
     let update =
         Update::from_value(&body).map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
     access::check_shadow_update(&caller.user, &device, &update)?;
-    let device = crate::ops::shadow_update::run(&state, &id, update).await?;
+    let device = ops::shadow_update::run(&state, &id, update).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
 

@@ -11,10 +11,9 @@ use crate::{clock, AppState};
 /// Applies `update` to device `id` and carries out its effects, in commit order, whether
 /// or not the caller still waits.
 pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
-    let task_state = state.clone();
+    let state = state.clone();
     let id = id.to_string();
-    let task = tokio::spawn(async move {
-        let state = task_state;
+    super::carry_out(async move {
         let _turn = state.sequencer.turn(&id).await;
         let change = state
             .store
@@ -34,7 +33,6 @@ pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRec
             }
         }
         Ok(device)
-    });
-    task.await
-        .map_err(|e| StoreError::Backend(format!("the shadow update failed: {e}")))?
+    })
+    .await
 }

@@ -1,0 +1,30 @@
+//! A device is renamed or shared (PROTOCOL §6 `POST /devices/:id`): stored, its live
+//! connection told who sees its events now, and announced as `updated` (§5).
+
+use crate::hub::Identity;
+use crate::store::{DeviceRecord, StoreError};
+use crate::AppState;
+
+/// Sets the name and/or the comma-separated `shared_with` list of device `id`.
+pub async fn run(
+    state: &AppState,
+    id: &str,
+    name: Option<String>,
+    shared_with: Option<String>,
+) -> Result<DeviceRecord, StoreError> {
+    let state = state.clone();
+    let id = id.to_string();
+    super::carry_out(async move {
+        let _turn = state.sequencer.turn(&id).await;
+        let device = state
+            .store
+            .update_device_meta(&id, name, shared_with)
+            .await?;
+        if let Some(conn) = state.registry.get(&id) {
+            conn.set_identity(Identity::of(&device));
+        }
+        state.emit_updated(&device);
+        Ok(device)
+    })
+    .await
+}
