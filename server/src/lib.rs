@@ -49,10 +49,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use herd_config::ServerSettings;
-use protocol::frame::Frame;
 use protocol::rest::DeviceObject;
 use protocol::shadow::Limits;
-use protocol::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,10 +58,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::hub::{Hub, Identity};
 use crate::notification_log::{LogConfig, NotificationLog};
-use crate::registry::{CallError, DeviceConn, Out, Pending, Registry};
+use crate::registry::Registry;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DeviceRecord, Store, StoreError};
-use tokio::sync::oneshot;
 
 /// Handles shared by every request and socket task.
 pub struct Shared {
@@ -131,68 +128,6 @@ impl AppState {
             &self.device_object(device, None),
         );
         self.watch.notify(&device.id);
-    }
-
-    /// Queues a request to `conn` and returns where its reply will arrive (PROTOCOL §2).
-    pub fn start_call(
-        &self,
-        conn: &DeviceConn,
-        method: &str,
-        params: Option<Value>,
-    ) -> (u64, oneshot::Receiver<Result<Value, CallError>>) {
-        self.hub.emit(
-            &conn.identity(),
-            &format!("rpc.in.{method}"),
-            params.as_ref().unwrap_or(&Value::Null),
-        );
-        Self::start_call_unlogged(conn, method, params)
-    }
-
-    /// [`AppState::start_call`] without the `rpc.in` event: for firmware chunks, whose
-    /// every kilobyte would otherwise be copied into notification.log (`ota.progress`
-    /// tells the story instead, PROTOCOL §10.6).
-    pub fn start_call_unlogged(
-        conn: &DeviceConn,
-        method: &str,
-        params: Option<Value>,
-    ) -> (u64, oneshot::Receiver<Result<Value, CallError>>) {
-        let request_id = conn.next_id();
-        let (tx, rx) = oneshot::channel();
-        conn.expect_reply(request_id, Pending::Call(tx));
-        conn.push(Out::Frame(
-            Frame::request(request_id, method, params).to_json(),
-        ));
-        (request_id, rx)
-    }
-
-    /// Awaits the reply to a request queued with [`AppState::start_call`].
-    pub async fn finish_call(
-        conn: &DeviceConn,
-        request_id: u64,
-        reply: oneshot::Receiver<Result<Value, CallError>>,
-        timeout: Duration,
-    ) -> Result<Value, CallError> {
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(CallError::Disconnected),
-            Err(_) => {
-                conn.take_pending(request_id);
-                Err(CallError::Timeout)
-            }
-        }
-    }
-
-    /// Sends a request to an online device and awaits its reply (PROTOCOL §2, §6).
-    pub async fn call_device(
-        &self,
-        id: &str,
-        method: &str,
-        params: Option<Value>,
-        timeout: Duration,
-    ) -> Result<Value, CallError> {
-        let conn = self.registry.get(id).ok_or(CallError::Offline)?;
-        let (request_id, reply) = self.start_call(&conn, method, params);
-        Self::finish_call(&conn, request_id, reply, timeout).await
     }
 
     /// The configured RPC proxy timeout.

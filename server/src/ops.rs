@@ -15,6 +15,7 @@
 //! device Shadow.Delta result ────┘
 //! ```
 
+pub mod call;
 pub mod change;
 pub mod connect;
 pub mod create;

@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use crate::hub::Identity;
 use crate::registry::{CallError, DeviceConn};
 use crate::store::{FirmwareRecord, StoreError};
-use crate::AppState;
+use crate::{ops, AppState};
 
 /// What runs on one device right now.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,8 +262,8 @@ async fn call(
     params: Value,
     timeout: Duration,
 ) -> Result<Value, CallError> {
-    let (id, reply) = state.start_call(conn, method, Some(params));
-    AppState::finish_call(conn, id, reply, timeout).await
+    let (id, reply) = ops::call::start(state, conn, method, Some(params));
+    ops::call::finish(conn, id, reply, timeout).await
 }
 
 struct InFlight {
@@ -336,7 +336,7 @@ pub async fn push(
                 break;
             };
             let data = base64::engine::general_purpose::STANDARD.encode(bytes.as_slice());
-            let (request, reply) = AppState::start_call_unlogged(
+            let (request, reply) = ops::call::start_unlogged(
                 conn,
                 methods::OTA_WRITE,
                 Some(json!({"offset": offset, "data": data})),
@@ -352,7 +352,7 @@ pub async fn push(
         let Some(first) = in_flight.pop_front() else {
             break;
         };
-        match AppState::finish_call(conn, first.request, first.reply, options.call_timeout).await {
+        match ops::call::finish(conn, first.request, first.reply, options.call_timeout).await {
             Ok(_) => {
                 acked = first.offset + first.bytes.len() as u64;
                 progress.update(acked * 100 / size.max(1));
@@ -363,14 +363,10 @@ pub async fn push(
                 // the last chunk it confirmed.
                 let mut resume = vec![(first.offset, first.bytes, first.attempt + 1)];
                 for later in in_flight.drain(..) {
-                    let confirmed = AppState::finish_call(
-                        conn,
-                        later.request,
-                        later.reply,
-                        options.call_timeout,
-                    )
-                    .await
-                    .is_ok();
+                    let confirmed =
+                        ops::call::finish(conn, later.request, later.reply, options.call_timeout)
+                            .await
+                            .is_ok();
                     if confirmed {
                         resume.clear();
                         acked = later.offset + later.bytes.len() as u64;
@@ -562,10 +558,7 @@ fn display_version(version: &str) -> &str {
 /// Keeps the running image (`OTA.Commit`, PROTOCOL §8). A device without `OTA.Commit` (the
 /// mDash device library commits on boot) counts as committed.
 pub async fn commit(state: &AppState, id: &str) -> Result<(), Failure> {
-    match state
-        .call_device(id, methods::OTA_COMMIT, None, state.rpc_timeout())
-        .await
-    {
+    match ops::call::run(state, id, methods::OTA_COMMIT, None, state.rpc_timeout()).await {
         Ok(_) => Ok(()),
         Err(CallError::Device(RpcError { code, .. }))
             if code == protocol::codes::NOT_FOUND || code == protocol::codes::METHOD_NOT_FOUND =>

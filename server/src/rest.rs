@@ -298,8 +298,7 @@ async fn rpc_proxy(
 ) -> Result<Json<Value>, ApiError> {
     let device = visible_device(&state, &caller.user, &id).await?;
     access::check_rpc(&caller.user, &device, &method)?;
-    state
-        .call_device(&id, &method, params, state.rpc_timeout())
+    ops::call::run(&state, &id, &method, params, state.rpc_timeout())
         .await
         .map(Json)
         .map_err(|e| call_error(e, &id, &method, state.settings.rpc_timeout_ms))

@@ -44,7 +44,7 @@ pub async fn run(
     state.emit_updated(&device);
     tracing::debug!(device = %identity.id, "device connected");
     // Sys.GetInfo goes out first, before any delta (PROTOCOL §3 order).
-    let (request_id, reply) = state.start_call(&conn, methods::SYS_GET_INFO, None);
+    let (request_id, reply) = super::call::start(state, &conn, methods::SYS_GET_INFO, None);
     tokio::spawn(device_info::fetch(
         state.clone(),
         conn.clone(),

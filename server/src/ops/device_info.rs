@@ -17,7 +17,7 @@ pub async fn fetch(
     reply: oneshot::Receiver<Result<Value, CallError>>,
 ) {
     let id = conn.identity().id.to_string();
-    let info = match AppState::finish_call(&conn, request_id, reply, state.rpc_timeout()).await {
+    let info = match super::call::finish(&conn, request_id, reply, state.rpc_timeout()).await {
         Ok(info @ Value::Object(_)) => info,
         Ok(other) => {
             tracing::debug!(device = %id, result = %other, "Sys.GetInfo returned a non-object");

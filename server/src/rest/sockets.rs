@@ -213,7 +213,7 @@ async fn device_rpc_session(
                     let replies_tx = replies_tx.clone();
                     tokio::spawn(async move {
                         let method = frame.method.clone().unwrap_or_default();
-                        let outcome = state.call_device(&id, &method, frame.params.clone(), state.rpc_timeout()).await;
+                        let outcome = crate::ops::call::run(&state, &id, &method, frame.params.clone(), state.rpc_timeout()).await;
                         if frame.id.is_none() {
                             return;
                         }
