@@ -5,6 +5,9 @@
 //! `notification.log` (§7), and offers the REST API (§6) with an RPC proxy to devices. It
 //! stores firmware images (§10.1), updates one device ([`ota`], §10.2, §10.3) or many in
 //! waves ([`rollout`], §10.5), and decides who may do what in one place ([`access`]).
+//! Every operation that changes a device (connect, disconnect, shadow update, create,
+//! rename, delete, a call) is one file under [`ops`] that owns its whole effect, in commit
+//! order per device.
 //!
 //! The main types: [`AppState`] (the shared handles every task uses), [`Server`] (a running
 //! instance), [`store::Store`] (persistence), [`hub::Hub`] (notifications) and
