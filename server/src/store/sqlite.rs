@@ -293,14 +293,13 @@ fn in_savepoint<T>(
     conn: &Connection,
     job: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    // Cached statements: parsing these four words for every job showed in profiles.
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = job(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(end)?;
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE job")?.execute([])?;
     result
 }
 
