@@ -145,6 +145,43 @@ pub struct Server {
     local_addr: SocketAddr,
     serving: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    /// Held while the server runs: a second server on the same data directory is refused.
+    _lock: std::fs::File,
+}
+
+/// How notification.log is written for `settings`. With `durability = "power"` every batch
+/// of lines reaches the disk, as every group commit of the store does.
+fn log_config(settings: &ServerSettings, data_dir: &std::path::Path) -> LogConfig {
+    LogConfig {
+        dir: data_dir.to_path_buf(),
+        rotate_bytes: settings.log_rotate_bytes,
+        rotate_daily: true,
+        flush_interval: Duration::from_millis(settings.log_flush_ms),
+        fsync: settings.durability == herd_config::Durability::Power,
+    }
+}
+
+/// Takes the data directory's lock file, or says which directory is in use. Two servers
+/// appending to one notification.log and one store would corrupt the log's order and
+/// contend for the store's writer.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("herd-server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another herd-server is using the data directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 impl Server {
@@ -154,20 +191,15 @@ impl Server {
         let data_dir = settings.resolved_data_dir()?;
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let lock = lock_data_dir(&data_dir)?;
         let store = SqliteStore::open(
             &data_dir,
             settings.durability,
             Duration::from_micros(settings.commit_window_us),
         )
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        let log = NotificationLog::open(LogConfig {
-            dir: data_dir.clone(),
-            rotate_bytes: settings.log_rotate_bytes,
-            rotate_daily: true,
-            flush_interval: Duration::from_millis(settings.log_flush_ms),
-            fsync: false,
-        })
-        .with_context(|| format!("cannot open notification.log in {}", data_dir.display()))?;
+        let log = NotificationLog::open(log_config(&settings, &data_dir))
+            .with_context(|| format!("cannot open notification.log in {}", data_dir.display()))?;
         let firmware_files = firmware::FirmwareFiles::open(&data_dir)
             .with_context(|| format!("cannot open the firmware store in {}", data_dir.display()))?;
         let known: std::collections::HashSet<String> = store
@@ -219,6 +251,7 @@ impl Server {
             local_addr,
             serving,
             sweeper,
+            _lock: lock,
         })
     }
 
@@ -314,4 +347,21 @@ pub async fn run(
     signal.await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_durability_fsyncs_the_log_too() {
+        let dir = std::path::Path::new("/data");
+        let process = ServerSettings::default();
+        assert!(!log_config(&process, dir).fsync);
+        let power = ServerSettings {
+            durability: herd_config::Durability::Power,
+            ..ServerSettings::default()
+        };
+        assert!(log_config(&power, dir).fsync);
+    }
 }

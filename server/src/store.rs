@@ -194,6 +194,7 @@ pub trait Store: Send + Sync + 'static {
         name: Option<String>,
         shared_with: Option<String>,
     ) -> Result<DeviceRecord, StoreError>;
+    /// Deletes a device; its id is retired and never given again (PROTOCOL §11).
     async fn delete_device(&self, id: &str) -> Result<bool, StoreError>;
     async fn set_info(&self, id: &str, info: Value) -> Result<(), StoreError>;
     async fn set_last_seen(&self, id: &str, when: f64) -> Result<(), StoreError>;

@@ -310,3 +310,29 @@ async fn sigterm_lets_consumers_see_every_device_go_offline() {
     );
     drop(devices);
 }
+
+/// Two servers on one data directory would interleave one notification.log and contend
+/// for one store: the second is refused while the first runs, and starts once it stopped.
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let mut server = TestServer::start().await;
+    let settings = server.settings();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = herd_server::Server::start(settings.clone(), listener)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("another herd-server is using the data directory"),
+        "{refused:#}"
+    );
+    // The first one was not disturbed, and after it stops the directory is free.
+    let (status, _) = server.call("GET", "/devices", None).await;
+    assert_eq!(status, 200);
+    server.restart().await;
+    let (status, _) = server.call("GET", "/devices", None).await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

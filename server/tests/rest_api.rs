@@ -391,3 +391,48 @@ async fn healthz_answers() {
     assert!(body["store"]["failed_jobs"].is_u64());
     server.shutdown().await;
 }
+
+/// PROTOCOL §11: a deleted device's id is never given again, so its history is never shown
+/// to a later owner of the same id.
+#[tokio::test]
+async fn a_deleted_device_id_is_never_given_again() {
+    let server = TestServer::start().await;
+    let bob = server.add_user("bob").await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/devices",
+            Some(json!({"id": "lamp", "name": "admin's lamp"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.call("DELETE", "/devices/lamp", None).await;
+    assert_eq!(status, 200);
+    for key in [&bob, &server.admin_key] {
+        let (status, body) = server
+            .call_as(key, "POST", "/devices", Some(json!({"id": "lamp"})))
+            .await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not given again"),
+            "{body}"
+        );
+    }
+    // Bob reads no line about anyone's `lamp`.
+    let (_, logs) = server
+        .call_as(&bob, "POST", "/logs", Some(json!({"limit": 1000})))
+        .await;
+    assert!(
+        logs.as_array().unwrap().iter().all(|l| l["id"] != "lamp"),
+        "{logs}"
+    );
+    // A fresh id works as ever.
+    let (status, _) = server
+        .call_as(&bob, "POST", "/devices", Some(json!({"id": "bobs-lamp"})))
+        .await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

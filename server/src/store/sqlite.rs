@@ -109,6 +109,12 @@ CREATE TABLE rollout_devices (
 );
 CREATE INDEX rollout_devices_device ON rollout_devices(device_id);
 "#,
+    r#"
+CREATE TABLE retired_devices (
+    id TEXT PRIMARY KEY,
+    retired_at REAL NOT NULL
+);
+"#,
 ];
 
 const DEVICE_COLUMNS: &str = "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
@@ -719,6 +725,17 @@ impl Store for SqliteStore {
             if exists {
                 return Err(StoreError::Exists(format!("device {}", device.id)));
             }
+            // A deleted device's id is never given again: its history in notification.log
+            // must not become a later owner's (PROTOCOL §11).
+            let retired = conn
+                .prepare_cached("SELECT 1 FROM retired_devices WHERE id = ?1")?
+                .exists([&device.id])?;
+            if retired {
+                return Err(StoreError::Conflict(format!(
+                    "device id {} belonged to a deleted device and is not given again",
+                    device.id
+                )));
+            }
             let shadow = Shadow::default();
             conn.execute(
                 "INSERT INTO devices (id, name, user_id, token_hash, created_at, shadow) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -832,8 +849,17 @@ impl Store for SqliteStore {
 
     async fn delete_device(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.write(move |conn| Ok(conn.execute("DELETE FROM devices WHERE id = ?1", [id])? > 0))
-            .await
+        self.write(move |conn| {
+            if conn.execute("DELETE FROM devices WHERE id = ?1", [&id])? == 0 {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT OR IGNORE INTO retired_devices (id, retired_at) VALUES (?1, ?2)",
+                params![id, crate::clock::now()],
+            )?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn set_info(&self, id: &str, info: Value) -> Result<(), StoreError> {
