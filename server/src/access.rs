@@ -15,6 +15,13 @@ use crate::store::{DeviceRecord, RolloutRecord, User};
 /// The prefix of the RPC methods that change a device's firmware (PROTOCOL §8).
 pub const OTA_METHOD_PREFIX: &str = "OTA.";
 
+/// Whether `user` may see a device of `owner` shared with the comma-separated
+/// `shared_with` (PROTOCOL §5, §6): the owner, those it is shared with, the admin. Every
+/// check of who sees a device (REST, notify stream, logs, sockets) comes down to this.
+pub fn may_see(user: &User, owner: &str, shared_with: &str) -> bool {
+    user.admin || owner == user.id || crate::store::shared_contains(shared_with, &user.id)
+}
+
 /// Whether `user` may see `device` at all.
 pub fn can_see(user: &User, device: &DeviceRecord) -> bool {
     device.visible_to(user)

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::notification_log::NotificationLog;
-use crate::store::{shared_contains, DeviceRecord, User};
+use crate::store::{DeviceRecord, User};
 
 /// Who a device belongs to, carried with each of its events for audience checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,7 @@ impl Identity {
 
     /// Whether `user` may see this device's events (PROTOCOL §5 audience).
     pub fn visible_to(&self, user: &User) -> bool {
-        user.admin || *self.owner == *user.id || shared_contains(&self.shared_with, &user.id)
+        crate::access::may_see(user, &self.owner, &self.shared_with)
     }
 }
 

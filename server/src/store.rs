@@ -54,7 +54,7 @@ pub struct DeviceRecord {
 impl DeviceRecord {
     /// Whether `user` may see this device: owner, shared with, or admin (PROTOCOL §5, §6).
     pub fn visible_to(&self, user: &User) -> bool {
-        user.admin || self.user_id == user.id || shared_contains(&self.shared_with, &user.id)
+        crate::access::may_see(user, &self.user_id, &self.shared_with)
     }
 }
 

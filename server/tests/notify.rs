@@ -196,3 +196,56 @@ async fn disconnect_policy_closes_a_slow_consumer() {
     assert!(device.request("Dash.Shadow.Get", json!(null)).await["result"].is_object());
     server.shutdown().await;
 }
+
+/// The per-device RPC socket asks who may do what per call: unsharing the device ends a
+/// shared user's access through a socket opened before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsharing_revokes_an_open_per_device_socket() {
+    use futures_util::SinkExt;
+    let server = TestServer::start().await;
+    let bob = server.add_user("bob").await;
+    let (id, token) = server.create_device("lamp").await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/devices/{id}"),
+            Some(json!({"shared_with": "email_bob"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut device = server.device(&token).await;
+    let mut client = server
+        .ws(&format!("/devices/{id}/rpc?access_token={bob}"))
+        .await;
+    client
+        .send(Message::text(
+            json!({"id": 1, "method": "Sys.GetInfo"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let request = device.expect_request("Sys.GetInfo").await;
+    device
+        .send(json!({"id": request["id"], "result": {"app": "lamp"}}))
+        .await;
+    let reply = recv_json(&mut client).await;
+    assert_eq!(reply, json!({"id": 1, "result": {"app": "lamp"}}));
+    // Unshared: the next call through the same socket is refused.
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/devices/{id}"),
+            Some(json!({"shared_with": ""})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    client
+        .send(Message::text(
+            json!({"id": 2, "method": "Sys.GetInfo"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let reply = recv_json(&mut client).await;
+    assert_eq!(reply["id"], 2);
+    assert_eq!(reply["error"]["code"], 404, "{reply}");
+    server.shutdown().await;
+}

@@ -20,12 +20,15 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::auth::Caller;
 use crate::hub::Event;
 use crate::registry::CallError;
-use crate::store::{DeviceRecord, User};
+use crate::store::User;
 use crate::ws::{self, Socket, Upgrade};
 use crate::AppState;
 
 /// Most events written between two flushes of a consumer socket.
 const WRITE_BATCH: usize = 512;
+
+/// Calls one per-device RPC socket may have under way at once.
+const CALLS_IN_FLIGHT: usize = 16;
 
 /// `GET /api/v2/notify`: the live notification stream of the caller's devices.
 pub async fn notify(State(state): State<AppState>, caller: Caller, mut req: Request) -> Response {
@@ -126,14 +129,14 @@ pub async fn device_rpc(
     Path(id): Path<String>,
     mut req: Request,
 ) -> Response {
-    let device = match state.store.device(&id).await {
-        Ok(Some(device)) if device.visible_to(&caller.user) => device,
+    match state.store.device(&id).await {
+        Ok(Some(device)) if device.visible_to(&caller.user) => {}
         Ok(_) => {
             return crate::error::ApiError::not_found(format!("device {id} not found"))
                 .into_response()
         }
         Err(e) => return crate::error::ApiError::from(e).into_response(),
-    };
+    }
     let upgrade = match Upgrade::from_request(&mut req) {
         Ok(upgrade) => upgrade,
         Err(e) => return e.into_response(),
@@ -141,18 +144,14 @@ pub async fn device_rpc(
     let tasks = state.tasks.clone();
     let user = caller.user;
     upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
-        device_rpc_session(state, socket, id, user, device)
+        device_rpc_session(state, socket, id, user)
     })
 }
 
-async fn device_rpc_session(
-    state: AppState,
-    mut socket: Socket,
-    id: String,
-    user: User,
-    device: DeviceRecord,
-) {
+async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, user: User) {
     let mut splitter = FrameSplitter::new(state.settings.frame_buffer_bytes);
+    // Calls under way at once on this socket; past it the socket is not read until one ends.
+    let calls = Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
     let (replies_tx, mut replies) = mpsc::channel::<String>(64);
     let mut console: Option<broadcast::Receiver<Arc<Event>>> = None;
     loop {
@@ -168,10 +167,13 @@ async fn device_rpc_session(
                     None => std::future::pending().await,
                 }
             } => match event {
-                Ok(event) if *event.device.id == *id => {
+                // The audience is checked per event: unsharing the device ends the feed.
+                Ok(event) if *event.device.id == *id && event.device.visible_to(&user) => {
                     format!("{{\"method\":\"Dash.Console.Event\",\"params\":{}}}", event.json.as_str())
                 }
-                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Ok(_) => continue,
+                // Said, not swallowed: the subscriber knows it missed events (PROTOCOL §5).
+                Err(RecvError::Lagged(dropped)) => json!({"method": "Dash.Console.Event", "params": {"id": id, "name": "lagged", "data": {"dropped": dropped}}}).to_string(),
                 Err(RecvError::Closed) => return,
             },
             incoming = socket.next() => {
@@ -199,20 +201,31 @@ async fn device_rpc_session(
                         }
                         continue;
                     }
-                    // OTA.* needs deploy rights here as through the REST proxy (PROTOCOL §11).
-                    if let Err(refused) = crate::access::check_rpc(&user, &device, frame.method.as_deref().unwrap_or_default()) {
-                        if frame.id.is_some() {
-                            let reply = Frame::error_to(&frame, protocol::codes::FORBIDDEN, refused.message);
-                            let _ = replies_tx.try_send(reply.to_json());
-                        }
-                        continue;
-                    }
-                    // Each call runs on its own so a slow device method does not hold up others.
+                    // Each call runs on its own so a slow device method does not hold up
+                    // others, up to CALLS_IN_FLIGHT at once.
+                    let Ok(permit) = calls.clone().acquire_owned().await else { return };
                     let state = state.clone();
                     let id = id.clone();
+                    let user = user.clone();
                     let replies_tx = replies_tx.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let method = frame.method.clone().unwrap_or_default();
+                        // Who may do what is asked per call, as through the REST proxy: a
+                        // device unshared since the socket opened is not reachable any more,
+                        // and OTA.* needs deploy rights (PROTOCOL §11).
+                        let allowed = match state.store.device(&id).await {
+                            Ok(Some(device)) if device.visible_to(&user) => crate::access::check_rpc(&user, &device, &method),
+                            Ok(_) => Err(crate::error::ApiError::not_found(format!("device {id} not found"))),
+                            Err(e) => Err(crate::error::ApiError::from(e)),
+                        };
+                        if let Err(refused) = allowed {
+                            if frame.id.is_some() {
+                                let reply = Frame::error_to(&frame, i64::from(refused.status.as_u16()), refused.message);
+                                let _ = replies_tx.send(reply.to_json()).await;
+                            }
+                            return;
+                        }
                         let outcome = crate::ops::call::run(&state, &id, &method, frame.params.clone(), state.rpc_timeout()).await;
                         if frame.id.is_none() {
                             return;
