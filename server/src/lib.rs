@@ -326,10 +326,13 @@ pub async fn register_user(
     let key = auth::new_secret();
     store
         .create_key(
-            &auth::new_secret(),
-            &user.id,
+            store::ApiKey {
+                id: auth::new_secret(),
+                user_id: user.id.clone(),
+                created_at: clock::now(),
+                ..store::ApiKey::default()
+            },
             &auth::hash_secret(&key),
-            clock::now(),
         )
         .await?;
     store.close().await?;
