@@ -4,6 +4,7 @@
 //! that are optional on input carry `#[serde(default)]`; timestamps are RFC 3339
 //! strings, produced and parsed by the caller.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,10 @@ pub struct DeviceObject {
     /// Shadow document with delta (PROTOCOL §4).
     #[serde(default)]
     pub shadow: Value,
+    /// `{"reason", "until"}` while the device is held off for exceeding its limits. Boxed:
+    /// rare, and device objects travel in large numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Box<Value>>,
 }
 
 /// A user as the API shows it (PROTOCOL §6).
@@ -280,6 +285,7 @@ mod tests {
             last_seen: None,
             info: Value::Null,
             shadow: json!({"state": {}}),
+            quarantine: None,
         };
         let value = serde_json::to_value(&device).expect("serialisable");
         assert_eq!(

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}/shadow", get(get_shadow).post(post_shadow))
         .route("/devices/{id}/rpc", get(sockets::device_rpc))
+        .route("/devices/{id}/release", post(release_device))
         .route("/devices/{id}/rpc/{method}", get(rpc_proxy).post(rpc_proxy))
         .route(
             "/devices/{id}/ota",
@@ -280,6 +281,19 @@ async fn delete_device(
         return Err(ApiError::not_found(format!("device {id} not found")));
     }
     Ok(Json(Value::Bool(true)))
+}
+
+/// `POST /devices/:id/release`: lets a quarantined device back in before its cool-down
+/// ends (the owner or the admin, with `operate`).
+async fn release_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = visible_device(&state, &caller, &id).await?;
+    caller.require(Scope::Operate)?;
+    require_owner(&caller.user, &device)?;
+    Ok(Json(Value::Bool(ops::release::run(&state, &device))))
 }
 
 async fn get_shadow(
