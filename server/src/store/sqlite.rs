@@ -144,6 +144,8 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per pooled reader: a read waits for a free connection.
+    reader_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How often the WAL is folded into the database, off the writer thread.
@@ -198,6 +200,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(Mutex::new(readers)),
+            reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
     }
 
@@ -250,20 +253,28 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // A read waits for one of the pooled connections. Opening a temporary one when
+        // the pool ran dry cost a schema parse per read under load, and the page caches of
+        // thousands of such connections made the server's memory climb with each wave of
+        // reconnecting devices.
+        let permit = self
+            .reader_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().pop();
             let conn = match pooled {
                 Some(conn) => conn,
-                // Pool exhausted under load: a temporary extra reader beats queueing.
+                // A connection lost to a failed job: open its replacement.
                 None => open_connection(&path, Durability::Process)?,
             };
             let result = job(&conn);
-            let mut pool = readers.lock();
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            readers.lock().push(conn);
             result
         })
         .await
