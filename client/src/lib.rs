@@ -30,6 +30,7 @@ mod client;
 mod error;
 mod firmware;
 mod notify;
+pub mod tls;
 mod url;
 
 pub use client::{Client, ClientOptions, LogPage, NewUserResponse};

@@ -362,3 +362,45 @@ async fn https_and_wss_with_a_private_ca() {
     ));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pinned_certificate_is_trusted_and_no_other() {
+    use herd_client::tls::Fingerprint;
+    use rustls::pki_types::pem::PemObject;
+    let server = TestServer::start_tls().await;
+    let pem = std::fs::read(server.ca_cert()).expect("read the certificate");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).expect("one certificate");
+    let pin = Fingerprint::of(&der);
+    // The pin names the certificate, not a host: an address the certificate was not made
+    // for is fine.
+    let url = server.https_url().replace("localhost", "127.0.0.1");
+
+    let mut options = herd_client::ClientOptions::new(&url, Some(server.admin_key.clone()));
+    options.tls_fingerprint = Some(pin);
+    let client = Client::with_options(options).expect("client");
+    let mut stream = client.notify();
+    wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
+    let device = client
+        .create_device(&NewDevice {
+            name: Some("pinned".into()),
+            id: None,
+        })
+        .await
+        .expect("create over https with a pinned certificate");
+    wait_for(&mut stream, |e| is_notification(e, &device.id, "created")).await;
+
+    // Another fingerprint is refused, even with the certificate among the trusted CAs.
+    let mut other = pin.0;
+    other[0] ^= 1;
+    let mut options =
+        herd_client::ClientOptions::new(server.https_url(), Some(server.admin_key.clone()));
+    options.tls_fingerprint = Some(Fingerprint(other));
+    options.ca_cert = Some(pem);
+    let refused = Client::with_options(options).expect("client");
+    assert!(refused
+        .devices()
+        .await
+        .expect_err("wrong pin")
+        .is_connection());
+    server.shutdown().await;
+}

@@ -172,6 +172,15 @@ pub struct ConnectionArgs {
     /// self-signed certificate.
     #[arg(long, env = "HERD_CA_CERT", global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (AB:CD:…, as
+    /// `herd-server --tls-self-signed` prints it).
+    #[arg(
+        long,
+        env = "HERD_TLS_FINGERPRINT",
+        global = true,
+        value_name = "SHA256"
+    )]
+    pub tls_fingerprint: Option<String>,
 }
 
 impl ConnectionArgs {
@@ -183,6 +192,7 @@ impl ConnectionArgs {
             read_only: self.read_only,
             config: self.config.clone(),
             ca_cert: self.ca_cert.clone(),
+            tls_fingerprint: self.tls_fingerprint.clone(),
             log: Vec::new(),
         }
     }

@@ -331,6 +331,48 @@ async fn a_private_ca_is_trusted_when_named() {
 }
 
 #[tokio::test]
+async fn a_pinned_certificate_is_trusted_by_its_fingerprint_alone() {
+    let server = TestServer::start_tls().await;
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(server.ca_cert()).expect("certificate");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body");
+    let pin = herd_client::tls::Fingerprint::of(&der).to_string();
+    // The pin names the certificate, not the host: the bare address works too.
+    let url = server.https_url().replace("localhost", "127.0.0.1");
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", &pin, "devices", "--json"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "[]\n"),
+        "{}",
+        out.stderr
+    );
+    let other = format!(
+        "{}{}",
+        if pin.starts_with('0') { "1" } else { "0" },
+        &pin[1..]
+    );
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", &other, "devices"]).await;
+    assert_eq!(
+        out.code, 3,
+        "another certificate is refused: {}",
+        out.stderr
+    );
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", "AB:CD", "devices"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("SHA-256 fingerprint"), "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn tail_stops_when_its_reader_goes_away() {
     let server = TestServer::start().await;
     let (_, token) = server.create_device("lamp").await;
