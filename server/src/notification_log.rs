@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::{Date, OffsetDateTime};
 
-pub use reader::{read_page, LogPage};
+pub use reader::{is_notification, read_page, LogPage};
 
 /// Name of the file being appended to; rotated files add `.<date>[.<n>]`.
 pub const CURRENT_FILE: &str = "notification.log";
