@@ -40,7 +40,9 @@ extern crate std;
 
 pub mod config;
 pub mod device;
+pub mod flash;
 pub mod fs;
+pub mod idf;
 pub mod memory;
 pub mod ota;
 pub mod platform;
