@@ -231,6 +231,8 @@ pub struct WebSocket<'s> {
     ws: WebSocketClient<Entropy>,
     /// Raw bytes read but not yet decoded.
     pending: Vec<u8>,
+    /// `pending` ends in a frame that needs more bytes.
+    incomplete: bool,
     frame: Vec<u8>,
 }
 
@@ -281,6 +283,7 @@ impl<'s> WebSocket<'s> {
                         stream,
                         ws,
                         pending,
+                        incomplete: false,
                         frame: vec![0; 2048],
                     });
                 }
@@ -312,7 +315,10 @@ impl<'s> WebSocket<'s> {
 
     /// Waits for the next bytes and decodes what frames they complete.
     pub async fn receive(&mut self) -> Result<Incoming, LinkError> {
-        if self.pending.is_empty() {
+        // Bytes left over from the upgrade may hold whole frames: decode those before
+        // waiting for more.
+        if self.pending.is_empty() || self.incomplete {
+            self.incomplete = false;
             let mut chunk = [0u8; 1024];
             let n = self.stream.read(&mut chunk).await?;
             if n == 0 {
@@ -330,10 +336,14 @@ impl<'s> WebSocket<'s> {
             }
             let result = match self.ws.read(&self.pending, &mut self.frame) {
                 Ok(result) => result,
-                Err(embedded_websocket::Error::ReadFrameIncomplete) => break,
+                Err(embedded_websocket::Error::ReadFrameIncomplete) => {
+                    self.incomplete = true;
+                    break;
+                }
                 Err(e) => return Err(LinkError::Protocol(format!("{e:?}"))),
             };
             if result.len_from == 0 && result.len_to == 0 {
+                self.incomplete = true;
                 break;
             }
             let payload = self.frame[..result.len_to].to_vec();
