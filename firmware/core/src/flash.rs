@@ -188,7 +188,7 @@ impl Flash for MemoryFlash {
     }
 
     fn erase(&mut self, offset: u32, len: u32) -> Result<(), StorageError> {
-        if offset % SECTOR_SIZE != 0 || len % SECTOR_SIZE != 0 {
+        if !offset.is_multiple_of(SECTOR_SIZE) || !len.is_multiple_of(SECTOR_SIZE) {
             return Err(StorageError(format!(
                 "erase of {len:#x} at {offset:#x} is not sector aligned"
             )));
@@ -198,7 +198,7 @@ impl Flash for MemoryFlash {
     }
 
     fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), StorageError> {
-        if offset % 4 != 0 || data.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !data.len().is_multiple_of(4) {
             return Err(StorageError(format!(
                 "write of {} bytes at {offset:#x} is not word aligned",
                 data.len()
@@ -260,7 +260,7 @@ impl RecordStore {
     pub fn new(base: u32, size: u32) -> Result<RecordStore, StorageError> {
         let slots = 2 * Kind::ALL.len() as u32;
         let slot_size = size / slots / SECTOR_SIZE * SECTOR_SIZE;
-        if base % SECTOR_SIZE != 0 || slot_size == 0 {
+        if !base.is_multiple_of(SECTOR_SIZE) || slot_size == 0 {
             return Err(StorageError(format!(
                 "a record region needs {slots} sectors at a sector boundary, not {size:#x} bytes at {base:#x}"
             )));
@@ -380,7 +380,7 @@ impl RecordStore {
         let crc = crc32(crc32(0, &record), payload);
         record.extend_from_slice(&crc.to_le_bytes());
         record.extend_from_slice(payload);
-        while record.len() % 4 != 0 {
+        while !record.len().is_multiple_of(4) {
             record.push(0xff);
         }
         let offset = self.slot_offset(kind, slot);

@@ -479,6 +479,8 @@ pub fn describe_app(head: &[u8], fw_id: String, arch: &str) -> ImageInfo {
 }
 
 /// What [`FlashSlots::open`] found.
+// Made once at boot and taken apart at once: boxing the slots would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Opened<F: Flash> {
     /// Run: the bootloader started the slot the boot record chose.
@@ -676,7 +678,7 @@ impl<F: Flash> FirmwareSlots for FlashSlots<F> {
         let aligned_start = start & !3;
         let mut buffer = vec![0xffu8; (start - aligned_start) as usize];
         buffer.extend_from_slice(data);
-        while buffer.len() % 4 != 0 {
+        while !buffer.len().is_multiple_of(4) {
             buffer.push(0xff);
         }
         self.flash.write(slot.offset + aligned_start, &buffer)
