@@ -7,6 +7,7 @@
 //! frame rather than one per notification, and keys are handled between batches.
 
 pub mod analytics;
+pub mod bench;
 pub mod device;
 pub mod input;
 pub mod model;
@@ -374,6 +375,13 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                 })
             }
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
+            Command::Bench(task) => {
+                let progress = sender.clone();
+                let send = move |msg: bench::Msg| {
+                    let _ = progress.try_send(Msg::Bench(msg));
+                };
+                Msg::Bench(bench::run(&client, task, send).await)
+            }
             // Handled by the loop itself, which owns the terminal and the analytics worker.
             Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
         };
