@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::rest::{
-    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewUser, UserObject,
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, NewUser, UserObject,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -310,8 +310,10 @@ impl Client {
     }
 
     /// `POST /keys`: the answer carries the secret, shown once.
-    pub async fn create_key(&self) -> Result<KeyObject, Error> {
-        self.json(Method::POST, "/keys", None::<&Value>).await
+    /// `POST /keys` (PROTOCOL §11): a key with the scope, device filter and expiry of
+    /// `key` (all optional); the answer carries the secret, shown once.
+    pub async fn create_key(&self, key: &NewKey) -> Result<KeyObject, Error> {
+        self.json(Method::POST, "/keys", Some(key)).await
     }
 
     /// `DELETE /keys/:id`.

@@ -38,4 +38,6 @@ pub use firmware::{Progress, RolloutCommand, UploadMeta};
 pub use notify::{NotifyEvent, NotifyOptions, NotifyStream};
 pub use protocol::firmware::{FirmwareObject, RolloutObject, RolloutSpec};
 pub use protocol::notification::Notification;
-pub use protocol::rest::{DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, UserObject};
+pub use protocol::rest::{
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, Scope, UserObject,
+};

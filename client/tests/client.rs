@@ -194,7 +194,10 @@ async fn credentials_and_reachability_errors() {
 async fn keys_users_and_logs() {
     let server = TestServer::start().await;
     let client = server.client();
-    let key = client.create_key().await.expect("create key");
+    let key = client
+        .create_key(&Default::default())
+        .await
+        .expect("create key");
     let secret = key.token.clone().expect("secret shown once");
     assert!(client
         .keys()

@@ -4,6 +4,7 @@
 mod commands;
 mod firmware;
 mod flash;
+mod keys;
 mod ota;
 mod report;
 mod rollout;
@@ -306,6 +307,12 @@ pub enum Command {
     /// partition table, app and factory configuration, reset, and wait until it is online.
     /// Also --list-ports, --out FILE (the whole flash image, no board) and --monitor.
     Flash(flash::FlashArgs),
+    /// API keys: a scope (read, operate, deploy, admin), a device filter, an expiry
+    /// (PROTOCOL §11).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
     Demo {
@@ -443,6 +450,7 @@ async fn run(args: Args) -> CommandResult {
             commands::register(&client, &name, id, json).await
         }
         Command::Firmware { command } => firmware::run(&client, profile.read_only, command).await,
+        Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
         Command::Demo { .. } | Command::Report(_) | Command::Flash(_) => Ok(()),

@@ -375,3 +375,60 @@ async fn tail_stops_when_its_reader_goes_away() {
     assert!(status.success());
     server.shutdown().await;
 }
+
+/// `herd keys` (PROTOCOL §11): a read key made from the CLI reads and is refused a change
+/// with exit 4; it shows in the list with its scope and goes away with `rm`.
+#[tokio::test]
+async fn keys_with_a_scope_and_an_expiry() {
+    let server = TestServer::start().await;
+    let admin = server.admin_key.clone();
+    let out = run(
+        herd(&server, &admin),
+        &[
+            "keys",
+            "create",
+            "--scope",
+            "read",
+            "--expires",
+            "30d",
+            "--name",
+            "wall screen",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let made: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(made["scope"], "read");
+    assert_eq!(made["name"], "wall screen");
+    assert!(made["expires_at"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("20")));
+    let read = made["token"]
+        .as_str()
+        .expect("the secret, once")
+        .to_string();
+    let out = run(herd(&server, &read), &["devices", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(herd(&server, &read), &["register", "lamp"]).await;
+    assert_eq!(out.code, 4, "a read key may not register: {}", out.stderr);
+    assert!(out.stderr.contains("scope operate"), "{}", out.stderr);
+    let out = run(herd(&server, &admin), &["keys", "list"]).await;
+    assert!(
+        out.stdout.contains("wall screen") && out.stdout.contains("read"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        herd(&server, &admin),
+        &["keys", "create", "--expires", "soon"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let id = made["id"].as_str().unwrap();
+    let out = run(herd(&server, &admin), &["keys", "rm", id]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(herd(&server, &read), &["devices"]).await;
+    assert_eq!(out.code, 4, "a deleted key is refused: {}", out.stderr);
+    server.shutdown().await;
+}
