@@ -128,6 +128,9 @@ pub struct Factory {
     pub inverted: Option<bool>,
     /// `update.pubkey`: base64 Ed25519 key updates must be signed with (PROTOCOL §10.4).
     pub update_pubkey: Option<String>,
+    /// `dash.ca_cert`: base64 DER of the certificate authority the light checks a
+    /// `wss://` server against (see [`ca_cert_from_file`]).
+    pub ca_cert: Option<String>,
 }
 
 impl Factory {
@@ -148,6 +151,9 @@ impl Factory {
         }
         if let Some(key) = &self.update_pubkey {
             layer["update"] = json!({"pubkey": key});
+        }
+        if let Some(ca) = &self.ca_cert {
+            layer["dash"]["ca_cert"] = json!(ca);
         }
         let Value::Object(patch) = layer else {
             unreachable!("built as an object")
@@ -181,6 +187,48 @@ pub fn device_socket_url(rest: &str) -> Result<String, String> {
         return Err("the server URL has no host".into());
     }
     Ok(format!("{scheme}://{authority}/api/v2/rpc"))
+}
+
+/// `dash.ca_cert` from a certificate file, PEM or DER. The light keeps one certificate
+/// and has no root store of its own, so of a PEM chain (leaf first, as servers send them)
+/// it takes the last: the one closest to the root.
+pub fn ca_cert_from_file(bytes: &[u8]) -> Result<String, String> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    if bytes.first() == Some(&0x30) {
+        // A DER SEQUENCE: the certificate itself.
+        return Ok(engine.encode(bytes));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither PEM nor DER".to_string())?;
+    let mut last = None;
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let body = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
+        let end = body
+            .find("-----END CERTIFICATE-----")
+            .ok_or("a PEM certificate without its END line")?;
+        let base64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+        let der = engine
+            .decode(&base64)
+            .map_err(|e| format!("a PEM certificate that is not base64: {e}"))?;
+        if der.first() != Some(&0x30) {
+            return Err("a PEM certificate that does not hold DER".into());
+        }
+        last = Some(base64);
+        rest = &body[end..];
+    }
+    last.ok_or_else(|| "no certificate in it (PEM or DER)".into())
+}
+
+/// A light reaching `server` over `wss://` checks its certificate chain against
+/// `dash.ca_cert` and connects to nothing without one; say so before flashing.
+pub fn check_tls(server: &str, ca_cert: Option<&str>) -> Result<(), String> {
+    if server.starts_with("wss://") && ca_cert.is_none() {
+        return Err(format!(
+            "the light would reach {server} over TLS but has no CA certificate to check it with: give --ca-cert (the server's CA or, for --tls-self-signed, its certificate)"
+        ));
+    }
+    Ok(())
 }
 
 /// One piece of the flash image.
@@ -673,13 +721,86 @@ impl ProgressCallbacks for Callbacks<'_> {
     }
 }
 
+/// The functions of the light's ELF, to name the code addresses a board prints (a panic's
+/// backtrace from esp-backtrace, an exception's `MEPC`/`RA`).
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    /// Start, end and demangled name, sorted by start.
+    functions: Vec<(u32, u32, String)>,
+}
+
+impl Symbols {
+    /// From `(address, size, name)` of each function; names are demangled.
+    pub fn new(functions: impl IntoIterator<Item = (u32, u32, String)>) -> Symbols {
+        let mut functions: Vec<(u32, u32, String)> = functions
+            .into_iter()
+            .filter(|(_, size, _)| *size > 0)
+            .map(|(start, size, name)| {
+                let name = format!("{:#}", rustc_demangle::demangle(&name));
+                (start, start.saturating_add(size), name)
+            })
+            .collect();
+        functions.sort_by_key(|f| f.0);
+        Symbols { functions }
+    }
+
+    /// The function symbols of an ELF.
+    pub fn from_elf(elf: &[u8]) -> Result<Symbols, String> {
+        use object::{Object as _, ObjectSymbol as _};
+        let file = object::File::parse(elf).map_err(|e| format!("not an ELF file: {e}"))?;
+        Ok(Symbols::new(
+            file.symbols()
+                .filter(|s| s.kind() == object::SymbolKind::Text)
+                .filter_map(|s| {
+                    let start = u32::try_from(s.address()).ok()?;
+                    let size = u32::try_from(s.size()).ok()?;
+                    Some((start, size, s.name().ok()?.to_string()))
+                }),
+        ))
+    }
+
+    /// The function holding `address`, and how far into it.
+    pub fn lookup(&self, address: u32) -> Option<(&str, u32)> {
+        let at = self.functions.partition_point(|f| f.0 <= address);
+        let (start, end, name) = self.functions.get(at.checked_sub(1)?)?;
+        (address < *end).then_some((name.as_str(), address - start))
+    }
+
+    /// One line per code address in `line` that falls in a function:
+    /// `    0x42001234 - herd_light::main+0x10`.
+    pub fn annotate(&self, line: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let bytes = line.as_bytes();
+        let mut at = 0;
+        while let Some(start) = line[at..].find("0x").map(|n| at + n) {
+            let digits = bytes[start + 2..]
+                .iter()
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count();
+            at = start + 2 + digits;
+            if digits != 8 {
+                continue;
+            }
+            let Ok(address) = u32::from_str_radix(&line[start + 2..at], 16) else {
+                continue;
+            };
+            if let Some((name, offset)) = self.lookup(address) {
+                found.push(format!("    {address:#010x} - {name}+{offset:#x}"));
+            }
+        }
+        found
+    }
+}
+
 /// Copies what the board prints on `port` to `out` until `keep_going` says stop (it is
-/// asked at least every 200 ms). With `reset`, the board is restarted into its app first
-/// (DTR/RTS), so the log starts at boot. Blocking.
+/// asked at least every 200 ms), naming after each line the functions of the code
+/// addresses in it when `symbols` has them. With `reset`, the board is restarted into its
+/// app first (DTR/RTS), so the log starts at boot. Blocking.
 pub fn monitor(
     port: &str,
     baud: u32,
     reset: bool,
+    symbols: Option<&Symbols>,
     out: &mut dyn Write,
     keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<(), String> {
@@ -698,11 +819,33 @@ pub fn monitor(
         pulse().map_err(|e| format!("cannot reset the board on {port}: {e}"))?;
     }
     let mut buffer = [0u8; 1024];
+    // The line being received, for the addresses in it; the bytes themselves go out as
+    // they come, so a line without its end yet is not held back.
+    let mut line = Vec::new();
     while keep_going() {
         match serial.read(&mut buffer) {
             Ok(0) => {}
             Ok(n) => {
-                out.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+                let write = |out: &mut dyn Write, bytes: &[u8]| {
+                    out.write_all(bytes).map_err(|e| e.to_string())
+                };
+                let mut rest = &buffer[..n];
+                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                    write(out, &rest[..=end])?;
+                    line.extend_from_slice(&rest[..end]);
+                    if let Some(symbols) = symbols {
+                        for note in symbols.annotate(&String::from_utf8_lossy(&line)) {
+                            write(out, format!("{note}\n").as_bytes())?;
+                        }
+                    }
+                    line.clear();
+                    rest = &rest[end + 1..];
+                }
+                write(out, rest)?;
+                // A runaway line without an end is not kept whole.
+                if line.len() < 4096 {
+                    line.extend_from_slice(rest);
+                }
                 out.flush().map_err(|e| e.to_string())?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
@@ -719,6 +862,38 @@ mod tests {
     use firmware_core::config::Layer;
     use firmware_core::flash::{FlashConfig, MemoryFlash};
     use firmware_core::platform::ConfigStorage;
+
+    #[test]
+    fn code_addresses_in_the_log_are_named() {
+        let symbols = Symbols::new([
+            (
+                0x4200_0100,
+                0x40,
+                "_ZN10herd_light4main17h0123456789abcdefE".to_string(),
+            ),
+            (0x4200_0200, 0x10, "rust_begin_unwind".to_string()),
+            (0x4200_0300, 0, "a_label".to_string()),
+        ]);
+        assert_eq!(
+            symbols.lookup(0x4200_0110),
+            Some(("herd_light::main", 0x10))
+        );
+        assert_eq!(symbols.lookup(0x4200_0140), None);
+        assert_eq!(symbols.lookup(0x4200_0300), None);
+        assert_eq!(symbols.lookup(0x4000_0000), None);
+        assert_eq!(
+            symbols.annotate("0x42000104\r"),
+            ["    0x42000104 - herd_light::main+0x4"]
+        );
+        assert_eq!(
+            symbols.annotate("MEPC 0x42000208 RA 0x4200010c SP 0x3fc9ff00 0x4200"),
+            [
+                "    0x42000208 - rust_begin_unwind+0x8",
+                "    0x4200010c - herd_light::main+0xc"
+            ]
+        );
+        assert!(symbols.annotate("no addresses 0x 0xzz").is_empty());
+    }
 
     #[test]
     fn socket_urls_follow_the_rest_url() {
@@ -757,6 +932,7 @@ mod tests {
             pin: Some(3),
             inverted: Some(true),
             update_pubkey: Some("AAAA".into()),
+            ca_cert: Some("MIIB".into()),
         };
         let partition = factory.partition().unwrap();
         let mut storage =
@@ -779,6 +955,27 @@ mod tests {
         assert_eq!(config.get_i64("smartlight.pin"), 3);
         assert!(config.get_bool("smartlight.inverted"));
         assert_eq!(config.get_str("update.pubkey"), "AAAA");
+        assert_eq!(config.get_str("dash.ca_cert"), "MIIB");
         assert_eq!(storage.load(Layer::User).unwrap(), None);
+    }
+
+    #[test]
+    fn the_ca_certificate_is_taken_from_pem_or_der() {
+        use base64::Engine as _;
+        let der = [0x30u8, 0x82, 0x01, 0x0a, 1, 2, 3];
+        let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+        assert_eq!(ca_cert_from_file(&der).unwrap(), base64);
+        let leaf = base64::engine::general_purpose::STANDARD.encode([0x30u8, 9]);
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{leaf}\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n{}\n{}\n-----END CERTIFICATE-----\n",
+            &base64[..4],
+            &base64[4..]
+        );
+        assert_eq!(ca_cert_from_file(pem.as_bytes()).unwrap(), base64);
+        assert!(ca_cert_from_file(b"hello").is_err());
+        assert!(ca_cert_from_file(b"-----BEGIN CERTIFICATE-----\nMIIB").is_err());
+        assert!(check_tls("wss://h/api/v2/rpc", None).is_err());
+        assert!(check_tls("wss://h/api/v2/rpc", Some("MIIB")).is_ok());
+        assert!(check_tls("ws://h/api/v2/rpc", None).is_ok());
     }
 }

@@ -1,11 +1,13 @@
 //! `herd flash` without a board: the whole flash image written to a file, checked the way
 //! a board's bootloader and firmware will read it (partition table, app slot, factory
 //! configuration read back by the firmware's own reader), and by esptool when it is
-//! installed (CI installs it and requires it); the exit codes of the steps that need a
-//! board.
+//! installed (CI installs it and requires it); a whole `herd flash --port` run against the
+//! ROM loader stand-in, with a device that connects with what was written to its flash;
+//! the exit codes of the steps.
 
 mod cli_support;
 mod light_elf;
+mod rom_loader;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,6 +98,7 @@ fn factory() -> Factory {
         pin: Some(4),
         inverted: Some(true),
         update_pubkey: None,
+        ca_cert: None,
     }
 }
 
@@ -340,4 +343,209 @@ async fn herd_flash_exit_codes_name_the_step() {
     // Saying nothing to do is a usage error.
     let nothing = run(herd(&server, "unused"), &["flash"]).await;
     assert_eq!(nothing.code, 2, "{}", nothing.stderr);
+}
+
+/// What a light reads at boot from a flash the stand-in recorded: its factory
+/// configuration and the app in ota_0 (SHA-256, hex, of the image).
+fn read_back(rom: &rom_loader::Rom) -> (Config, String) {
+    let layout = light_partition_table()
+        .layout()
+        .expect("the light's partitions");
+    let config = rom.read(layout.config.offset, layout.config.size as usize);
+    let mut storage = FlashConfig::new(MemoryFlash::from_bytes(config), 0, layout.config.size);
+    let bytes = storage
+        .load(Layer::Factory)
+        .expect("readable")
+        .expect("a factory layer");
+    let Value::Object(layer) = serde_json::from_slice(&bytes).expect("JSON") else {
+        panic!("not an object")
+    };
+    let slot = &layout.slots[0];
+    let mut app = MemoryFlash::from_bytes(rom.read(slot.offset, slot.size as usize));
+    let length = AppImage::length(&mut app, 0, slot.size).expect("an app image in ota_0");
+    let app = rom.read(slot.offset, length as usize);
+    let sha: String = Sha256::digest(&app)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (Config::new(layer, Object::new()), sha)
+}
+
+/// Plays the light once the flasher has verified its configuration and app: connects to
+/// `dash.server` with `dash.token` from the flash and answers `Sys.GetInfo` with the
+/// version and the image it finds there, until the socket closes.
+async fn boot_light(
+    rom: std::sync::Arc<std::sync::Mutex<rom_loader::Rom>>,
+    mut verified: tokio::sync::mpsc::UnboundedReceiver<u32>,
+    version: &str,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let layout = light_partition_table()
+        .layout()
+        .expect("the light's partitions");
+    let mut seen = std::collections::HashSet::new();
+    while !(seen.contains(&layout.config.offset) && seen.contains(&layout.slots[0].offset)) {
+        seen.insert(
+            verified
+                .recv()
+                .await
+                .expect("the flasher verifies what it wrote"),
+        );
+    }
+    let (config, fw_id) = read_back(&rom.lock().expect("rom"));
+    let mut request = config
+        .get_str("dash.server")
+        .into_client_request()
+        .expect("dash.server is a URL");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", config.get_str("dash.token"))
+            .parse()
+            .expect("a header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the server takes the light's token");
+    while let Some(Ok(message)) = ws.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["method"] == "Sys.GetInfo" {
+            let info = serde_json::json!({
+                "id": config.get_str("device.id"),
+                "app": "herd-light",
+                "arch": "esp32c3",
+                "fw_version": version,
+                "fw_id": fw_id,
+            });
+            let reply = serde_json::json!({"id": frame["id"], "result": info});
+            ws.send(Message::text(reply.to_string()))
+                .await
+                .expect("reply");
+        }
+    }
+}
+
+#[tokio::test]
+async fn herd_flash_writes_the_board_then_waits_until_the_light_is_online() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elf = dir.path().join("light.elf");
+    std::fs::write(&elf, synthetic_elf(Chip::Esp32c3, "2.1.0")).expect("write");
+    let loader = rom_loader::Loader::start(Chip::Esp32c3);
+    let light = tokio::spawn(boot_light(loader.rom.clone(), loader.watch(), "2.1.0"));
+    let output = run(
+        herd(&server, &server.admin_key),
+        &[
+            "flash",
+            "--port",
+            &loader.path,
+            "--no-reset",
+            "--no-stub",
+            "--baud",
+            "115200",
+            "--image",
+            &elf.display().to_string(),
+            "--name",
+            "porch",
+            "--wifi-ssid",
+            "home",
+            "--wifi-pass",
+            "secret",
+            "--pin",
+            "7",
+            "--wait",
+            "25",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).expect("JSON");
+    assert_eq!(report["online"], true, "{report}");
+    assert_eq!(report["chip"], "esp32c3");
+    assert_eq!(report["port"], loader.path.as_str());
+    assert_eq!(report["fw_version"], "2.1.0");
+    assert_eq!(report["app_version"], "2.1.0");
+    // The light runs the image written: what it found in ota_0 is what herd built.
+    assert_eq!(report["fw_id"], report["app_sha256"]);
+    let id = report["id"].as_str().expect("an id");
+    let device = server.client().device(id).await.expect("registered");
+    assert_eq!(device.name, "porch");
+    assert!(device.online);
+    light.abort();
+    let rom = loader.release();
+    let (config, _) = read_back(&rom.lock().expect("rom"));
+    assert_eq!(config.get_str("device.id"), id);
+    assert_eq!(config.get_str("wifi.sta.ssid"), "home");
+    assert_eq!(config.get_i64("smartlight.pin"), 7);
+}
+
+#[tokio::test]
+async fn a_light_for_a_tls_server_gets_the_ca_the_console_trusts() {
+    let server = TestServer::start_tls().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elf = dir.path().join("light.elf");
+    std::fs::write(&elf, synthetic_elf(Chip::Esp32c6, "2.0.0")).expect("write");
+    let out = dir.path().join("tls.bin");
+    let mut command = herd(&server, &server.admin_key);
+    command
+        .env("HERD_SERVER", server.https_url())
+        .env("HERD_CA_CERT", server.ca_cert());
+    let output = run(
+        command,
+        &[
+            "flash",
+            "--out",
+            &out.display().to_string(),
+            "--chip",
+            "esp32c6",
+            "--image",
+            &elf.display().to_string(),
+            "--name",
+            "attic",
+        ],
+    )
+    .await;
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let layer = check_merged(&std::fs::read(&out).expect("the image"), Chip::Esp32c6);
+    let config = Config::new(layer, Object::new());
+    assert_eq!(
+        config.get_str("dash.server"),
+        format!("wss://localhost:{}/api/v2/rpc", server.addr.port())
+    );
+    // The certificate itself (self-signed, its own CA), as base64 DER.
+    let pem = std::fs::read_to_string(server.ca_cert()).expect("the certificate");
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    assert_eq!(config.get_str("dash.ca_cert"), body);
+
+    // A wss:// device socket and no CA to check it with: a usage error, before
+    // registering anything.
+    let plain = TestServer::start().await;
+    let refused = run(
+        herd(&plain, &plain.admin_key),
+        &[
+            "flash",
+            "--out",
+            &out.display().to_string(),
+            "--chip",
+            "esp32c6",
+            "--image",
+            &elf.display().to_string(),
+            "--name",
+            "attic",
+            "--device-server",
+            "wss://herd.example/api/v2/rpc",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--ca-cert"), "{}", refused.stderr);
+    assert!(plain.client().devices().await.expect("devices").is_empty());
 }

@@ -1,158 +1,13 @@
 //! The real flashing code (`herd_console::bench::Board`, espflash underneath) against a
-//! stand-in for the ESP32-C3 ROM serial loader on a pseudo-terminal: it speaks the
-//! documented SLIP framed command protocol (sync, security info, registers, SPI attach,
-//! flash begin/data/end, MD5) and records every byte written to its flash, which must then
-//! hold exactly the image, segment by segment.
+//! stand-in for the ESP32-C3/C6 ROM serial loader on a pseudo-terminal (`rom_loader`): it
+//! records every byte written to its flash, which must then hold exactly the image,
+//! segment by segment.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+mod light_elf;
+mod rom_loader;
 
 use herd_console::bench::{build_image, Board, Chip, Factory, PortOptions, Progress};
-use md5::{Digest, Md5};
-
-const SLIP_END: u8 = 0xc0;
-const SLIP_ESC: u8 = 0xdb;
-
-fn slip(payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![SLIP_END];
-    for &byte in payload {
-        match byte {
-            SLIP_END => out.extend_from_slice(&[SLIP_ESC, 0xdc]),
-            SLIP_ESC => out.extend_from_slice(&[SLIP_ESC, 0xdd]),
-            other => out.push(other),
-        }
-    }
-    out.push(SLIP_END);
-    out
-}
-
-/// A response as the ROM sends it: direction, command, length, value, data, then four
-/// status bytes (all zero: success).
-fn response(op: u8, value: u32, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x01, op];
-    out.extend_from_slice(&((data.len() + 4) as u16).to_le_bytes());
-    out.extend_from_slice(&value.to_le_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    slip(&out)
-}
-
-fn word(data: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(data[at..at + 4].try_into().expect("four bytes"))
-}
-
-/// What the stand-in saw.
-#[derive(Default)]
-struct Rom {
-    /// Flash contents by byte address.
-    flash: BTreeMap<u32, u8>,
-    commands: Vec<u8>,
-    begin: Option<(u32, u32)>,
-}
-
-impl Rom {
-    fn answer(&mut self, frame: &[u8]) -> Vec<u8> {
-        let op = frame[1];
-        let data = &frame[8..];
-        self.commands.push(op);
-        match op {
-            // SYNC: the ROM answers it eight times.
-            0x08 => (0..8).flat_map(|_| response(op, 0, &[])).collect(),
-            // GET_SECURITY_INFO: flags, crypt count, key purposes, chip id 5 (ESP32-C3), eco.
-            0x14 => {
-                let mut info = vec![0u8; 12];
-                info.extend_from_slice(&5u32.to_le_bytes());
-                info.extend_from_slice(&0u32.to_le_bytes());
-                response(op, 0, &info)
-            }
-            // FLASH_BEGIN: erase size, blocks, block size, offset.
-            0x02 => {
-                self.begin = Some((word(data, 12), word(data, 8)));
-                response(op, 0, &[])
-            }
-            // FLASH_DATA: length, sequence, two zero words, the block.
-            0x03 => {
-                let (offset, block) = self.begin.expect("FLASH_BEGIN before FLASH_DATA");
-                let length = word(data, 0) as usize;
-                let sequence = word(data, 4);
-                let at = offset + sequence * block;
-                for (n, &byte) in data[16..16 + length].iter().enumerate() {
-                    self.flash.insert(at + n as u32, byte);
-                }
-                response(op, 0, &[])
-            }
-            // SPI_FLASH_MD5: address, size; the ROM answers in hex text.
-            0x13 => {
-                let (address, size) = (word(data, 0), word(data, 4));
-                let bytes: Vec<u8> = (address..address + size)
-                    .map(|a| *self.flash.get(&a).unwrap_or(&0xff))
-                    .collect();
-                let hex: String = Md5::digest(&bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                response(op, 0, hex.as_bytes())
-            }
-            // READ_REG (efuses, SPI registers: all zero), WRITE_REG, SPI_ATTACH,
-            // SPI_SET_PARAMS, FLASH_END and anything else: done.
-            _ => response(op, 0, &[]),
-        }
-    }
-}
-
-/// Reads SLIP frames from the master side of the pty and answers them.
-fn serve(
-    mut reader: Box<dyn Read + Send>,
-    mut writer: Box<dyn Write + Send>,
-    rom: Arc<Mutex<Rom>>,
-) {
-    let mut frame = Vec::new();
-    let mut in_frame = false;
-    let mut escaped = false;
-    let mut buffer = [0u8; 4096];
-    loop {
-        let Ok(n) = reader.read(&mut buffer) else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        for &byte in &buffer[..n] {
-            match (byte, escaped) {
-                (SLIP_END, _) => {
-                    if in_frame && frame.len() >= 8 {
-                        let reply = rom.lock().expect("rom").answer(&frame);
-                        if writer
-                            .write_all(&reply)
-                            .and_then(|()| writer.flush())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    in_frame = true;
-                    frame.clear();
-                }
-                (SLIP_ESC, false) => escaped = true,
-                (0xdc, true) => {
-                    frame.push(SLIP_END);
-                    escaped = false;
-                }
-                (0xdd, true) => {
-                    frame.push(SLIP_ESC);
-                    escaped = false;
-                }
-                (other, _) => {
-                    escaped = false;
-                    if in_frame {
-                        frame.push(other);
-                    }
-                }
-            }
-        }
-    }
-}
+use rom_loader::Loader;
 
 #[derive(Default)]
 struct Seen {
@@ -169,69 +24,136 @@ impl Progress for Seen {
     }
 }
 
-mod light_elf;
-
 #[test]
 fn the_image_is_written_through_the_rom_loader_protocol() {
-    use portable_pty::{native_pty_system, PtySize};
-    let pair = native_pty_system()
-        .openpty(PtySize::default())
-        .expect("a pseudo-terminal");
-    let path = pair.master.tty_name().expect("the terminal's name");
-    let rom = Arc::new(Mutex::new(Rom::default()));
-    let reader = pair.master.try_clone_reader().expect("reader");
-    let writer = pair.master.take_writer().expect("writer");
-    let serving = rom.clone();
-    std::thread::spawn(move || serve(reader, writer, serving));
+    for chip in Chip::ALL {
+        let loader = Loader::start(chip);
+        let options = PortOptions {
+            port: loader.path.clone(),
+            baud: 115_200,
+            reset_into_loader: false,
+            stub: false,
+        };
+        let mut board = Board::connect(&options, Some(chip)).expect("the stand-in answers");
+        assert_eq!(board.chip(), chip);
+        let factory = Factory {
+            device_id: "0123456789abcdef01234567".into(),
+            token: "89abcdef0123456789abcdef".into(),
+            server: "ws://10.0.0.2:8009/api/v2/rpc".into(),
+            name: "bench".into(),
+            ..Factory::default()
+        };
+        let elf = light_elf::synthetic_elf(chip, "3.1.0");
+        let image = build_image(chip, &elf, &factory).expect("an image");
+        let mut seen = Seen::default();
+        board
+            .write(&image, &mut seen)
+            .expect("written and verified");
+        board.reset().expect("reset");
+        let rom = loader.release();
 
+        let rom = rom.lock().expect("rom");
+        for segment in &image.segments {
+            for (n, byte) in segment.data.iter().enumerate() {
+                let at = segment.offset + n as u32;
+                let written = rom.flash.get(&at);
+                assert!(
+                    written.is_some(),
+                    "{chip}: {} not written at {at:#x}",
+                    segment.name
+                );
+                assert_eq!(written, Some(byte), "{chip}: {} at {at:#x}", segment.name);
+            }
+        }
+        // Every segment was checked with the loader's MD5 after writing.
+        assert_eq!(seen.verified.len(), image.segments.len());
+        assert!(rom.commands.contains(&0x13));
+        // Progress counts bytes of the whole image and ends at the whole.
+        let total = image.size();
+        assert!(seen
+            .steps
+            .iter()
+            .all(|(_, done, of)| *of == total && *done <= total));
+        assert_eq!(seen.steps.last().map(|s| s.1), Some(total));
+        assert!(seen.steps.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
+}
+
+#[test]
+fn a_board_of_another_chip_is_refused() {
+    let loader = Loader::start(Chip::Esp32c6);
     let options = PortOptions {
-        port: path.display().to_string(),
+        port: loader.path.clone(),
         baud: 115_200,
         reset_into_loader: false,
         stub: false,
     };
-    let mut board = Board::connect(&options, Some(Chip::Esp32c3)).expect("the stand-in answers");
-    assert_eq!(board.chip(), Chip::Esp32c3);
-    let factory = Factory {
-        device_id: "0123456789abcdef01234567".into(),
-        token: "89abcdef0123456789abcdef".into(),
-        server: "ws://10.0.0.2:8009/api/v2/rpc".into(),
-        name: "bench".into(),
-        ..Factory::default()
-    };
-    let image = build_image(
-        Chip::Esp32c3,
-        &light_elf::synthetic_elf(Chip::Esp32c3, "3.1.0"),
-        &factory,
-    )
-    .expect("an image");
-    let mut seen = Seen::default();
-    board
-        .write(&image, &mut seen)
-        .expect("written and verified");
-    board.reset().expect("reset");
-    drop(pair.slave);
+    let error = Board::connect(&options, Some(Chip::Esp32c3)).expect_err("an ESP32-C6");
+    assert!(error.message.contains("esp32c6"), "{}", error.message);
+}
 
-    let rom = rom.lock().expect("rom");
-    for segment in &image.segments {
-        let written: Vec<u8> = (segment.offset..segment.offset + segment.data.len() as u32)
-            .map(|a| {
-                *rom.flash
-                    .get(&a)
-                    .unwrap_or_else(|| panic!("{} not written at {a:#x}", segment.name))
-            })
-            .collect();
-        assert_eq!(written, segment.data, "{}", segment.name);
+/// Output shared with the test while the monitor writes it.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("output").extend_from_slice(bytes);
+        Ok(bytes.len())
     }
-    // Every segment was checked with the loader's MD5 after writing.
-    assert_eq!(seen.verified.len(), image.segments.len());
-    assert!(rom.commands.contains(&0x13));
-    // Progress counts bytes of the whole image and ends at the whole.
-    let total = image.size();
-    assert!(seen
-        .steps
-        .iter()
-        .all(|(_, done, of)| *of == total && *done <= total));
-    assert_eq!(seen.steps.last().map(|s| s.1), Some(total));
-    assert!(seen.steps.windows(2).all(|w| w[0].1 <= w[1].1));
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_monitor_copies_the_log_and_names_code_addresses() {
+    use herd_console::bench::{monitor, Symbols};
+    use portable_pty::{native_pty_system, PtySize};
+    use std::io::Write as _;
+    let pair = native_pty_system()
+        .openpty(PtySize::default())
+        .expect("a pseudo-terminal");
+    let path = pair.master.tty_name().expect("the terminal's name");
+    let mut board = pair.master.take_writer().expect("writer");
+    let symbols = Symbols::new([(
+        0x4200_0100,
+        0x40,
+        "_ZN10herd_light4main17h0123456789abcdefE".to_string(),
+    )]);
+    let output = Shared::default();
+    let (opened, is_open) = std::sync::mpsc::channel();
+    let reading = output.clone();
+    let monitor = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut out = reading.clone();
+        monitor(
+            &path.display().to_string(),
+            115_200,
+            false,
+            Some(&symbols),
+            &mut out,
+            &mut || {
+                let _ = opened.send(());
+                let text = String::from_utf8_lossy(&reading.0.lock().expect("output")).into_owned();
+                !text.contains("partial") && std::time::Instant::now() < deadline
+            },
+        )
+    });
+    // The port is open (and raw) once the monitor first asks whether to go on.
+    is_open.recv().expect("the monitor opens the port");
+    board
+        .write_all(b"herd-light 1.0.0\npanicked at src/main.rs:10\n0x42000104\npartial")
+        .expect("the board prints");
+    board.flush().expect("flush");
+    monitor
+        .join()
+        .expect("no panic")
+        .expect("the monitor reads");
+    let text = String::from_utf8(output.0.lock().expect("output").clone()).expect("UTF-8");
+    assert_eq!(
+        text,
+        "herd-light 1.0.0\npanicked at src/main.rs:10\n0x42000104\n    0x42000104 - herd_light::main+0x4\npartial"
+    );
+    drop(pair.slave);
 }

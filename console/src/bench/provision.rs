@@ -34,6 +34,8 @@ pub struct Request {
     pub inverted: Option<bool>,
     /// `update.pubkey`.
     pub update_pubkey: Option<String>,
+    /// `dash.ca_cert` (base64 DER); required when `dash.server` is `wss://`.
+    pub ca_cert: Option<String>,
     /// An already registered device (id, token) instead of a new registration.
     pub existing: Option<(String, String)>,
     /// How long to wait for the light to come online; `None` does not wait.
@@ -73,6 +75,8 @@ pub enum Event {
 /// Where a provisioning stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// The light's settings cannot work (a `wss://` server without a CA certificate).
+    Settings,
     /// The image could not be read or built, or does not suit the board.
     Image,
     /// No board answered on the port.
@@ -184,13 +188,21 @@ pub fn read_elf(image: Option<&PathBuf>, chip: Chip) -> Result<Vec<u8>, Provisio
     })
 }
 
-/// Registers the device (or takes the existing one) and returns the factory layer.
-pub async fn register(client: &Client, request: &Request) -> Result<Factory, ProvisionError> {
+/// `dash.server` for the light, checked against its other settings.
+fn socket_url(client: &Client, request: &Request) -> Result<String, ProvisionError> {
     let server = match &request.device_server {
         Some(url) => url.clone(),
         None => device_socket_url(client.server())
-            .map_err(|e| ProvisionError::new(Stage::Register, e))?,
+            .map_err(|e| ProvisionError::new(Stage::Settings, e))?,
     };
+    super::check_tls(&server, request.ca_cert.as_deref())
+        .map_err(|e| ProvisionError::new(Stage::Settings, e))?;
+    Ok(server)
+}
+
+/// Registers the device (or takes the existing one) and returns the factory layer.
+pub async fn register(client: &Client, request: &Request) -> Result<Factory, ProvisionError> {
+    let server = socket_url(client, request)?;
     let (device_id, token) = match &request.existing {
         Some(existing) => existing.clone(),
         None => {
@@ -221,6 +233,7 @@ pub async fn register(client: &Client, request: &Request) -> Result<Factory, Pro
         pin: request.pin,
         inverted: request.inverted,
         update_pubkey: request.update_pubkey.clone(),
+        ca_cert: request.ca_cert.clone(),
     })
 }
 
@@ -243,7 +256,8 @@ pub async fn provision(
     request: Request,
     events: UnboundedSender<Event>,
 ) -> Result<Provisioned, ProvisionError> {
-    // The image file first: a wrong path should not cost a registration.
+    // Settings and the image file first: neither should cost a registration.
+    socket_url(client, &request)?;
     let given_elf = match &request.image {
         Some(path) => Some(read_elf(Some(path), Chip::Esp32c3)?),
         None => None,

@@ -51,6 +51,10 @@ pub struct FlashArgs {
     /// updates signed with its private key (update.pubkey, PROTOCOL §10.4).
     #[arg(long, value_name = "FILE")]
     pub update_pubkey: Option<PathBuf>,
+    /// The certificate authority (PEM or DER) the light checks a wss:// server against
+    /// (dash.ca_cert; of a PEM chain, the last). Default: the profile's --ca-cert.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Use this registered device (with --token) instead of registering a new one.
     #[arg(long, requires = "token")]
     pub id: Option<String>,
@@ -65,7 +69,8 @@ pub struct FlashArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "monitor")]
     pub out: Option<PathBuf>,
     /// Print the board's serial log until interrupted (after flashing, when --name is
-    /// given).
+    /// given), naming the light's functions at the code addresses a panic or exception
+    /// prints (from --image, or the release build for --chip).
     #[arg(long)]
     pub monitor: bool,
     /// Baud rate for writing (connecting is always at 115200) and for --monitor.
@@ -75,6 +80,10 @@ pub struct FlashArgs {
     /// mode).
     #[arg(long)]
     pub no_reset: bool,
+    /// Write through the ROM loader itself instead of uploading espflash's faster stub
+    /// (for boards where the stub does not run, e.g. in secure download mode).
+    #[arg(long)]
+    pub no_stub: bool,
     /// Seconds to wait for the light to come online; 0 does not wait.
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub wait: u64,
@@ -88,6 +97,7 @@ pub struct FlashArgs {
 pub fn failure(error: ProvisionError) -> Failure {
     let exit = match (error.stage, error.client) {
         (Stage::Register | Stage::Online, Some(client)) => Failure::from(client).exit,
+        (Stage::Settings, _) => Exit::Usage,
         (Stage::Image, _) => Exit::Image,
         (Stage::Connect, _) => Exit::Board,
         (Stage::Write, _) => Exit::FlashWrite,
@@ -117,7 +127,19 @@ fn read_pubkey(path: &std::path::Path) -> Result<String, Failure> {
     Ok(key)
 }
 
-fn request(args: &FlashArgs, port: &str) -> Result<Request, Failure> {
+/// `dash.ca_cert` from --ca-cert, else from the profile's CA file.
+fn read_ca_cert(args: &FlashArgs, profile: &Profile) -> Result<Option<String>, Failure> {
+    let Some(path) = args.ca_cert.as_ref().or(profile.ca_cert.as_ref()) else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    bench::ca_cert_from_file(&bytes)
+        .map(Some)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
+fn request(args: &FlashArgs, profile: &Profile, port: &str) -> Result<Request, Failure> {
     let name = args
         .name
         .clone()
@@ -125,6 +147,7 @@ fn request(args: &FlashArgs, port: &str) -> Result<Request, Failure> {
     let mut port = PortOptions::new(port);
     port.baud = args.baud;
     port.reset_into_loader = !args.no_reset;
+    port.stub = !args.no_stub;
     Ok(Request {
         port,
         chip: chip_choice(args),
@@ -138,6 +161,7 @@ fn request(args: &FlashArgs, port: &str) -> Result<Request, Failure> {
         pin: args.pin,
         inverted: args.inverted.then_some(true),
         update_pubkey: args.update_pubkey.as_deref().map(read_pubkey).transpose()?,
+        ca_cert: read_ca_cert(args, profile)?,
         existing: args.id.clone().zip(args.token.clone()),
         wait: (args.wait > 0).then(|| Duration::from_secs(args.wait)),
     })
@@ -159,7 +183,8 @@ pub async fn run_local(args: &FlashArgs) -> CommandResult {
             .port
             .clone()
             .ok_or_else(|| Failure::usage("--monitor needs --port"))?;
-        return monitor(&port, 115_200, true).await;
+        let symbols = symbols_for(args);
+        return monitor(&port, 115_200, true, symbols).await;
     }
     Err(Failure::usage(
         "say what to do: --name NAME --port PORT to flash a light, --out FILE --name NAME for an image, --list-ports, or --monitor --port PORT",
@@ -173,13 +198,13 @@ pub async fn run(profile: &Profile, args: FlashArgs) -> CommandResult {
     }
     let client = profile.client().map_err(Failure::usage)?;
     if let Some(out) = &args.out {
-        return write_image(&client, &args, out).await;
+        return write_image(&client, profile, &args, out).await;
     }
     let port = args
         .port
         .clone()
         .ok_or_else(|| Failure::usage("--port is required (see herd flash --list-ports)"))?;
-    let request = request(&args, &port)?;
+    let request = request(&args, profile, &port)?;
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
     let bar = progress_bar(
         100,
@@ -218,9 +243,24 @@ pub async fn run(profile: &Profile, args: FlashArgs) -> CommandResult {
         print(&format!("{text}\n"))?;
     }
     if args.monitor {
-        return monitor(&port, 115_200, false).await;
+        let chip = Chip::from_name(&provisioned.chip);
+        let symbols = provision::read_elf(args.image.as_ref(), chip.unwrap_or(Chip::Esp32c3))
+            .ok()
+            .and_then(|elf| bench::Symbols::from_elf(&elf).ok());
+        return monitor(&port, 115_200, false, symbols).await;
     }
     Ok(())
+}
+
+/// The light's functions for naming addresses in the log: from --image, else from the
+/// release build in this checkout for --chip; without either the log is shown as is.
+fn symbols_for(args: &FlashArgs) -> Option<bench::Symbols> {
+    let elf = match (&args.image, chip_choice(args)) {
+        (Some(path), _) => std::fs::read(path).ok()?,
+        (None, Some(chip)) => std::fs::read(chip.default_elf()).ok()?,
+        (None, None) => return None,
+    };
+    bench::Symbols::from_elf(&elf).ok()
 }
 
 fn show(bar: &indicatif::ProgressBar, event: Event, json: bool) {
@@ -274,6 +314,7 @@ fn list_ports(json: bool) -> CommandResult {
 
 async fn write_image(
     client: &herd_client::Client,
+    profile: &Profile,
     args: &FlashArgs,
     out: &std::path::Path,
 ) -> CommandResult {
@@ -303,7 +344,7 @@ async fn write_image(
     let elf = provision::read_elf(given, chip).map_err(failure)?;
     let request = Request {
         name,
-        ..request_for_image(args, chip)?
+        ..request_for_image(args, profile, chip)?
     };
     let factory = provision::register(client, &request)
         .await
@@ -360,17 +401,22 @@ async fn write_image(
     print(&text)
 }
 
-fn request_for_image(args: &FlashArgs, chip: Chip) -> Result<Request, Failure> {
+fn request_for_image(args: &FlashArgs, profile: &Profile, chip: Chip) -> Result<Request, Failure> {
     if args.name.is_none() {
         return Err(Failure::usage("--name is required"));
     }
-    let mut request = request(args, args.port.as_deref().unwrap_or(""))?;
+    let mut request = request(args, profile, args.port.as_deref().unwrap_or(""))?;
     request.chip = Some(chip);
     Ok(request)
 }
 
 /// Copies the board's log to stdout until Ctrl-C.
-async fn monitor(port: &str, baud: u32, reset: bool) -> CommandResult {
+async fn monitor(
+    port: &str,
+    baud: u32,
+    reset: bool,
+    symbols: Option<bench::Symbols>,
+) -> CommandResult {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
@@ -381,7 +427,7 @@ async fn monitor(port: &str, baud: u32, reset: bool) -> CommandResult {
     eprintln!("herd: {port} at {baud} baud; Ctrl-C ends");
     tokio::task::spawn_blocking(move || {
         let mut out = std::io::stdout();
-        bench::monitor(&port, baud, reset, &mut out, &mut || {
+        bench::monitor(&port, baud, reset, symbols.as_ref(), &mut out, &mut || {
             !stop.load(Ordering::Relaxed)
         })
     })

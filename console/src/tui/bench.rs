@@ -49,6 +49,8 @@ pub struct Bench {
     pub log: Vec<String>,
     /// How the last flash ended.
     pub outcome: Option<Result<Provisioned, String>>,
+    /// `dash.ca_cert` for the lights flashed here: the profile's CA.
+    pub ca_cert: Option<String>,
 }
 
 /// What the bench's tasks report.
@@ -147,6 +149,7 @@ fn start(model: &mut Model) -> Vec<Command> {
         pin: None,
         inverted: None,
         update_pubkey: None,
+        ca_cert: bench.ca_cert.clone(),
         existing: None,
         wait: Some(std::time::Duration::from_secs(180)),
     };
