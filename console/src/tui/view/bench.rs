@@ -11,8 +11,11 @@ use crate::tui::theme::Theme;
 
 pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     let bench = &model.bench;
+    // The ports take what they need (a few lines on most benches); the flash's steps
+    // take the rest.
+    let listed = u16::try_from(bench.ports.len()).unwrap_or(u16::MAX).max(1);
     let [ports, settings, progress] = Layout::vertical([
-        Constraint::Min(4),
+        Constraint::Length(listed.saturating_add(2).clamp(3, 12)),
         Constraint::Length(5),
         Constraint::Min(5),
     ])
@@ -90,7 +93,9 @@ fn render_progress(frame: &mut Frame, bench: &Bench, theme: &Theme, area: Rect) 
     } else {
         (done as f64 / total as f64).clamp(0.0, 1.0)
     };
-    let label = if bench.running {
+    let label = if bench.running && total > 0 {
+        format!("{} {:.0}%", bench.step, ratio * 100.0)
+    } else if bench.running {
         bench.step.clone()
     } else {
         "idle".to_string()
