@@ -386,13 +386,19 @@ async fn wait_online(
         )
         .with_device(id)
     };
+    // Once the stream has ended (refused mid-wait), only the periodic look-ups remain.
+    let mut ended = false;
     loop {
         let look = match tokio::time::timeout_at(deadline, async {
             tokio::select! {
-                event = stream.next() => match event {
+                event = stream.next(), if !ended => match event {
                     Some(NotifyEvent::Notification(n)) => n.id == id,
                     Some(NotifyEvent::Connected) => true,
-                    _ => false,
+                    Some(_) => false,
+                    None => {
+                        ended = true;
+                        false
+                    }
                 },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => true,
             }
