@@ -26,13 +26,15 @@ impl Progress for Seen {
 
 #[test]
 fn the_image_is_written_through_the_rom_loader_protocol() {
-    for chip in Chip::ALL {
+    // Through the ROM loader itself, and through the stub it is given (compressed, at a
+    // higher baud rate), as on a board.
+    for (chip, stub) in Chip::ALL.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let loader = Loader::start(chip);
         let options = PortOptions {
             port: loader.path.clone(),
-            baud: 115_200,
+            baud: if stub { 460_800 } else { 115_200 },
             reset_into_loader: false,
-            stub: false,
+            stub,
         };
         let mut board = Board::connect(&options, Some(chip)).expect("the stand-in answers");
         assert_eq!(board.chip(), chip);
@@ -53,6 +55,10 @@ fn the_image_is_written_through_the_rom_loader_protocol() {
         let rom = loader.release();
 
         let rom = rom.lock().expect("rom");
+        assert_eq!(rom.stub, stub);
+        // Compressed writes through the stub, plain ones through the ROM.
+        assert_eq!(rom.commands.contains(&0x11), stub);
+        assert_eq!(rom.commands.contains(&0x03), !stub);
         for segment in &image.segments {
             for (n, byte) in segment.data.iter().enumerate() {
                 let at = segment.offset + n as u32;

@@ -1,6 +1,9 @@
 //! A stand-in for the ESP32-C3/C6 ROM serial loader on a pseudo-terminal: it speaks the
 //! documented SLIP framed command protocol (sync, security info, registers, SPI attach,
-//! flash begin/data/end, MD5) and records every byte written to its flash.
+//! flash begin/data/end, MD5) and records every byte written to its flash. A flasher that
+//! uploads the RAM stub (memory begin/data/end) is greeted with `OHAI` and then answered
+//! as the stub answers: two status bytes, binary MD5, compressed writes (deflate
+//! begin/data/end), a baud rate change.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -27,14 +30,15 @@ fn slip(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A response as the ROM sends it: direction, command, length, value, data, then four
-/// status bytes (all zero: success).
-fn response(op: u8, value: u32, data: &[u8]) -> Vec<u8> {
+/// A response: direction, command, length, value, data, then the status bytes (all zero:
+/// success), four from the ROM and two from the stub.
+fn response(stub: bool, op: u8, value: u32, data: &[u8]) -> Vec<u8> {
+    let status: &[u8] = if stub { &[0, 0] } else { &[0, 0, 0, 0] };
     let mut out = vec![0x01, op];
-    out.extend_from_slice(&((data.len() + 4) as u16).to_le_bytes());
+    out.extend_from_slice(&((data.len() + status.len()) as u16).to_le_bytes());
     out.extend_from_slice(&value.to_le_bytes());
     out.extend_from_slice(data);
-    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(status);
     slip(&out)
 }
 
@@ -52,6 +56,10 @@ pub struct Rom {
     /// Command bytes in the order received.
     pub commands: Vec<u8>,
     begin: Option<(u32, u32)>,
+    /// The stub runs: it answers from now on.
+    pub stub: bool,
+    /// The compressed write under way: where it goes, and its zlib stream so far.
+    inflating: Option<(u32, flate2::Decompress, Vec<u8>)>,
     /// Told the address of every region the flasher checked with MD5.
     pub verified: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
 }
@@ -68,6 +76,8 @@ impl Rom {
         let op = frame[1];
         let data = &frame[8..];
         self.commands.push(op);
+        let stub = self.stub;
+        let response = |op: u8, value: u32, data: &[u8]| response(stub, op, value, data);
         match op {
             // SYNC: the ROM answers it eight times.
             0x08 => (0..8).flat_map(|_| response(op, 0, &[])).collect(),
@@ -99,21 +109,66 @@ impl Rom {
                 }
                 response(op, 0, &[])
             }
-            // SPI_FLASH_MD5: address, size; the ROM answers in hex text.
+            // SPI_FLASH_MD5: address, size; the ROM answers in hex text, the stub in
+            // the sixteen bytes.
             0x13 => {
                 let (address, size) = (word(data, 0), word(data, 4));
                 let bytes = self.read(address, size as usize);
                 if let Some(verified) = &self.verified {
                     let _ = verified.send(address);
                 }
-                let hex: String = Md5::digest(&bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let digest = Md5::digest(&bytes);
+                if stub {
+                    return response(op, 0, &digest);
+                }
+                let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
                 response(op, 0, hex.as_bytes())
             }
+            // MEM_END: the stub was loaded into RAM and now runs; it says hello.
+            0x06 => {
+                let mut out = response(op, 0, &[]);
+                self.stub = true;
+                out.extend(slip(b"OHAI"));
+                out
+            }
+            // FLASH_DEFL_BEGIN: uncompressed size, blocks, block size, offset.
+            0x10 => {
+                let stream = flate2::Decompress::new(true);
+                self.inflating = Some((word(data, 12), stream, Vec::new()));
+                response(op, 0, &[])
+            }
+            // FLASH_DEFL_DATA: length, sequence, two zero words, a piece of the zlib
+            // stream; what it inflates to is written on from where the last piece ended.
+            0x11 => {
+                let (offset, stream, written) =
+                    self.inflating.as_mut().expect("FLASH_DEFL_BEGIN first");
+                let length = word(data, 0) as usize;
+                let mut input = &data[16..16 + length];
+                while !input.is_empty() {
+                    let mut out = vec![0u8; 64 * 1024];
+                    let before = (stream.total_in(), stream.total_out());
+                    stream
+                        .decompress(input, &mut out, flate2::FlushDecompress::None)
+                        .expect("a zlib stream");
+                    let used = (stream.total_in() - before.0) as usize;
+                    let made = (stream.total_out() - before.1) as usize;
+                    written.extend_from_slice(&out[..made]);
+                    input = &input[used..];
+                    if used == 0 && made == 0 {
+                        break;
+                    }
+                }
+                let at = *offset;
+                let bytes = std::mem::take(written);
+                for (n, &byte) in bytes.iter().enumerate() {
+                    self.flash.insert(at + n as u32, byte);
+                }
+                *offset += bytes.len() as u32;
+                response(op, 0, &[])
+            }
             // READ_REG (efuses, SPI registers: all zero), WRITE_REG, SPI_ATTACH,
-            // SPI_SET_PARAMS, FLASH_END and anything else: done.
+            // SPI_SET_PARAMS, MEM_BEGIN, MEM_DATA (the stub's code: run as if loaded),
+            // CHANGE_BAUDRATE, FLASH_END, FLASH_DEFL_END and anything else: done.
             _ => response(op, 0, &[]),
         }
     }
