@@ -21,7 +21,7 @@ use firmware_core::idf::{
 };
 use firmware_core::platform::ConfigStorage;
 use herd_console::bench::{build_image, Chip, Factory};
-use light_elf::synthetic_elf;
+use light_elf::{synthetic_elf, synthetic_elf_with_code};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -166,6 +166,19 @@ fn the_image_puts_every_partition_where_the_table_says() {
                 .collect::<String>()
         );
     }
+}
+
+#[test]
+fn an_app_over_the_budget_is_refused() {
+    let fits = synthetic_elf_with_code(Chip::Esp32c3, "1.0.0", 1_100 * 1024);
+    assert!(build_image(Chip::Esp32c3, &fits, &factory()).is_ok());
+    let over = synthetic_elf_with_code(Chip::Esp32c3, "1.0.0", 1_201 * 1024);
+    let error = build_image(Chip::Esp32c3, &over, &factory()).expect_err("too big");
+    assert!(error.contains("1228800"), "{error}");
+    // An image for the other chip is refused, not laid out wrong.
+    let c6 = synthetic_elf(Chip::Esp32c6, "1.0.0");
+    let error = build_image(Chip::Esp32c3, &c6, &factory()).expect_err("not a C3 image");
+    assert!(error.contains("esp32c3"), "{error}");
 }
 
 #[test]

@@ -6,6 +6,11 @@ use herd_console::bench::Chip;
 /// of flash-mapped data, code in flash-mapped instruction memory, initialised data in RAM
 /// (the ESP32-C3 maps data and code through separate windows, the C6 through one).
 pub fn synthetic_elf(chip: Chip, version: &str) -> Vec<u8> {
+    synthetic_elf_with_code(chip, version, 3000)
+}
+
+/// [`synthetic_elf`] with `code` bytes of instructions.
+pub fn synthetic_elf_with_code(chip: Chip, version: &str, code: u32) -> Vec<u8> {
     let (desc_at, text_at, data_at) = match chip {
         Chip::Esp32c3 => (0x3c00_0020, 0x4200_0020, 0x3fc8_0000),
         Chip::Esp32c6 => (0x4280_0020, 0x4200_0020, 0x4080_0000),
@@ -14,7 +19,7 @@ pub fn synthetic_elf(chip: Chip, version: &str) -> Vec<u8> {
     desc[..4].copy_from_slice(&0xabcd_5432u32.to_le_bytes());
     desc[16..16 + version.len()].copy_from_slice(version.as_bytes());
     desc[48..58].copy_from_slice(b"herd-light");
-    let text: Vec<u8> = (0..3000u32).map(|n| (n * 7 % 251) as u8).collect();
+    let text: Vec<u8> = (0..code).map(|n| (n * 7 % 251) as u8).collect();
     let data = vec![0x5au8; 64];
     let sections: [(&str, u32, u32, u32, &[u8]); 3] = [
         // name, type (PROGBITS), flags, address, bytes
