@@ -1452,6 +1452,9 @@ fn the_bench_flashes_the_chosen_port_and_opens_the_new_light() {
     send(&mut model, key(KeyCode::Char('p')));
     chars(&mut model, "secret");
     send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('i')));
+    chars(&mut model, "/srv/light/herd-light");
+    send(&mut model, key(KeyCode::Enter));
     // Typed keys went to the fields, not to the view's own keys ('p', 'f', 'r'...).
     assert_eq!(model.bench.name, "porch");
     assert_eq!(model.bench.ssid, "home");
@@ -1463,6 +1466,10 @@ fn the_bench_flashes_the_chosen_port_and_opens_the_new_light() {
     assert_eq!(request.port.port, "/dev/ttyACM0");
     assert_eq!(request.name, "porch");
     assert_eq!(request.wifi, Some(("home".into(), "secret".into())));
+    assert_eq!(
+        request.image.as_deref(),
+        Some(std::path::Path::new("/srv/light/herd-light"))
+    );
     assert!(model.bench.running);
     // A second flash does not start while one runs.
     assert!(send(&mut model, key(KeyCode::Char('f'))).is_empty());

@@ -20,6 +20,8 @@ pub enum Field {
     Ssid,
     /// The Wi-Fi passphrase.
     Pass,
+    /// The light's ELF.
+    Image,
 }
 
 /// The view's state.
@@ -37,6 +39,8 @@ pub struct Bench {
     pub ssid: String,
     /// Wi-Fi passphrase.
     pub pass: String,
+    /// The light's ELF; empty takes the release build in this checkout for the chip found.
+    pub image: String,
     /// Where typing goes.
     pub editing: Field,
     /// A flash is running.
@@ -88,6 +92,7 @@ pub fn key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             Field::Name => &mut bench.name,
             Field::Ssid => &mut bench.ssid,
             Field::Pass => &mut bench.pass,
+            Field::Image => &mut bench.image,
             Field::None => return Vec::new(),
         };
         match key.code {
@@ -109,6 +114,7 @@ pub fn key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         KeyCode::Char('n') if !bench.running => bench.editing = Field::Name,
         KeyCode::Char('w') if !bench.running => bench.editing = Field::Ssid,
         KeyCode::Char('p') if !bench.running => bench.editing = Field::Pass,
+        KeyCode::Char('i') if !bench.running => bench.editing = Field::Image,
         KeyCode::Char('f') | KeyCode::Enter if !bench.running => return start(model),
         KeyCode::Char('o') => {
             if let Some(Ok(done)) = &model.bench.outcome {
@@ -142,7 +148,8 @@ fn start(model: &mut Model) -> Vec<Command> {
     let request = Request {
         port: PortOptions::new(port.name.clone()),
         chip: None,
-        image: None,
+        image: (!bench.image.trim().is_empty())
+            .then(|| std::path::PathBuf::from(bench.image.trim())),
         name: bench.name.trim().to_string(),
         wifi: (!bench.ssid.is_empty()).then(|| (bench.ssid.clone(), bench.pass.clone())),
         device_server: None,

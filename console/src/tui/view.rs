@@ -367,7 +367,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
         }
         Screen::Bench => vec![
             ("↑↓", "port"),
-            ("n w p", "name, Wi-Fi, pass"),
+            ("n w p i", "name, Wi-Fi, pass, image"),
             ("f", "flash"),
             ("r", "ports"),
             ("Esc", "back"),
@@ -1109,7 +1109,10 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         ],
         Screen::Bench => &[
             ("↑↓", "choose the board's serial port; r lists them again"),
-            ("n w p", "type the name, Wi-Fi network, passphrase; ⏎ ends"),
+            (
+                "n w p i",
+                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
+            ),
             ("f ⏎", "register, flash, reset, wait until online, open it"),
             ("o", "open the light just flashed"),
         ],

@@ -16,7 +16,7 @@ pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect
     let listed = u16::try_from(bench.ports.len()).unwrap_or(u16::MAX).max(1);
     let [ports, settings, progress] = Layout::vertical([
         Constraint::Length(listed.saturating_add(2).clamp(3, 12)),
-        Constraint::Length(5),
+        Constraint::Length(6),
         Constraint::Min(5),
     ])
     .areas(area);
@@ -77,10 +77,16 @@ fn settings_text<'a>(bench: &'a Bench, theme: &Theme) -> Paragraph<'a> {
         ])
     };
     let pass = "*".repeat(bench.pass.chars().count());
+    let image = if bench.image.is_empty() && bench.editing != Field::Image {
+        "the release build in this checkout for the chip found".to_string()
+    } else {
+        bench.image.clone()
+    };
     Paragraph::new(vec![
         field("name", "n", bench.name.clone(), Field::Name),
         field("wi-fi", "w", bench.ssid.clone(), Field::Ssid),
         field("pass", "p", pass, Field::Pass),
+        field("image", "i", image, Field::Image),
     ])
     .block(Block::bordered().title(" New light (f flashes the selected port) "))
 }
