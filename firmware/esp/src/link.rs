@@ -112,6 +112,9 @@ impl CryptoProvider for Checked<'_> {
 }
 
 /// A byte stream to a server, plain or over TLS.
+// A stream lives in its task's future for a whole session or download; boxing the TLS
+// side would only move the same state to the heap, with an allocation per connection.
+#[allow(clippy::large_enum_variant)]
 pub enum Stream<'s> {
     /// Plain TCP.
     Plain(TcpSocket<'s>),

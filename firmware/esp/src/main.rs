@@ -463,7 +463,7 @@ async fn local_events(
 ) -> Vec<Action> {
     let deadline = device
         .next_deadline()
-        .map(|ms| Instant::from_millis(ms))
+        .map(Instant::from_millis)
         .unwrap_or(Instant::MAX)
         .min(Instant::now() + BUTTON_POLL)
         .min(until.unwrap_or(Instant::MAX));
