@@ -225,7 +225,7 @@ pub fn ca_cert_from_file(bytes: &[u8]) -> Result<String, String> {
 pub fn check_tls(server: &str, ca_cert: Option<&str>) -> Result<(), String> {
     if server.starts_with("wss://") && ca_cert.is_none() {
         return Err(format!(
-            "the light would reach {server} over TLS but has no CA certificate to check it with: give --ca-cert (the server's CA or, for --tls-self-signed, its certificate)"
+            "the light would reach {server} over TLS but has no CA certificate to check it with: give --ca-cert, or --device-ca-cert for the light alone (the server's CA or, for --tls-self-signed, its certificate)"
         ));
     }
     Ok(())

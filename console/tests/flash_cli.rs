@@ -502,12 +502,13 @@ async fn a_light_for_a_tls_server_gets_the_ca_the_console_trusts() {
     std::fs::write(&elf, synthetic_elf(Chip::Esp32c6, "2.0.0")).expect("write");
     let out = dir.path().join("tls.bin");
     let mut command = herd(&server, &server.admin_key);
-    command
-        .env("HERD_SERVER", server.https_url())
-        .env("HERD_CA_CERT", server.ca_cert());
+    command.env("HERD_SERVER", server.https_url());
+    let ca = server.ca_cert().display().to_string();
     let output = run(
         command,
         &[
+            "--ca-cert",
+            &ca,
             "flash",
             "--out",
             &out.display().to_string(),
@@ -558,4 +559,32 @@ async fn a_light_for_a_tls_server_gets_the_ca_the_console_trusts() {
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.stderr.contains("--ca-cert"), "{}", refused.stderr);
     assert!(plain.client().devices().await.expect("devices").is_empty());
+    // The light's own CA, for a server this machine reaches otherwise.
+    let other = run(
+        herd(&plain, &plain.admin_key),
+        &[
+            "flash",
+            "--out",
+            &out.display().to_string(),
+            "--chip",
+            "esp32c6",
+            "--image",
+            &elf.display().to_string(),
+            "--name",
+            "attic",
+            "--device-server",
+            "wss://herd.example/api/v2/rpc",
+            "--device-ca-cert",
+            &ca,
+        ],
+    )
+    .await;
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    let layer = check_merged(&std::fs::read(&out).expect("the image"), Chip::Esp32c6);
+    let config = Config::new(layer, Object::new());
+    assert_eq!(
+        config.get_str("dash.server"),
+        "wss://herd.example/api/v2/rpc"
+    );
+    assert_eq!(config.get_str("dash.ca_cert"), body);
 }

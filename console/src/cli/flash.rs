@@ -52,9 +52,11 @@ pub struct FlashArgs {
     #[arg(long, value_name = "FILE")]
     pub update_pubkey: Option<PathBuf>,
     /// The certificate authority (PEM or DER) the light checks a wss:// server against
-    /// (dash.ca_cert; of a PEM chain, the last). Default: the profile's --ca-cert.
+    /// (dash.ca_cert; of a PEM chain, the last). Default: the CA this command trusts
+    /// (--ca-cert, HERD_CA_CERT or the profile's); give it when the light reaches another
+    /// server (--device-server).
     #[arg(long, value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
+    pub device_ca_cert: Option<PathBuf>,
     /// Use this registered device (with --token) instead of registering a new one.
     #[arg(long, requires = "token")]
     pub id: Option<String>,
@@ -127,9 +129,9 @@ fn read_pubkey(path: &std::path::Path) -> Result<String, Failure> {
     Ok(key)
 }
 
-/// `dash.ca_cert` from --ca-cert, else from the profile's CA file.
+/// `dash.ca_cert` from --device-ca-cert, else from the CA the client trusts.
 fn read_ca_cert(args: &FlashArgs, profile: &Profile) -> Result<Option<String>, Failure> {
-    let Some(path) = args.ca_cert.as_ref().or(profile.ca_cert.as_ref()) else {
+    let Some(path) = args.device_ca_cert.as_ref().or(profile.ca_cert.as_ref()) else {
         return Ok(None);
     };
     let bytes = std::fs::read(path)
