@@ -27,6 +27,7 @@
 //! assert!(model.loaded_once);
 //! ```
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod fleet;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::analytics::{self, AnalyticsView};
+use super::bench::{self, Bench};
 use super::device::{desired_update, DeviceView, Editor, Pane, RpcDialog, RpcFocus};
 use super::input::LineInput;
 use super::notifications::Tail;
@@ -115,6 +116,8 @@ pub enum Msg {
     Analytics(analytics::Event),
     /// A firmware or rollout call answered (boxed: rollout objects are large).
     Rollouts(Box<rollouts::Reply>),
+    /// The bench view's ports and flash progress.
+    Bench(bench::Msg),
 }
 
 impl From<rollouts::Reply> for Msg {
@@ -168,6 +171,8 @@ pub enum Command {
     Analytics(analytics::Request),
     /// A firmware or rollout call; answers with [`Msg::Rollouts`].
     Rollouts(rollouts::Request),
+    /// Ports or a flash for the bench view; answers with [`Msg::Bench`].
+    Bench(bench::Task),
     Quit,
 }
 
@@ -185,6 +190,8 @@ pub enum Screen {
     Rollout(String),
     /// Planning a rollout from the fleet's marks or filter.
     NewRollout,
+    /// Flashing a board on the bench.
+    Bench,
 }
 
 /// What the one-line prompt is asking for.
@@ -282,6 +289,7 @@ pub struct Model {
     pub device: Option<DeviceView>,
     pub analytics: AnalyticsView,
     pub rollouts: RolloutList,
+    pub bench: Bench,
     pub rollout_page: Option<RolloutPage>,
     pub new_rollout: Option<NewRollout>,
     /// Each device's latest firmware update, from `ota.*` events (PROTOCOL §10.6).
@@ -322,6 +330,7 @@ impl Model {
             device: None,
             analytics: AnalyticsView::default(),
             rollouts: RolloutList::default(),
+            bench: Bench::default(),
             rollout_page: None,
             new_rollout: None,
             ota: HashMap::new(),
@@ -787,6 +796,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             Vec::new()
         }
         Msg::Rollouts(reply) => rollouts::reply(model, *reply),
+        Msg::Bench(msg) => bench::reply(model, msg),
         Msg::Paste(text) => {
             model.dirty = true;
             paste(model, &text);
@@ -858,7 +868,7 @@ fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
                 page.move_cursor(step);
             }
         }
-        Screen::Device(_) | Screen::NewRollout => {}
+        Screen::Device(_) | Screen::NewRollout | Screen::Bench => {}
     }
     Vec::new()
 }
@@ -882,6 +892,9 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if *model.screen() == Screen::NewRollout {
         return rollouts::form_key(model, key);
     }
+    if *model.screen() == Screen::Bench && model.bench.editing != bench::Field::None {
+        return bench::key(model, key);
+    }
     match key.code {
         KeyCode::Char(':') => {
             model.overlay = Some(Overlay::Palette {
@@ -904,6 +917,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Rollouts => rollouts::list_key(model, key),
         Screen::Rollout(_) => rollouts::page_key(model, key),
         Screen::NewRollout => rollouts::form_key(model, key),
+        Screen::Bench => bench::key(model, key),
     }
 }
 
@@ -1027,6 +1041,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Notifications => model.go_to(Screen::Notifications),
         PaletteCommand::Analytics => model.go_to(Screen::Analytics),
         PaletteCommand::Rollouts => return rollouts::open_list(model),
+        PaletteCommand::Bench => return bench::open(model),
         PaletteCommand::Device(id) => {
             model.go_to(Screen::Fleet);
             return model.open_device(&id);

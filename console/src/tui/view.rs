@@ -1,6 +1,7 @@
 //! Drawing: a pure function of the [`Model`]. Tables build only the rows that fit.
 
 mod analytics;
+mod bench;
 mod rollouts;
 
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -60,6 +61,7 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
             None => frame.render_widget(Paragraph::new("no rollout open"), body),
         },
         Screen::NewRollout => rollouts::render_form(frame, model, theme, body),
+        Screen::Bench => bench::render(frame, model, theme, body),
     }
     render_footer(frame, model, theme, footer);
     match &model.overlay {
@@ -154,6 +156,7 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
                     .map(|r| super::rollouts::rollout_name(r).to_string());
                 crumbs.push(name.unwrap_or_else(|| id.clone()));
             }
+            Screen::Bench => crumbs.push("Bench".into()),
             Screen::NewRollout => {
                 crumbs.push("New rollout".into());
                 if let Some(form) = &model.new_rollout {
@@ -362,6 +365,13 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ]);
             hints
         }
+        Screen::Bench => vec![
+            ("↑↓", "port"),
+            ("n w p i", "name, Wi-Fi, pass, image"),
+            ("f", "flash"),
+            ("r", "ports"),
+            ("Esc", "back"),
+        ],
         Screen::NewRollout => match model.new_rollout.as_ref().map(|f| &f.stage) {
             Some(super::rollouts::FormStage::Plan { .. }) => {
                 vec![("⏎", "create and start"), ("Esc", "back to the form")]
@@ -1096,6 +1106,15 @@ fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             ("p r", "pause / resume, a halted one too (asks first)"),
             ("A", "abort: pending devices are skipped (asks first)"),
             ("R", "retry the failed devices in a new rollout"),
+        ],
+        Screen::Bench => &[
+            ("↑↓", "choose the board's serial port; r lists them again"),
+            (
+                "n w p i",
+                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
+            ),
+            ("f ⏎", "register, flash, reset, wait until online, open it"),
+            ("o", "open the light just flashed"),
         ],
         Screen::NewRollout => &[
             ("Tab ⇧Tab", "next / previous field"),
