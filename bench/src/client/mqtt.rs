@@ -10,12 +10,14 @@
 //! devices, so the schedule, the latency clock and the per-device pending list are the
 //! same code paths; and nothing in the client that buffers, retries or reconnects on its
 //! own, which would hide the broker's behaviour. `rumqttc` runs one `EventLoop` per
-//! client, with its own request channel, in-flight table (100 slots by default) and
-//! 10 KiB read and write buffers, and reconnects by itself; here a device is one task
-//! with a read buffer that starts empty and grows to the largest packet it sees (a few
-//! dozen bytes), about as lean as the WebSocket devices with their 4 KiB read buffer.
-//! The client side does not enter the broker's memory figures either way, but it does
-//! share the machine's two cores with the broker under load.
+//! client, polled by the caller, with its own request channel, an in-flight table
+//! (100 slots by default) and read and write buffers preallocated at 10 KiB each, and
+//! reconnects by itself; it was read, not measured. Here a device is one task with a
+//! read buffer that starts empty and grows to the largest packet it sees (a few dozen
+//! bytes). Measured: a shard process holding 5,000 idle MQTT devices has 24 MiB RSS,
+//! against 48 MiB for 5,000 WebSocket devices. The client side does not enter the
+//! broker's memory figures either way, but it shares the machine's two cores with the
+//! broker under load, so it should cost no more than the WebSocket devices do.
 //!
 //! What a device does, mirroring a herd device: connect with a clean session and a 60-s
 //! keepalive (`PINGREQ` after 30 s without sending), subscribe to
