@@ -477,6 +477,21 @@ mod tests {
             })
     }
 
+    /// Found by the `frame` fuzz target: an id too large for an integer is a float, and
+    /// the reply must carry the same number back (serde_json parses floats exactly only
+    /// with `float_roundtrip`).
+    #[test]
+    fn a_huge_numeric_id_is_echoed_as_the_same_number() {
+        let digits = "4".repeat(71);
+        let text = format!(r#"{{"id":{digits},"ret*":{{"app":44444444444}}}}"#);
+        let frame = Frame::from_slice(text.as_bytes()).expect("parses");
+        let again = Frame::from_slice(frame.to_json().as_bytes()).expect("parses again");
+        assert_eq!(again, frame);
+        let reply = Frame::reply_to(&frame, Value::Bool(true));
+        let sent: f64 = digits.parse().unwrap();
+        assert_eq!(reply.id.unwrap().as_f64(), Some(sent));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
