@@ -57,6 +57,7 @@ pub struct NewDevice {
     pub name: Option<String>,
     /// Caller-chosen device id; otherwise the server generates one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$"))]
     pub id: Option<String>,
 }
 
@@ -83,8 +84,10 @@ pub struct DeviceChange {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewUser {
     /// User name; the user id is `email_<name>`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.@+-]{1,64}$"))]
     pub name: String,
     /// Password in clear; stored as a bcrypt hash.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub pass: String,
 }
 
@@ -153,6 +156,7 @@ pub struct NewKey {
     pub devices: Option<String>,
     /// RFC 3339 time after which the key is refused (401).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires_at: Option<String>,
 }
 
