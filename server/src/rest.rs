@@ -9,7 +9,8 @@ pub mod sockets;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -130,6 +131,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         serde_json::from_slice(&bytes)
             .map(|v| Body(Some(v)))
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Path parameters, like `axum::extract::Path`, but refused with the error envelope of
+/// PROTOCOL §6 (axum's own rejection is plain text), e.g. for `%FF` in an id.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
+    }
+}
+
+/// The query string, like `axum::extract::Query`, but refused with the error envelope of
+/// PROTOCOL §6, e.g. for `?commit_timeout=soon`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
     }
 }
 
@@ -337,7 +368,7 @@ async fn replace_device(
     delete, path = "/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id", example = "lamp-1")),
     responses(
-        (status = 200, description = "Deleted: `true`", body = bool),
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
         (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
         (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
         (status = 404, description = "No such device visible to the caller", body = ErrorBody),
@@ -363,7 +394,7 @@ async fn delete_device(
     post, path = "/devices/{id}/release", tag = "devices",
     params(("id" = String, Path, description = "Device id", example = "lamp-1")),
     responses(
-        (status = 200, description = "Whether the device was quarantined", body = bool),
+        (status = 200, description = "Whether the device was quarantined", content_type = "application/json", body = bool),
         (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
         (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
         (status = 404, description = "No such device visible to the caller", body = ErrorBody),
@@ -634,7 +665,7 @@ async fn create_key(
     delete, path = "/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id")),
     responses(
-        (status = 200, description = "Deleted: `true`", body = bool),
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
         (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
         (status = 403, description = "The key may do more than the caller's own", body = ErrorBody),
         (status = 404, description = "The caller has no such key", body = ErrorBody),

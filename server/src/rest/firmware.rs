@@ -1,8 +1,9 @@
 //! `/api/v2/firmware` (PROTOCOL §10.1): upload, list, delete, and the image download that
 //! devices use for pull updates (§10.3), with `Range` so a broken download resumes.
 
+use crate::rest::{Path, Query};
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -307,7 +308,7 @@ pub async fn get(
     delete, path = "/firmware/{id}", tag = "firmware", operation_id = "delete_firmware",
     params(("id" = String, Path, description = "Firmware id: the image's SHA-256, lowercase hex")),
     responses(
-        (status = 200, description = "Deleted: `true`", body = bool),
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
         (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
         (status = 403, description = "Deleting needs a key with scope `deploy`", body = ErrorBody),
         (status = 404, description = "No such image visible to the caller", body = ErrorBody),

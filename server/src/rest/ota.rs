@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use crate::rest::{Path, Query};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::firmware::stage;
@@ -72,7 +73,7 @@ fn failure_error(failure: &Failure) -> ApiError {
         (openapi::FirmwareUpload = "multipart/form-data"),
     ), description = "Not needed with `?firmware=`. The image: the raw body, or the multipart field `file` (a raw image, an ELF, or a Mongoose OS .zip) with metadata fields"),
     responses(
-        (status = 200, description = "`true`: the device took the image and restarts into it", body = bool),
+        (status = 200, description = "`true`: the device took the image and restarts into it", content_type = "application/json", body = bool),
         (status = 400, description = "The body or a parameter is not what this operation takes", body = ErrorBody),
         (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
         (status = 403, description = "Updating needs a key with scope `deploy`", body = ErrorBody),

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use crate::rest::{Path, Query};
+use axum::extract::State;
 use axum::Json;
 use protocol::firmware::{RolloutObject, RolloutSpec};
 use protocol::rest::ErrorBody;

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use crate::rest::Path;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use herd_config::LagPolicy;
