@@ -11,12 +11,18 @@ use serde_json::Value;
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// The paths the router has, read from the router itself: its debug form lists every path it
-/// matches. Paths axum adds for its own use are left out.
+/// matches. Paths axum adds for its own use are left out. Should that form change, the checks
+/// of known paths below fail rather than pass on an empty list.
 fn router_paths() -> BTreeSet<String> {
     let (router, _) = herd_server::rest::openapi::routes().split_for_parts();
     let debug = format!("{router:?}");
+    // The routes come first; the fallback router after them has paths of its own.
+    let routes = debug
+        .split("fallback_router")
+        .next()
+        .expect("split yields at least one piece");
     let mut paths = BTreeSet::new();
-    for piece in debug.split('"').skip(1).step_by(2) {
+    for piece in routes.split('"').skip(1).step_by(2) {
         if piece.starts_with('/') && !piece.contains("__private__") {
             paths.insert(piece.to_string());
         }
@@ -99,7 +105,9 @@ async fn document_is_served_without_credentials() {
                 "{method} {path}: 401 documented exactly when credentials are needed"
             );
             for (status, response) in responses {
-                if status.starts_with('4') || status.starts_with('5') {
+                // /healthz answers 503 with its usual body, saying what fails.
+                let health = path == "/healthz";
+                if !health && (status.starts_with('4') || status.starts_with('5')) {
                     let schema = &response["content"]["application/json"]["schema"];
                     assert_eq!(
                         schema["$ref"], "#/components/schemas/ErrorBody",
