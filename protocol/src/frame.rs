@@ -48,6 +48,7 @@ pub struct Frame {
 
 /// The `error` member of a reply: `{code, message}` (PROTOCOL §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RpcError {
     /// Error code; see [`crate::codes`]. Device codes are passed through unchanged.
     pub code: i64,

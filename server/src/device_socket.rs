@@ -27,8 +27,22 @@ use crate::registry::{CallError, DeviceConn, Out, Pending};
 use crate::store::{DeviceRecord, StoreError};
 use crate::ws::{self, Socket, Upgrade};
 use crate::{ops, AppState};
+use protocol::rest::ErrorBody;
 
 /// `GET /api/v2/rpc`: authenticates the device token before upgrading (401 otherwise).
+#[utoipa::path(
+    get, path = "/rpc", tag = "streams", operation_id = "device_connect",
+    responses(
+        (status = 101, description = "WebSocket: the device's JSON-RPC connection (PROTOCOL §1)"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 429, description = "The device is quarantined for exceeding its limits", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until it may connect again"))),
+    ),
+    security(("bearer" = []), ("access_token" = []), ("basic" = [])),
+    description = "The device connection. The credential is the device's token: Bearer, `?access_token=`, or the user name of Basic (`wss://TOKEN@host/...`).",
+)]
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
     let token = match auth::credential(req.headers(), req.uri().query()) {
         Some(Credential::Token(token)) => token,
@@ -83,6 +97,24 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     upgrade.respond(config, &tasks, move |socket| {
         serve(state, socket, device, origin)
     })
+}
+
+/// `GET /api/v1/rpc`: the same device connection under the path older firmware uses.
+#[utoipa::path(
+    get, path = "/api/v1/rpc", tag = "streams", operation_id = "device_connect_v1",
+    responses(
+        (status = 101, description = "WebSocket: the device's JSON-RPC connection (PROTOCOL §1)"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 429, description = "The device is quarantined for exceeding its limits", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until it may connect again"))),
+    ),
+    security(("bearer" = []), ("access_token" = []), ("basic" = [])),
+    description = "The device connection. The credential is the device's token: Bearer, `?access_token=`, or the user name of Basic (`wss://TOKEN@host/...`).",
+)]
+pub async fn upgrade_v1(state: State<AppState>, req: Request) -> Response {
+    upgrade(state, req).await
 }
 
 /// 429 with `Retry-After` for a device held off (see [`crate::guard`]).
