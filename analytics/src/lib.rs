@@ -41,6 +41,7 @@ mod files;
 mod follow;
 pub mod generate;
 mod log;
+pub mod names;
 mod report;
 mod scan;
 

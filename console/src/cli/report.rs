@@ -41,8 +41,9 @@ pub struct ReportArgs {
     /// event).
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub to: Option<String>,
-    /// Only this device.
-    #[arg(long, value_name = "ID")]
+    /// Only this device: its id, its name, or a unique start of either (names as the
+    /// log's `created` and `updated` lines give them).
+    #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
     /// table (aligned text), csv, json (an array of row objects) or parquet (refused on a
     /// terminal).
@@ -82,7 +83,8 @@ fn tables_help() -> String {
         ));
     }
     text.push_str(
-        "Per-device tables have one row per device, its id in column `id`. Lines the \
+        "Per-device tables have one row per device, its id in column `id` and its last \
+         name in the log in column `name`. Lines the \
          reports cannot use (a torn last line, invalid lines, unknown events) are counted \
          on stderr.",
     );
