@@ -238,14 +238,27 @@ pub enum Command {
         /// Params as JSON; `-` reads them from stdin.
         params: Option<String>,
     },
-    /// Follow the live notification stream; reconnects by itself.
+    /// Follow the live notification stream. Lines name devices by name; an `updated`
+    /// line shows what changed in the device object (`--json` and `--save` keep it
+    /// whole). Reconnects by itself, and exits 3 when the server cannot be reached or
+    /// stays lost longer than --retry-for.
     Tail {
-        /// Only this device.
+        /// Only this device: its id, its name, or a unique start of either.
         #[arg(long)]
         device: Option<String>,
         /// Only events whose name matches this glob (`*` and `?`), e.g. `rpc.out.*`.
         #[arg(long)]
         name: Option<String>,
+        /// Leave out events whose name matches this glob, e.g. `updated`; repeatable.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// First show the last N lines of the server's log (PROTOCOL §7), filtered the
+        /// same way, with the times the server logged them.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        history: u64,
+        /// Seconds to keep trying to get a lost stream back before exiting 3.
+        #[arg(long, value_name = "S", default_value_t = 60)]
+        retry_for: u64,
         /// One JSON object per line: {"ts", "id", "name", "data"} (PROTOCOL §7 form).
         #[arg(long)]
         json: bool,
@@ -255,6 +268,26 @@ pub enum Command {
         /// Exit after this many notifications.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Delete devices: each DEVICE is an id, a name or a unique start of either. Prints
+    /// `deleted NAME (ID)` per device. Ids are never given again (PROTOCOL §11).
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[arg(required = true, value_name = "DEVICE")]
+        devices: Vec<String>,
+        /// Print {"id", "name", "deleted": true} per device, one JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a device a new name.
+    Rename {
+        /// The device: its id, its name, or a unique start of either.
+        device: String,
+        /// The new name.
+        name: String,
+        /// Print the PROTOCOL §6 device object as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Register a new device; prints `ID TOKEN` on one line.
     Register {
@@ -391,6 +424,9 @@ async fn run(args: Args) -> CommandResult {
         Command::Tail {
             device,
             name,
+            exclude,
+            history,
+            retry_for,
             json,
             save,
             count,
@@ -400,12 +436,27 @@ async fn run(args: Args) -> CommandResult {
                 tail::TailOptions {
                     device,
                     name,
+                    exclude,
                     json,
                     save,
                     count,
+                    history,
+                    retry_for: std::time::Duration::from_secs(retry_for),
                 },
             )
             .await
+        }
+        Command::Delete { devices, json } => {
+            if profile.read_only {
+                return Err(Failure::read_only("delete a device"));
+            }
+            commands::delete(&client, &devices, json).await
+        }
+        Command::Rename { device, name, json } => {
+            if profile.read_only {
+                return Err(Failure::read_only("rename a device"));
+            }
+            commands::rename(&client, &device, &name, json).await
         }
         Command::Register { name, id, json } => {
             if profile.read_only {
