@@ -8,10 +8,12 @@
 
 pub mod analytics;
 pub mod device;
+pub mod help;
 pub mod input;
 pub mod model;
 pub mod notifications;
 pub mod palette;
+pub mod results;
 pub mod rollouts;
 pub mod theme;
 pub mod view;
@@ -32,6 +34,7 @@ use futures_util::StreamExt;
 use herd_client::{Client, NotifyEvent};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -329,32 +332,50 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .map_err(Into::into);
                 Msg::RpcDone { id, method, result }
             }
-            Command::Bulk { label, ids, action } => {
-                let outcomes: Vec<(String, Result<(), String>)> = futures_util::stream::iter(ids)
+            Command::Bulk {
+                set, ids, action, ..
+            } => {
+                // Each answer goes to the results pane as it comes.
+                let mut answers = futures_util::stream::iter(ids)
                     .map(|id| {
                         let client = client.clone();
                         let action = action.clone();
                         async move {
                             let result = match &action {
                                 model::BulkAction::Desired(update) => {
-                                    client.update_shadow(&id, update).await.map(|_| ())
+                                    client.update_shadow(&id, update).await
                                 }
                                 model::BulkAction::Call { method, params } => {
-                                    client.call(&id, method, params.as_ref()).await.map(|_| ())
+                                    client.call(&id, method, params.as_ref()).await
+                                }
+                                model::BulkAction::Delete => {
+                                    client.delete_device(&id).await.map(|()| Value::Bool(true))
+                                }
+                                model::BulkAction::Rename(name) => {
+                                    let change = herd_client::DeviceChange {
+                                        name: Some(name.clone()),
+                                        ..Default::default()
+                                    };
+                                    client
+                                        .change_device(&id, &change)
+                                        .await
+                                        .map(|d| serde_json::json!({"name": d.name}))
                                 }
                             };
                             (id, result.map_err(|e| e.to_string()))
                         }
                     })
-                    .buffer_unordered(16)
-                    .collect()
-                    .await;
-                let ok = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
-                let failed = outcomes
-                    .into_iter()
-                    .filter_map(|(id, r)| r.err().map(|e| (id, e)))
-                    .collect();
-                Msg::BulkDone { label, ok, failed }
+                    .buffer_unordered(16);
+                while let Some((id, result)) = answers.next().await {
+                    if sender
+                        .send(Msg::BulkAnswer { set, id, result })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Msg::BulkDone { set }
             }
             Command::Save { path, lines } => {
                 let count = lines.len();
@@ -373,6 +394,11 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     Err(e) => Err(format!("saving failed: {e}")),
                 })
             }
+            Command::LoadHistory { lines } => Msg::History(
+                crate::logsource::last_lines(&client, lines)
+                    .await
+                    .map_err(Into::into),
+            ),
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             // Handled by the loop itself, which owns the terminal and the analytics worker.
             Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,

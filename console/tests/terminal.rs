@@ -197,6 +197,12 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
     })
     .await;
     pty.type_text("y");
+    // The answer lands in the results pane, which opens over the fleet.
+    pty.wait_for("the answer in the results pane", |s| {
+        s.contains("Fleet › Results") && s.lines().any(|l| l.starts_with("ok    e2e-0000"))
+    })
+    .await;
+    pty.type_text("\x1b");
     // The device applies the delta and reports; the row follows the notify stream.
     pty.wait_for("the light reported on", |s| {
         row(s, "e2e-0000").is_some_and(|line| {
