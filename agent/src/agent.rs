@@ -302,7 +302,8 @@ impl Agent {
                 anyhow::bail!("{message}");
             }
         }
-        let client = download::http_client().context("cannot build the HTTP client")?;
+        let client = download::http_client(options.link.tls.as_deref())
+            .context("cannot build the HTTP client")?;
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
         let (status_tx, status) = watch::channel(AgentStatus::default());

@@ -15,7 +15,7 @@
 //! use herd_agent::download::{fetch, http_client, DownloadOptions};
 //! use herd_agent::runner::DownloadEvent;
 //!
-//! let client = http_client().expect("an HTTP client");
+//! let client = http_client(None).expect("an HTTP client");
 //! if let Err(message) = fetch(&client, &request, &DownloadOptions::default(), &feed).await {
 //!     feed.send(DownloadEvent::Failed(message)).await;
 //! }
@@ -58,15 +58,19 @@ impl Default for DownloadOptions {
 /// An HTTP client for downloads: connect and read timeouts but no limit on the whole
 /// transfer (a big image on a slow link takes as long as it takes), and few idle
 /// connections kept, since a fleet of thousands shares one client.
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
+/// `tls` decides whom `https://` trusts, as for the device socket.
+pub fn http_client(tls: Option<&rustls::ClientConfig>) -> reqwest::Result<reqwest::Client> {
     // https:// needs one process-wide rustls provider; ring is what the workspace builds.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(8)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
+        .pool_idle_timeout(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls.clone());
+    }
+    builder.build()
 }
 
 /// How one attempt ended.

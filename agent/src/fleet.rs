@@ -196,6 +196,8 @@ pub struct FleetOptions {
     pub prefix: String,
     /// Reconnect policy of every device.
     pub link: LinkOptions,
+    /// Whom the REST client, the device sockets and the image downloads trust.
+    pub trust: herd_client::tls::Trust,
     /// `update.pubkey` of every device (base64 Ed25519 public key): they then take only
     /// images signed for it (PROTOCOL §10.4).
     pub update_pubkey: Option<String>,
@@ -215,6 +217,7 @@ impl FleetOptions {
             data_dir,
             prefix: "sim".into(),
             link: LinkOptions::default(),
+            trust: Default::default(),
             update_pubkey: None,
             download: DownloadOptions::default(),
         }
@@ -357,8 +360,11 @@ pub struct Fleet;
 
 impl Fleet {
     /// Registers missing devices, then starts every device and the behaviour scheduler.
-    pub async fn start(options: FleetOptions) -> anyhow::Result<FleetHandle> {
+    pub async fn start(mut options: FleetOptions) -> anyhow::Result<FleetHandle> {
         options.behaviour.validate()?;
+        if let Some(tls) = options.trust.config()? {
+            options.link.tls = Some(tls);
+        }
         if let Some(key) = &options.update_pubkey {
             if let UpdateKey::Unusable(message) = UpdateKey::from_config(key) {
                 anyhow::bail!("{message}");
@@ -367,7 +373,8 @@ impl Fleet {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // One client for every device: a fleet of thousands must not hold thousands of
         // connection pools.
-        let client = download::http_client().context("cannot build the HTTP client")?;
+        let client = download::http_client(options.link.tls.as_deref())
+            .context("cannot build the HTTP client")?;
         let devices = register(&options).await?;
         let socket_url = socket_url(&options.server)?;
         let (changes_tx, changes) = watch::channel(0u64);
@@ -453,8 +460,11 @@ fn socket_url(server: &str) -> anyhow::Result<String> {
 
 /// Reuses remembered devices the server still knows and creates the rest.
 async fn register(options: &FleetOptions) -> anyhow::Result<Vec<SimDevice>> {
-    let client = Client::new(&options.server, Some(&options.api_key))
-        .context("cannot build the REST client")?;
+    let mut client_options =
+        herd_client::ClientOptions::new(&options.server, Some(options.api_key.clone()));
+    client_options.ca_cert = options.trust.ca_cert.clone();
+    client_options.tls_fingerprint = options.trust.fingerprint;
+    let client = Client::with_options(client_options).context("cannot build the REST client")?;
     let path = options.data_dir.join("fleet-devices.json");
     let mut file: TokenFile = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {

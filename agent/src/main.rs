@@ -61,6 +61,40 @@ struct RunArgs {
     /// data directory.
     #[arg(long, value_parser = parse_ota_methods)]
     ota_methods: Option<OtaMethods>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Whom `wss://` and `https://` trust besides, or instead of, the system's authorities.
+#[derive(Args, Debug)]
+struct TlsArgs {
+    /// Also trust the CA certificates in this PEM file (e.g. the certificate of
+    /// `herd-server --tls-self-signed`, DATA/tls/self-signed.pem).
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (AB:CD:…, as
+    /// `herd-server --tls-self-signed` prints it).
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_cert", value_parser = parse_fingerprint)]
+    tls_fingerprint: Option<herd_client::tls::Fingerprint>,
+}
+
+impl TlsArgs {
+    fn trust(&self) -> anyhow::Result<herd_client::tls::Trust> {
+        let ca_cert = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(herd_client::tls::Trust {
+            ca_cert,
+            fingerprint: self.tls_fingerprint,
+        })
+    }
+}
+
+fn parse_fingerprint(text: &str) -> Result<herd_client::tls::Fingerprint, String> {
+    text.parse()
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +129,8 @@ struct FleetArgs {
     /// Base64 Ed25519 public key every device requires its images to be signed for.
     #[arg(long)]
     update_pubkey: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn parse_ota_methods(text: &str) -> Result<OtaMethods, String> {
@@ -144,7 +180,10 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         token: args.token,
         data_dir: data_dir(args.data_dir, "agent")?,
         light,
-        link: LinkOptions::default(),
+        link: LinkOptions {
+            tls: args.tls.trust()?.config()?,
+            ..LinkOptions::default()
+        },
         images: if args.exec_images {
             ImagePolicy::Exec
         } else {
@@ -183,6 +222,7 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
         data_dir: data_dir(args.data_dir, "fleet")?,
         prefix: args.prefix,
         link: LinkOptions::default(),
+        trust: args.tls.trust()?,
         update_pubkey: args.update_pubkey,
         download: Default::default(),
     })

@@ -32,6 +32,9 @@ pub struct LinkOptions {
     pub backoff_max: Duration,
     /// Longest wait for TCP, TLS and the WebSocket handshake.
     pub connect_timeout: Duration,
+    /// Whom `wss://` and `https://` trust (see [`herd_client::tls`]); `None`: the
+    /// system's certificate authorities.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for LinkOptions {
@@ -40,6 +43,7 @@ impl Default for LinkOptions {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
@@ -258,7 +262,12 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
         loop {
             let mut offline_for = None;
             if let Some((url, token)) = self.device.cloud() {
-                let connecting = connect(&url, &token, self.link.connect_timeout);
+                let connecting = connect(
+                    &url,
+                    &token,
+                    self.link.connect_timeout,
+                    self.link.tls.clone(),
+                );
                 let result = tokio::select! {
                     _ = self.shutdown.cancelled() => return Stop::Shutdown,
                     _ = sleep_opt(pending.reboot_at) => return Stop::Reboot,
@@ -469,14 +478,23 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
 }
 
 /// Opens the device socket with the token as a Bearer header (PROTOCOL §1).
-async fn connect(url: &str, token: &str, timeout: Duration) -> Result<Ws, String> {
+async fn connect(
+    url: &str,
+    token: &str,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Ws, String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     let header = format!("Bearer {token}")
         .parse()
         .map_err(|_| "the token is not a valid header value".to_string())?;
     request.headers_mut().insert("Authorization", header);
-    let connecting =
-        tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(socket_config()),
+        true,
+        tls.map(tokio_tungstenite::Connector::Rustls),
+    );
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(e.to_string()),
@@ -495,6 +513,7 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         let mut rng = SmallRng::seed_from_u64(1);
         let mut backoff = Backoff::new(&options);

@@ -42,7 +42,7 @@ async fn download(
     let (events, mut inbox) = mpsc::channel(8);
     let feed = DownloadFeed::new(events, CancellationToken::new());
     let task = tokio::spawn(async move {
-        let client = http_client().expect("client");
+        let client = http_client(None).expect("client");
         let result = fetch(&client, &request, &options, &feed).await;
         if let Err(message) = &result {
             feed.send(DownloadEvent::Failed(message.clone())).await;
@@ -180,7 +180,7 @@ async fn a_cancelled_download_stops() {
     let feed = DownloadFeed::new(events, cancel.clone());
     let request = request(server.url("/fw"), None);
     let task = tokio::spawn(async move {
-        let client = http_client().expect("client");
+        let client = http_client(None).expect("client");
         fetch(&client, &request, &quick_download(), &feed).await
     });
     // The device takes the size, then gives up (it refused the image, say).

@@ -134,8 +134,8 @@ pub fn parse_time_at(text: &str, now: f64) -> Result<f64, Error> {
     Ok(parsed.unix_timestamp_nanos() as f64 / 1e9)
 }
 
-/// `90m`, `24h`, `7d` as seconds.
-fn relative_seconds(text: &str) -> Option<f64> {
+/// A span such as `90m`, `24h`, `7d` or `2w` (`s`, `m`, `h`, `d`, `w`) as seconds.
+pub fn relative_seconds(text: &str) -> Option<f64> {
     let unit = match text.chars().last()? {
         's' => 1.0,
         'm' => 60.0,

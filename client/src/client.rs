@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::rest::{
-    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewUser, UserObject,
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, NewUser, UserObject,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -29,6 +29,9 @@ pub struct ClientOptions {
     /// Extra trusted CA certificates (PEM), for a server whose certificate the system
     /// does not trust, such as a self-signed one.
     pub ca_cert: Option<Vec<u8>>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (pinning); the
+    /// system's authorities and `ca_cert` are then not consulted.
+    pub tls_fingerprint: Option<crate::tls::Fingerprint>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -37,6 +40,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("server", &self.server)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("request_timeout", &self.request_timeout)
+            .field("tls_fingerprint", &self.tls_fingerprint)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +54,7 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(40),
             connect_timeout: Duration::from_secs(10),
             ca_cert: None,
+            tls_fingerprint: None,
         }
     }
 }
@@ -117,7 +122,11 @@ impl Client {
             .connect_timeout(options.connect_timeout)
             .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")));
         let mut ws_tls = None;
-        if let Some(pem) = &options.ca_cert {
+        if let Some(pin) = options.tls_fingerprint {
+            let config = crate::tls::client_config(None, Some(pin))?;
+            builder = builder.tls_backend_preconfigured(config.as_ref().clone());
+            ws_tls = Some(config);
+        } else if let Some(pem) = &options.ca_cert {
             let certificates = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::Certificate(crate::error::root_cause(&e)))?;
             if certificates.is_empty() {
@@ -126,7 +135,7 @@ impl Client {
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
-            ws_tls = Some(tls_config(pem)?);
+            ws_tls = Some(crate::tls::client_config(Some(pem), None)?);
         }
         let http = builder
             .build()
@@ -310,8 +319,10 @@ impl Client {
     }
 
     /// `POST /keys`: the answer carries the secret, shown once.
-    pub async fn create_key(&self) -> Result<KeyObject, Error> {
-        self.json(Method::POST, "/keys", None::<&Value>).await
+    /// `POST /keys` (PROTOCOL §11): a key with the scope, device filter and expiry of
+    /// `key` (all optional); the answer carries the secret, shown once.
+    pub async fn create_key(&self, key: &NewKey) -> Result<KeyObject, Error> {
+        self.json(Method::POST, "/keys", Some(key)).await
     }
 
     /// `DELETE /keys/:id`.
@@ -368,32 +379,6 @@ impl Client {
             options,
         )
     }
-}
-
-/// TLS for the notify socket: the system's roots plus the given PEM certificates, the
-/// same trust the REST side gets from reqwest.
-fn tls_config(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, Error> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_native_certs::load_native_certs().certs {
-        // A broken system certificate must not keep the operator's own CA from working.
-        let _ = roots.add(certificate);
-    }
-    for certificate in CertificateDer::pem_slice_iter(pem) {
-        let certificate = certificate.map_err(|e| Error::Certificate(e.to_string()))?;
-        roots
-            .add(certificate)
-            .map_err(|e| Error::Certificate(e.to_string()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Certificate(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 async fn decode<T: DeserializeOwned>(

@@ -30,6 +30,7 @@ mod client;
 mod error;
 mod firmware;
 mod notify;
+pub mod tls;
 mod url;
 
 pub use client::{Client, ClientOptions, LogPage, NewUserResponse};
@@ -38,4 +39,6 @@ pub use firmware::{Progress, RolloutCommand, UploadMeta};
 pub use notify::{NotifyEvent, NotifyOptions, NotifyStream};
 pub use protocol::firmware::{FirmwareObject, RolloutObject, RolloutSpec};
 pub use protocol::notification::Notification;
-pub use protocol::rest::{DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, UserObject};
+pub use protocol::rest::{
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, Scope, UserObject,
+};

@@ -194,7 +194,10 @@ async fn credentials_and_reachability_errors() {
 async fn keys_users_and_logs() {
     let server = TestServer::start().await;
     let client = server.client();
-    let key = client.create_key().await.expect("create key");
+    let key = client
+        .create_key(&Default::default())
+        .await
+        .expect("create key");
     let secret = key.token.clone().expect("secret shown once");
     assert!(client
         .keys()
@@ -357,5 +360,47 @@ async fn https_and_wss_with_a_private_ca() {
         Client::with_options(options),
         Err(Error::Certificate(_))
     ));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pinned_certificate_is_trusted_and_no_other() {
+    use herd_client::tls::Fingerprint;
+    use rustls::pki_types::pem::PemObject;
+    let server = TestServer::start_tls().await;
+    let pem = std::fs::read(server.ca_cert()).expect("read the certificate");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).expect("one certificate");
+    let pin = Fingerprint::of(&der);
+    // The pin names the certificate, not a host: an address the certificate was not made
+    // for is fine.
+    let url = server.https_url().replace("localhost", "127.0.0.1");
+
+    let mut options = herd_client::ClientOptions::new(&url, Some(server.admin_key.clone()));
+    options.tls_fingerprint = Some(pin);
+    let client = Client::with_options(options).expect("client");
+    let mut stream = client.notify();
+    wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
+    let device = client
+        .create_device(&NewDevice {
+            name: Some("pinned".into()),
+            id: None,
+        })
+        .await
+        .expect("create over https with a pinned certificate");
+    wait_for(&mut stream, |e| is_notification(e, &device.id, "created")).await;
+
+    // Another fingerprint is refused, even with the certificate among the trusted CAs.
+    let mut other = pin.0;
+    other[0] ^= 1;
+    let mut options =
+        herd_client::ClientOptions::new(server.https_url(), Some(server.admin_key.clone()));
+    options.tls_fingerprint = Some(Fingerprint(other));
+    options.ca_cert = Some(pem);
+    let refused = Client::with_options(options).expect("client");
+    assert!(refused
+        .devices()
+        .await
+        .expect_err("wrong pin")
+        .is_connection());
     server.shutdown().await;
 }

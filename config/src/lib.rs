@@ -126,6 +126,18 @@ pub struct ServerSettings {
     pub device_write_timeout_ms: u64,
     /// Frames queued for one device beyond which it is dropped as too slow.
     pub device_outbox_limit: usize,
+    /// WebSocket messages a device may send per second, on average.
+    pub device_messages_per_s: f64,
+    /// Messages a device may send at once before the average applies.
+    pub device_message_burst: f64,
+    /// Bytes a device may send per second, on average.
+    pub device_bytes_per_s: f64,
+    /// Bytes a device may send at once before the average applies.
+    pub device_byte_burst: f64,
+    /// Connects of one device in a minute past which it counts as flapping.
+    pub device_connects_per_minute: u32,
+    /// How long a device over its limits is refused, seconds.
+    pub quarantine_s: u64,
 }
 
 impl Default for ServerSettings {
@@ -155,6 +167,12 @@ impl Default for ServerSettings {
             ota_commit_timeout_s: 300,
             device_write_timeout_ms: 10_000,
             device_outbox_limit: 4096,
+            device_messages_per_s: 100.0,
+            device_message_burst: 1000.0,
+            device_bytes_per_s: 256.0 * 1024.0,
+            device_byte_burst: 4.0 * 1024.0 * 1024.0,
+            device_connects_per_minute: 20,
+            quarantine_s: 300,
         }
     }
 }
@@ -200,7 +218,7 @@ impl ServerSettings {
 
     /// Rejects values that would make the server misbehave rather than fail loudly.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 15] = [
             (self.rpc_timeout_ms > 0, "rpc_timeout_ms must be positive"),
             (
                 self.ping_interval_secs > 0,
@@ -242,6 +260,18 @@ impl ServerSettings {
             (
                 self.device_outbox_limit >= 16,
                 "device_outbox_limit must be at least 16",
+            ),
+            (
+                self.device_messages_per_s > 0.0 && self.device_message_burst >= 1.0,
+                "device_messages_per_s must be positive and device_message_burst at least 1",
+            ),
+            (
+                self.device_bytes_per_s > 0.0 && self.device_byte_burst >= 1024.0,
+                "device_bytes_per_s must be positive and device_byte_burst at least 1024",
+            ),
+            (
+                self.device_connects_per_minute >= 1,
+                "device_connects_per_minute must be at least 1",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

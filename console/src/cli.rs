@@ -3,6 +3,7 @@
 
 mod commands;
 mod firmware;
+mod keys;
 mod ota;
 mod report;
 mod rollout;
@@ -171,6 +172,15 @@ pub struct ConnectionArgs {
     /// self-signed certificate.
     #[arg(long, env = "HERD_CA_CERT", global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (AB:CD:…, as
+    /// `herd-server --tls-self-signed` prints it).
+    #[arg(
+        long,
+        env = "HERD_TLS_FINGERPRINT",
+        global = true,
+        value_name = "SHA256"
+    )]
+    pub tls_fingerprint: Option<String>,
 }
 
 impl ConnectionArgs {
@@ -182,6 +192,7 @@ impl ConnectionArgs {
             read_only: self.read_only,
             config: self.config.clone(),
             ca_cert: self.ca_cert.clone(),
+            tls_fingerprint: self.tls_fingerprint.clone(),
             log: Vec::new(),
         }
     }
@@ -318,6 +329,12 @@ pub enum Command {
     Rollout {
         #[command(subcommand)]
         command: rollout::RolloutSubcommand,
+    },
+    /// API keys: a scope (read, operate, deploy, admin), a device filter, an expiry
+    /// (PROTOCOL §11).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
@@ -465,6 +482,7 @@ async fn run(args: Args) -> CommandResult {
             commands::register(&client, &name, id, json).await
         }
         Command::Firmware { command } => firmware::run(&client, profile.read_only, command).await,
+        Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
         Command::Demo { .. } | Command::Report(_) => Ok(()),

@@ -635,6 +635,7 @@ mod tests {
             last_seen: Some("2024-01-01T00:00:00Z".into()),
             info: json!({"app": "smart-light", "arch": "esp32c3", "fw_version": "1.0", "uptime": 10}),
             shadow: json!({"state": {"desired": {"on": true}, "reported": {"on": false}, "delta": {"on": true}}}),
+            quarantine: None,
         }
     }
 

@@ -15,6 +15,10 @@
 //! api_key = "..."
 //! read_only = true
 //! ca_cert = "/etc/herd/ca.pem"   # trust a private CA besides the system's
+//!
+//! [profiles.bench]
+//! server = "https://10.0.0.2:8009"
+//! tls_fingerprint = "AB:CD:…"      # trust only this certificate (herd-server --tls-self-signed)
 //! ```
 //!
 //! Flags (`--server`, `--api-key`, `--read-only`) and `HERD_*` variables override the
@@ -37,6 +41,8 @@ pub struct ProfileEntry {
     pub read_only: bool,
     /// PEM file of a CA to trust besides the system's (a self-signed server).
     pub ca_cert: Option<PathBuf>,
+    /// SHA-256 fingerprint of the one server certificate to trust (pinning).
+    pub tls_fingerprint: Option<String>,
     /// The server's notification log as this machine sees it (its data directory or a
     /// log file), for reports and the analytics view; without it they use `POST /logs`.
     pub log: Option<PathBuf>,
@@ -49,6 +55,7 @@ impl std::fmt::Debug for ProfileEntry {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .field("ca_cert", &self.ca_cert)
+            .field("tls_fingerprint", &self.tls_fingerprint)
             .field("log", &self.log)
             .finish()
     }
@@ -117,6 +124,7 @@ pub struct Overrides {
     pub read_only: bool,
     pub config: Option<PathBuf>,
     pub ca_cert: Option<PathBuf>,
+    pub tls_fingerprint: Option<String>,
     /// Notification log paths given on the command line; they replace the profile's.
     pub log: Vec<PathBuf>,
 }
@@ -130,6 +138,8 @@ pub struct Profile {
     pub api_key: Option<String>,
     pub read_only: bool,
     pub ca_cert: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint.
+    pub tls_fingerprint: Option<String>,
     /// The server's notification log readable from here (directories or files); empty
     /// when reports must pull it from the server.
     pub log: Vec<PathBuf>,
@@ -143,6 +153,7 @@ impl std::fmt::Debug for Profile {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("read_only", &self.read_only)
             .field("ca_cert", &self.ca_cert)
+            .field("tls_fingerprint", &self.tls_fingerprint)
             .field("log", &self.log)
             .finish()
     }
@@ -157,6 +168,9 @@ impl Profile {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
             options.ca_cert = Some(pem);
+        }
+        if let Some(pin) = &self.tls_fingerprint {
+            options.tls_fingerprint = Some(pin.parse()?);
         }
         herd_client::Client::with_options(options).map_err(|e| e.to_string())
     }
@@ -212,6 +226,7 @@ impl Profile {
             api_key: overrides.api_key.clone().or(entry.api_key),
             read_only: overrides.read_only || entry.read_only,
             ca_cert: overrides.ca_cert.clone().or(entry.ca_cert),
+            tls_fingerprint: overrides.tls_fingerprint.clone().or(entry.tls_fingerprint),
             log: if overrides.log.is_empty() {
                 entry.log.into_iter().collect()
             } else {

@@ -332,6 +332,48 @@ async fn a_private_ca_is_trusted_when_named() {
 }
 
 #[tokio::test]
+async fn a_pinned_certificate_is_trusted_by_its_fingerprint_alone() {
+    let server = TestServer::start_tls().await;
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(server.ca_cert()).expect("certificate");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body");
+    let pin = herd_client::tls::Fingerprint::of(&der).to_string();
+    // The pin names the certificate, not the host: the bare address works too.
+    let url = server.https_url().replace("localhost", "127.0.0.1");
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", &pin, "devices", "--json"]).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "[]\n"),
+        "{}",
+        out.stderr
+    );
+    let other = format!(
+        "{}{}",
+        if pin.starts_with('0') { "1" } else { "0" },
+        &pin[1..]
+    );
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", &other, "devices"]).await;
+    assert_eq!(
+        out.code, 3,
+        "another certificate is refused: {}",
+        out.stderr
+    );
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_SERVER", &url);
+    let out = run(command, &["--tls-fingerprint", "AB:CD", "devices"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("SHA-256 fingerprint"), "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn tail_stops_when_its_reader_goes_away() {
     let server = TestServer::start().await;
     let (_, token) = server.create_device("lamp").await;
@@ -530,4 +572,61 @@ async fn tail_shows_history_and_changes_excludes_and_gives_up_on_a_dead_server()
     // Nobody there at all: exit 3 at once.
     let out = run(herd(&server, &key), &["tail"]).await;
     assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
+/// `herd keys` (PROTOCOL §11): a read key made from the CLI reads and is refused a change
+/// with exit 4; it shows in the list with its scope and goes away with `rm`.
+#[tokio::test]
+async fn keys_with_a_scope_and_an_expiry() {
+    let server = TestServer::start().await;
+    let admin = server.admin_key.clone();
+    let out = run(
+        herd(&server, &admin),
+        &[
+            "keys",
+            "create",
+            "--scope",
+            "read",
+            "--expires",
+            "30d",
+            "--name",
+            "wall screen",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let made: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(made["scope"], "read");
+    assert_eq!(made["name"], "wall screen");
+    assert!(made["expires_at"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("20")));
+    let read = made["token"]
+        .as_str()
+        .expect("the secret, once")
+        .to_string();
+    let out = run(herd(&server, &read), &["devices", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(herd(&server, &read), &["register", "lamp"]).await;
+    assert_eq!(out.code, 4, "a read key may not register: {}", out.stderr);
+    assert!(out.stderr.contains("scope operate"), "{}", out.stderr);
+    let out = run(herd(&server, &admin), &["keys", "list"]).await;
+    assert!(
+        out.stdout.contains("wall screen") && out.stdout.contains("read"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        herd(&server, &admin),
+        &["keys", "create", "--expires", "soon"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let id = made["id"].as_str().unwrap();
+    let out = run(herd(&server, &admin), &["keys", "rm", id]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(herd(&server, &read), &["devices"]).await;
+    assert_eq!(out.code, 4, "a deleted key is refused: {}", out.stderr);
+    server.shutdown().await;
 }

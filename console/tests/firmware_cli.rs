@@ -79,6 +79,7 @@ async fn fleet_with(
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(5),
+            ..LinkOptions::default()
         },
         ..FleetOptions::new(&server.url(), &server.admin_key, count, dir.into())
     })

@@ -16,6 +16,9 @@ pub const CREATED: &str = "created";
 pub const UPDATED: &str = "updated";
 /// Device deleted (data `{"id"}`, PROTOCOL §5).
 pub const DELETED: &str = "deleted";
+/// The server started: the first line it appends to notification.log, with id `""`
+/// (PROTOCOL §7).
+pub const SERVER_STARTED: &str = "server.started";
 /// A slow consumer lost messages (PROTOCOL §5).
 pub const LAGGED: &str = "lagged";
 /// Prefix of events for requests a device sent (PROTOCOL §5).

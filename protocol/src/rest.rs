@@ -4,6 +4,7 @@
 //! that are optional on input carry `#[serde(default)]`; timestamps are RFC 3339
 //! strings, produced and parsed by the caller.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 
 use serde::{Deserialize, Serialize};
@@ -88,14 +89,80 @@ pub struct LogsQuery {
     pub limit: Option<u64>,
 }
 
-/// An API key: `{id, user_id, created_at, last_used}`, plus `token` once, on
-/// creation (PROTOCOL §6).
+/// What an API key may do (PROTOCOL §11), each scope including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every GET, the notify stream and `POST /logs`.
+    Read,
+    /// Also shadow writes (but `desired.ota`), RPC calls (but `OTA.*`), device create and
+    /// rename.
+    Operate,
+    /// Also firmware, `POST /devices/:id/ota`, `desired.ota`, `OTA.*`, rollouts and device
+    /// deletion.
+    Deploy,
+    /// Also users and other users' keys.
+    Admin,
+}
+
+impl Scope {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Deploy => "deploy",
+            Scope::Admin => "admin",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(text: &str) -> Option<Scope> {
+        [Scope::Read, Scope::Operate, Scope::Deploy, Scope::Admin]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// `POST /keys` body (PROTOCOL §11); every field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NewKey {
+    /// A name for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What it may do; the creating key's own scope when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// Only devices matching this filter (the console's language, `crate::filter`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
+    /// RFC 3339 time after which the key is refused (401).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// An API key: `{id, user_id, created_at, last_used}` (PROTOCOL §6) with its scope, device
+/// filter and expiry (§11), plus `token` once, on creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyObject {
     /// Key id.
     pub id: String,
     /// Owner.
     pub user_id: String,
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// What it may do (keys made before scopes existed: `admin` for the admin, `deploy`
+    /// for others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The device filter it is limited to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<String>,
+    /// RFC 3339 expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
     /// RFC 3339 time of last use; `null` if never used.
@@ -139,6 +206,10 @@ pub struct DeviceObject {
     /// Shadow document with delta (PROTOCOL §4).
     #[serde(default)]
     pub shadow: Value,
+    /// `{"reason", "until"}` while the device is held off for exceeding its limits. Boxed:
+    /// rare, and device objects travel in large numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Box<Value>>,
 }
 
 /// A user as the API shows it (PROTOCOL §6).
@@ -214,6 +285,7 @@ mod tests {
             last_seen: None,
             info: Value::Null,
             shadow: json!({"state": {}}),
+            quarantine: None,
         };
         let value = serde_json::to_value(&device).expect("serialisable");
         assert_eq!(
@@ -235,10 +307,29 @@ mod tests {
     }
 
     #[test]
+    fn scopes_are_ordered_and_named() {
+        assert!(Scope::Read < Scope::Operate && Scope::Operate < Scope::Deploy);
+        assert!(Scope::Deploy < Scope::Admin);
+        for scope in [Scope::Read, Scope::Operate, Scope::Deploy, Scope::Admin] {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        let key: NewKey =
+            serde_json::from_str(r#"{"scope":"read","expires_at":"2030-01-01T00:00:00Z"}"#)
+                .expect("valid");
+        assert_eq!(key.scope, Some(Scope::Read));
+        assert!(serde_json::from_str::<NewKey>(r#"{"scope":"root"}"#).is_err());
+        assert!(serde_json::from_str::<NewKey>(r#"{"scop":"read"}"#).is_err());
+    }
+
+    #[test]
     fn key_and_user_objects() {
         let key = KeyObject {
             id: "k1".into(),
             user_id: "email_bob".into(),
+            name: String::new(),
+            scope: None,
+            devices: None,
+            expires_at: None,
             created_at: "2024-01-01T00:00:00Z".into(),
             last_used: None,
             token: None,

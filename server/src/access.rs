@@ -7,10 +7,60 @@
 //! a message that says what was needed; things a caller may not even see are 404, so ids of
 //! other tenants do not leak.
 
+use protocol::filter::{Field, Subject};
+use protocol::rest::Scope;
 use protocol::shadow::Update;
+use protocol::Value;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::store::{DeviceRecord, RolloutRecord, User};
+
+/// A device as filters see it: the console's filter language (`protocol::filter`) for
+/// keys limited to some devices and for rollout selectors.
+pub struct DeviceFacts<'a> {
+    pub device: &'a DeviceRecord,
+    pub online: bool,
+}
+
+/// A text of the device's info, or of `reported.ota` when the info lacks it.
+pub fn info_text<'a>(device: &'a DeviceRecord, key: &str) -> &'a str {
+    device
+        .info
+        .get(key)
+        .and_then(Value::as_str)
+        .or_else(|| {
+            let ota = device.shadow.reported.get("ota")?;
+            ota.get(key).and_then(Value::as_str)
+        })
+        .unwrap_or_default()
+}
+
+impl Subject for DeviceFacts<'_> {
+    fn text(&self, field: Field) -> &str {
+        match field {
+            Field::Id => &self.device.id,
+            Field::Name => &self.device.name,
+            Field::App => info_text(self.device, "app"),
+            Field::Arch => info_text(self.device, "arch"),
+            Field::Firmware => info_text(self.device, "fw_version"),
+            _ => "",
+        }
+    }
+    fn online(&self) -> bool {
+        self.online
+    }
+    fn light(&self) -> Option<bool> {
+        self.device
+            .shadow
+            .reported
+            .get("on")
+            .and_then(Value::as_bool)
+    }
+    fn delta_pending(&self) -> bool {
+        !self.device.shadow.delta().is_empty()
+    }
+}
 
 /// The prefix of the RPC methods that change a device's firmware (PROTOCOL §8).
 pub const OTA_METHOD_PREFIX: &str = "OTA.";
@@ -20,11 +70,6 @@ pub const OTA_METHOD_PREFIX: &str = "OTA.";
 /// check of who sees a device (REST, notify stream, logs, sockets) comes down to this.
 pub fn may_see(user: &User, owner: &str, shared_with: &str) -> bool {
     user.admin || owner == user.id || crate::store::shared_contains(shared_with, &user.id)
-}
-
-/// Whether `user` may see `device` at all.
-pub fn can_see(user: &User, device: &DeviceRecord) -> bool {
-    device.visible_to(user)
 }
 
 /// Renaming, sharing and deleting are for the owner (or the admin).
@@ -40,9 +85,11 @@ fn is_owner(user: &User, device: &DeviceRecord) -> bool {
     user.admin || device.user_id == user.id
 }
 
-/// Pushing firmware, writing `desired.ota` and calling `OTA.*` (PROTOCOL §4.4, §11).
-pub fn require_deploy(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
-    if is_owner(user, device) {
+/// Pushing firmware, writing `desired.ota` and calling `OTA.*` (PROTOCOL §4.4, §11): the
+/// device's owner or the admin, with a key whose scope includes `deploy`.
+pub fn require_deploy(caller: &Caller, device: &DeviceRecord) -> Result<(), ApiError> {
+    caller.require(Scope::Deploy)?;
+    if is_owner(&caller.user, device) {
         Ok(())
     } else {
         Err(ApiError::forbidden(format!(
@@ -55,30 +102,34 @@ pub fn require_deploy(user: &User, device: &DeviceRecord) -> Result<(), ApiError
 /// A shadow update that writes `desired.ota` needs deploy rights; the update is refused
 /// whole (PROTOCOL §4.4).
 pub fn check_shadow_update(
-    user: &User,
+    caller: &Caller,
     device: &DeviceRecord,
     update: &Update,
 ) -> Result<(), ApiError> {
+    caller.require(Scope::Operate)?;
     let touches_ota = update
         .desired
         .as_ref()
         .is_some_and(|desired| desired.contains_key("ota"));
     if touches_ota {
-        require_deploy(user, device).map_err(|_| {
-            ApiError::forbidden(
-                "writing desired.ota needs the device's owner or the administrator (PROTOCOL §4.4)",
-            )
+        require_deploy(caller, device).map_err(|e| {
+            ApiError::forbidden(format!(
+                "writing desired.ota needs the device's owner or the administrator with a deploy key (PROTOCOL §4.4): {}",
+                e.message
+            ))
         })?;
     }
     Ok(())
 }
 
-/// An RPC through the proxy: `OTA.*` needs deploy rights (PROTOCOL §11).
-pub fn check_rpc(user: &User, device: &DeviceRecord, method: &str) -> Result<(), ApiError> {
+/// An RPC through the proxy: `operate`, and `OTA.*` needs deploy rights (PROTOCOL §11).
+pub fn check_rpc(caller: &Caller, device: &DeviceRecord, method: &str) -> Result<(), ApiError> {
+    caller.require(Scope::Operate)?;
     if method.starts_with(OTA_METHOD_PREFIX) {
-        require_deploy(user, device).map_err(|_| {
+        require_deploy(caller, device).map_err(|e| {
             ApiError::forbidden(format!(
-                "{method} changes the firmware and needs the device's owner or the administrator"
+                "{method} changes the firmware and needs the device's owner or the administrator with a deploy key: {}",
+                e.message
             ))
         })?;
     }
@@ -133,9 +184,9 @@ mod tests {
     #[test]
     fn shared_users_may_operate_but_not_deploy() {
         let (ann, bob, root) = (
-            user("email_ann", false),
-            user("email_bob", false),
-            user("email_root", true),
+            Caller::full(user("email_ann", false)),
+            Caller::full(user("email_bob", false)),
+            Caller::full(user("email_root", true)),
         );
         let d = device();
         let plain = Update::from_value(&json!({"state": {"desired": {"on": true}}})).unwrap();
@@ -161,6 +212,46 @@ mod tests {
         );
         assert!(check_rpc(&ann, &d, "OTA.Commit").is_ok());
         assert!(require_deploy(&bob, &d).is_err());
-        assert!(require_owner(&root, &d).is_ok());
+        assert!(require_owner(&root.user, &d).is_ok());
+    }
+
+    #[test]
+    fn scopes_limit_what_even_the_owner_may_do() {
+        let d = device();
+        let key = |scope: Scope| Caller {
+            scope,
+            ..Caller::full(user("email_ann", false))
+        };
+        let plain = Update::from_value(&json!({"state": {"desired": {"on": true}}})).unwrap();
+        let ota =
+            Update::from_value(&json!({"state": {"desired": {"ota": {"url": "x"}}}})).unwrap();
+        let read = key(Scope::Read);
+        let refused = check_shadow_update(&read, &d, &plain).unwrap_err();
+        assert_eq!(refused.status.as_u16(), 403);
+        assert!(
+            refused.message.contains("scope operate"),
+            "{}",
+            refused.message
+        );
+        assert!(check_rpc(&read, &d, "Sys.GetInfo").is_err());
+        let operate = key(Scope::Operate);
+        assert!(check_shadow_update(&operate, &d, &plain).is_ok());
+        assert!(check_shadow_update(&operate, &d, &ota).is_err());
+        assert!(check_rpc(&operate, &d, "Config.Get").is_ok());
+        assert!(check_rpc(&operate, &d, "OTA.Update").is_err());
+        let deploy = key(Scope::Deploy);
+        assert!(check_shadow_update(&deploy, &d, &ota).is_ok());
+        assert!(require_deploy(&deploy, &d).is_ok());
+        // A limited key sees only what its filter matches.
+        let lamps = Caller {
+            devices: Some(protocol::filter::Filter::parse("name:lamp*")),
+            ..key(Scope::Read)
+        };
+        assert!(lamps.sees(&d, true));
+        let kitchen = DeviceRecord {
+            name: "kitchen".into(),
+            ..device()
+        };
+        assert!(!lamps.sees(&kitchen, true));
     }
 }

@@ -17,7 +17,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::store::User;
+use protocol::filter::Filter;
+use protocol::rest::Scope;
+
+use crate::store::{DeviceRecord, User};
 use crate::AppState;
 
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -108,40 +111,95 @@ impl BasicCache {
     }
 }
 
-/// The authenticated user of a REST or notify request.
+/// Who a REST or notify request is, and what its credential lets it do (PROTOCOL §11).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: User,
+    /// What the credential may do. A password, or a key made before scopes existed, may do
+    /// what its user may: `admin` for the administrator, `deploy` for others.
+    pub scope: Scope,
+    /// The device filter a limited key is held to.
+    pub devices: Option<Filter>,
 }
 
 impl Caller {
-    /// Resolves a credential to a user; `None` when it matches nobody.
+    /// Everything `user` may do (a password login).
+    pub fn full(user: User) -> Caller {
+        let scope = if user.admin {
+            Scope::Admin
+        } else {
+            Scope::Deploy
+        };
+        Caller {
+            user,
+            scope,
+            devices: None,
+        }
+    }
+
+    /// Refuses the request unless the credential's scope includes `needed`.
+    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
+        if self.scope >= needed {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs an API key with scope {} or more; this key's scope is {}",
+                needed.as_str(),
+                self.scope.as_str()
+            )))
+        }
+    }
+
+    /// Whether the caller sees `device`: its user does (owner, shared, admin) and a
+    /// limited key's filter matches it.
+    pub fn sees(&self, device: &DeviceRecord, online: bool) -> bool {
+        device.visible_to(&self.user)
+            && self
+                .devices
+                .as_ref()
+                .is_none_or(|filter| filter.matches(&crate::access::DeviceFacts { device, online }))
+    }
+
+    /// Resolves a credential; `None` when it matches nobody, 401 when the key expired.
     pub async fn resolve(
         state: &AppState,
         credential: Credential,
-    ) -> Result<Option<User>, ApiError> {
+    ) -> Result<Option<Caller>, ApiError> {
         match credential {
             Credential::Token(token) => {
                 let Some((key, user)) = state.store.key_by_hash(&hash_secret(&token)).await? else {
                     return Ok(None);
                 };
                 let now = crate::clock::now();
+                if let Some(expiry) = key.expires_at.filter(|t| *t <= now) {
+                    return Err(ApiError::unauthorized(format!(
+                        "this API key expired at {}",
+                        crate::clock::rfc3339(expiry)
+                    )));
+                }
                 // Recording every use would turn each read into a write; a minute is precise
                 // enough for "last used".
                 if key.last_used.is_none_or(|t| now - t > 60.0) {
                     let store = state.store.clone();
+                    let id = key.id.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = store.touch_key(&key.id, now).await {
+                        if let Err(e) = store.touch_key(&id, now).await {
                             tracing::debug!(error = %e, "cannot record key use");
                         }
                     });
                 }
-                Ok(Some(user))
+                let mut caller = Caller::full(user);
+                if let Some(scope) = key.scope {
+                    // A key never does more than its user may.
+                    caller.scope = caller.scope.min(scope);
+                }
+                caller.devices = key.devices.as_deref().map(Filter::parse);
+                Ok(Some(caller))
             }
             Credential::Basic { user, pass } => {
                 let pass_hash = hash_secret(&pass);
                 if let Some(found) = state.basic_cache.get(&user, &pass_hash) {
-                    return Ok(Some(found));
+                    return Ok(Some(Caller::full(found)));
                 }
                 let Some(credentials) = state.store.user_credentials(&user).await? else {
                     return Ok(None);
@@ -158,7 +216,7 @@ impl Caller {
                 state
                     .basic_cache
                     .put(&user, pass_hash, credentials.user.clone());
-                Ok(Some(credentials.user))
+                Ok(Some(Caller::full(credentials.user)))
             }
         }
     }
@@ -171,7 +229,7 @@ impl FromRequestParts<AppState> for Caller {
         let credential = credential(&parts.headers, parts.uri.query())
             .ok_or_else(|| ApiError::unauthorized("missing credentials: use an API key (Bearer or ?access_token=) or Basic user:password"))?;
         match Caller::resolve(state, credential).await? {
-            Some(user) => Ok(Caller { user }),
+            Some(caller) => Ok(caller),
             None => Err(ApiError::unauthorized("invalid credentials")),
         }
     }

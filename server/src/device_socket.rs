@@ -46,6 +46,20 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         Ok(None) => return ApiError::unauthorized("unknown device token").into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Some(held) = state.guard.held(&device.id) {
+        return quarantined(&held);
+    }
+    if state
+        .guard
+        .note_connect(&device.id, state.settings.device_connects_per_minute)
+    {
+        let reason = format!(
+            "connects more than {} times a minute",
+            state.settings.device_connects_per_minute
+        );
+        let held = ops::quarantine::run(&state, &device.id, &reason);
+        return quarantined(&held);
+    }
     let upgrade = match Upgrade::from_request(&mut req) {
         Ok(upgrade) => upgrade,
         Err(e) => return e.into_response(),
@@ -71,6 +85,26 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     })
 }
 
+/// 429 with `Retry-After` for a device held off (see [`crate::guard`]).
+fn quarantined(held: &crate::guard::Quarantine) -> Response {
+    let seconds = held
+        .until
+        .saturating_duration_since(std::time::Instant::now())
+        .as_secs()
+        .max(1);
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        format!("device quarantined for {seconds} s: it {}", held.reason),
+    )
+    .into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
+}
+
 /// Runs one device connection to its end.
 async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
     let conn = ops::connect::run(&state, &device, origin).await;
@@ -82,6 +116,7 @@ async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Op
         last_delta: None,
         delta_request: None,
         id: device.id.as_str().into(),
+        budget: crate::guard::Budget::new(&state.settings),
     };
     let reason = session.run().await;
     tracing::debug!(device = %device.id, %reason, "device disconnected");
@@ -124,6 +159,8 @@ struct Session {
     /// device that never answers cannot grow the pending map.
     delta_request: Option<u64>,
     id: Arc<str>,
+    /// What the device may still send (see [`crate::guard`]).
+    budget: crate::guard::Budget,
 }
 
 /// Whether the session goes on after handling something.
@@ -167,6 +204,15 @@ impl Session {
 
     async fn on_message(&mut self, message: Message) -> Flow {
         self.conn.note_alive();
+        let len = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+            _ => 0,
+        };
+        if len > 0 {
+            let spent = self.budget.spend_bytes(len);
+            self.charge(spent).await?;
+        }
         match message {
             Message::Text(text) => self.on_bytes(text.as_bytes()).await,
             Message::Binary(bytes) => self.on_bytes(&bytes).await,
@@ -181,6 +227,17 @@ impl Session {
             Message::Pong(_) | Message::Frame(_) => Ok(()),
             Message::Close(_) => Err("device closed the socket".into()),
         }
+    }
+
+    /// Quarantines the device when it went over its limits (see [`crate::guard`]).
+    async fn charge(&mut self, spent: Result<(), String>) -> Flow {
+        let Err(reason) = spent else {
+            return Ok(());
+        };
+        let held = ops::quarantine::run(&self.state, &self.id, &reason);
+        self.close(CloseCode::Policy, "quarantined: over the device limits")
+            .await;
+        Err(format!("quarantined: {}", held.reason))
     }
 
     async fn on_bytes(&mut self, bytes: &[u8]) -> Flow {
@@ -216,9 +273,16 @@ impl Session {
             }
         };
         match frame.kind() {
-            FrameKind::Request | FrameKind::Notification => self.on_request(frame).await,
+            FrameKind::Request | FrameKind::Notification => {
+                let spent = self.budget.spend_message();
+                self.charge(spent).await?;
+                self.on_request(frame).await
+            }
             FrameKind::Reply => {
-                self.on_reply(frame).await;
+                if !self.on_reply(frame).await {
+                    let spent = self.budget.spend_message();
+                    self.charge(spent).await?;
+                }
                 Ok(())
             }
             FrameKind::Invalid => {
@@ -292,10 +356,11 @@ impl Session {
         self.send(reply.to_json()).await
     }
 
-    async fn on_reply(&mut self, frame: Frame) {
+    /// Hands a reply to whoever waits for it; false when nobody asked for it.
+    async fn on_reply(&mut self, frame: Frame) -> bool {
         let Some(id) = frame.id.as_ref().and_then(Value::as_u64) else {
             tracing::debug!(device = %self.id, "reply with a non-numeric id: not ours");
-            return;
+            return false;
         };
         match self.conn.take_pending(id) {
             Some(Pending::Call(waiter)) => {
@@ -320,9 +385,11 @@ impl Session {
                 }
             }
             None => {
-                tracing::debug!(device = %self.id, id, "reply to an unknown or expired request")
+                tracing::debug!(device = %self.id, id, "reply to an unknown or expired request");
+                return false;
             }
         }
+        true
     }
 
     /// The longest a write may wait for the device to read.

@@ -119,3 +119,77 @@ pub async fn serve(
         tracing::warn!("some HTTP connections did not finish in time");
     }
 }
+
+/// A certificate the server made for itself (`herd-server --tls-self-signed`): where its
+/// files are and the SHA-256 fingerprint clients can check it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfSigned {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// SHA-256 of the certificate (DER), uppercase hex pairs joined by `:`.
+    pub fingerprint: String,
+}
+
+/// Makes, or finds from an earlier start, a self-signed certificate for `names` in
+/// `<data dir>/tls/` (the key readable by its owner only), so a server reachable over TLS
+/// needs no certificate authority. The certificate stays the same across restarts, so
+/// clients that trusted it keep trusting it.
+pub fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<SelfSigned> {
+    use std::io::Write;
+    let dir = data_dir.join("tls");
+    let cert = dir.join("self-signed.pem");
+    let key = dir.join("self-signed.key");
+    if !(cert.exists() && key.exists()) {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let made = rcgen::generate_simple_self_signed(names.to_vec())
+            .context("cannot make a self-signed certificate")?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&key)
+            .with_context(|| format!("cannot write {}", key.display()))?;
+        file.write_all(made.signing_key.serialize_pem().as_bytes())?;
+        file.sync_all()?;
+        std::fs::write(&cert, made.cert.pem())
+            .with_context(|| format!("cannot write {}", cert.display()))?;
+    }
+    let der = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&cert)?))
+        .next()
+        .context("no certificate in the self-signed file")??;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(der.as_ref());
+    let fingerprint = digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(SelfSigned {
+        cert,
+        key,
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod self_signed_tests {
+    use super::*;
+
+    #[test]
+    fn made_once_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let first = self_signed(dir.path(), &names).unwrap();
+        assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&first.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the key is its owner's alone");
+        }
+        let again = self_signed(dir.path(), &names).unwrap();
+        assert_eq!(again, first, "a restart keeps the certificate");
+        assert!(tls_acceptor(&first.cert, &first.key).is_ok());
+    }
+}

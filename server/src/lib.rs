@@ -33,6 +33,7 @@ pub mod clock;
 pub mod device_socket;
 pub mod error;
 pub mod firmware;
+pub mod guard;
 pub mod http;
 pub mod hub;
 pub mod notification_log;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub rollouts: rollout::Rollouts,
     /// One operation at a time per device, so effects follow commits ([`ops`]).
     pub sequencer: ops::Sequencer,
+    /// Devices held off for misbehaving.
+    pub guard: guard::Guard,
     /// Fires when the server begins shutting down: it stops accepting and device sessions
     /// end (their devices go offline).
     pub shutdown: CancellationToken,
@@ -120,6 +123,9 @@ impl AppState {
             last_seen: device.last_seen.map(clock::rfc3339),
             info: device.info.clone(),
             shadow: device.shadow.to_document_with_delta(),
+            quarantine: self.guard.held(&device.id).map(|held| {
+                Box::new(serde_json::json!({"reason": held.reason, "until": clock::rfc3339(held.until_unix)}))
+            }),
         }
     }
 
@@ -233,6 +239,7 @@ impl Server {
             firmware_files,
             rollouts: rollout::Rollouts::default(),
             sequencer: ops::Sequencer::default(),
+            guard: guard::Guard::default(),
             shutdown: CancellationToken::new(),
             streams_shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -326,10 +333,13 @@ pub async fn register_user(
     let key = auth::new_secret();
     store
         .create_key(
-            &auth::new_secret(),
-            &user.id,
+            store::ApiKey {
+                id: auth::new_secret(),
+                user_id: user.id.clone(),
+                created_at: clock::now(),
+                ..store::ApiKey::default()
+            },
             &auth::hash_secret(&key),
-            clock::now(),
         )
         .await?;
     store.close().await?;

@@ -28,6 +28,11 @@ struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve wss:// and https:// with a certificate the server makes for these host names
+    /// (default: localhost) and keeps in the data directory; its fingerprint is printed so
+    /// clients can check it (`herd --ca-cert DATA/tls/self-signed.pem`).
+    #[arg(long, num_args = 0.., value_name = "HOST", conflicts_with = "tls_cert")]
+    tls_self_signed: Option<Vec<String>>,
     /// Create user NAME with password PASS, print its API key as JSON, and exit.
     /// The first user created is the administrator.
     #[arg(long, num_args = 2, value_names = ["NAME", "PASS"])]
@@ -49,6 +54,25 @@ fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
         settings.tls = Some(TlsSettings {
             cert: cert.clone(),
             key: key.clone(),
+        });
+    }
+    if let Some(names) = &args.tls_self_signed {
+        let names = if names.is_empty() {
+            vec!["localhost".to_string()]
+        } else {
+            names.clone()
+        };
+        let dir = settings.resolved_data_dir()?;
+        let made = herd_server::http::self_signed(&dir, &names)?;
+        tracing::info!(cert = %made.cert.display(), fingerprint = %made.fingerprint, "serving TLS with a self-signed certificate");
+        eprintln!(
+            "TLS certificate {} (SHA-256 {})",
+            made.cert.display(),
+            made.fingerprint
+        );
+        settings.tls = Some(TlsSettings {
+            cert: made.cert,
+            key: made.key,
         });
     }
     settings.validate()?;

@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::{Date, OffsetDateTime};
 
-pub use reader::{read_page, LogPage};
+pub use reader::{is_notification, read_page, LogPage};
 
 /// Name of the file being appended to; rotated files add `.<date>[.<n>]`.
 pub const CURRENT_FILE: &str = "notification.log";
@@ -106,6 +106,8 @@ struct Inner {
     dir: PathBuf,
     sender: mpsc::Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, to unpark it for requests that must not wait for its batch.
+    writer: std::thread::Thread,
     closed: AtomicBool,
     /// Times the writer failed and was started again.
     restarts: Arc<std::sync::atomic::AtomicU64>,
@@ -135,6 +137,7 @@ impl NotificationLog {
             inner: Arc::new(Inner {
                 dir,
                 sender,
+                writer: thread.thread().clone(),
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
                 restarts,
@@ -168,6 +171,7 @@ impl NotificationLog {
         if self.inner.sender.send(Command::Flush(reply)).is_err() {
             return self.stopped();
         }
+        self.inner.writer.unpark();
         match done.await {
             Ok(result) => result,
             // The writer ended between taking the request and answering it.
@@ -197,6 +201,7 @@ impl NotificationLog {
         let Some(thread) = thread else { return };
         // A send error means the thread is already gone; joining still reaps it.
         let _ = self.inner.sender.send(Command::Shutdown);
+        self.inner.writer.unpark();
         if thread.join().is_err() {
             tracing::error!(dir = %self.inner.dir.display(), "notification log writer panicked");
         }
@@ -211,6 +216,7 @@ impl NotificationLog {
     #[cfg(test)]
     fn crash_writer(&self) {
         let _ = self.inner.sender.send(Command::Crash);
+        self.inner.writer.unpark();
     }
 
     /// The directory holding the log files.

@@ -22,6 +22,8 @@ pub mod create;
 pub mod delete;
 pub mod device_info;
 pub mod disconnect;
+pub mod quarantine;
+pub mod release;
 pub mod shadow_update;
 
 use std::collections::HashMap;

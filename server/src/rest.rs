@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::rest::{
-    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewUser, UserObject,
+    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, NewUser, Scope, UserObject,
 };
 use protocol::shadow::Update;
 use protocol::Value;
@@ -26,7 +26,7 @@ use crate::access::{self, require_owner};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::registry::CallError;
-use crate::store::{ApiKey, DeviceRecord, User};
+use crate::store::{ApiKey, DeviceRecord};
 use crate::{clock, device_socket, notification_log, ops, AppState};
 
 /// Builds the whole HTTP surface.
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/devices/{id}/shadow", get(get_shadow).post(post_shadow))
         .route("/devices/{id}/rpc", get(sockets::device_rpc))
+        .route("/devices/{id}/release", post(release_device))
         .route("/devices/{id}/rpc/{method}", get(rpc_proxy).post(rpc_proxy))
         .route(
             "/devices/{id}/ota",
@@ -134,12 +135,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     }
 }
 
-/// The device `id`, if `user` may see it; 404 otherwise so ids of others do not leak.
-async fn visible_device(state: &AppState, user: &User, id: &str) -> Result<DeviceRecord, ApiError> {
+/// The device `id`, if the caller may see it (its user, and a limited key's filter); 404
+/// otherwise so ids of others do not leak.
+pub async fn visible_device(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<DeviceRecord, ApiError> {
     match state.store.device(id).await? {
-        Some(device) if device.visible_to(user) => Ok(device),
+        Some(device) if caller.sees(&device, state.registry.is_online(id)) => Ok(device),
         _ => Err(ApiError::not_found(format!("device {id} not found"))),
     }
+}
+
+/// The devices the caller sees.
+pub async fn visible_devices(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<DeviceRecord>, ApiError> {
+    let scope = (!caller.user.admin).then_some(&caller.user);
+    let mut devices = state.store.list_devices(scope).await?;
+    if caller.devices.is_some() {
+        devices.retain(|d| caller.sees(d, state.registry.is_online(&d.id)));
+    }
+    Ok(devices)
 }
 
 fn valid_device_id(id: &str) -> bool {
@@ -153,8 +172,7 @@ async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Vec<DeviceObject>>, ApiError> {
-    let scope = (!caller.user.admin).then_some(&caller.user);
-    let devices = state.store.list_devices(scope).await?;
+    let devices = visible_devices(&state, &caller).await?;
     Ok(Json(
         devices
             .iter()
@@ -178,7 +196,26 @@ async fn create_device(
         }
         None => auth::new_secret(),
     };
+    caller.require(Scope::Operate)?;
     let name = body.name.unwrap_or_else(|| id.clone());
+    if caller.devices.is_some() {
+        // A key limited to some devices creates only devices it will see.
+        let planned = DeviceRecord {
+            id: id.clone(),
+            name: name.clone(),
+            user_id: caller.user.id.clone(),
+            shared_with: String::new(),
+            created_at: 0.0,
+            last_seen: None,
+            info: Value::Object(Default::default()),
+            shadow: Default::default(),
+        };
+        if !caller.sees(&planned, false) {
+            return Err(ApiError::forbidden(
+                "this key is limited to devices its filter matches; the new device would not",
+            ));
+        }
+    }
     let (device, token) = ops::create::run(&state, &caller.user, id, name).await?;
     Ok(Json(state.device_object(&device, Some(&token))))
 }
@@ -188,7 +225,7 @@ async fn get_device(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceObject>, ApiError> {
-    let device = visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller, &id).await?;
     Ok(Json(state.device_object(&device, None)))
 }
 
@@ -199,7 +236,7 @@ async fn change_device(
     Body(body): Body<DeviceChange>,
 ) -> Result<Json<DeviceObject>, ApiError> {
     let change = body.unwrap_or_default();
-    let mut device = visible_device(&state, &caller.user, &id).await?;
+    let mut device = visible_device(&state, &caller, &id).await?;
     let update = change
         .shadow
         .as_ref()
@@ -207,9 +244,10 @@ async fn change_device(
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("invalid shadow update: {e}")))?;
     if let Some(update) = &update {
-        access::check_shadow_update(&caller.user, &device, update)?;
+        access::check_shadow_update(&caller, &device, update)?;
     }
     if change.name.is_some() || change.shared_with.is_some() {
+        caller.require(Scope::Operate)?;
         require_owner(&caller.user, &device)?;
         if let Some(name) = &change.name {
             if name.is_empty() || name.len() > 256 {
@@ -236,7 +274,8 @@ async fn delete_device(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let device = visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller, &id).await?;
+    caller.require(Scope::Deploy)?;
     require_owner(&caller.user, &device)?;
     if !ops::delete::run(&state, &device).await? {
         return Err(ApiError::not_found(format!("device {id} not found")));
@@ -244,12 +283,25 @@ async fn delete_device(
     Ok(Json(Value::Bool(true)))
 }
 
+/// `POST /devices/:id/release`: lets a quarantined device back in before its cool-down
+/// ends (the owner or the admin, with `operate`).
+async fn release_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = visible_device(&state, &caller, &id).await?;
+    caller.require(Scope::Operate)?;
+    require_owner(&caller.user, &device)?;
+    Ok(Json(Value::Bool(ops::release::run(&state, &device))))
+}
+
 async fn get_shadow(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let device = visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller, &id).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
 
@@ -259,11 +311,11 @@ async fn post_shadow(
     Path(id): Path<String>,
     Body(body): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let device = visible_device(&state, &caller.user, &id).await?;
+    let device = visible_device(&state, &caller, &id).await?;
     let body = body.ok_or_else(|| ApiError::bad_request("missing shadow update body"))?;
     let update =
         Update::from_value(&body).map_err(|e| ApiError::new(status_of(e.code()), e.to_string()))?;
-    access::check_shadow_update(&caller.user, &device, &update)?;
+    access::check_shadow_update(&caller, &device, &update)?;
     let device = ops::shadow_update::run(&state, &id, update).await?;
     Ok(Json(device.shadow.to_document_with_delta()))
 }
@@ -296,8 +348,8 @@ async fn rpc_proxy(
     Path((id, method)): Path<(String, String)>,
     Body(params): Body<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let device = visible_device(&state, &caller.user, &id).await?;
-    access::check_rpc(&caller.user, &device, &method)?;
+    let device = visible_device(&state, &caller, &id).await?;
+    access::check_rpc(&caller, &device, &method)?;
     ops::call::run(&state, &id, &method, params, state.rpc_timeout())
         .await
         .map(Json)
@@ -308,6 +360,10 @@ fn key_object(key: &ApiKey, token: Option<&str>) -> KeyObject {
     KeyObject {
         id: key.id.clone(),
         user_id: key.user_id.clone(),
+        name: key.name.clone(),
+        scope: key.scope,
+        devices: key.devices.clone(),
+        expires_at: key.expires_at.map(clock::rfc3339),
         created_at: clock::rfc3339(key.created_at),
         last_used: key.last_used.map(clock::rfc3339),
         token: token.map(str::to_string),
@@ -322,34 +378,105 @@ async fn list_keys(
     Ok(Json(keys.iter().map(|k| key_object(k, None)).collect()))
 }
 
-/// Creates an API key for `user`; the secret is returned once and stored only hashed.
-pub async fn issue_key(state: &AppState, user_id: &str) -> Result<(ApiKey, String), ApiError> {
+/// Creates an API key for `user_id` with what `spec` says; the secret is returned once and
+/// stored only hashed.
+pub async fn issue_key(
+    state: &AppState,
+    user_id: &str,
+    spec: ApiKey,
+) -> Result<(ApiKey, String), ApiError> {
     let token = auth::new_secret();
+    let key = ApiKey {
+        id: auth::new_secret(),
+        user_id: user_id.to_string(),
+        created_at: clock::now(),
+        last_used: None,
+        ..spec
+    };
     let key = state
         .store
-        .create_key(
-            &auth::new_secret(),
-            user_id,
-            &auth::hash_secret(&token),
-            clock::now(),
-        )
+        .create_key(key, &auth::hash_secret(&token))
         .await?;
     Ok((key, token))
 }
 
+/// `POST /keys` (PROTOCOL §11): a key never gets more than the key that makes it, a scope
+/// no wider and a device filter no looser.
 async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
+    Body(body): Body<NewKey>,
 ) -> Result<Json<KeyObject>, ApiError> {
-    let (key, token) = issue_key(&state, &caller.user.id).await?;
+    let body = body.unwrap_or_default();
+    let scope = body.scope.unwrap_or(caller.scope);
+    caller.require(scope)?;
+    if let Some(name) = &body.name {
+        if name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request("name must be at most 128 characters"));
+        }
+    }
+    let requested = body
+        .devices
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if requested.is_some_and(|t| t.len() > 512) {
+        return Err(ApiError::bad_request(
+            "devices must be a filter of at most 512 characters",
+        ));
+    }
+    // Filters AND their terms, so the caller's own limit joined with the new one holds both.
+    let devices = match (
+        caller.devices.as_ref().map(|f| f.text().to_string()),
+        requested,
+    ) {
+        (Some(own), Some(new)) => Some(format!("{own} {new}")),
+        (Some(own), None) => Some(own),
+        (None, new) => new.map(str::to_string),
+    };
+    let expires_at = match &body.expires_at {
+        None => None,
+        Some(text) => {
+            let at =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| {
+                    ApiError::bad_request(format!("expires_at is not an RFC 3339 time: {e}"))
+                })?;
+            let at = at.unix_timestamp_nanos() as f64 / 1e9;
+            if at <= clock::now() {
+                return Err(ApiError::bad_request("expires_at is in the past"));
+            }
+            Some(at)
+        }
+    };
+    let spec = ApiKey {
+        name: body.name.unwrap_or_default(),
+        scope: Some(scope),
+        devices,
+        expires_at,
+        ..ApiKey::default()
+    };
+    let (key, token) = issue_key(&state, &caller.user.id, spec).await?;
     Ok(Json(key_object(&key, Some(&token))))
 }
 
+/// `DELETE /keys/:id`: one of the caller's keys, and never one that may do more than the
+/// caller's own.
 async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let keys = state.store.list_keys(&caller.user.id).await?;
+    let Some(key) = keys.iter().find(|k| k.id == id) else {
+        return Err(ApiError::not_found(format!("key {id} not found")));
+    };
+    let full = if caller.user.admin {
+        Scope::Admin
+    } else {
+        Scope::Deploy
+    };
+    caller.require(key.scope.unwrap_or(full))?;
     if state.store.delete_key(&caller.user.id, &id).await? {
         Ok(Json(Value::Bool(true)))
     } else {
@@ -381,6 +508,7 @@ async fn add_user(
     if !caller.user.admin {
         return Err(ApiError::forbidden("only the administrator may add users"));
     }
+    caller.require(Scope::Admin)?;
     let body = body.ok_or_else(|| ApiError::bad_request("body must be {\"name\", \"pass\"}"))?;
     if !valid_user_name(&body.name) {
         return Err(ApiError::bad_request(
@@ -400,7 +528,8 @@ async fn add_user(
         .store
         .create_user(&body.name, &hash, clock::now())
         .await?;
-    let (_, token) = issue_key(&state, &user.id).await?;
+    // Like the key `--register-user` prints: what the new user may do (PROTOCOL §11).
+    let (_, token) = issue_key(&state, &user.id, ApiKey::default()).await?;
     Ok(Json(NewUserResponse {
         user: UserObject {
             id: user.id,
@@ -441,10 +570,8 @@ async fn logs(
         .map_err(|e| ApiError::internal(format!("log reader failed: {e}")))?
         .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
     let mut items = page.items;
-    if !caller.user.admin {
-        let visible: std::collections::HashSet<String> = state
-            .store
-            .list_devices(Some(&caller.user))
+    if !caller.user.admin || caller.devices.is_some() {
+        let visible: std::collections::HashSet<String> = visible_devices(&state, &caller)
             .await?
             .into_iter()
             .map(|d| d.id)

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use protocol::filter::{Field, Filter, Subject};
+use protocol::filter::Filter;
 use protocol::firmware::{
     rollout_event_body, stage, CommitPolicy, Counters, Delivery, DeviceState, OfflineThen,
     RolloutDevice, RolloutObject, RolloutSpec, RolloutState, WaveSpec, WaveStatus, ROLLOUT_ABORTED,
@@ -41,10 +41,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::Identity;
 use crate::ota::{self, Failure, Return, TransferOptions};
-use crate::store::{DeviceRecord, FirmwareRecord, RolloutDeviceRecord, RolloutRecord, User};
+use crate::store::{DeviceRecord, FirmwareRecord, RolloutDeviceRecord, RolloutRecord};
 use crate::{access, auth, clock, AppState};
 
 /// How long a runner sleeps when nothing happens; offline waits and soaks are checked at
@@ -187,50 +188,6 @@ impl Rollouts {
     }
 }
 
-/// A device as a rollout selector sees it.
-struct Candidate<'a> {
-    device: &'a DeviceRecord,
-    online: bool,
-}
-
-fn info_text<'a>(device: &'a DeviceRecord, key: &str) -> &'a str {
-    device
-        .info
-        .get(key)
-        .and_then(Value::as_str)
-        .or_else(|| {
-            let ota = device.shadow.reported.get("ota")?;
-            ota.get(key).and_then(Value::as_str)
-        })
-        .unwrap_or_default()
-}
-
-impl Subject for Candidate<'_> {
-    fn text(&self, field: Field) -> &str {
-        match field {
-            Field::Id => &self.device.id,
-            Field::Name => &self.device.name,
-            Field::App => info_text(self.device, "app"),
-            Field::Arch => info_text(self.device, "arch"),
-            Field::Firmware => info_text(self.device, "fw_version"),
-            _ => "",
-        }
-    }
-    fn online(&self) -> bool {
-        self.online
-    }
-    fn light(&self) -> Option<bool> {
-        self.device
-            .shadow
-            .reported
-            .get("on")
-            .and_then(Value::as_bool)
-    }
-    fn delta_pending(&self) -> bool {
-        !self.device.shadow.delta().is_empty()
-    }
-}
-
 /// A planned rollout, stored or not.
 pub struct Plan {
     pub rollout: RolloutRecord,
@@ -320,7 +277,12 @@ fn plan_key(firmware: &str, device: &str) -> [u8; 32] {
 }
 
 /// Plans `spec` for `user` (see the module docs).
-pub async fn plan(state: &AppState, user: &User, mut spec: RolloutSpec) -> Result<Plan, ApiError> {
+pub async fn plan(
+    state: &AppState,
+    caller: &Caller,
+    mut spec: RolloutSpec,
+) -> Result<Plan, ApiError> {
+    let user = &caller.user;
     check_spec(&spec)?;
     let (firmware, owners) = state
         .store
@@ -329,8 +291,7 @@ pub async fn plan(state: &AppState, user: &User, mut spec: RolloutSpec) -> Resul
         .filter(|(_, owners)| access::can_see_firmware(user, owners))
         .ok_or_else(|| ApiError::not_found(format!("firmware {} not found", spec.firmware)))?;
     let _ = owners;
-    let scope = (!user.admin).then_some(user);
-    let visible = state.store.list_devices(scope).await?;
+    let visible = crate::rest::visible_devices(state, caller).await?;
     let filter = Filter::parse(spec.select.query.as_deref().unwrap_or(""));
     let wanted: Option<HashSet<&str>> = spec
         .select
@@ -362,23 +323,23 @@ pub async fn plan(state: &AppState, user: &User, mut spec: RolloutSpec) -> Resul
         {
             continue;
         }
-        let candidate = Candidate {
+        let candidate = access::DeviceFacts {
             device,
             online: state.registry.is_online(&device.id),
         };
         if !filter.matches(&candidate) {
             continue;
         }
-        if access::require_deploy(user, device).is_err() {
+        if access::require_deploy(caller, device).is_err() {
             not_deployable += 1;
             continue;
         }
-        let app = info_text(device, "app");
-        let arch = info_text(device, "arch");
+        let app = access::info_text(device, "app");
+        let arch = access::info_text(device, "arch");
         if ota::runs(
             &firmware,
-            info_text(device, "fw_id"),
-            info_text(device, "fw_version"),
+            access::info_text(device, "fw_id"),
+            access::info_text(device, "fw_version"),
         ) {
             up_to_date += 1;
         } else if !firmware.app.is_empty() && !app.is_empty() && app != firmware.app {
@@ -452,7 +413,7 @@ pub async fn plan(state: &AppState, user: &User, mut spec: RolloutSpec) -> Resul
                 wave: wave as u32,
                 position,
                 state: DeviceState::Pending,
-                from_version: info_text(device, "fw_version").to_string(),
+                from_version: access::info_text(device, "fw_version").to_string(),
                 attempts: 0,
                 message: String::new(),
                 started_at: None,
@@ -1351,7 +1312,7 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
 /// timed out or were skipped.
 pub async fn retry(
     state: &AppState,
-    user: &User,
+    caller: &Caller,
     rollout: &RolloutRecord,
 ) -> Result<RolloutObject, ApiError> {
     if !rollout.state.is_finished() {
@@ -1378,7 +1339,7 @@ pub async fn retry(
     spec.select.query = None;
     spec.dry_run = false;
     spec.name = Some(format!("retry of {}", rollout.name));
-    let plan = plan(state, user, spec).await?;
+    let plan = plan(state, caller, spec).await?;
     create(state, plan).await
 }
 

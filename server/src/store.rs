@@ -9,6 +9,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use protocol::firmware::{DeviceState, RolloutSpec, RolloutState};
+use protocol::rest::Scope;
 use protocol::shadow::{Applied, Limits, Shadow, ShadowError, Update};
 use protocol::Value;
 
@@ -29,12 +30,19 @@ pub struct UserCredentials {
 }
 
 /// An API key's public record; the secret is only its hash in the store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ApiKey {
     pub id: String,
     pub user_id: String,
     pub created_at: f64,
     pub last_used: Option<f64>,
+    pub name: String,
+    /// `None` for keys made before scopes existed (PROTOCOL §11 says what they may do).
+    pub scope: Option<Scope>,
+    /// Device filter the key is limited to.
+    pub devices: Option<String>,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<f64>,
 }
 
 /// Everything stored about a device.
@@ -165,13 +173,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, name: &str, pass_hash: &str, now: f64) -> Result<User, StoreError>;
     async fn user_credentials(&self, name: &str) -> Result<Option<UserCredentials>, StoreError>;
 
-    async fn create_key(
-        &self,
-        id: &str,
-        user_id: &str,
-        key_hash: &str,
-        now: f64,
-    ) -> Result<ApiKey, StoreError>;
+    /// Stores `key` (its `last_used` is ignored) with the hash of its secret.
+    async fn create_key(&self, key: ApiKey, key_hash: &str) -> Result<ApiKey, StoreError>;
     /// The key and its user, by the key's hash.
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(ApiKey, User)>, StoreError>;
     async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError>;

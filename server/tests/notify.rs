@@ -37,7 +37,15 @@ async fn each_user_sees_only_its_devices() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
-    let server = TestServer::start_with(|s| s.notify_backlog = 64).await;
+    let server = TestServer::start_with(|s| {
+        s.notify_backlog = 64;
+        // The load here is the point: the device is not held to a device's limits.
+        s.device_messages_per_s = 1e6;
+        s.device_message_burst = 1e6;
+        s.device_bytes_per_s = 1e9;
+        s.device_byte_burst = 1e9;
+    })
+    .await;
     let (id, token) = server.create_device("chatty").await;
     let mut fast = server.notify(&server.admin_key).await;
     // The slow consumer connects and then does not read at all for a while.
@@ -166,6 +174,10 @@ async fn disconnect_policy_closes_a_slow_consumer() {
     let server = TestServer::start_with(|s| {
         s.notify_backlog = 16;
         s.notify_lag_policy = herd_config::LagPolicy::Disconnect;
+        s.device_messages_per_s = 1e6;
+        s.device_message_burst = 1e6;
+        s.device_bytes_per_s = 1e9;
+        s.device_byte_burst = 1e9;
     })
     .await;
     let (_, token) = server.create_device("chatty").await;

@@ -436,3 +436,47 @@ async fn a_deleted_device_id_is_never_given_again() {
     assert_eq!(status, 200);
     server.shutdown().await;
 }
+
+/// PROTOCOL §7: `POST /logs` serves only lines that are whole notifications (numeric `ts`,
+/// string `id` and `name`); other lines are skipped but keep their place in the offsets.
+#[tokio::test]
+async fn logs_skip_lines_that_are_not_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("notification.log"),
+        concat!(
+            "{\"ts\":1.5,\"id\":\"a\",\"name\":\"online\",\"data\":null}\n",
+            "{\"id\":\"b\",\"name\":\"online\"}\n",
+            "{\"ts\":\"2\",\"id\":\"c\",\"name\":\"online\"}\n",
+            "[1,2,3]\n",
+            "{\"ts\":3,\"id\":\"d\",\"name\":\"offline\",\"data\":null}\n",
+        ),
+    )
+    .unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.data_dir = Some(dir.path().to_path_buf());
+    let (_, key) = herd_server::register_user(&settings, "admin", "pw")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = herd_server::Server::start(settings, listener)
+        .await
+        .unwrap();
+    let resp = http_client()
+        .post(format!("http://{}/api/v2/logs", server.local_addr()))
+        .bearer_auth(&key)
+        .body(json!({"start": 0, "limit": 10}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let next: u64 = resp.headers()["x-herd-next-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let items: Vec<Value> = resp.json().await.unwrap();
+    let ids: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(&ids[..2], ["a", "d"], "{items:?}");
+    assert!(next >= 5, "skipped lines keep their offsets: {next}");
+    server.shutdown().await.unwrap();
+}

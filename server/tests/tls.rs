@@ -93,3 +93,64 @@ async fn devices_connect_over_wss() {
     assert!(!String::from_utf8_lossy(&buf).contains("\"ok\""));
     server.shutdown().await;
 }
+
+/// `herd-server --tls-self-signed`: the server makes its own certificate, prints its
+/// fingerprint, serves HTTPS with it, and keeps the same one across a restart.
+#[tokio::test]
+async fn a_self_signed_certificate_is_made_once_and_served() {
+    const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
+    let dir = tempfile::tempdir().unwrap();
+    let mut fingerprints = Vec::new();
+    for _ in 0..2 {
+        let ((mut child, addr), printed) = spawn_binary_with(
+            BIN,
+            dir.path(),
+            "127.0.0.1:0",
+            &["--tls-self-signed", "localhost", "herd.test"],
+        );
+        let line = printed
+            .iter()
+            .find(|l| l.contains("SHA-256"))
+            .expect("the fingerprint is printed");
+        let fingerprint = line.split("SHA-256 ").nth(1).unwrap().trim_end_matches(')');
+        fingerprints.push(fingerprint.to_string());
+
+        let pem = std::fs::read(dir.path().join("tls/self-signed.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        for host in ["localhost", "herd.test"] {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .unwrap_or_else(|e| panic!("TLS handshake as {host}: {e}"));
+            tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            let _ = tls.read_to_string(&mut answer).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        // A name the certificate was not made for is refused.
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("other.test").unwrap();
+        assert!(connector.connect(name, tcp).await.is_err());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert_eq!(
+        fingerprints[0], fingerprints[1],
+        "a restart keeps the certificate"
+    );
+}

@@ -23,6 +23,7 @@ pub fn quick_link() -> LinkOptions {
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         connect_timeout: Duration::from_secs(5),
+        ..LinkOptions::default()
     }
 }
 

@@ -63,6 +63,7 @@ pub fn device(i: usize) -> DeviceObject {
         info: json!({"app": "smart-light", "arch": if i.is_multiple_of(4) { "esp32c6" } else { "esp32c3" },
                      "fw_version": format!("1.{}.0", i % 3), "uptime": 3600 + i * 7}),
         shadow,
+        quarantine: None,
     }
 }
 

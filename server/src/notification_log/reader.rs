@@ -309,7 +309,7 @@ fn read_sources(
                 continue;
             }
             match serde_json::from_slice::<Value>(body) {
-                Ok(value) if value.is_object() => items.push(value),
+                Ok(value) if is_notification(&value) => items.push(value),
                 _ => tracing::debug!(offset = next, "skipping an unreadable notification line"),
             }
             next += 1;
@@ -374,4 +374,12 @@ fn index_files(dir: &Path, sources: &[Source]) -> io::Result<Option<Vec<Arc<File
     }
     store(dir, fresh);
     Ok(Some(indexes))
+}
+
+/// PROTOCOL §7: a line counts only as one whole JSON object with a numeric `ts`, a string
+/// `id` and a string `name`; anything else is skipped (but keeps its place in the offsets).
+pub fn is_notification(value: &Value) -> bool {
+    value.get("ts").is_some_and(Value::is_number)
+        && value.get("id").is_some_and(Value::is_string)
+        && value.get("name").is_some_and(Value::is_string)
 }

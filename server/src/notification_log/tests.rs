@@ -466,7 +466,10 @@ fn a_replaced_file_is_indexed_again() {
     let path = dir.path().join(CURRENT_FILE);
     let text = |range: std::ops::Range<u64>, tag: &str| -> String {
         range
-            .map(|i| format!(r#"{{"tag":"{tag}","data":{{"seq":{i}}}}}"#) + "\n")
+            .map(|i| {
+                format!(r#"{{"ts":1,"id":"x","name":"test","tag":"{tag}","data":{{"seq":{i}}}}}"#)
+                    + "\n"
+            })
             .collect()
     };
     fs::write(&path, text(0..3000, "first")).expect("write");
@@ -624,7 +627,7 @@ fn rotated_names_never_sort_before_existing_ones() {
 fn a_line_with_a_raw_newline_stays_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = NotificationLog::open(config(dir.path())).expect("open");
-    log.append("{\"id\":\"d\",\n\"data\":{\"seq\":0}}".to_string());
+    log.append("{\"ts\":1,\"id\":\"d\",\"name\":\"test\",\n\"data\":{\"seq\":0}}".to_string());
     log.append(String::new());
     log.append(line(1));
     log.shutdown();

@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use time::Date;
@@ -108,14 +108,11 @@ impl Writer {
                             let _ = self.write_pending();
                             continue;
                         }
-                        match commands.recv_timeout(due - now) {
-                            Ok(command) => command,
-                            Err(RecvTimeoutError::Timeout) => {
-                                let _ = self.write_pending();
-                                continue;
-                            }
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
+                        // Parked rather than waiting on the channel, so appending under
+                        // load wakes nobody (a futex wake per line cost more than the line);
+                        // flush and shutdown requests unpark the thread.
+                        std::thread::park_timeout(due - now);
+                        continue;
                     }
                 }
             };

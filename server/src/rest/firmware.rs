@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::firmware::{describe, is_sha256_hex, UploadError};
 use crate::store::{FirmwareRecord, User};
 use crate::{access, clock, AppState};
+use protocol::rest::Scope;
 
 /// Metadata of an upload, from the query or from multipart fields (PROTOCOL §10.1).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -227,6 +228,7 @@ pub async fn upload(
     Query(meta): Query<UploadMeta>,
     req: Request,
 ) -> Result<Json<FirmwareObject>, ApiError> {
+    caller.require(Scope::Deploy)?;
     let record = receive_upload(&state, &caller.user, meta, req).await?;
     Ok(Json(firmware_object(&record)))
 }
@@ -271,6 +273,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     visible_firmware(&state, &caller.user, &id).await?;
+    caller.require(Scope::Deploy)?;
     let scope = (!caller.user.admin).then_some(caller.user.id.as_str());
     if state.store.delete_firmware(&id, scope).await? {
         if let Err(e) = state.firmware_files.remove(&id) {
@@ -309,7 +312,7 @@ async fn image_caller_allowed(
         }
     }
     match Caller::resolve(state, credential).await? {
-        Some(user) if access::can_see_firmware(&user, owners) => Ok(()),
+        Some(caller) if access::can_see_firmware(&caller.user, owners) => Ok(()),
         Some(_) => Err(ApiError::not_found(format!(
             "firmware {} not found",
             record.id

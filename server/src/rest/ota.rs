@@ -67,10 +67,10 @@ pub async fn push(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let device = match state.store.device(&id).await? {
-        Some(device) if access::can_see(&caller.user, &device) => device,
+        Some(device) if caller.sees(&device, state.registry.is_online(&id)) => device,
         _ => return Err(ApiError::not_found(format!("device {id} not found"))),
     };
-    access::require_deploy(&caller.user, &device)?;
+    access::require_deploy(&caller, &device)?;
     if !state.registry.is_online(&id) {
         return Err(ApiError::unavailable(format!("device {id} is offline")));
     }

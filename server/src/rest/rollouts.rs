@@ -14,6 +14,7 @@ use crate::rest::Body;
 use crate::rollout::{self, Action};
 use crate::store::{FirmwareRecord, RolloutRecord, User};
 use crate::{access, AppState};
+use protocol::rest::Scope;
 
 /// `?devices=1` adds the per-device states.
 #[derive(Debug, Default, Deserialize)]
@@ -38,7 +39,8 @@ pub async fn create(
     let spec: RolloutSpec = serde_json::from_value(spec)
         .map_err(|e| ApiError::bad_request(format!("invalid rollout spec: {e}")))?;
     let dry_run = spec.dry_run;
-    let plan = rollout::plan(&state, &caller.user, spec).await?;
+    caller.require(Scope::Deploy)?;
+    let plan = rollout::plan(&state, &caller, spec).await?;
     if dry_run {
         let notes = plan.notes.clone();
         return Ok(Json(rollout::object(
@@ -142,6 +144,7 @@ async fn command(
     action: Action,
 ) -> Result<Json<RolloutObject>, ApiError> {
     visible_rollout(&state, &caller.user, &id).await?;
+    caller.require(Scope::Deploy)?;
     state.rollouts.control(&state, &id, action).await?;
     Ok(Json(show_object(&state, &caller.user, &id, false).await?))
 }
@@ -189,5 +192,6 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutObject>, ApiError> {
     let rollout = visible_rollout(&state, &caller.user, &id).await?;
-    Ok(Json(rollout::retry(&state, &caller.user, &rollout).await?))
+    caller.require(Scope::Deploy)?;
+    Ok(Json(rollout::retry(&state, &caller, &rollout).await?))
 }

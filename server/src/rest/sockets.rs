@@ -20,7 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::auth::Caller;
 use crate::hub::Event;
 use crate::registry::CallError;
-use crate::store::User;
 use crate::ws::{self, Socket, Upgrade};
 use crate::AppState;
 
@@ -40,7 +39,7 @@ pub async fn notify(State(state): State<AppState>, caller: Caller, mut req: Requ
     let events = state.hub.subscribe();
     let tasks = state.tasks.clone();
     upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
-        stream_notifications(state, socket, caller.user, events)
+        stream_notifications(state, socket, caller, events)
     })
 }
 
@@ -51,10 +50,11 @@ fn lagged_message(dropped: u64) -> Message {
 async fn stream_notifications(
     state: AppState,
     mut socket: Socket,
-    user: User,
+    caller: Caller,
     mut events: broadcast::Receiver<Arc<Event>>,
 ) {
     let policy = state.settings.notify_lag_policy;
+    let mut audience = Audience::new(caller);
     loop {
         let first = tokio::select! {
             // Closed in the second phase of a shutdown, after every device went offline:
@@ -62,7 +62,7 @@ async fn stream_notifications(
             _ = state.streams_shutdown.cancelled() => {
                 let drain = async {
                     while let Ok(event) = events.try_recv() {
-                        if event.device.visible_to(&user) && socket.feed(Message::Text(event.json.clone())).await.is_err() {
+                        if audience.admits(&state, &event).await && socket.feed(Message::Text(event.json.clone())).await.is_err() {
                             return;
                         }
                     }
@@ -83,9 +83,9 @@ async fn stream_notifications(
         let mut written = 0;
         while let Some(received) = next.take() {
             let message = match received {
-                Ok(event) => event
-                    .device
-                    .visible_to(&user)
+                Ok(event) => audience
+                    .admits(&state, &event)
+                    .await
                     .then(|| Message::Text(event.json.clone())),
                 Err(RecvError::Lagged(dropped)) => match policy {
                     LagPolicy::Notify => Some(lagged_message(dropped)),
@@ -130,7 +130,7 @@ pub async fn device_rpc(
     mut req: Request,
 ) -> Response {
     match state.store.device(&id).await {
-        Ok(Some(device)) if device.visible_to(&caller.user) => {}
+        Ok(Some(device)) if caller.sees(&device, state.registry.is_online(&id)) => {}
         Ok(_) => {
             return crate::error::ApiError::not_found(format!("device {id} not found"))
                 .into_response()
@@ -142,13 +142,12 @@ pub async fn device_rpc(
         Err(e) => return e.into_response(),
     };
     let tasks = state.tasks.clone();
-    let user = caller.user;
     upgrade.respond(ws::consumer_config(), &tasks, move |socket| {
-        device_rpc_session(state, socket, id, user)
+        device_rpc_session(state, socket, id, caller)
     })
 }
 
-async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, user: User) {
+async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, caller: Caller) {
     let mut splitter = FrameSplitter::new(state.settings.frame_buffer_bytes);
     // Calls under way at once on this socket; past it the socket is not read until one ends.
     let calls = Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT));
@@ -168,7 +167,7 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, use
                 }
             } => match event {
                 // The audience is checked per event: unsharing the device ends the feed.
-                Ok(event) if *event.device.id == *id && event.device.visible_to(&user) => {
+                Ok(event) if *event.device.id == *id && event.device.visible_to(&caller.user) => {
                     format!("{{\"method\":\"Dash.Console.Event\",\"params\":{}}}", event.json.as_str())
                 }
                 Ok(_) => continue,
@@ -206,7 +205,7 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, use
                     let Ok(permit) = calls.clone().acquire_owned().await else { return };
                     let state = state.clone();
                     let id = id.clone();
-                    let user = user.clone();
+                    let caller = caller.clone();
                     let replies_tx = replies_tx.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
@@ -215,7 +214,7 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, use
                         // device unshared since the socket opened is not reachable any more,
                         // and OTA.* needs deploy rights (PROTOCOL §11).
                         let allowed = match state.store.device(&id).await {
-                            Ok(Some(device)) if device.visible_to(&user) => crate::access::check_rpc(&user, &device, &method),
+                            Ok(Some(device)) if caller.sees(&device, state.registry.is_online(&id)) => crate::access::check_rpc(&caller, &device, &method),
                             Ok(_) => Err(crate::error::ApiError::not_found(format!("device {id} not found"))),
                             Err(e) => Err(crate::error::ApiError::from(e)),
                         };
@@ -247,5 +246,46 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, use
         if socket.send(Message::text(outgoing)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Which events a notify consumer gets: its user's devices (PROTOCOL §5), and for a key
+/// limited to some devices (PROTOCOL §11) only those its filter matches. A device's match
+/// is looked up once and again whenever the device changes (`created`, `updated`).
+struct Audience {
+    caller: Caller,
+    matches: std::collections::HashMap<Arc<str>, bool>,
+}
+
+impl Audience {
+    fn new(caller: Caller) -> Audience {
+        Audience {
+            caller,
+            matches: std::collections::HashMap::new(),
+        }
+    }
+
+    async fn admits(&mut self, state: &AppState, event: &Event) -> bool {
+        if !event.device.visible_to(&self.caller.user) {
+            return false;
+        }
+        if self.caller.devices.is_none() {
+            return true;
+        }
+        let changed = matches!(&*event.name, "created" | "updated");
+        if let Some(known) = self.matches.get(&event.device.id).filter(|_| !changed) {
+            return *known;
+        }
+        let admitted = match state.store.device(&event.device.id).await {
+            Ok(Some(device)) => self
+                .caller
+                .sees(&device, state.registry.is_online(&device.id)),
+            _ => false,
+        };
+        if self.matches.len() > 100_000 {
+            self.matches.clear();
+        }
+        self.matches.insert(event.device.id.clone(), admitted);
+        admitted
     }
 }

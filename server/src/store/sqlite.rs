@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use tokio::sync::oneshot;
 
 use protocol::firmware::{DeviceState, RolloutSpec, RolloutState};
+use protocol::rest::Scope;
 
 use super::{
     ApiKey, DeviceRecord, FirmwareRecord, NewDevice, RolloutDeviceRecord, RolloutRecord,
@@ -115,6 +116,12 @@ CREATE TABLE retired_devices (
     retired_at REAL NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN scope TEXT;
+ALTER TABLE api_keys ADD COLUMN devices TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_at REAL;
+"#,
 ];
 
 const DEVICE_COLUMNS: &str = "id, name, user_id, shared_with, created_at, last_seen, info, shadow";
@@ -137,6 +144,8 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per pooled reader: a read waits for a free connection.
+    reader_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// How often the WAL is folded into the database, off the writer thread.
@@ -191,6 +200,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(Mutex::new(readers)),
+            reader_slots: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
     }
 
@@ -243,20 +253,28 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // A read waits for one of the pooled connections. Opening a temporary one when
+        // the pool ran dry cost a schema parse per read under load, and the page caches of
+        // thousands of such connections made the server's memory climb with each wave of
+        // reconnecting devices.
+        let permit = self
+            .reader_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().pop();
             let conn = match pooled {
                 Some(conn) => conn,
-                // Pool exhausted under load: a temporary extra reader beats queueing.
+                // A connection lost to a failed job: open its replacement.
                 None => open_connection(&path, Durability::Process)?,
             };
             let result = job(&conn);
-            let mut pool = readers.lock();
-            if pool.len() < READERS {
-                pool.push(conn);
-            }
+            readers.lock().push(conn);
             result
         })
         .await
@@ -411,12 +429,21 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
+const KEY_COLUMNS: &str =
+    "k.id, k.user_id, k.created_at, k.last_used, k.name, k.scope, k.devices, k.expires_at";
+
+/// A key row (columns [`KEY_COLUMNS`]); an unknown stored scope reads as the narrowest.
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let scope: Option<String> = row.get(5)?;
     Ok(ApiKey {
         id: row.get(0)?,
         user_id: row.get(1)?,
         created_at: row.get(2)?,
         last_used: row.get(3)?,
+        name: row.get(4)?,
+        scope: scope.map(|s| Scope::parse(&s).unwrap_or(Scope::Read)),
+        devices: row.get(6)?,
+        expires_at: row.get(7)?,
     })
 }
 
@@ -634,24 +661,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_key(
-        &self,
-        id: &str,
-        user_id: &str,
-        key_hash: &str,
-        now: f64,
-    ) -> Result<ApiKey, StoreError> {
-        let (id, user_id, key_hash) = (id.to_string(), user_id.to_string(), key_hash.to_string());
+    async fn create_key(&self, key: ApiKey, key_hash: &str) -> Result<ApiKey, StoreError> {
+        let key_hash = key_hash.to_string();
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO api_keys (id, user_id, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, user_id, key_hash, now],
+                "INSERT INTO api_keys (id, user_id, key_hash, created_at, name, scope, devices, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    key.id,
+                    key.user_id,
+                    key_hash,
+                    key.created_at,
+                    key.name,
+                    key.scope.map(Scope::as_str),
+                    key.devices,
+                    key.expires_at
+                ],
             )?;
             Ok(ApiKey {
-                id,
-                user_id,
-                created_at: now,
                 last_used: None,
+                ..key
             })
         })
         .await
@@ -661,18 +690,18 @@ impl Store for SqliteStore {
         let key_hash = key_hash.to_string();
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(
-                    "SELECT k.id, k.user_id, k.created_at, k.last_used, u.id, u.name, u.admin, u.created_at
-                     FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?1",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS}, u.id, u.name, u.admin, u.created_at
+                     FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?1"
+                ))?
                 .query_row([key_hash], |row| {
                     Ok((
                         key_from_row(row)?,
                         User {
-                            id: row.get(4)?,
-                            name: row.get(5)?,
-                            admin: row.get::<_, i64>(6)? != 0,
-                            created_at: row.get(7)?,
+                            id: row.get(8)?,
+                            name: row.get(9)?,
+                            admin: row.get::<_, i64>(10)? != 0,
+                            created_at: row.get(11)?,
                         },
                     ))
                 })
@@ -684,9 +713,9 @@ impl Store for SqliteStore {
     async fn list_keys(&self, user_id: &str) -> Result<Vec<ApiKey>, StoreError> {
         let user_id = user_id.to_string();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, user_id, created_at, last_used FROM api_keys WHERE user_id = ?1 ORDER BY created_at, id",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.user_id = ?1 ORDER BY k.created_at, k.id"
+            ))?;
             let keys = stmt
                 .query_map([user_id], key_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -306,22 +306,36 @@ pub fn spawn_binary(
     dir: &std::path::Path,
     listen: &str,
 ) -> (std::process::Child, String) {
+    spawn_binary_with(bin, dir, listen, &[]).0
+}
+
+/// [`spawn_binary`] with more arguments; also returns what the server printed before its
+/// address.
+pub fn spawn_binary_with(
+    bin: &str,
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+) -> ((std::process::Child, String), Vec<String>) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(bin)
         .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut before = Vec::new();
     let addr = loop {
         let line = lines.next().expect("server printed its address").unwrap();
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
+        before.push(line);
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    ((child, addr), before)
 }
