@@ -10,6 +10,7 @@ pub mod analytics;
 pub mod device;
 pub mod help;
 pub mod input;
+pub mod keymap;
 pub mod model;
 pub mod notifications;
 pub mod palette;
@@ -90,6 +91,8 @@ impl ConsoleOptions {
 pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
     let client = profile.client().map_err(crate::cli::Failure::usage)?;
+    // A config mistake is said before the screen is taken, never papered over.
+    let theme = Theme::from_config(&profile.theme).map_err(crate::cli::Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),
@@ -97,6 +100,7 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     };
     let options = ConsoleOptions {
         notification_log: profile.log.clone(),
+        theme,
         ..ConsoleOptions::from_env()
     };
     run_console(client, info, options).await

@@ -556,3 +556,36 @@ async fn rows_are_marked_stale_while_the_server_is_out_of_reach() {
     assert!(success && restored);
     server.shutdown().await;
 }
+
+/// The `[theme]` table of the config file: a mistake is refused before the screen is
+/// taken, naming the entry; a good one is drawn with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_theme_from_the_config_is_checked_before_the_screen() {
+    let server = TestServer::start().await;
+    let config = server.dir.path().join("themed.toml");
+    let env = |config: &std::path::Path| {
+        [
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+            ("HERD_CONFIG", config.display().to_string()),
+        ]
+    };
+    std::fs::write(&config, "[theme]\nonline = \"neon green\"\n").expect("write");
+    let mut pty = Pty::spawn(&[], &env(&config), server.dir.path());
+    pty.wait_for("the refusal", |s| s.contains("[theme] online"))
+        .await;
+    let (success, restored) = pty.exit().await;
+    assert!(!success && restored);
+
+    std::fs::write(
+        &config,
+        "[theme]\nonline = \"bold bright green\"\nstale = \"italic #d0a020\"\n",
+    )
+    .expect("write");
+    let mut pty = Pty::spawn(&[], &env(&config), server.dir.path());
+    pty.wait_for("the fleet", |s| s.contains("● live")).await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}
