@@ -3,6 +3,7 @@
 
 mod commands;
 mod firmware;
+mod history;
 mod keys;
 mod ota;
 mod report;
@@ -313,6 +314,9 @@ pub enum Command {
     /// A usage report over the server's notification log: fleet, connectivity, usage,
     /// firmware or rpc, as a table or as CSV, JSON or Parquet.
     Report(report::ReportArgs),
+    /// A device as it was at a time (default: now): its connection, firmware and shadow,
+    /// and a timeline of what changed, rebuilt from the notification log.
+    History(history::HistoryArgs),
     /// Firmware images: signing keys, upload, list, delete (PROTOCOL §10.1, §10.4).
     /// Wherever a firmware id is taken, a unique prefix of at least 8 characters will do.
     Firmware {
@@ -417,6 +421,9 @@ async fn run(args: Args) -> CommandResult {
     if let Command::Report(report) = command {
         return report::run(&profile, report).await;
     }
+    if let Command::History(history) = command {
+        return history::run(&profile, history).await;
+    }
     let client = profile.client().map_err(Failure::usage)?;
     match command {
         Command::Devices { json } => commands::devices(&client, json).await,
@@ -485,6 +492,6 @@ async fn run(args: Args) -> CommandResult {
         Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
-        Command::Demo { .. } | Command::Report(_) => Ok(()),
+        Command::Demo { .. } | Command::Report(_) | Command::History(_) => Ok(()),
     }
 }

@@ -30,6 +30,7 @@
 pub mod cli;
 pub mod demo;
 pub mod fleet;
+pub mod history;
 pub mod lines;
 pub mod logsource;
 pub mod profile;

@@ -6,7 +6,7 @@ mod cli_support;
 use std::process::Stdio;
 
 use cli_support::common::{SimDevice, TestServer, WAIT};
-use cli_support::{herd, run};
+use cli_support::{herd, run, Output};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -628,5 +628,69 @@ async fn keys_with_a_scope_and_an_expiry() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = run(herd(&server, &read), &["devices"]).await;
     assert_eq!(out.code, 4, "a deleted key is refused: {}", out.stderr);
+    server.shutdown().await;
+}
+
+/// `herd history`: the device as the log says it was at a time, by name.
+#[tokio::test]
+async fn history_rebuilds_a_device_at_a_time() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    server.create_device("porch").await;
+    let set = |on: bool| {
+        let update = if on {
+            r#"{"on": true}"#
+        } else {
+            r#"{"on": false}"#
+        };
+        let (server, key) = (&server, &key);
+        async move { run(herd(server, key), &["shadow", "set", "porch", update]).await }
+    };
+    assert_eq!(set(true).await.code, 0);
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert_eq!(set(false).await.code, 0);
+
+    // The log is written behind the replies: ask until it holds the second change.
+    let desired_on = |out: &Output| {
+        let state: Value = serde_json::from_str(&out.stdout).expect("json");
+        state["object"]["shadow"]["state"]["desired"]["on"].clone()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = run(herd(&server, &key), &["history", "porch", "--json"]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if desired_on(&out) == json!(false) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", out.stdout);
+    }
+    let at = format!("{between}");
+    let out = run(
+        herd(&server, &key),
+        &["history", "porch", "--at", &at, "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(desired_on(&out), json!(true), "{}", out.stdout);
+
+    // The same from the log files, as people read it.
+    let log = server.dir.path().to_string_lossy().to_string();
+    let out = run(
+        herd(&server, &key),
+        &["history", "por", "--at", &at, "--log", &log],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("porch ("), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(r#"desired      {"on":true}"#),
+        "{}",
+        out.stdout
+    );
+    let out = run(herd(&server, &key), &["history", "attic"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
     server.shutdown().await;
 }
