@@ -42,6 +42,8 @@ mod follow;
 pub mod generate;
 mod log;
 pub mod names;
+#[cfg(feature = "query")]
+pub mod query;
 mod report;
 mod scan;
 

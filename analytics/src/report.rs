@@ -6,11 +6,11 @@
 //! device), and returned as Polars [`DataFrame`]s that the console draws and the exports
 //! write.
 
-mod connectivity;
+pub(crate) mod connectivity;
 mod firmware;
 mod fleet;
 mod rpc;
-mod usage;
+pub(crate) mod usage;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -319,7 +319,7 @@ pub(crate) struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
-    fn new(log: &'a Log, request: &'a ReportRequest) -> Result<Scope<'a>, Error> {
+    pub(crate) fn new(log: &'a Log, request: &'a ReportRequest) -> Result<Scope<'a>, Error> {
         let seconds = |s: f64| -> Result<i64, Error> {
             let us = (s * US as f64).round();
             if us.is_finite() && us.abs() < 9.0e18 {

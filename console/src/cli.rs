@@ -6,6 +6,8 @@ mod firmware;
 mod history;
 mod keys;
 mod ota;
+#[cfg(feature = "query")]
+mod query;
 mod report;
 mod rollout;
 mod tail;
@@ -317,6 +319,10 @@ pub enum Command {
     /// A device as it was at a time (default: now): its connection, firmware and shadow,
     /// and a timeline of what changed, rebuilt from the notification log.
     History(history::HistoryArgs),
+    /// Ad-hoc SQL (Polars SQL) over the notification log's tables: events, sessions,
+    /// switches, shadow_reported; as a table or as CSV, JSON or Parquet.
+    #[cfg(feature = "query")]
+    Query(query::QueryArgs),
     /// Firmware images: signing keys, upload, list, delete (PROTOCOL §10.1, §10.4).
     /// Wherever a firmware id is taken, a unique prefix of at least 8 characters will do.
     Firmware {
@@ -424,6 +430,10 @@ async fn run(args: Args) -> CommandResult {
     if let Command::History(history) = command {
         return history::run(&profile, history).await;
     }
+    #[cfg(feature = "query")]
+    if let Command::Query(query) = command {
+        return query::run(&profile, query).await;
+    }
     let client = profile.client().map_err(Failure::usage)?;
     match command {
         Command::Devices { json } => commands::devices(&client, json).await,
@@ -493,5 +503,7 @@ async fn run(args: Args) -> CommandResult {
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
         Command::Demo { .. } | Command::Report(_) | Command::History(_) => Ok(()),
+        #[cfg(feature = "query")]
+        Command::Query(_) => Ok(()),
     }
 }

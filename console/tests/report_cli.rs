@@ -1116,3 +1116,60 @@ async fn reports_over_the_servers_log() {
         out.stderr
     );
 }
+
+/// `herd query`: SQL over the log's tables agrees with `herd report`, in every format.
+#[cfg(feature = "query")]
+#[test]
+fn query_agrees_with_the_usage_report() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+    let query = |args: &[&str]| {
+        let mut all = vec!["query"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--log", "notification.log"]);
+        run(herd(path), &all)
+    };
+    let out = query(&[
+        "SELECT id, SUM(CASE WHEN \"on\" THEN 1 ELSE 0 END) AS switch_ons FROM switches \
+         GROUP BY id ORDER BY id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // lamp: off, on, off, on, off: two switch-ons; porch: off, on: one.
+    assert_eq!(out.text(), "id,switch_ons\nlamp,2\nporch,1\n");
+    let report = run(
+        herd(path),
+        &words("report usage --format csv --log notification.log"),
+    );
+    let (header, rows) = csv(&report.text());
+    let ons = header
+        .iter()
+        .position(|h| h == "switch_ons")
+        .expect("column");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r[0].as_str(), r[ons].as_str()))
+            .collect::<Vec<_>>(),
+        [("lamp", "2"), ("porch", "1")]
+    );
+
+    let out = query(&[
+        "SELECT id, COUNT(*) AS sessions FROM sessions GROUP BY id ORDER BY id",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.json(),
+        serde_json::json!([{"id": "lamp", "sessions": 1}, {"id": "porch", "sessions": 1}])
+    );
+
+    // A query Polars refuses is a usage error that says why; the tables are listed.
+    let out = query(&["SELECT * FROM nowhere"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("the query failed"), "{}", out.stderr);
+    let out = run(herd(path), &["query", "--tables"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("switches"), "{}", out.stdout);
+}
