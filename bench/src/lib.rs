@@ -26,6 +26,7 @@
 pub mod client;
 pub mod consumer;
 pub mod driver;
+pub mod flood;
 pub mod latency;
 pub mod ota;
 pub mod procfs;
