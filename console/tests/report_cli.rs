@@ -1171,5 +1171,5 @@ fn query_agrees_with_the_usage_report() {
     assert!(out.stderr.contains("the query failed"), "{}", out.stderr);
     let out = run(herd(path), &["query", "--tables"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("switches"), "{}", out.stdout);
+    assert!(out.text().contains("switches"), "{}", out.text());
 }
