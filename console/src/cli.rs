@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use herd_client::Error as ClientError;
 
 use crate::profile::{Overrides, Profile};
 
@@ -76,81 +75,7 @@ Firmware updates (PROTOCOL §10; ids may be shortened to 8 or more characters):
     exit_codes!()
 );
 
-/// The exit codes listed in [`EXIT_CODES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Success = 0,
-    Failure = 1,
-    Usage = 2,
-    Unreachable = 3,
-    Unauthorized = 4,
-    NotFound = 5,
-    Conflict = 6,
-    Device = 7,
-    ReadOnly = 8,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
-    }
-}
-
-/// A failed command: what to print and which code to exit with.
-#[derive(Debug)]
-pub struct Failure {
-    pub exit: Exit,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Failure {
-            exit,
-            message: message.into(),
-        }
-    }
-
-    pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(Exit::Usage, message)
-    }
-
-    pub fn read_only(what: &str) -> Self {
-        Self::new(
-            Exit::ReadOnly,
-            format!("refusing to {what}: this profile is read-only"),
-        )
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(error: ClientError) -> Self {
-        let exit = match &error {
-            e if e.is_connection() => Exit::Unreachable,
-            ClientError::Api {
-                device: Some(_), ..
-            } => Exit::Device,
-            e if e.is_unauthorized() => Exit::Unauthorized,
-            ClientError::Api { status: 404, .. } => Exit::NotFound,
-            ClientError::Api { status: 409, .. } => Exit::Conflict,
-            ClientError::Api {
-                status: 503 | 504, ..
-            } => Exit::Device,
-            ClientError::InvalidUrl { .. } => Exit::Usage,
-            _ => Exit::Failure,
-        };
-        Failure::new(exit, error.to_string())
-    }
-}
-
-impl From<crate::profile::ProfileError> for Failure {
-    fn from(error: crate::profile::ProfileError) -> Self {
-        Failure::usage(error.to_string())
-    }
-}
-
-pub type CommandResult = Result<(), Failure>;
+pub use crate::exit::{CommandResult, Exit, Failure};
 
 /// Connection options every command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -348,6 +273,7 @@ pub enum Command {
     },
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
+    #[cfg(feature = "demo")]
     Demo {
         /// How many simulated devices.
         #[arg(long, default_value_t = 50)]
@@ -406,6 +332,7 @@ async fn run(args: Args) -> CommandResult {
         let profile = Profile::resolve(&overrides)?;
         return crate::tui::run(profile, args.console_log).await;
     };
+    #[cfg(feature = "demo")]
     if let Command::Demo { devices, speedup } = command {
         return crate::demo::run(
             crate::demo::DemoOptions { devices, speedup },
@@ -502,7 +429,9 @@ async fn run(args: Args) -> CommandResult {
         Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
-        Command::Demo { .. } | Command::Report(_) | Command::History(_) => Ok(()),
+        Command::Report(_) | Command::History(_) => Ok(()),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => Ok(()),
         #[cfg(feature = "query")]
         Command::Query(_) => Ok(()),
     }

@@ -28,7 +28,9 @@
 //! ```
 
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
+pub mod exit;
 pub mod fleet;
 pub mod history;
 pub mod lines;

@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 pub use model::{update, Command, Connection, Model, ModelOptions, Msg, ProfileInfo};
 pub use theme::Theme;
 
-use crate::cli::{CommandResult, Exit, Failure};
+use crate::exit::{CommandResult, Exit, Failure};
 use crate::profile::Profile;
 use crate::text::unix_now;
 
@@ -90,9 +90,9 @@ impl ConsoleOptions {
 /// Opens the console on `profile`'s server; returns when the operator quits.
 pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
-    let client = profile.client().map_err(crate::cli::Failure::usage)?;
+    let client = profile.client().map_err(Failure::usage)?;
     // A config mistake is said before the screen is taken, never papered over.
-    let theme = Theme::from_config(&profile.theme).map_err(crate::cli::Failure::usage)?;
+    let theme = Theme::from_config(&profile.theme).map_err(Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),
