@@ -187,6 +187,12 @@ async fn an_agent_holding_a_key_takes_only_signed_images() {
     })
     .await;
     assert!(!status.committed, "waits for OTA.Commit");
+    // The agent has its new socket; the server has it once the new image's report arrives
+    // over it (until then a call finds the device offline).
+    wait_connect_report(&mut events, &id, |reported| {
+        reported["ota"]["partition"] == 1
+    })
+    .await;
     // The key was recorded on the bench side, where the cloud cannot change it.
     let error = server
         .rpc(

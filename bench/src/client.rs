@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+pub mod mqtt;
+
 use crate::latency;
 use crate::shard::{Command, Event, LoadKind, PeerKind};
 use crate::unix_nanos;
@@ -284,6 +286,9 @@ struct Fleet {
 
 impl Fleet {
     async fn connect(&mut self, spec: ConnectSpec, tokens: Vec<String>) -> Result<Event> {
+        if spec.peer == PeerKind::Mqtt {
+            return self.connect_mqtt(spec, tokens).await;
+        }
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started + spec.timeout);
         let source: IpAddr = spec.source_ip.parse().context("source_ip")?;
@@ -333,8 +338,61 @@ impl Fleet {
             }
         }
         drop(attempts);
-        // Wait until every connected device is idle (or gone): the server's connect
-        // work must be over before memory is read.
+        Ok(self.await_idle(started, deadline, connected, failed).await)
+    }
+
+    /// [`Fleet::connect`] for MQTT clients of a broker: the tokens are client ids.
+    async fn connect_mqtt(&mut self, spec: ConnectSpec, tokens: Vec<String>) -> Result<Event> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + spec.timeout);
+        let source: IpAddr = spec.source_ip.parse().context("source_ip")?;
+        let target = mqtt::loopback_target(&spec.url)?;
+        if !source.is_loopback() {
+            bail!("source address {source} is not a loopback address");
+        }
+        let initial = initial_reported(spec.shadow_bytes);
+        let count = tokens.len();
+        self.devices = (0..count).map(|_| None).collect();
+        let mut attempts = futures_util::stream::iter(tokens.into_iter().enumerate())
+            .map(|(index, client_id)| async move {
+                let opened =
+                    tokio::time::timeout_at(deadline, mqtt::open(target, &client_id, source))
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow!("connect timed out")));
+                (index, client_id, opened)
+            })
+            .buffer_unordered(spec.concurrency);
+        let mut connected = 0;
+        let mut failed = 0;
+        while let Some((index, client_id, opened)) = attempts.next().await {
+            match opened {
+                Ok(stream) => {
+                    connected += 1;
+                    let (sender, receiver) = unbounded_channel();
+                    self.devices[index] = Some(sender);
+                    let device = mqtt::MqttDevice::new(self.shared.clone(), client_id, index == 0);
+                    self.shared.live.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(device.run(stream, receiver, initial.clone()));
+                }
+                Err(error) => {
+                    failed += 1;
+                    self.shared.note_error(format!("connect: {error:#}"));
+                }
+            }
+        }
+        drop(attempts);
+        Ok(self.await_idle(started, deadline, connected, failed).await)
+    }
+
+    /// Waits until every connected device is idle (or gone), bounded by `deadline`: the
+    /// peer's connect work must be over before memory is read.
+    async fn await_idle(
+        &self,
+        started: Instant,
+        deadline: tokio::time::Instant,
+        connected: usize,
+        failed: usize,
+    ) -> Event {
         loop {
             let notified = self.shared.changed.notified();
             let settled = self.shared.ready.load(Ordering::SeqCst)
@@ -350,14 +408,14 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Ok(Event::Connected {
+        Event::Connected {
             connected,
             failed,
             ready: self.shared.ready.load(Ordering::SeqCst),
             disconnected: self.shared.disconnected.load(Ordering::SeqCst),
             elapsed_ms: duration_ms(started.elapsed()),
             first_error,
-        })
+        }
     }
 
     async fn load(
@@ -674,7 +732,8 @@ impl Device {
                 };
                 Some(serde_json::json!({"id": id, "result": result}).to_string())
             }
-            PeerKind::Echo => {
+            // MQTT devices are `mqtt::MqttDevice`s and never get here.
+            PeerKind::Echo | PeerKind::Mqtt => {
                 let id = frame.id.as_ref().and_then(serde_json::Value::as_u64)?;
                 self.complete(id, None);
                 None

@@ -26,9 +26,28 @@ use crate::{parse_duration, unix_nanos};
 /// Which peers to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Targets {
+    /// herd-server and the echo peer.
     Both,
+    /// herd-server, the echo peer and mosquitto.
+    All,
     Server,
     Echo,
+    /// The mosquitto MQTT broker only.
+    Mosquitto,
+}
+
+impl Targets {
+    fn server(self) -> bool {
+        matches!(self, Targets::Both | Targets::All | Targets::Server)
+    }
+
+    fn echo(self) -> bool {
+        matches!(self, Targets::Both | Targets::All | Targets::Echo)
+    }
+
+    fn mosquitto(self) -> bool {
+        matches!(self, Targets::All | Targets::Mosquitto)
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +59,11 @@ pub struct RunArgs {
     /// echo-peer binary [default: echo-peer next to this binary]
     #[arg(long)]
     pub echo_bin: Option<PathBuf>,
+    /// mosquitto binary, a path or a name looked up on PATH and then in /usr/sbin
+    /// (where Debian's `apt-get install mosquitto` puts it). When it is not found the
+    /// mosquitto column says so and the rest of the run goes on.
+    #[arg(long, default_value = "mosquitto")]
+    pub mosquitto_bin: String,
     /// Which peers to measure.
     #[arg(long, value_enum, default_value = "both")]
     pub targets: Targets,
@@ -164,8 +188,9 @@ pub async fn run(args: RunArgs, command_line: String) -> Result<Report> {
         },
         server: None,
         echo: None,
+        mosquitto: None,
     };
-    if matches!(args.targets, Targets::Both | Targets::Server) {
+    if args.targets.server() {
         let mut target = TargetReport {
             name: "server".into(),
             ..TargetReport::default()
@@ -176,7 +201,7 @@ pub async fn run(args: RunArgs, command_line: String) -> Result<Report> {
         }
         report.server = Some(target);
     }
-    if matches!(args.targets, Targets::Both | Targets::Echo) {
+    if args.targets.echo() {
         let mut target = TargetReport {
             name: "echo".into(),
             ..TargetReport::default()
@@ -187,7 +212,48 @@ pub async fn run(args: RunArgs, command_line: String) -> Result<Report> {
         }
         report.echo = Some(target);
     }
+    if args.targets.mosquitto() {
+        let mut target = TargetReport {
+            name: "mosquitto".into(),
+            ..TargetReport::default()
+        };
+        match find_program(&args.mosquitto_bin) {
+            None => {
+                let why = format!(
+                    "not run: {} not found (Debian: apt-get install mosquitto)",
+                    args.mosquitto_bin
+                );
+                progress(&why);
+                target.skipped = Some(why);
+            }
+            Some(bin) => {
+                if let Err(error) = measure_mosquitto(&args, &bin, &mut target).await {
+                    progress(&format!("mosquitto run failed: {error:#}"));
+                    target.notes.push(format!("run aborted: {error:#}"));
+                }
+            }
+        }
+        report.mosquitto = Some(target);
+    }
     Ok(report)
+}
+
+/// `name` as given when it is a path, else the first match on PATH, then in /usr/sbin
+/// and /usr/local/sbin (not on an unprivileged user's PATH on Debian, but where its
+/// mosquitto package installs the broker).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return path.is_file().then_some(path);
+    }
+    let path_dirs = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 fn progress(message: &str) {
@@ -620,6 +686,242 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
     shard_set.close().await;
     let _ = child.kill().await;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// mosquitto
+
+async fn measure_mosquitto(args: &RunArgs, bin: &Path, report: &mut TargetReport) -> Result<()> {
+    let mut broker = MosquittoProcess::start(bin).await?;
+    progress(&format!(
+        "mosquitto pid {} on {} ({})",
+        broker.pid,
+        broker.address,
+        bin.display()
+    ));
+    report.notes.push(format!(
+        "{}: {}; config: {}",
+        bin.display(),
+        broker.version,
+        MosquittoProcess::CONFIG_SUMMARY
+    ));
+    report.notes.push(
+        "each device is an MQTT 3.1.1 client (clean session, keepalive 60 s) subscribed at QoS 1 to herd/<id>/shadow/delta; \
+         idle means its initial ~200-byte reported shadow, published at QoS 1 to herd/<id>/shadow/update, was PUBACKed; \
+         an update is a QoS 1 PUBLISH of {\"state\":{\"reported\":{\"seq\":N}}} to that topic and its round trip ends at the PUBACK"
+            .into(),
+    );
+    report.notes.push(
+        "not like for like: with persistence off mosquitto keeps nothing on disk and, with no subscriber on the update topic and no retained message, \
+         nothing of the shadow in memory either; its PUBACK says only that the broker took the message. \
+         herd-server answers an update after committing the shadow to SQLite."
+            .into(),
+    );
+    let outcome = mosquitto_phases(args, &mut broker, report).await;
+    report.notes.extend(broker.stop().await);
+    outcome
+}
+
+async fn mosquitto_phases(
+    args: &RunArgs,
+    broker: &mut MosquittoProcess,
+    report: &mut TargetReport,
+) -> Result<()> {
+    let (before, settled_before) = procfs::settle(broker.pid, Duration::from_secs(10)).await?;
+    let shards = args.shard_count();
+    // Source addresses on 127.0.2.x, clear of the ports the other peers' runs left in
+    // TIME_WAIT on 127.0.0.x.
+    let mut shard_set = Shards::spawn_in(2, shards, 2).await?;
+    let client_ids: Vec<String> = (0..args.devices)
+        .map(|i| format!("herd-bench-{i}"))
+        .collect();
+    let url = format!("mqtt://{}", broker.address);
+    let connect = shard_set
+        .connect(&url, &client_ids, PeerKind::Mqtt, args)
+        .await?;
+    report.connect = Some(connect.clone());
+    broker.check_alive()?;
+    let (after, settled_after) = procfs::settle(broker.pid, Duration::from_secs(30)).await?;
+    report.memory = Some(MemoryReport {
+        devices: connect.ready.max(1),
+        empty: None,
+        before,
+        after,
+        settled: settled_before && settled_after,
+    });
+    progress(&format!(
+        "mosquitto RSS {:.1} MiB -> {:.1} MiB with {} clients idle",
+        before.rss as f64 / 1048576.0,
+        after.rss as f64 / 1048576.0,
+        connect.ready
+    ));
+    if connect.ready != args.devices {
+        report.notes.push(format!(
+            "only {} of {} clients became idle; memory is divided by that count",
+            connect.ready, args.devices
+        ));
+    }
+    let mut ladder = Ladder::new(args.rate, RATE_RUNGS, args.max_rate);
+    while let Some((rate, at_target)) = ladder.next_rate() {
+        let duration = step_duration(args, at_target);
+        let (step, _) = update_step(
+            &mut shard_set,
+            broker.pid,
+            rate,
+            duration,
+            at_target,
+            args.step_p99_ms,
+        )
+        .await?;
+        progress(&format!("mosquitto update step {rate}/s: {}", step.verdict));
+        ladder.observe(step.pass);
+        report.rtt_steps.push(step);
+        broker.check_alive()?;
+        quiesce(broker.pid, report).await?;
+    }
+    if shard_set.disconnected > 0 {
+        report.notes.push(format!(
+            "{} MQTT connections were closed by the broker during the run",
+            shard_set.disconnected
+        ));
+    }
+    shard_set.close().await;
+    Ok(())
+}
+
+/// A mosquitto broker on a free loopback port, configured from a temporary directory.
+pub struct MosquittoProcess {
+    child: Child,
+    pub pid: u32,
+    pub address: String,
+    /// First line of `mosquitto -h`, e.g. `mosquitto version 2.0.11`.
+    pub version: String,
+    log_path: PathBuf,
+    /// Dropped last: removes the configuration and the log.
+    _dir: tempfile::TempDir,
+}
+
+impl MosquittoProcess {
+    /// What [`MosquittoProcess::config`] sets, for the report.
+    pub const CONFIG_SUMMARY: &'static str = "listener on 127.0.0.1, allow_anonymous true, persistence false, \
+         max_connections -1, set_tcp_nodelay true (as herd-server and the clients do), log_type error and warning to stderr";
+
+    /// The configuration file: the broker as a user would run it, minus everything that
+    /// would touch the disk while it is measured.
+    pub fn config(port: u16) -> String {
+        format!(
+            "# written by herd-bench\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             max_connections -1\n\
+             set_tcp_nodelay true\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n"
+        )
+    }
+
+    pub async fn start(bin: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("herd-bench-mosquitto-")
+            .tempdir()
+            .context("temp dir")?;
+        let version = tokio::process::Command::new(bin)
+            .arg("-h")
+            .output()
+            .await
+            .ok()
+            .and_then(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .next()
+                    .map(|line| line.trim().to_string())
+            })
+            .unwrap_or_else(|| "version unknown".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config_path = dir.path().join("mosquitto.conf");
+        std::fs::write(&config_path, Self::config(port)).context("writing mosquitto.conf")?;
+        let log_path = dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).context("mosquitto log file")?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("mosquitto exited at once"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "mosquitto exited during startup ({status}): {}",
+                    log_tail(&log_path)
+                );
+            }
+            if tokio::net::TcpStream::connect(&address).await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "mosquitto not listening on {address} within 10 s: {}",
+                    log_tail(&log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            child,
+            pid,
+            address,
+            version,
+            log_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => bail!("mosquitto exited ({status}): {}", log_tail(&self.log_path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// SIGTERM, wait for the exit, then quote what the broker logged.
+    pub async fn stop(mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            notes.push("mosquitto did not exit within 10 s of SIGTERM; killed".into());
+            let _ = self.child.kill().await;
+        }
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        notes.push(format!(
+            "mosquitto log (errors and warnings): {} lines",
+            lines.len()
+        ));
+        notes.extend(
+            lines
+                .iter()
+                .take(4)
+                .map(|line| format!("mosquitto log: `{}`", line.replace('`', "'"))),
+        );
+        notes
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1067,7 +1369,8 @@ fn log_tail(path: &Path) -> String {
 /// The client shard processes.
 struct Shards {
     shards: Vec<ShardProcess>,
-    /// Source address of shard `i` is 127.0.0.(first_host + i).
+    /// Source address of shard `i` is 127.0.subnet.(first_host + i).
+    subnet: u8,
     first_host: usize,
     /// Connected devices per shard, which decides each shard's share of a rate.
     connected: Vec<usize>,
@@ -1096,6 +1399,11 @@ struct LoadTotals {
 
 impl Shards {
     async fn spawn(count: usize, first_host: usize) -> Result<Self> {
+        Self::spawn_in(0, count, first_host).await
+    }
+
+    /// Shard `i` binds 127.0.`subnet`.(`first_host` + i).
+    async fn spawn_in(subnet: u8, count: usize, first_host: usize) -> Result<Self> {
         if first_host + count > 254 {
             bail!("too many shards for distinct 127.0.0.x source addresses");
         }
@@ -1122,6 +1430,7 @@ impl Shards {
         }
         Ok(Self {
             shards,
+            subnet,
             first_host,
             connected: vec![0; count],
             offsets: vec![0; count],
@@ -1151,7 +1460,7 @@ impl Shards {
                 .send(&Command::Connect {
                     url: url.to_string(),
                     tokens: tokens[start..end].to_vec(),
-                    source_ip: format!("127.0.0.{}", self.first_host + index),
+                    source_ip: format!("127.0.{}.{}", self.subnet, self.first_host + index),
                     peer,
                     shadow_bytes: args.shadow_bytes,
                     concurrency: args.connect_concurrency,

@@ -1,8 +1,10 @@
 //! Load and footprint benchmark for `herd-server`, measured side by side with a bare
-//! tokio-tungstenite echo peer on the same harness.
+//! tokio-tungstenite echo peer and, with `--targets all`, the mosquitto MQTT broker, on
+//! the same harness.
 //!
-//! The `herd-bench` binary is a driver: it starts the server (fresh data directory) and
-//! the `echo-peer` binary on loopback, creates devices over REST, and re-executes itself
+//! The `herd-bench` binary is a driver: it starts the server (fresh data directory), the
+//! `echo-peer` binary and mosquitto (generated configuration, [`driver::MosquittoProcess`])
+//! on loopback, creates devices over REST, and re-executes itself
 //! as client shard processes (`herd-bench client`) that hold the device sockets, because
 //! one process may not open more than about 20,000 files. The driver talks to its shards
 //! with one JSON object per line ([`shard::Command`] down, [`shard::Event`] up). It
@@ -10,7 +12,8 @@
 //!
 //! - memory per idle connected device (RSS and private memory growth, [`procfs`]),
 //! - `Dash.Shadow.Update` round trips under open-loop load ([`client`]), then the highest
-//!   rate that still passes,
+//!   rate that still passes; against mosquitto a QoS 1 PUBLISH of the same shadow
+//!   document until its PUBACK ([`client::mqtt`]),
 //! - notification fan-out to notify-stream consumers ([`consumer`]),
 //!
 //! and prints a table ([`report`]). Example, from the workspace root:
@@ -19,6 +22,7 @@
 //! cargo build --release -p herd-server -p herd-bench
 //! target/release/herd-bench --devices 19000 --markdown
 //! target/release/herd-bench --devices 500 --duration 3s --targets echo   # smoke test
+//! target/release/herd-bench --targets all --markdown   # also mosquitto (apt-get install mosquitto)
 //! ```
 //!
 //! All load goes to 127.0.0.0/8 only; every phase is bounded in count and time.

@@ -1,5 +1,6 @@
-//! `herd-bench`: drives herd-server and the echo peer over loopback and reports the
-//! results side by side; `herd-bench client` is the shard process it re-executes.
+//! `herd-bench`: drives herd-server, the echo peer and (with `--targets all`) mosquitto
+//! over loopback and reports the results side by side; `herd-bench client` is the shard
+//! process it re-executes.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -8,7 +9,7 @@ use herd_bench::driver::{self, RunArgs};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Benchmark herd-server device sockets against a tokio-tungstenite echo peer"
+    about = "Benchmark herd-server device sockets against a tokio-tungstenite echo peer and mosquitto"
 )]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {

@@ -14,6 +14,9 @@ pub struct Report {
     pub settings: Settings,
     pub server: Option<TargetReport>,
     pub echo: Option<TargetReport>,
+    /// Present only when asked for (`--targets all` or `mosquitto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mosquitto: Option<TargetReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,10 +92,14 @@ impl Machine {
     }
 }
 
-/// Everything measured against one peer (the server or the echo peer).
+/// Everything measured against one peer (the server, the echo peer or mosquitto).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct TargetReport {
     pub name: String,
+    /// Why the peer was not measured at all (mosquitto not installed), shown in every
+    /// cell of its column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     pub connect: Option<ConnectReport>,
     pub memory: Option<MemoryReport>,
     pub rtt_steps: Vec<StepReport>,
@@ -265,22 +272,28 @@ impl Report {
     pub fn markdown(&self) -> String {
         let s = &self.settings;
         let mut out = String::new();
-        let columns: Vec<(&str, Option<&TargetReport>)> = vec![
+        let mut columns: Vec<(&str, Option<&TargetReport>)> = vec![
             ("herd-server", self.server.as_ref()),
             ("tokio-tungstenite echo peer", self.echo.as_ref()),
         ];
-        let _ = writeln!(
-            out,
-            "| metric | target | {} | {} |",
-            columns[0].0, columns[1].0
-        );
-        let _ = writeln!(out, "|---|---|---|---|");
+        if let Some(mosquitto) = &self.mosquitto {
+            columns.push(("mosquitto (MQTT QoS 1)", Some(mosquitto)));
+        }
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let _ = writeln!(out, "| metric | target | {} |", names.join(" | "));
+        let _ = writeln!(out, "|---|---|{}", "---|".repeat(columns.len()));
         let mut row = |metric: String, target: &str, cell: &dyn Fn(&TargetReport) -> String| {
             let cells: Vec<String> = columns
                 .iter()
-                .map(|(_, report)| report.map(cell).unwrap_or_else(|| "not run".into()))
+                .map(|(_, report)| match report {
+                    None => "not run".into(),
+                    Some(report) => match &report.skipped {
+                        Some(why) => why.clone(),
+                        None => cell(report),
+                    },
+                })
                 .collect();
-            let _ = writeln!(out, "| {metric} | {target} | {} | {} |", cells[0], cells[1]);
+            let _ = writeln!(out, "| {metric} | {target} | {} |", cells.join(" | "));
         };
         let devices = thousands(s.devices as f64);
         row(
@@ -368,7 +381,7 @@ impl Report {
             ),
             "≥ 200,000/s",
             &|t| {
-                if t.name == "echo" {
+                if t.name != "server" {
                     "n/a (no fan-out)".into()
                 } else {
                     highest_cell(&t.fanout_steps, " deliveries/s")
@@ -379,7 +392,7 @@ impl Report {
             format!("fan-out latency at {fanout} deliveries/s: p50 / p99 / p99.9 / max"),
             "p99 ≤ 25 ms",
             &|t| {
-                if t.name == "echo" {
+                if t.name != "server" {
                     "n/a".into()
                 } else {
                     t.fanout_target()
@@ -435,6 +448,13 @@ impl Report {
             "Clients ({} shard processes, notify consumers in the driver) share the machine with the peer under test.",
             s.shards
         );
+        if self.mosquitto.as_ref().is_some_and(|m| m.skipped.is_none()) {
+            let _ = writeln!(
+                out,
+                "mosquitto: devices are MQTT 3.1.1 clients; an update is a QoS 1 PUBLISH of the same shadow document and its round trip ends at the PUBACK. \
+                 With persistence off the broker keeps nothing on disk, while herd-server commits every update to SQLite before answering."
+            );
+        }
         for (name, report) in &columns {
             let Some(report) = report else { continue };
             if report.notes.is_empty() {
@@ -566,6 +586,7 @@ mod tests {
             },
             server: Some(server),
             echo: None,
+            mosquitto: None,
         };
         let table = report.markdown();
         assert!(

@@ -12,6 +12,9 @@ pub enum PeerKind {
     Server,
     /// The echo peer: a frame that comes back with one of our ids is the reply.
     Echo,
+    /// An MQTT 3.1.1 broker (mosquitto): each device is an MQTT client, an update is a
+    /// QoS 1 PUBLISH and its PUBACK is the reply.
+    Mqtt,
 }
 
 /// Which frame a load phase sends.
@@ -31,7 +34,8 @@ pub enum Command {
     /// Open one socket per token and bring each device to idle: `Sys.GetInfo` answered
     /// (server only) and the initial shadow report acknowledged.
     Connect {
-        /// `ws://127.0.0.1:PORT/api/v2/rpc`; `?access_token=<token>` is appended.
+        /// `ws://127.0.0.1:PORT/api/v2/rpc`; `?access_token=<token>` is appended. For an
+        /// MQTT broker `mqtt://127.0.0.1:PORT`, and each token is the client id.
         url: String,
         tokens: Vec<String>,
         /// Local address to bind before connecting, so that each shard has its own

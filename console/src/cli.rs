@@ -3,6 +3,7 @@
 
 mod commands;
 mod firmware;
+mod flash;
 mod history;
 mod keys;
 mod ota;
@@ -36,6 +37,11 @@ Exit codes:
   7  the device is offline, did not reply, or returned an error; a firmware update
      (`herd ota push --wait`) failed or reverted
   8  refused by a read-only profile
+  9  `herd flash`: the image could not be read or built, or does not suit the board
+ 10  `herd flash`: no board answered on the port (or the ports cannot be listed)
+ 11  `herd flash`: writing the board's flash or resetting it failed
+ 12  `herd flash`: the board was flashed but the light did not come online with its
+     firmware in time (the device stays registered)
 
 `herd rollout show --watch` exits 0 when the rollout completed and 1 when it halted or
 was aborted.
@@ -70,6 +76,12 @@ Firmware updates (PROTOCOL §10; ids may be shortened to 8 or more characters):
   herd rollout create ... --start           the same, stored and started; prints its id
   herd rollout show ID --watch              until completed (0), halted or aborted (1)
   herd rollout pause|resume|abort|retry ID
+
+The Herd light on a board (ESP32-C3/C6):
+  herd flash --list-ports
+  herd flash --port /dev/ttyACM0 --name porch --wifi-ssid home --wifi-pass secret
+  herd flash --out porch.bin --chip esp32c3 --name porch   the whole image, no board
+  herd flash --monitor --port /dev/ttyACM0                 the board's serial log
 
 ",
     exit_codes!()
@@ -265,6 +277,10 @@ pub enum Command {
         #[command(subcommand)]
         command: rollout::RolloutSubcommand,
     },
+    /// Put the Herd light on an ESP32-C3/C6 board: register the device, write bootloader,
+    /// partition table, app and factory configuration, reset, and wait until it is online.
+    /// Also --list-ports, --out FILE (the whole flash image, no board) and --monitor.
+    Flash(flash::FlashArgs),
     /// API keys: a scope (read, operate, deploy, admin), a device filter, an expiry
     /// (PROTOCOL §11).
     Keys {
@@ -347,6 +363,12 @@ async fn run(args: Args) -> CommandResult {
     {
         return firmware::keygen(out, *json);
     }
+    // Listing ports and following a board's log need no server or profile.
+    if let Command::Flash(flash) = &command {
+        if !flash::needs_server(flash) {
+            return flash::run_local(flash).await;
+        }
+    }
     let mut overrides = args.connection.overrides();
     overrides.log = args.log;
     let profile = Profile::resolve(&overrides)?;
@@ -360,6 +382,9 @@ async fn run(args: Args) -> CommandResult {
     #[cfg(feature = "query")]
     if let Command::Query(query) = command {
         return query::run(&profile, query).await;
+    }
+    if let Command::Flash(flash) = command {
+        return flash::run(&profile, flash).await;
     }
     let client = profile.client().map_err(Failure::usage)?;
     match command {
@@ -429,7 +454,7 @@ async fn run(args: Args) -> CommandResult {
         Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
-        Command::Report(_) | Command::History(_) => Ok(()),
+        Command::Report(_) | Command::History(_) | Command::Flash(_) => Ok(()),
         #[cfg(feature = "demo")]
         Command::Demo { .. } => Ok(()),
         #[cfg(feature = "query")]

@@ -19,6 +19,10 @@ pub enum Exit {
     Conflict = 6,
     Device = 7,
     ReadOnly = 8,
+    Image = 9,
+    Board = 10,
+    FlashWrite = 11,
+    NotOnline = 12,
 }
 
 impl From<Exit> for ExitCode {

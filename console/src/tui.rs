@@ -7,6 +7,7 @@
 //! frame rather than one per notification, and keys are handled between batches.
 
 pub mod analytics;
+pub mod bench;
 pub mod device;
 pub mod help;
 pub mod input;
@@ -66,6 +67,8 @@ pub struct ConsoleOptions {
     pub notification_log: Vec<PathBuf>,
     /// Where the analytics view keeps parsed rotated log files between sessions.
     pub report_cache: Option<PathBuf>,
+    /// `dash.ca_cert` for lights the bench view flashes (the profile's CA, base64 DER).
+    pub bench_ca_cert: Option<String>,
 }
 
 impl ConsoleOptions {
@@ -83,6 +86,7 @@ impl ConsoleOptions {
             report_cache: std::env::var_os("HERD_REPORT_CACHE")
                 .map(PathBuf::from)
                 .or_else(|| herd_config::default_cache_dir("reports").ok()),
+            bench_ca_cert: None,
         }
     }
 }
@@ -98,9 +102,17 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         server: profile.server.clone(),
         read_only: profile.read_only,
     };
+    // The lights the bench flashes check a wss:// server against the CA this console
+    // trusts; the client has read the file already, so it is readable.
+    let bench_ca_cert = profile
+        .ca_cert
+        .as_ref()
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| crate::bench::ca_cert_from_file(&bytes).ok());
     let options = ConsoleOptions {
         notification_log: profile.log.clone(),
         theme,
+        bench_ca_cert,
         ..ConsoleOptions::from_env()
     };
     run_console(client, info, options).await
@@ -404,6 +416,13 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .map_err(Into::into),
             ),
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
+            Command::Bench(task) => {
+                let progress = sender.clone();
+                let send = move |msg: bench::Msg| {
+                    let _ = progress.try_send(Msg::Bench(msg));
+                };
+                Msg::Bench(bench::run(&client, task, send).await)
+            }
             // Handled by the loop itself, which owns the terminal and the analytics worker.
             Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
         };
@@ -536,6 +555,7 @@ pub async fn run_console(
         now: unix_now(),
         size,
     });
+    model.bench.ca_cert = options.bench_ca_cert.clone();
     // Keys travel apart from everything else and are read first, so a flood of
     // notifications queued ahead of a keypress cannot delay it.
     let (input_sender, mut input_receiver) = mpsc::channel::<Msg>(64);

@@ -1872,3 +1872,139 @@ fn esc_from_a_devices_tail_goes_back_to_the_device() {
     send(&mut model, key(KeyCode::Esc));
     assert_eq!(model.screen(), &Screen::Fleet);
 }
+
+// The bench view: ports, the new light's settings, a flash, then the new device's page.
+
+use herd_console::bench::provision::{Event, Provisioned};
+use herd_console::bench::{Chip, Port};
+use herd_console::tui::bench::{Msg as BenchMsg, Task};
+
+fn bench_ports() -> Vec<Port> {
+    vec![
+        Port {
+            name: "/dev/ttyACM0".into(),
+            kind: "usb 303a:1001 Espressif USB JTAG/serial debug unit".into(),
+            likely_board: true,
+        },
+        Port {
+            name: "/dev/ttyS0".into(),
+            kind: "pci".into(),
+            likely_board: false,
+        },
+    ]
+}
+
+fn open_bench(model: &mut herd_console::tui::Model) {
+    send(model, key(KeyCode::Char(':')));
+    chars(model, "bench");
+    let commands = send(model, key(KeyCode::Enter));
+    assert!(
+        matches!(commands.as_slice(), [Command::Bench(Task::ListPorts)]),
+        "{commands:?}"
+    );
+    assert_eq!(*model.screen(), Screen::Bench);
+    send(model, Msg::Bench(BenchMsg::Ports(Ok(bench_ports()))));
+}
+
+#[test]
+fn the_bench_flashes_the_chosen_port_and_opens_the_new_light() {
+    let mut model = loaded(3, false, (80, 24));
+    open_bench(&mut model);
+    // Flashing needs a name first: the name field opens.
+    assert!(send(&mut model, key(KeyCode::Char('f'))).is_empty());
+    chars(&mut model, "porch");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('w')));
+    chars(&mut model, "home");
+    send(&mut model, key(KeyCode::Tab));
+    send(&mut model, key(KeyCode::Char('p')));
+    chars(&mut model, "secret");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('i')));
+    chars(&mut model, "/srv/light/herd-light");
+    send(&mut model, key(KeyCode::Enter));
+    // Typed keys went to the fields, not to the view's own keys ('p', 'f', 'r'...).
+    assert_eq!(model.bench.name, "porch");
+    assert_eq!(model.bench.ssid, "home");
+    assert_eq!(model.bench.pass, "secret");
+    let commands = send(&mut model, key(KeyCode::Char('f')));
+    let [Command::Bench(Task::Flash(request))] = commands.as_slice() else {
+        panic!("a flash: {commands:?}")
+    };
+    assert_eq!(request.port.port, "/dev/ttyACM0");
+    assert_eq!(request.name, "porch");
+    assert_eq!(request.wifi, Some(("home".into(), "secret".into())));
+    assert_eq!(
+        request.image.as_deref(),
+        Some(std::path::Path::new("/srv/light/herd-light"))
+    );
+    assert!(model.bench.running);
+    // A second flash does not start while one runs.
+    assert!(send(&mut model, key(KeyCode::Char('f'))).is_empty());
+
+    send(
+        &mut model,
+        Msg::Bench(BenchMsg::Progress(Event::Connected(Chip::Esp32c3))),
+    );
+    send(
+        &mut model,
+        Msg::Bench(BenchMsg::Progress(Event::Writing {
+            segment: "ota_0".into(),
+            done: 300,
+            total: 1000,
+        })),
+    );
+    assert_eq!(model.bench.progress, (300, 1000));
+    assert_eq!(model.bench.step, "writing ota_0");
+    let commands = send(
+        &mut model,
+        Msg::Bench(BenchMsg::Done(Ok(Provisioned {
+            id: "0123456789abcdef01234567".into(),
+            name: "porch".into(),
+            port: "/dev/ttyACM0".into(),
+            chip: "esp32c3".into(),
+            app_version: "1.0.0".into(),
+            app_sha256: "ab".repeat(32),
+            online: true,
+            fw_version: Some("1.0.0".into()),
+            fw_id: Some("ab".repeat(32)),
+        }))),
+    );
+    assert!(!model.bench.running);
+    assert_eq!(
+        *model.screen(),
+        Screen::Device("0123456789abcdef01234567".into())
+    );
+    assert!(
+        matches!(commands.as_slice(), [Command::LoadDevice(id)] if id == "0123456789abcdef01234567")
+    );
+    // Back on the bench, the outcome stays.
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(*model.screen(), Screen::Bench);
+    assert!(matches!(model.bench.outcome, Some(Ok(_))));
+}
+
+#[test]
+fn a_read_only_profile_does_not_flash_and_a_failure_is_shown() {
+    let mut model = loaded(3, true, (80, 24));
+    open_bench(&mut model);
+    send(&mut model, key(KeyCode::Char('n')));
+    chars(&mut model, "porch");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(send(&mut model, key(KeyCode::Char('f'))).is_empty());
+    assert!(matches!(&model.bench.outcome, Some(Err(e)) if e.contains("read-only")));
+
+    let mut model = loaded(3, false, (80, 24));
+    open_bench(&mut model);
+    send(&mut model, key(KeyCode::Char('n')));
+    chars(&mut model, "porch");
+    send(&mut model, key(KeyCode::Enter));
+    assert_eq!(send(&mut model, key(KeyCode::Char('f'))).len(), 1);
+    let commands = send(
+        &mut model,
+        Msg::Bench(BenchMsg::Done(Err("cannot connect to /dev/ttyACM0".into()))),
+    );
+    assert!(commands.is_empty());
+    assert_eq!(*model.screen(), Screen::Bench);
+    assert!(!model.bench.running);
+}

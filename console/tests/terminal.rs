@@ -173,12 +173,15 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
     })
     .await
     .expect("fleet starts");
+    // A device is online before its first report: its light shows once that arrives.
     let screen = pty
-        .wait_for("both devices online", |s| {
+        .wait_for("both devices online, the first light reported", |s| {
             s.contains("2 devices 2 on")
                 && ["e2e-0000", "e2e-0001"]
                     .iter()
                     .all(|name| row(s, name).is_some_and(|line| line.contains("online")))
+                && row(s, "e2e-0000")
+                    .is_some_and(|line| line.contains(" off ") || line.contains(" on "))
         })
         .await;
     let line = row(&screen, "e2e-0000").expect("row");

@@ -561,3 +561,74 @@ fn help_scrolled_and_sorted_off_screen() {
         model
     });
 }
+
+// The bench: ports, the new light's settings, a flash under way and one that failed.
+
+use herd_console::bench::provision::Event;
+use herd_console::bench::Port;
+use herd_console::tui::bench::Msg as BenchMsg;
+
+fn bench_scene(size: (u16, u16)) -> herd_console::tui::Model {
+    let mut model = loaded(3, false, size);
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "bench");
+    send(&mut model, key(KeyCode::Enter));
+    let ports = vec![
+        Port {
+            name: "/dev/ttyACM0".into(),
+            kind: "usb 303a:1001 Espressif USB JTAG/serial debug unit".into(),
+            likely_board: true,
+        },
+        Port {
+            name: "/dev/ttyS0".into(),
+            kind: "pci".into(),
+            likely_board: false,
+        },
+    ];
+    send(&mut model, Msg::Bench(BenchMsg::Ports(Ok(ports))));
+    send(&mut model, key(KeyCode::Char('n')));
+    chars(&mut model, "porch");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('w')));
+    chars(&mut model, "home");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('p')));
+    chars(&mut model, "secret");
+    send(&mut model, key(KeyCode::Enter));
+    model
+}
+
+#[test]
+fn bench_view() {
+    snapshot("bench", bench_scene);
+    snapshot("bench_flashing", |size| {
+        let mut model = bench_scene(size);
+        send(&mut model, key(KeyCode::Char('f')));
+        send(
+            &mut model,
+            Msg::Bench(BenchMsg::Progress(Event::Registered {
+                id: "0123456789abcdef01234567".into(),
+            })),
+        );
+        send(
+            &mut model,
+            Msg::Bench(BenchMsg::Progress(Event::Writing {
+                segment: "ota_0".into(),
+                done: 420_000,
+                total: 1_000_000,
+            })),
+        );
+        model
+    });
+    snapshot("bench_failed", |size| {
+        let mut model = bench_scene(size);
+        send(&mut model, key(KeyCode::Char('f')));
+        send(
+            &mut model,
+            Msg::Bench(BenchMsg::Done(Err(
+                "cannot connect to /dev/ttyACM0: timed out waiting for the ROM loader".into(),
+            ))),
+        );
+        model
+    });
+}

@@ -59,6 +59,7 @@ pub mod stage {
 
 /// A stored firmware image (PROTOCOL §10.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FirmwareObject {
     /// The image's SHA-256, lowercase hex; the firmware's id.
     pub id: String,
@@ -98,6 +99,7 @@ pub struct FirmwareObject {
 /// Which devices a rollout is for: listed ids, a filter in the console's language, or
 /// both (ANDed) (PROTOCOL §10.5).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Selector {
     /// Device ids.
@@ -110,6 +112,7 @@ pub struct Selector {
 
 /// One wave: a share of the selected devices and how long to watch them afterwards.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct WaveSpec {
     /// Share of all selected devices, in percent; the waves' shares add up.
@@ -125,6 +128,7 @@ pub struct WaveSpec {
 
 /// Thresholds that halt a rollout (PROTOCOL §10.5).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct HaltWhen {
     /// Halt when the failures in a wave reach this share of the wave, in percent.
@@ -137,6 +141,7 @@ pub struct HaltWhen {
 
 /// Who commits the new image (PROTOCOL §10.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitPolicy {
     /// As soon as the device is back running the new image.
@@ -148,6 +153,7 @@ pub enum CommitPolicy {
 
 /// What happens to a device that is offline when its turn comes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OfflineThen {
     /// Give up on it (state `skipped`) after `wait_s`.
@@ -159,6 +165,7 @@ pub enum OfflineThen {
 
 /// The offline policy (PROTOCOL §10.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct OfflinePolicy {
     /// Seconds to wait for an offline device once its turn came.
@@ -178,6 +185,7 @@ impl Default for OfflinePolicy {
 
 /// How the image reaches a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// The server writes it with `OTA.Begin/Write/End` (PROTOCOL §10.2); every device can.
@@ -189,6 +197,7 @@ pub enum Delivery {
 
 /// `POST /rollouts` body (PROTOCOL §10.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// A name for people.
@@ -235,6 +244,7 @@ fn default_commit_timeout() -> u32 {
 
 /// A rollout's state (PROTOCOL §10.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Created, not started.
@@ -290,6 +300,7 @@ impl RolloutState {
 
 /// A device's state within a rollout (PROTOCOL §10.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
     /// Its turn has not come, or it is offline and waited for.
@@ -377,6 +388,7 @@ impl DeviceState {
 
 /// Devices by state; the body of every `rollout.*` event (PROTOCOL §10.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Counters {
     /// All devices of the rollout (or of the wave).
@@ -446,6 +458,7 @@ impl Counters {
 
 /// One wave of a rollout as planned and as it went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WaveStatus {
     /// Position, from 0.
     pub index: u32,
@@ -462,6 +475,7 @@ pub struct WaveStatus {
 
 /// One device of a rollout (`GET /rollouts/:id?devices=1`, and the dry-run plan).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutDevice {
     /// Device id.
     pub id: String,
@@ -494,6 +508,7 @@ pub struct RolloutDevice {
 
 /// A rollout (PROTOCOL §10.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutObject {
     /// Rollout id; empty in a dry run.
     pub id: String,

@@ -48,6 +48,7 @@ pub struct Frame {
 
 /// The `error` member of a reply: `{code, message}` (PROTOCOL §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RpcError {
     /// Error code; see [`crate::codes`]. Device codes are passed through unchanged.
     pub code: i64,
@@ -475,6 +476,21 @@ mod tests {
                 result,
                 error,
             })
+    }
+
+    /// Found by the `frame` fuzz target: an id too large for an integer is a float, and
+    /// the reply must carry the same number back (serde_json parses floats exactly only
+    /// with `float_roundtrip`).
+    #[test]
+    fn a_huge_numeric_id_is_echoed_as_the_same_number() {
+        let digits = "4".repeat(71);
+        let text = format!(r#"{{"id":{digits},"ret*":{{"app":44444444444}}}}"#);
+        let frame = Frame::from_slice(text.as_bytes()).expect("parses");
+        let again = Frame::from_slice(frame.to_json().as_bytes()).expect("parses again");
+        assert_eq!(again, frame);
+        let reply = Frame::reply_to(&frame, Value::Bool(true));
+        let sent: f64 = digits.parse().unwrap();
+        assert_eq!(reply.id.unwrap().as_f64(), Some(sent));
     }
 
     proptest! {

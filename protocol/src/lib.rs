@@ -25,7 +25,9 @@
 //! let reply = Frame::reply_to(&request, protocol::Value::Bool(true));
 //! assert_eq!(reply.to_json(), r#"{"id":7,"result":true}"#);
 //! ```
-#![no_std]
+// The `openapi` feature (host builds only) derives `utoipa::ToSchema`, whose generated code
+// needs std's prelude; the code itself stays `no_std` + `alloc` either way.
+#![cfg_attr(not(feature = "openapi"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,7 +35,7 @@ extern crate alloc;
 
 // Unit tests and proptest use std's macros (`vec!`, `format!`); the library itself
 // must not, so std is linked only for tests.
-#[cfg(test)]
+#[cfg(all(test, not(feature = "openapi")))]
 #[macro_use]
 extern crate std;
 

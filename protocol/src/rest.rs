@@ -10,8 +10,11 @@ use alloc::string::String;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::frame::RpcError;
+
 /// Every non-2xx body: `{"error": {"code", "message"}}` (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error itself.
     pub error: ErrorDetail,
@@ -19,12 +22,16 @@ pub struct ErrorBody {
 
 /// The `error` member of [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// The HTTP status.
     pub code: u16,
     /// Human-readable text.
     #[serde(default)]
     pub message: String,
+    /// The device's own `{code, message}` when an RPC proxied to it failed (PROTOCOL §6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<RpcError>,
 }
 
 impl ErrorBody {
@@ -34,6 +41,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                device: None,
             },
         }
     }
@@ -41,6 +49,7 @@ impl ErrorBody {
 
 /// `POST /devices` body: `{"name"?, "id"?}` (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct NewDevice {
     /// Display name.
@@ -48,12 +57,14 @@ pub struct NewDevice {
     pub name: Option<String>,
     /// Caller-chosen device id; otherwise the server generates one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$"))]
     pub id: Option<String>,
 }
 
 /// `POST`/`PUT /devices/:id` body: any of `{"name", "shared_with", "shadow"}`
 /// (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct DeviceChange {
     /// New display name.
@@ -70,15 +81,19 @@ pub struct DeviceChange {
 
 /// `POST /user/add` body (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewUser {
     /// User name; the user id is `email_<name>`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9_.@+-]{1,64}$"))]
     pub name: String,
     /// Password in clear; stored as a bcrypt hash.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub pass: String,
 }
 
 /// `POST /logs` body: `{"start"?, "limit"?}` (PROTOCOL §6, §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct LogsQuery {
     /// Offset of the first stored notification to return.
@@ -91,6 +106,7 @@ pub struct LogsQuery {
 
 /// What an API key may do (PROTOCOL §11), each scope including the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Every GET, the notify stream and `POST /logs`.
@@ -126,6 +142,7 @@ impl Scope {
 
 /// `POST /keys` body (PROTOCOL §11); every field is optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct NewKey {
     /// A name for people.
@@ -139,12 +156,14 @@ pub struct NewKey {
     pub devices: Option<String>,
     /// RFC 3339 time after which the key is refused (401).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub expires_at: Option<String>,
 }
 
 /// An API key: `{id, user_id, created_at, last_used}` (PROTOCOL §6) with its scope, device
 /// filter and expiry (§11), plus `token` once, on creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyObject {
     /// Key id.
     pub id: String,
@@ -175,6 +194,7 @@ pub struct KeyObject {
 
 /// A device as the API shows it (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceObject {
     /// Device id.
     pub id: String,
@@ -214,6 +234,7 @@ pub struct DeviceObject {
 
 /// A user as the API shows it (PROTOCOL §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserObject {
     /// `email_<name>`.
     pub id: String,

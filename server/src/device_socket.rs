@@ -27,8 +27,22 @@ use crate::registry::{CallError, DeviceConn, Out, Pending};
 use crate::store::{DeviceRecord, StoreError};
 use crate::ws::{self, Socket, Upgrade};
 use crate::{ops, AppState};
+use protocol::rest::ErrorBody;
 
 /// `GET /api/v2/rpc`: authenticates the device token before upgrading (401 otherwise).
+#[utoipa::path(
+    get, path = "/rpc", tag = "streams", operation_id = "device_connect",
+    responses(
+        (status = 101, description = "WebSocket: the device's JSON-RPC connection (PROTOCOL §1)"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 429, description = "The device is quarantined for exceeding its limits", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until it may connect again"))),
+    ),
+    security(("bearer" = []), ("access_token" = []), ("basic" = [])),
+    description = "The device connection. The credential is the device's token: Bearer, `?access_token=`, or the user name of Basic (`wss://TOKEN@host/...`).",
+)]
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
     let token = match auth::credential(req.headers(), req.uri().query()) {
         Some(Credential::Token(token)) => token,
@@ -85,6 +99,24 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     })
 }
 
+/// `GET /api/v1/rpc`: the same device connection under the path older firmware uses.
+#[utoipa::path(
+    get, path = "/api/v1/rpc", tag = "streams", operation_id = "device_connect_v1",
+    responses(
+        (status = 101, description = "WebSocket: the device's JSON-RPC connection (PROTOCOL §1)"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 429, description = "The device is quarantined for exceeding its limits", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until it may connect again"))),
+    ),
+    security(("bearer" = []), ("access_token" = []), ("basic" = [])),
+    description = "The device connection. The credential is the device's token: Bearer, `?access_token=`, or the user name of Basic (`wss://TOKEN@host/...`).",
+)]
+pub async fn upgrade_v1(state: State<AppState>, req: Request) -> Response {
+    upgrade(state, req).await
+}
+
 /// 429 with `Retry-After` for a device held off (see [`crate::guard`]).
 fn quarantined(held: &crate::guard::Quarantine) -> Response {
     let seconds = held
@@ -105,22 +137,38 @@ fn quarantined(held: &crate::guard::Quarantine) -> Response {
     response
 }
 
-/// Runs one device connection to its end.
+/// Sets up one device connection, then hands it to a task of its own for the rest of its
+/// life.
+///
+/// A task is as large as its future's largest state, and an async fn keeps its arguments
+/// for as long as it runs, so the long-lived task is started with the session alone: an
+/// idle device costs the session and its wait, not the one-off steps of connecting.
 async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
-    let conn = ops::connect::run(&state, &device, origin).await;
-    let mut session = Session {
+    let conn = Box::pin(ops::connect::run(&state, &device, origin)).await;
+    let session = Session {
         splitter: FrameSplitter::new(state.settings.frame_buffer_bytes),
         state: state.clone(),
-        conn: conn.clone(),
+        conn,
         socket,
         last_delta: None,
         delta_request: None,
         id: device.id.as_str().into(),
         budget: crate::guard::Budget::new(&state.settings),
     };
+    state.device_tasks.spawn(live(Box::new(session)));
+}
+
+/// Runs a connected device's session to its end.
+async fn live(mut session: Box<Session>) {
     let reason = session.run().await;
-    tracing::debug!(device = %device.id, %reason, "device disconnected");
-    ops::disconnect::run(&state, &conn).await;
+    let (state, conn, id) = (
+        session.state.clone(),
+        session.conn.clone(),
+        session.id.clone(),
+    );
+    drop(session);
+    tracing::debug!(device = %id, %reason, "device disconnected");
+    Box::pin(ops::disconnect::run(&state, &conn)).await;
 }
 
 /// Pings every device each period and closes those that missed too many pongs (PROTOCOL §1).
@@ -172,7 +220,7 @@ impl Session {
             let flow = tokio::select! {
                 biased;
                 _ = self.state.shutdown.cancelled() => {
-                    self.close(CloseCode::Away, "server shutting down").await;
+                    Box::pin(self.close(CloseCode::Away, "server shutting down")).await;
                     return "server shutting down".into();
                 }
                 // Handlers are boxed so that an idle connection's task holds only the small
@@ -487,5 +535,30 @@ fn store_error(e: StoreError) -> (i64, String) {
             tracing::error!(error = %other, "store failure on a device request");
             (protocol::codes::INTERNAL, "internal error".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, F>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle device holds one `live` task for as long as it is connected; the task's
+    /// future must stay the session's wait, not grow with the one-off steps around it (it
+    /// was 1.9 KB before the session got a task of its own).
+    #[test]
+    fn an_idle_device_task_stays_small() {
+        let live = future_size(live);
+        let run = future_size(|s: &mut Session| s.run());
+        assert!(live <= 512, "live future {live} bytes");
+        assert!(run <= 384, "Session::run future {run} bytes");
+        assert!(
+            std::mem::size_of::<Session>() <= 768,
+            "Session {} bytes",
+            std::mem::size_of::<Session>()
+        );
     }
 }

@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use protocol::frame::RpcError;
-use serde_json::json;
+use protocol::rest::ErrorBody;
 
 use crate::store::StoreError;
 
@@ -71,14 +71,12 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.status.as_u16(), "message": self.message});
-        if let Some(device) = self.device_error {
-            error["device"] = json!({"code": device.code, "message": device.message});
-        }
         if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), message = %error["message"], "request failed");
+            tracing::warn!(status = self.status.as_u16(), message = %self.message, "request failed");
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        let mut body = ErrorBody::new(self.status.as_u16(), self.message);
+        body.error.device = self.device_error;
+        (self.status, axum::Json(body)).into_response()
     }
 }
 

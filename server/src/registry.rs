@@ -138,8 +138,9 @@ impl DeviceConn {
     pub fn take_pending(&self, id: u64) -> Option<Pending> {
         let mut pending = self.pending.lock();
         let taken = pending.remove(&id);
-        if pending.is_empty() && pending.capacity() > 16 {
-            pending.shrink_to_fit();
+        if pending.is_empty() && pending.capacity() > 0 {
+            // An idle connection should own nothing: most hold one call at a time.
+            *pending = HashMap::new();
         }
         taken
     }

@@ -2,81 +2,40 @@
 //! socket (§1), the notify stream (§5) and the per-device RPC socket.
 
 pub mod firmware;
+pub mod openapi;
 pub mod ota;
 pub mod rollouts;
 pub mod sockets;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::rest::{
-    DeviceChange, DeviceObject, KeyObject, LogsQuery, NewDevice, NewKey, NewUser, Scope, UserObject,
+    DeviceChange, DeviceObject, ErrorBody, KeyObject, LogsQuery, NewDevice, NewKey, NewUser, Scope,
+    UserObject,
 };
 use protocol::shadow::Update;
 use protocol::Value;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::access::{self, require_owner};
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::registry::CallError;
 use crate::store::{ApiKey, DeviceRecord};
-use crate::{clock, device_socket, notification_log, ops, AppState};
+use crate::{clock, notification_log, ops, AppState};
 
-/// Builds the whole HTTP surface.
+/// Builds the whole HTTP surface from the table in [`openapi::routes`].
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
-    let api = Router::new()
-        .route("/rpc", get(device_socket::upgrade))
-        .route("/notify", get(sockets::notify))
-        .route("/devices", get(list_devices).post(create_device))
-        .route(
-            "/devices/{id}",
-            get(get_device)
-                .post(change_device)
-                .put(change_device)
-                .delete(delete_device),
-        )
-        .route("/devices/{id}/shadow", get(get_shadow).post(post_shadow))
-        .route("/devices/{id}/rpc", get(sockets::device_rpc))
-        .route("/devices/{id}/release", post(release_device))
-        .route("/devices/{id}/rpc/{method}", get(rpc_proxy).post(rpc_proxy))
-        .route(
-            "/devices/{id}/ota",
-            post(ota::push).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/firmware",
-            get(firmware::list)
-                .post(firmware::upload)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/firmware/{id}",
-            get(firmware::get).delete(firmware::delete),
-        )
-        .route("/firmware/{id}/image", get(firmware::image))
-        .route("/rollouts", get(rollouts::list).post(rollouts::create))
-        .route("/rollouts/{id}", get(rollouts::show))
-        .route("/rollouts/{id}/start", post(rollouts::start))
-        .route("/rollouts/{id}/pause", post(rollouts::pause))
-        .route("/rollouts/{id}/resume", post(rollouts::resume))
-        .route("/rollouts/{id}/abort", post(rollouts::abort))
-        .route("/rollouts/{id}/retry", post(rollouts::retry))
-        .route("/keys", get(list_keys).post(create_key))
-        .route("/keys/{id}", axum::routing::delete(delete_key))
-        .route("/user/add", post(add_user))
-        .route("/logs", post(logs));
-    Router::new()
-        .nest("/api/v2", api)
-        .route("/api/v1/rpc", get(device_socket::upgrade))
-        .route("/healthz", get(healthz))
+    let (routes, _) = openapi::routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -94,18 +53,58 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// `GET /healthz` (PROTOCOL §6 has no body for it; monitors read `status`).
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `failing` when the store cannot write.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// Devices connected now.
+    devices_online: usize,
+    /// The store.
+    store: HealthStore,
+    /// The notification log.
+    notification_log: HealthLog,
+}
+
+/// The store's part of [`Health`].
+#[derive(Serialize, ToSchema)]
+pub struct HealthStore {
+    /// `running`, or `stopped` when it cannot write.
+    writer: &'static str,
+    /// Store jobs that panicked since the start.
+    failed_jobs: u64,
+}
+
+/// The notification log's part of [`Health`].
+#[derive(Serialize, ToSchema)]
+pub struct HealthLog {
+    /// Times the log writer was restarted after a failure.
+    writer_restarts: u64,
+}
+
 /// `GET /healthz`: 200 while the server can do its work, 503 when its store cannot write.
+#[utoipa::path(
+    get, path = "/healthz", tag = "server",
+    security(()),
+    responses(
+        (status = 200, description = "The server can do its work", body = Health),
+        (status = 503, description = "The store cannot write", body = Health),
+    ),
+)]
 async fn healthz(State(state): State<AppState>) -> Response {
     let writing = state.store.writes_possible();
-    let body = json!({
-        "status": if writing { "ok" } else { "failing" },
-        "devices_online": state.registry.len(),
-        "store": {
-            "writer": if writing { "running" } else { "stopped" },
-            "failed_jobs": crate::store::sqlite::job_panics(),
+    let body = Health {
+        status: if writing { "ok" } else { "failing" },
+        devices_online: state.registry.len(),
+        store: HealthStore {
+            writer: if writing { "running" } else { "stopped" },
+            failed_jobs: crate::store::sqlite::job_panics(),
         },
-        "notification_log": {"writer_restarts": state.hub.log().restarts()},
-    });
+        notification_log: HealthLog {
+            writer_restarts: state.hub.log().restarts(),
+        },
+    };
     let status = if writing {
         StatusCode::OK
     } else {
@@ -132,6 +131,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
         serde_json::from_slice(&bytes)
             .map(|v| Body(Some(v)))
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Path parameters, like `axum::extract::Path`, but refused with the error envelope of
+/// PROTOCOL §6 (axum's own rejection is plain text), e.g. for `%FF` in an id.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
+    }
+}
+
+/// The query string, like `axum::extract::Query`, but refused with the error envelope of
+/// PROTOCOL §6, e.g. for `?commit_timeout=soon`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
     }
 }
 
@@ -168,6 +197,13 @@ fn valid_device_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
+#[utoipa::path(
+    get, path = "/devices", tag = "devices",
+    responses(
+        (status = 200, description = "The devices visible to the caller", body = Vec<DeviceObject>),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+    ),
+)]
 async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,6 +217,18 @@ async fn list_devices(
     ))
 }
 
+#[utoipa::path(
+    post, path = "/devices", tag = "devices",
+    request_body(content = Option<NewDevice>, description = "Name and id, both optional; an empty body is allowed"),
+    responses(
+        (status = 200, description = "The new device, with its token (shown only now)", body = DeviceObject),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope or device filter does not allow this", body = ErrorBody),
+        (status = 409, description = "A device with this id exists or existed", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 async fn create_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -220,6 +268,15 @@ async fn create_device(
     Ok(Json(state.device_object(&device, Some(&token))))
 }
 
+#[utoipa::path(
+    get, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    responses(
+        (status = 200, description = "The device", body = DeviceObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+    ),
+)]
 async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,6 +286,20 @@ async fn get_device(
     Ok(Json(state.device_object(&device, None)))
 }
 
+#[utoipa::path(
+    post, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    request_body(content = Option<DeviceChange>, description = "Any of name, shared_with and a shadow update"),
+    responses(
+        (status = 200, description = "The device as changed", body = DeviceObject),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+        (status = 409, description = "The shadow update names a version the shadow is not at", body = ErrorBody),
+        (status = 413, description = "The body, or the shadow it would make, is too large", body = ErrorBody),
+    ),
+)]
 async fn change_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -269,6 +340,40 @@ async fn change_device(
     Ok(Json(state.device_object(&device, None)))
 }
 
+/// `PUT /devices/:id`: the same as `POST`.
+#[utoipa::path(
+    put, operation_id = "replace_device", path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    request_body(content = Option<DeviceChange>, description = "Any of name, shared_with and a shadow update"),
+    responses(
+        (status = 200, description = "The device as changed", body = DeviceObject),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+        (status = 409, description = "The shadow update names a version the shadow is not at", body = ErrorBody),
+        (status = 413, description = "The body, or the shadow it would make, is too large", body = ErrorBody),
+    ),
+)]
+async fn replace_device(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    body: Body<DeviceChange>,
+) -> Result<Json<DeviceObject>, ApiError> {
+    change_device(state, caller, id, body).await
+}
+
+#[utoipa::path(
+    delete, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    responses(
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+    ),
+)]
 async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -285,6 +390,16 @@ async fn delete_device(
 
 /// `POST /devices/:id/release`: lets a quarantined device back in before its cool-down
 /// ends (the owner or the admin, with `operate`).
+#[utoipa::path(
+    post, path = "/devices/{id}/release", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    responses(
+        (status = 200, description = "Whether the device was quarantined", content_type = "application/json", body = bool),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope or device filter does not allow this, or the caller is not the owner", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+    ),
+)]
 async fn release_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -296,6 +411,15 @@ async fn release_device(
     Ok(Json(Value::Bool(ops::release::run(&state, &device))))
 }
 
+#[utoipa::path(
+    get, path = "/devices/{id}/shadow", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    responses(
+        (status = 200, description = "The shadow document with its delta", body = openapi::ShadowDocument),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+    ),
+)]
 async fn get_shadow(
     State(state): State<AppState>,
     caller: Caller,
@@ -305,6 +429,20 @@ async fn get_shadow(
     Ok(Json(device.shadow.to_document_with_delta()))
 }
 
+#[utoipa::path(
+    post, path = "/devices/{id}/shadow", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    request_body(content = openapi::ShadowUpdate, description = "A shadow update (PROTOCOL §4.1)"),
+    responses(
+        (status = 200, description = "The shadow document after the update", body = openapi::ShadowDocument),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this write (`desired.ota` needs `deploy`)", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+        (status = 409, description = "The update names a version the shadow is not at", body = ErrorBody),
+        (status = 413, description = "The body, or the shadow it would make, is too large", body = ErrorBody),
+    ),
+)]
 async fn post_shadow(
     State(state): State<AppState>,
     caller: Caller,
@@ -342,6 +480,24 @@ pub fn call_error(error: CallError, id: &str, method: &str, timeout_ms: u64) -> 
     }
 }
 
+/// `POST /devices/:id/rpc/:method`: calls `method` on the device with the body as params and
+/// answers its result (PROTOCOL §6).
+#[utoipa::path(
+    post, path = "/devices/{id}/rpc/{method}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1"), ("method" = String, Path, description = "RPC method, such as `Sys.GetInfo`")),
+    request_body(content = Option<Object>, description = "The call's params; may be empty"),
+    responses(
+        (status = 200, description = "The device's `result`, verbatim", body = Value),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this call, or the device refused it with 403", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller, or the device has no such method", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "The device returned an error; its `{code, message}` is in `error.device`", body = ErrorBody),
+        (status = 503, description = "The device is offline, or went away before replying", body = ErrorBody),
+        (status = 504, description = "The device did not reply in time", body = ErrorBody),
+    ),
+)]
 async fn rpc_proxy(
     State(state): State<AppState>,
     caller: Caller,
@@ -354,6 +510,31 @@ async fn rpc_proxy(
         .await
         .map(Json)
         .map_err(|e| call_error(e, &id, &method, state.settings.rpc_timeout_ms))
+}
+
+/// `GET /devices/:id/rpc/:method`: the same call as `POST`, as mDash clients also send it.
+#[utoipa::path(
+    get, operation_id = "rpc_proxy_get", path = "/devices/{id}/rpc/{method}", tag = "devices",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1"), ("method" = String, Path, description = "RPC method, such as `Sys.GetInfo`")),
+        responses(
+        (status = 200, description = "The device's `result`, verbatim", body = Value),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key's scope does not allow this call, or the device refused it with 403", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller, or the device has no such method", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "The device returned an error; its `{code, message}` is in `error.device`", body = ErrorBody),
+        (status = 503, description = "The device is offline, or went away before replying", body = ErrorBody),
+        (status = 504, description = "The device did not reply in time", body = ErrorBody),
+    ),
+)]
+async fn rpc_proxy_get(
+    state: State<AppState>,
+    caller: Caller,
+    path: Path<(String, String)>,
+    body: Body<Value>,
+) -> Result<Json<Value>, ApiError> {
+    rpc_proxy(state, caller, path, body).await
 }
 
 fn key_object(key: &ApiKey, token: Option<&str>) -> KeyObject {
@@ -370,6 +551,13 @@ fn key_object(key: &ApiKey, token: Option<&str>) -> KeyObject {
     }
 }
 
+#[utoipa::path(
+    get, path = "/keys", tag = "keys",
+    responses(
+        (status = 200, description = "The caller's API keys (without their secrets)", body = Vec<KeyObject>),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+    ),
+)]
 async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
@@ -402,6 +590,17 @@ pub async fn issue_key(
 
 /// `POST /keys` (PROTOCOL §11): a key never gets more than the key that makes it, a scope
 /// no wider and a device filter no looser.
+#[utoipa::path(
+    post, path = "/keys", tag = "keys",
+    request_body(content = Option<NewKey>, description = "Name, scope, device filter and expiry, all optional"),
+    responses(
+        (status = 200, description = "The new key, with its secret in `token` (shown only now)", body = KeyObject),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The scope asked for is wider than the caller's", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -462,6 +661,16 @@ async fn create_key(
 
 /// `DELETE /keys/:id`: one of the caller's keys, and never one that may do more than the
 /// caller's own.
+#[utoipa::path(
+    delete, path = "/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "The key may do more than the caller's own", body = ErrorBody),
+        (status = 404, description = "The caller has no such key", body = ErrorBody),
+    ),
+)]
 async fn delete_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -493,13 +702,25 @@ pub fn valid_user_name(name: &str) -> bool {
 }
 
 /// `POST /user/add` answers with the user and the API key created for it, shown once.
-#[derive(Serialize)]
-struct NewUserResponse {
+#[derive(Serialize, ToSchema)]
+pub struct NewUserResponse {
     #[serde(flatten)]
     user: UserObject,
     api_key: String,
 }
 
+#[utoipa::path(
+    post, path = "/user/add", tag = "keys",
+    request_body(content = NewUser, description = "Name and password"),
+    responses(
+        (status = 200, description = "The new user, with an API key for it (shown only now)", body = NewUserResponse),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Only the administrator, with an `admin` key, may add users", body = ErrorBody),
+        (status = 409, description = "A user with this name exists", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 async fn add_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -546,6 +767,18 @@ const LOGS_MAX_LIMIT: u64 = 10_000;
 
 /// `POST /logs`: stored notifications from an offset (the index of a notification in the
 /// whole rotated log, PROTOCOL §7). The next offset to ask for is in `X-Herd-Next-Offset`.
+#[utoipa::path(
+    post, path = "/logs", tag = "server",
+    request_body(content = Option<LogsQuery>, description = "Offset and count, both optional"),
+    responses(
+        (status = 200, description = "Stored notifications of the caller's devices from that offset",
+            body = Vec<Object>,
+            headers(("x-herd-next-offset" = u64, description = "The offset to ask for next"))),
+        (status = 400, description = "The body is not valid JSON or not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 async fn logs(
     State(state): State<AppState>,
     caller: Caller,

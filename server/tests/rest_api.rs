@@ -72,6 +72,47 @@ async fn three_auth_forms_and_clear_401s() {
     server.shutdown().await;
 }
 
+/// Found by the API fuzzer (scripts/api-fuzz): a query string or a path parameter that does
+/// not parse was refused with axum's plain-text 400, not the JSON envelope of PROTOCOL §6.
+#[tokio::test]
+async fn malformed_query_and_path_get_the_error_envelope() {
+    let server = TestServer::start().await;
+    let (id, _) = server.create_device("lamp").await;
+    let cases: Vec<(&str, String)> = vec![
+        ("POST", format!("/devices/{id}/ota?commit_timeout=-1")),
+        ("POST", format!("/devices/{id}/ota?commit_timeout=soon")),
+        ("GET", "/rollouts?devices=1&devices=2".into()),
+        ("GET", "/rollouts/r1?devices=1&devices=2".into()),
+        ("POST", "/firmware?app=a&app=b".into()),
+        ("GET", "/devices/%FF".into()),
+        ("DELETE", "/keys/%C0%AF".into()),
+        ("POST", format!("/devices/{id}/rpc/%FF")),
+        ("GET", "/firmware/%FE/image".into()),
+    ];
+    for (method, path) in cases {
+        let resp = server
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{}", server.base, path),
+            )
+            .bearer_auth(&server.admin_key)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        assert_envelope(status, &body);
+    }
+    // The same parameters, well formed, are accepted.
+    let (status, body) = server.call("GET", "/rollouts?devices=1", None).await;
+    assert_eq!(status, 200, "{body}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_requests_get_the_error_envelope() {
     let server = TestServer::start_with(|s| s.max_body_bytes = 4096).await;

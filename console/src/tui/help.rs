@@ -96,6 +96,15 @@ fn screen_keys(model: &Model) -> &'static [(&'static str, &'static str)] {
             ("A", "abort: pending devices are skipped (asks first)"),
             ("R", "retry the failed devices in a new rollout"),
         ],
+        Screen::Bench => &[
+            ("↑↓", "choose the board's serial port; r lists them again"),
+            (
+                "n w p i",
+                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
+            ),
+            ("f ⏎", "register, flash, reset, wait until online, open it"),
+            ("o", "open the light just flashed"),
+        ],
         Screen::NewRollout => &[
             ("Tab ⇧Tab", "next / previous field"),
             ("↑↓", "choose the firmware; move between fields"),

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::analytics::{self, AnalyticsView};
+use super::bench::{self, Bench};
 use super::device::{desired_update, DeviceView, Editor, Pane, Part, RpcDialog, RpcFocus};
 use super::input::LineInput;
 use super::notifications::{Tail, TailFilter, Term};
@@ -123,6 +124,8 @@ pub enum Msg {
     Analytics(analytics::Event),
     /// A firmware or rollout call answered (boxed: rollout objects are large).
     Rollouts(Box<rollouts::Reply>),
+    /// The bench view's ports and flash progress.
+    Bench(bench::Msg),
 }
 
 impl From<rollouts::Reply> for Msg {
@@ -188,6 +191,8 @@ pub enum Command {
     Analytics(analytics::Request),
     /// A firmware or rollout call; answers with [`Msg::Rollouts`].
     Rollouts(rollouts::Request),
+    /// Ports or a flash for the bench view; answers with [`Msg::Bench`].
+    Bench(bench::Task),
     Quit,
 }
 
@@ -207,6 +212,8 @@ pub enum Screen {
     NewRollout,
     /// What bulk actions and RPC calls answered.
     Results,
+    /// Flashing a board on the bench.
+    Bench,
 }
 
 /// What the one-line prompt is asking for.
@@ -327,6 +334,7 @@ pub struct Model {
     pub device: Option<DeviceView>,
     pub analytics: AnalyticsView,
     pub rollouts: RolloutList,
+    pub bench: Bench,
     pub rollout_page: Option<RolloutPage>,
     pub new_rollout: Option<NewRollout>,
     /// Each device's latest firmware update, from `ota.*` events (PROTOCOL §10.6).
@@ -370,6 +378,7 @@ impl Model {
             device: None,
             analytics: AnalyticsView::default(),
             rollouts: RolloutList::default(),
+            bench: Bench::default(),
             rollout_page: None,
             new_rollout: None,
             ota: HashMap::new(),
@@ -928,6 +937,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             Vec::new()
         }
         Msg::Rollouts(reply) => rollouts::reply(model, *reply),
+        Msg::Bench(msg) => bench::reply(model, msg),
         Msg::Paste(text) => {
             model.dirty = true;
             paste(model, &text);
@@ -1010,7 +1020,7 @@ fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
             let rows = results::list_rows(model.size);
             model.results.move_by(step, rows);
         }
-        Screen::Device(_) | Screen::NewRollout => {}
+        Screen::Device(_) | Screen::NewRollout | Screen::Bench => {}
     }
     Vec::new()
 }
@@ -1033,6 +1043,9 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     // The form takes every key: its fields are typed into.
     if *model.screen() == Screen::NewRollout {
         return rollouts::form_key(model, key);
+    }
+    if *model.screen() == Screen::Bench && model.bench.editing != bench::Field::None {
+        return bench::key(model, key);
     }
     match key.code {
         KeyCode::Char(':') => {
@@ -1057,6 +1070,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Rollout(_) => rollouts::page_key(model, key),
         Screen::NewRollout => rollouts::form_key(model, key),
         Screen::Results => results::key(model, key),
+        Screen::Bench => bench::key(model, key),
     }
 }
 
@@ -1300,6 +1314,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Notifications => model.go_to(Screen::Notifications),
         PaletteCommand::Analytics => model.go_to(Screen::Analytics),
         PaletteCommand::Rollouts => return rollouts::open_list(model),
+        PaletteCommand::Bench => return bench::open(model),
         PaletteCommand::Device(query) => {
             let id = match resolve_device(model, &query) {
                 Ok(id) => id,

@@ -22,6 +22,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "",
         "firmware rollouts: progress, pause, resume, abort (also :rollout)",
     ),
+    ("bench", "", "flash a light onto a board on a serial port"),
     (
         "device",
         "NAME",
@@ -66,6 +67,7 @@ pub enum PaletteCommand {
     Notifications,
     Analytics,
     Rollouts,
+    Bench,
     Device(String),
     Filter(String),
     Sort(Sort),
@@ -100,6 +102,7 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         "notifications" | "notify" | "events" | "tail" | "n" => Ok(PaletteCommand::Notifications),
         "analytics" | "report" | "reports" | "a" => Ok(PaletteCommand::Analytics),
         "rollouts" | "rollout" | "updates" => Ok(PaletteCommand::Rollouts),
+        "bench" | "flash" => Ok(PaletteCommand::Bench),
         "device" | "d" => {
             if rest.is_empty() {
                 Err(":device needs a name or an id".into())

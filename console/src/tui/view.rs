@@ -1,6 +1,7 @@
 //! Drawing: a pure function of the [`Model`]. Tables build only the rows that fit.
 
 mod analytics;
+mod bench;
 mod rollouts;
 
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -61,6 +62,7 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
         },
         Screen::NewRollout => rollouts::render_form(frame, model, theme, body),
         Screen::Results => super::results::render(frame, model, theme, body),
+        Screen::Bench => bench::render(frame, model, theme, body),
     }
     render_footer(frame, model, theme, footer);
     match &model.overlay {
@@ -191,6 +193,7 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
                     .map(|r| super::rollouts::rollout_name(r).to_string());
                 crumbs.push(name.unwrap_or_else(|| id.clone()));
             }
+            Screen::Bench => crumbs.push("Bench".into()),
             Screen::NewRollout => {
                 crumbs.push("New rollout".into());
                 if let Some(form) = &model.new_rollout {
@@ -426,6 +429,13 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ]);
             hints
         }
+        Screen::Bench => vec![
+            ("↑↓", "port"),
+            ("n w p i", "name, Wi-Fi, pass, image"),
+            ("f", "flash"),
+            ("r", "ports"),
+            ("Esc", "back"),
+        ],
         Screen::NewRollout => match model.new_rollout.as_ref().map(|f| &f.stage) {
             Some(super::rollouts::FormStage::Plan { .. }) => {
                 vec![("⏎", "create and start"), ("Esc", "back to the form")]

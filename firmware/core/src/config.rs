@@ -82,7 +82,8 @@ impl fmt::Display for ConfigError {
 }
 
 /// The schema and default values of every configuration key (PROTOCOL §9). Besides the
-/// keys PROTOCOL §9 lists: `update.pubkey` (base64 Ed25519 key images must be signed for,
+/// keys PROTOCOL §9 lists: `dash.ca_cert` (base64 DER of the certificate authority a device
+/// without a trust store checks a `wss://` server against), `update.pubkey` (base64 Ed25519 key images must be signed for,
 /// §10.4; settable only locally or in the factory layer), `update.commit_timeout` (of
 /// updates that name none) and `rpc.ota_methods` (`"all"`, or `"push"` for a device that
 /// answers like the mDash device library; see [`crate::ota::OtaMethods`]).
@@ -92,7 +93,7 @@ impl fmt::Display for ConfigError {
 pub fn defaults() -> Object {
     let value = json!({
         "device": {"id": "", "name": "", "password": ""},
-        "dash": {"enable": false, "server": "", "token": "", "heartbeat_interval": 0},
+        "dash": {"enable": false, "server": "", "token": "", "heartbeat_interval": 0, "ca_cert": ""},
         "wifi": {
             "sta": {"enable": false, "ssid": "", "pass": ""},
             "ap": {"enable": true, "ssid": "HerdLight", "pass": "herdlight"}

@@ -12,7 +12,9 @@
 //! PROTOCOL §10.4, in [`verify`]) before the platform may boot them; a platform only moves
 //! their bytes ([`pull::DownloadRequest`]). Main types: [`device::Device`],
 //! [`config::Config`], [`ota::BootRecord`], and [`memory::MemoryPlatform`] for tests and
-//! simulations.
+//! simulations. A device without a file system keeps its configuration and boot record
+//! in raw flash ([`flash`]); the ESP-IDF partition table, OTA data and firmware slots of
+//! the ESP32 light are in [`idf`], shared with the bench tool that writes new boards.
 //!
 //! ```
 //! use firmware_core::device::{Action, Device};
@@ -40,7 +42,9 @@ extern crate std;
 
 pub mod config;
 pub mod device;
+pub mod flash;
 pub mod fs;
+pub mod idf;
 pub mod memory;
 pub mod ota;
 pub mod platform;

@@ -1,16 +1,21 @@
 //! `/api/v2/firmware` (PROTOCOL §10.1): upload, list, delete, and the image download that
 //! devices use for pull updates (§10.3), with `Range` so a broken download resumes.
 
+use crate::rest::{Path, Query};
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use futures_util::StreamExt;
 use protocol::firmware::FirmwareObject;
+use protocol::rest::ErrorBody;
 use protocol::Value;
 use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::rest::openapi;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth::{self, Caller, Credential};
@@ -21,7 +26,8 @@ use crate::{access, clock, AppState};
 use protocol::rest::Scope;
 
 /// Metadata of an upload, from the query or from multipart fields (PROTOCOL §10.1).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 pub struct UploadMeta {
     pub app: Option<String>,
@@ -222,6 +228,21 @@ pub async fn receive_upload(
 }
 
 /// `POST /firmware`.
+#[utoipa::path(
+    post, path = "/firmware", tag = "firmware", operation_id = "upload_firmware",
+    params(UploadMeta),
+    request_body(content(
+        (openapi::FirmwareImage = "application/octet-stream"),
+        (openapi::FirmwareUpload = "multipart/form-data"),
+    ), description = "The image: the raw body, or the multipart field `file` (a raw image, an ELF, or a Mongoose OS .zip) with metadata fields"),
+    responses(
+        (status = 200, description = "The stored image (the existing one when the same bytes were uploaded before)", body = FirmwareObject),
+        (status = 400, description = "The body or a parameter is not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Uploading needs a key with scope `deploy`", body = ErrorBody),
+        (status = 413, description = "The image is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -234,6 +255,13 @@ pub async fn upload(
 }
 
 /// `GET /firmware`.
+#[utoipa::path(
+    get, path = "/firmware", tag = "firmware", operation_id = "list_firmware",
+    responses(
+        (status = 200, description = "The images the caller may see", body = Vec<FirmwareObject>),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +284,15 @@ pub async fn visible_firmware(
 }
 
 /// `GET /firmware/:id`.
+#[utoipa::path(
+    get, path = "/firmware/{id}", tag = "firmware", operation_id = "get_firmware",
+    params(("id" = String, Path, description = "Firmware id: the image's SHA-256, lowercase hex")),
+    responses(
+        (status = 200, description = "The image's metadata", body = FirmwareObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such image visible to the caller", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -267,6 +304,17 @@ pub async fn get(
 
 /// `DELETE /firmware/:id`: the image leaves the caller's list (everyone's, for the admin);
 /// its bytes go when nobody has it any more. 409 while an unfinished rollout uses it.
+#[utoipa::path(
+    delete, path = "/firmware/{id}", tag = "firmware", operation_id = "delete_firmware",
+    params(("id" = String, Path, description = "Firmware id: the image's SHA-256, lowercase hex")),
+    responses(
+        (status = 200, description = "Deleted: `true`", content_type = "application/json", body = bool),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Deleting needs a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such image visible to the caller", body = ErrorBody),
+        (status = 409, description = "An unfinished rollout uses the image", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -353,6 +401,22 @@ fn parse_range(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 /// `GET /firmware/:id/image`: the bytes, with `Range` (PROTOCOL §10.1, §10.3).
+#[utoipa::path(
+    get, path = "/firmware/{id}/image", tag = "firmware", operation_id = "firmware_image",
+    params(("id" = String, Path, description = "Firmware id: the image's SHA-256, lowercase hex"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=START-END`, `bytes=START-` or `bytes=-LAST`"),
+    ),
+    responses(
+        (status = 200, description = "The whole image", content_type = "application/octet-stream", body = openapi::FirmwareImage),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = openapi::FirmwareImage,
+            headers(("Content-Range" = String, description = "`bytes START-END/SIZE`"))),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such image visible to the caller (or to the device)", body = ErrorBody),
+        (status = 416, description = "The range is outside the image",
+            body = ErrorBody, headers(("Content-Range" = String, description = "`bytes */SIZE`"))),
+    ),
+    description = "The image bytes, for devices pulling an update (PROTOCOL §10.3); a device authenticates with its token as Bearer or `?access_token=`",
+)]
 pub async fn image(
     State(state): State<AppState>,
     Path(id): Path<String>,

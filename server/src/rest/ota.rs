@@ -8,12 +8,17 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use crate::rest::{Path, Query};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::firmware::stage;
+use protocol::rest::ErrorBody;
 use protocol::Value;
 use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::rest::openapi;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -25,7 +30,8 @@ use crate::store::FirmwareRecord;
 use crate::{access, clock, AppState};
 
 /// Query of `POST /devices/:id/ota`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 pub struct PushQuery {
     /// A stored image to push instead of the body.
@@ -59,6 +65,26 @@ fn failure_error(failure: &Failure) -> ApiError {
 }
 
 /// `POST /devices/:id/ota`.
+#[utoipa::path(
+    post, path = "/devices/{id}/ota", tag = "firmware", operation_id = "push_firmware",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1"), PushQuery),
+    request_body(content(
+        (openapi::FirmwareImage = "application/octet-stream"),
+        (openapi::FirmwareUpload = "multipart/form-data"),
+    ), description = "Not needed with `?firmware=`. The image: the raw body, or the multipart field `file` (a raw image, an ELF, or a Mongoose OS .zip) with metadata fields"),
+    responses(
+        (status = 200, description = "`true`: the device took the image and restarts into it", content_type = "application/json", body = bool),
+        (status = 400, description = "The body or a parameter is not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Updating needs a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such device (or `?firmware=` image) visible to the caller", body = ErrorBody),
+        (status = 409, description = "An update is already in progress on the device", body = ErrorBody),
+        (status = 413, description = "The image is larger than the server accepts", body = ErrorBody),
+        (status = 500, description = "The device refused the image; its `{code, message}` is in `error.device`", body = ErrorBody),
+        (status = 503, description = "The device is offline, or went away during the transfer", body = ErrorBody),
+        (status = 504, description = "The device stopped replying during the transfer", body = ErrorBody),
+    ),
+)]
 pub async fn push(
     State(state): State<AppState>,
     caller: Caller,

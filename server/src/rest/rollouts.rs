@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use crate::rest::{Path, Query};
+use axum::extract::State;
 use axum::Json;
 use protocol::firmware::{RolloutObject, RolloutSpec};
+use protocol::rest::ErrorBody;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -17,7 +20,8 @@ use crate::{access, AppState};
 use protocol::rest::Scope;
 
 /// `?devices=1` adds the per-device states.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default)]
 pub struct ShowQuery {
     pub devices: Option<String>,
@@ -30,6 +34,19 @@ impl ShowQuery {
 }
 
 /// `POST /rollouts`: a planned rollout, or only its plan with `"dry_run": true`.
+#[utoipa::path(
+    post, path = "/rollouts", tag = "rollouts", operation_id = "create_rollout",
+    request_body(content = RolloutSpec, description = "The rollout spec (PROTOCOL §10.5)"),
+    responses(
+        (status = 200, description = "The planned rollout, or only its plan with `\"dry_run\": true`", body = RolloutObject),
+        (status = 400, description = "The body or a parameter is not what this operation takes", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such firmware, or a listed device, visible to the caller", body = ErrorBody),
+        (status = 409, description = "A selected device is in another unfinished rollout", body = ErrorBody),
+        (status = 413, description = "The body is larger than the server accepts", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,6 +115,14 @@ async fn show_object(
 }
 
 /// `GET /rollouts`: the caller's rollouts (all, for the admin), newest first.
+#[utoipa::path(
+    get, path = "/rollouts", tag = "rollouts", operation_id = "list_rollouts",
+    params(ShowQuery),
+    responses(
+        (status = 200, description = "The caller's rollouts (everyone's for the admin), newest first", body = Vec<RolloutObject>),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,6 +151,15 @@ pub async fn list(
 }
 
 /// `GET /rollouts/:id`.
+#[utoipa::path(
+    get, path = "/rollouts/{id}", tag = "rollouts", operation_id = "get_rollout",
+    params(("id" = String, Path, description = "Rollout id"), ShowQuery),
+    responses(
+        (status = 200, description = "The rollout", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,6 +184,17 @@ async fn command(
 }
 
 /// `POST /rollouts/:id/start`.
+#[utoipa::path(
+    post, path = "/rollouts/{id}/start", tag = "rollouts", operation_id = "start_rollout",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout, started", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+        (status = 409, description = "The rollout's state does not allow this", body = ErrorBody),
+    ),
+)]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -159,6 +204,17 @@ pub async fn start(
 }
 
 /// `POST /rollouts/:id/pause`.
+#[utoipa::path(
+    post, path = "/rollouts/{id}/pause", tag = "rollouts", operation_id = "pause_rollout",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout, paused", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+        (status = 409, description = "The rollout's state does not allow this", body = ErrorBody),
+    ),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -168,6 +224,17 @@ pub async fn pause(
 }
 
 /// `POST /rollouts/:id/resume`.
+#[utoipa::path(
+    post, path = "/rollouts/{id}/resume", tag = "rollouts", operation_id = "resume_rollout",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout, resumed", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+        (status = 409, description = "The rollout's state does not allow this", body = ErrorBody),
+    ),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,6 +244,17 @@ pub async fn resume(
 }
 
 /// `POST /rollouts/:id/abort`.
+#[utoipa::path(
+    post, path = "/rollouts/{id}/abort", tag = "rollouts", operation_id = "abort_rollout",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "The rollout, aborted", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+        (status = 409, description = "The rollout's state does not allow this", body = ErrorBody),
+    ),
+)]
 pub async fn abort(
     State(state): State<AppState>,
     caller: Caller,
@@ -186,6 +264,18 @@ pub async fn abort(
 }
 
 /// `POST /rollouts/:id/retry`: a new planned rollout over the devices that did not make it.
+#[utoipa::path(
+    post, path = "/rollouts/{id}/retry", tag = "rollouts", operation_id = "retry_rollout",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses(
+        (status = 200, description = "A new planned rollout over the devices that did not make it", body = RolloutObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 403, description = "Rollouts need a key with scope `deploy`", body = ErrorBody),
+        (status = 400, description = "The body or a parameter is not what this operation takes", body = ErrorBody),
+        (status = 404, description = "No such rollout visible to the caller", body = ErrorBody),
+        (status = 409, description = "The rollout is unfinished, or a device is in another unfinished rollout", body = ErrorBody),
+    ),
+)]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use crate::rest::Path;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use herd_config::LagPolicy;
@@ -22,6 +23,7 @@ use crate::hub::Event;
 use crate::registry::CallError;
 use crate::ws::{self, Socket, Upgrade};
 use crate::AppState;
+use protocol::rest::ErrorBody;
 
 /// Most events written between two flushes of a consumer socket.
 const WRITE_BATCH: usize = 512;
@@ -30,6 +32,15 @@ const WRITE_BATCH: usize = 512;
 const CALLS_IN_FLIGHT: usize = 16;
 
 /// `GET /api/v2/notify`: the live notification stream of the caller's devices.
+#[utoipa::path(
+    get, path = "/notify", tag = "streams",
+    responses(
+        (status = 101, description = "WebSocket: the live notifications of the caller's devices (PROTOCOL §5)"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+    ),
+)]
 pub async fn notify(State(state): State<AppState>, caller: Caller, mut req: Request) -> Response {
     let upgrade = match Upgrade::from_request(&mut req) {
         Ok(upgrade) => upgrade,
@@ -123,6 +134,17 @@ async fn stream_notifications(
 }
 
 /// `GET /api/v2/devices/:id/rpc`: a socket whose requests go to the device.
+#[utoipa::path(
+    get, path = "/devices/{id}/rpc", tag = "streams",
+    params(("id" = String, Path, description = "Device id", example = "lamp-1")),
+    responses(
+        (status = 101, description = "WebSocket: requests go to the device; `Dash.Console.Subscribe` streams its notifications"),
+        (status = 400, description = "The upgrade request is malformed", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "No such device visible to the caller", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade request", body = ErrorBody),
+    ),
+)]
 pub async fn device_rpc(
     State(state): State<AppState>,
     caller: Caller,
