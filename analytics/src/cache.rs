@@ -23,8 +23,9 @@ use crate::event::{Batch, Event, Interner, Kind, Need, OtaSignal, Step, Update, 
 
 const MAGIC: &[u8; 8] = b"HERDLOGC";
 /// Bumped whenever the layout or the meaning of a parsed field changes. 2: the engine's
-/// events of PROTOCOL §10.6 only, rollout events without a device, and [`Update`]s.
-const VERSION: u32 = 2;
+/// events of PROTOCOL §10.6 only, rollout events without a device, and [`Update`]s. 3: the
+/// devices' names.
+const VERSION: u32 = 3;
 /// Bytes of the source hashed into its identity.
 const HEAD_BYTES: usize = 4096;
 
@@ -200,6 +201,9 @@ fn encode(source: &Source, need: Need, entry: &Entry) -> Vec<u8> {
     for &t in &batch.first_seen {
         payload.i64(t);
     }
+    for device in 0..batch.first_seen.len() {
+        payload.u32(batch.labels.get(device).copied().unwrap_or(NONE));
+    }
     payload.u64(batch.events.len() as u64);
     for event in &batch.events {
         let (kind, signal) = kind_code(event.kind);
@@ -315,6 +319,13 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
     }
     for _ in 0..seen {
         batch.first_seen.push(r.i64()?);
+    }
+    for _ in 0..seen {
+        let label = r.u32()?;
+        if label != NONE && label as usize >= batch.texts.len() {
+            return None;
+        }
+        batch.labels.push(label);
     }
     let count = usize::try_from(r.u64()?).ok()?;
     // Each event takes 25 bytes: a count the payload cannot hold is a lie.
@@ -588,7 +599,7 @@ mod tests {
         let mut batch = Batch::default();
         for line in [
             r#"{"ts":1,"id":"a","name":"online","data":null}"#,
-            r#"{"ts":2,"id":"b","name":"updated","data":{"info":{"fw_version":"1.0"},"shadow":{"state":{"reported":{"on":true,"ota":{"status":2,"message":"reverted"}}}}}}"#,
+            r#"{"ts":2,"id":"b","name":"updated","data":{"id":"b","name":"porch","info":{"fw_version":"1.0"},"shadow":{"state":{"reported":{"on":true,"ota":{"status":2,"message":"reverted"}}}}}}"#,
             r#"{"ts":3,"id":"a","name":"ota.failure","data":{"firmware":"ab","stage":"end","message":"refused","rollout":"r"}}"#,
             r#"{"ts":3.5,"id":"r","name":"rollout.wave","data":{"total":2,"sending":1,"state":"running","firmware":"ab","wave":1,"devices":1}}"#,
             r#"{"ts":3.75,"id":"a","name":"ota.success","data":{"firmware":"ab","version":"2.0","seconds":12.5}}"#,
@@ -619,6 +630,7 @@ mod tests {
         assert_eq!(values(&a.batch.texts), values(&b.batch.texts));
         assert_eq!(a.batch.updates, b.batch.updates);
         assert_eq!(a.batch.first_seen, b.batch.first_seen);
+        assert_eq!(a.batch.labels, b.batch.labels);
         assert_eq!(
             (a.batch.lines, a.batch.unknown, a.batch.invalid),
             (b.batch.lines, b.batch.unknown, b.batch.invalid)

@@ -351,6 +351,9 @@ pub(crate) struct Batch {
     /// Earliest known event of each device (by local id), so a device with no kept events
     /// still counts as seen.
     pub first_seen: Vec<i64>,
+    /// The last name each device (by local id) had in a `created` or `updated` object, as
+    /// an id in [`Batch::texts`]; [`NONE`] while none was seen.
+    pub labels: Vec<u32>,
     pub names: Interner,
     pub versions: Interner,
     /// Firmware ids, rollout ids and the other texts of [`Update`]s.
@@ -368,6 +371,7 @@ pub(crate) struct Tables<'a> {
     pub events: &'a mut Vec<Event>,
     pub devices: &'a mut Interner,
     pub first_seen: &'a mut Vec<i64>,
+    pub labels: &'a mut Vec<u32>,
     pub names: &'a mut Interner,
     pub versions: &'a mut Interner,
     pub texts: &'a mut Interner,
@@ -386,6 +390,7 @@ impl Batch {
             events: &mut self.events,
             devices: &mut self.devices,
             first_seen: &mut self.first_seen,
+            labels: &mut self.labels,
             names: &mut self.names,
             versions: &mut self.versions,
             texts: &mut self.texts,
@@ -430,6 +435,14 @@ impl Batch {
                 table.get(id as usize).copied().unwrap_or(NONE)
             }
         };
+        // These lines come later: a name they saw replaces an earlier one.
+        into.labels.resize(into.devices.len(), NONE);
+        for (local, &global) in devices.iter().enumerate() {
+            let label = remap(&texts, self.labels.get(local).copied().unwrap_or(NONE));
+            if label != NONE {
+                into.labels[global as usize] = label;
+            }
+        }
         into.events.reserve(self.events.len());
         for mut event in self.events {
             event.device = remap(&devices, event.device);
@@ -485,11 +498,22 @@ impl Batch {
             let device = self.devices.intern(&head.id);
             if device as usize == self.first_seen.len() {
                 self.first_seen.push(head.ts_us);
+                self.labels.push(NONE);
             } else if let Some(first) = self.first_seen.get_mut(device as usize) {
                 *first = (*first).min(head.ts_us);
             }
             device
         };
+        // `created` and `updated` carry the device object (PROTOCOL §6), so reports can
+        // name devices as people know them. The name is the object's second member, so
+        // finding it costs little.
+        if matches!(kind, Kind::Created | Kind::Updated) {
+            if let Some(name) = scan::path(head.data, &[b"name"]).and_then(scan::string) {
+                if let Some(label) = self.labels.get_mut(device as usize) {
+                    *label = self.texts.intern(&name);
+                }
+            }
+        }
         self.min_ts = Some(self.min_ts.map_or(head.ts_us, |t| t.min(head.ts_us)));
         self.max_ts = Some(self.max_ts.map_or(head.ts_us, |t| t.max(head.ts_us)));
         let mut event = Event {

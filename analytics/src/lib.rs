@@ -41,6 +41,9 @@ mod files;
 mod follow;
 pub mod generate;
 mod log;
+pub mod names;
+#[cfg(feature = "query")]
+pub mod query;
 mod report;
 mod scan;
 

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use memchr::memchr;
 use memmap2::{Mmap, MmapOptions};
 
-use crate::event::{Batch, Event, Interner, Need, Tables, Update};
+use crate::event::{Batch, Event, Interner, Need, Tables, Update, NONE};
 use crate::{cache, Error, Progress, Stage};
 
 /// Bytes per parallel work item: large enough that per-chunk merging is noise, small
@@ -90,6 +90,8 @@ pub struct Log {
     pub(crate) events: Vec<Event>,
     pub(crate) devices: Interner,
     pub(crate) first_seen: Vec<i64>,
+    /// The last name of each device the log showed, in `texts`; [`NONE`] when none.
+    pub(crate) labels: Vec<u32>,
     pub(crate) names: Interner,
     pub(crate) versions: Interner,
     /// Firmware ids, rollout ids and the other texts of `updates`.
@@ -120,6 +122,50 @@ impl Log {
     /// Line accounting so far.
     pub fn stats(&self) -> LogStats {
         self.stats
+    }
+
+    /// The name device `id` last had in the log (`created` and `updated` carry it), if
+    /// the log showed one.
+    pub fn device_name(&self, id: &str) -> Option<String> {
+        let device = self.devices.find(id.as_bytes())?;
+        self.label(device)
+    }
+
+    /// The device `query` names: an id, a name or the start of one ([`crate::names`]);
+    /// `None` when the log has no such device, an error when several fit.
+    pub fn find_device(&self, query: &str) -> Result<Option<u32>, Error> {
+        if let Some(device) = self.devices.find(query.as_bytes()) {
+            return Ok(Some(device));
+        }
+        let pairs: Vec<(String, String)> = self.device_names().collect();
+        let found = crate::names::resolve(
+            query,
+            pairs.iter().map(|(id, name)| (id.as_str(), name.as_str())),
+        );
+        match found {
+            crate::names::Resolution::Found(id) => Ok(self.devices.find(id.as_bytes())),
+            crate::names::Resolution::NotFound => Ok(None),
+            crate::names::Resolution::Ambiguous(candidates) => Err(Error::Request(format!(
+                "{query:?} names more than one device: {}",
+                crate::names::describe_candidates(&candidates)
+            ))),
+        }
+    }
+
+    pub(crate) fn label(&self, device: u32) -> Option<String> {
+        let label = *self.labels.get(device as usize)?;
+        (label != NONE).then(|| self.texts.text(label))
+    }
+
+    /// The name of device `device`, or an empty text.
+    pub(crate) fn label_or_empty(&self, device: u32) -> String {
+        self.label(device).unwrap_or_default()
+    }
+
+    /// Every device of the log with its last name (empty when none), in first-seen order.
+    pub fn device_names(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        (0..self.devices.len() as u32)
+            .map(|device| (self.devices.text(device), self.label_or_empty(device)))
     }
 
     /// Number of events kept.
@@ -332,6 +378,7 @@ impl Log {
             events: &mut self.events,
             devices: &mut self.devices,
             first_seen: &mut self.first_seen,
+            labels: &mut self.labels,
             names: &mut self.names,
             versions: &mut self.versions,
             texts: &mut self.texts,
@@ -554,6 +601,12 @@ mod tests {
         assert_eq!(values(&loaded.texts), values(&expected.texts), "{context}");
         assert_eq!(loaded.updates, expected.updates, "{context}");
         assert_eq!(loaded.first_seen, expected.first_seen, "{context}");
+        let labels = |log: &Log| {
+            (0..log.devices.len() as u32)
+                .map(|d| log.label(d))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(labels(loaded), labels(expected), "{context}");
         assert_eq!(
             (loaded.min_ts, loaded.max_ts),
             (expected.min_ts, expected.max_ts)

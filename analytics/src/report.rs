@@ -6,11 +6,11 @@
 //! device), and returned as Polars [`DataFrame`]s that the console draws and the exports
 //! write.
 
-mod connectivity;
+pub(crate) mod connectivity;
 mod firmware;
 mod fleet;
 mod rpc;
-mod usage;
+pub(crate) mod usage;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -312,13 +312,14 @@ pub(crate) struct Scope<'a> {
     /// Range in microseconds, both ends inclusive.
     pub from: i64,
     pub to: i64,
-    /// The filtered device; `Some(None)` when the filter names a device the log lacks.
+    /// The filtered device; `Some(None)` when the filter names a device the log lacks. The
+    /// filter may name a device by id or by name ([`crate::names`]).
     pub device: Option<Option<u32>>,
     pub bucket: i64,
 }
 
 impl<'a> Scope<'a> {
-    fn new(log: &'a Log, request: &'a ReportRequest) -> Result<Scope<'a>, Error> {
+    pub(crate) fn new(log: &'a Log, request: &'a ReportRequest) -> Result<Scope<'a>, Error> {
         let seconds = |s: f64| -> Result<i64, Error> {
             let us = (s * US as f64).round();
             if us.is_finite() && us.abs() < 9.0e18 {
@@ -344,10 +345,10 @@ impl<'a> Scope<'a> {
                 "the range spans more than {MAX_BUCKETS} buckets; use a shorter range or day buckets"
             )));
         }
-        let device = request
-            .device
-            .as_ref()
-            .map(|id| log.devices.find(id.as_bytes()));
+        let device = match &request.device {
+            None => None,
+            Some(query) => Some(log.find_device(query)?),
+        };
         Ok(Scope {
             log,
             request,
@@ -471,6 +472,7 @@ impl<'a> Scope<'a> {
             }
             result.push(DeviceEvents {
                 id: log.devices.text(device),
+                name: log.label_or_empty(device),
                 events,
             });
         }
@@ -482,6 +484,8 @@ impl<'a> Scope<'a> {
 /// One device's kept events in time order.
 pub(crate) struct DeviceEvents {
     pub id: String,
+    /// Its last name in the log; empty when the log never named it.
+    pub name: String,
     pub events: Vec<Event>,
 }
 

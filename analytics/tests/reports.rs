@@ -116,13 +116,13 @@ fn connectivity_over_a_rotated_set() {
     assert_rows(
         output.main(),
         json!([
-            {"id": "a", "sessions": 2, "online_s": 10800.0, "uptime_pct": 75.0, "connects": 2,
+            {"id": "a", "name": "", "sessions": 2, "online_s": 10800.0, "uptime_pct": 75.0, "connects": 2,
              "disconnects": 1, "peak_connects": 1, "flapping": false},
-            {"id": "b", "sessions": 1, "online_s": 1800.0, "uptime_pct": 12.5, "connects": 0,
+            {"id": "b", "name": "", "sessions": 1, "online_s": 1800.0, "uptime_pct": 12.5, "connects": 0,
              "disconnects": 1, "peak_connects": 0, "flapping": false},
-            {"id": "c", "sessions": 0, "online_s": 0.0, "uptime_pct": 0.0, "connects": 0,
+            {"id": "c", "name": "c", "sessions": 0, "online_s": 0.0, "uptime_pct": 0.0, "connects": 0,
              "disconnects": 0, "peak_connects": 0, "flapping": false},
-            {"id": "d", "sessions": 5, "online_s": 300.0, "uptime_pct": 300.0 / 144.0,
+            {"id": "d", "name": "", "sessions": 5, "online_s": 300.0, "uptime_pct": 300.0 / 144.0,
              "connects": 5, "disconnects": 5, "peak_connects": 5, "flapping": true},
         ]),
     );
@@ -157,7 +157,7 @@ fn connectivity_range_end_cuts_open_sessions() {
     let output = run(&request, &|_| {}).expect("report");
     assert_rows(
         output.main(),
-        json!([{"id": "a", "sessions": 2, "online_s": 5400.0, "uptime_pct": 60.0,
+        json!([{"id": "a", "name": "", "sessions": 2, "online_s": 5400.0, "uptime_pct": 60.0,
                 "connects": 2, "disconnects": 1, "peak_connects": 1, "flapping": false}]),
     );
 }
@@ -197,8 +197,8 @@ fn fleet_summary_events_and_busiest() {
     );
     assert_rows(
         output.table("busiest").expect("busiest"),
-        json!([{"id": "d", "notifications": 10}, {"id": "a", "notifications": 3},
-               {"id": "b", "notifications": 1}, {"id": "c", "notifications": 1}]),
+        json!([{"id": "d", "name": "", "notifications": 10}, {"id": "a", "name": "", "notifications": 3},
+               {"id": "b", "name": "", "notifications": 1}, {"id": "c", "name": "c", "notifications": 1}]),
     );
     assert_rows(
         output.table("buckets").expect("buckets"),
@@ -259,9 +259,9 @@ fn usage_switches_and_hours_on() {
     assert_rows(
         output.main(),
         json!([
-            {"id": "l1", "switch_ons": 2, "switch_offs": 1, "hours_on": 2.5},
-            {"id": "l2", "switch_ons": 1, "switch_offs": 1, "hours_on": 1900.0 / 3600.0},
-            {"id": "l3", "switch_ons": 0, "switch_offs": 0, "hours_on": 0.0},
+            {"id": "l1", "name": "l1", "switch_ons": 2, "switch_offs": 1, "hours_on": 2.5},
+            {"id": "l2", "name": "l2", "switch_ons": 1, "switch_offs": 1, "hours_on": 1900.0 / 3600.0},
+            {"id": "l3", "name": "", "switch_ons": 0, "switch_offs": 0, "hours_on": 0.0},
         ]),
     );
     let hours = json_rows(output.table("hours").expect("hours")).expect("rows");
@@ -353,13 +353,13 @@ fn firmware_versions_and_attempts() {
     assert_rows(
         output.main(),
         json!([
-            {"id": "f1", "fw_version": "1.1", "ota_attempts": 4, "ota_successes": 1,
+            {"id": "f1", "name": "f1", "fw_version": "1.1", "ota_attempts": 4, "ota_successes": 1,
              "ota_failures": 1, "ota_reverts": 1, "ota_in_progress": 1},
-            {"id": "f2", "fw_version": "2.1", "ota_attempts": 0, "ota_successes": 0,
+            {"id": "f2", "name": "f2", "fw_version": "2.1", "ota_attempts": 0, "ota_successes": 0,
              "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
-            {"id": "f3", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
+            {"id": "f3", "name": "", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
              "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
-            {"id": "f4", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
+            {"id": "f4", "name": "f4", "fw_version": null, "ota_attempts": 0, "ota_successes": 0,
              "ota_failures": 0, "ota_reverts": 0, "ota_in_progress": 0},
         ]),
     );
@@ -1189,9 +1189,9 @@ fn exports_in_every_format() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("id,sessions,online_s,uptime_pct,connects,disconnects,peak_connects,flapping")
+        Some("id,name,sessions,online_s,uptime_pct,connects,disconnects,peak_connects,flapping")
     );
-    assert_eq!(lines.next(), Some("a,2,10800,75,2,1,1,false"));
+    assert_eq!(lines.next(), Some("a,,2,10800,75,2,1,1,false"));
 
     let mut all = Vec::new();
     output.write(Format::Csv, &mut all, None).expect("csv");

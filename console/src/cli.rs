@@ -4,8 +4,11 @@
 mod commands;
 mod firmware;
 mod flash;
+mod history;
 mod keys;
 mod ota;
+#[cfg(feature = "query")]
+mod query;
 mod report;
 mod rollout;
 mod tail;
@@ -14,7 +17,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use herd_client::Error as ClientError;
 
 use crate::profile::{Overrides, Profile};
 
@@ -85,85 +87,7 @@ The Herd light on a board (ESP32-C3/C6):
     exit_codes!()
 );
 
-/// The exit codes listed in [`EXIT_CODES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Success = 0,
-    Failure = 1,
-    Usage = 2,
-    Unreachable = 3,
-    Unauthorized = 4,
-    NotFound = 5,
-    Conflict = 6,
-    Device = 7,
-    ReadOnly = 8,
-    Image = 9,
-    Board = 10,
-    FlashWrite = 11,
-    NotOnline = 12,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
-    }
-}
-
-/// A failed command: what to print and which code to exit with.
-#[derive(Debug)]
-pub struct Failure {
-    pub exit: Exit,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        Failure {
-            exit,
-            message: message.into(),
-        }
-    }
-
-    pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(Exit::Usage, message)
-    }
-
-    pub fn read_only(what: &str) -> Self {
-        Self::new(
-            Exit::ReadOnly,
-            format!("refusing to {what}: this profile is read-only"),
-        )
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(error: ClientError) -> Self {
-        let exit = match &error {
-            e if e.is_connection() => Exit::Unreachable,
-            ClientError::Api {
-                device: Some(_), ..
-            } => Exit::Device,
-            e if e.is_unauthorized() => Exit::Unauthorized,
-            ClientError::Api { status: 404, .. } => Exit::NotFound,
-            ClientError::Api { status: 409, .. } => Exit::Conflict,
-            ClientError::Api {
-                status: 503 | 504, ..
-            } => Exit::Device,
-            ClientError::InvalidUrl { .. } => Exit::Usage,
-            _ => Exit::Failure,
-        };
-        Failure::new(exit, error.to_string())
-    }
-}
-
-impl From<crate::profile::ProfileError> for Failure {
-    fn from(error: crate::profile::ProfileError) -> Self {
-        Failure::usage(error.to_string())
-    }
-}
-
-pub type CommandResult = Result<(), Failure>;
+pub use crate::exit::{CommandResult, Exit, Failure};
 
 /// Connection options every command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -265,14 +189,27 @@ pub enum Command {
         /// Params as JSON; `-` reads them from stdin.
         params: Option<String>,
     },
-    /// Follow the live notification stream; reconnects by itself.
+    /// Follow the live notification stream. Lines name devices by name; an `updated`
+    /// line shows what changed in the device object (`--json` and `--save` keep it
+    /// whole). Reconnects by itself, and exits 3 when the server cannot be reached or
+    /// stays lost longer than --retry-for.
     Tail {
-        /// Only this device.
+        /// Only this device: its id, its name, or a unique start of either.
         #[arg(long)]
         device: Option<String>,
         /// Only events whose name matches this glob (`*` and `?`), e.g. `rpc.out.*`.
         #[arg(long)]
         name: Option<String>,
+        /// Leave out events whose name matches this glob, e.g. `updated`; repeatable.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// First show the last N lines of the server's log (PROTOCOL §7), filtered the
+        /// same way, with the times the server logged them.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        history: u64,
+        /// Seconds to keep trying to get a lost stream back before exiting 3.
+        #[arg(long, value_name = "S", default_value_t = 60)]
+        retry_for: u64,
         /// One JSON object per line: {"ts", "id", "name", "data"} (PROTOCOL §7 form).
         #[arg(long)]
         json: bool,
@@ -282,6 +219,26 @@ pub enum Command {
         /// Exit after this many notifications.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+    },
+    /// Delete devices: each DEVICE is an id, a name or a unique start of either. Prints
+    /// `deleted NAME (ID)` per device. Ids are never given again (PROTOCOL §11).
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[arg(required = true, value_name = "DEVICE")]
+        devices: Vec<String>,
+        /// Print {"id", "name", "deleted": true} per device, one JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a device a new name.
+    Rename {
+        /// The device: its id, its name, or a unique start of either.
+        device: String,
+        /// The new name.
+        name: String,
+        /// Print the PROTOCOL §6 device object as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Register a new device; prints `ID TOKEN` on one line.
     Register {
@@ -296,6 +253,13 @@ pub enum Command {
     /// A usage report over the server's notification log: fleet, connectivity, usage,
     /// firmware or rpc, as a table or as CSV, JSON or Parquet.
     Report(report::ReportArgs),
+    /// A device as it was at a time (default: now): its connection, firmware and shadow,
+    /// and a timeline of what changed, rebuilt from the notification log.
+    History(history::HistoryArgs),
+    /// Ad-hoc SQL (Polars SQL) over the notification log's tables: events, sessions,
+    /// switches, shadow_reported; as a table or as CSV, JSON or Parquet.
+    #[cfg(feature = "query")]
+    Query(query::QueryArgs),
     /// Firmware images: signing keys, upload, list, delete (PROTOCOL §10.1, §10.4).
     /// Wherever a firmware id is taken, a unique prefix of at least 8 characters will do.
     Firmware {
@@ -325,6 +289,7 @@ pub enum Command {
     },
     /// Start an embedded server and a simulated fleet on loopback, and open the console on
     /// them: the whole product, no setup.
+    #[cfg(feature = "demo")]
     Demo {
         /// How many simulated devices.
         #[arg(long, default_value_t = 50)]
@@ -383,6 +348,7 @@ async fn run(args: Args) -> CommandResult {
         let profile = Profile::resolve(&overrides)?;
         return crate::tui::run(profile, args.console_log).await;
     };
+    #[cfg(feature = "demo")]
     if let Command::Demo { devices, speedup } = command {
         return crate::demo::run(
             crate::demo::DemoOptions { devices, speedup },
@@ -409,6 +375,13 @@ async fn run(args: Args) -> CommandResult {
     // Before the client: a report over local files needs no server.
     if let Command::Report(report) = command {
         return report::run(&profile, report).await;
+    }
+    if let Command::History(history) = command {
+        return history::run(&profile, history).await;
+    }
+    #[cfg(feature = "query")]
+    if let Command::Query(query) = command {
+        return query::run(&profile, query).await;
     }
     if let Command::Flash(flash) = command {
         return flash::run(&profile, flash).await;
@@ -437,6 +410,9 @@ async fn run(args: Args) -> CommandResult {
         Command::Tail {
             device,
             name,
+            exclude,
+            history,
+            retry_for,
             json,
             save,
             count,
@@ -446,12 +422,27 @@ async fn run(args: Args) -> CommandResult {
                 tail::TailOptions {
                     device,
                     name,
+                    exclude,
                     json,
                     save,
                     count,
+                    history,
+                    retry_for: std::time::Duration::from_secs(retry_for),
                 },
             )
             .await
+        }
+        Command::Delete { devices, json } => {
+            if profile.read_only {
+                return Err(Failure::read_only("delete a device"));
+            }
+            commands::delete(&client, &devices, json).await
+        }
+        Command::Rename { device, name, json } => {
+            if profile.read_only {
+                return Err(Failure::read_only("rename a device"));
+            }
+            commands::rename(&client, &device, &name, json).await
         }
         Command::Register { name, id, json } => {
             if profile.read_only {
@@ -463,6 +454,10 @@ async fn run(args: Args) -> CommandResult {
         Command::Keys { command } => keys::run(&client, profile.read_only, command).await,
         Command::Ota { command } => ota::run(&client, profile.read_only, command).await,
         Command::Rollout { command } => rollout::run(&client, profile.read_only, command).await,
-        Command::Demo { .. } | Command::Report(_) | Command::Flash(_) => Ok(()),
+        Command::Report(_) | Command::History(_) | Command::Flash(_) => Ok(()),
+        #[cfg(feature = "demo")]
+        Command::Demo { .. } => Ok(()),
+        #[cfg(feature = "query")]
+        Command::Query(_) => Ok(()),
     }
 }

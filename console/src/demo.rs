@@ -15,7 +15,7 @@ use herd_client::Client;
 use herd_config::ServerSettings;
 use herd_server::Server;
 
-use crate::cli::{CommandResult, Exit, Failure};
+use crate::exit::{CommandResult, Exit, Failure};
 use crate::tui::{self, ConsoleOptions, ProfileInfo};
 
 /// What `herd demo` runs.

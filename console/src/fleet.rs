@@ -89,8 +89,18 @@ impl DeviceRow {
 
     /// `now` while online, else how long ago it was last seen.
     pub fn last_seen_text(&self, now: f64) -> String {
+        self.last_seen_text_stale(now, None)
+    }
+
+    /// Like [`last_seen_text`](Self::last_seen_text), for a table whose news stopped at
+    /// `stale_since` (the console lost the server): a device online then is only known
+    /// to have been seen then, so it says how stale that is instead of `now`.
+    pub fn last_seen_text_stale(&self, now: f64, stale_since: Option<f64>) -> String {
         if self.online {
-            "now".into()
+            match stale_since {
+                Some(since) => format!("stale {}", text::duration((now - since).max(0.0))),
+                None => "now".into(),
+            }
         } else {
             match self.last_seen {
                 Some(ts) => text::ago(ts, now),
@@ -152,6 +162,41 @@ impl Column {
         }
     }
 
+    /// The columns a table `width` wide shows, with their widths, in table order: the
+    /// most useful are chosen first. The sort keys 1-9 and 0 are these columns in order.
+    pub fn visible(width: u16) -> Vec<(Column, u16)> {
+        const PRIORITY: [(Column, u16); 10] = [
+            (Column::State, 7),
+            (Column::Name, 14),
+            (Column::Id, 24),
+            (Column::Firmware, 9),
+            (Column::LastSeen, 10),
+            (Column::Light, 5),
+            (Column::Delta, 7),
+            (Column::App, 12),
+            (Column::Uptime, 7),
+            (Column::Arch, 8),
+        ];
+        // One column for the mark, one space between columns.
+        let mut budget = width.saturating_sub(2) as i32;
+        let mut chosen = Vec::new();
+        for (column, min) in PRIORITY {
+            let need = min as i32 + 1;
+            if need <= budget {
+                budget -= need;
+                chosen.push((column, min));
+            }
+        }
+        // The name takes what is left, up to a point.
+        for (column, width) in chosen.iter_mut() {
+            if *column == Self::Name {
+                *width += budget.clamp(0, 26) as u16;
+            }
+        }
+        chosen.sort_by_key(|(column, _)| Self::ALL.iter().position(|c| c == column));
+        chosen
+    }
+
     /// The name used by `:sort` and `field:value` filters.
     pub fn key(self) -> &'static str {
         match self {
@@ -181,18 +226,33 @@ impl Column {
 
     /// The cell text of `row` at `now`.
     pub fn cell(self, row: &DeviceRow, now: f64) -> String {
+        self.cell_stale(row, now, None)
+    }
+
+    /// The cell text of `row` at `now` in a table whose news stopped at `stale_since`:
+    /// the online state and uptime are then only what was last heard.
+    pub fn cell_stale(self, row: &DeviceRow, now: f64, stale_since: Option<f64>) -> String {
         match self {
-            Column::State => if row.online { "online" } else { "offline" }.into(),
+            Column::State => match (row.online, stale_since) {
+                (true, Some(_)) => "online?",
+                (true, None) => "online",
+                (false, _) => "offline",
+            }
+            .into(),
+            Column::LastSeen => row.last_seen_text_stale(now, stale_since),
             Column::Name => row.name.to_string(),
             Column::Id => row.id.to_string(),
             Column::App => row.app.to_string(),
             Column::Arch => row.arch.to_string(),
             Column::Firmware => row.fw_version.to_string(),
-            Column::Uptime => row
-                .uptime_at(now)
-                .map(text::duration)
-                .unwrap_or_else(|| "-".into()),
-            Column::LastSeen => row.last_seen_text(now),
+            // While stale, the uptime stops where the news stopped.
+            Column::Uptime => match stale_since {
+                Some(since) => row
+                    .uptime_at(since)
+                    .map(|uptime| format!("{}?", text::duration(uptime))),
+                None => row.uptime_at(now).map(text::duration),
+            }
+            .unwrap_or_else(|| "-".into()),
             Column::Light => row.light_text().into(),
             Column::Delta => if row.delta_pending { "pending" } else { "-" }.into(),
         }
@@ -361,6 +421,15 @@ impl Fleet {
             Some(row) if !row.name.is_empty() => &row.name,
             _ => id,
         }
+    }
+
+    /// The device `query` names: an id, a name, or a unique start of either
+    /// ([`herd_analytics::names`]).
+    pub fn resolve(&self, query: &str) -> herd_analytics::names::Resolution {
+        if self.index.contains_key(query) {
+            return herd_analytics::names::Resolution::Found(query.to_string());
+        }
+        herd_analytics::names::resolve(query, self.rows.iter().map(|r| (&*r.id, &*r.name)))
     }
 
     /// Table position of device `id`, if it passes the filter.
@@ -589,6 +658,12 @@ mod tests {
             Column::LastSeen.cell(&offline, 1_704_067_200.0 + 90.0),
             "1m ago"
         );
+        // The server lost 42 s ago: online is only what was last heard.
+        let stale = Some(100.0);
+        assert_eq!(Column::State.cell_stale(&row, 142.0, stale), "online?");
+        assert_eq!(Column::LastSeen.cell_stale(&row, 142.0, stale), "stale 42s");
+        assert_eq!(Column::Uptime.cell_stale(&row, 142.0, stale), "1m?");
+        assert_eq!(Column::State.cell_stale(&offline, 142.0, stale), "offline");
     }
 
     #[test]

@@ -29,8 +29,12 @@
 
 pub mod bench;
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
+pub mod exit;
 pub mod fleet;
+pub mod history;
+pub mod lines;
 pub mod logsource;
 pub mod profile;
 pub mod text;

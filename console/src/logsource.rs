@@ -77,6 +77,80 @@ pub async fn pull(
     }
 }
 
+/// Whether the log holds a line at `offset` (a line of a device the key cannot see
+/// counts: the server still steps over it).
+async fn has_line(client: &Client, offset: u64) -> Result<bool, Error> {
+    let page = client
+        .logs(LogsQuery {
+            start: Some(offset),
+            limit: Some(1),
+        })
+        .await?;
+    Ok(match page.next {
+        Some(next) => next > offset,
+        None => !page.items.is_empty(),
+    })
+}
+
+/// The number of lines in the server's log: `POST /logs` reads forwards from an offset
+/// only, so the end is found by doubling, then halving, with one-line pages (about
+/// 2·log2(lines) small requests).
+pub async fn log_end(client: &Client) -> Result<u64, Error> {
+    if !has_line(client, 0).await? {
+        return Ok(0);
+    }
+    // `low` holds a line, `high` does not.
+    let mut low = 0u64;
+    let mut high = 1u64;
+    while has_line(client, high).await? {
+        low = high;
+        high = high.saturating_mul(2);
+        if high == u64::MAX {
+            break;
+        }
+    }
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if has_line(client, middle).await? {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(high)
+}
+
+/// The last `count` notifications of the server's log (at most one page), oldest first,
+/// with their log times: what a tail shows of the past when it opens.
+pub async fn last_lines(
+    client: &Client,
+    count: u64,
+) -> Result<Vec<(f64, herd_client::Notification)>, Error> {
+    let count = count.min(PAGE);
+    let end = log_end(client).await?;
+    if end == 0 || count == 0 {
+        return Ok(Vec::new());
+    }
+    let page = client
+        .logs(LogsQuery {
+            start: Some(end.saturating_sub(count)),
+            limit: Some(count),
+        })
+        .await?;
+    Ok(page
+        .items
+        .into_iter()
+        .filter_map(|item| {
+            let logged: protocol::notification::LoggedNotification =
+                serde_json::from_value(item).ok()?;
+            Some((
+                logged.ts,
+                herd_client::Notification::new(logged.id, logged.name, logged.data),
+            ))
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

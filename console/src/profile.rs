@@ -19,6 +19,9 @@
 //! [profiles.bench]
 //! server = "https://10.0.0.2:8009"
 //! tls_fingerprint = "AB:CD:…"      # trust only this certificate (herd-server --tls-self-signed)
+//!
+//! [theme]                          # any style of the console (see tui::theme)
+//! stale = "italic #d0a020"
 //! ```
 //!
 //! Flags (`--server`, `--api-key`, `--read-only`) and `HERD_*` variables override the
@@ -67,6 +70,9 @@ impl std::fmt::Debug for ProfileEntry {
 pub struct ConsoleConfig {
     pub default_profile: Option<String>,
     pub profiles: BTreeMap<String, ProfileEntry>,
+    /// Styles replacing the built-in ones (see [`crate::tui::theme`]); checked when the
+    /// console starts.
+    pub theme: BTreeMap<String, String>,
 }
 
 /// Why the profile could not be resolved.
@@ -143,6 +149,8 @@ pub struct Profile {
     /// The server's notification log readable from here (directories or files); empty
     /// when reports must pull it from the server.
     pub log: Vec<PathBuf>,
+    /// The config file's `[theme]` table.
+    pub theme: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -155,6 +163,7 @@ impl std::fmt::Debug for Profile {
             .field("ca_cert", &self.ca_cert)
             .field("tls_fingerprint", &self.tls_fingerprint)
             .field("log", &self.log)
+            .field("theme", &self.theme)
             .finish()
     }
 }
@@ -232,6 +241,7 @@ impl Profile {
             } else {
                 overrides.log.clone()
             },
+            theme: config.theme.clone(),
         })
     }
 }

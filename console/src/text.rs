@@ -52,6 +52,18 @@ pub fn parse_rfc3339(text: &str) -> Option<f64> {
     Some(parsed.unix_timestamp_nanos() as f64 / 1e9)
 }
 
+/// `ts` (Unix seconds) as RFC 3339 in UTC, to the second: `2023-11-14T22:13:20Z`.
+pub fn rfc3339(ts: f64) -> String {
+    let seconds = if ts.is_finite() { ts.floor() as i64 } else { 0 };
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| seconds.to_string())
+}
+
 /// Cuts `text` to at most `max` characters, marking the cut with `…`.
 pub fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -79,6 +91,7 @@ mod tests {
         assert_eq!(ago(100.0, 160.0), "1m ago");
         assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60.0));
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(rfc3339(1_700_000_000.7), "2023-11-14T22:13:20Z");
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
     }

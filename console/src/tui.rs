@@ -9,10 +9,13 @@
 pub mod analytics;
 pub mod bench;
 pub mod device;
+pub mod help;
 pub mod input;
+pub mod keymap;
 pub mod model;
 pub mod notifications;
 pub mod palette;
+pub mod results;
 pub mod rollouts;
 pub mod theme;
 pub mod view;
@@ -33,13 +36,14 @@ use futures_util::StreamExt;
 use herd_client::{Client, NotifyEvent};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use model::{update, Command, Connection, Model, ModelOptions, Msg, ProfileInfo};
 pub use theme::Theme;
 
-use crate::cli::{CommandResult, Exit, Failure};
+use crate::exit::{CommandResult, Exit, Failure};
 use crate::profile::Profile;
 use crate::text::unix_now;
 
@@ -90,7 +94,9 @@ impl ConsoleOptions {
 /// Opens the console on `profile`'s server; returns when the operator quits.
 pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
-    let client = profile.client().map_err(crate::cli::Failure::usage)?;
+    let client = profile.client().map_err(Failure::usage)?;
+    // A config mistake is said before the screen is taken, never papered over.
+    let theme = Theme::from_config(&profile.theme).map_err(Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),
@@ -105,6 +111,7 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         .and_then(|bytes| crate::bench::ca_cert_from_file(&bytes).ok());
     let options = ConsoleOptions {
         notification_log: profile.log.clone(),
+        theme,
         bench_ca_cert,
         ..ConsoleOptions::from_env()
     };
@@ -341,32 +348,50 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .map_err(Into::into);
                 Msg::RpcDone { id, method, result }
             }
-            Command::Bulk { label, ids, action } => {
-                let outcomes: Vec<(String, Result<(), String>)> = futures_util::stream::iter(ids)
+            Command::Bulk {
+                set, ids, action, ..
+            } => {
+                // Each answer goes to the results pane as it comes.
+                let mut answers = futures_util::stream::iter(ids)
                     .map(|id| {
                         let client = client.clone();
                         let action = action.clone();
                         async move {
                             let result = match &action {
                                 model::BulkAction::Desired(update) => {
-                                    client.update_shadow(&id, update).await.map(|_| ())
+                                    client.update_shadow(&id, update).await
                                 }
                                 model::BulkAction::Call { method, params } => {
-                                    client.call(&id, method, params.as_ref()).await.map(|_| ())
+                                    client.call(&id, method, params.as_ref()).await
+                                }
+                                model::BulkAction::Delete => {
+                                    client.delete_device(&id).await.map(|()| Value::Bool(true))
+                                }
+                                model::BulkAction::Rename(name) => {
+                                    let change = herd_client::DeviceChange {
+                                        name: Some(name.clone()),
+                                        ..Default::default()
+                                    };
+                                    client
+                                        .change_device(&id, &change)
+                                        .await
+                                        .map(|d| serde_json::json!({"name": d.name}))
                                 }
                             };
                             (id, result.map_err(|e| e.to_string()))
                         }
                     })
-                    .buffer_unordered(16)
-                    .collect()
-                    .await;
-                let ok = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
-                let failed = outcomes
-                    .into_iter()
-                    .filter_map(|(id, r)| r.err().map(|e| (id, e)))
-                    .collect();
-                Msg::BulkDone { label, ok, failed }
+                    .buffer_unordered(16);
+                while let Some((id, result)) = answers.next().await {
+                    if sender
+                        .send(Msg::BulkAnswer { set, id, result })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Msg::BulkDone { set }
             }
             Command::Save { path, lines } => {
                 let count = lines.len();
@@ -385,6 +410,11 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     Err(e) => Err(format!("saving failed: {e}")),
                 })
             }
+            Command::LoadHistory { lines } => Msg::History(
+                crate::logsource::last_lines(&client, lines)
+                    .await
+                    .map_err(Into::into),
+            ),
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             Command::Bench(task) => {
                 let progress = sender.clone();

@@ -6,7 +6,7 @@ mod cli_support;
 use std::process::Stdio;
 
 use cli_support::common::{SimDevice, TestServer, WAIT};
-use cli_support::{herd, run};
+use cli_support::{herd, run, Output};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -66,7 +66,8 @@ async fn devices_device_and_register() {
     let out = run(herd(&server, &key), &["device", "nope"]).await;
     assert_eq!(out.code, 5);
     assert!(
-        out.stderr.starts_with("herd: 404 not found"),
+        out.stderr
+            .starts_with("herd: no device has the id or name \"nope\""),
         "{}",
         out.stderr
     );
@@ -418,6 +419,161 @@ async fn tail_stops_when_its_reader_goes_away() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn devices_are_named_by_name_wherever_an_id_was_taken() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let (porch, token) = server.create_device("porch-lamp").await;
+    let (kitchen, _) = server.create_device("kitchen-lamp").await;
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+
+    let out = run(herd(&server, &key), &["device", "porch-lamp", "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let device: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(device["id"], porch.as_str());
+    // A unique start of a name, and a unique start of an id.
+    let out = run(herd(&server, &key), &["device", "kit", "--json"]).await;
+    let device: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(device["id"], kitchen.as_str(), "{}", out.stderr);
+    let out = run(herd(&server, &key), &["device", &porch[..10], "--json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Ambiguous: usage error naming the candidates; unknown: not found.
+    let out = run(herd(&server, &key), &["device", "k", "--json"]).await;
+    assert_eq!(out.code, 0, "one name starts with k: {}", out.stderr);
+    let (_, _) = server.create_device("kitchen-spot").await;
+    let out = run(herd(&server, &key), &["device", "kitchen"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("kitchen-lamp ("), "{}", out.stderr);
+    assert!(out.stderr.contains("kitchen-spot ("), "{}", out.stderr);
+    let out = run(herd(&server, &key), &["device", "attic"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
+
+    let out = run(herd(&server, &key), &["shadow", "get", "porch-lamp"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(
+        herd(&server, &key),
+        &["call", "porch-lamp", "Echo", r#"{"x":2}"#],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out.stdout).expect("json"),
+        json!({"x": 2})
+    );
+
+    // The tail follows a device by name and shows names.
+    let mut command = herd(&server, &key);
+    command
+        .args(["tail", "--device", "porch-lamp", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            break;
+        }
+    }
+    let out = run(herd(&server, &key), &["call", "porch-lamp", "Echo"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("herd exits after --count")
+        .expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("  porch-lamp  rpc.in.Echo"), "{stdout}");
+    server.shutdown().await;
+}
+
+/// Spawns `herd tail ARGS` and returns once it says it is streaming.
+async fn tail_streaming(
+    server: &TestServer,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut command = herd(server, &server.admin_key);
+    command
+        .arg("tail")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            return (child, stderr);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tail_shows_history_and_changes_excludes_and_gives_up_on_a_dead_server() {
+    let mut server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    let (_, token) = server.create_device("porch").await;
+    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let out = run(
+        herd(&server, &key),
+        &["shadow", "set", "porch", r#"{"on": true}"#],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // History first, named, with the `updated` objects as what changed.
+    let (mut child, _stderr) =
+        tail_streaming(&server, &["--history", "50", "--exclude", "rpc.*"]).await;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stdout = String::new();
+    while !stdout.contains("desired.on ∅→true") {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the change shows: {stdout}"))
+            .expect("read")
+            .expect("open");
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    child.kill().await.expect("kill");
+    assert!(stdout.contains("  porch  online"), "{stdout}");
+    assert!(
+        stdout.contains("  porch  updated  Δ first copy"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("desired.on ∅→true"), "{stdout}");
+    assert!(!stdout.contains("rpc."), "excluded: {stdout}");
+
+    // A server that goes away for longer than --retry-for: exit 3.
+    let (child, mut stderr) = tail_streaming(&server, &["--retry-for", "1"]).await;
+    device.disconnect().await;
+    server.stop().await;
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("herd gives up")
+        .expect("wait");
+    assert_eq!(output.status.code(), Some(3));
+    let mut said = String::new();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        said.push_str(&line);
+        said.push('\n');
+    }
+    assert!(said.contains("could not get it back"), "{said}");
+    // Nobody there at all: exit 3 at once.
+    let out = run(herd(&server, &key), &["tail"]).await;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
 /// `herd keys` (PROTOCOL §11): a read key made from the CLI reads and is refused a change
 /// with exit 4; it shows in the list with its scope and goes away with `rm`.
 #[tokio::test]
@@ -472,5 +628,69 @@ async fn keys_with_a_scope_and_an_expiry() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = run(herd(&server, &read), &["devices"]).await;
     assert_eq!(out.code, 4, "a deleted key is refused: {}", out.stderr);
+    server.shutdown().await;
+}
+
+/// `herd history`: the device as the log says it was at a time, by name.
+#[tokio::test]
+async fn history_rebuilds_a_device_at_a_time() {
+    let server = TestServer::start().await;
+    let key = server.admin_key.clone();
+    server.create_device("porch").await;
+    let set = |on: bool| {
+        let update = if on {
+            r#"{"on": true}"#
+        } else {
+            r#"{"on": false}"#
+        };
+        let (server, key) = (&server, &key);
+        async move { run(herd(server, key), &["shadow", "set", "porch", update]).await }
+    };
+    assert_eq!(set(true).await.code, 0);
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert_eq!(set(false).await.code, 0);
+
+    // The log is written behind the replies: ask until it holds the second change.
+    let desired_on = |out: &Output| {
+        let state: Value = serde_json::from_str(&out.stdout).expect("json");
+        state["object"]["shadow"]["state"]["desired"]["on"].clone()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = run(herd(&server, &key), &["history", "porch", "--json"]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        if desired_on(&out) == json!(false) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", out.stdout);
+    }
+    let at = format!("{between}");
+    let out = run(
+        herd(&server, &key),
+        &["history", "porch", "--at", &at, "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(desired_on(&out), json!(true), "{}", out.stdout);
+
+    // The same from the log files, as people read it.
+    let log = server.dir.path().to_string_lossy().to_string();
+    let out = run(
+        herd(&server, &key),
+        &["history", "por", "--at", &at, "--log", &log],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("porch ("), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(r#"desired      {"on":true}"#),
+        "{}",
+        out.stdout
+    );
+    let out = run(herd(&server, &key), &["history", "attic"]).await;
+    assert_eq!(out.code, 5, "{}", out.stderr);
     server.shutdown().await;
 }

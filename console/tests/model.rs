@@ -14,9 +14,10 @@ use support::*;
 #[test]
 fn connecting_lists_devices_and_reconnecting_lists_again() {
     let mut model = model(false, (80, 24));
+    // The first connection also reads the end of the server's log for the tail.
     assert_eq!(
         send(&mut model, Msg::Stream(Connection::Connected)),
-        vec![Command::LoadDevices]
+        vec![Command::LoadDevices, Command::LoadHistory { lines: 500 }]
     );
     send(
         &mut model,
@@ -244,9 +245,45 @@ fn editing_desired_sends_only_the_difference_and_handles_conflicts() {
             result: Ok(json!({"version": 12})),
         },
     );
-    assert_eq!(commands, vec![Command::LoadDevice(id)]);
+    assert_eq!(commands, vec![Command::LoadDevice(id.clone())]);
     assert!(model.device.as_ref().is_some_and(|v| v.editor.is_none()));
-    assert!(screen(&model, 200, 50).contains("desired updated (shadow version 12)"));
+    assert!(screen(&model, 200, 50).contains("desired updated as version 12; reloading"));
+    // By the reload the device has reported: the message says both, as the pane shows 13.
+    let mut reloaded = device(5);
+    reloaded.shadow["version"] = json!(13);
+    send(
+        &mut model,
+        Msg::DeviceLoaded {
+            id,
+            result: Ok(reloaded),
+        },
+    );
+    let text = screen(&model, 200, 50);
+    assert!(text.contains("desired · v13"), "{text}");
+    assert!(
+        text.contains("desired updated as version 12; the shadow is at version 13 now"),
+        "{text}"
+    );
+}
+
+#[test]
+fn esc_in_the_editor_asks_before_dropping_changes() {
+    let mut model = loaded(10, false, (80, 24));
+    open_device_5(&mut model);
+    // Nothing typed: Esc closes at once.
+    send(&mut model, key(KeyCode::Char('e')));
+    send(&mut model, key(KeyCode::Esc));
+    assert!(model.device.as_ref().is_some_and(|v| v.editor.is_none()));
+    send(&mut model, key(KeyCode::Char('e')));
+    chars(&mut model, "x");
+    send(&mut model, key(KeyCode::Esc));
+    assert!(model.device.as_ref().is_some_and(|v| v.editor.is_some()));
+    assert!(screen(&model, 80, 24).contains("Esc again discards"));
+    // Another key: the question is off, the edit goes on.
+    chars(&mut model, "y");
+    send(&mut model, key(KeyCode::Esc));
+    send(&mut model, key(KeyCode::Esc));
+    assert!(model.device.as_ref().is_some_and(|v| v.editor.is_none()));
 }
 
 #[test]
@@ -258,6 +295,7 @@ fn invalid_json_is_not_sent() {
     assert!(send(&mut model, ctrl('s')).is_empty());
     assert!(screen(&model, 80, 24).contains("invalid JSON at line 1"));
     // $EDITOR returning junk lands in the built-in editor with the reason, unsent.
+    send(&mut model, key(KeyCode::Esc));
     send(&mut model, key(KeyCode::Esc));
     assert_eq!(
         send(&mut model, key(KeyCode::Char('E'))),
@@ -432,30 +470,121 @@ fn bulk_actions_name_the_count_and_wait_for_yes() {
     send(&mut model, key(KeyCode::Char(':')));
     chars(&mut model, "set {\"on\": true}");
     assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
-    assert!(screen(&model, 80, 24).contains("on 3 devices?"));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("on 3 devices?"), "{text}");
+    assert!(text.contains("lamp-000, lamp-001, lamp-002"), "{text}");
+    assert!(text.contains("y yes"), "{text}");
     assert!(send(&mut model, key(KeyCode::Char('n'))).is_empty());
     send(&mut model, key(KeyCode::Char(':')));
     chars(&mut model, "set {\"on\": true}");
     send(&mut model, key(KeyCode::Enter));
     let commands = send(&mut model, key(KeyCode::Char('y')));
     let ids: Vec<String> = (0..3).map(|i| device(i).id).collect();
+    let set = model.results.shown().expect("a result set").id;
     assert_eq!(
         commands,
         vec![Command::Bulk {
+            set,
             label: "set desired {\"on\":true}".into(),
-            ids,
+            ids: ids.clone(),
             action: BulkAction::Desired(json!({"state": {"desired": {"on": true}}})),
         }]
     );
-    send(
-        &mut model,
-        Msg::BulkDone {
-            label: "set desired".into(),
-            ok: 2,
-            failed: vec![("x".into(), "503 unavailable".into())],
-        },
+    for (i, id) in ids.iter().enumerate() {
+        let result = if i == 1 {
+            Err("503 unavailable".to_string())
+        } else {
+            Ok(json!({"version": 9}))
+        };
+        send(
+            &mut model,
+            Msg::BulkAnswer {
+                set,
+                id: id.clone(),
+                result,
+            },
+        );
+    }
+    send(&mut model, Msg::BulkDone { set });
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("3 answered, 1 failed"), "{text}");
+}
+
+#[test]
+fn bulk_results_are_kept_per_device_until_dismissed_and_saved_as_json() {
+    let mut model = loaded(10, false, (80, 24));
+    for _ in 0..3 {
+        send(&mut model, key(KeyCode::Char(' ')));
+    }
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "call Sys.GetInfo");
+    send(&mut model, key(KeyCode::Enter));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("call Sys.GetInfo on 3 devices?"), "{text}");
+    assert!(text.contains("y yes   n no"), "{text}");
+    let commands = send(&mut model, key(KeyCode::Char('y')));
+    let Some(Command::Bulk { set, ids, .. }) = commands.into_iter().next() else {
+        panic!("a bulk command");
+    };
+    // The pane opens at once, every device waiting.
+    assert_eq!(model.screen(), &Screen::Results);
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("0 of 3 answered"), "{text}");
+    assert_eq!(text.matches("waiting…").count(), 3, "{text}");
+    for (i, id) in ids.iter().enumerate() {
+        let result = if i == 2 {
+            Err("503 device offline".to_string())
+        } else {
+            Ok(json!({"app": "smart-light", "uptime": 100 + i}))
+        };
+        send(
+            &mut model,
+            Msg::BulkAnswer {
+                set,
+                id: id.clone(),
+                result,
+            },
+        );
+    }
+    send(&mut model, Msg::BulkDone { set });
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("3 answered, 1 failed"), "{text}");
+    assert!(
+        text.contains(r#"{"app":"smart-light","uptime":100}"#),
+        "{text}"
     );
-    assert!(screen(&model, 80, 24).contains("2 ok, 1 failed"));
+    assert!(text.contains("503 device offline"), "{text}");
+    assert!(text.contains("lamp-000"), "{text}");
+    // The selected row's whole value, pretty.
+    assert!(text.contains("\"uptime\": 100"), "{text}");
+    // Long after, leaving and coming back: still there.
+    send(&mut model, Msg::Tick(NOW + 600.0));
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.screen(), &Screen::Fleet);
+    send(&mut model, key(KeyCode::Char('o')));
+    assert_eq!(model.screen(), &Screen::Results);
+    assert!(screen(&model, 80, 24).contains("3 answered, 1 failed"));
+    // Saved as JSON.
+    send(&mut model, key(KeyCode::Char('s')));
+    send(&mut model, ctrl('u'));
+    chars(&mut model, "out.json");
+    match send(&mut model, key(KeyCode::Enter)).as_slice() {
+        [Command::Save { path, lines }] => {
+            assert_eq!(path.to_str(), Some("out.json"));
+            let saved: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+            assert_eq!(saved["action"], "call Sys.GetInfo");
+            assert_eq!(saved["results"][0]["name"], "lamp-000");
+            assert_eq!(saved["results"][0]["ok"], true);
+            assert_eq!(saved["results"][0]["result"]["uptime"], 100);
+            assert_eq!(saved["results"][2]["ok"], false);
+            assert_eq!(saved["results"][2]["error"], "503 device offline");
+        }
+        other => panic!("save expected, got {other:?}"),
+    }
+    // Dismissed: gone, and the pane closes.
+    send(&mut model, key(KeyCode::Char('x')));
+    assert!(model.results.sets.is_empty());
+    assert_eq!(model.screen(), &Screen::Fleet);
 }
 
 #[test]
@@ -1403,6 +1532,345 @@ fn u_pushes_an_image_to_one_device_with_live_progress() {
         }),
     );
     assert!(screen(&model, 200, 50).contains("push to lamp-005 failed: 409 conflict"));
+}
+
+#[test]
+fn devices_are_named_by_name_or_a_unique_start_wherever_an_id_was_taken() {
+    let mut model = loaded(12, false, (80, 24));
+    // `:device` takes the name, as the table shows it.
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "device lamp-005");
+    assert_eq!(
+        send(&mut model, key(KeyCode::Enter)),
+        vec![Command::LoadDevice(device(5).id)]
+    );
+    // A unique start of a name will do; an ambiguous one lists the candidates.
+    send(&mut model, key(KeyCode::Esc));
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "device lamp-01");
+    assert!(send(&mut model, key(KeyCode::Enter)).is_empty());
+    match &model.overlay {
+        Some(Overlay::Palette {
+            error: Some(error), ..
+        }) => {
+            assert!(error.contains("names several devices"), "{error}");
+            assert!(error.contains("lamp-010"), "{error}");
+        }
+        other => panic!("an ambiguity error expected, got {other:?}"),
+    }
+    send(&mut model, key(KeyCode::Esc));
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "device attic");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(matches!(
+        &model.overlay,
+        Some(Overlay::Palette { error: Some(e), .. }) if e.contains("no device has the id or name")
+    ));
+    send(&mut model, key(KeyCode::Esc));
+
+    // The tail's `d` filter takes names too, and its title says the name.
+    send(&mut model, key(KeyCode::Char('t')));
+    for i in 0..12 {
+        notify(
+            &mut model,
+            NOW + i as f64,
+            vec![notification(&device(i).id, "online", json!(null))],
+        );
+    }
+    send(&mut model, key(KeyCode::Char('d')));
+    chars(&mut model, "lamp-007");
+    send(&mut model, key(KeyCode::Enter));
+    assert_eq!(
+        model.tail.filter.device.as_deref(),
+        Some(device(7).id.as_str())
+    );
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("device=lamp-007"), "{text}");
+    assert!(text.contains("lamp-007 online"), "{text}");
+    assert!(!text.contains("lamp-006"), "{text}");
+
+    // Saved tails carry the device's name beside its id.
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "save out.ndjson");
+    match send(&mut model, key(KeyCode::Enter)).as_slice() {
+        [Command::Save { lines, .. }] => {
+            let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+            assert_eq!(line["id"], device(7).id.as_str());
+            assert_eq!(line["device_name"], "lamp-007");
+            assert_eq!(line["name"], "online");
+        }
+        other => panic!("save expected, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_lost_server_marks_rows_and_header_stale_with_the_age() {
+    let mut model = loaded(6, false, (80, 24));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("4 online 2 offline"), "{text}");
+    assert!(text.contains(" now"), "{text}");
+    assert!(!text.contains("STALE"), "{text}");
+    send(
+        &mut model,
+        Msg::Stream(Connection::Lost {
+            reason: "Connection refused".into(),
+            retry_at: NOW + 2.0,
+        }),
+    );
+    send(&mut model, Msg::Tick(NOW + 42.0));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("STALE 42s"), "{text}");
+    assert!(text.contains("online?"), "{text}");
+    assert!(text.contains("stale 42s"), "{text}");
+    assert!(
+        !text.contains(" now"),
+        "no row claims to be seen now: {text}"
+    );
+    // Still stale while reconnecting, and until the table is listed again.
+    send(
+        &mut model,
+        Msg::Stream(Connection::Connecting { attempt: 3 }),
+    );
+    send(&mut model, Msg::Stream(Connection::Connected));
+    assert_eq!(model.stale_since, Some(NOW));
+    send(
+        &mut model,
+        Msg::DevicesLoaded(Ok((0..6).map(row).collect())),
+    );
+    assert_eq!(model.stale_since, None);
+    let text = screen(&model, 80, 24);
+    assert!(
+        !text.contains("STALE") && !text.contains("online?"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_tail_starts_with_the_logs_history_and_shows_updates_as_changes() {
+    let mut model = loaded(3, false, (100, 24));
+    let id = device(1).id;
+    let mut object = serde_json::to_value(device(1)).expect("json");
+    let history = vec![
+        (NOW - 100.0, notification(&id, "offline", json!(null))),
+        (NOW - 90.0, notification(&id, "updated", object.clone())),
+    ];
+    notify(
+        &mut model,
+        NOW,
+        vec![notification(&id, "online", json!(null))],
+    );
+    send(&mut model, Msg::History(Ok(history)));
+    object["shadow"]["state"]["reported"]["on"] = json!(true);
+    object["shadow"]["version"] = json!(5);
+    notify(
+        &mut model,
+        NOW + 1.0,
+        vec![notification(&id, "updated", object)],
+    );
+    send(&mut model, key(KeyCode::Char('t')));
+    let text = screen(&model, 100, 24);
+    assert!(text.contains("2 from the log"), "{text}");
+    assert!(text.contains("above: the server's log"), "{text}");
+    assert!(text.contains("first copy"), "{text}");
+    // The live `updated` is compared with the one from the log.
+    assert!(
+        text.contains("reported.on false→true · version 4→5"),
+        "{text}"
+    );
+    // `-name:updated` hides them.
+    send(&mut model, key(KeyCode::Char('/')));
+    send(&mut model, ctrl('u'));
+    chars(&mut model, "-name:updated device:lamp-001");
+    send(&mut model, key(KeyCode::Enter));
+    let text = screen(&model, 100, 24);
+    assert!(text.contains("-name=updated"), "{text}");
+    assert!(!text.contains("false→true"), "{text}");
+    assert!(text.contains(" offline"), "{text}");
+    // The `n` prompt says the same with a leading minus.
+    send(&mut model, key(KeyCode::Char('n')));
+    assert!(
+        matches!(&model.overlay, Some(Overlay::Prompt { input, .. }) if input.text() == "-updated")
+    );
+}
+
+#[test]
+fn at_80x24_help_scrolls_and_sort_keys_are_the_columns_on_screen() {
+    let mut model = loaded(12, false, (80, 24));
+    send(&mut model, key(KeyCode::Char('?')));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("help · 1-19 of"), "{text}");
+    assert!(!text.contains(":quit"), "{text}");
+    send(&mut model, key(KeyCode::Char('G')));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains(":quit"), "the end shows: {text}");
+    send(&mut model, key(KeyCode::PageUp));
+    assert!(matches!(model.overlay, Some(Overlay::Help { .. })));
+    send(&mut model, key(KeyCode::Esc));
+    assert!(model.overlay.is_none());
+
+    // Six columns fit at 80: STATE NAME ID FIRMWARE LAST SEEN LIGHT.
+    send(&mut model, key(KeyCode::Char('3')));
+    assert_eq!(model.fleet.sort().column, herd_console::fleet::Column::Id);
+    send(&mut model, key(KeyCode::Char('7')));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("6 columns fit on screen"), "{text}");
+    assert_eq!(model.fleet.sort().column, herd_console::fleet::Column::Id);
+    // A sort by a column off screen is still shown.
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "sort arch desc");
+    send(&mut model, key(KeyCode::Enter));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("sorted by ARCH▼"), "{text}");
+}
+
+#[test]
+fn at_80x24_the_confirm_box_shows_what_how_many_and_the_keys() {
+    let mut model = loaded(40, false, (80, 24));
+    send(&mut model, key(KeyCode::Char('*')));
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(
+        &mut model,
+        r#"set {"on": true, "brightness": 80, "colour": "warm white", "schedule": {"from": "18:00", "to": "23:30"}}"#,
+    );
+    send(&mut model, key(KeyCode::Enter));
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("on 40 devices?"), "{text}");
+    assert!(text.contains("y yes   n no"), "{text}");
+    assert!(text.contains("34 more"), "{text}");
+}
+
+#[test]
+fn device_panes_and_rpc_results_scroll_and_methods_jump_as_typed() {
+    let mut model = loaded(10, false, (80, 24));
+    let id = open_device_5(&mut model);
+    let mut object = device(5);
+    let reported: serde_json::Map<String, serde_json::Value> =
+        (0..30).map(|i| (format!("key{i:02}"), json!(i))).collect();
+    object.shadow["state"]["reported"] = serde_json::Value::Object(reported);
+    send(
+        &mut model,
+        Msg::DeviceLoaded {
+            id: id.clone(),
+            result: Ok(object),
+        },
+    );
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("key00"), "{text}");
+    // Tab to the reported pane, then scroll it.
+    send(&mut model, key(KeyCode::Tab));
+    send(&mut model, key(KeyCode::Tab));
+    for _ in 0..5 {
+        send(&mut model, key(KeyCode::Char('j')));
+    }
+    let text = screen(&model, 80, 24);
+    assert!(!text.contains("key00"), "{text}");
+    assert!(text.contains("key05"), "{text}");
+    assert!(text.contains("6-"), "the pane says where it is: {text}");
+
+    send(&mut model, key(KeyCode::Char('c')));
+    send(
+        &mut model,
+        Msg::RpcListed {
+            id: id.clone(),
+            result: Ok(vec![
+                "Config.Get".into(),
+                "Echo".into(),
+                "Sys.GetInfo".into(),
+                "Sys.Reboot".into(),
+            ]),
+        },
+    );
+    chars(&mut model, "sys.r");
+    let dialog = model
+        .device
+        .as_ref()
+        .and_then(|v| v.rpc.as_ref())
+        .expect("dialog");
+    assert_eq!(dialog.selected_method(), Some("Sys.Reboot"));
+    // After a pause, typing starts anew.
+    send(&mut model, Msg::Tick(NOW + 5.0));
+    chars(&mut model, "ec");
+    let dialog = model
+        .device
+        .as_ref()
+        .and_then(|v| v.rpc.as_ref())
+        .expect("dialog");
+    assert_eq!(dialog.selected_method(), Some("Echo"));
+    send(&mut model, key(KeyCode::Enter));
+    let long: serde_json::Map<String, serde_json::Value> = (0..60)
+        .map(|i| (format!("field{i:02}"), json!(i)))
+        .collect();
+    send(
+        &mut model,
+        Msg::RpcDone {
+            id: id.clone(),
+            method: "Echo".into(),
+            result: Ok(serde_json::Value::Object(long)),
+        },
+    );
+    let text = screen(&model, 80, 24);
+    assert!(text.contains("\"field00\""), "{text}");
+    send(&mut model, key(KeyCode::PageDown));
+    let text = screen(&model, 80, 24);
+    assert!(!text.contains("\"field00\""), "{text}");
+    assert!(text.contains("PgUp PgDn"), "{text}");
+    // The call is kept in the results pane too.
+    assert_eq!(model.results.sets.len(), 1);
+}
+
+#[test]
+fn delete_and_rename_ask_and_report_per_device() {
+    let mut model = loaded(10, false, (80, 24));
+    send(&mut model, key(KeyCode::Char(' ')));
+    send(&mut model, key(KeyCode::Char(' ')));
+    send(&mut model, ctrl('d'));
+    let text = screen(&model, 80, 24);
+    assert!(
+        text.contains("delete on 2 devices? (lamp-000, lamp-001)"),
+        "{text}"
+    );
+    match send(&mut model, key(KeyCode::Char('y'))).as_slice() {
+        [Command::Bulk { ids, action, .. }] => {
+            assert_eq!(ids, &vec![device(0).id, device(1).id]);
+            assert_eq!(action, &BulkAction::Delete);
+        }
+        other => panic!("a bulk delete expected, got {other:?}"),
+    }
+    send(&mut model, key(KeyCode::Esc));
+    send(&mut model, key(KeyCode::Esc)); // unmark
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "rename porch light");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(screen(&model, 80, 24).contains("rename lamp-002 to porch light?"));
+    match send(&mut model, key(KeyCode::Char('y'))).as_slice() {
+        [Command::Bulk { ids, action, .. }] => {
+            assert_eq!(ids, &vec![device(2).id]);
+            assert_eq!(action, &BulkAction::Rename("porch light".into()));
+        }
+        other => panic!("a rename expected, got {other:?}"),
+    }
+    // Read-only: refused.
+    let mut model = loaded(10, true, (80, 24));
+    send(&mut model, ctrl('d'));
+    assert!(model.overlay.is_none());
+    assert!(screen(&model, 80, 24).contains("read-only"));
+}
+
+#[test]
+fn esc_from_a_devices_tail_goes_back_to_the_device() {
+    let mut model = loaded(10, false, (80, 24));
+    let id = open_device_5(&mut model);
+    send(&mut model, key(KeyCode::Char('t')));
+    assert_eq!(model.screen(), &Screen::Notifications);
+    assert_eq!(model.tail.filter.device.as_deref(), Some(id.as_str()));
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.screen(), &Screen::Device(id));
+    assert!(
+        model.tail.filter.is_empty(),
+        "the tail's own filter is back"
+    );
+    send(&mut model, key(KeyCode::Esc));
+    assert_eq!(model.screen(), &Screen::Fleet);
 }
 
 // The bench view: ports, the new light's settings, a flash, then the new device's page.

@@ -195,6 +195,7 @@ fn connectivity_uptime_in_every_format() {
         header,
         [
             "id",
+            "name",
             "sessions",
             "online_s",
             "uptime_pct",
@@ -324,7 +325,7 @@ fn fleet_tables_top_and_the_whole_report_as_json() {
         dir.path(),
         &words("fleet --format csv --table busiest --top 1"),
     );
-    assert_eq!(out.text(), "id,notifications\nlamp,7\n");
+    assert_eq!(out.text(), "id,name,notifications\nlamp,,7\n");
 
     let out = report(
         dir.path(),
@@ -606,7 +607,7 @@ fn ignored_lines_are_counted_on_stderr_and_stdout_stays_data() {
     );
     let (_, rows) = csv(&out.text());
     assert_eq!(rows.len(), 2, "the figures are unchanged");
-    assert_eq!(rows[0][3], "50");
+    assert_eq!(rows[0][4], "50");
 
     // Nothing ignored: nothing on stderr.
     let clean: String = hour_log()
@@ -637,7 +638,7 @@ fn out_writes_a_whole_file_or_none() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let written = std::fs::read_to_string(path.join("usage.csv")).expect("file");
     assert!(
-        written.starts_with("id,switch_ons,switch_offs,hours_on\nlamp,2,2,"),
+        written.starts_with("id,name,switch_ons,switch_offs,hours_on\nlamp,,2,2,"),
         "{written}"
     );
 
@@ -1051,12 +1052,23 @@ async fn reports_over_the_servers_log() {
         (
             rows[0][0].as_str(),
             rows[0][1].as_str(),
-            rows[0][2].as_str()
+            rows[0][2].as_str(),
+            rows[0][3].as_str()
         ),
-        (lamp.as_str(), "1", "1"),
+        (lamp.as_str(), "lamp", "1", "1"),
         "{}",
         out.text()
     );
+    // The device by its name, as the log last named it: the same row.
+    let by_name = report_from(
+        &url,
+        &server.admin_key,
+        dir,
+        &["usage", "--format", "csv", "--device", "lamp"],
+    )
+    .await;
+    assert_eq!(by_name.code, 0, "{}", by_name.stderr);
+    assert_eq!(by_name.text(), out.text());
 
     // Bob's key sees only Bob's device's lines.
     let out = report_from(&url, &bob.api_key, dir, &["fleet", "--format", "json"]).await;
@@ -1071,7 +1083,10 @@ async fn reports_over_the_servers_log() {
         &["fleet", "--format", "csv", "--table", "busiest"],
     )
     .await;
-    assert_eq!(out.text(), format!("id,notifications\n{desk},1\n"));
+    assert_eq!(
+        out.text(),
+        format!("id,name,notifications\n{desk},desk,1\n")
+    );
 
     // A key the server refuses: exit 4; nothing on stdout.
     let out = report_from(&url, "0123456789abcdef01234567", dir, &["fleet"]).await;
@@ -1100,4 +1115,61 @@ async fn reports_over_the_servers_log() {
         "{}",
         out.stderr
     );
+}
+
+/// `herd query`: SQL over the log's tables agrees with `herd report`, in every format.
+#[cfg(feature = "query")]
+#[test]
+fn query_agrees_with_the_usage_report() {
+    let dir = log_dir(&hour_log());
+    let path = dir.path();
+    let query = |args: &[&str]| {
+        let mut all = vec!["query"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--log", "notification.log"]);
+        run(herd(path), &all)
+    };
+    let out = query(&[
+        "SELECT id, SUM(CASE WHEN \"on\" THEN 1 ELSE 0 END) AS switch_ons FROM switches \
+         GROUP BY id ORDER BY id",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // lamp: off, on, off, on, off: two switch-ons; porch: off, on: one.
+    assert_eq!(out.text(), "id,switch_ons\nlamp,2\nporch,1\n");
+    let report = run(
+        herd(path),
+        &words("report usage --format csv --log notification.log"),
+    );
+    let (header, rows) = csv(&report.text());
+    let ons = header
+        .iter()
+        .position(|h| h == "switch_ons")
+        .expect("column");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r[0].as_str(), r[ons].as_str()))
+            .collect::<Vec<_>>(),
+        [("lamp", "2"), ("porch", "1")]
+    );
+
+    let out = query(&[
+        "SELECT id, COUNT(*) AS sessions FROM sessions GROUP BY id ORDER BY id",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.json(),
+        serde_json::json!([{"id": "lamp", "sessions": 1}, {"id": "porch", "sessions": 1}])
+    );
+
+    // A query Polars refuses is a usage error that says why; the tables are listed.
+    let out = query(&["SELECT * FROM nowhere"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("the query failed"), "{}", out.stderr);
+    let out = run(herd(path), &["query", "--tables"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().contains("switches"), "{}", out.text());
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestServer, WAIT};
+use common::{SimDevice, TestServer, WAIT};
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use portable_pty::{CommandBuilder, MasterPty, PtySize};
 use tokio::sync::mpsc;
@@ -200,6 +200,12 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
     })
     .await;
     pty.type_text("y");
+    // The answer lands in the results pane, which opens over the fleet.
+    pty.wait_for("the answer in the results pane", |s| {
+        s.contains("Fleet › Results") && s.lines().any(|l| l.starts_with("ok    e2e-0000"))
+    })
+    .await;
+    pty.type_text("\x1b");
     // The device applies the delta and reports; the row follows the notify stream.
     pty.wait_for("the light reported on", |s| {
         row(s, "e2e-0000").is_some_and(|line| {
@@ -232,7 +238,8 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_is_survived_and_tiny_terminals_are_explained() {
     let mut server = TestServer::start().await;
-    let (_, _) = server.create_device("porch").await;
+    let (_, token) = server.create_device("porch").await;
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
     let mut pty = Pty::spawn(
         &[],
         &[
@@ -241,16 +248,22 @@ async fn a_server_restart_is_survived_and_tiny_terminals_are_explained() {
         ],
         server.dir.path(),
     );
-    pty.wait_for("the fleet", |s| s.contains("● live") && s.contains("porch"))
-        .await;
+    pty.wait_for("the fleet", |s| {
+        s.contains("● live") && row(s, "porch").is_some_and(|line| line.contains("online"))
+    })
+    .await;
     server.stop().await;
-    pty.wait_for("the loss", |s| {
-        s.contains("disconnected") || s.contains("reconnecting")
+    // A clean stop says goodbye: the device went offline before the stream closed, and
+    // the header says the rest is what was last heard.
+    pty.wait_for("the loss, marked stale", |s| {
+        (s.contains("disconnected") || s.contains("reconnecting"))
+            && s.contains("STALE")
+            && row(s, "porch").is_some_and(|line| line.contains("offline"))
     })
     .await;
     server.start_again().await;
     pty.wait_for("the reconnection", |s| {
-        s.contains("● live") && s.contains("porch")
+        s.contains("● live") && !s.contains("STALE") && s.contains("porch")
     })
     .await;
 
@@ -437,4 +450,145 @@ async fn demo_rolls_out_firmware_and_pushes_an_image_to_one_device() {
     pty.type_text("q");
     let (success, restored) = pty.exit().await;
     assert!(success && restored);
+}
+
+/// A TCP path to the server that the test can cut and mend: the server out of reach
+/// without a goodbye (a crash, a partition), while its devices stay connected to it.
+struct Path {
+    addr: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Path {
+    async fn open(to: std::net::SocketAddr) -> Path {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut path = Path {
+            addr: listener.local_addr().expect("addr"),
+            to,
+            tasks: Arc::default(),
+        };
+        path.serve(listener);
+        path
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let tasks = self.tasks.clone();
+        let to = self.to;
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().expect("tasks").push(relay.abort_handle());
+            }
+        });
+        self.tasks
+            .lock()
+            .expect("tasks")
+            .push(accept.abort_handle());
+    }
+
+    /// Drops every connection and stops listening: nothing reaches the server.
+    fn cut(&self) {
+        for task in self.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same address.
+    async fn mend(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same port");
+        self.serve(listener);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The server out of reach while its devices stay online: every row that said online
+/// says it is only what was last heard, with the age, until the console hears again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_marked_stale_while_the_server_is_out_of_reach() {
+    let server = TestServer::start().await;
+    let (_, token) = server.create_device("porch").await;
+    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let mut path = Path::open(server.addr).await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", path.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the device online", |s| {
+        s.contains("● live")
+            && row(s, "porch").is_some_and(|line| line.contains("online ") && line.contains("now"))
+    })
+    .await;
+
+    path.cut();
+    let screen = pty
+        .wait_for("the stale mark", |s| {
+            s.contains("STALE")
+                && row(s, "porch")
+                    .is_some_and(|line| line.contains("online?") && line.contains("stale "))
+        })
+        .await;
+    assert!(!screen.contains("● live"), "{screen}");
+
+    path.mend().await;
+    pty.wait_for("the mark cleared", |s| {
+        s.contains("● live")
+            && !s.contains("STALE")
+            && row(s, "porch").is_some_and(|line| {
+                line.contains("online ") && line.contains("now") && !line.contains("stale")
+            })
+    })
+    .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}
+
+/// The `[theme]` table of the config file: a mistake is refused before the screen is
+/// taken, naming the entry; a good one is drawn with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_theme_from_the_config_is_checked_before_the_screen() {
+    let server = TestServer::start().await;
+    let config = server.dir.path().join("themed.toml");
+    let env = |config: &std::path::Path| {
+        [
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+            ("HERD_CONFIG", config.display().to_string()),
+        ]
+    };
+    std::fs::write(&config, "[theme]\nonline = \"neon green\"\n").expect("write");
+    let mut pty = Pty::spawn(&[], &env(&config), server.dir.path());
+    pty.wait_for("the refusal", |s| s.contains("[theme] online"))
+        .await;
+    let (success, restored) = pty.exit().await;
+    assert!(!success && restored);
+
+    std::fs::write(
+        &config,
+        "[theme]\nonline = \"bold bright green\"\nstale = \"italic #d0a020\"\n",
+    )
+    .expect("write");
+    let mut pty = Pty::spawn(&[], &env(&config), server.dir.path());
+    pty.wait_for("the fleet", |s| s.contains("● live")).await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
 }

@@ -428,6 +428,140 @@ fn device_push_and_progress() {
     });
 }
 
+// ---------------------------------------------------------------------------------------
+// The operator's day: staleness, results, the tail's changes and history, 80x24.
+
+#[test]
+fn stale_fleet_and_device() {
+    let lose = |model: &mut herd_console::tui::Model| {
+        send(
+            model,
+            Msg::Stream(Connection::Lost {
+                reason: "Connection refused (os error 111)".into(),
+                retry_at: NOW + 95.0,
+            }),
+        );
+        send(model, Msg::Tick(NOW + 90.0));
+    };
+    snapshot_all("fleet_stale", |size| {
+        let mut model = loaded(20, false, size);
+        lose(&mut model);
+        model
+    });
+    snapshot("device_stale", |size| {
+        let mut model = device_scene(size);
+        lose(&mut model);
+        model
+    });
+}
+
+/// A bulk call on four devices: two answered, one failed, one waiting.
+fn results_scene(size: (u16, u16)) -> herd_console::tui::Model {
+    let mut model = loaded(10, false, size);
+    for _ in 0..4 {
+        send(&mut model, key(KeyCode::Char(' ')));
+    }
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "call Sys.GetInfo");
+    send(&mut model, key(KeyCode::Enter));
+    let commands = send(&mut model, key(KeyCode::Char('y')));
+    let Some(herd_console::tui::Command::Bulk { set, ids, .. }) = commands.into_iter().next()
+    else {
+        panic!("a bulk command");
+    };
+    for (i, id) in ids.iter().enumerate().take(3) {
+        let result = if i == 1 {
+            Err("503 service unavailable: the device is offline".to_string())
+        } else {
+            Ok(
+                json!({"app": "smart-light", "fw_version": "1.2.0", "arch": "esp32c3",
+                      "mac": format!("24:0A:C4:00:00:0{i}"), "uptime": 3600 + i,
+                      "ram_size": 327680, "ram_free": 123456, "ram_min_free": 100000,
+                      "fs_size": 233681, "fs_free": 150000, "wifi": {"sta_ip": "10.0.0.7", "ssid": "lab"}}),
+            )
+        };
+        send(
+            &mut model,
+            Msg::BulkAnswer {
+                set,
+                id: id.clone(),
+                result,
+            },
+        );
+    }
+    model
+}
+
+#[test]
+fn results_pane() {
+    snapshot_all("results", results_scene);
+    snapshot("results_value_scrolled", |size| {
+        let mut model = results_scene(size);
+        send(&mut model, key(KeyCode::Tab));
+        for _ in 0..6 {
+            send(&mut model, key(KeyCode::Down));
+        }
+        model
+    });
+}
+
+#[test]
+fn tail_with_history_and_changes() {
+    snapshot_all("tail_history", |size| {
+        let mut model = loaded(5, false, size);
+        let id = device(2).id;
+        let mut object = serde_json::to_value(device(2)).expect("json");
+        let history = vec![
+            (NOW - 300.0, notification(&id, "offline", json!(null))),
+            (NOW - 240.0, notification(&id, "online", json!(null))),
+            (NOW - 239.0, notification(&id, "updated", object.clone())),
+        ];
+        send(&mut model, Msg::History(Ok(history)));
+        object["shadow"]["state"]["desired"]["on"] = json!(false);
+        object["shadow"]["state"]["delta"] = json!({"on": false});
+        object["shadow"]["version"] = json!(6);
+        notify(
+            &mut model,
+            NOW + 1.0,
+            vec![notification(&id, "updated", object.clone())],
+        );
+        object["shadow"]["state"]["reported"]["on"] = json!(false);
+        object["shadow"]["state"]["delta"] = json!({});
+        object["shadow"]["version"] = json!(7);
+        notify(
+            &mut model,
+            NOW + 2.0,
+            vec![
+                notification(
+                    &id,
+                    "rpc.out.Dash.Shadow.Update",
+                    json!({"state": {"reported": {"on": false}}}),
+                ),
+                notification(&id, "updated", object),
+            ],
+        );
+        send(&mut model, key(KeyCode::Char('t')));
+        model
+    });
+}
+
+#[test]
+fn help_scrolled_and_sorted_off_screen() {
+    snapshot("help_scrolled", |size| {
+        let mut model = loaded(10, false, size);
+        send(&mut model, key(KeyCode::Char('?')));
+        send(&mut model, key(KeyCode::PageDown));
+        model
+    });
+    snapshot("fleet_sorted_off_screen", |size| {
+        let mut model = loaded(10, false, size);
+        send(&mut model, key(KeyCode::Char(':')));
+        chars(&mut model, "sort uptime desc");
+        send(&mut model, key(KeyCode::Enter));
+        model
+    });
+}
+
 // The bench: ports, the new light's settings, a flash under way and one that failed.
 
 use herd_console::bench::provision::Event;

@@ -81,6 +81,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let window = (scope.request.flapping.window_s * 1e6).round() as i64;
 
     let mut ids = Vec::new();
+    let mut names = Vec::new();
     let mut session_counts = Vec::new();
     let mut online_s = Vec::new();
     let mut uptime = Vec::new();
@@ -123,6 +124,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         }
         let peak = peak_in_window(&connects, window);
         ids.push(device.id);
+        names.push(device.name);
         session_counts.push(count);
         online_s.push(seconds(online));
         uptime.push(if scope.range_us() > 0 {
@@ -137,6 +139,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     }
     let devices = frame(vec![
         Column::new("id".into(), ids),
+        Column::new("name".into(), names),
         Column::new("sessions".into(), session_counts),
         Column::new("online_s".into(), online_s),
         Column::new("uptime_pct".into(), uptime),

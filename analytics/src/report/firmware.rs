@@ -158,6 +158,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let mut running_now: FxHashMap<u32, u32> = FxHashMap::default();
 
     let mut ids = Vec::new();
+    let mut names = Vec::new();
     let mut versions = Vec::new();
     let mut attempts = Vec::new();
     let mut successes = Vec::new();
@@ -188,6 +189,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
             *running_now.entry(fw).or_default() += 1;
         }
         ids.push(device.id);
+        names.push(device.name);
         versions.push((fw != NONE).then(|| scope.log.versions.text(fw)));
         attempts.push(counts[0]);
         successes.push(counts[1]);
@@ -197,6 +199,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     }
     let devices = frame(vec![
         Column::new("id".into(), ids),
+        Column::new("name".into(), names),
         Column::new("fw_version".into(), versions),
         Column::new("ota_attempts".into(), attempts),
         Column::new("ota_successes".into(), successes),

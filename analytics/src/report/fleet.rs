@@ -85,11 +85,14 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
             names.iter().map(|n| n.0).collect::<Vec<u64>>(),
         ),
     ])?;
-    let mut busiest: Vec<(u64, String)> = by_device
+    let mut busiest: Vec<(u64, String, String)> = by_device
         .iter()
         .enumerate()
         .filter(|(_, &n)| n > 0)
-        .map(|(device, &n)| (n, log.devices.text(device as u32)))
+        .map(|(device, &n)| {
+            let device = device as u32;
+            (n, log.devices.text(device), log.label_or_empty(device))
+        })
         .collect();
     busiest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     busiest.truncate(scope.request.top);
@@ -97,6 +100,10 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         Column::new(
             "id".into(),
             busiest.iter().map(|n| n.1.as_str()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "name".into(),
+            busiest.iter().map(|n| n.2.as_str()).collect::<Vec<_>>(),
         ),
         Column::new(
             "notifications".into(),

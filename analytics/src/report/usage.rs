@@ -80,6 +80,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let hour_of = |ts: i64| (ts.div_euclid(HOUR).rem_euclid(24)) as usize;
 
     let mut ids = Vec::new();
+    let mut names = Vec::new();
     let mut ons = Vec::new();
     let mut offs = Vec::new();
     let mut on_hours = Vec::new();
@@ -117,10 +118,12 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
         ons.push(count(&found.ons, &mut bucket_ons, &mut hour_ons));
         offs.push(count(&found.offs, &mut bucket_offs, &mut hour_offs));
         ids.push(device.id);
+        names.push(device.name);
         on_hours.push(hours(total));
     }
     let devices = frame(vec![
         Column::new("id".into(), ids),
+        Column::new("name".into(), names),
         Column::new("switch_ons".into(), ons),
         Column::new("switch_offs".into(), offs),
         Column::new("hours_on".into(), on_hours),

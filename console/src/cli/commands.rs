@@ -52,6 +52,56 @@ pub(crate) fn json_argument(text: &str, what: &str) -> Result<Value, Failure> {
         .map_err(|e| Failure::usage(format!("{what} is not valid JSON: {e}")))
 }
 
+/// The device `text` names: its id, its name, or a unique start of either (see
+/// [`herd_analytics::names`]). An id is tried first with one `GET /devices/:id`, so naming
+/// a device by id costs no listing; a name lists the devices once.
+pub async fn resolve_device(client: &Client, text: &str) -> Result<DeviceObject, Failure> {
+    if text.trim().is_empty() {
+        return Err(Failure::usage("a device id or name is needed"));
+    }
+    match client.device(text).await {
+        Ok(device) => return Ok(device),
+        Err(herd_client::Error::Api { status: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    pick_device(client.devices().await?, text)
+}
+
+/// The device of `devices` that `text` names (see [`resolve_device`]).
+pub fn pick_device(mut devices: Vec<DeviceObject>, text: &str) -> Result<DeviceObject, Failure> {
+    use herd_analytics::names::{describe_candidates, resolve, Resolution};
+    let found = resolve(
+        text,
+        devices.iter().map(|d| (d.id.as_str(), d.name.as_str())),
+    );
+    match found {
+        Resolution::Found(id) => {
+            let index = devices
+                .iter()
+                .position(|d| d.id == id)
+                .ok_or_else(|| Failure::new(Exit::Failure, "a resolved device went missing"))?;
+            Ok(devices.swap_remove(index))
+        }
+        Resolution::NotFound => Err(Failure::new(
+            Exit::NotFound,
+            format!("no device has the id or name {text:?}"),
+        )),
+        Resolution::Ambiguous(candidates) => Err(Failure::usage(format!(
+            "{text:?} names more than one device: {}; give more of the name or the id",
+            describe_candidates(&candidates)
+        ))),
+    }
+}
+
+/// How a device is named in messages: `name (id)`, or the id alone.
+pub fn device_label(device: &DeviceObject) -> String {
+    if device.name.is_empty() || device.name == device.id {
+        device.id.clone()
+    } else {
+        format!("{} ({})", device.name, device.id)
+    }
+}
+
 pub async fn devices(client: &Client, json: bool) -> CommandResult {
     let mut devices = client.devices().await?;
     devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -120,7 +170,7 @@ pub fn table<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
 }
 
 pub async fn device(client: &Client, id: &str, json: bool) -> CommandResult {
-    let device = client.device(id).await?;
+    let device = resolve_device(client, id).await?;
     if json {
         let text = serde_json::to_string(&device)
             .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
@@ -154,7 +204,8 @@ pub async fn device(client: &Client, id: &str, json: bool) -> CommandResult {
 }
 
 pub async fn shadow_get(client: &Client, id: &str) -> CommandResult {
-    let shadow = client.shadow(id).await?;
+    let device = resolve_device(client, id).await?;
+    let shadow = client.shadow(&device.id).await?;
     print(&pretty(&shadow))
 }
 
@@ -183,7 +234,8 @@ pub async fn shadow_set(
     version: Option<u64>,
 ) -> CommandResult {
     let update = shadow_update(json_argument(text, "the shadow update")?, version)?;
-    let shadow = client.update_shadow(id, &update).await?;
+    let device = resolve_device(client, id).await?;
+    let shadow = client.update_shadow(&device.id, &update).await?;
     print(&pretty(&shadow))
 }
 
@@ -191,8 +243,53 @@ pub async fn call(client: &Client, id: &str, method: &str, params: Option<&str>)
     let params = params
         .map(|text| json_argument(text, "the params"))
         .transpose()?;
-    let result = client.call(id, method, params.as_ref()).await?;
+    let device = resolve_device(client, id).await?;
+    let result = client.call(&device.id, method, params.as_ref()).await?;
     print(&pretty(&result))
+}
+
+/// `herd delete`: every device is resolved first, so a typo deletes nothing.
+pub async fn delete(client: &Client, queries: &[String], json: bool) -> CommandResult {
+    let mut devices = Vec::with_capacity(queries.len());
+    for query in queries {
+        let device = resolve_device(client, query).await?;
+        if !devices.iter().any(|d: &DeviceObject| d.id == device.id) {
+            devices.push(device);
+        }
+    }
+    for device in devices {
+        client.delete_device(&device.id).await?;
+        let line = if json {
+            json!({"id": device.id, "name": device.name, "deleted": true}).to_string()
+        } else {
+            format!("deleted {}", device_label(&device))
+        };
+        print(&format!("{line}\n"))?;
+    }
+    Ok(())
+}
+
+/// `herd rename`.
+pub async fn rename(client: &Client, query: &str, name: &str, json: bool) -> CommandResult {
+    if name.trim().is_empty() {
+        return Err(Failure::usage("the new name is empty"));
+    }
+    let device = resolve_device(client, query).await?;
+    let change = herd_client::DeviceChange {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    let renamed = client.change_device(&device.id, &change).await?;
+    if json {
+        let text = serde_json::to_string(&renamed)
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+        return print(&format!("{text}\n"));
+    }
+    print(&format!(
+        "renamed {} to {}\n",
+        device_label(&device),
+        renamed.name
+    ))
 }
 
 pub async fn register(
@@ -220,6 +317,35 @@ pub async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn device(id: &str, name: &str) -> DeviceObject {
+        serde_json::from_value(json!({"id": id, "name": name})).expect("device object")
+    }
+
+    #[test]
+    fn devices_by_id_or_unique_name() {
+        let fleet = || {
+            vec![
+                device("d1", "porch"),
+                device("d2", "lamp"),
+                device("d3", "lamp"),
+                device("d4", "d1"),
+            ]
+        };
+        assert_eq!(pick_device(fleet(), "d1").expect("id").id, "d1");
+        assert_eq!(pick_device(fleet(), "porch").expect("name").id, "d1");
+        let ambiguous = pick_device(fleet(), "lamp").expect_err("two lamps");
+        assert_eq!(ambiguous.exit, Exit::Usage);
+        assert!(
+            ambiguous.message.contains("lamp (d2), lamp (d3)"),
+            "{}",
+            ambiguous.message
+        );
+        assert_eq!(
+            pick_device(fleet(), "attic").expect_err("none").exit,
+            Exit::NotFound
+        );
+    }
 
     #[test]
     fn shadow_set_wraps_plain_objects_as_desired() {

@@ -8,7 +8,7 @@ use herd_client::{Client, DeviceObject, FirmwareObject, Notification, NotifyEven
 use protocol::firmware::{OTA_FAILURE, OTA_PROGRESS, OTA_REVERT, OTA_SUCCESS};
 use serde_json::{json, Value};
 
-use super::commands::print;
+use super::commands::{print, resolve_device};
 use super::firmware::{progress_bar, resolve_firmware, to_json, upload_file};
 use super::{CommandResult, Exit, Failure};
 
@@ -54,35 +54,6 @@ pub enum OtaCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A device id, or a unique device name, as the device.
-pub async fn resolve_device(client: &Client, text: &str) -> Result<DeviceObject, Failure> {
-    let devices = client.devices().await?;
-    pick_device(devices, text)
-}
-
-/// An exact id wins; otherwise the name must be unique.
-pub fn pick_device(devices: Vec<DeviceObject>, text: &str) -> Result<DeviceObject, Failure> {
-    if let Some(device) = devices.iter().find(|d| d.id == text) {
-        return Ok(device.clone());
-    }
-    let mut named: Vec<DeviceObject> = devices.into_iter().filter(|d| d.name == text).collect();
-    match named.len() {
-        1 => Ok(named.remove(0)),
-        0 => Err(Failure::new(
-            Exit::NotFound,
-            format!("no device has the id or name {text:?}"),
-        )),
-        _ => Err(Failure::usage(format!(
-            "the name {text:?} is ambiguous; use one of the ids: {}",
-            named
-                .iter()
-                .map(|d| d.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
 }
 
 /// Opens the notify stream and returns once the server accepted it, so that every event
@@ -387,35 +358,6 @@ fn report(target: &Target, outcome: Outcome, json: bool) -> CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn device(id: &str, name: &str) -> DeviceObject {
-        serde_json::from_value(json!({"id": id, "name": name})).expect("device object")
-    }
-
-    #[test]
-    fn devices_by_id_or_unique_name() {
-        let fleet = || {
-            vec![
-                device("d1", "porch"),
-                device("d2", "lamp"),
-                device("d3", "lamp"),
-                device("d4", "d1"),
-            ]
-        };
-        assert_eq!(pick_device(fleet(), "d1").expect("id").id, "d1");
-        assert_eq!(pick_device(fleet(), "porch").expect("name").id, "d1");
-        let ambiguous = pick_device(fleet(), "lamp").expect_err("two lamps");
-        assert_eq!(ambiguous.exit, Exit::Usage);
-        assert!(
-            ambiguous.message.contains("d2, d3"),
-            "{}",
-            ambiguous.message
-        );
-        assert_eq!(
-            pick_device(fleet(), "attic").expect_err("none").exit,
-            Exit::NotFound
-        );
-    }
 
     #[test]
     fn events_of_other_devices_or_images_are_ignored() {

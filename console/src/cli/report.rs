@@ -41,8 +41,9 @@ pub struct ReportArgs {
     /// event).
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub to: Option<String>,
-    /// Only this device.
-    #[arg(long, value_name = "ID")]
+    /// Only this device: its id, its name, or a unique start of either (names as the
+    /// log's `created` and `updated` lines give them).
+    #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
     /// table (aligned text), csv, json (an array of row objects) or parquet (refused on a
     /// terminal).
@@ -82,7 +83,8 @@ fn tables_help() -> String {
         ));
     }
     text.push_str(
-        "Per-device tables have one row per device, its id in column `id`. Lines the \
+        "Per-device tables have one row per device, its id in column `id` and its last \
+         name in the log in column `name`. Lines the \
          reports cannot use (a torn last line, invalid lines, unknown events) are counted \
          on stderr.",
     );
@@ -268,9 +270,49 @@ async fn from_server(
     .map_err(|e| Failure::new(Exit::Failure, format!("the report stopped: {e}")))?
 }
 
+/// The log with every field, for `herd query`: from `logs` (else the profile's log), else
+/// from the server (`POST /logs`).
+#[cfg(feature = "query")]
+pub(super) async fn read_whole_log(
+    profile: &Profile,
+    logs: &[PathBuf],
+    cache: Option<PathBuf>,
+) -> Result<Log, Failure> {
+    let meter = Meter::new(std::io::stderr().is_terminal());
+    let files = if !logs.is_empty() {
+        logs.to_vec()
+    } else {
+        profile.log.clone()
+    };
+    if files.is_empty() {
+        let client = profile.client().map_err(Failure::usage)?;
+        let mut log = Log::new(herd_analytics::Need::ALL);
+        let pulled =
+            crate::logsource::pull(&client, &mut log, 0, |lines| meter.pulled(lines)).await;
+        meter.clear();
+        pulled.map_err(|e| Failure::from(e.error))?;
+        return Ok(log);
+    }
+    tokio::task::spawn_blocking(move || {
+        let log = herd_analytics::resolve(&files).and_then(|files| {
+            let progress = |p| meter.progress(p);
+            match &cache {
+                Some(cache) => {
+                    Log::load_cached(&files, herd_analytics::Need::ALL, cache, &progress)
+                }
+                None => Log::load(&files, herd_analytics::Need::ALL, &progress),
+            }
+        });
+        meter.clear();
+        log.map_err(failure)
+    })
+    .await
+    .map_err(|e| Failure::new(Exit::Failure, format!("reading the log stopped: {e}")))?
+}
+
 /// The exit code of a library error: a log path that does not exist is exit 5 (like a
 /// device that does not exist), a request the library cannot serve is a usage error.
-fn failure(error: AnalyticsError) -> Failure {
+pub(super) fn failure(error: AnalyticsError) -> Failure {
     match error {
         AnalyticsError::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
             Failure::new(
@@ -288,7 +330,7 @@ fn failure(error: AnalyticsError) -> Failure {
 }
 
 /// The line accounting for stderr, when some lines were left out of the report.
-fn summary(stats: &LogStats) -> Option<String> {
+pub(super) fn summary(stats: &LogStats) -> Option<String> {
     let ignored = stats.torn_lines + stats.invalid_lines + stats.unknown_events;
     (ignored > 0).then(|| {
         format!(
@@ -347,7 +389,7 @@ impl Meter {
 }
 
 /// Writes the report to stdout; a reader that went away (`| head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> CommandResult {
+pub(super) fn write_stdout(bytes: &[u8]) -> CommandResult {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
@@ -361,13 +403,13 @@ fn write_stdout(bytes: &[u8]) -> CommandResult {
 
 /// `--out FILE`: written to a temporary file beside it and renamed over it at the end, so a
 /// failed report leaves no half file (and an older report stays as it was).
-struct OutFile {
+pub(super) struct OutFile {
     temp: tempfile::NamedTempFile,
     path: PathBuf,
 }
 
 impl OutFile {
-    fn create(path: &Path) -> Result<OutFile, Failure> {
+    pub(super) fn create(path: &Path) -> Result<OutFile, Failure> {
         let cannot = |e: std::io::Error| {
             Failure::new(
                 Exit::Failure,
@@ -398,7 +440,7 @@ impl OutFile {
         })
     }
 
-    fn commit(mut self, bytes: &[u8]) -> CommandResult {
+    pub(super) fn commit(mut self, bytes: &[u8]) -> CommandResult {
         let path = self.path;
         let cannot = |e: std::io::Error| {
             Failure::new(

@@ -224,12 +224,17 @@ impl ReportData {
         let mut tables = Vec::with_capacity(output.tables.len());
         let mut raw = Vec::with_capacity(output.tables.len());
         for table in &output.tables {
-            let columns: Vec<String> = table
+            let mut columns: Vec<String> = table
                 .frame
                 .get_column_names()
                 .iter()
                 .map(|name| name.to_string())
                 .collect();
+            // Per-device tables carry the device's name from the log beside its id; the
+            // view already shows the id as the name the fleet knows, so one column does.
+            if table.name != "rollouts" && columns.iter().any(|c| c == "id") {
+                columns.retain(|c| c != "name");
+            }
             let rows = match json_rows(&table.frame)? {
                 Value::Array(rows) => rows,
                 _ => Vec::new(),

@@ -21,6 +21,30 @@ pub enum Pane {
     Info,
 }
 
+/// The scrollable parts of the device view, in Tab order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Part {
+    Desired,
+    Reported,
+    Delta,
+    /// The events, logs or info pane.
+    #[default]
+    Lower,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Desired, Part::Reported, Part::Delta, Part::Lower];
+
+    fn index(self) -> usize {
+        Part::ALL.iter().position(|p| *p == self).unwrap_or(3)
+    }
+
+    pub fn next(self, delta: isize) -> Part {
+        let len = Part::ALL.len() as isize;
+        Part::ALL[(self.index() as isize + delta).rem_euclid(len) as usize]
+    }
+}
+
 /// One device opened from the fleet.
 #[derive(Debug)]
 pub struct DeviceView {
@@ -35,7 +59,17 @@ pub struct DeviceView {
     pub rpc: Option<RpcDialog>,
     /// The firmware picker of `u`.
     pub push: Option<PushDialog>,
+    /// The part the scrolling keys move.
+    pub focus: Part,
+    /// The version a sent edit of `desired` made, until the reload shows it.
+    pub sent_version: Option<u64>,
+    /// Lines scrolled in each part: from the top for the shadow panes and the info, from
+    /// the newest line back for events and logs.
+    pub scroll: [usize; 4],
 }
+
+/// A pause this long starts a new type-to-jump.
+pub const JUMP_PAUSE_SECS: f64 = 1.0;
 
 /// How long a changed key stays highlighted.
 pub const HIGHLIGHT_SECS: f64 = 10.0;
@@ -52,7 +86,23 @@ impl DeviceView {
             editor: None,
             rpc: None,
             push: None,
+            focus: Part::Lower,
+            sent_version: None,
+            scroll: [0; 4],
         }
+    }
+
+    pub fn scroll_of(&self, part: Part) -> usize {
+        self.scroll[part.index()]
+    }
+
+    /// Scrolls the focused part by `delta` lines (positive: down, which for events and
+    /// logs means newer).
+    pub fn scroll_by(&mut self, delta: isize) {
+        let from_bottom = self.focus == Part::Lower && self.pane != Pane::Info;
+        let slot = &mut self.scroll[self.focus.index()];
+        let delta = if from_bottom { -delta } else { delta };
+        *slot = (*slot as isize).saturating_add(delta).max(0) as usize;
     }
 
     /// Takes a newer device object, remembering which shadow keys differ from the last.
@@ -122,6 +172,10 @@ pub struct Editor {
     pub conflict: Option<(Value, u64)>,
     pub awaiting_conflict_copy: bool,
     pub sending: bool,
+    /// The text the edit started from, to tell whether anything would be lost.
+    pub initial: String,
+    /// Esc was pressed over unsent changes: the next Esc discards them.
+    pub confirm_discard: bool,
 }
 
 impl Editor {
@@ -141,7 +195,14 @@ impl Editor {
             conflict: None,
             awaiting_conflict_copy: false,
             sending: false,
+            initial: text.lines().collect::<Vec<_>>().join("\n"),
+            confirm_discard: false,
         }
+    }
+
+    /// Whether the text differs from what the edit started from.
+    pub fn changed(&self) -> bool {
+        self.text() != self.initial
     }
 
     pub fn text(&self) -> String {
@@ -198,6 +259,11 @@ pub struct RpcDialog {
     pub in_flight: Option<String>,
     /// The last call: method and pretty result or error.
     pub result: Option<(String, Result<String, String>)>,
+    /// Lines of the result scrolled away.
+    pub result_scroll: usize,
+    /// What was typed to jump in the method list, and when the last key came.
+    pub jump: String,
+    pub jump_at: f64,
 }
 
 impl RpcDialog {
@@ -209,6 +275,39 @@ impl RpcDialog {
             focus: RpcFocus::Methods,
             in_flight: None,
             result: None,
+            result_scroll: 0,
+            jump: String::new(),
+            jump_at: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Type-to-jump: adds `c` to what was typed (begun anew after a pause) and moves to
+    /// the first method that starts with it, else the first that contains it; false when
+    /// none fits (the cursor stays).
+    pub fn jump_to(&mut self, c: char, now: f64) -> bool {
+        if now - self.jump_at > JUMP_PAUSE_SECS {
+            self.jump.clear();
+        }
+        self.jump_at = now;
+        self.jump.push(c);
+        let Some(Ok(methods)) = &self.methods else {
+            return false;
+        };
+        let typed = self.jump.to_lowercase();
+        let found = methods
+            .iter()
+            .position(|m| m.to_lowercase().starts_with(&typed))
+            .or_else(|| {
+                methods
+                    .iter()
+                    .position(|m| m.to_lowercase().contains(&typed))
+            });
+        match found {
+            Some(index) => {
+                self.selected = index;
+                true
+            }
+            None => false,
         }
     }
 

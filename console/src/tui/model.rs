@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 
 use super::analytics::{self, AnalyticsView};
 use super::bench::{self, Bench};
-use super::device::{desired_update, DeviceView, Editor, Pane, RpcDialog, RpcFocus};
+use super::device::{desired_update, DeviceView, Editor, Pane, Part, RpcDialog, RpcFocus};
 use super::input::LineInput;
-use super::notifications::Tail;
+use super::notifications::{Tail, TailFilter, Term};
 use super::palette::{self, PaletteCommand};
+use super::results::{self, Results};
 use super::rollouts::{self, NewRollout, OtaJob, RolloutList, RolloutPage};
 use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
 
@@ -101,12 +102,19 @@ pub enum Msg {
         method: String,
         result: Result<Value, Failure>,
     },
+    /// One device's answer to a bulk action, for result set `set`.
+    BulkAnswer {
+        set: u64,
+        id: String,
+        result: Result<Value, String>,
+    },
+    /// Every device of result set `set` answered.
     BulkDone {
-        label: String,
-        ok: usize,
-        failed: Vec<(String, String)>,
+        set: u64,
     },
     Saved(Result<(PathBuf, usize), String>),
+    /// The end of the server's log (PROTOCOL §7), oldest first, with the log's times.
+    History(Result<Vec<(f64, Notification)>, Failure>),
     /// `$EDITOR` returned with this text (or failed).
     ExternalEdit {
         id: String,
@@ -135,6 +143,10 @@ pub enum BulkAction {
         method: String,
         params: Option<Value>,
     },
+    /// `DELETE /devices/:id`.
+    Delete,
+    /// `POST /devices/:id` with a new name.
+    Rename(String),
 }
 
 /// Work for the runtime.
@@ -152,7 +164,10 @@ pub enum Command {
         method: String,
         params: Option<Value>,
     },
+    /// Runs `action` on each device, answering with a [`Msg::BulkAnswer`] per device and
+    /// a [`Msg::BulkDone`] at the end; `set` is the result set they fill.
     Bulk {
+        set: u64,
         label: String,
         ids: Vec<String>,
         action: BulkAction,
@@ -160,6 +175,11 @@ pub enum Command {
     Save {
         path: PathBuf,
         lines: Vec<String>,
+    },
+    /// The last `lines` lines of the server's log, for the tail; answers with
+    /// [`Msg::History`].
+    LoadHistory {
+        lines: u64,
     },
     /// Suspend the screen, edit `text` in `$EDITOR`, answer with [`Msg::ExternalEdit`].
     ExternalEditor {
@@ -190,6 +210,8 @@ pub enum Screen {
     Rollout(String),
     /// Planning a rollout from the fleet's marks or filter.
     NewRollout,
+    /// What bulk actions and RPC calls answered.
+    Results,
     /// Flashing a board on the bench.
     Bench,
 }
@@ -202,16 +224,29 @@ pub enum PromptKind {
     TailName,
     TailRegex,
     SavePath,
+    SaveResults,
 }
 
 impl PromptKind {
     pub fn label(self) -> &'static str {
         match self {
             PromptKind::FleetFilter => "filter",
-            PromptKind::TailDevice => "device id",
-            PromptKind::TailName => "event name glob",
-            PromptKind::TailRegex => "regex",
+            PromptKind::TailDevice => "device",
+            PromptKind::TailName => "events",
+            PromptKind::TailRegex => "filter",
             PromptKind::SavePath => "save to",
+            PromptKind::SaveResults => "save results to",
+        }
+    }
+
+    /// What the prompt takes, shown while it is empty.
+    pub fn hint(self) -> &'static str {
+        match self {
+            PromptKind::FleetFilter => "text, field:value, globs: state:offline fw:1.2 name:lamp-*",
+            PromptKind::TailDevice => "a name, an id, or the start of either",
+            PromptKind::TailName => "globs; a leading - hides: rpc.* -rpc.out.Log",
+            PromptKind::TailRegex => "name:G -name:G device:D -device:D, a regex; -regex hides",
+            PromptKind::SavePath | PromptKind::SaveResults => "",
         }
     }
 }
@@ -223,17 +258,15 @@ pub enum Overlay {
         input: LineInput,
         error: Option<String>,
     },
-    Help,
+    /// Keys and commands, scrolled to line `scroll`.
+    Help { scroll: usize },
     Prompt {
         kind: PromptKind,
         input: LineInput,
         error: Option<String>,
     },
     /// A question that must be answered before `command` runs.
-    Confirm {
-        question: String,
-        command: Command,
-    },
+    Confirm { question: String, command: Command },
 }
 
 /// A line in the status bar.
@@ -246,6 +279,10 @@ pub struct Status {
 
 /// How long a status line stays.
 const STATUS_SECS: f64 = 6.0;
+/// Lines of the server's log the tail starts with.
+pub const HISTORY_LINES: u64 = 500;
+/// An error stays at least this long, then until the next key.
+const ERROR_SECS: f64 = 2.0;
 /// How often a changing fleet is re-sorted and re-filtered.
 const REFRESH_SECS: f64 = 0.5;
 /// Rows the chrome takes: header, breadcrumbs, table header, footer.
@@ -285,7 +322,15 @@ pub struct Model {
     touched: HashSet<Box<str>>,
     pub loaded_once: bool,
     pub load_error: Option<String>,
+    /// When the news stopped: the stream was lost at this time (Unix seconds) and the
+    /// table has not been listed again since. Rows then show what was last heard, marked.
+    pub stale_since: Option<f64>,
     pub tail: Tail,
+    /// What bulk actions and RPC calls answered, until dismissed.
+    pub results: Results,
+    /// The tail's filter before a device's `t` replaced it, put back when that tail is
+    /// left.
+    pub tail_filter_before: Option<TailFilter>,
     pub device: Option<DeviceView>,
     pub analytics: AnalyticsView,
     pub rollouts: RolloutList,
@@ -326,7 +371,10 @@ impl Model {
             touched: HashSet::new(),
             loaded_once: false,
             load_error: None,
+            stale_since: None,
             tail: Tail::new(options.tail_lines),
+            results: Results::default(),
+            tail_filter_before: None,
             device: None,
             analytics: AnalyticsView::default(),
             rollouts: RolloutList::default(),
@@ -426,6 +474,9 @@ impl Model {
     }
 
     pub(super) fn go_to(&mut self, screen: Screen) {
+        if let Some(filter) = self.tail_filter_before.take() {
+            self.tail.filter = filter;
+        }
         self.stack.truncate(1);
         if screen != Screen::Fleet {
             self.stack.push(screen);
@@ -435,7 +486,11 @@ impl Model {
 
     pub(super) fn back(&mut self) {
         if self.stack.len() > 1 {
-            self.stack.pop();
+            if self.stack.pop() == Some(Screen::Notifications) {
+                if let Some(filter) = self.tail_filter_before.take() {
+                    self.tail.filter = filter;
+                }
+            }
             if !matches!(self.screen(), Screen::Device(_)) {
                 self.device = None;
             }
@@ -484,14 +539,35 @@ impl Model {
             return;
         }
         let count = ids.len();
+        // What and how many first: a narrow box cuts the names at the end, never those.
         let question = if count == 1 {
-            format!("{label} on device {}?", ids[0])
+            let name = self.fleet.label(&ids[0]);
+            if name == ids[0] {
+                format!("{label} on device {name}?")
+            } else {
+                format!("{label} on device {name} ({})?", ids[0])
+            }
         } else {
-            format!("{label} on {count} devices?")
+            const NAMED: usize = 6;
+            let mut names: Vec<&str> = ids
+                .iter()
+                .take(NAMED)
+                .map(|id| self.fleet.label(id))
+                .collect();
+            let more = format!("{} more", count - NAMED.min(count));
+            if count > NAMED {
+                names.push(&more);
+            }
+            format!("{label} on {count} devices? ({})", names.join(", "))
         };
         self.overlay = Some(Overlay::Confirm {
             question,
-            command: Command::Bulk { label, ids, action },
+            command: Command::Bulk {
+                set: 0,
+                label,
+                ids,
+                action,
+            },
         });
     }
 
@@ -564,10 +640,11 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
         Msg::Tick(now) => {
             let second_changed = now.floor() != model.now.floor();
             model.now = now;
+            // Errors stay until a key is pressed: nobody should miss one by looking away.
             if model
                 .status
                 .as_ref()
-                .is_some_and(|s| now - s.at > STATUS_SECS)
+                .is_some_and(|s| !s.error && now - s.at > STATUS_SECS)
             {
                 model.status = None;
                 model.dirty = true;
@@ -596,6 +673,9 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
         }
         Msg::Stream(connection) => {
             let connected = connection == Connection::Connected;
+            if !connected && model.loaded_once && model.stale_since.is_none() {
+                model.stale_since = Some(model.now);
+            }
             model.connection = connection;
             model.dirty = true;
             if connected {
@@ -605,6 +685,13 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 let mut commands = vec![Command::LoadDevices];
                 if let Some(view) = &model.device {
                     commands.push(Command::LoadDevice(view.id.clone()));
+                }
+                // Once a session: the tail starts with what happened before it opened.
+                if !model.tail.history_requested {
+                    model.tail.history_requested = true;
+                    commands.push(Command::LoadHistory {
+                        lines: HISTORY_LINES.min(model.tail.capacity() as u64),
+                    });
                 }
                 commands.extend(rollouts::reconnected(model));
                 commands
@@ -641,6 +728,10 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                     model.fleet.replace_all(rows, &touched);
                     model.loaded_once = true;
                     model.load_error = None;
+                    // A listing taken while the stream is up is the news again.
+                    if model.connection == Connection::Connected {
+                        model.stale_since = None;
+                    }
                     model.follow_selection();
                 }
                 Err(failure) => model.load_error = Some(failure.message),
@@ -653,9 +744,20 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
                 return Vec::new();
             };
+            let mut message = None;
             match result {
                 Ok(object) => {
                     view.set_object(object, now);
+                    if let Some(sent) = view.sent_version.take() {
+                        let now_at = view.version();
+                        message = Some(if now_at > sent {
+                            format!(
+                                "desired updated as version {sent}; the shadow is at version {now_at} now (the device reported since)"
+                            )
+                        } else {
+                            format!("desired updated: version {sent}")
+                        });
+                    }
                     if let Some(editor) = view.editor.as_mut().filter(|e| e.awaiting_conflict_copy)
                     {
                         editor.awaiting_conflict_copy = false;
@@ -679,6 +781,9 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                     view.error = Some(failure.message);
                 }
             }
+            if let Some(message) = message {
+                model.info(message);
+            }
             Vec::new()
         }
         Msg::ShadowSent { id, result } => {
@@ -690,7 +795,10 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 Ok(shadow) => {
                     let version = shadow.get("version").and_then(Value::as_u64).unwrap_or(0);
                     view.editor = None;
-                    model.info(format!("desired updated (shadow version {version})"));
+                    // The pane shows the shadow as reloaded; by then the device may have
+                    // reported, moving the version on. The message says so when it does.
+                    view.sent_version = Some(version);
+                    model.info(format!("desired updated as version {version}; reloading"));
                     vec![Command::LoadDevice(id)]
                 }
                 Err(failure) if failure.status == Some(409) => {
@@ -736,22 +844,55 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             {
                 dialog.in_flight = None;
                 let shown = result
-                    .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-                    .map_err(|f| f.message);
-                dialog.result = Some((method, shown));
+                    .as_ref()
+                    .map(|v| serde_json::to_string_pretty(v).unwrap_or_default())
+                    .map_err(|f| f.message.clone());
+                dialog.result = Some((method.clone(), shown));
+                dialog.result_scroll = 0;
+            }
+            // Kept in the results pane too, so closing the dialog loses nothing.
+            let name = model.fleet.get(&id).map(|r| r.name.to_string());
+            let now = model.now;
+            let set = model.results.start(
+                format!("call {method} on {}", model.fleet.label(&id)),
+                vec![(id.clone(), name.unwrap_or_default())],
+                now,
+            );
+            model
+                .results
+                .record(set, &id, result.map_err(|f| f.message), now);
+            Vec::new()
+        }
+        Msg::BulkAnswer { set, id, result } => {
+            model.dirty = true;
+            let now = model.now;
+            model.results.record(set, &id, result, now);
+            Vec::new()
+        }
+        Msg::BulkDone { set } => {
+            model.dirty = true;
+            let Some(set) = model.results.get_mut(set) else {
+                return Vec::new();
+            };
+            let message = format!("{}: {} (o shows the results)", set.label, set.progress());
+            if set.failed() > 0 {
+                model.error(message);
+            } else {
+                model.info(message);
             }
             Vec::new()
         }
-        Msg::BulkDone { label, ok, failed } => {
+        Msg::History(result) => {
             model.dirty = true;
-            if failed.is_empty() {
-                model.info(format!("{label}: done on {ok} device(s)"));
-            } else {
-                let (id, reason) = &failed[0];
-                model.error(format!(
-                    "{label}: {ok} ok, {} failed (first: {id}: {reason})",
-                    failed.len()
-                ));
+            match result {
+                Ok(items) => {
+                    let added = model.tail.prepend_history(items);
+                    tracing::debug!(added, "tail history from the server's log");
+                }
+                Err(failure) => {
+                    tracing::warn!(error = %failure.message, "no tail history");
+                    model.tail.history_error = Some(failure.message);
+                }
             }
             Vec::new()
         }
@@ -808,6 +949,13 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 return Vec::new();
             }
             model.dirty = true;
+            if model
+                .status
+                .as_ref()
+                .is_some_and(|s| s.error && model.now - s.at >= ERROR_SECS)
+            {
+                model.status = None;
+            }
             key_event(model, key)
         }
     }
@@ -868,6 +1016,10 @@ fn mouse_event(model: &mut Model, mouse: MouseEvent) -> Vec<Command> {
                 page.move_cursor(step);
             }
         }
+        Screen::Results => {
+            let rows = results::list_rows(model.size);
+            model.results.move_by(step, rows);
+        }
         Screen::Device(_) | Screen::NewRollout | Screen::Bench => {}
     }
     Vec::new()
@@ -904,7 +1056,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             return Vec::new();
         }
         KeyCode::Char('?') => {
-            model.overlay = Some(Overlay::Help);
+            model.overlay = Some(Overlay::Help { scroll: 0 });
             return Vec::new();
         }
         _ => {}
@@ -917,6 +1069,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Rollouts => rollouts::list_key(model, key),
         Screen::Rollout(_) => rollouts::page_key(model, key),
         Screen::NewRollout => rollouts::form_key(model, key),
+        Screen::Results => results::key(model, key),
         Screen::Bench => bench::key(model, key),
     }
 }
@@ -926,15 +1079,15 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         return Vec::new();
     };
     match overlay {
-        Overlay::Help => {
-            // Any key closes help; `q` and Esc are what people try first.
+        Overlay::Help { scroll } => {
+            super::help::key(model, scroll, key);
             Vec::new()
         }
         Overlay::Confirm { question, command } => match key.code {
             KeyCode::Char('y') | KeyCode::Char('Y') => {
                 model.info("working…");
                 rollouts::confirmed(model, &command);
-                vec![command]
+                vec![start_results(model, command)]
             }
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Esc => {
                 model.info("cancelled");
@@ -955,7 +1108,11 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
                 Vec::new()
             }
             KeyCode::Enter => match palette::parse(input.text()) {
-                Ok(command) => run_palette(model, command),
+                Ok(command) => {
+                    // A new command makes older messages moot.
+                    model.status = None;
+                    run_palette(model, command)
+                }
                 Err(message) => {
                     model.overlay = Some(Overlay::Palette {
                         input,
@@ -999,6 +1156,49 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     }
 }
 
+/// Asks to delete the marked devices, else the one under the cursor or open.
+fn delete_targets(model: &mut Model) {
+    if !model.refuse_write("delete devices") {
+        model.confirm_bulk("delete".into(), BulkAction::Delete);
+    }
+}
+
+/// Opens the results pane on the newest set.
+pub(super) fn open_results(model: &mut Model) {
+    model.results.show_last();
+    if *model.screen() != Screen::Results {
+        model.stack.push(Screen::Results);
+    }
+}
+
+/// A confirmed bulk action opens its result set in the results pane, where the answers
+/// arrive; other commands pass through.
+fn start_results(model: &mut Model, command: Command) -> Command {
+    let Command::Bulk {
+        label, ids, action, ..
+    } = command
+    else {
+        return command;
+    };
+    let devices = ids
+        .iter()
+        .map(|id| {
+            let name = model.fleet.get(id).map(|r| r.name.to_string());
+            (id.clone(), name.unwrap_or_default())
+        })
+        .collect();
+    let set = model.results.start(label.clone(), devices, model.now);
+    if *model.screen() != Screen::Results {
+        model.stack.push(Screen::Results);
+    }
+    Command::Bulk {
+        set,
+        label,
+        ids,
+        action,
+    }
+}
+
 fn set_fleet_filter(model: &mut Model, text: &str) {
     model.fleet.set_filter(Filter::parse(text));
     model.follow_selection();
@@ -1009,26 +1209,99 @@ fn finish_prompt(model: &mut Model, kind: PromptKind, input: LineInput) -> Vec<C
     let value = (!text.is_empty()).then(|| text.clone());
     match kind {
         PromptKind::FleetFilter => set_fleet_filter(model, &text),
-        PromptKind::TailDevice => model.tail.filter.device = value,
-        PromptKind::TailName => model.tail.filter.name = value,
-        PromptKind::TailRegex => match value.map(|v| regex::Regex::new(&v)).transpose() {
-            Ok(regex) => model.tail.filter.regex = regex,
-            Err(e) => {
+        PromptKind::TailDevice => match value {
+            None => {
+                model.tail.filter.device = None;
+                model.tail.filter.device_label = None;
+            }
+            Some(query) => match resolve_device(model, &query) {
+                Ok(id) => {
+                    model.tail.filter.device_label =
+                        Some(model.fleet.label(&id).to_string()).filter(|label| *label != id);
+                    model.tail.filter.device = Some(id);
+                }
+                Err(message) => {
+                    model.overlay = Some(Overlay::Prompt {
+                        kind,
+                        input,
+                        error: Some(message),
+                    });
+                }
+            },
+        },
+        PromptKind::TailName => model.tail.filter.set_names(&text),
+        PromptKind::TailRegex => match tail_filter(model, &text) {
+            Ok(filter) => model.tail.filter = filter,
+            Err(error) => {
                 model.overlay = Some(Overlay::Prompt {
                     kind,
                     input,
-                    error: Some(format!("invalid regex: {e}")),
+                    error: Some(error),
                 });
             }
         },
         PromptKind::SavePath => return save_tail(model, value),
+        PromptKind::SaveResults => {
+            let path = value.unwrap_or_else(|| format!("herd-results-{}.json", model.now as u64));
+            return results::save(model, path);
+        }
     }
     Vec::new()
 }
 
+/// The tail filter a `/` line describes (see [`TailFilter::parse_terms`]), its devices
+/// named as anywhere else.
+fn tail_filter(model: &Model, text: &str) -> Result<TailFilter, String> {
+    let mut filter = TailFilter::default();
+    let regex = |text: &str| regex::Regex::new(text).map_err(|e| format!("invalid regex: {e}"));
+    for term in TailFilter::parse_terms(text) {
+        match term {
+            Term::Name(glob) => filter.names.push(glob),
+            Term::NotName(glob) => filter.exclude_names.push(glob),
+            Term::Device(query) => {
+                let id = resolve_device(model, &query)?;
+                filter.device_label =
+                    Some(model.fleet.label(&id).to_string()).filter(|label| *label != id);
+                filter.device = Some(id);
+            }
+            Term::NotDevice(query) => {
+                let id = resolve_device(model, &query)?;
+                let label = model.fleet.label(&id).to_string();
+                filter.exclude_devices.push((id, label));
+            }
+            Term::Regex(text) => filter.regex = Some(regex(&text)?),
+            Term::NotRegex(text) => filter.exclude_regex = Some(regex(&text)?),
+        }
+    }
+    Ok(filter)
+}
+
+/// The id of the device `query` names in the fleet: an id, a name, or a unique start of
+/// either. Before the fleet is listed, or when it does not know the text, the text is
+/// taken as an id and the server has the last word.
+pub(super) fn resolve_device(model: &Model, query: &str) -> Result<String, String> {
+    use herd_analytics::names::{describe_candidates, Resolution};
+    match model.fleet.resolve(query) {
+        Resolution::Found(id) => Ok(id),
+        Resolution::Ambiguous(candidates) => Err(format!(
+            "{query:?} names several devices: {}",
+            describe_candidates(&candidates)
+        )),
+        Resolution::NotFound if model.loaded_once && !model.fleet.is_empty() => {
+            Err(format!("no device has the id or name {query:?}"))
+        }
+        Resolution::NotFound => Ok(query.trim().to_string()),
+    }
+}
+
 fn save_tail(model: &mut Model, path: Option<String>) -> Vec<Command> {
     let path = path.unwrap_or_else(|| format!("herd-notifications-{}.ndjson", model.now as u64));
-    let lines: Vec<String> = model.tail.matching().map(|e| e.json()).collect();
+    let fleet = &model.fleet;
+    let lines: Vec<String> = model
+        .tail
+        .matching()
+        .map(|e| e.json(fleet.get(&e.id).map(|r| &*r.name).filter(|n| !n.is_empty())))
+        .collect();
     vec![Command::Save {
         path: PathBuf::from(path),
         lines,
@@ -1042,7 +1315,17 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Analytics => model.go_to(Screen::Analytics),
         PaletteCommand::Rollouts => return rollouts::open_list(model),
         PaletteCommand::Bench => return bench::open(model),
-        PaletteCommand::Device(id) => {
+        PaletteCommand::Device(query) => {
+            let id = match resolve_device(model, &query) {
+                Ok(id) => id,
+                Err(message) => {
+                    model.overlay = Some(Overlay::Palette {
+                        input: LineInput::new(&format!("device {query}")),
+                        error: Some(message),
+                    });
+                    return Vec::new();
+                }
+            };
             model.go_to(Screen::Fleet);
             return model.open_device(&id);
         }
@@ -1071,8 +1354,32 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
                 model.confirm_bulk(label, BulkAction::Call { method, params });
             }
         }
+        PaletteCommand::Delete => delete_targets(model),
+        PaletteCommand::Rename(name) => {
+            if model.refuse_write("rename a device") {
+                return Vec::new();
+            }
+            let ids = model.targets();
+            match ids.as_slice() {
+                [id] => {
+                    let label = format!("rename {} to {name}", model.fleet.label(id));
+                    model.overlay = Some(Overlay::Confirm {
+                        question: format!("{label}?"),
+                        command: Command::Bulk {
+                            set: 0,
+                            label,
+                            ids: ids.clone(),
+                            action: BulkAction::Rename(name),
+                        },
+                    });
+                }
+                [] => model.error("no device selected"),
+                _ => model.error(":rename names one device: unmark the others, or open it"),
+            }
+        }
         PaletteCommand::Save(path) => return save_tail(model, path),
-        PaletteCommand::Help => model.overlay = Some(Overlay::Help),
+        PaletteCommand::Results => open_results(model),
+        PaletteCommand::Help => model.overlay = Some(Overlay::Help { scroll: 0 }),
         PaletteCommand::Quit => {
             model.quit = true;
             return vec![Command::Quit];
@@ -1143,6 +1450,10 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         }
         KeyCode::Char('t') => model.go_to(Screen::Notifications),
         KeyCode::Char('a') => model.go_to(Screen::Analytics),
+        KeyCode::Char('o') => open_results(model),
+        KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            delete_targets(model)
+        }
         KeyCode::Char('R') => return rollouts::open_list(model),
         KeyCode::Char('U') => return rollouts::open_form(model),
         KeyCode::Char('r') => {
@@ -1151,16 +1462,26 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             return vec![Command::LoadDevices];
         }
         KeyCode::Char(c @ '0'..='9') => {
+            // The digits are the columns on screen, left to right: what is not shown
+            // cannot be sorted by by accident.
             let index = if c == '0' {
                 9
             } else {
                 c as usize - '1' as usize
             };
-            if let Some(&column) = Column::ALL.get(index) {
-                let current = model.fleet.sort();
-                let descending = current.column == column && !current.descending;
-                model.fleet.set_sort(Sort { column, descending });
-                model.follow_selection();
+            let columns = Column::visible(model.size.0);
+            match columns.get(index) {
+                Some(&(column, _)) => {
+                    let current = model.fleet.sort();
+                    let descending = current.column == column && !current.descending;
+                    model.fleet.set_sort(Sort { column, descending });
+                    model.follow_selection();
+                }
+                None => model.error(format!(
+                    "{} columns fit on screen: sort keys 1-{}; :sort COLUMN sorts by any",
+                    columns.len(),
+                    columns.len()
+                )),
             }
         }
         _ => model.dirty = false,
@@ -1214,8 +1535,20 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
     let id = view.id.clone();
     if let Some(editor) = view.editor.as_mut() {
         if key.code == KeyCode::Esc {
-            view.editor = None;
+            // Unsent changes are not dropped on one key: the first Esc asks.
+            if editor.changed() && !editor.confirm_discard && !editor.sending {
+                editor.confirm_discard = true;
+                editor.error = Some(
+                    "your changes are not sent: Esc again discards them, ^S sends them".into(),
+                );
+            } else {
+                view.editor = None;
+            }
             return Some(Vec::new());
+        }
+        if editor.confirm_discard {
+            editor.confirm_discard = false;
+            editor.error = None;
         }
         if is_ctrl(&key, 's') {
             if editor.sending {
@@ -1285,31 +1618,71 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
                     Some(Ok(methods)) => methods.len(),
                     _ => 0,
                 };
+                let page = 10;
                 match key.code {
-                    KeyCode::Down | KeyCode::Char('j') => {
+                    KeyCode::Down => {
                         dialog.selected = (dialog.selected + 1).min(count.saturating_sub(1))
                     }
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        dialog.selected = dialog.selected.saturating_sub(1)
+                    KeyCode::Up => dialog.selected = dialog.selected.saturating_sub(1),
+                    KeyCode::Home => dialog.selected = 0,
+                    KeyCode::End => dialog.selected = count.saturating_sub(1),
+                    KeyCode::PageDown => dialog.result_scroll += page,
+                    KeyCode::PageUp => {
+                        dialog.result_scroll = dialog.result_scroll.saturating_sub(page)
+                    }
+                    // Method names are letters, digits, dots: typing one jumps to it.
+                    KeyCode::Char(c)
+                        if !key.modifiers.contains(KeyModifiers::CONTROL)
+                            && (c.is_alphanumeric() || c == '.' || c == '_') =>
+                    {
+                        let now = model.now;
+                        dialog.jump_to(c, now);
                     }
                     KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
-                        // Typing goes to the params, as people expect.
+                        // JSON starts with `{`, `[` or `"`: that goes to the params.
                         dialog.focus = RpcFocus::Params;
                         dialog.params.insert_str(&c.to_string());
                     }
                     _ => {}
                 }
             }
-            RpcFocus::Params => {
-                dialog.params.handle(key);
-            }
+            RpcFocus::Params => match key.code {
+                KeyCode::PageDown => dialog.result_scroll += 10,
+                KeyCode::PageUp => dialog.result_scroll = dialog.result_scroll.saturating_sub(10),
+                _ => {
+                    dialog.params.handle(key);
+                }
+            },
         },
     }
     Some(Vec::new())
 }
 
 fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
+    let page = (model.size.1 / 3).max(1) as isize;
+    let scroll = match key.code {
+        KeyCode::Down | KeyCode::Char('j') => Some(1),
+        KeyCode::Up | KeyCode::Char('k') => Some(-1),
+        KeyCode::PageDown => Some(page),
+        KeyCode::PageUp => Some(-page),
+        KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(page),
+        KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(-page),
+        KeyCode::Home | KeyCode::Char('g') => Some(isize::MIN / 2),
+        KeyCode::End | KeyCode::Char('G') => Some(isize::MAX / 2),
+        _ => None,
+    };
+    if let (Some(delta), Some(view)) = (scroll, model.device.as_mut()) {
+        view.scroll_by(delta);
+        return Vec::new();
+    }
     match key.code {
+        KeyCode::Tab | KeyCode::BackTab => {
+            if let Some(view) = model.device.as_mut() {
+                view.focus = view
+                    .focus
+                    .next(if key.code == KeyCode::Tab { 1 } else { -1 });
+            }
+        }
         KeyCode::Esc | KeyCode::Char('q') | KeyCode::Backspace => model.back(),
         KeyCode::Char('r') => {
             if let Some(view) = model.device.as_mut() {
@@ -1323,6 +1696,8 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
                     Pane::Events => Pane::Logs,
                     Pane::Logs | Pane::Info => Pane::Events,
                 };
+                view.scroll[3] = 0;
+                view.focus = Part::Lower;
             }
         }
         KeyCode::Char('i') => {
@@ -1331,6 +1706,8 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
                     Pane::Info => Pane::Events,
                     _ => Pane::Info,
                 };
+                view.scroll[3] = 0;
+                view.focus = Part::Lower;
             }
         }
         KeyCode::Char('e') | KeyCode::Char('E') => {
@@ -1366,10 +1743,19 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             return vec![Command::ListRpc(id.to_string())];
         }
         KeyCode::Char('t') => {
-            model.tail.filter.device = Some(id.to_string());
-            model.go_to(Screen::Notifications);
+            // The device's tail sits on top of the device: Esc comes back to it, with
+            // the tail's own filter as it was.
+            let device_filter = TailFilter {
+                device: Some(id.to_string()),
+                device_label: Some(model.fleet.label(id).to_string()).filter(|l| l != id),
+                ..Default::default()
+            };
+            let previous = std::mem::replace(&mut model.tail.filter, device_filter);
+            model.tail_filter_before = Some(previous);
+            model.stack.push(Screen::Notifications);
         }
         KeyCode::Char('u') => return rollouts::open_push(model),
+        KeyCode::Delete => delete_targets(model),
         _ => model.dirty = false,
     }
     Vec::new()
@@ -1393,21 +1779,21 @@ fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         KeyCode::Home | KeyCode::Char('g') => model.tail.scroll(isize::MIN / 2),
         KeyCode::Char('w') => model.tail.wrap = !model.tail.wrap,
         KeyCode::Char('d') => {
-            let current = model.tail.filter.device.clone().unwrap_or_default();
-            model.overlay = Some(prompt(PromptKind::TailDevice, &current));
-        }
-        KeyCode::Char('n') => {
-            let current = model.tail.filter.name.clone().unwrap_or_default();
-            model.overlay = Some(prompt(PromptKind::TailName, &current));
-        }
-        KeyCode::Char('/') => {
             let current = model
                 .tail
                 .filter
-                .regex
-                .as_ref()
-                .map(|r| r.as_str().to_string())
+                .device
+                .as_deref()
+                .map(|id| model.fleet.label(id).to_string())
                 .unwrap_or_default();
+            model.overlay = Some(prompt(PromptKind::TailDevice, &current));
+        }
+        KeyCode::Char('n') => {
+            let current = model.tail.filter.names_text();
+            model.overlay = Some(prompt(PromptKind::TailName, &current));
+        }
+        KeyCode::Char('/') => {
+            let current = model.tail.filter.text();
             model.overlay = Some(prompt(PromptKind::TailRegex, &current));
         }
         KeyCode::Char('x') => model.tail.filter = Default::default(),

@@ -23,7 +23,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "firmware rollouts: progress, pause, resume, abort (also :rollout)",
     ),
     ("bench", "", "flash a light onto a board on a serial port"),
-    ("device", "ID", "open one device"),
+    (
+        "device",
+        "NAME",
+        "open one device: its name, id, or the start of either",
+    ),
     (
         "filter",
         "TEXT",
@@ -36,7 +40,22 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "merge JSON into desired of the marked devices",
     ),
     ("call", "METHOD [JSON]", "call an RPC on the marked devices"),
+    (
+        "delete",
+        "",
+        "delete the marked devices, or the one selected (asks; also ^D)",
+    ),
+    (
+        "rename",
+        "NAME",
+        "give the selected or open device a new name",
+    ),
     ("save", "[FILE]", "save the notification tail as JSON lines"),
+    (
+        "results",
+        "",
+        "what bulk actions and RPC calls answered, per device (also o)",
+    ),
     ("help", "", "keys and commands"),
     ("quit", "", "leave (also :q)"),
 ];
@@ -58,6 +77,9 @@ pub enum PaletteCommand {
         params: Option<Value>,
     },
     Save(Option<String>),
+    Delete,
+    Rename(String),
+    Results,
     Help,
     Quit,
 }
@@ -72,42 +94,18 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
     let json = |text: &str, what: &str| -> Result<Value, String> {
         serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
     };
-    // A unique prefix of a command name or alias runs that command (`:tai` is `:tail`).
-    const ALIASES: [(&str, &str); 9] = [
-        ("devices", "fleet"),
-        ("tail", "notifications"),
-        ("events", "notifications"),
-        ("notify", "notifications"),
-        ("exit", "quit"),
-        ("report", "analytics"),
-        ("reports", "analytics"),
-        ("rollout", "rollouts"),
-        ("updates", "rollouts"),
-    ];
-    let mut canonical: Vec<&str> = COMMANDS
-        .iter()
-        .map(|(name, _, _)| (*name, *name))
-        .chain(ALIASES)
-        .filter(|(name, _)| !word.is_empty() && name.starts_with(word))
-        .map(|(_, canonical)| canonical)
-        .collect();
-    canonical.dedup();
-    let exact = COMMANDS.iter().any(|(name, _, _)| *name == word)
-        || ALIASES.iter().any(|(alias, _)| *alias == word);
-    let word = match canonical.as_slice() {
-        [only] if !exact => only,
-        _ => word,
-    };
+    let resolved = resolve(word);
+    let word = resolved.unwrap_or(word);
     match word {
         "" => Err("type a command; Tab completes, Esc closes".into()),
-        "fleet" | "devices" | "dev" | "f" => Ok(PaletteCommand::Fleet),
+        "fleet" | "devices" | "f" => Ok(PaletteCommand::Fleet),
         "notifications" | "notify" | "events" | "tail" | "n" => Ok(PaletteCommand::Notifications),
         "analytics" | "report" | "reports" | "a" => Ok(PaletteCommand::Analytics),
         "rollouts" | "rollout" | "updates" => Ok(PaletteCommand::Rollouts),
         "bench" | "flash" => Ok(PaletteCommand::Bench),
         "device" | "d" => {
             if rest.is_empty() {
-                Err(":device needs an id".into())
+                Err(":device needs a name or an id".into())
             } else {
                 Ok(PaletteCommand::Device(rest.to_string()))
             }
@@ -146,10 +144,59 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
         "save" | "w" => Ok(PaletteCommand::Save(
             (!rest.is_empty()).then(|| rest.to_string()),
         )),
+        "results" | "res" => Ok(PaletteCommand::Results),
+        "delete" | "rm" => Ok(PaletteCommand::Delete),
+        "rename" => {
+            if rest.is_empty() {
+                Err(":rename needs the new name".into())
+            } else {
+                Ok(PaletteCommand::Rename(rest.to_string()))
+            }
+        }
         "help" | "h" | "?" => Ok(PaletteCommand::Help),
         "quit" | "q" | "q!" | "exit" => Ok(PaletteCommand::Quit),
         other => Err(format!("unknown command :{other} (Tab lists commands)")),
     }
+}
+
+/// Other names of commands.
+const ALIASES: [(&str, &str); 12] = [
+    ("devices", "fleet"),
+    ("tail", "notifications"),
+    ("events", "notifications"),
+    ("notify", "notifications"),
+    ("exit", "quit"),
+    ("report", "analytics"),
+    ("reports", "analytics"),
+    ("rollout", "rollouts"),
+    ("updates", "rollouts"),
+    ("rm", "delete"),
+    ("context", "ctx"),
+    ("profile", "ctx"),
+];
+
+/// The command `word` names: a name or alias, or a start of one. When a start fits
+/// several, the shortest wins if it starts every other (`:dev` is `:device`, not
+/// `:devices`); otherwise it names none. Completion and running use this one rule, so
+/// Tab never completes to one command while Enter runs another.
+pub fn resolve(word: &str) -> Option<&'static str> {
+    if word.is_empty() {
+        return None;
+    }
+    let names = COMMANDS
+        .iter()
+        .map(|(name, _, _)| (*name, *name))
+        .chain(ALIASES);
+    let mut matches: Vec<(&'static str, &'static str)> =
+        names.filter(|(name, _)| name.starts_with(word)).collect();
+    if let Some(&(_, canonical)) = matches.iter().find(|(name, _)| *name == word) {
+        return Some(canonical);
+    }
+    matches.sort_by_key(|(name, _)| name.len());
+    let (shortest, canonical) = *matches.first()?;
+    let all_same = matches.iter().all(|(_, c)| *c == canonical);
+    let starts_all = matches.iter().all(|(name, _)| name.starts_with(shortest));
+    (all_same || starts_all).then_some(canonical)
 }
 
 /// Commands whose name starts with what was typed so far.
@@ -165,19 +212,18 @@ pub fn suggestions(line: &str) -> Vec<&'static (&'static str, &'static str, &'st
         .collect()
 }
 
-/// Completes the command word if exactly one command fits.
+/// Completes the command word to the command [`resolve`] finds for it.
 pub fn complete(line: &str) -> Option<String> {
     if line.contains(char::is_whitespace) {
         return None;
     }
-    match suggestions(line).as_slice() {
-        [(name, args, _)] => Some(if args.is_empty() {
-            name.to_string()
-        } else {
-            format!("{name} ")
-        }),
-        _ => None,
-    }
+    let canonical = resolve(line.trim())?;
+    let (name, args, _) = COMMANDS.iter().find(|(name, _, _)| *name == canonical)?;
+    Some(if args.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name} ")
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +280,12 @@ mod tests {
     #[test]
     fn completes() {
         assert_eq!(complete("no"), Some("notifications".into()));
+        // Tab and Enter agree: `:dev` is `:device` both ways.
         assert_eq!(complete("dev"), Some("device ".into()));
+        assert_eq!(parse("dev lamp"), Ok(PaletteCommand::Device("lamp".into())));
+        assert_eq!(parse("devices"), Ok(PaletteCommand::Fleet));
+        assert_eq!(complete("devices"), Some("fleet".into()));
+        assert_eq!(complete("tai"), Some("notifications".into()));
         assert_eq!(complete("s"), None);
         assert_eq!(suggestions("s").len(), 3);
     }

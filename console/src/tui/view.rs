@@ -10,7 +10,7 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
-use super::device::{json_lines, DeviceView, Pane, RpcFocus};
+use super::device::{json_lines, DeviceView, Pane, Part, RpcFocus, JUMP_PAUSE_SECS};
 use super::model::{Connection, Model, Overlay, Screen};
 use super::notifications::{Entry, TailFilter};
 use super::palette;
@@ -61,11 +61,12 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
             None => frame.render_widget(Paragraph::new("no rollout open"), body),
         },
         Screen::NewRollout => rollouts::render_form(frame, model, theme, body),
+        Screen::Results => super::results::render(frame, model, theme, body),
         Screen::Bench => bench::render(frame, model, theme, body),
     }
     render_footer(frame, model, theme, footer);
     match &model.overlay {
-        Some(Overlay::Help) => render_help(frame, model, theme, body),
+        Some(Overlay::Help { scroll }) => super::help::render(frame, model, *scroll, theme, body),
         Some(Overlay::Palette { input, error }) => render_palette(
             frame,
             theme,
@@ -91,7 +92,7 @@ fn connection_span(model: &Model, theme: &Theme) -> Span<'static> {
         }
         Connection::Lost { retry_at, .. } => {
             let wait = (retry_at - model.now).max(0.0).ceil();
-            Span::styled(format!("○ disconnected, retry in {wait:.0}s"), theme.error)
+            Span::styled(format!("○ disconnected, retry {wait:.0}s"), theme.error)
         }
         Connection::Rejected(_) => Span::styled("✗ API key refused", theme.error),
     }
@@ -100,40 +101,75 @@ fn connection_span(model: &Model, theme: &Theme) -> Span<'static> {
 fn render_header(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     let counts = model.fleet.counts();
     let sep = || Span::styled(" │ ", theme.dim);
-    let mut spans = vec![
-        Span::styled(" herd", theme.title),
-        sep(),
-        Span::styled(model.profile.name.clone(), theme.header),
-        Span::raw(" "),
-        Span::styled(model.profile.server.clone(), theme.dim),
-        sep(),
-        connection_span(model, theme),
-        sep(),
-        Span::raw(format!("{} devices ", counts.total)),
-        Span::styled(format!("{} on", counts.online), theme.online),
-        Span::raw(" "),
-        Span::styled(
-            format!("{} off", counts.total - counts.online),
-            if counts.total > counts.online {
-                theme.offline
-            } else {
-                theme.dim
-            },
-        ),
-    ];
-    if counts.pending > 0 {
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(format!("{} Δ", counts.pending), theme.pending));
+    let badge = " READ-ONLY ";
+    let room = area.width as usize
+        - if model.profile.read_only {
+            badge.len().min(area.width as usize)
+        } else {
+            0
+        };
+    let offline = counts.total - counts.online;
+    let offline_style = if offline > 0 {
+        theme.offline
+    } else {
+        theme.dim
+    };
+    // What matters most survives a narrow screen: the server's URL goes first, then the
+    // words of the counts; the staleness never does.
+    let build = |server: bool, long: bool| -> Vec<Span<'static>> {
+        let mut spans = vec![
+            Span::styled(" herd", theme.title),
+            sep(),
+            Span::styled(model.profile.name.clone(), theme.header),
+        ];
+        if server {
+            spans.push(Span::raw(" "));
+            spans.push(Span::styled(model.profile.server.clone(), theme.dim));
+        }
+        spans.push(sep());
+        spans.push(connection_span(model, theme));
+        spans.push(sep());
+        if long {
+            spans.push(Span::raw(format!("{} devices ", counts.total)));
+            spans.push(Span::styled(
+                format!("{} online", counts.online),
+                theme.online,
+            ));
+            spans.push(Span::raw(" "));
+            spans.push(Span::styled(format!("{offline} offline"), offline_style));
+        } else {
+            spans.push(Span::styled(format!("{}", counts.online), theme.online));
+            spans.push(Span::raw(format!("/{} online", counts.total)));
+        }
+        if let Some(since) = model.stale_since {
+            // The counts are what was last heard: say how old that is, right after them.
+            spans.push(Span::styled(
+                format!(" STALE {}", text::duration((model.now - since).max(0.0))),
+                theme.stale,
+            ));
+        }
+        if counts.pending > 0 {
+            spans.push(Span::raw(" "));
+            spans.push(Span::styled(format!("{} Δ", counts.pending), theme.pending));
+        }
+        spans
+    };
+    let width = |spans: &[Span]| spans.iter().map(|s| s.width()).sum::<usize>();
+    let mut spans = build(true, true);
+    if width(&spans) > room {
+        spans = build(false, true);
     }
-    let mut line = Line::from(spans);
+    if width(&spans) > room {
+        spans = build(false, false);
+    }
+    let line = Line::from(spans);
     if model.profile.read_only {
         // The badge goes first on the right, and survives truncation of the rest.
-        let badge = " READ-ONLY ";
         let [left, right] =
             Layout::horizontal([Constraint::Min(1), Constraint::Length(badge.len() as u16)])
                 .areas(area);
         frame.render_widget(Paragraph::new(Line::styled(badge, theme.badge)), right);
-        frame.render_widget(Paragraph::new(std::mem::take(&mut line)), left);
+        frame.render_widget(Paragraph::new(line), left);
         return;
     }
     frame.render_widget(Paragraph::new(line), area);
@@ -147,6 +183,7 @@ fn breadcrumbs(model: &Model) -> Vec<String> {
             Screen::Notifications => crumbs.push("Notifications".into()),
             Screen::Analytics => crumbs.push("Analytics".into()),
             Screen::Rollouts => crumbs.push("Rollouts".into()),
+            Screen::Results => crumbs.push("Results".into()),
             Screen::Rollout(id) => {
                 let name = model
                     .rollout_page
@@ -205,19 +242,36 @@ fn render_crumbs(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             },
         )),
         None => match model.screen() {
-            Screen::Fleet if !model.fleet.filter().is_empty() => Some(Span::styled(
-                format!(
-                    "filter: {}  ({} of {})",
-                    model.fleet.filter().text(),
-                    model.fleet.view_len(),
-                    model.fleet.len()
-                ),
-                theme.warn,
-            )),
-            Screen::Fleet if !model.fleet_ui.marked.is_empty() => Some(Span::styled(
-                format!("{} marked", model.fleet_ui.marked.len()),
-                theme.marked,
-            )),
+            Screen::Fleet => {
+                let mut parts = Vec::new();
+                if !model.fleet.filter().is_empty() {
+                    parts.push(format!(
+                        "filter: {}  ({} of {})",
+                        model.fleet.filter().text(),
+                        model.fleet.view_len(),
+                        model.fleet.len()
+                    ));
+                }
+                if !model.fleet_ui.marked.is_empty() {
+                    parts.push(format!("{} marked", model.fleet_ui.marked.len()));
+                }
+                // The header arrow shows the sort; a column with no room on screen is
+                // named here instead, so the order is never a mystery.
+                let sort = model.fleet.sort();
+                if !Column::visible(model.size.0)
+                    .iter()
+                    .any(|(c, _)| *c == sort.column)
+                {
+                    let arrow = if sort.descending { '▼' } else { '▲' };
+                    parts.push(format!("sorted by {}{arrow}", sort.column.title()));
+                }
+                let style = if model.fleet.filter().is_empty() {
+                    theme.marked
+                } else {
+                    theme.warn
+                };
+                (!parts.is_empty()).then(|| Span::styled(parts.join(" · "), style))
+            }
             _ => None,
         },
     };
@@ -267,7 +321,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
     if let Some(overlay) = &model.overlay {
         return match overlay {
             Overlay::Palette { .. } => vec![("⏎", "run"), ("Tab", "complete"), ("Esc", "close")],
-            Overlay::Help => vec![("any key", "close")],
+            Overlay::Help { .. } => vec![("↑↓ PgUp PgDn", "scroll"), ("Esc q ?", "close")],
             Overlay::Confirm { .. } => vec![("y", "yes"), ("n/Esc", "no")],
             Overlay::Prompt { .. } => vec![("⏎", "apply"), ("Esc", "cancel")],
         };
@@ -276,7 +330,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
         Screen::Fleet => vec![
             ("⏎", "open"),
             ("/", "filter"),
-            ("1-0", "sort"),
+            (sort_keys(model.size.0), "sort"),
             ("␣", "mark"),
             ("t", "tail"),
             ("a", "reports"),
@@ -294,9 +348,10 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 ("Esc", "cancel"),
             ],
             Some(view) if view.rpc.is_some() => vec![
-                ("↑↓", "method"),
+                ("↑↓ a-z", "method"),
                 ("Tab", "params"),
                 ("⏎", "call"),
+                ("PgUp PgDn", "result"),
                 ("Esc", "close"),
             ],
             Some(view) if view.push.is_some() => {
@@ -309,6 +364,7 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 ("l", "logs"),
                 ("i", "info"),
                 ("t", "tail"),
+                ("Tab ↑↓", "scroll"),
                 ("r", "reload"),
                 ("Esc", "back"),
                 ("?", "help"),
@@ -318,9 +374,9 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
         Screen::Notifications => vec![
             ("f", "follow"),
             ("d", "device"),
-            ("n", "name"),
-            ("/", "regex"),
-            ("x", "clear filter"),
+            ("n", "events"),
+            ("/", "filter"),
+            ("x", "clear"),
             ("w", "wrap"),
             ("s", "save"),
             ("Esc", "back"),
@@ -334,6 +390,14 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
             ("↑↓", "scroll"),
             ("Esc", "back"),
             ("?", "help"),
+        ],
+        Screen::Results => vec![
+            ("↑↓", "move"),
+            ("Tab", "value"),
+            ("[ ]", "sets"),
+            ("s", "save"),
+            ("x", "dismiss"),
+            ("Esc", "back"),
         ],
         Screen::Rollouts => vec![
             ("⏎", "open"),
@@ -388,6 +452,14 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
     }
 }
 
+/// The sort keys of the fleet at `width`: one digit per column on screen.
+fn sort_keys(width: u16) -> &'static str {
+    const KEYS: [&str; 11] = [
+        "-", "1", "1-2", "1-3", "1-4", "1-5", "1-6", "1-7", "1-8", "1-9", "1-0",
+    ];
+    KEYS[Column::visible(width).len().min(10)]
+}
+
 fn render_footer(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     if let Some(Overlay::Prompt { kind, input, error }) = &model.overlay {
         let label = format!(" {}: ", kind.label());
@@ -397,6 +469,8 @@ fn render_footer(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         ];
         if let Some(error) = error {
             spans.push(Span::styled(format!("  {error}"), theme.error));
+        } else if input.text().is_empty() {
+            spans.push(Span::styled(format!(" {}", kind.hint()), theme.dim));
         }
         frame.render_widget(Paragraph::new(Line::from(spans)), area);
         let x = area.x + (label.chars().count() + input.cursor()) as u16;
@@ -417,52 +491,29 @@ fn render_footer(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.dim), area);
 }
 
-/// Columns that fit `width`, most useful first, then shown in table order.
+/// Columns that fit `width`, in table order (see [`Column::visible`]).
 pub fn fleet_columns(width: u16) -> Vec<(Column, u16)> {
-    const PRIORITY: [(Column, u16); 10] = [
-        (Column::State, 7),
-        (Column::Name, 14),
-        (Column::Id, 24),
-        (Column::Firmware, 9),
-        (Column::LastSeen, 10),
-        (Column::Light, 5),
-        (Column::Delta, 7),
-        (Column::App, 12),
-        (Column::Uptime, 7),
-        (Column::Arch, 8),
-    ];
-    // One column for the mark, one space between columns.
-    let mut budget = width.saturating_sub(2) as i32;
-    let mut chosen = Vec::new();
-    for (column, min) in PRIORITY {
-        let need = min as i32 + 1;
-        if need <= budget {
-            budget -= need;
-            chosen.push((column, min));
-        }
-    }
-    // The name takes what is left, up to a point.
-    for (column, width) in chosen.iter_mut() {
-        if *column == Column::Name {
-            *width += budget.clamp(0, 26) as u16;
-        }
-    }
-    chosen.sort_by_key(|(column, _)| Column::ALL.iter().position(|c| c == column));
-    chosen
+    Column::visible(width)
 }
 
 fn row_cells<'a>(
     row: &DeviceRow,
     columns: &[(Column, u16)],
     now: f64,
+    stale_since: Option<f64>,
     marked: bool,
     theme: &Theme,
 ) -> Row<'a> {
     let mut cells = Vec::with_capacity(columns.len() + 1);
     cells.push(Cell::from(if marked { "*" } else { " " }).style(theme.marked));
     for (column, _) in columns {
-        let text = column.cell(row, now);
+        let text = column.cell_stale(row, now, stale_since);
         let style = match column {
+            Column::State | Column::LastSeen | Column::Uptime
+                if row.online && stale_since.is_some() =>
+            {
+                theme.stale
+            }
             Column::State if row.online => theme.online,
             Column::State => theme.offline,
             Column::Delta if row.delta_pending => theme.pending,
@@ -554,7 +605,7 @@ fn render_fleet(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         .enumerate()
         .map(|(i, row)| {
             let marked = model.fleet_ui.marked.contains(&row.id);
-            let built = row_cells(row, &columns, model.now, marked, theme);
+            let built = row_cells(row, &columns, model.now, model.stale_since, marked, theme);
             if offset + i == model.fleet_ui.selected {
                 built.style(theme.selected)
             } else {
@@ -576,7 +627,7 @@ pub fn render_fleet_naive(frame: &mut Frame, model: &Model, theme: &Theme) {
     let columns = fleet_columns(area.width);
     let rows: Vec<Row> = (0..model.fleet.view_len())
         .filter_map(|i| model.fleet.row_at(i))
-        .map(|row| row_cells(row, &columns, model.now, false, theme))
+        .map(|row| row_cells(row, &columns, model.now, None, false, theme))
         .collect();
     let mut widths = vec![Constraint::Length(1)];
     widths.extend(columns.iter().map(|(_, w)| Constraint::Length(*w)));
@@ -637,10 +688,16 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     ])
     .areas(area);
 
-    let state = if object.online {
-        Span::styled("● online", theme.online)
-    } else {
-        Span::styled("○ offline", theme.offline)
+    let state = match (object.online, model.stale_since) {
+        (true, Some(since)) => Span::styled(
+            format!(
+                "◌ online {} ago, not heard since",
+                text::duration((model.now - since).max(0.0))
+            ),
+            theme.stale,
+        ),
+        (true, None) => Span::styled("● online", theme.online),
+        (false, _) => Span::styled("○ offline", theme.offline),
     };
     let field = |name: &str, value: String| {
         vec![
@@ -656,8 +713,14 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     second.extend(field("app", row.app.to_string()));
     second.extend(field("arch", row.arch.to_string()));
     second.extend(field("fw", row.fw_version.to_string()));
-    second.extend(field("uptime", Column::Uptime.cell(&row, model.now)));
-    second.extend(field("seen", row.last_seen_text(model.now)));
+    second.extend(field(
+        "uptime",
+        Column::Uptime.cell_stale(&row, model.now, model.stale_since),
+    ));
+    second.extend(field(
+        "seen",
+        row.last_seen_text_stale(model.now, model.stale_since),
+    ));
     if let Some(error) = &view.error {
         second.push(Span::styled(error.clone(), theme.error));
     }
@@ -686,10 +749,22 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     ])
     .areas(shadow);
     let version = view.version();
-    for (area, section, title, pending) in [
-        (desired, "desired", format!(" desired · v{version} "), false),
-        (reported, "reported", " reported ".to_string(), false),
-        (delta, "delta", " delta ".to_string(), true),
+    for (area, part, section, title, pending) in [
+        (
+            desired,
+            Part::Desired,
+            "desired",
+            format!("desired · v{version}"),
+            false,
+        ),
+        (
+            reported,
+            Part::Reported,
+            "reported",
+            "reported".to_string(),
+            false,
+        ),
+        (delta, Part::Delta, "delta", "delta".to_string(), true),
     ] {
         let value = view.section(section);
         let empty_delta = section == "delta" && value.as_object().is_some_and(|m| m.is_empty());
@@ -698,34 +773,64 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
         } else {
             json_text(&value, section, view, model.now, theme, pending)
         };
-        let block = Block::bordered().title(Span::styled(title, theme.title));
-        frame.render_widget(Paragraph::new(text).block(block), area);
+        let height = area.height.saturating_sub(2) as usize;
+        let total = text.lines.len();
+        let top = view.scroll_of(part).min(total.saturating_sub(height));
+        let block = pane_block(&title, top, height, total, view.focus == part, theme);
+        frame.render_widget(
+            Paragraph::new(text)
+                .block(block)
+                .scroll((top.min(u16::MAX as usize) as u16, 0)),
+            area,
+        );
     }
 
     let title = match view.pane {
-        Pane::Events => " events · l: logs · i: info ",
-        Pane::Logs => " logs · l: events · i: info ",
-        Pane::Info => " info (Sys.GetInfo) · i: events ",
+        Pane::Events => "events · l: logs · i: info",
+        Pane::Logs => "logs · l: events · i: info",
+        Pane::Info => "info (Sys.GetInfo) · i: events",
     };
-    let block = Block::bordered().title(Span::styled(title, theme.title));
+    let height = events.height.saturating_sub(2) as usize;
+    let focused = view.focus == Part::Lower;
     if view.pane == Pane::Info {
         let lines: Vec<Line> = json_lines(&object.info, "info")
             .into_iter()
             .map(|line| Line::raw(line.text))
             .collect();
-        frame.render_widget(Paragraph::new(lines).block(block), events);
+        let total = lines.len();
+        let top = view
+            .scroll_of(Part::Lower)
+            .min(total.saturating_sub(height));
+        let block = pane_block(title, top, height, total, focused, theme);
+        frame.render_widget(
+            Paragraph::new(lines)
+                .block(block)
+                .scroll((top.min(u16::MAX as usize) as u16, 0)),
+            events,
+        );
         render_device_dialogs(frame, model, view, theme, area);
         return;
     }
-    let height = events.height.saturating_sub(2) as usize;
     let filter = TailFilter {
         device: Some(view.id.clone()),
-        name: (view.pane == Pane::Logs).then(|| "rpc.out.Log".to_string()),
-        regex: None,
+        names: if view.pane == Pane::Logs {
+            vec!["rpc.out.Log".to_string()]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
     };
-    let entries = model.tail.window(&filter, height);
+    // Scrolled back by `back` lines from the newest.
+    let back = view.scroll_of(Part::Lower);
+    let mut entries = model.tail.window(&filter, height + back);
+    let total = entries.len();
+    let back = back.min(total.saturating_sub(height));
+    entries.truncate(total - back);
     let lines: Vec<Line> = entries
         .iter()
+        .rev()
+        .take(height)
+        .rev()
         .map(|entry| match (&view.pane, &entry.log) {
             (Pane::Logs, Some(log)) => Line::from(vec![
                 Span::styled(format!("{} ", text::clock_time(entry.ts)), theme.dim),
@@ -734,6 +839,11 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
             _ => tail_line(entry, None, theme),
         })
         .collect();
+    let mut title = title.to_string();
+    if back > 0 {
+        title.push_str(&format!(" · {back} newer below"));
+    }
+    let block = pane_block(&title, 0, height, 0, focused, theme);
     let content = if lines.is_empty() {
         Text::styled(
             match view.pane {
@@ -749,6 +859,34 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     render_device_dialogs(frame, model, view, theme, area);
 }
 
+/// A pane's border: its title, where it is scrolled to when it does not fit, and
+/// whether it has the scrolling keys (Tab moves them).
+fn pane_block(
+    title: &str,
+    top: usize,
+    height: usize,
+    total: usize,
+    focused: bool,
+    theme: &Theme,
+) -> Block<'static> {
+    let mut title = format!(" {title} ");
+    if total > height {
+        title.push_str(&format!(
+            "{}-{}/{} ",
+            top + 1,
+            (top + height).min(total),
+            total
+        ));
+    }
+    let style = if focused { theme.key } else { theme.title };
+    let block = Block::bordered().title(Span::styled(title, style));
+    if focused {
+        block.border_style(theme.title)
+    } else {
+        block
+    }
+}
+
 fn render_device_dialogs(
     frame: &mut Frame,
     model: &Model,
@@ -759,7 +897,7 @@ fn render_device_dialogs(
     if let Some(editor) = &view.editor {
         render_editor(frame, editor, view, theme, area);
     } else if let Some(dialog) = &view.rpc {
-        render_rpc(frame, dialog, theme, area);
+        render_rpc(frame, dialog, model.now, theme, area);
     } else if let Some(dialog) = &view.push {
         let running = model
             .fleet
@@ -821,7 +959,13 @@ fn render_editor(
     );
 }
 
-fn render_rpc(frame: &mut Frame, dialog: &super::device::RpcDialog, theme: &Theme, area: Rect) {
+fn render_rpc(
+    frame: &mut Frame,
+    dialog: &super::device::RpcDialog,
+    now: f64,
+    theme: &Theme,
+    area: Rect,
+) {
     let popup = centered(area, 90, 90);
     frame.render_widget(Clear, popup);
     let outer = Block::bordered().title(Span::styled(" call RPC ", theme.title));
@@ -830,8 +974,14 @@ fn render_rpc(frame: &mut Frame, dialog: &super::device::RpcDialog, theme: &Them
     let [list, right] =
         Layout::horizontal([Constraint::Length(24), Constraint::Min(10)]).areas(inner);
     let focus_style = |focused: bool| if focused { theme.title } else { theme.dim };
+    // What was typed to jump, while it counts.
+    let list_title = if dialog.jump.is_empty() || now - dialog.jump_at > JUMP_PAUSE_SECS {
+        " RPC.List ".to_string()
+    } else {
+        format!(" RPC.List · {}… ", dialog.jump)
+    };
     let list_block = Block::bordered().title(Span::styled(
-        " RPC.List ",
+        list_title,
         focus_style(dialog.focus == RpcFocus::Methods),
     ));
     let list_text: Text = match &dialog.methods {
@@ -896,10 +1046,24 @@ fn render_rpc(frame: &mut Frame, dialog: &super::device::RpcDialog, theme: &Them
             theme.dim,
         ),
     };
+    let lines = body.lines().count();
+    let height = result.height.saturating_sub(2) as usize;
+    let top = dialog.result_scroll.min(lines.saturating_sub(height));
+    let title = if lines > height {
+        format!(
+            "{title}· {}-{}/{} · PgUp PgDn ",
+            top + 1,
+            (top + height).min(lines),
+            lines
+        )
+    } else {
+        title
+    };
     frame.render_widget(
         Paragraph::new(body)
             .style(style)
             .wrap(Wrap { trim: false })
+            .scroll((top.min(u16::MAX as usize) as u16, 0))
             .block(Block::bordered().title(Span::styled(title, theme.title))),
         result,
     );
@@ -933,7 +1097,10 @@ fn tail_line(entry: &Entry, who: Option<&str>, theme: &Theme) -> Line<'static> {
         format!("{} ", entry.name),
         event_style(&entry.name, theme),
     ));
-    spans.push(Span::raw(entry.data.to_string()));
+    if entry.summary.is_some() {
+        spans.push(Span::styled("Δ ", theme.accent));
+    }
+    spans.push(Span::raw(entry.shown().to_string()));
     Line::from(spans)
 }
 
@@ -973,6 +1140,12 @@ fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
             theme.dim
         },
     ));
+    if tail.history_lines > 0 {
+        spans.push(Span::styled(
+            format!(" · {} from the log", tail.history_lines),
+            theme.dim,
+        ));
+    }
     if tail.wrap {
         spans.push(Span::styled(" · wrap", theme.dim));
     }
@@ -994,10 +1167,25 @@ fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         frame.render_widget(Paragraph::new(message).style(theme.dim), body);
         return;
     }
-    let mut lines: Vec<Line> = entries
-        .iter()
-        .map(|e| tail_line(e, Some(device_label(model, &e.id)), theme))
-        .collect();
+    let mut lines: Vec<Line> = Vec::with_capacity(entries.len() + 1);
+    for (i, entry) in entries.iter().enumerate() {
+        // Where the server's log ends and what arrived live begins.
+        if i > 0 && entries[i - 1].history && !entry.history {
+            lines.push(Line::styled(
+                "── above: the server's log · below: live ──",
+                theme.dim,
+            ));
+        }
+        lines.push(tail_line(
+            entry,
+            Some(device_label(model, &entry.id)),
+            theme,
+        ));
+    }
+    if lines.len() > height {
+        // The marker took a row: the oldest line gives way.
+        lines.remove(0);
+    }
     if tail.wrap {
         // Keep the newest lines at the bottom: drop from the top what wrapping pushes out.
         let width = body.width.max(1) as usize;
@@ -1018,7 +1206,7 @@ fn render_tail(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     }
 }
 
-fn centered(area: Rect, width_percent: u16, height_percent: u16) -> Rect {
+pub(super) fn centered(area: Rect, width_percent: u16, height_percent: u16) -> Rect {
     let width = (area.width as u32 * width_percent as u32 / 100) as u16;
     let height = (area.height as u32 * height_percent as u32 / 100) as u16;
     Rect {
@@ -1027,114 +1215,6 @@ fn centered(area: Rect, width_percent: u16, height_percent: u16) -> Rect {
         width,
         height,
     }
-}
-
-fn render_help(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
-    let popup = centered(area, 90, 100);
-    frame.render_widget(Clear, popup);
-    let key = |k: &str, what: &str| {
-        Line::from(vec![
-            Span::styled(format!("{k:>9}  "), theme.key),
-            Span::raw(what.to_string()),
-        ])
-    };
-    let mut lines = vec![Line::styled("everywhere", theme.title)];
-    lines.extend([
-        key(":", "command palette (Tab completes)"),
-        key("?", "this help"),
-        key("Esc", "back, close, clear"),
-        key("Ctrl-C", "quit"),
-    ]);
-    let screen: &[(&str, &str)] = match model.screen() {
-        Screen::Fleet => &[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("⏎", "open the device"),
-            (
-                "/",
-                "filter: text, field:value, globs (state:offline fw:1.2 name:lamp-*)",
-            ),
-            ("1-0", "sort by column 1-10; again reverses"),
-            ("␣ *", "mark one / all shown, for :set and :call"),
-            ("t", "notification tail"),
-            ("a", "analytics: reports over the notification log"),
-            ("r", "list devices again"),
-            ("R", "firmware rollouts"),
-            ("U", "new rollout of the marked devices, else of the filter"),
-        ],
-        Screen::Device(_) => &[
-            ("e", "edit desired here (^S sends)"),
-            ("E", "edit desired in $EDITOR"),
-            ("c", "call an RPC from RPC.List"),
-            ("l", "events / logs"),
-            ("i", "the device's Sys.GetInfo"),
-            ("t", "tail this device"),
-            ("u", "push a firmware image to this device, with progress"),
-            ("r", "reload"),
-        ],
-        Screen::Notifications => &[
-            ("f ␣", "follow / pause"),
-            ("↑↓ PgUp", "scroll (pauses); G follows"),
-            ("d n /", "filter by device, event glob, regex"),
-            ("x", "clear filters"),
-            ("w", "wrap long lines"),
-            ("s", "save shown lines as JSON lines"),
-            ("c", "clear the buffer"),
-        ],
-        Screen::Analytics => &[
-            ("1-5", "fleet, connectivity, usage, firmware, rpc"),
-            ("Tab ← →", "next / previous report"),
-            ("r", "range: last hour, last 24 h, all"),
-            ("b", "buckets of an hour or a day"),
-            ("t", "next table of the report"),
-            ("s S", "sort by the next column; reverse"),
-            ("↑↓ PgUp", "scroll the table; g G jump"),
-        ],
-        Screen::Rollouts => &[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("⏎", "open the rollout"),
-            (
-                "n",
-                "new rollout of the fleet's marked devices, else its filter",
-            ),
-            ("^L", "list again"),
-        ],
-        Screen::Rollout(_) => &[
-            ("Tab", "devices by state / failures"),
-            ("↑↓ j k", "move in the list; g G jump"),
-            ("⏎", "open the device under the cursor"),
-            ("s", "start a planned rollout"),
-            ("p r", "pause / resume, a halted one too (asks first)"),
-            ("A", "abort: pending devices are skipped (asks first)"),
-            ("R", "retry the failed devices in a new rollout"),
-        ],
-        Screen::Bench => &[
-            ("↑↓", "choose the board's serial port; r lists them again"),
-            (
-                "n w p i",
-                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
-            ),
-            ("f ⏎", "register, flash, reset, wait until online, open it"),
-            ("o", "open the light just flashed"),
-        ],
-        Screen::NewRollout => &[
-            ("Tab ⇧Tab", "next / previous field"),
-            ("↑↓", "choose the firmware; move between fields"),
-            ("←→ ␣", "change commit and delivery"),
-            ("⏎", "dry run: the server's plan; ⏎ again creates"),
-            ("Esc", "back; cancel"),
-        ],
-    };
-    lines.push(Line::styled("this view", theme.title));
-    lines.extend(screen.iter().map(|(k, w)| key(k, w)));
-    lines.push(Line::styled("commands", theme.title));
-    for (name, args, what) in palette::COMMANDS {
-        lines.push(Line::from(vec![
-            Span::styled(format!("  :{name} {args:<14}"), theme.key),
-            Span::raw(what.to_string()),
-        ]));
-    }
-    let block = Block::bordered().title(Span::styled(" help · any key closes ", theme.title));
-    frame.render_widget(Paragraph::new(lines).block(block), popup);
 }
 
 fn render_palette(
@@ -1175,12 +1255,21 @@ fn render_palette(
 }
 
 fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) {
+    // As wide as the question wants, within the screen; the answer keys always show, and
+    // the question's first lines (which say what and how many) come before any cut.
     let width = (question.chars().count() as u16 + 4)
-        .max(30)
+        .max(34)
         .min(area.width);
-    // A long question wraps: the answer keys stay visible under it.
-    let question_rows = wrapped_rows(question, width.saturating_sub(2) as usize) as u16;
-    let height = (question_rows + 3).min(area.height);
+    let inner_width = width.saturating_sub(2) as usize;
+    let mut lines = wrap_words(question, inner_width.max(1));
+    let room = area.height.saturating_sub(3) as usize;
+    if lines.len() > room {
+        lines.truncate(room.max(1));
+        if let Some(last) = lines.last_mut() {
+            *last = text::truncate(&format!("{last} …"), inner_width);
+        }
+    }
+    let height = (lines.len() as u16 + 3).min(area.height);
     let popup = Rect {
         x: area.x + (area.width - width) / 2,
         y: (area.y + area.height / 3).min(area.bottom().saturating_sub(height)),
@@ -1188,39 +1277,47 @@ fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) 
         height,
     };
     frame.render_widget(Clear, popup);
-    let lines = vec![
-        Line::styled(question.to_string(), theme.header),
-        Line::from(vec![
-            Span::styled("y", theme.key),
-            Span::raw(" yes   "),
-            Span::styled("n", theme.key),
-            Span::raw(" no"),
-        ]),
-    ];
+    let mut shown: Vec<Line> = lines
+        .into_iter()
+        .map(|line| Line::styled(line, theme.header))
+        .collect();
+    shown.truncate(height.saturating_sub(3) as usize);
+    shown.push(Line::from(vec![
+        Span::styled("y", theme.key),
+        Span::raw(" yes   "),
+        Span::styled("n", theme.key),
+        Span::raw(" no"),
+    ]));
     let block = Block::bordered().title(Span::styled(" confirm ", theme.warn));
-    frame.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: true }).block(block),
-        popup,
-    );
+    frame.render_widget(Paragraph::new(shown).block(block), popup);
 }
 
-/// Lines `text` takes when wrapped at word boundaries into `width` columns.
-fn wrapped_rows(text: &str, width: usize) -> usize {
+/// `text` broken into lines of at most `width` characters at spaces; a word longer than
+/// a line is broken where it must.
+pub fn wrap_words(text: &str, width: usize) -> Vec<String> {
     let width = width.max(1);
-    let mut rows = 1;
-    let mut used = 0;
-    for word in text.split_whitespace() {
-        let length = word.chars().count().max(1);
-        if used > 0 && used + 1 + length <= width {
-            used += 1 + length;
-            continue;
+    let mut lines = Vec::new();
+    for paragraph in text.split('\n') {
+        let mut line = String::new();
+        for word in paragraph.split_whitespace() {
+            let mut word: Vec<char> = word.chars().collect();
+            let used = line.chars().count();
+            if used > 0 && used + 1 + word.len() <= width {
+                line.push(' ');
+                line.extend(word.iter());
+                continue;
+            }
+            if used > 0 {
+                lines.push(std::mem::take(&mut line));
+            }
+            while word.len() > width {
+                let rest = word.split_off(width);
+                lines.push(word.iter().collect());
+                word = rest;
+            }
+            line.extend(word.iter());
         }
-        if used > 0 {
-            rows += 1;
-        }
-        // A word longer than a line is broken over several.
-        rows += (length - 1) / width;
-        used = (length - 1) % width + 1;
+        lines.push(line);
     }
-    rows
+    lines
 }
