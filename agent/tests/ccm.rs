@@ -51,7 +51,7 @@ impl Host {
                     }
                     let text = String::from_utf8_lossy(&line).trim().to_string();
                     line.clear();
-                    let frame = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+                    let frame = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     if sender.send(frame).is_err() {
                         return;
                     }
