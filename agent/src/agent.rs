@@ -61,6 +61,16 @@ pub struct AgentPlatform {
 }
 
 impl AgentPlatform {
+    /// The platform of a device whose configuration and files live in `data_dir`.
+    pub fn open(data_dir: &Path, slots: FileSlots, light: &LightOptions) -> AgentPlatform {
+        AgentPlatform {
+            config: FileConfigStorage::new(data_dir.join("config")),
+            files: DirFileStore::new(data_dir.join("fs"), FILE_STORE_CAPACITY),
+            slots,
+            light: LightDriver::new(light),
+        }
+    }
+
     /// The boot record's view of the slots.
     pub fn slots(&self) -> &FileSlots {
         &self.slots
@@ -336,7 +346,7 @@ struct AgentObserver {
     download: DownloadOptions,
 }
 
-impl Observer<AgentPlatform> for AgentObserver {
+impl Observer<Device<AgentPlatform>> for AgentObserver {
     fn connection(&mut self, up: bool) {
         if up {
             tracing::info!("connected");
@@ -382,7 +392,7 @@ impl Observer<AgentPlatform> for AgentObserver {
 
 /// The factory-layer patch that records where the cloud is and what the options say about
 /// updates; `None` when there is nothing to record.
-fn factory_patch(options: &AgentOptions) -> Option<Object> {
+pub(crate) fn factory_patch(options: &AgentOptions) -> Option<Object> {
     let mut patch = Object::new();
     if options.server.is_some() || options.token.is_some() {
         let mut dash = json!({"enable": true});
@@ -446,12 +456,7 @@ async fn run(
             }
         }
         started_by_exec = false;
-        let platform = AgentPlatform {
-            config: FileConfigStorage::new(options.data_dir.join("config")),
-            files: DirFileStore::new(options.data_dir.join("fs"), FILE_STORE_CAPACITY),
-            slots,
-            light: LightDriver::new(&options.light),
-        };
+        let platform = AgentPlatform::open(&options.data_dir, slots, &options.light);
         let mut device = Device::boot(platform, 0);
         for note in device.boot_notes() {
             tracing::warn!(%note, "configuration problem at boot");

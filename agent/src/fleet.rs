@@ -593,7 +593,7 @@ struct FleetObserver {
     download: DownloadOptions,
 }
 
-impl Observer<MemoryPlatform> for FleetObserver {
+impl Observer<Device<MemoryPlatform>> for FleetObserver {
     fn connection(&mut self, up: bool) {
         if up == self.up {
             return;

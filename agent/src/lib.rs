@@ -8,7 +8,8 @@
 //! [`runner::BootLoop`], the thin IO loop that owns the WebSocket and reconnects with
 //! exponential backoff and jitter. Firmware pulls (PROTOCOL §10.3) are fetched by
 //! [`download::fetch`], which streams the image into the engine and resumes broken
-//! transfers.
+//! transfers. [`ccm`] runs the agent as a Cloud Communication Module for a host MCU on a
+//! serial line (`herd-agent ccm`).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod ccm;
 pub mod download;
 pub mod fleet;
 pub mod light;

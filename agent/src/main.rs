@@ -1,4 +1,5 @@
-//! `herd-agent`: runs one Linux device, or a simulated fleet with `herd-agent fleet`.
+//! `herd-agent`: runs one Linux device, a simulated fleet with `herd-agent fleet`, or a
+//! Cloud Communication Module for a host MCU on a serial line with `herd-agent ccm`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use firmware_core::ota::OtaMethods;
 use herd_agent::agent::{Agent, AgentOptions, ImagePolicy};
+use herd_agent::ccm::CcmAgentOptions;
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use herd_agent::light::LightOptions;
 use herd_agent::runner::LinkOptions;
@@ -29,6 +31,37 @@ struct Cli {
 enum Mode {
     /// Run N simulated devices in one process.
     Fleet(FleetArgs),
+    /// Be the Cloud Communication Module of a host MCU on a serial line: newline-delimited
+    /// JSON-RPC (mjson style) on the UART, the device socket to the server.
+    Ccm(CcmArgs),
+}
+
+#[derive(Args, Debug)]
+struct CcmArgs {
+    /// Serial port of the host MCU, e.g. /dev/ttyUSB0.
+    #[arg(long, value_name = "PORT")]
+    serial: String,
+    /// Line speed.
+    #[arg(long, default_value_t = herd_agent::ccm::DEFAULT_BAUD)]
+    baud: u32,
+    /// Device socket, e.g. ws://HOST:PORT/api/v2/rpc (remembered in the data directory).
+    #[arg(long, env = "HERD_AGENT_SERVER")]
+    server: Option<String>,
+    /// Device token (remembered in the data directory).
+    #[arg(long, env = "HERD_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the CCM's configuration and files live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How long a cloud call waits for the host MCU's answer, and a host call for the
+    /// cloud's, in milliseconds.
+    #[arg(long, default_value_t = firmware_core::ccm::DEFAULT_CALL_TIMEOUT_MS)]
+    call_timeout_ms: u64,
+    /// Longest line on the serial port, in bytes.
+    #[arg(long, default_value_t = firmware_core::ccm::DEFAULT_MAX_LINE as u64, value_parser = clap::value_parser!(u64).range(64..=65536))]
+    max_line: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Mode::Fleet(args)) => run_fleet(args).await,
+        Some(Mode::Ccm(args)) => run_ccm(args).await,
         None => run_agent(cli.run).await,
     }
 }
@@ -200,6 +234,31 @@ async fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     agent.wait().await
+}
+
+async fn run_ccm(args: CcmArgs) -> anyhow::Result<()> {
+    let options = CcmAgentOptions {
+        baud: args.baud,
+        server: args.server,
+        token: args.token,
+        link: LinkOptions {
+            tls: args.tls.trust()?.config()?,
+            ..LinkOptions::default()
+        },
+        bridge: firmware_core::ccm::CcmOptions {
+            max_line: usize::try_from(args.max_line)?,
+            call_timeout_ms: args.call_timeout_ms,
+            ..Default::default()
+        },
+        ..CcmAgentOptions::new(args.serial, data_dir(args.data_dir, "ccm")?)
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signalled = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signalled.cancel();
+    });
+    herd_agent::ccm::run(options, stop).await
 }
 
 async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {

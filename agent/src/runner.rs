@@ -1,11 +1,15 @@
 //! The thin IO loop around [`Device`]: it owns the WebSocket, the clock and the reconnect
 //! policy, feeds the engine what happened and performs what it returns. All protocol
 //! decisions stay in `firmware_core`, as in rumqttc's split between state and event loop.
+//! The loop drives any [`Engine`]: the device itself, or the CCM wrapping it, whose second
+//! channel (the serial line) comes in as [`Command::Local`] and goes out through
+//! [`Observer::local`].
 
 use std::future::pending;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use firmware_core::ccm::Ccm;
 use firmware_core::device::{Action, Device};
 use firmware_core::platform::Platform;
 use firmware_core::pull::DownloadRequest;
@@ -91,6 +95,84 @@ impl Backoff {
     }
 }
 
+/// What a [`BootLoop`] drives: the device engine, or an engine wrapping one.
+pub trait Engine: Send {
+    /// The platform of the device inside.
+    type Platform: Platform;
+    /// The device inside, for what only a device does (buttons, downloads, status).
+    fn device(&mut self) -> &mut Device<Self::Platform>;
+    /// `(server URL, device token)` when the cloud connection is configured.
+    fn cloud(&self) -> Option<(String, String)>;
+    /// The cloud connection came up.
+    fn connected(&mut self, now_ms: u64) -> Vec<Action>;
+    /// The cloud connection went down.
+    fn disconnected(&mut self, now_ms: u64) -> Vec<Action>;
+    /// Bytes from the cloud.
+    fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action>;
+    /// Bytes from the local channel (a serial line); ignored unless the engine has one.
+    fn local(&mut self, _bytes: &[u8], _now_ms: u64) -> Vec<Action> {
+        Vec::new()
+    }
+    /// When [`Engine::poll`] next has work, in milliseconds of this boot.
+    fn next_deadline(&self) -> Option<u64>;
+    /// Runs timers.
+    fn poll(&mut self, now_ms: u64) -> Vec<Action>;
+}
+
+impl<P: Platform + Send> Engine for Device<P> {
+    type Platform = P;
+    fn device(&mut self) -> &mut Device<P> {
+        self
+    }
+    fn cloud(&self) -> Option<(String, String)> {
+        Device::cloud(self)
+    }
+    fn connected(&mut self, now_ms: u64) -> Vec<Action> {
+        Device::connected(self, now_ms)
+    }
+    fn disconnected(&mut self, now_ms: u64) -> Vec<Action> {
+        Device::disconnected(self, now_ms);
+        Vec::new()
+    }
+    fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        Device::receive(self, bytes, now_ms)
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        Device::next_deadline(self)
+    }
+    fn poll(&mut self, now_ms: u64) -> Vec<Action> {
+        Device::poll(self, now_ms)
+    }
+}
+
+impl<P: Platform + Send> Engine for Ccm<P> {
+    type Platform = P;
+    fn device(&mut self) -> &mut Device<P> {
+        self.device_mut()
+    }
+    fn cloud(&self) -> Option<(String, String)> {
+        Ccm::cloud(self)
+    }
+    fn connected(&mut self, now_ms: u64) -> Vec<Action> {
+        Ccm::connected(self, now_ms)
+    }
+    fn disconnected(&mut self, now_ms: u64) -> Vec<Action> {
+        Ccm::disconnected(self, now_ms)
+    }
+    fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        Ccm::receive(self, bytes, now_ms)
+    }
+    fn local(&mut self, bytes: &[u8], now_ms: u64) -> Vec<Action> {
+        self.host_bytes(bytes, now_ms)
+    }
+    fn next_deadline(&self) -> Option<u64> {
+        Ccm::next_deadline(self)
+    }
+    fn poll(&mut self, now_ms: u64) -> Vec<Action> {
+        Ccm::poll(self, now_ms)
+    }
+}
+
 /// Something that happens to the device from outside the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -104,6 +186,8 @@ pub enum Command {
     Reboot,
     /// Progress of the firmware download with this id (see [`DownloadFeed`]).
     Download(u64, DownloadEvent),
+    /// Bytes from the local channel (the serial line of a CCM).
+    Local(Vec<u8>),
 }
 
 /// What a download task reports back to the device loop.
@@ -172,11 +256,13 @@ pub enum Stop {
 }
 
 /// Hooks for the owner of the loop: status displays, counters, tests.
-pub trait Observer<P: Platform>: Send {
+pub trait Observer<E: Engine>: Send {
     /// The cloud connection came up or went down.
     fn connection(&mut self, _up: bool) {}
     /// Something may have changed (light, firmware state).
-    fn changed(&mut self, _device: &mut Device<P>) {}
+    fn changed(&mut self, _engine: &mut E) {}
+    /// One frame for the local channel ([`Action::SendLocal`]); dropped by default.
+    fn local(&mut self, _frame: String) {}
     /// The device asked for a firmware download (`OTA.Update`, `desired.ota`): fetch
     /// it and hand it over through `feed`, from a task of its own. The default refuses it.
     fn download(&mut self, request: DownloadRequest, feed: DownloadFeed) {
@@ -211,9 +297,9 @@ impl Drop for Pending {
 }
 
 /// Runs one boot of `device` until it reboots or `shutdown` fires.
-pub struct BootLoop<'a, P: Platform, O: Observer<P>> {
+pub struct BootLoop<'a, E: Engine, O: Observer<E>> {
     /// The engine.
-    pub device: &'a mut Device<P>,
+    pub device: &'a mut E,
     /// Reconnect policy.
     pub link: &'a LinkOptions,
     /// Jitter source.
@@ -244,7 +330,7 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
+impl<E: Engine, O: Observer<E>> BootLoop<'_, E, O> {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.boot_start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -319,7 +405,7 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
     /// After every event: stop a download the device no longer wants, and tell the
     /// observer.
     fn settle(&mut self, pending: &mut Pending) {
-        if pending.download.is_some() && !self.device.downloading() {
+        if pending.download.is_some() && !self.device.device().downloading() {
             pending.stop_download();
         }
         self.observer.changed(self.device);
@@ -328,8 +414,9 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
     fn command(&mut self, command: Command, pending: &mut Pending) -> Vec<Action> {
         let now = self.now_ms();
         match command {
-            Command::Button(pressed) => self.device.button(pressed, now),
-            Command::SetLight(on) => self.device.set_light(on, now),
+            Command::Button(pressed) => self.device.device().button(pressed, now),
+            Command::SetLight(on) => self.device.device().set_light(on, now),
+            Command::Local(bytes) => self.device.local(&bytes, now),
             Command::Reboot => {
                 pending.reboot_at = Some(Instant::now());
                 Vec::new()
@@ -340,13 +427,14 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
                     // A download given up on; its bytes are for nobody.
                     return Vec::new();
                 }
+                let device = self.device.device();
                 match event {
-                    DownloadEvent::Started(size) => self.device.download_started(size, now),
+                    DownloadEvent::Started(size) => device.download_started(size, now),
                     DownloadEvent::Chunk(offset, bytes) => {
-                        self.device.download_chunk(offset, &bytes, now)
+                        device.download_chunk(offset, &bytes, now)
                     }
-                    DownloadEvent::Finished => self.device.download_finished(now),
-                    DownloadEvent::Failed(message) => self.device.download_failed(&message, now),
+                    DownloadEvent::Finished => device.download_finished(now),
+                    DownloadEvent::Failed(message) => device.download_failed(&message, now),
                 }
             }
         }
@@ -361,7 +449,8 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
 
     fn side_effect(&mut self, action: Action, pending: &mut Pending) {
         match action {
-            Action::Send(_) | Action::SendLocal(_) => {}
+            Action::Send(_) => {}
+            Action::SendLocal(frame) => self.observer.local(frame),
             Action::Reboot { delay_ms } => {
                 let at = Instant::now() + Duration::from_millis(delay_ms);
                 pending.reboot_at = Some(pending.reboot_at.map_or(at, |t| t.min(at)));
@@ -470,7 +559,8 @@ impl<P: Platform + Send, O: Observer<P>> BootLoop<'_, P, O> {
             }
             self.settle(pending);
         }
-        self.device.disconnected(self.now_ms());
+        let actions = self.device.disconnected(self.now_ms());
+        self.perform_offline(actions, pending);
         self.observer.connection(false);
         self.observer.changed(self.device);
         end.unwrap_or(SessionEnd::Lost)

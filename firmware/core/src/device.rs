@@ -120,6 +120,8 @@ pub struct Device<P: Platform> {
     /// same download again.
     last_desired_ota: Option<Object>,
     image: ImageInfo,
+    /// Whether this device is the smart light; see [`Device::without_light`].
+    light: bool,
     light_on: bool,
     connected: bool,
     splitter: FrameSplitter,
@@ -215,6 +217,7 @@ impl<P: Platform> Device<P> {
             desired_ota: Object::new(),
             last_desired_ota: None,
             image,
+            light: true,
             light_on: false,
             connected: false,
             splitter: FrameSplitter::new(MAX_INPUT_FRAME),
@@ -229,6 +232,15 @@ impl<P: Platform> Device<P> {
         };
         device.drive_light();
         device
+    }
+
+    /// Makes this a device without the smart light: from now on it drives no pin, and its
+    /// reports and heartbeats leave `on` out, because something else owns the shadow's
+    /// state. A CCM is such a device ([`crate::ccm`]): the host MCU behind it reports its
+    /// own state.
+    pub fn without_light(mut self) -> Device<P> {
+        self.light = false;
+        self
     }
 
     /// Problems found while booting.
@@ -352,8 +364,7 @@ impl<P: Platform> Device<P> {
         let interval = self.heartbeat_interval_ms();
         self.heartbeat_due = interval.map(|ms| now_ms.saturating_add(ms));
         let facts = self.platform.facts();
-        let reported = json!({
-            "on": self.light_on,
+        let mut reported = json!({
             "ota": self.ota_report(),
             "stats": {
                 "ram_total": facts.ram_size,
@@ -361,6 +372,9 @@ impl<P: Platform> Device<P> {
                 "ram_lwm": facts.ram_min_free,
             },
         });
+        if self.light {
+            reported["on"] = Value::Bool(self.light_on);
+        }
         let mut out = Vec::new();
         self.report(reported, &mut out);
         out
@@ -522,7 +536,10 @@ impl<P: Platform> Device<P> {
                     .heartbeat_interval_ms()
                     .map(|ms| now_ms.saturating_add(ms));
                 if self.connected {
-                    let params = json!({"uptime": now_ms / 1000, "on": self.light_on});
+                    let mut params = json!({"uptime": now_ms / 1000});
+                    if self.light {
+                        params["on"] = Value::Bool(self.light_on);
+                    }
                     out.push(Action::Send(
                         Frame {
                             method: Some(protocol::methods::HEARTBEAT.into()),
@@ -815,6 +832,9 @@ impl<P: Platform> Device<P> {
     }
 
     fn drive_light(&mut self) {
+        if !self.light {
+            return;
+        }
         let pin = self.config.get_i64("smartlight.pin");
         let level = self.light_on ^ self.config.get_bool("smartlight.inverted");
         self.platform.set_level(pin, level);

@@ -15,6 +15,8 @@
 //! simulations. A device without a file system keeps its configuration and boot record
 //! in raw flash ([`flash`]); the ESP-IDF partition table, OTA data and firmware slots of
 //! the ESP32 light are in [`idf`], shared with the bench tool that writes new boards.
+//! [`ccm::Ccm`] turns a device into a Cloud Communication Module that bridges a host
+//! microcontroller on a serial line to the cloud.
 //!
 //! ```
 //! use firmware_core::device::{Action, Device};
@@ -40,6 +42,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod ccm;
 pub mod config;
 pub mod device;
 pub mod flash;
