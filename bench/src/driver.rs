@@ -466,12 +466,13 @@ fn step_duration(args: &RunArgs, at_target: bool) -> Duration {
     }
 }
 
-struct CreatedDevice {
-    id: String,
-    token: String,
+pub(crate) struct CreatedDevice {
+    pub(crate) id: String,
+    pub(crate) token: String,
 }
 
-async fn create_devices(
+/// Creates `count` devices over REST, 32 requests at a time; in index order.
+pub(crate) async fn create_devices(
     http: &reqwest::Client,
     base: &str,
     api_key: &str,

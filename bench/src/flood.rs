@@ -14,11 +14,11 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::driver::ServerProcess;
+use crate::driver::{create_devices, CreatedDevice, ServerProcess};
 use crate::procfs;
 
 /// What to run.
@@ -110,13 +110,19 @@ pub async fn run(args: &FloodArgs) -> Result<Vec<Phase>> {
     };
     let server = ServerProcess::start(&bin).await?;
     let http = reqwest::Client::new();
-    let tokens = create(&http, &server, args.devices + args.flooders).await?;
-    let (calm_tokens, flood_tokens) = tokens.split_at(args.devices);
+    let devices = create_devices(
+        &http,
+        &server.base,
+        &server.api_key,
+        args.devices + args.flooders,
+    )
+    .await?;
+    let (calm, flooding) = devices.split_at(args.devices);
     let socket = format!("ws://{}/api/v2/rpc", server.address);
 
     let recorder = Arc::new(Mutex::new(Arc::new(Recorder::new())));
     let mut senders = Vec::with_capacity(args.devices);
-    for token in calm_tokens {
+    for CreatedDevice { token, .. } in calm {
         let (tx, rx) = mpsc::unbounded_channel::<Instant>();
         let ws = connect(&socket, token)
             .await
@@ -136,10 +142,10 @@ pub async fn run(args: &FloodArgs) -> Result<Vec<Phase>> {
         let phase_recorder = Arc::new(Recorder::new());
         *recorder.lock().expect("recorder") = phase_recorder.clone();
         let counters = Arc::new(FloodCounters::default());
-        let stop = tokio_util_stop();
+        let stop = Arc::new(AtomicBool::new(false));
         let mut flooders = Vec::new();
         if let Some(kind) = flood {
-            for token in flood_tokens {
+            for CreatedDevice { token, .. } in flooding {
                 flooders.push(tokio::spawn(flooder(
                     socket.clone(),
                     token.clone(),
@@ -175,10 +181,7 @@ pub async fn run(args: &FloodArgs) -> Result<Vec<Phase>> {
         });
         // Quarantine lasts longer than a phase; the next phase's flooder starts refused
         // unless released, so release it as an operator would.
-        for id in flood_tokens
-            .iter()
-            .filter_map(|t| t.split_once(':').map(|(id, _)| id))
-        {
+        for CreatedDevice { id, .. } in flooding {
             let _ = http
                 .post(format!("{}/api/v2/devices/{id}/release", server.base))
                 .bearer_auth(&server.api_key)
@@ -194,43 +197,11 @@ pub async fn run(args: &FloodArgs) -> Result<Vec<Phase>> {
     Ok(phases)
 }
 
-fn tokio_util_stop() -> Arc<std::sync::atomic::AtomicBool> {
-    Arc::new(std::sync::atomic::AtomicBool::new(false))
-}
-
-/// `id:token` of `count` new devices.
-async fn create(
-    http: &reqwest::Client,
-    server: &ServerProcess,
-    count: usize,
-) -> Result<Vec<String>> {
-    let mut out = Vec::with_capacity(count);
-    for index in 0..count {
-        let response = http
-            .post(format!("{}/api/v2/devices", server.base))
-            .bearer_auth(&server.api_key)
-            .json(&json!({"name": format!("flood-bench-{index}")}))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!("creating a device: HTTP {}", response.status());
-        }
-        let created: Value = response.json().await?;
-        let id = created["id"].as_str().ok_or_else(|| anyhow!("no id"))?;
-        let token = created["token"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no token"))?;
-        out.push(format!("{id}:{token}"));
-    }
-    Ok(out)
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects as the device of `id_token`; the error is the HTTP status when refused.
-async fn connect(url: &str, id_token: &str) -> Result<Ws, String> {
-    let token = id_token.split_once(':').map_or(id_token, |(_, t)| t);
+/// Connects as the device with `token`; the error is the HTTP status when refused.
+async fn connect(url: &str, token: &str) -> Result<Ws, String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         "Authorization",
@@ -328,7 +299,7 @@ async fn flooder(
     token: String,
     kind: Flood,
     counters: Arc<FloodCounters>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) {
     let big = "x".repeat(64 * 1024);
     while !stop.load(Ordering::Relaxed) {
