@@ -8,6 +8,7 @@
 //! other tenants do not leak.
 
 use protocol::filter::{Field, Subject};
+use protocol::notification::SERVER_STARTED;
 use protocol::rest::Scope;
 use protocol::shadow::Update;
 use protocol::Value;
@@ -70,6 +71,17 @@ pub const OTA_METHOD_PREFIX: &str = "OTA.";
 /// check of who sees a device (REST, notify stream, logs, sockets) comes down to this.
 pub fn may_see(user: &User, owner: &str, shared_with: &str) -> bool {
     user.admin || owner == user.id || crate::store::shared_contains(shared_with, &user.id)
+}
+
+/// Whether a line of the notification log may be served to a caller who sees the devices
+/// in `visible` (PROTOCOL §7, §11): the lines of those devices, and the server's own
+/// `server.started` markers, which name no device and carry nothing about one.
+pub fn may_read_log_line(visible: &std::collections::HashSet<String>, line: &Value) -> bool {
+    match line.get("id").and_then(Value::as_str) {
+        Some("") => line.get("name").and_then(Value::as_str) == Some(SERVER_STARTED),
+        Some(id) => visible.contains(id),
+        None => false,
+    }
 }
 
 /// Renaming, sharing and deleting are for the owner (or the admin).
@@ -253,5 +265,20 @@ mod tests {
             ..device()
         };
         assert!(!lamps.sees(&kitchen, true));
+    }
+
+    #[test]
+    fn log_lines_are_served_for_visible_devices_and_server_markers_only() {
+        let visible: std::collections::HashSet<String> = ["lamp".to_string()].into();
+        let line = |id: &str, name: &str| json!({"ts": 1.0, "id": id, "name": name, "data": null});
+        assert!(may_read_log_line(&visible, &line("lamp", "online")));
+        assert!(!may_read_log_line(&visible, &line("other", "online")));
+        assert!(may_read_log_line(&visible, &line("", SERVER_STARTED)));
+        // An empty id is not a wildcard for other names.
+        assert!(!may_read_log_line(&visible, &line("", "online")));
+        assert!(!may_read_log_line(
+            &visible,
+            &json!({"ts": 1.0, "name": "online"})
+        ));
     }
 }

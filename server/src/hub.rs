@@ -32,6 +32,15 @@ impl Identity {
         }
     }
 
+    /// The server itself, for events about no device (`server.started`, PROTOCOL §7).
+    pub fn server() -> Self {
+        Self {
+            id: "".into(),
+            owner: "".into(),
+            shared_with: "".into(),
+        }
+    }
+
     /// Whether `user` may see this device's events (PROTOCOL §5 audience).
     pub fn visible_to(&self, user: &User) -> bool {
         crate::access::may_see(user, &self.owner, &self.shared_with)

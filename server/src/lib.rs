@@ -246,6 +246,13 @@ impl Server {
             device_tasks: TaskTracker::new(),
             settings,
         }));
+        // PROTOCOL §7: the first line of this run, so readers can close the sessions a
+        // crash of the previous run left open. Nothing is served yet, so nothing precedes it.
+        state.hub.emit(
+            &Identity::server(),
+            protocol::notification::SERVER_STARTED,
+            &serde_json::json!({"version": env!("CARGO_PKG_VERSION")}),
+        );
         let router = rest::router(state.clone());
         let serving = tokio::spawn(http::serve(listener, router, tls, state.shutdown.clone()));
         let sweeper = tokio::spawn(device_socket::liveness_sweeper(state.clone()));

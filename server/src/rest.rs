@@ -809,11 +809,7 @@ async fn logs(
             .into_iter()
             .map(|d| d.id)
             .collect();
-        items.retain(|item| {
-            item.get("id")
-                .and_then(Value::as_str)
-                .is_some_and(|id| visible.contains(id))
-        });
+        items.retain(|item| access::may_read_log_line(&visible, item));
     }
     let mut response = Json(Value::Array(items)).into_response();
     if let Ok(next) = HeaderValue::from_str(&page.next.to_string()) {

@@ -163,6 +163,21 @@ async fn acknowledged_updates_survive_sigkill() {
     // After the restart repaired it, the log has only whole lines.
     let lines = check_log(dir.path());
     assert!(lines.iter().any(|l| l["name"] == "created"));
+    // PROTOCOL §7: each run starts with a `server.started` marker, so a reader can close
+    // the sessions the killed run left open: the devices were online when it died and no
+    // `offline` was ever written for them.
+    let markers: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i]["name"] == "server.started")
+        .collect();
+    assert_eq!(markers.len(), 2, "one marker per start");
+    assert_eq!(
+        markers[0], 0,
+        "the first run's marker is the log's first line"
+    );
+    assert!(lines[markers[0]]["id"] == "" && lines[markers[1]]["id"] == "");
+    let before_restart = &lines[..markers[1]];
+    assert!(before_restart.iter().any(|l| l["name"] == "online"));
+    assert!(before_restart.iter().all(|l| l["name"] != "offline"));
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -400,17 +400,26 @@ async fn logs_serve_the_notification_log_in_order() {
         .unwrap();
     let items: Vec<Value> = resp.json().await.unwrap();
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["created", "updated"]);
-    assert!(items.iter().all(|i| i["ts"].is_f64() && i["id"] == id));
-    assert_eq!(next, 2);
+    // PROTOCOL §7: the server's start marker comes first, naming no device.
+    assert_eq!(names, ["server.started", "created", "updated"]);
+    assert_eq!(items[0]["id"], "");
+    assert!(items.iter().all(|i| i["ts"].is_f64()));
+    assert!(items[1..].iter().all(|i| i["id"] == id));
+    assert_eq!(next, 3);
     let (_, page) = server
-        .call("POST", "/logs", Some(json!({"start": 1, "limit": 5})))
+        .call("POST", "/logs", Some(json!({"start": 2, "limit": 5})))
         .await;
     assert_eq!(page.as_array().unwrap().len(), 1);
-    // Another user sees only its own devices' lines.
+    // Another user sees only its own devices' lines, and the server's marker.
     let ann = server.add_user("ann").await;
     let (_, page) = server.call_as(&ann, "POST", "/logs", Some(json!({}))).await;
-    assert_eq!(page, json!([]));
+    let names: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["server.started"]);
     server.shutdown().await;
 }
 
