@@ -238,6 +238,19 @@ pub async fn run(args: RunArgs, command_line: String) -> Result<Report> {
     Ok(report)
 }
 
+/// Whether this process runs as root (uid 0), read from `/proc/self/status`.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
 /// `name` as given when it is a path, else the first match on PATH, then in /usr/sbin
 /// and /usr/local/sbin (not on an unprivileged user's PATH on Debian, but where its
 /// mosquitto package installs the broker).
@@ -824,6 +837,17 @@ impl MosquittoProcess {
     }
 
     pub async fn start(bin: &Path) -> Result<Self> {
+        Self::start_with(bin, |_| Ok(String::new())).await
+    }
+
+    /// Starts the broker with more configuration: `extra` gets the broker's own temporary
+    /// directory (to put certificates in) and returns lines appended to [`Self::config`],
+    /// e.g. a second, TLS, listener. The first listener stays the one [`Self::address`]
+    /// names and readiness is checked on.
+    pub async fn start_with(
+        bin: &Path,
+        extra: impl FnOnce(&Path) -> Result<String>,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("herd-bench-mosquitto-")
             .tempdir()
@@ -845,7 +869,14 @@ impl MosquittoProcess {
             .port();
         let address = format!("127.0.0.1:{port}");
         let config_path = dir.path().join("mosquitto.conf");
-        std::fs::write(&config_path, Self::config(port)).context("writing mosquitto.conf")?;
+        let mut config = Self::config(port);
+        config.push_str(&extra(dir.path())?);
+        if cfg!(unix) && running_as_root() {
+            // Started as root, mosquitto switches to the `mosquitto` user, which cannot
+            // read files in this private directory; it has nothing to protect here.
+            config.push_str("user root\n");
+        }
+        std::fs::write(&config_path, config).context("writing mosquitto.conf")?;
         let log_path = dir.path().join("mosquitto.log");
         let log = std::fs::File::create(&log_path).context("mosquitto log file")?;
         let mut child = tokio::process::Command::new(bin)

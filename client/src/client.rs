@@ -163,6 +163,18 @@ impl Client {
         &self.inner.api
     }
 
+    /// The device socket of this server (PROTOCOL §1), `ws(s)://.../api/v2/rpc`, for
+    /// programs that connect devices on someone's behalf, such as gateways.
+    pub fn device_socket_url(&self) -> String {
+        format!("{}/rpc", self.inner.ws_api)
+    }
+
+    /// The TLS configuration `wss://` connections should use: `Some` when the client was
+    /// given a pinned fingerprint or extra CA certificates, `None` for the system's roots.
+    pub fn ws_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.inner.ws_tls.clone()
+    }
+
     /// A request to `path` under the API base, with the key.
     pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let request = self
