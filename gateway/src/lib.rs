@@ -6,7 +6,8 @@
 //! ([`nodes`]), and while the node is alive the gateway holds that device's socket to
 //! herd-server ([`link`]). So a node has a shadow (its resources as `reported`; `desired`
 //! turned into `set` messages), RPC (Herd scheme), online/offline and events in
-//! notification.log exactly like a device that connects itself.
+//! notification.log exactly like a device that connects itself. Pyaiot's CoAP nodes come in
+//! the same way through [`coap`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -19,7 +20,25 @@
 //! # Ok(()) }
 //! ```
 
+pub mod coap;
 pub mod link;
 pub mod mqtt;
 pub mod nodes;
 pub mod topics;
+
+use std::sync::atomic::AtomicU64;
+
+/// What a gateway has done, for logs and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// MQTT: subscriptions the broker confirmed (made again after each reconnect).
+    pub subscribed: AtomicU64,
+    /// Messages (MQTT) or datagrams (CoAP) received.
+    pub messages: AtomicU64,
+    /// Of those, not understood: counted and logged, never fatal.
+    pub rejected: AtomicU64,
+    /// Messages sent to nodes.
+    pub published: AtomicU64,
+    /// Messages dropped because a queue was full or a node did not answer.
+    pub dropped: AtomicU64,
+}

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,16 +121,7 @@ pub fn broker(url: &str, plain: bool) -> anyhow::Result<Broker> {
     })
 }
 
-/// Counters, for logs and tests.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Subscriptions the broker confirmed (they are made again after each reconnect).
-    pub subscribed: AtomicU64,
-    pub messages: AtomicU64,
-    pub rejected: AtomicU64,
-    pub published: AtomicU64,
-    pub dropped: AtomicU64,
-}
+pub use crate::Counters;
 
 struct NodeLink {
     inbox: mpsc::Sender<ToCloud>,
@@ -255,7 +246,7 @@ pub async fn run(
                         }
                         continue;
                     }
-                    (Family::Pyaiot, ToNode::Rpc { .. }) => continue,
+                    (Family::Pyaiot | Family::Coap, ToNode::Rpc { .. }) | (Family::Coap, _) => continue,
                 };
                 publish(topic, payload);
             }

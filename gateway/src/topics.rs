@@ -44,8 +44,12 @@ pub const MAX_NODE_ID: usize = 64;
 /// devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
+    /// Pyaiot's MQTT scheme.
     Pyaiot,
+    /// Herd's MQTT scheme.
     Herd,
+    /// Pyaiot's CoAP nodes (see [`crate::coap`]).
+    Coap,
 }
 
 impl Family {
@@ -53,6 +57,7 @@ impl Family {
         match self {
             Family::Pyaiot => "pyaiot",
             Family::Herd => "herd",
+            Family::Coap => "coap",
         }
     }
 }

@@ -12,11 +12,12 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{wait_device, WAIT};
 
 struct Bed {
-    _server: herd_server::Server,
-    _server_dir: tempfile::TempDir,
+    _server: common::Server,
     broker: MosquittoProcess,
     client: Client,
 }
@@ -34,23 +35,10 @@ async fn bed_with(extra: impl FnOnce(&std::path::Path) -> anyhow::Result<String>
     let broker = MosquittoProcess::start_with(&bin, extra)
         .await
         .expect("mosquitto starts");
-    let dir = tempfile::tempdir().unwrap();
-    let settings = herd_config::ServerSettings {
-        data_dir: Some(dir.path().to_path_buf()),
-        bcrypt_cost: 4,
-        ..Default::default()
-    };
-    let (_, key) = herd_server::register_user(&settings, "admin", "pw")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = herd_server::Server::start(settings, listener)
-        .await
-        .unwrap();
-    let client = Client::new(&format!("http://{}", server.local_addr()), Some(&key)).unwrap();
+    let server = common::server().await;
+    let client = server.client.clone();
     Some(Bed {
         _server: server,
-        _server_dir: dir,
         broker,
         client,
     })
@@ -175,36 +163,6 @@ async fn publish(client: &AsyncClient, topic: &str, payload: impl Into<Vec<u8>>)
         .publish(topic, QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
-}
-
-/// Polls the server until `check` holds for the device named `name`.
-async fn wait_device(
-    client: &Client,
-    name: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let devices = client.devices().await.unwrap();
-        if let Some(device) = devices.iter().find(|d| d.name == name) {
-            let mut value = serde_json::to_value(device).unwrap();
-            value["shadow_doc"] = client.shadow(&device.id).await.unwrap();
-            if check(&value) {
-                return value;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name}: not {what} within {WAIT:?}: {value}"
-            );
-        } else {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no device {name} within {WAIT:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A Pyaiot node: answers `gateway/check` and the discovery, applies `set`.
