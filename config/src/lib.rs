@@ -138,6 +138,9 @@ pub struct ServerSettings {
     pub device_connects_per_minute: u32,
     /// How long a device over its limits is refused, seconds.
     pub quarantine_s: u64,
+    /// Whether anyone may make an account with `POST /api/v2/app/signup`, as customers of
+    /// the customer app at `/app/` do. Off by default: accounts are made by the admin.
+    pub app_signup: bool,
 }
 
 impl Default for ServerSettings {
@@ -173,6 +176,7 @@ impl Default for ServerSettings {
             device_byte_burst: 4.0 * 1024.0 * 1024.0,
             device_connects_per_minute: 20,
             quarantine_s: 300,
+            app_signup: false,
         }
     }
 }

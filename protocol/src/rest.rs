@@ -91,6 +91,19 @@ pub struct NewUser {
     pub pass: String,
 }
 
+/// `POST /devices/:id/pair` body (the customer app, `/app/`): the password printed on the
+/// device's label, which is its token, and optionally the name the customer gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PairDevice {
+    /// The device's password (its token).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    pub password: String,
+    /// A new display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 /// `POST /logs` body: `{"start"?, "limit"?}` (PROTOCOL §6, §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

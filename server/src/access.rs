@@ -93,6 +93,18 @@ pub fn require_owner(user: &User, device: &DeviceRecord) -> Result<(), ApiError>
     }
 }
 
+/// A device's name is for its owner, the admin, and the users it is shared with (the
+/// customers who paired it name their own lights); sharing and deleting stay the owner's.
+pub fn require_rename(user: &User, device: &DeviceRecord) -> Result<(), ApiError> {
+    if is_owner(user, device) || crate::store::shared_contains(&device.shared_with, &user.id) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only the device's owner or a user it is shared with may rename it",
+        ))
+    }
+}
+
 fn is_owner(user: &User, device: &DeviceRecord) -> bool {
     user.admin || device.user_id == user.id
 }

@@ -33,6 +33,9 @@ struct Args {
     /// clients can check it (`herd --ca-cert DATA/tls/self-signed.pem`).
     #[arg(long, num_args = 0.., value_name = "HOST", conflicts_with = "tls_cert")]
     tls_self_signed: Option<Vec<String>>,
+    /// Let anyone make an account at /api/v2/app/signup (the customer app at /app/).
+    #[arg(long)]
+    app_signup: bool,
     /// Create user NAME with password PASS, print its API key as JSON, and exit.
     /// The first user created is the administrator.
     #[arg(long, num_args = 2, value_names = ["NAME", "PASS"])]
@@ -50,6 +53,7 @@ fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
+    settings.app_signup |= args.app_signup;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         settings.tls = Some(TlsSettings {
             cert: cert.clone(),

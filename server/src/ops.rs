@@ -22,9 +22,11 @@ pub mod create;
 pub mod delete;
 pub mod device_info;
 pub mod disconnect;
+pub mod pair;
 pub mod quarantine;
 pub mod release;
 pub mod shadow_update;
+pub mod unpair;
 
 use std::collections::HashMap;
 use std::future::Future;

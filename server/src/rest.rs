@@ -1,6 +1,7 @@
 //! The REST API under `/api/v2` (PROTOCOL §6) and the router that also carries the device
 //! socket (§1), the notify stream (§5) and the per-device RPC socket.
 
+pub mod app;
 pub mod firmware;
 pub mod openapi;
 pub mod ota;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.settings.max_body_bytes;
     let (routes, _) = openapi::routes().split_for_parts();
     routes
+        .merge(app::static_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -319,7 +321,11 @@ async fn change_device(
     }
     if change.name.is_some() || change.shared_with.is_some() {
         caller.require(Scope::Operate)?;
-        require_owner(&caller.user, &device)?;
+        if change.shared_with.is_some() {
+            require_owner(&caller.user, &device)?;
+        } else {
+            access::require_rename(&caller.user, &device)?;
+        }
         if let Some(name) = &change.name {
             if name.is_empty() || name.len() > 256 {
                 return Err(ApiError::bad_request("name must be 1-256 characters"));
@@ -731,6 +737,16 @@ async fn add_user(
     }
     caller.require(Scope::Admin)?;
     let body = body.ok_or_else(|| ApiError::bad_request("body must be {\"name\", \"pass\"}"))?;
+    // Like the key `--register-user` prints: what the new user may do (PROTOCOL §11).
+    Ok(Json(new_user(&state, body, ApiKey::default()).await?))
+}
+
+/// Makes the user `body` names and its first key `key`; the answer shows the key once.
+pub async fn new_user(
+    state: &AppState,
+    body: NewUser,
+    key: ApiKey,
+) -> Result<NewUserResponse, ApiError> {
     if !valid_user_name(&body.name) {
         return Err(ApiError::bad_request(
             "user name must be 1-64 characters of A-Z a-z 0-9 _ - . @ +",
@@ -749,9 +765,8 @@ async fn add_user(
         .store
         .create_user(&body.name, &hash, clock::now())
         .await?;
-    // Like the key `--register-user` prints: what the new user may do (PROTOCOL §11).
-    let (_, token) = issue_key(&state, &user.id, ApiKey::default()).await?;
-    Ok(Json(NewUserResponse {
+    let (_, token) = issue_key(state, &user.id, key).await?;
+    Ok(NewUserResponse {
         user: UserObject {
             id: user.id,
             name: user.name,
@@ -759,7 +774,7 @@ async fn add_user(
             created_at: clock::rfc3339(user.created_at),
         },
         api_key: token,
-    }))
+    })
 }
 
 const LOGS_DEFAULT_LIMIT: u64 = 100;

@@ -311,12 +311,23 @@ async fn visibility_owner_shared_admin() {
         )
         .await;
     assert_eq!(status, 200);
+    // A user it is shared with may name it (customers name the lights they paired), but
+    // not share it further or delete it.
     let (status, _) = server
         .call_as(
             &bob,
             "PUT",
             "/devices/ann-lamp",
             Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .call_as(
+            &bob,
+            "PUT",
+            "/devices/ann-lamp",
+            Some(json!({"shared_with": "email_bob,email_eve"})),
         )
         .await;
     assert_eq!(status, 403);

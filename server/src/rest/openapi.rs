@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{firmware, ota, rollouts, sockets};
+use super::{app, firmware, ota, rollouts, sockets};
 use crate::{device_socket, AppState};
 
 /// The security schemes every authenticated operation accepts (PROTOCOL §6).
@@ -42,6 +42,7 @@ pub const ACCESS_TOKEN: &str = "access_token";
         (name = "devices", description = "Devices, their shadows and the RPC proxy (PROTOCOL §6)"),
         (name = "firmware", description = "The firmware store and one-device updates (PROTOCOL §10.1-§10.3)"),
         (name = "rollouts", description = "Updates of many devices in waves (PROTOCOL §10.5)"),
+        (name = "app", description = "The customer app's sign-up and pairing"),
         (name = "keys", description = "API keys and users (PROTOCOL §6, §11)"),
         (name = "streams", description = "WebSockets: the device connection, the notify stream and the per-device RPC socket"),
         (name = "server", description = "Health, the notification log and this document"),
@@ -105,6 +106,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(super::get_shadow, super::post_shadow))
         .routes(routes!(sockets::device_rpc))
         .routes(routes!(super::release_device))
+        .routes(routes!(app::signup))
+        .routes(routes!(app::pair))
+        .routes(routes!(app::unpair))
         .routes(routes!(super::rpc_proxy, super::rpc_proxy_get))
         .routes(routes!(firmware::get, firmware::delete))
         .routes(routes!(firmware::image))
