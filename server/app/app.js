@@ -10,6 +10,7 @@ let session = JSON.parse(localStorage.getItem(STORE) || "null"); // {name, key}
 const devices = new Map(); // id -> device object
 let socket = null;
 let socketRetry = null;
+let editing = false; // a name is being edited: redraw after, not under the cursor
 
 function status(text, error) {
   const line = $("status");
@@ -137,6 +138,7 @@ function lightOf(device) {
 }
 
 function render() {
+  if (editing) return;
   const list = $("devices");
   const template = $("device-row");
   list.replaceChildren();
@@ -188,10 +190,13 @@ function rename(row, device) {
   input.maxLength = 256;
   name.replaceWith(input);
   input.focus();
+  input.select();
+  editing = true;
   let done = false;
   const finish = async (keep) => {
     if (done) return;
     done = true;
+    editing = false;
     const value = input.value.trim();
     if (keep && value && value !== device.name) {
       try {
