@@ -33,10 +33,9 @@ use herd_client::Client;
 use serde_json::{Map, Value};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{self, LinkContext, ToCloud, ToNode};
+use crate::link::{LinkContext, Links, ToCloud, ToNode};
 use crate::nodes::Registry;
 use crate::topics::{Family, NodeKey};
 use crate::Counters;
@@ -223,11 +222,6 @@ pub fn text_of(value: &Value) -> Vec<u8> {
     }
 }
 
-struct NodeLink {
-    inbox: mpsc::Sender<ToCloud>,
-    last_seen: Instant,
-}
-
 /// Binds `listen` and runs the gateway until `shutdown` fires.
 pub async fn run(
     listen: SocketAddr,
@@ -258,17 +252,9 @@ pub async fn run_on(
         counters: counters.clone(),
     };
     tracing::info!(addr = ?endpoint.socket.local_addr().ok(), "CoAP gateway listening");
-    let (to_bridge, mut from_links) = mpsc::channel::<(NodeKey, ToNode)>(1024);
-    let context = Arc::new(LinkContext {
-        client,
-        registry,
-        rpc_timeout: options.rpc_timeout,
-        to_bridge,
-        backoff_max: Duration::from_secs(30),
-        app: "coap-node".to_string(),
-    });
-    let mut links: HashMap<SocketAddr, NodeLink> = HashMap::new();
-    let tasks = tokio_util::task::TaskTracker::new();
+    let (context, mut from_links) =
+        LinkContext::new(client, registry, options.rpc_timeout, "coap-node");
+    let mut links: Links<SocketAddr> = Links::new(context);
     let mut sweep =
         tokio::time::interval(options.timeout.div_f64(8.0).max(Duration::from_millis(100)));
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -293,14 +279,14 @@ pub async fn run_on(
                         continue;
                     }
                 };
-                datagram(&endpoint, &context, &tasks, &mut links, peer, packet).await;
+                datagram(&endpoint, &mut links, peer, packet).await;
             }
             Some((node, out)) = from_links.recv() => {
                 if let (Family::Coap, ToNode::Desired(params)) = (node.family, out) {
                     let Ok(peer) = node.node.parse::<SocketAddr>() else { continue };
                     let Some(state) = params.get("state").and_then(Value::as_object).cloned() else { continue };
                     let endpoint = endpoint.clone();
-                    tasks.spawn(async move {
+                    links.spawn(async move {
                         for (path, value) in state {
                             match endpoint.request(peer, RequestType::Put, &path, text_of(&value)).await {
                                 Ok(response) if is_success(&response) => {}
@@ -311,21 +297,10 @@ pub async fn run_on(
                     });
                 }
             }
-            _ = sweep.tick() => {
-                let now = Instant::now();
-                links.retain(|peer, link| {
-                    let alive = now.duration_since(link.last_seen) < options.timeout;
-                    if !alive {
-                        tracing::info!(%peer, "node silent; offline");
-                    }
-                    alive
-                });
-            }
+            _ = sweep.tick() => links.sweep(options.timeout),
         }
     }
-    links.clear();
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    links.close().await;
     Ok(())
 }
 
@@ -344,9 +319,7 @@ fn is_success(packet: &Packet) -> bool {
 
 async fn datagram(
     endpoint: &Endpoint,
-    context: &Arc<LinkContext>,
-    tasks: &tokio_util::task::TaskTracker,
-    links: &mut HashMap<SocketAddr, NodeLink>,
+    links: &mut Links<SocketAddr>,
     peer: SocketAddr,
     packet: Packet,
 ) {
@@ -381,14 +354,14 @@ async fn datagram(
             let path = path_of(&packet);
             let (code, body): (ResponseType, Vec<u8>) = match (method, path.as_str()) {
                 (RequestType::Post, "alive") => {
-                    touch(endpoint, context, tasks, links, peer);
+                    touch(endpoint, links, peer);
                     (ResponseType::Changed, b"alive".to_vec())
                 }
                 (RequestType::Post, "server") => {
                     let text = String::from_utf8_lossy(&packet.payload).into_owned();
                     match text.split_once(':') {
                         Some((resource, value)) if !resource.trim_matches('/').is_empty() => {
-                            let link = touch(endpoint, context, tasks, links, peer);
+                            let link = touch(endpoint, links, peer);
                             let mut patch = Map::new();
                             patch.insert(resource.trim_matches('/').to_string(), value_of(value));
                             if link.try_send(ToCloud::Report(patch)).is_err() {
@@ -423,23 +396,14 @@ async fn datagram(
 /// Marks the node alive; a new node gets its link and is discovered.
 fn touch(
     endpoint: &Endpoint,
-    context: &Arc<LinkContext>,
-    tasks: &tokio_util::task::TaskTracker,
-    links: &mut HashMap<SocketAddr, NodeLink>,
+    links: &mut Links<SocketAddr>,
     peer: SocketAddr,
 ) -> mpsc::Sender<ToCloud> {
-    let link = links.entry(peer).or_insert_with(|| {
-        let (inbox, receiver) = mpsc::channel(256);
-        let node = NodeKey::new(Family::Coap, peer.to_string());
-        tasks.spawn(link::run(context.clone(), node, receiver));
-        tasks.spawn(discover(endpoint.clone(), peer, inbox.clone()));
-        NodeLink {
-            inbox,
-            last_seen: Instant::now(),
-        }
-    });
-    link.last_seen = Instant::now();
-    link.inbox.clone()
+    let (inbox, new) = links.touch(peer, || NodeKey::new(Family::Coap, peer.to_string()));
+    if new {
+        links.spawn(discover(endpoint.clone(), peer, inbox.clone()));
+    }
+    inbox
 }
 
 /// Reads a new node's resources and their values into its shadow.

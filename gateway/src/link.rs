@@ -66,6 +66,116 @@ pub struct LinkContext {
     pub app: String,
 }
 
+impl LinkContext {
+    /// The context, and where the links' messages for nodes arrive.
+    pub fn new(
+        client: Client,
+        registry: Arc<Registry>,
+        rpc_timeout: Duration,
+        app: &str,
+    ) -> (Arc<LinkContext>, mpsc::Receiver<(NodeKey, ToNode)>) {
+        let (to_bridge, from_links) = mpsc::channel(1024);
+        let context = LinkContext {
+            client,
+            registry,
+            rpc_timeout,
+            to_bridge,
+            backoff_max: Duration::from_secs(30),
+            app: app.to_string(),
+        };
+        (Arc::new(context), from_links)
+    }
+
+    /// Hands `message` to the bridge; `Some` is the error reply when the gateway stops.
+    async fn forward(&self, node: &NodeKey, message: ToNode, request: &Frame) -> Option<Frame> {
+        match self.to_bridge.send((node.clone(), message)).await {
+            Ok(()) => None,
+            Err(_) => Some(Frame::error_to(
+                request,
+                codes::INTERNAL,
+                "the gateway is stopping",
+            )),
+        }
+    }
+}
+
+/// A live node: where its link takes messages, and when it was last heard from.
+pub struct NodeLink {
+    pub inbox: mpsc::Sender<ToCloud>,
+    pub last_seen: Instant,
+}
+
+/// The live nodes of a gateway, by what identifies them there (a [`NodeKey`], an
+/// address), each with its link task. Dropping a node drops its inbox, which ends its link
+/// and so takes its device offline.
+pub struct Links<K> {
+    context: Arc<LinkContext>,
+    tasks: tokio_util::task::TaskTracker,
+    live: HashMap<K, NodeLink>,
+}
+
+impl<K: std::hash::Hash + Eq + std::fmt::Display> Links<K> {
+    pub fn new(context: Arc<LinkContext>) -> Links<K> {
+        Links {
+            context,
+            tasks: tokio_util::task::TaskTracker::new(),
+            live: HashMap::new(),
+        }
+    }
+
+    /// Marks the node alive, starting its link on first sight (`node` names it then).
+    /// Returns its inbox and whether it is new.
+    pub fn touch(
+        &mut self,
+        key: K,
+        node: impl FnOnce() -> NodeKey,
+    ) -> (mpsc::Sender<ToCloud>, bool) {
+        let mut new = false;
+        let link = self.live.entry(key).or_insert_with(|| {
+            new = true;
+            let (inbox, receiver) = mpsc::channel(256);
+            self.tasks
+                .spawn(run(self.context.clone(), node(), receiver));
+            NodeLink {
+                inbox,
+                last_seen: Instant::now(),
+            }
+        });
+        link.last_seen = Instant::now();
+        (link.inbox.clone(), new)
+    }
+
+    /// Takes the node offline now; false when it was not live.
+    pub fn remove(&mut self, key: &K) -> bool {
+        self.live.remove(key).is_some()
+    }
+
+    /// Takes offline every node silent for `timeout`.
+    pub fn sweep(&mut self, timeout: Duration) {
+        let now = Instant::now();
+        self.live.retain(|key, link| {
+            let alive = now.duration_since(link.last_seen) < timeout;
+            if !alive {
+                tracing::info!(node = %key, "node silent; offline");
+            }
+            alive
+        });
+    }
+
+    /// Runs other work of the gateway's (discovery, requests to nodes) alongside the links,
+    /// so [`Links::close`] waits for it too.
+    pub fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(work);
+    }
+
+    /// Takes every node offline and waits (a bounded time) for the links to close.
+    pub async fn close(mut self) {
+        self.live.clear();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+    }
+}
+
 enum Ended {
     /// The bridge closed the inbox: the node is gone.
     NodeGone,
@@ -355,19 +465,10 @@ async fn handle_cloud_frame(
         )),
         methods::SHADOW_DELTA => {
             let params = frame.params_or_null();
-            if context
-                .to_bridge
-                .send((node.clone(), ToNode::Desired(params)))
-                .await
-                .is_err()
-            {
-                return Some(Frame::error_to(
-                    &frame,
-                    codes::INTERNAL,
-                    "the gateway is stopping",
-                ));
+            match context.forward(node, ToNode::Desired(params), &frame).await {
+                Some(error) => Some(error),
+                None => Some(Frame::reply_to(&frame, Value::Null)),
             }
-            Some(Frame::reply_to(&frame, Value::Null))
         }
         _ if node.family == Family::Herd => {
             let id = *next_call;
@@ -377,17 +478,8 @@ async fn handle_cloud_frame(
                 method: method.clone(),
                 params: frame.params.clone(),
             };
-            if context
-                .to_bridge
-                .send((node.clone(), forwarded))
-                .await
-                .is_err()
-            {
-                return Some(Frame::error_to(
-                    &frame,
-                    codes::INTERNAL,
-                    "the gateway is stopping",
-                ));
+            if let Some(error) = context.forward(node, forwarded, &frame).await {
+                return Some(error);
             }
             pending.insert(
                 id,

@@ -10,7 +10,6 @@
 //! The broker connection uses TLS unless the operator asks for plain MQTT with `--plain`:
 //! an `mqtt://` URL alone is refused. Bad messages are counted and logged, never fatal.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,11 +18,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use herd_client::Client;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{self, LinkContext, ToCloud, ToNode};
+use crate::link::{LinkContext, Links, ToCloud, ToNode};
 use crate::nodes::Registry;
 use crate::topics::{self, Family, Inbound, NodeKey};
 
@@ -123,11 +121,6 @@ pub fn broker(url: &str, plain: bool) -> anyhow::Result<Broker> {
 
 pub use crate::Counters;
 
-struct NodeLink {
-    inbox: mpsc::Sender<ToCloud>,
-    last_seen: Instant,
-}
-
 /// Runs the gateway until `shutdown` fires. Errors only for what cannot work at all
 /// (bad options, an unreadable node map); a broker or server that is away is waited for.
 pub async fn run(
@@ -155,17 +148,9 @@ pub async fn run(
         mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     let (mqtt_client, mut events) = AsyncClient::new(mqtt, 1024);
-    let (to_bridge, mut from_links) = mpsc::channel::<(NodeKey, ToNode)>(1024);
-    let context = Arc::new(LinkContext {
-        client,
-        registry,
-        rpc_timeout: options.rpc_timeout,
-        to_bridge,
-        backoff_max: Duration::from_secs(30),
-        app: "mqtt-node".to_string(),
-    });
-    let mut links: HashMap<NodeKey, NodeLink> = HashMap::new();
-    let tasks = tokio_util::task::TaskTracker::new();
+    let (context, mut from_links) =
+        LinkContext::new(client, registry, options.rpc_timeout, "mqtt-node");
+    let mut links: Links<NodeKey> = Links::new(context);
     let mut sweep =
         tokio::time::interval(options.timeout.div_f64(8.0).max(Duration::from_millis(100)));
     let mut check = tokio::time::interval(options.check_interval);
@@ -208,7 +193,7 @@ pub async fn run(
                     counters.messages.fetch_add(1, Ordering::Relaxed);
                     match topics::parse(&options.prefix, &message.topic, &message.payload) {
                         Ok(Some(inbound)) => {
-                            for (topic, payload) in handle(inbound, &mut links, &context, &tasks, &counters) {
+                            for (topic, payload) in handle(inbound, &mut links, &counters) {
                                 publish(topic, payload);
                             }
                         }
@@ -250,23 +235,12 @@ pub async fn run(
                 };
                 publish(topic, payload);
             }
-            _ = sweep.tick() => {
-                let now = Instant::now();
-                links.retain(|node, link| {
-                    let alive = now.duration_since(link.last_seen) < options.timeout;
-                    if !alive {
-                        tracing::info!(%node, "node silent; offline");
-                    }
-                    alive
-                });
-            }
+            _ = sweep.tick() => links.sweep(options.timeout),
             _ = check.tick() => publish(topics::PYAIOT_REQUEST_CHECK.to_string(), Vec::new()),
         }
     }
-    // Dropping the inboxes closes every device socket, so the nodes go offline in Herd.
-    links.clear();
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    // Closing every device socket takes the nodes offline in Herd.
+    links.close().await;
     let _ = mqtt_client.try_disconnect();
     Ok(())
 }
@@ -274,9 +248,7 @@ pub async fn run(
 /// Applies one message from a node; returns what to publish in answer.
 fn handle(
     inbound: Inbound,
-    links: &mut HashMap<NodeKey, NodeLink>,
-    context: &Arc<LinkContext>,
-    tasks: &tokio_util::task::TaskTracker,
+    links: &mut Links<NodeKey>,
     counters: &Counters,
 ) -> Vec<(String, Vec<u8>)> {
     let node = match &inbound {
@@ -287,22 +259,13 @@ fn handle(
         Inbound::RpcResponse { node, .. } => node.clone(),
     };
     if let Inbound::Status(_, false) = inbound {
-        if links.remove(&node).is_some() {
+        if links.remove(&node) {
             tracing::info!(%node, "node says it is offline");
         }
         return Vec::new();
     }
     let mut out = Vec::new();
-    let new = !links.contains_key(&node);
-    let link = links.entry(node.clone()).or_insert_with(|| {
-        let (inbox, receiver) = mpsc::channel(256);
-        tasks.spawn(link::run(context.clone(), node.clone(), receiver));
-        NodeLink {
-            inbox,
-            last_seen: Instant::now(),
-        }
-    });
-    link.last_seen = Instant::now();
+    let (inbox, new) = links.touch(node.clone(), || node.clone());
     if new && node.family == Family::Pyaiot {
         // Pyaiot's handshake: ask for the resource list, then for the values.
         out.push(topics::discover(&node.node, "resources"));
@@ -317,7 +280,7 @@ fn handle(
         Inbound::Alive(_) | Inbound::Status(..) => None,
     };
     if let Some(message) = message {
-        if link.inbox.try_send(message).is_err() {
+        if inbox.try_send(message).is_err() {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%node, "node sends faster than its device socket takes; dropping a message");
         }

@@ -16,15 +16,26 @@ pub async fn run(
     let id = id.to_string();
     super::carry_out(async move {
         let _turn = state.sequencer.turn(&id).await;
-        let device = state
-            .store
-            .update_device_meta(&id, name, shared_with)
-            .await?;
-        if let Some(conn) = state.registry.get(&id) {
-            conn.set_identity(Identity::of(&device));
-        }
-        state.emit_updated(&device);
-        Ok(device)
+        apply(&state, &id, name, shared_with).await
     })
     .await
+}
+
+/// Stores the change, tells the device's live connection who sees its events now, and
+/// announces it. The caller holds the device's turn.
+pub(super) async fn apply(
+    state: &AppState,
+    id: &str,
+    name: Option<String>,
+    shared_with: Option<String>,
+) -> Result<DeviceRecord, StoreError> {
+    let device = state
+        .store
+        .update_device_meta(id, name, shared_with)
+        .await?;
+    if let Some(conn) = state.registry.get(id) {
+        conn.set_identity(Identity::of(&device));
+    }
+    state.emit_updated(&device);
+    Ok(device)
 }

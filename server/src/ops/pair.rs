@@ -4,7 +4,6 @@
 //! firmware), optionally renamed, and announced as `updated` (§5). The password is the
 //! device's token, so only someone who holds the device (or its label) can pair it.
 
-use crate::hub::Identity;
 use crate::store::{shared_contains, DeviceRecord, StoreError};
 use crate::AppState;
 
@@ -30,15 +29,7 @@ pub async fn run(
         if shared_with.is_none() && name.is_none() {
             return Ok(device);
         }
-        let device = state
-            .store
-            .update_device_meta(&id, name, shared_with)
-            .await?;
-        if let Some(conn) = state.registry.get(&id) {
-            conn.set_identity(Identity::of(&device));
-        }
-        state.emit_updated(&device);
-        Ok(device)
+        super::change::apply(&state, &id, name, shared_with).await
     })
     .await
 }

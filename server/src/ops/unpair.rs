@@ -2,7 +2,6 @@
 //! it is shared with, lose sight of it at once (its live connection is told, §5), and the
 //! change is announced as `updated`.
 
-use crate::hub::Identity;
 use crate::store::{shared_contains, DeviceRecord, StoreError};
 use crate::AppState;
 
@@ -23,15 +22,9 @@ pub async fn run(
             return Ok(None);
         }
         let shared_with = super::pair::without(&device.shared_with, &user_id);
-        let device = state
-            .store
-            .update_device_meta(&id, None, Some(shared_with))
-            .await?;
-        if let Some(conn) = state.registry.get(&id) {
-            conn.set_identity(Identity::of(&device));
-        }
-        state.emit_updated(&device);
-        Ok(Some(device))
+        super::change::apply(&state, &id, None, Some(shared_with))
+            .await
+            .map(Some)
     })
     .await
 }
