@@ -27,6 +27,7 @@
 //! assert!(model.loaded_once);
 //! ```
 
+pub mod access;
 pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]

@@ -415,6 +415,7 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .await
                     .map_err(Into::into),
             ),
+            Command::LoadKey => Msg::KeyLoaded(client.current_key().await.map_err(Into::into)),
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             Command::Bench(task) => {
                 let progress = sender.clone();

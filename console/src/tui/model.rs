@@ -18,11 +18,14 @@ use super::analytics::{self, AnalyticsView};
 use super::bench::{self, Bench};
 use super::device::{desired_update, DeviceView, Editor, Pane, Part, RpcDialog, RpcFocus};
 use super::input::LineInput;
+use super::keymap::KeyMap;
 use super::notifications::{Tail, TailFilter, Term};
 use super::palette::{self, PaletteCommand};
 use super::results::{self, Results};
 use super::rollouts::{self, NewRollout, OtaJob, RolloutList, RolloutPage};
+use crate::access::Operation;
 use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
+use herd_client::{KeyObject, Scope};
 
 /// A failed REST call as the model keeps it: status and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,8 @@ pub enum Msg {
     Rollouts(Box<rollouts::Reply>),
     /// The bench view's ports and flash progress.
     Bench(bench::Msg),
+    /// `GET /keys/current`: the key in use, its scope, device filter and expiry.
+    KeyLoaded(Result<KeyObject, Failure>),
 }
 
 impl From<rollouts::Reply> for Msg {
@@ -193,6 +198,8 @@ pub enum Command {
     Rollouts(rollouts::Request),
     /// Ports or a flash for the bench view; answers with [`Msg::Bench`].
     Bench(bench::Task),
+    /// `GET /keys/current`; answers with [`Msg::KeyLoaded`].
+    LoadKey,
     Quit,
 }
 
@@ -346,6 +353,11 @@ pub struct Model {
     pub dirty: bool,
     pub quit: bool,
     last_refresh: f64,
+    /// The API key in use as the server describes it (PROTOCOL §11); `None` until it
+    /// answered, or when it cannot say (a password, an older server).
+    pub key: Option<KeyObject>,
+    /// Which key does what (the config's `[keys]` over the defaults).
+    pub keys: KeyMap,
 }
 
 /// Options of a new [`Model`].
@@ -388,6 +400,36 @@ impl Model {
             dirty: true,
             quit: false,
             last_refresh: options.now,
+            key: None,
+            keys: KeyMap::default(),
+        }
+    }
+
+    /// The scope of the key in use, once the server said it.
+    pub fn scope(&self) -> Option<Scope> {
+        self.key.as_ref().and_then(|key| key.scope)
+    }
+
+    /// Whether the key in use may do `operation` (PROTOCOL §11); true while unknown.
+    pub fn may(&self, operation: Operation) -> bool {
+        operation.allowed(self.scope())
+    }
+
+    /// Refuses `operation` (described as `what`) in read-only mode or when the key's scope
+    /// does not cover it, saying why; true if refused.
+    pub(super) fn refuse(&mut self, operation: Operation, what: &str) -> bool {
+        self.refuse_write(what) || self.refuse_scope(operation, what)
+    }
+
+    /// Refuses `operation` when the key's scope does not cover it, naming the scope it
+    /// needs instead of calling the server; true if refused.
+    pub(super) fn refuse_scope(&mut self, operation: Operation, what: &str) -> bool {
+        match self.scope() {
+            Some(scope) if !operation.allowed(Some(scope)) => {
+                self.error(operation.refusal(what, scope));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -682,7 +724,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 // (Re)connected: events may have been missed while away, so list again.
                 model.loading = true;
                 model.touched.clear();
-                let mut commands = vec![Command::LoadDevices];
+                let mut commands = vec![Command::LoadDevices, Command::LoadKey];
                 if let Some(view) = &model.device {
                     commands.push(Command::LoadDevice(view.id.clone()));
                 }
@@ -936,6 +978,19 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
+        Msg::KeyLoaded(result) => {
+            model.dirty = true;
+            match result {
+                Ok(key) => model.key = Some(key),
+                // A password login or an older server: the console cannot tell, and the
+                // server still refuses what the key may not do.
+                Err(failure) => {
+                    tracing::info!(error = %failure.message, "the key's scope is unknown");
+                    model.key = None;
+                }
+            }
+            Vec::new()
+        }
         Msg::Rollouts(reply) => rollouts::reply(model, *reply),
         Msg::Bench(msg) => bench::reply(model, msg),
         Msg::Paste(text) => {
@@ -1158,7 +1213,7 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
 
 /// Asks to delete the marked devices, else the one under the cursor or open.
 fn delete_targets(model: &mut Model) {
-    if !model.refuse_write("delete devices") {
+    if !model.refuse(Operation::DeleteDevice, "delete devices") {
         model.confirm_bulk("delete".into(), BulkAction::Delete);
     }
 }
@@ -1338,7 +1393,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
             model.follow_selection();
         }
         PaletteCommand::SetDesired(value) => {
-            if !model.refuse_write("change desired") {
+            if !model.refuse(Operation::of_desired(&value), "change desired") {
                 let label = format!("set desired {value}");
                 model.confirm_bulk(
                     label,
@@ -1349,14 +1404,14 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Call { method, params } => {
             if model.profile.read_only && !crate::read_only_safe(&method) {
                 model.refuse_write(&format!("call {method}"));
-            } else {
+            } else if !model.refuse_scope(Operation::of_call(&method), &format!("call {method}")) {
                 let label = format!("call {method}");
                 model.confirm_bulk(label, BulkAction::Call { method, params });
             }
         }
         PaletteCommand::Delete => delete_targets(model),
         PaletteCommand::Rename(name) => {
-            if model.refuse_write("rename a device") {
+            if model.refuse(Operation::RenameDevice, "rename a device") {
                 return Vec::new();
             }
             let ids = model.targets();
@@ -1577,6 +1632,7 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
         return Some(Vec::new());
     }
     let read_only = model.profile.read_only;
+    let scope = model.key.as_ref().and_then(|key| key.scope);
     let dialog = view.rpc.as_mut()?;
     match key.code {
         KeyCode::Esc => view.rpc = None,
@@ -1592,6 +1648,13 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
             };
             if read_only && !crate::read_only_safe(&method) {
                 let message = format!("read-only profile: refusing to call {method}");
+                dialog.result = Some((method, Err(message.clone())));
+                model.error(message);
+                return Some(Vec::new());
+            }
+            let operation = Operation::of_call(&method);
+            if let Some(scope) = scope.filter(|&scope| !operation.allowed(Some(scope))) {
+                let message = operation.refusal(&format!("call {method}"), scope);
                 dialog.result = Some((method, Err(message.clone())));
                 model.error(message);
                 return Some(Vec::new());
@@ -1711,7 +1774,7 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             }
         }
         KeyCode::Char('e') | KeyCode::Char('E') => {
-            if model.refuse_write("edit desired") {
+            if model.refuse(Operation::SetDesired, "edit desired") {
                 return Vec::new();
             }
             let Some(view) = model.device.as_mut() else {
@@ -1732,6 +1795,9 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             view.editor = Some(Editor::new(&desired, view.version()));
         }
         KeyCode::Char('c') => {
+            if model.refuse_scope(Operation::Call, "call RPCs") {
+                return Vec::new();
+            }
             let Some(view) = model.device.as_mut() else {
                 return Vec::new();
             };

@@ -11,10 +11,12 @@ use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap}
 use ratatui::Frame;
 
 use super::device::{json_lines, DeviceView, Pane, Part, RpcFocus, JUMP_PAUSE_SECS};
+use super::keymap::{Action, Scope as KeyScope};
 use super::model::{Connection, Model, Overlay, Screen};
 use super::notifications::{Entry, TailFilter};
 use super::palette;
 use super::theme::Theme;
+use crate::access::Operation;
 use crate::fleet::{Column, DeviceRow};
 use crate::text;
 
@@ -69,6 +71,7 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
         Some(Overlay::Help { scroll }) => super::help::render(frame, model, *scroll, theme, body),
         Some(Overlay::Palette { input, error }) => render_palette(
             frame,
+            model,
             theme,
             body,
             input.text(),
@@ -101,13 +104,9 @@ fn connection_span(model: &Model, theme: &Theme) -> Span<'static> {
 fn render_header(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     let counts = model.fleet.counts();
     let sep = || Span::styled(" │ ", theme.dim);
-    let badge = " READ-ONLY ";
-    let room = area.width as usize
-        - if model.profile.read_only {
-            badge.len().min(area.width as usize)
-        } else {
-            0
-        };
+    let badges = key_badges(model, theme, area.width as usize / 2);
+    let badges_width: usize = badges.iter().map(|s| s.width()).sum();
+    let room = (area.width as usize).saturating_sub(badges_width);
     let offline = counts.total - counts.online;
     let offline_style = if offline > 0 {
         theme.offline
@@ -163,16 +162,63 @@ fn render_header(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         spans = build(false, false);
     }
     let line = Line::from(spans);
-    if model.profile.read_only {
-        // The badge goes first on the right, and survives truncation of the rest.
+    if badges_width > 0 {
+        // The badges go first on the right, and survive truncation of the rest.
         let [left, right] =
-            Layout::horizontal([Constraint::Min(1), Constraint::Length(badge.len() as u16)])
+            Layout::horizontal([Constraint::Min(1), Constraint::Length(badges_width as u16)])
                 .areas(area);
-        frame.render_widget(Paragraph::new(Line::styled(badge, theme.badge)), right);
+        frame.render_widget(Paragraph::new(Line::from(badges)), right);
         frame.render_widget(Paragraph::new(line), left);
         return;
     }
     frame.render_widget(Paragraph::new(line), area);
+}
+
+/// What the session may do, for the right of the header in at most `room` columns:
+/// `READ-ONLY` for a read-only profile, then the key's scope (PROTOCOL §11), its device
+/// filter and the time left before it expires. The filter and expiry give way first.
+fn key_badges(model: &Model, theme: &Theme, room: usize) -> Vec<Span<'static>> {
+    let mut badges = Vec::new();
+    if model.profile.read_only {
+        badges.push(Span::styled(" READ-ONLY ", theme.badge));
+    }
+    let Some(key) = &model.key else {
+        return badges;
+    };
+    if let Some(scope) = key.scope {
+        let style = if scope == herd_client::Scope::Admin {
+            theme.badge
+        } else {
+            theme.key.add_modifier(Modifier::REVERSED)
+        };
+        badges.push(Span::raw(" "));
+        badges.push(Span::styled(format!(" {} ", scope.as_str()), style));
+    }
+    let mut extras = Vec::new();
+    if let Some(devices) = key.devices.as_deref().filter(|d| !d.is_empty()) {
+        extras.push(Span::styled(
+            format!(" devices:{}", text::truncate(devices, 18)),
+            theme.warn,
+        ));
+    }
+    if let Some(at) = key.expires_at.as_deref().and_then(text::parse_rfc3339) {
+        let left = at - model.now;
+        let shown = if left > 0.0 {
+            format!(" exp {}", text::duration(left))
+        } else {
+            " expired".to_string()
+        };
+        extras.push(Span::styled(shown, theme.warn));
+    }
+    let width = |spans: &[Span]| spans.iter().map(|s| s.width()).sum::<usize>();
+    while !extras.is_empty() && width(&badges) + width(&extras) + 1 > room {
+        extras.pop();
+    }
+    badges.extend(extras);
+    if badges.len() > usize::from(model.profile.read_only) {
+        badges.push(Span::raw(" "));
+    }
+    badges
 }
 
 fn breadcrumbs(model: &Model) -> Vec<String> {
@@ -317,94 +363,160 @@ fn render_crumbs(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
+/// One key hint of the footer.
+pub(super) struct Hint {
+    pub key: String,
+    pub what: &'static str,
+    /// What it asks of the server: greyed out when the key may not (PROTOCOL §11).
+    pub needs: Option<Operation>,
+    /// Kept when the footer is too narrow for every hint: the ways back and to the help.
+    pub essential: bool,
+}
+
+fn hint(key: impl Into<String>, what: &'static str) -> Hint {
+    Hint {
+        key: key.into(),
+        what,
+        needs: None,
+        essential: false,
+    }
+}
+
+/// A hint that asks `operation` of the server.
+fn hint_needs(key: impl Into<String>, what: &'static str, operation: Operation) -> Hint {
+    Hint {
+        needs: Some(operation),
+        ..hint(key, what)
+    }
+}
+
+/// A hint that survives a narrow footer.
+fn essential(key: impl Into<String>, what: &'static str) -> Hint {
+    Hint {
+        essential: true,
+        ..hint(key, what)
+    }
+}
+
+/// The hint of a key map action: its key as configured, and what it needs.
+fn mapped(model: &Model, scope: KeyScope, action: Action, what: &'static str) -> Hint {
+    Hint {
+        needs: crate::access::key_action(action),
+        essential: action == Action::Help,
+        ..hint(model.keys.label(scope, action), what)
+    }
+}
+
+fn key_hints(model: &Model) -> Vec<Hint> {
     if let Some(overlay) = &model.overlay {
         return match overlay {
-            Overlay::Palette { .. } => vec![("⏎", "run"), ("Tab", "complete"), ("Esc", "close")],
-            Overlay::Help { .. } => vec![("↑↓ PgUp PgDn", "scroll"), ("Esc q ?", "close")],
-            Overlay::Confirm { .. } => vec![("y", "yes"), ("n/Esc", "no")],
-            Overlay::Prompt { .. } => vec![("⏎", "apply"), ("Esc", "cancel")],
+            Overlay::Palette { .. } => vec![
+                hint("⏎", "run"),
+                hint("Tab", "complete"),
+                essential("Esc", "close"),
+            ],
+            Overlay::Help { .. } => vec![
+                hint("↑↓ PgUp PgDn", "scroll"),
+                essential("Esc q ?", "close"),
+            ],
+            Overlay::Confirm { .. } => vec![essential("y", "yes"), essential("n/Esc", "no")],
+            Overlay::Prompt { .. } => vec![hint("⏎", "apply"), essential("Esc", "cancel")],
         };
     }
+    let back = || essential("Esc", "back");
     match model.screen() {
-        Screen::Fleet => vec![
-            ("⏎", "open"),
-            ("/", "filter"),
-            (sort_keys(model.size.0), "sort"),
-            ("␣", "mark"),
-            ("t", "tail"),
-            ("a", "reports"),
-            (":", "cmd"),
-            ("?", "help"),
-            ("q", "quit"),
-            ("R", "rollouts"),
-            ("U", "update"),
-        ],
+        Screen::Fleet => {
+            let f = KeyScope::Fleet;
+            vec![
+                mapped(model, f, Action::Open, "open"),
+                mapped(model, f, Action::Filter, "filter"),
+                hint(sort_keys(model.size.0), "sort"),
+                mapped(model, f, Action::Mark, "mark"),
+                mapped(model, f, Action::Tail, "tail"),
+                mapped(model, f, Action::Analytics, "reports"),
+                mapped(model, f, Action::Palette, "cmd"),
+                mapped(model, f, Action::Help, "help"),
+                Hint {
+                    essential: true,
+                    ..mapped(model, f, Action::Quit, "quit")
+                },
+                mapped(model, f, Action::Rollouts, "rollouts"),
+                mapped(model, f, Action::NewRollout, "update"),
+            ]
+        }
         Screen::Device(_) => match &model.device {
             Some(view) if view.editor.is_some() => vec![
-                ("^S", "send"),
-                ("^R", "server copy"),
-                ("^O", "overwrite"),
-                ("Esc", "cancel"),
+                hint("^S", "send"),
+                hint("^R", "server copy"),
+                hint("^O", "overwrite"),
+                essential("Esc", "cancel"),
             ],
             Some(view) if view.rpc.is_some() => vec![
-                ("↑↓ a-z", "method"),
-                ("Tab", "params"),
-                ("⏎", "call"),
-                ("PgUp PgDn", "result"),
-                ("Esc", "close"),
+                hint("↑↓ a-z", "method"),
+                hint("Tab", "params"),
+                hint_needs("⏎", "call", Operation::Call),
+                hint("PgUp PgDn", "result"),
+                essential("Esc", "close"),
             ],
-            Some(view) if view.push.is_some() => {
-                vec![("↑↓", "firmware"), ("⏎", "push"), ("Esc", "close")]
+            Some(view) if view.push.is_some() => vec![
+                hint("↑↓", "firmware"),
+                hint_needs("⏎", "push", Operation::PushFirmware),
+                essential("Esc", "close"),
+            ],
+            _ => {
+                let d = KeyScope::Device;
+                vec![
+                    mapped(model, d, Action::Edit, "edit"),
+                    mapped(model, d, Action::EditExternal, "$EDITOR"),
+                    mapped(model, d, Action::Call, "call"),
+                    mapped(model, d, Action::Logs, "logs"),
+                    mapped(model, d, Action::Info, "info"),
+                    mapped(model, d, Action::DeviceTail, "tail"),
+                    hint("Tab ↑↓", "scroll"),
+                    mapped(model, d, Action::DeviceReload, "reload"),
+                    back(),
+                    mapped(model, d, Action::Help, "help"),
+                    mapped(model, d, Action::Push, "update"),
+                ]
             }
-            _ => vec![
-                ("e", "edit"),
-                ("E", "$EDITOR"),
-                ("c", "call"),
-                ("l", "logs"),
-                ("i", "info"),
-                ("t", "tail"),
-                ("Tab ↑↓", "scroll"),
-                ("r", "reload"),
-                ("Esc", "back"),
-                ("?", "help"),
-                ("u", "update"),
-            ],
         },
-        Screen::Notifications => vec![
-            ("f", "follow"),
-            ("d", "device"),
-            ("n", "events"),
-            ("/", "filter"),
-            ("x", "clear"),
-            ("w", "wrap"),
-            ("s", "save"),
-            ("Esc", "back"),
-        ],
+        Screen::Notifications => {
+            let t = KeyScope::Tail;
+            vec![
+                mapped(model, t, Action::Follow, "follow"),
+                mapped(model, t, Action::TailDevice, "device"),
+                mapped(model, t, Action::TailNames, "events"),
+                mapped(model, t, Action::TailFilter, "filter"),
+                mapped(model, t, Action::ClearFilter, "clear"),
+                mapped(model, t, Action::Wrap, "wrap"),
+                mapped(model, t, Action::Save, "save"),
+                back(),
+            ]
+        }
         Screen::Analytics => vec![
-            ("1-5", "report"),
-            ("r", "range"),
-            ("b", "bucket"),
-            ("t", "table"),
-            ("s", "sort"),
-            ("↑↓", "scroll"),
-            ("Esc", "back"),
-            ("?", "help"),
+            hint("1-5", "report"),
+            hint("r", "range"),
+            hint("b", "bucket"),
+            hint("t", "table"),
+            hint("s", "sort"),
+            hint("↑↓", "scroll"),
+            back(),
+            essential("?", "help"),
         ],
         Screen::Results => vec![
-            ("↑↓", "move"),
-            ("Tab", "value"),
-            ("[ ]", "sets"),
-            ("s", "save"),
-            ("x", "dismiss"),
-            ("Esc", "back"),
+            hint("↑↓", "move"),
+            hint("Tab", "value"),
+            hint("[ ]", "sets"),
+            hint("s", "save"),
+            hint("x", "dismiss"),
+            back(),
         ],
         Screen::Rollouts => vec![
-            ("⏎", "open"),
-            ("n", "new"),
-            ("↑↓", "move"),
-            ("Esc", "back"),
-            ("?", "help"),
+            hint("⏎", "open"),
+            hint_needs("n", "new", Operation::Rollout),
+            hint("↑↓", "move"),
+            back(),
+            essential("?", "help"),
         ],
         Screen::Rollout(_) => {
             let planned = model
@@ -413,41 +525,42 @@ fn key_hints(model: &Model) -> Vec<(&'static str, &'static str)> {
                 .and_then(|p| p.object.as_ref())
                 .is_some_and(|o| o.state == protocol::firmware::RolloutState::Planned);
             let mut hints = if planned {
-                vec![("s", "start")]
+                vec![hint_needs("s", "start", Operation::Rollout)]
             } else {
                 Vec::new()
             };
             hints.extend([
-                ("p", "pause"),
-                ("r", "resume"),
-                ("A", "abort"),
-                ("R", "retry"),
-                ("⏎", "device"),
-                ("Tab", "list"),
-                ("Esc", "back"),
-                ("?", "help"),
+                hint_needs("p", "pause", Operation::Rollout),
+                hint_needs("r", "resume", Operation::Rollout),
+                hint_needs("A", "abort", Operation::Rollout),
+                hint_needs("R", "retry", Operation::Rollout),
+                hint("⏎", "device"),
+                hint("Tab", "list"),
+                back(),
+                essential("?", "help"),
             ]);
             hints
         }
         Screen::Bench => vec![
-            ("↑↓", "port"),
-            ("n w p i", "name, Wi-Fi, pass, image"),
-            ("f", "flash"),
-            ("r", "ports"),
-            ("Esc", "back"),
+            hint("↑↓", "port"),
+            hint("n w p i", "name, Wi-Fi, pass, image"),
+            hint_needs("f", "flash", Operation::CreateDevice),
+            hint("r", "ports"),
+            back(),
         ],
         Screen::NewRollout => match model.new_rollout.as_ref().map(|f| &f.stage) {
-            Some(super::rollouts::FormStage::Plan { .. }) => {
-                vec![("⏎", "create and start"), ("Esc", "back to the form")]
-            }
-            Some(super::rollouts::FormStage::Editing) | None => vec![
-                ("Tab", "next field"),
-                ("↑↓", "firmware"),
-                ("←→", "choose"),
-                ("⏎", "dry run"),
-                ("Esc", "cancel"),
+            Some(super::rollouts::FormStage::Plan { .. }) => vec![
+                hint_needs("⏎", "create and start", Operation::Rollout),
+                essential("Esc", "back to the form"),
             ],
-            Some(_) => vec![("Esc", "stop waiting")],
+            Some(super::rollouts::FormStage::Editing) | None => vec![
+                hint("Tab", "next field"),
+                hint("↑↓", "firmware"),
+                hint("←→", "choose"),
+                hint("⏎", "dry run"),
+                essential("Esc", "cancel"),
+            ],
+            Some(_) => vec![essential("Esc", "stop waiting")],
         },
     }
 }
@@ -477,16 +590,41 @@ fn render_footer(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect) {
         frame.set_cursor_position((x.min(area.right().saturating_sub(1)), area.y));
         return;
     }
-    let mut spans = vec![Span::raw(" ")];
-    let mut used = 1;
-    for (key, what) in key_hints(model) {
-        let width = key.chars().count() + what.chars().count() + 3;
-        if used + width > area.width as usize {
-            break;
+    let hints = key_hints(model);
+    let width = |hint: &Hint| hint.key.chars().count() + hint.what.chars().count() + 3;
+    // The ways back and to the help always show; the others in order while they fit.
+    let mut left = (area.width as usize).saturating_sub(1)
+        - hints
+            .iter()
+            .filter(|h| h.essential)
+            .map(width)
+            .sum::<usize>()
+            .min((area.width as usize).saturating_sub(1));
+    let mut shown = vec![false; hints.len()];
+    let mut room = true;
+    for (i, hint) in hints.iter().enumerate() {
+        if hint.essential {
+            shown[i] = true;
+        } else if room && width(hint) <= left {
+            left -= width(hint);
+            shown[i] = true;
+        } else {
+            // Hints keep their order: once one does not fit, the later ones give way too.
+            room = false;
         }
-        used += width;
-        spans.push(Span::styled(key, theme.key));
-        spans.push(Span::raw(format!(" {what}  ")));
+    }
+    let mut spans = vec![Span::raw(" ")];
+    for (hint, _) in hints.iter().zip(&shown).filter(|(_, shown)| **shown) {
+        let allowed = hint.needs.is_none_or(|operation| model.may(operation));
+        let (key_style, what_style) = if allowed {
+            (theme.key, theme.dim)
+        } else {
+            let greyed = theme.dim.add_modifier(Modifier::CROSSED_OUT);
+            (greyed, greyed)
+        };
+        spans.push(Span::styled(hint.key.clone(), key_style));
+        spans.push(Span::styled(format!(" {}", hint.what), what_style));
+        spans.push(Span::raw("  "));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.dim), area);
 }
@@ -1219,6 +1357,7 @@ pub(super) fn centered(area: Rect, width_percent: u16, height_percent: u16) -> R
 
 fn render_palette(
     frame: &mut Frame,
+    model: &Model,
     theme: &Theme,
     area: Rect,
     text: &str,
@@ -1244,10 +1383,23 @@ fn render_palette(
         lines.push(Line::styled(error.to_string(), theme.error));
     }
     for (name, args, what) in suggestions {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{name} {args}"), theme.key),
-            Span::styled(format!("  {what}"), theme.dim),
-        ]));
+        // What the key may not do is greyed out and says the scope it needs (§11).
+        match crate::access::palette_command(name).filter(|&op| !model.may(op)) {
+            Some(operation) => lines.push(Line::from(vec![
+                Span::styled(
+                    format!("{name} {args}"),
+                    theme.dim.add_modifier(Modifier::CROSSED_OUT),
+                ),
+                Span::styled(
+                    format!("  needs {}: {what}", operation.needs().as_str()),
+                    theme.dim,
+                ),
+            ])),
+            None => lines.push(Line::from(vec![
+                Span::styled(format!("{name} {args}"), theme.key),
+                Span::styled(format!("  {what}"), theme.dim),
+            ])),
+        }
     }
     frame.render_widget(Paragraph::new(lines).block(block), popup);
     let x = inner.x + 1 + cursor as u16;
