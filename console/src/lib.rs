@@ -38,6 +38,7 @@ pub mod history;
 pub mod lines;
 pub mod logsource;
 pub mod profile;
+pub mod session;
 pub mod text;
 pub mod tui;
 

@@ -45,6 +45,7 @@ pub use theme::Theme;
 
 use crate::exit::{CommandResult, Exit, Failure};
 use crate::profile::Profile;
+use crate::session::Session;
 use crate::text::unix_now;
 
 /// Shortest time between two draws: 30 frames a second at most.
@@ -94,9 +95,13 @@ impl ConsoleOptions {
 /// Opens the console on `profile`'s server; returns when the operator quits.
 pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
-    let client = profile.client().map_err(Failure::usage)?;
     // A config mistake is said before the screen is taken, never papered over.
     let theme = Theme::from_config(&profile.theme).map_err(Failure::usage)?;
+    profile.client().map_err(Failure::usage)?;
+    // Read-only asks the server for nothing more than read (PROTOCOL §11).
+    let session = Session::open(profile).await;
+    let profile = &session.profile;
+    let client = profile.client().map_err(Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),
@@ -115,7 +120,13 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         bench_ca_cert,
         ..ConsoleOptions::from_env()
     };
-    run_console(client, info, options).await
+    let warning = session.warning.clone();
+    let mut session = Some(session);
+    let outcome = console_loop(client, info, options, warning, &mut session).await;
+    if let Some(session) = session {
+        session.close().await;
+    }
+    outcome
 }
 
 /// Sends logs to a file: the console owns the screen, so nothing may print on it.
@@ -542,6 +553,18 @@ pub async fn run_console(
     profile: ProfileInfo,
     options: ConsoleOptions,
 ) -> CommandResult {
+    console_loop(client, profile, options, None, &mut None).await
+}
+
+/// The event loop; `warning` is shown first, `session` is the one the console runs in.
+async fn console_loop(
+    client: Client,
+    profile: ProfileInfo,
+    options: ConsoleOptions,
+    warning: Option<String>,
+    session: &mut Option<Session>,
+) -> CommandResult {
+    let _ = &session;
     let mut terminal = setup_terminal(options.mouse)?;
     let _guard = TerminalGuard {
         mouse: options.mouse,
@@ -557,6 +580,9 @@ pub async fn run_console(
         size,
     });
     model.bench.ca_cert = options.bench_ca_cert.clone();
+    if let Some(warning) = warning {
+        model.error(warning);
+    }
     // Keys travel apart from everything else and are read first, so a flood of
     // notifications queued ahead of a keypress cannot delay it.
     let (input_sender, mut input_receiver) = mpsc::channel::<Msg>(64);

@@ -592,3 +592,49 @@ async fn a_theme_from_the_config_is_checked_before_the_screen() {
     assert!(success && restored);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_console_runs_on_a_read_key_it_deletes_on_quit() {
+    let server = TestServer::start().await;
+    let session_keys = || async {
+        server
+            .client()
+            .keys()
+            .await
+            .expect("keys")
+            .into_iter()
+            .filter(|k| {
+                k.name
+                    .starts_with(herd_console::session::SESSION_KEY_PREFIX)
+            })
+            .count()
+    };
+    let mut pty = Pty::spawn(
+        &["--read-only"],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    // The header says both: the profile is read-only, and the server was told (§11).
+    let screen = pty
+        .wait_for("the read-only badge and the key's scope", |s| {
+            s.contains("● live") && s.contains("READ-ONLY") && s.contains(" read ")
+        })
+        .await;
+    assert!(
+        !screen.contains("enforced by this console only"),
+        "{screen}"
+    );
+    assert_eq!(
+        session_keys().await,
+        1,
+        "the session's key exists while it runs"
+    );
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    assert_eq!(session_keys().await, 0, "and is deleted on quit");
+    server.shutdown().await;
+}
