@@ -346,7 +346,8 @@ async fn run(args: Args) -> CommandResult {
         let mut overrides = args.connection.overrides();
         overrides.log = args.log;
         let profile = Profile::resolve(&overrides)?;
-        return crate::tui::run(profile, args.console_log).await;
+        let contexts = crate::profile::Contexts::load(&overrides)?;
+        return crate::tui::run(profile, contexts, args.console_log).await;
     };
     #[cfg(feature = "demo")]
     if let Command::Demo { devices, speedup } = command {

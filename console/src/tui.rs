@@ -40,11 +40,12 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use keymap::KeyMap;
 pub use model::{update, Command, Connection, Model, ModelOptions, Msg, ProfileInfo};
 pub use theme::Theme;
 
 use crate::exit::{CommandResult, Exit, Failure};
-use crate::profile::Profile;
+use crate::profile::{Contexts, Profile};
 use crate::session::Session;
 use crate::text::unix_now;
 
@@ -93,7 +94,7 @@ impl ConsoleOptions {
 }
 
 /// Opens the console on `profile`'s server; returns when the operator quits.
-pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
+pub async fn run(profile: Profile, contexts: Contexts, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
     // A config mistake is said before the screen is taken, never papered over.
     let theme = Theme::from_config(&profile.theme).map_err(Failure::usage)?;
@@ -120,13 +121,52 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         bench_ca_cert,
         ..ConsoleOptions::from_env()
     };
+    let keys = KeyMap::with_overrides(&profile.keys).map_err(Failure::usage)?;
     let warning = session.warning.clone();
-    let mut session = Some(session);
-    let outcome = console_loop(client, info, options, warning, &mut session).await;
-    if let Some(session) = session {
+    let mut switching = Switching {
+        contexts,
+        session: Some(session),
+        keys,
+        warning,
+    };
+    let outcome = console_loop(client, info, options, Some(&mut switching)).await;
+    if let Some(session) = switching.session {
         session.close().await;
     }
     outcome
+}
+
+/// What the console needs to switch profiles (`:ctx`) and the session it runs in.
+struct Switching {
+    contexts: Contexts,
+    /// The session of the profile in use; closed when left.
+    session: Option<Session>,
+    keys: KeyMap,
+    /// Said first: read-only holds only in the console.
+    warning: Option<String>,
+}
+
+/// Opens the config's profile `name`: its session (a read key when read-only) and client.
+async fn open_profile(
+    contexts: &Contexts,
+    name: &str,
+) -> Result<(Session, Client, ProfileInfo), String> {
+    let profile = contexts.profile(name).map_err(|e| e.to_string())?;
+    profile.client()?;
+    let session = Session::open(profile).await;
+    let client = match session.profile.client() {
+        Ok(client) => client,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
+    let info = ProfileInfo {
+        name: session.profile.name.clone(),
+        server: session.profile.server.clone(),
+        read_only: session.profile.read_only,
+    };
+    Ok((session, client, info))
 }
 
 /// Sends logs to a file: the console owns the screen, so nothing may print on it.
@@ -436,7 +476,10 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                 Msg::Bench(bench::run(&client, task, send).await)
             }
             // Handled by the loop itself, which owns the terminal and the analytics worker.
-            Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
+            Command::ExternalEditor { .. }
+            | Command::Analytics(_)
+            | Command::SwitchProfile(_)
+            | Command::Quit => return,
         };
         let _ = sender.send(msg).await;
     };
@@ -553,18 +596,16 @@ pub async fn run_console(
     profile: ProfileInfo,
     options: ConsoleOptions,
 ) -> CommandResult {
-    console_loop(client, profile, options, None, &mut None).await
+    console_loop(client, profile, options, None).await
 }
 
-/// The event loop; `warning` is shown first, `session` is the one the console runs in.
+/// The event loop; `switching` lets `:ctx` change profiles, without it there is one.
 async fn console_loop(
-    client: Client,
+    mut client: Client,
     profile: ProfileInfo,
     options: ConsoleOptions,
-    warning: Option<String>,
-    session: &mut Option<Session>,
+    mut switching: Option<&mut Switching>,
 ) -> CommandResult {
-    let _ = &session;
     let mut terminal = setup_terminal(options.mouse)?;
     let _guard = TerminalGuard {
         mouse: options.mouse,
@@ -580,18 +621,22 @@ async fn console_loop(
         size,
     });
     model.bench.ca_cert = options.bench_ca_cert.clone();
-    if let Some(warning) = warning {
-        model.error(warning);
+    if let Some(switching) = switching.as_deref_mut() {
+        model.keys = switching.keys.clone();
+        model.contexts = switching.contexts.list();
+        if let Some(warning) = switching.warning.take() {
+            model.error(warning);
+        }
     }
     // Keys travel apart from everything else and are read first, so a flood of
     // notifications queued ahead of a keypress cannot delay it.
     let (input_sender, mut input_receiver) = mpsc::channel::<Msg>(64);
     // Small: when the loop falls behind, the notify task stops reading and the server
     // drops for us and says how many (PROTOCOL §5), instead of memory growing here.
-    let (sender, mut receiver) = mpsc::channel::<Msg>(64);
+    let (mut sender, mut receiver) = mpsc::channel::<Msg>(64);
     let mut input = spawn_input(input_sender.clone());
-    let ticks = spawn_ticks(sender.clone());
-    let notify = spawn_notify(client.clone(), sender.clone());
+    let mut ticks = spawn_ticks(sender.clone());
+    let mut notify = spawn_notify(client.clone(), sender.clone());
     // Started when the analytics view first opens; it keeps the log read so far.
     let mut analytics: Option<analytics::worker::Worker> = None;
     let mut last_draw = Instant::now() - FRAME_INTERVAL;
@@ -622,6 +667,38 @@ async fn console_loop(
                         input = spawn_input(input_sender.clone());
                         pending.push(Msg::ExternalEdit { id, result });
                     }
+                    Command::SwitchProfile(name) => {
+                        let Some(switching) = switching.as_deref_mut() else {
+                            pending.push(Msg::Switched(Err(
+                                "this console has no profiles to switch to".into(),
+                            )));
+                            continue;
+                        };
+                        match open_profile(&switching.contexts, &name).await {
+                            Ok((session, new_client, info)) => {
+                                let warning = session.warning.clone();
+                                if let Some(old) = switching.session.replace(session) {
+                                    tokio::spawn(old.close());
+                                }
+                                client = new_client;
+                                // Answers of the old server's tasks go to a channel nobody
+                                // reads any more: nothing of it reaches the new view.
+                                notify.abort();
+                                ticks.abort();
+                                (sender, receiver) = mpsc::channel::<Msg>(64);
+                                ticks = spawn_ticks(sender.clone());
+                                notify = spawn_notify(client.clone(), sender.clone());
+                                analytics = None;
+                                pending.push(Msg::Switched(Ok((info, warning))));
+                            }
+                            Err(reason) => pending.push(Msg::Switched(Err(format!(
+                                "cannot switch to profile {name}: {reason}"
+                            )))),
+                        }
+                    }
+                    // Nothing to hide when the worker is not running (or was left behind
+                    // with the previous profile).
+                    Command::Analytics(analytics::Request::Hide) if analytics.is_none() => {}
                     Command::Analytics(request) => analytics
                         .get_or_insert_with(|| {
                             analytics::worker::Worker::start(

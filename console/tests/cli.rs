@@ -781,6 +781,7 @@ async fn a_read_only_session_key_is_read_scoped_short_lived_and_deleted_on_close
         tls_fingerprint: None,
         log: Vec::new(),
         theme: Default::default(),
+        keys: Default::default(),
     };
     let session = herd_console::session::Session::open(profile.clone()).await;
     assert!(session.enforced(), "{:?}", session.warning);

@@ -638,3 +638,70 @@ async fn a_read_only_console_runs_on_a_read_key_it_deletes_on_quit() {
     assert_eq!(session_keys().await, 0, "and is deleted on quit");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_switches_the_console_to_another_server() {
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    first.create_device("alpha").await;
+    second.create_device("beta").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("console.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_profile = \"one\"\n\
+             [profiles.one]\nserver = \"{}\"\napi_key = \"{}\"\n\
+             [profiles.two]\nserver = \"{}\"\napi_key = \"{}\"\nread_only = true\n",
+            first.url(),
+            first.admin_key,
+            second.url(),
+            second.admin_key
+        ),
+    )
+    .expect("config");
+    let mut pty = Pty::spawn(
+        &[],
+        &[("HERD_CONFIG", config.display().to_string())],
+        dir.path(),
+    );
+    pty.wait_for("the first server's fleet", |s| {
+        s.contains("● live") && row(s, "alpha").is_some()
+    })
+    .await;
+    pty.type_text(":ctx\r");
+    pty.wait_for("the profiles", |s| s.contains("● one") && s.contains("two"))
+        .await;
+    // Esc alone first: Esc and a key in one read are Alt and that key.
+    pty.type_text("\x1b");
+    pty.wait_for("the list closed", |s| !s.contains("profiles (:ctx NAME)"))
+        .await;
+    pty.type_text(":ctx nope\r");
+    pty.wait_for("the unknown name refused", |s| {
+        s.contains("no profile named \"nope\" (known: one, two)")
+    })
+    .await;
+    pty.type_text("\x1b");
+    pty.wait_for("the palette closed", |s| !s.contains("no profile named"))
+        .await;
+    pty.type_text(":ctx two\r");
+    // A new client, a new stream and the second server's fleet; read-only there, with a
+    // read key minted on that server (PROTOCOL §11).
+    pty.wait_for("the second server's fleet", |s| {
+        s.contains("● live")
+            && row(s, "beta").is_some()
+            && row(s, "alpha").is_none()
+            && s.contains("READ-ONLY")
+            && s.contains(" read ")
+            && s.lines().next().is_some_and(|l| l.contains("two"))
+    })
+    .await;
+    let made = second.client().keys().await.expect("keys").len();
+    assert_eq!(made, 2, "the session key on the second server");
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    assert_eq!(second.client().keys().await.expect("keys").len(), 1);
+    first.shutdown().await;
+    second.shutdown().await;
+}

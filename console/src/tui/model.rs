@@ -25,6 +25,7 @@ use super::results::{self, Results};
 use super::rollouts::{self, NewRollout, OtaJob, RolloutList, RolloutPage};
 use crate::access::Operation;
 use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
+use crate::profile::ContextInfo;
 use herd_client::{KeyObject, Scope};
 
 /// A failed REST call as the model keeps it: status and text.
@@ -131,6 +132,9 @@ pub enum Msg {
     Bench(bench::Msg),
     /// `GET /keys/current`: the key in use, its scope, device filter and expiry.
     KeyLoaded(Result<KeyObject, Failure>),
+    /// The console switched to another profile (with a warning when read-only holds only
+    /// in the console), or could not.
+    Switched(Result<(ProfileInfo, Option<String>), String>),
 }
 
 impl From<rollouts::Reply> for Msg {
@@ -200,6 +204,9 @@ pub enum Command {
     Bench(bench::Task),
     /// `GET /keys/current`; answers with [`Msg::KeyLoaded`].
     LoadKey,
+    /// Switch the whole console to the config's profile of this name: a new client (and
+    /// read key when read-only), a new stream; answers with [`Msg::Switched`].
+    SwitchProfile(String),
     Quit,
 }
 
@@ -274,6 +281,8 @@ pub enum Overlay {
     },
     /// A question that must be answered before `command` runs.
     Confirm { question: String, command: Command },
+    /// The config's profiles (`:ctx`), the cursor on `selected`.
+    Contexts { selected: usize },
 }
 
 /// A line in the status bar.
@@ -358,6 +367,8 @@ pub struct Model {
     pub key: Option<KeyObject>,
     /// Which key does what (the config's `[keys]` over the defaults).
     pub keys: KeyMap,
+    /// The config's profiles, for `:ctx`.
+    pub contexts: Vec<ContextInfo>,
 }
 
 /// Options of a new [`Model`].
@@ -402,7 +413,23 @@ impl Model {
             last_refresh: options.now,
             key: None,
             keys: KeyMap::default(),
+            contexts: Vec::new(),
         }
+    }
+
+    /// The console afresh on another profile: what was shown came from the old server.
+    /// The key map, the profiles and the terminal's size stay.
+    fn switch_to(&mut self, profile: ProfileInfo) {
+        let mut fresh = Model::new(ModelOptions {
+            profile,
+            tail_lines: self.tail.capacity(),
+            now: self.now,
+            size: self.size,
+        });
+        fresh.keys = std::mem::take(&mut self.keys);
+        fresh.contexts = std::mem::take(&mut self.contexts);
+        fresh.bench.ca_cert = self.bench.ca_cert.take();
+        *self = fresh;
     }
 
     /// The scope of the key in use, once the server said it.
@@ -991,6 +1018,21 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
+        Msg::Switched(result) => {
+            model.dirty = true;
+            match result {
+                Ok((profile, warning)) => {
+                    let name = profile.name.clone();
+                    model.switch_to(profile);
+                    match warning {
+                        Some(warning) => model.error(warning),
+                        None => model.info(format!("switched to profile {name}")),
+                    }
+                }
+                Err(reason) => model.error(reason),
+            }
+            Vec::new()
+        }
         Msg::Rollouts(reply) => rollouts::reply(model, *reply),
         Msg::Bench(msg) => bench::reply(model, msg),
         Msg::Paste(text) => {
@@ -1136,6 +1178,31 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     match overlay {
         Overlay::Help { scroll } => {
             super::help::key(model, scroll, key);
+            Vec::new()
+        }
+        Overlay::Contexts { selected } => {
+            let count = model.contexts.len();
+            let selected = match key.code {
+                KeyCode::Down | KeyCode::Char('j') => (selected + 1).min(count.saturating_sub(1)),
+                KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+                KeyCode::Home | KeyCode::Char('g') => 0,
+                KeyCode::End | KeyCode::Char('G') => count.saturating_sub(1),
+                KeyCode::Enter => {
+                    let Some(context) = model.contexts.get(selected) else {
+                        return Vec::new();
+                    };
+                    if context.name == model.profile.name {
+                        model.info(format!("already on profile {}", context.name));
+                        return Vec::new();
+                    }
+                    let name = context.name.clone();
+                    model.info(format!("switching to profile {name}…"));
+                    return vec![Command::SwitchProfile(name)];
+                }
+                KeyCode::Esc | KeyCode::Char('q') => return Vec::new(),
+                _ => selected,
+            };
+            model.overlay = Some(Overlay::Contexts { selected });
             Vec::new()
         }
         Overlay::Confirm { question, command } => match key.code {
@@ -1434,6 +1501,30 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         }
         PaletteCommand::Save(path) => return save_tail(model, path),
         PaletteCommand::Results => open_results(model),
+        PaletteCommand::Context(None) => {
+            let selected = model
+                .contexts
+                .iter()
+                .position(|c| c.name == model.profile.name)
+                .unwrap_or(0);
+            model.overlay = Some(Overlay::Contexts { selected });
+        }
+        PaletteCommand::Context(Some(name)) => {
+            if model.contexts.iter().any(|c| c.name == name) {
+                model.info(format!("switching to profile {name}…"));
+                return vec![Command::SwitchProfile(name)];
+            }
+            let known: Vec<&str> = model.contexts.iter().map(|c| c.name.as_str()).collect();
+            let message = if known.is_empty() {
+                format!("no profile named {name:?}: the config file has no [profiles.NAME] tables")
+            } else {
+                format!("no profile named {name:?} (known: {})", known.join(", "))
+            };
+            model.overlay = Some(Overlay::Palette {
+                input: LineInput::new(&format!("ctx {name}")),
+                error: Some(message),
+            });
+        }
         PaletteCommand::Help => model.overlay = Some(Overlay::Help { scroll: 0 }),
         PaletteCommand::Quit => {
             model.quit = true;

@@ -79,6 +79,9 @@ pub fn render(frame: &mut Frame, model: &Model, theme: &Theme) {
             error.as_deref(),
         ),
         Some(Overlay::Confirm { question, .. }) => render_confirm(frame, theme, body, question),
+        Some(Overlay::Contexts { selected }) => {
+            render_contexts(frame, model, theme, body, *selected)
+        }
         // The prompt lives in the footer.
         Some(Overlay::Prompt { .. }) | None => {}
     }
@@ -421,6 +424,11 @@ fn key_hints(model: &Model) -> Vec<Hint> {
             ],
             Overlay::Confirm { .. } => vec![essential("y", "yes"), essential("n/Esc", "no")],
             Overlay::Prompt { .. } => vec![hint("⏎", "apply"), essential("Esc", "cancel")],
+            Overlay::Contexts { .. } => vec![
+                hint("↑↓", "move"),
+                hint("⏎", "switch"),
+                essential("Esc", "close"),
+            ],
         };
     }
     let back = || essential("Esc", "back");
@@ -1404,6 +1412,76 @@ fn render_palette(
     frame.render_widget(Paragraph::new(lines).block(block), popup);
     let x = inner.x + 1 + cursor as u16;
     frame.set_cursor_position((x.min(inner.right().saturating_sub(1)), inner.y));
+}
+
+/// The `:ctx` list: the config's profiles, the current one marked.
+fn render_contexts(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect, selected: usize) {
+    let rows = model.contexts.len().max(1) as u16;
+    let height = (rows + 2).min(area.height);
+    let popup = Rect {
+        x: area.x + 2.min(area.width / 10),
+        y: area.y,
+        width: area.width.saturating_sub(4.min(area.width / 5)),
+        height,
+    };
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered().title(Span::styled(" profiles (:ctx NAME) ", theme.title));
+    let inner = block.inner(popup);
+    let width = inner.width as usize;
+    let lines: Vec<Line> = if model.contexts.is_empty() {
+        vec![Line::styled(
+            "no profiles: add [profiles.NAME] tables to the config file (console.toml)",
+            theme.dim,
+        )]
+    } else {
+        let name_width = model
+            .contexts
+            .iter()
+            .map(|c| c.name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(width / 3);
+        // The cursor's row scrolls into view when the list is taller than the box.
+        let shown = inner.height as usize;
+        let first = selected.saturating_sub(shown.saturating_sub(1));
+        model
+            .contexts
+            .iter()
+            .enumerate()
+            .skip(first)
+            .take(shown)
+            .map(|(i, context)| {
+                let current = context.name == model.profile.name;
+                let mark = if current { "● " } else { "  " };
+                let mut spans = vec![
+                    Span::styled(mark, theme.online),
+                    Span::styled(
+                        format!(
+                            "{:<name_width$}  ",
+                            text::truncate(&context.name, name_width)
+                        ),
+                        theme.header,
+                    ),
+                ];
+                let flag = if context.read_only { "  read-only" } else { "" };
+                let room = width.saturating_sub(name_width + 4 + flag.len());
+                spans.push(Span::styled(
+                    text::truncate(&context.server, room),
+                    theme.dim,
+                ));
+                if context.read_only {
+                    spans.push(Span::styled(flag, theme.warn));
+                }
+                let line = Line::from(spans);
+                if i == selected {
+                    line.style(theme.selected)
+                } else {
+                    line
+                }
+            })
+            .collect()
+    };
+    frame.render_widget(Paragraph::new(lines).block(block), popup);
 }
 
 fn render_confirm(frame: &mut Frame, theme: &Theme, area: Rect, question: &str) {
