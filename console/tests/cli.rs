@@ -823,3 +823,21 @@ async fn a_read_only_session_key_is_read_scoped_short_lived_and_deleted_on_close
     assert_eq!(server.client().keys().await.expect("keys").len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_key_map_that_clashes_is_refused_before_the_screen_is_taken() {
+    let server = TestServer::start().await;
+    let config = server.dir.path().join("console.toml");
+    std::fs::write(&config, "[keys]\nresults = \"t\"\n").expect("write config");
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_CONFIG", &config);
+    let out = run(command, &[]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[keys] tail and results are both on t")
+            || out.stderr.contains("[keys] results and tail are both on t"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown().await;
+}

@@ -18,7 +18,7 @@ use super::analytics::{self, AnalyticsView};
 use super::bench::{self, Bench};
 use super::device::{desired_update, DeviceView, Editor, Pane, Part, RpcDialog, RpcFocus};
 use super::input::LineInput;
-use super::keymap::KeyMap;
+use super::keymap::{Action, KeyMap, Scope as KeyScope};
 use super::notifications::{Tail, TailFilter, Term};
 use super::palette::{self, PaletteCommand};
 use super::results::{self, Results};
@@ -1144,15 +1144,15 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if *model.screen() == Screen::Bench && model.bench.editing != bench::Field::None {
         return bench::key(model, key);
     }
-    match key.code {
-        KeyCode::Char(':') => {
+    match model.keys.action(KeyScope::Global, &key) {
+        Some(Action::Palette) => {
             model.overlay = Some(Overlay::Palette {
                 input: LineInput::default(),
                 error: None,
             });
             return Vec::new();
         }
-        KeyCode::Char('?') => {
+        Some(Action::Help) => {
             model.overlay = Some(Overlay::Help { scroll: 0 });
             return Vec::new();
         }
@@ -1534,45 +1534,26 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
     Vec::new()
 }
 
-fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
-    let page = model.table_rows().max(1) as isize;
-    match key.code {
-        KeyCode::Char('q') => {
+/// A key map action of the fleet; `None` for actions of other views.
+fn fleet_action(model: &mut Model, action: Action) -> Option<Vec<Command>> {
+    match action {
+        Action::Quit => {
             model.quit = true;
-            return vec![Command::Quit];
+            return Some(vec![Command::Quit]);
         }
-        KeyCode::Down | KeyCode::Char('j') => model.move_selection(1),
-        KeyCode::Up | KeyCode::Char('k') => model.move_selection(-1),
-        KeyCode::PageDown => model.move_selection(page),
-        KeyCode::PageUp => model.move_selection(-page),
-        KeyCode::Char('f') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            model.move_selection(page)
-        }
-        KeyCode::Char('b') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            model.move_selection(-page)
-        }
-        KeyCode::Home | KeyCode::Char('g') => model.move_selection(isize::MIN / 2),
-        KeyCode::End | KeyCode::Char('G') => model.move_selection(isize::MAX / 2),
-        KeyCode::Enter => {
+        Action::Open => {
             if let Some(id) = model.selected_row().map(|r| r.id.to_string()) {
-                return model.open_device(&id);
+                return Some(model.open_device(&id));
             }
         }
-        KeyCode::Char('/') => {
+        Action::Filter => {
             model.overlay = Some(Overlay::Prompt {
                 kind: PromptKind::FleetFilter,
                 input: LineInput::new(model.fleet.filter().text()),
                 error: None,
             })
         }
-        KeyCode::Esc => {
-            if !model.fleet.filter().is_empty() {
-                set_fleet_filter(model, "");
-            } else if !model.fleet_ui.marked.is_empty() {
-                model.fleet_ui.marked.clear();
-            }
-        }
-        KeyCode::Char(' ') => {
+        Action::Mark => {
             if let Some(id) = model.selected_row().map(|r| r.id.clone()) {
                 if !model.fleet_ui.marked.remove(&id) {
                     model.fleet_ui.marked.insert(id);
@@ -1580,7 +1561,7 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
                 model.move_selection(1);
             }
         }
-        KeyCode::Char('*') => {
+        Action::MarkAll => {
             let ids = model.fleet.view_ids();
             if ids
                 .iter()
@@ -1594,18 +1575,48 @@ fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
                     .extend(ids.into_iter().map(Into::into));
             }
         }
-        KeyCode::Char('t') => model.go_to(Screen::Notifications),
-        KeyCode::Char('a') => model.go_to(Screen::Analytics),
-        KeyCode::Char('o') => open_results(model),
-        KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            delete_targets(model)
-        }
-        KeyCode::Char('R') => return rollouts::open_list(model),
-        KeyCode::Char('U') => return rollouts::open_form(model),
-        KeyCode::Char('r') => {
+        Action::Tail => model.go_to(Screen::Notifications),
+        Action::Analytics => model.go_to(Screen::Analytics),
+        Action::Results => open_results(model),
+        Action::Delete => delete_targets(model),
+        Action::Rollouts => return Some(rollouts::open_list(model)),
+        Action::NewRollout => return Some(rollouts::open_form(model)),
+        Action::Reload => {
             model.loading = true;
             model.touched.clear();
-            return vec![Command::LoadDevices];
+            return Some(vec![Command::LoadDevices]);
+        }
+        _ => return None,
+    }
+    Some(Vec::new())
+}
+
+fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
+    if let Some(action) = model.keys.action(KeyScope::Fleet, &key) {
+        if let Some(commands) = fleet_action(model, action) {
+            return commands;
+        }
+    }
+    let page = model.table_rows().max(1) as isize;
+    match key.code {
+        KeyCode::Down | KeyCode::Char('j') => model.move_selection(1),
+        KeyCode::Up | KeyCode::Char('k') => model.move_selection(-1),
+        KeyCode::PageDown => model.move_selection(page),
+        KeyCode::PageUp => model.move_selection(-page),
+        KeyCode::Char('f') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            model.move_selection(page)
+        }
+        KeyCode::Char('b') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+            model.move_selection(-page)
+        }
+        KeyCode::Home | KeyCode::Char('g') => model.move_selection(isize::MIN / 2),
+        KeyCode::End | KeyCode::Char('G') => model.move_selection(isize::MAX / 2),
+        KeyCode::Esc => {
+            if !model.fleet.filter().is_empty() {
+                set_fleet_filter(model, "");
+            } else if !model.fleet_ui.marked.is_empty() {
+                model.fleet_ui.marked.clear();
+            }
         }
         KeyCode::Char(c @ '0'..='9') => {
             // The digits are the columns on screen, left to right: what is not shown
@@ -1813,6 +1824,11 @@ fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
 }
 
 fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
+    if let Some(action) = model.keys.action(KeyScope::Device, &key) {
+        if let Some(commands) = device_action(model, action, id) {
+            return commands;
+        }
+    }
     let page = (model.size.1 / 3).max(1) as isize;
     let scroll = match key.code {
         KeyCode::Down | KeyCode::Char('j') => Some(1),
@@ -1838,13 +1854,21 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             }
         }
         KeyCode::Esc | KeyCode::Char('q') | KeyCode::Backspace => model.back(),
-        KeyCode::Char('r') => {
+        _ => model.dirty = false,
+    }
+    Vec::new()
+}
+
+/// A key map action of the device view; `None` for actions of other views.
+fn device_action(model: &mut Model, action: Action, id: &str) -> Option<Vec<Command>> {
+    match action {
+        Action::DeviceReload => {
             if let Some(view) = model.device.as_mut() {
                 view.loading = true;
             }
-            return vec![Command::LoadDevice(id.to_string())];
+            return Some(vec![Command::LoadDevice(id.to_string())]);
         }
-        KeyCode::Char('l') => {
+        Action::Logs => {
             if let Some(view) = model.device.as_mut() {
                 view.pane = match view.pane {
                     Pane::Events => Pane::Logs,
@@ -1854,7 +1878,7 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
                 view.focus = Part::Lower;
             }
         }
-        KeyCode::Char('i') => {
+        Action::Info => {
             if let Some(view) = model.device.as_mut() {
                 view.pane = match view.pane {
                     Pane::Info => Pane::Events,
@@ -1864,42 +1888,42 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
                 view.focus = Part::Lower;
             }
         }
-        KeyCode::Char('e') | KeyCode::Char('E') => {
+        Action::Edit | Action::EditExternal => {
             if model.refuse(Operation::SetDesired, "edit desired") {
-                return Vec::new();
+                return Some(Vec::new());
             }
             let Some(view) = model.device.as_mut() else {
-                return Vec::new();
+                return Some(Vec::new());
             };
             if view.object.is_none() {
                 model.error("the device is still loading");
-                return Vec::new();
+                return Some(Vec::new());
             }
             let desired = view.section("desired");
-            if key.code == KeyCode::Char('E') {
+            if action == Action::EditExternal {
                 let text = serde_json::to_string_pretty(&desired).unwrap_or_default();
-                return vec![Command::ExternalEditor {
+                return Some(vec![Command::ExternalEditor {
                     id: id.to_string(),
                     text,
-                }];
+                }]);
             }
             view.editor = Some(Editor::new(&desired, view.version()));
         }
-        KeyCode::Char('c') => {
+        Action::Call => {
             if model.refuse_scope(Operation::Call, "call RPCs") {
-                return Vec::new();
+                return Some(Vec::new());
             }
             let Some(view) = model.device.as_mut() else {
-                return Vec::new();
+                return Some(Vec::new());
             };
             if !view.online() {
                 model.error("the device is offline: RPC needs it connected");
-                return Vec::new();
+                return Some(Vec::new());
             }
             view.rpc = Some(RpcDialog::new());
-            return vec![Command::ListRpc(id.to_string())];
+            return Some(vec![Command::ListRpc(id.to_string())]);
         }
-        KeyCode::Char('t') => {
+        Action::DeviceTail => {
             // The device's tail sits on top of the device: Esc comes back to it, with
             // the tail's own filter as it was.
             let device_filter = TailFilter {
@@ -1911,11 +1935,11 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
             model.tail_filter_before = Some(previous);
             model.stack.push(Screen::Notifications);
         }
-        KeyCode::Char('u') => return rollouts::open_push(model),
-        KeyCode::Delete => delete_targets(model),
-        _ => model.dirty = false,
+        Action::Push => return Some(rollouts::open_push(model)),
+        Action::Delete => delete_targets(model),
+        _ => return None,
     }
-    Vec::new()
+    Some(Vec::new())
 }
 
 fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
@@ -1925,40 +1949,50 @@ fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         input: LineInput::new(text),
         error: None,
     };
+    if let Some(action) = model.keys.action(KeyScope::Tail, &key) {
+        let mut handled = true;
+        match action {
+            Action::Follow => model.tail.toggle_follow(),
+            Action::Wrap => model.tail.wrap = !model.tail.wrap,
+            Action::TailDevice => {
+                let current = model
+                    .tail
+                    .filter
+                    .device
+                    .as_deref()
+                    .map(|id| model.fleet.label(id).to_string())
+                    .unwrap_or_default();
+                model.overlay = Some(prompt(PromptKind::TailDevice, &current));
+            }
+            Action::TailNames => {
+                let current = model.tail.filter.names_text();
+                model.overlay = Some(prompt(PromptKind::TailName, &current));
+            }
+            Action::TailFilter => {
+                let current = model.tail.filter.text();
+                model.overlay = Some(prompt(PromptKind::TailRegex, &current));
+            }
+            Action::ClearFilter => model.tail.filter = Default::default(),
+            Action::Save => {
+                let default = format!("herd-notifications-{}.ndjson", model.now as u64);
+                model.overlay = Some(prompt(PromptKind::SavePath, &default));
+            }
+            Action::ClearTail => model.tail.clear(),
+            _ => handled = false,
+        }
+        if handled {
+            return Vec::new();
+        }
+    }
     match key.code {
         KeyCode::Esc | KeyCode::Char('q') => model.back(),
-        KeyCode::Char('f') | KeyCode::Char(' ') => model.tail.toggle_follow(),
+        KeyCode::Char(' ') => model.tail.toggle_follow(),
         KeyCode::Up | KeyCode::Char('k') => model.tail.scroll(-1),
         KeyCode::Down | KeyCode::Char('j') => model.tail.scroll(1),
         KeyCode::PageUp => model.tail.scroll(-page),
         KeyCode::PageDown => model.tail.scroll(page),
         KeyCode::End | KeyCode::Char('G') => model.tail.follow = true,
         KeyCode::Home | KeyCode::Char('g') => model.tail.scroll(isize::MIN / 2),
-        KeyCode::Char('w') => model.tail.wrap = !model.tail.wrap,
-        KeyCode::Char('d') => {
-            let current = model
-                .tail
-                .filter
-                .device
-                .as_deref()
-                .map(|id| model.fleet.label(id).to_string())
-                .unwrap_or_default();
-            model.overlay = Some(prompt(PromptKind::TailDevice, &current));
-        }
-        KeyCode::Char('n') => {
-            let current = model.tail.filter.names_text();
-            model.overlay = Some(prompt(PromptKind::TailName, &current));
-        }
-        KeyCode::Char('/') => {
-            let current = model.tail.filter.text();
-            model.overlay = Some(prompt(PromptKind::TailRegex, &current));
-        }
-        KeyCode::Char('x') => model.tail.filter = Default::default(),
-        KeyCode::Char('s') => {
-            let default = format!("herd-notifications-{}.ndjson", model.now as u64);
-            model.overlay = Some(prompt(PromptKind::SavePath, &default));
-        }
-        KeyCode::Char('c') => model.tail.clear(),
         _ => model.dirty = false,
     }
     Vec::new()
