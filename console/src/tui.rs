@@ -467,6 +467,10 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .map_err(Into::into),
             ),
             Command::LoadKey => Msg::KeyLoaded(client.current_key().await.map_err(Into::into)),
+            Command::LoadTimeline(id) => {
+                let result = load_timeline(&client, &id).await.map_err(Into::into);
+                Msg::TimelineLoaded { id, result }
+            }
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             Command::Bench(task) => {
                 let progress = sender.clone();
@@ -484,6 +488,35 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
         let _ = sender.send(msg).await;
     };
     tokio::spawn(task);
+}
+
+/// Reads the server's whole log (PROTOCOL §7) for one device's timeline.
+async fn load_timeline(
+    client: &Client,
+    id: &str,
+) -> Result<crate::history::Timeline, herd_client::Error> {
+    let mut timeline = crate::history::Timeline::new(id);
+    let mut offset = 0;
+    loop {
+        let page = client
+            .logs(herd_client::LogsQuery {
+                start: Some(offset),
+                limit: Some(crate::logsource::PAGE),
+            })
+            .await?;
+        for item in &page.items {
+            if let Ok(logged) =
+                serde_json::from_value::<protocol::notification::LoggedNotification>(item.clone())
+            {
+                timeline.feed(logged.ts, &logged.id, &logged.name, &logged.data);
+            }
+        }
+        let next = page.next.unwrap_or(offset + page.items.len() as u64);
+        if next <= offset {
+            return Ok(timeline);
+        }
+        offset = next;
+    }
 }
 
 /// Runs one firmware or rollout call (PROTOCOL §10).

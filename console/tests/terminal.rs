@@ -705,3 +705,47 @@ async fn ctx_switches_the_console_to_another_server() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_timeline_reads_the_servers_log() {
+    let server = TestServer::start().await;
+    let (_, token) = server.create_device("porch").await;
+    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the device online", |s| {
+        row(s, "porch").is_some_and(|line| line.contains("online"))
+    })
+    .await;
+    pty.type_text("\r");
+    pty.wait_for("the device view", |s| s.contains("Fleet › porch"))
+        .await;
+    pty.type_text("h");
+    // The log (PROTOCOL §7) has its creation and its connection; the newest is chosen.
+    pty.wait_for("the timeline from the log", |s| {
+        s.contains("timeline · ↑↓ choose")
+            && s.contains("created: first copy")
+            && s.lines().any(|l| l.contains(" online "))
+            && s.contains("online since")
+    })
+    .await;
+    // Live: the device goes away, and the timeline says so at once.
+    drop(device);
+    pty.wait_for("the offline event", |s| {
+        s.lines().any(|l| l.contains(" offline ")) && s.contains("offline since")
+    })
+    .await;
+    pty.type_text("\x1b");
+    pty.wait_for("back on the fleet", |s| !s.contains("Fleet › porch"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}

@@ -105,6 +105,11 @@ fn screen_keys(model: &Model) -> Vec<ViewKey> {
                 ),
                 mapped(d, &[Action::Logs], "events / logs"),
                 mapped(d, &[Action::Info], "the device's Sys.GetInfo"),
+                mapped(
+                    d,
+                    &[Action::History],
+                    "timeline: its events from the server's log (online, offline, shadow diffs, firmware); ↑↓ choose one to see the device as it was then",
+                ),
                 mapped(d, &[Action::DeviceTail], "tail this device"),
                 mapped(
                     d,

@@ -132,6 +132,11 @@ pub enum Msg {
     Bench(bench::Msg),
     /// `GET /keys/current`: the key in use, its scope, device filter and expiry.
     KeyLoaded(Result<KeyObject, Failure>),
+    /// The server's log, read for one device's timeline.
+    TimelineLoaded {
+        id: String,
+        result: Result<crate::history::Timeline, Failure>,
+    },
     /// The console switched to another profile (with a warning when read-only holds only
     /// in the console), or could not.
     Switched(Result<(ProfileInfo, Option<String>), String>),
@@ -204,6 +209,9 @@ pub enum Command {
     Bench(bench::Task),
     /// `GET /keys/current`; answers with [`Msg::KeyLoaded`].
     LoadKey,
+    /// Reads the server's log (PROTOCOL §7) for device `0`'s timeline; answers with
+    /// [`Msg::TimelineLoaded`].
+    LoadTimeline(String),
     /// Switch the whole console to the config's profile of this name: a new client (and
     /// read key when read-only), a new stream; answers with [`Msg::Switched`].
     SwitchProfile(String),
@@ -642,6 +650,15 @@ impl Model {
 
     fn apply_notification(&mut self, notification: &Notification) {
         let id = notification.id.as_str();
+        // The open device's timeline goes on live once the log was read.
+        if let Some(Some(Ok(timeline))) = self
+            .device
+            .as_mut()
+            .filter(|v| v.id == id)
+            .map(|v| v.timeline.as_mut())
+        {
+            timeline.feed(self.now, id, &notification.name, &notification.data);
+        }
         match notification.name.as_str() {
             "online" | "offline" => {
                 let online = notification.name == "online";
@@ -1015,6 +1032,14 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                     tracing::info!(error = %failure.message, "the key's scope is unknown");
                     model.key = None;
                 }
+            }
+            Vec::new()
+        }
+        Msg::TimelineLoaded { id, result } => {
+            model.dirty = true;
+            if let Some(view) = model.device.as_mut().filter(|v| v.id == id) {
+                view.timeline_loading = false;
+                view.timeline = Some(result.map_err(|f| f.message));
             }
             Vec::new()
         }
@@ -1842,7 +1867,11 @@ fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
         _ => None,
     };
     if let (Some(delta), Some(view)) = (scroll, model.device.as_mut()) {
-        view.scroll_by(delta);
+        if view.pane == Pane::Timeline && view.focus == Part::Lower {
+            view.move_timeline(delta);
+        } else {
+            view.scroll_by(delta);
+        }
         return Vec::new();
     }
     match key.code {
@@ -1871,7 +1900,7 @@ fn device_action(model: &mut Model, action: Action, id: &str) -> Option<Vec<Comm
         Action::Logs => {
             if let Some(view) = model.device.as_mut() {
                 view.pane = match view.pane {
-                    Pane::Events => Pane::Logs,
+                    Pane::Events | Pane::Timeline => Pane::Logs,
                     Pane::Logs | Pane::Info => Pane::Events,
                 };
                 view.scroll[3] = 0;
@@ -1934,6 +1963,23 @@ fn device_action(model: &mut Model, action: Action, id: &str) -> Option<Vec<Comm
             let previous = std::mem::replace(&mut model.tail.filter, device_filter);
             model.tail_filter_before = Some(previous);
             model.stack.push(Screen::Notifications);
+        }
+        Action::History => {
+            let Some(view) = model.device.as_mut() else {
+                return Some(Vec::new());
+            };
+            view.focus = Part::Lower;
+            if view.pane == Pane::Timeline {
+                view.pane = Pane::Events;
+                view.scroll[3] = 0;
+                return Some(Vec::new());
+            }
+            view.pane = Pane::Timeline;
+            // Read once per opening of the device; live events extend it after.
+            if view.timeline.is_none() && !view.timeline_loading {
+                view.timeline_loading = true;
+                return Some(vec![Command::LoadTimeline(id.to_string())]);
+            }
         }
         Action::Push => return Some(rollouts::open_push(model)),
         Action::Delete => delete_targets(model),

@@ -18,6 +18,7 @@ use super::palette;
 use super::theme::Theme;
 use crate::access::Operation;
 use crate::fleet::{Column, DeviceRow};
+use crate::history::EventKind;
 use crate::text;
 
 /// Smallest size the console draws its views in; below it, it says so instead.
@@ -485,6 +486,7 @@ fn key_hints(model: &Model) -> Vec<Hint> {
                     back(),
                     mapped(model, d, Action::Help, "help"),
                     mapped(model, d, Action::Push, "update"),
+                    mapped(model, d, Action::History, "timeline"),
                 ]
             }
         },
@@ -508,8 +510,9 @@ fn key_hints(model: &Model) -> Vec<Hint> {
             hint("t", "table"),
             hint("s", "sort"),
             hint("↑↓", "scroll"),
-            back(),
-            essential("?", "help"),
+            // In order: on a narrow screen its own keys come before the way back.
+            hint("Esc", "back"),
+            hint("?", "help"),
         ],
         Screen::Results => vec![
             hint("↑↓", "move"),
@@ -931,13 +934,26 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
         );
     }
 
+    let label = |action: Action| model.keys.label(KeyScope::Device, action);
+    let (logs, info, history) = (
+        label(Action::Logs),
+        label(Action::Info),
+        label(Action::History),
+    );
     let title = match view.pane {
-        Pane::Events => "events · l: logs · i: info",
-        Pane::Logs => "logs · l: events · i: info",
-        Pane::Info => "info (Sys.GetInfo) · i: events",
+        Pane::Events => format!("events · {logs}: logs · {info}: info · {history}: timeline"),
+        Pane::Logs => format!("logs · {logs}: events · {info}: info"),
+        Pane::Info => format!("info (Sys.GetInfo) · {info}: events"),
+        Pane::Timeline => format!("timeline · ↑↓ choose · {history}: events"),
     };
+    let title = title.as_str();
     let height = events.height.saturating_sub(2) as usize;
     let focused = view.focus == Part::Lower;
+    if view.pane == Pane::Timeline {
+        render_timeline(frame, view, theme, events, title, focused);
+        render_device_dialogs(frame, model, view, theme, area);
+        return;
+    }
     if view.pane == Pane::Info {
         let lines: Vec<Line> = json_lines(&object.info, "info")
             .into_iter()
@@ -1003,6 +1019,126 @@ fn render_device(frame: &mut Frame, model: &Model, view: &DeviceView, theme: &Th
     };
     frame.render_widget(Paragraph::new(content).block(block), events);
     render_device_dialogs(frame, model, view, theme, area);
+}
+
+/// `ts` as month, day and time in UTC: `11-14 22:13:20`.
+fn short_time(ts: f64) -> String {
+    let full = text::rfc3339(ts);
+    full.get(5..19).map(|t| t.replace('T', " ")).unwrap_or(full)
+}
+
+/// The device's events over time on the left, the device as it was at the chosen one on
+/// the right (what `herd history --at` says).
+fn render_timeline(
+    frame: &mut Frame,
+    view: &DeviceView,
+    theme: &Theme,
+    area: Rect,
+    title: &str,
+    focused: bool,
+) {
+    let height = area.height.saturating_sub(2) as usize;
+    let timeline = match &view.timeline {
+        Some(Ok(timeline)) if !timeline.is_empty() => timeline,
+        other => {
+            let (message, style) = match other {
+                Some(Err(error)) => (
+                    format!("cannot read the server's log: {error}"),
+                    theme.error,
+                ),
+                Some(Ok(_)) => (
+                    "the server's log has no events of this device".into(),
+                    theme.dim,
+                ),
+                None => ("reading the server's log…".into(), theme.dim),
+            };
+            let block = pane_block(title, 0, height, 0, focused, theme);
+            frame.render_widget(
+                Paragraph::new(message)
+                    .style(style)
+                    .wrap(Wrap { trim: false })
+                    .block(block),
+                area,
+            );
+            return;
+        }
+    };
+    let cursor = view.timeline_cursor().unwrap_or(0);
+    let total = timeline.len();
+    // The cursor's row stays in view, as low as it can be: the newest events at the end.
+    let top = (cursor + 1)
+        .saturating_sub(height)
+        .min(total.saturating_sub(height));
+    let [list, state] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let list_width = list.width.saturating_sub(2) as usize;
+    let lines: Vec<Line> = timeline
+        .events()
+        .iter()
+        .enumerate()
+        .skip(top)
+        .take(height)
+        .map(|(i, event)| {
+            let style = match event.kind {
+                EventKind::Online => theme.online,
+                EventKind::Offline | EventKind::Deleted => theme.offline,
+                EventKind::Firmware => theme.accent,
+                EventKind::Shadow => theme.pending,
+                EventKind::Created | EventKind::Changed => Style::default(),
+            };
+            let when = short_time(event.ts);
+            let room = list_width.saturating_sub(when.chars().count() + 1);
+            let line = Line::from(vec![
+                Span::styled(format!("{when} "), theme.dim),
+                Span::styled(text::truncate(&event.text, room), style),
+            ]);
+            if i == cursor {
+                line.style(theme.selected)
+            } else {
+                line
+            }
+        })
+        .collect();
+    let block = pane_block(title, top, height, total, focused, theme);
+    frame.render_widget(Paragraph::new(lines).block(block), list);
+
+    let Some(at) = timeline.state_at(cursor) else {
+        return;
+    };
+    let event_ts = timeline.events().get(cursor).map_or(0.0, |e| e.ts);
+    let mut lines = Vec::new();
+    let connection = match (at.deleted, at.online, at.since) {
+        (Some(_), _, _) => "deleted".to_string(),
+        (None, Some(true), Some(since)) => format!("online since {}", short_time(since)),
+        (None, Some(false), Some(since)) => format!("offline since {}", short_time(since)),
+        (None, Some(online), None) => if online { "online" } else { "offline" }.to_string(),
+        (None, None, _) => "connection unknown".to_string(),
+    };
+    lines.push(Line::raw(connection));
+    lines.push(Line::from(vec![
+        Span::styled("firmware ", theme.dim),
+        Span::raw(at.firmware().unwrap_or("unknown").to_string()),
+    ]));
+    if let Some(shadow) = at.shadow_state() {
+        for section in ["desired", "reported"] {
+            if let Some(value) = shadow.get(section) {
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{section} "), theme.dim),
+                    Span::raw(value.to_string()),
+                ]));
+            }
+        }
+    }
+    let block = Block::bordered().title(Span::styled(
+        format!(" as at {} ", short_time(event_ts)),
+        theme.title,
+    ));
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block),
+        state,
+    );
 }
 
 /// A pane's border: its title, where it is scrolled to when it does not fit, and
