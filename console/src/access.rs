@@ -123,7 +123,14 @@ pub fn key_action(action: crate::tui::keymap::Action) -> Option<Operation> {
         Action::Call => Some(Operation::Call),
         Action::Delete => Some(Operation::DeleteDevice),
         Action::Push => Some(Operation::PushFirmware),
-        Action::NewRollout => Some(Operation::Rollout),
+        Action::NewRollout
+        | Action::RolloutNew
+        | Action::RolloutStart
+        | Action::RolloutPause
+        | Action::RolloutResume
+        | Action::RolloutAbort
+        | Action::RolloutRetry => Some(Operation::Rollout),
+        Action::Flash => Some(Operation::CreateDevice),
         _ => None,
     }
 }

@@ -91,3 +91,50 @@ fn a_remapped_key_changes_behaviour_and_hints_in_the_device_view_and_the_tail() 
     send(&mut model, key(KeyCode::Char('W')));
     assert_ne!(model.tail.wrap, wrapped);
 }
+
+#[test]
+fn the_results_pane_the_rollouts_and_analytics_take_the_map_too() {
+    let mut model = loaded(3, false, (200, 50));
+    model.keys = remapped(&[
+        ("dismiss_results", "D"),
+        ("range", "R"),
+        ("rollouts_new", "N"),
+    ]);
+    // A bulk answer opens the results pane.
+    let id = device(1).id;
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "call Sys.Reboot");
+    send(&mut model, key(KeyCode::Enter));
+    send(&mut model, key(KeyCode::Char('y')));
+    send(
+        &mut model,
+        Msg::BulkAnswer {
+            set: 1,
+            id,
+            result: Ok(serde_json::json!(true)),
+        },
+    );
+    assert_eq!(*model.screen(), Screen::Results);
+    assert!(footer(&model).contains("D dismiss"), "{}", footer(&model));
+    send(&mut model, key(KeyCode::Char('x')));
+    assert_eq!(model.results.sets.len(), 1, "x does nothing now");
+    send(&mut model, key(KeyCode::Char('D')));
+    assert!(model.results.sets.is_empty());
+
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "analytics");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(footer(&model).contains("R range"), "{}", footer(&model));
+    let range = model.analytics.selection.range;
+    send(&mut model, key(KeyCode::Char('r')));
+    assert_eq!(model.analytics.selection.range, range);
+    send(&mut model, key(KeyCode::Char('R')));
+    assert_ne!(model.analytics.selection.range, range);
+
+    send(&mut model, key(KeyCode::Char(':')));
+    chars(&mut model, "rollouts");
+    send(&mut model, key(KeyCode::Enter));
+    assert!(footer(&model).contains("N new"), "{}", footer(&model));
+    send(&mut model, key(KeyCode::Char('?')));
+    assert!(screen(&model, 200, 50).contains("         N  new rollout"));
+}

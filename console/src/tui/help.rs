@@ -150,49 +150,109 @@ fn screen_keys(model: &Model) -> Vec<ViewKey> {
                 mapped(t, &[Action::ClearTail], "clear the buffer"),
             ]
         }
-        Screen::Analytics => table(&[
-            ("1-5", "fleet, connectivity, usage, firmware, rpc"),
-            ("Tab ← →", "next / previous report"),
-            ("r", "range: last hour, last 24 h, all"),
-            ("b", "buckets of an hour or a day"),
-            ("t", "next table of the report"),
-            ("s S", "sort by the next column; reverse"),
-            ("↑↓ PgUp", "scroll the table; g G jump"),
-        ]),
-        Screen::Results => table(&[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("Tab ⏎", "scroll the value instead of the list, and back"),
-            ("[ ] ← →", "older / newer result sets"),
-            ("s", "save the set as JSON"),
-            ("x", "dismiss the set"),
-        ]),
-        Screen::Rollouts => table(&[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("⏎", "open the rollout"),
-            (
-                "n",
-                "new rollout of the fleet's marked devices, else its filter",
-            ),
-            ("^L", "list again"),
-        ]),
-        Screen::Rollout(_) => table(&[
-            ("Tab", "devices by state / failures"),
-            ("↑↓ j k", "move in the list; g G jump"),
-            ("⏎", "open the device under the cursor"),
-            ("s", "start a planned rollout"),
-            ("p r", "pause / resume, a halted one too (asks first)"),
-            ("A", "abort: pending devices are skipped (asks first)"),
-            ("R", "retry the failed devices in a new rollout"),
-        ]),
-        Screen::Bench => table(&[
-            ("↑↓", "choose the board's serial port; r lists them again"),
-            (
-                "n w p i",
-                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
-            ),
-            ("f ⏎", "register, flash, reset, wait until online, open it"),
-            ("o", "open the light just flashed"),
-        ]),
+        Screen::Analytics => {
+            let a = KeyScope::Analytics;
+            vec![
+                fixed("1-5", "fleet, connectivity, usage, firmware, rpc"),
+                fixed("Tab ← →", "next / previous report"),
+                mapped(a, &[Action::Range], "range: last hour, last 24 h, all"),
+                mapped(a, &[Action::Bucket], "buckets of an hour or a day"),
+                mapped(a, &[Action::NextTable], "next table of the report"),
+                mapped(
+                    a,
+                    &[Action::SortNext, Action::SortReverse],
+                    "sort by the next column; reverse",
+                ),
+                fixed("↑↓ PgUp", "scroll the table; g G jump"),
+            ]
+        }
+        Screen::Results => {
+            let r = KeyScope::Results;
+            let sets = mapped(
+                r,
+                &[Action::OlderResults, Action::NewerResults],
+                "older / newer result sets",
+            );
+            vec![
+                fixed("↑↓ j k", "move; PgUp PgDn g G jump"),
+                fixed("Tab ⏎", "scroll the value instead of the list, and back"),
+                ViewKey {
+                    key: format!("{} ← →", sets.key),
+                    ..sets
+                },
+                mapped(r, &[Action::SaveResults], "save the set as JSON"),
+                mapped(r, &[Action::DismissResults], "dismiss the set"),
+            ]
+        }
+        Screen::Rollouts => {
+            let r = KeyScope::Rollouts;
+            vec![
+                fixed("↑↓ j k", "move; PgUp PgDn g G jump"),
+                fixed("⏎", "open the rollout"),
+                mapped(
+                    r,
+                    &[Action::RolloutNew],
+                    "new rollout of the fleet's marked devices, else its filter",
+                ),
+                mapped(r, &[Action::RolloutsReload], "list again"),
+            ]
+        }
+        Screen::Rollout(_) => {
+            let r = KeyScope::Rollout;
+            vec![
+                fixed("Tab", "devices by state / failures"),
+                fixed("↑↓ j k", "move in the list; g G jump"),
+                fixed("⏎", "open the device under the cursor"),
+                mapped(r, &[Action::RolloutStart], "start a planned rollout"),
+                mapped(
+                    r,
+                    &[Action::RolloutPause, Action::RolloutResume],
+                    "pause / resume, a halted one too (asks first)",
+                ),
+                mapped(
+                    r,
+                    &[Action::RolloutAbort],
+                    "abort: pending devices are skipped (asks first)",
+                ),
+                mapped(
+                    r,
+                    &[Action::RolloutRetry],
+                    "retry the failed devices in a new rollout",
+                ),
+                mapped(r, &[Action::RolloutReload], "load the rollout again"),
+            ]
+        }
+        Screen::Bench => {
+            let b = KeyScope::Bench;
+            let flash = mapped(
+                b,
+                &[Action::Flash],
+                "register, flash, reset, wait until online, open it",
+            );
+            vec![
+                ViewKey {
+                    key: "↑↓".into(),
+                    what: "choose the board's serial port",
+                    needs: None,
+                },
+                mapped(b, &[Action::Ports], "list the serial ports again"),
+                mapped(
+                    b,
+                    &[
+                        Action::BenchName,
+                        Action::BenchWifi,
+                        Action::BenchPass,
+                        Action::BenchImage,
+                    ],
+                    "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
+                ),
+                ViewKey {
+                    key: format!("{} ⏎", flash.key),
+                    ..flash
+                },
+                mapped(b, &[Action::BenchOpen], "open the light just flashed"),
+            ]
+        }
         Screen::NewRollout => table(&[
             ("Tab ⇧Tab", "next / previous field"),
             ("↑↓", "choose the firmware; move between fields"),
@@ -208,17 +268,6 @@ enum Item {
     Heading(&'static str),
     Key(ViewKey),
     Command(String, &'static str, Option<Operation>),
-}
-
-/// What a key or command of the screens below asks of the server, by its key as the help
-/// shows it; the key map's actions say it themselves.
-fn fixed_operation(screen: &Screen, key: &str) -> Option<Operation> {
-    match (screen, key) {
-        (Screen::Rollouts, "n") => Some(Operation::Rollout),
-        (Screen::Rollout(_), "s" | "p r" | "A" | "R") => Some(Operation::Rollout),
-        (Screen::Bench, "f ⏎") => Some(Operation::CreateDevice),
-        _ => None,
-    }
 }
 
 fn items(model: &Model) -> Vec<Item> {
@@ -239,13 +288,7 @@ fn items(model: &Model) -> Vec<Item> {
         Item::Key(fixed("Ctrl-C", "quit")),
         Item::Heading("this view"),
     ];
-    let screen = model.screen().clone();
-    items.extend(screen_keys(model).into_iter().map(|mut key| {
-        if key.needs.is_none() {
-            key.needs = fixed_operation(&screen, &key.key);
-        }
-        Item::Key(key)
-    }));
+    items.extend(screen_keys(model).into_iter().map(Item::Key));
     items.push(Item::Heading("commands"));
     for (name, args, what) in palette::COMMANDS {
         items.push(Item::Command(

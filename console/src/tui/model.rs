@@ -1155,6 +1155,9 @@ fn is_ctrl(key: &KeyEvent, c: char) -> bool {
     key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char(c)
 }
 
+/// A view's own key handling.
+type KeyHandler = fn(&mut Model, KeyEvent) -> Vec<Command>;
+
 fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if is_ctrl(&key, 'c') {
         model.quit = true;
@@ -1191,12 +1194,24 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Screen::Fleet => fleet::fleet_key(model, key),
         Screen::Device(id) => device::device_key(model, key, &id),
         Screen::Notifications => tail::tail_key(model, key),
-        Screen::Analytics => analytics_key(model, key),
-        Screen::Rollouts => rollouts::list_key(model, key),
-        Screen::Rollout(_) => rollouts::page_key(model, key),
         Screen::NewRollout => rollouts::form_key(model, key),
-        Screen::Results => results::key(model, key),
-        Screen::Bench => bench::key(model, key),
+        // These views match on their built-in keys: the key map translates to them.
+        screen => {
+            let (scope, handler): (KeyScope, KeyHandler) = match screen {
+                Screen::Analytics => (KeyScope::Analytics, analytics_key),
+                Screen::Rollouts => (KeyScope::Rollouts, rollouts::list_key),
+                Screen::Rollout(_) => (KeyScope::Rollout, rollouts::page_key),
+                Screen::Results => (KeyScope::Results, results::key),
+                _ => (KeyScope::Bench, bench::key),
+            };
+            match model.keys.translate(scope, key) {
+                Some(key) => handler(model, key),
+                None => {
+                    model.dirty = false;
+                    Vec::new()
+                }
+            }
+        }
     }
 }
 

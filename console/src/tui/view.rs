@@ -510,10 +510,10 @@ fn key_hints(model: &Model) -> Vec<Hint> {
         }
         Screen::Analytics => vec![
             hint("1-5", "report"),
-            hint("r", "range"),
-            hint("b", "bucket"),
-            hint("t", "table"),
-            hint("s", "sort"),
+            mapped(model, KeyScope::Analytics, Action::Range, "range"),
+            mapped(model, KeyScope::Analytics, Action::Bucket, "bucket"),
+            mapped(model, KeyScope::Analytics, Action::NextTable, "table"),
+            mapped(model, KeyScope::Analytics, Action::SortNext, "sort"),
             hint("↑↓", "scroll"),
             // In order: on a narrow screen its own keys come before the way back.
             hint("Esc", "back"),
@@ -522,14 +522,21 @@ fn key_hints(model: &Model) -> Vec<Hint> {
         Screen::Results => vec![
             hint("↑↓", "move"),
             hint("Tab", "value"),
-            hint("[ ]", "sets"),
-            hint("s", "save"),
-            hint("x", "dismiss"),
+            hint(
+                format!(
+                    "{} {}",
+                    model.keys.label(KeyScope::Results, Action::OlderResults),
+                    model.keys.label(KeyScope::Results, Action::NewerResults)
+                ),
+                "sets",
+            ),
+            mapped(model, KeyScope::Results, Action::SaveResults, "save"),
+            mapped(model, KeyScope::Results, Action::DismissResults, "dismiss"),
             back(),
         ],
         Screen::Rollouts => vec![
             hint("⏎", "open"),
-            hint_needs("n", "new", Operation::Rollout),
+            mapped(model, KeyScope::Rollouts, Action::RolloutNew, "new"),
             hint("↑↓", "move"),
             back(),
             essential("?", "help"),
@@ -540,16 +547,17 @@ fn key_hints(model: &Model) -> Vec<Hint> {
                 .as_ref()
                 .and_then(|p| p.object.as_ref())
                 .is_some_and(|o| o.state == protocol::firmware::RolloutState::Planned);
+            let r = KeyScope::Rollout;
             let mut hints = if planned {
-                vec![hint_needs("s", "start", Operation::Rollout)]
+                vec![mapped(model, r, Action::RolloutStart, "start")]
             } else {
                 Vec::new()
             };
             hints.extend([
-                hint_needs("p", "pause", Operation::Rollout),
-                hint_needs("r", "resume", Operation::Rollout),
-                hint_needs("A", "abort", Operation::Rollout),
-                hint_needs("R", "retry", Operation::Rollout),
+                mapped(model, r, Action::RolloutPause, "pause"),
+                mapped(model, r, Action::RolloutResume, "resume"),
+                mapped(model, r, Action::RolloutAbort, "abort"),
+                mapped(model, r, Action::RolloutRetry, "retry"),
                 hint("⏎", "device"),
                 hint("Tab", "list"),
                 back(),
@@ -559,9 +567,19 @@ fn key_hints(model: &Model) -> Vec<Hint> {
         }
         Screen::Bench => vec![
             hint("↑↓", "port"),
-            hint("n w p i", "name, Wi-Fi, pass, image"),
-            hint_needs("f", "flash", Operation::CreateDevice),
-            hint("r", "ports"),
+            hint(
+                [
+                    Action::BenchName,
+                    Action::BenchWifi,
+                    Action::BenchPass,
+                    Action::BenchImage,
+                ]
+                .map(|a| model.keys.label(KeyScope::Bench, a))
+                .join(" "),
+                "name, Wi-Fi, pass, image",
+            ),
+            mapped(model, KeyScope::Bench, Action::Flash, "flash"),
+            mapped(model, KeyScope::Bench, Action::Ports, "ports"),
             back(),
         ],
         Screen::NewRollout => match model.new_rollout.as_ref().map(|f| &f.stage) {
