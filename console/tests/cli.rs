@@ -841,3 +841,43 @@ async fn a_key_map_that_clashes_is_refused_before_the_screen_is_taken() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_read_only_tail_stopped_by_ctrl_c_deletes_its_session_key() {
+    let server = TestServer::start().await;
+    let mut command = herd(&server, &server.admin_key);
+    command
+        .args(["--read-only", "tail"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            break;
+        }
+    }
+    assert_eq!(
+        session_keys(&server).await.len(),
+        1,
+        "the tail runs on its key"
+    );
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("herd ends on Ctrl-C")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(session_keys(&server).await, Vec::new());
+    server.shutdown().await;
+}
