@@ -393,26 +393,10 @@ async fn run(args: Args) -> CommandResult {
     if let Some(warning) = &session.warning {
         eprintln!("herd: warning: {warning}");
     }
-    let profile = session.profile.clone();
-    let outcome = if session.enforced() {
-        // Ctrl-C (herd tail runs until it) still deletes the session's key.
-        tokio::select! {
-            outcome = server_command(&profile, command) => outcome,
-            _ = tokio::signal::ctrl_c() => {
-                session.close().await;
-                eprintln!("herd: interrupted");
-                std::process::exit(INTERRUPTED);
-            }
-        }
-    } else {
-        server_command(&profile, command).await
-    };
+    let outcome = server_command(&session.profile, command).await;
     session.close().await;
     outcome
 }
-
-/// The exit status of a command ended by Ctrl-C, as a shell reports SIGINT.
-const INTERRUPTED: i32 = 130;
 
 /// Runs a command that talks to the server with `profile`'s key.
 async fn server_command(profile: &Profile, command: Command) -> CommandResult {

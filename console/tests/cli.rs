@@ -877,7 +877,8 @@ async fn a_read_only_tail_stopped_by_ctrl_c_deletes_its_session_key() {
         .await
         .expect("herd ends on Ctrl-C")
         .expect("wait");
-    assert_eq!(status.code(), Some(130));
+    // herd tail ends on Ctrl-C as it always has, and the session's key goes with it.
+    assert_eq!(status.code(), Some(0));
     assert_eq!(session_keys(&server).await, Vec::new());
     server.shutdown().await;
 }
