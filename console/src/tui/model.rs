@@ -828,131 +828,10 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
-        Msg::DeviceLoaded { id, result } => {
-            model.dirty = true;
-            let now = model.now;
-            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
-                return Vec::new();
-            };
-            let mut message = None;
-            match result {
-                Ok(object) => {
-                    view.set_object(object, now);
-                    if let Some(sent) = view.sent_version.take() {
-                        let now_at = view.version();
-                        message = Some(if now_at > sent {
-                            format!(
-                                "desired updated as version {sent}; the shadow is at version {now_at} now (the device reported since)"
-                            )
-                        } else {
-                            format!("desired updated: version {sent}")
-                        });
-                    }
-                    if let Some(editor) = view.editor.as_mut().filter(|e| e.awaiting_conflict_copy)
-                    {
-                        editor.awaiting_conflict_copy = false;
-                        let desired = view
-                            .object
-                            .as_ref()
-                            .and_then(|o| o.shadow.pointer("/state/desired"))
-                            .cloned()
-                            .unwrap_or_else(|| json!({}));
-                        let version = view
-                            .object
-                            .as_ref()
-                            .and_then(|o| o.shadow.get("version"))
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
-                        editor.conflict = Some((desired, version));
-                    }
-                }
-                Err(failure) => {
-                    view.loading = false;
-                    view.error = Some(failure.message);
-                }
-            }
-            if let Some(message) = message {
-                model.info(message);
-            }
-            Vec::new()
-        }
-        Msg::ShadowSent { id, result } => {
-            model.dirty = true;
-            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
-                return Vec::new();
-            };
-            match result {
-                Ok(shadow) => {
-                    let version = shadow.get("version").and_then(Value::as_u64).unwrap_or(0);
-                    view.editor = None;
-                    // The pane shows the shadow as reloaded; by then the device may have
-                    // reported, moving the version on. The message says so when it does.
-                    view.sent_version = Some(version);
-                    model.info(format!("desired updated as version {version}; reloading"));
-                    vec![Command::LoadDevice(id)]
-                }
-                Err(failure) if failure.status == Some(409) => {
-                    if let Some(editor) = view.editor.as_mut() {
-                        editor.sending = false;
-                        editor.awaiting_conflict_copy = true;
-                        editor.error = Some(
-                            "version conflict: the shadow changed on the server since you started editing"
-                                .into(),
-                        );
-                    }
-                    vec![Command::LoadDevice(id)]
-                }
-                Err(failure) => {
-                    if let Some(editor) = view.editor.as_mut() {
-                        editor.sending = false;
-                        editor.error = Some(failure.message);
-                    }
-                    Vec::new()
-                }
-            }
-        }
-        Msg::RpcListed { id, result } => {
-            model.dirty = true;
-            if let Some(dialog) = model
-                .device
-                .as_mut()
-                .filter(|v| v.id == id)
-                .and_then(|v| v.rpc.as_mut())
-            {
-                dialog.methods = Some(result.map_err(|f| f.message));
-                dialog.selected = 0;
-            }
-            Vec::new()
-        }
-        Msg::RpcDone { id, method, result } => {
-            model.dirty = true;
-            if let Some(dialog) = model
-                .device
-                .as_mut()
-                .filter(|v| v.id == id)
-                .and_then(|v| v.rpc.as_mut())
-            {
-                dialog.in_flight = None;
-                let shown = result
-                    .as_ref()
-                    .map(|v| serde_json::to_string_pretty(v).unwrap_or_default())
-                    .map_err(|f| f.message.clone());
-                dialog.result = Some((method.clone(), shown));
-                dialog.result_scroll = 0;
-            }
-            // Kept in the results pane too, so closing the dialog loses nothing.
-            let name = model.fleet.get(&id).map(|r| r.name.to_string());
-            let now = model.now;
-            let set = model.results.start(
-                format!("call {method} on {}", model.fleet.label(&id)),
-                vec![(id.clone(), name.unwrap_or_default())],
-                now,
-            );
-            model
-                .results
-                .record(set, &id, result.map_err(|f| f.message), now);
-            Vec::new()
-        }
+        Msg::DeviceLoaded { id, result } => device::device_loaded(model, id, result),
+        Msg::ShadowSent { id, result } => device::shadow_sent(model, id, result),
+        Msg::RpcListed { id, result } => device::rpc_listed(model, id, result),
+        Msg::RpcDone { id, method, result } => device::rpc_done(model, id, method, result),
         Msg::BulkAnswer { set, id, result } => {
             model.dirty = true;
             let now = model.now;
@@ -1039,14 +918,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
-        Msg::TimelineLoaded { id, result } => {
-            model.dirty = true;
-            if let Some(view) = model.device.as_mut().filter(|v| v.id == id) {
-                view.timeline_loading = false;
-                view.timeline = Some(result.map_err(|f| f.message));
-            }
-            Vec::new()
-        }
+        Msg::TimelineLoaded { id, result } => device::timeline_loaded(model, id, result),
         Msg::Switched(result) => {
             model.dirty = true;
             match result {
