@@ -330,7 +330,13 @@ impl Client {
         self.json(Method::GET, "/keys", None::<&Value>).await
     }
 
-    /// `POST /keys`: the answer carries the secret, shown once.
+    /// `GET /keys/current` (PROTOCOL §11): the key this client calls with, its scope,
+    /// device filter and expiry.
+    pub async fn current_key(&self) -> Result<KeyObject, Error> {
+        self.json(Method::GET, "/keys/current", None::<&Value>)
+            .await
+    }
+
     /// `POST /keys` (PROTOCOL §11): a key with the scope, device filter and expiry of
     /// `key` (all optional); the answer carries the secret, shown once.
     pub async fn create_key(&self, key: &NewKey) -> Result<KeyObject, Error> {

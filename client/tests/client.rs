@@ -207,6 +207,11 @@ async fn keys_users_and_logs() {
         .any(|k| k.id == key.id));
     let with_new_key = Client::new(&server.url(), Some(&secret)).expect("client");
     with_new_key.devices().await.expect("the new key works");
+    // PROTOCOL §11: a key made without a scope gets its maker's, and says so.
+    let current = with_new_key.current_key().await.expect("current key");
+    assert_eq!(current.id, key.id);
+    assert_eq!(current.scope, Some(herd_client::Scope::Admin));
+    assert!(current.token.is_none());
     client.delete_key(&key.id).await.expect("delete key");
     assert!(with_new_key
         .devices()

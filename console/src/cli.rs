@@ -346,7 +346,8 @@ async fn run(args: Args) -> CommandResult {
         let mut overrides = args.connection.overrides();
         overrides.log = args.log;
         let profile = Profile::resolve(&overrides)?;
-        return crate::tui::run(profile, args.console_log).await;
+        let contexts = crate::profile::Contexts::load(&overrides)?;
+        return crate::tui::run(profile, contexts, args.console_log).await;
     };
     #[cfg(feature = "demo")]
     if let Command::Demo { devices, speedup } = command {
@@ -386,6 +387,19 @@ async fn run(args: Args) -> CommandResult {
     if let Command::Flash(flash) = command {
         return flash::run(&profile, flash).await;
     }
+    // Read-only asks the server for nothing more than read (PROTOCOL §11): the command
+    // runs with a read key made for it, deleted after it.
+    let session = crate::session::Session::open(profile).await;
+    if let Some(warning) = &session.warning {
+        eprintln!("herd: warning: {warning}");
+    }
+    let outcome = server_command(&session.profile, command).await;
+    session.close().await;
+    outcome
+}
+
+/// Runs a command that talks to the server with `profile`'s key.
+async fn server_command(profile: &Profile, command: Command) -> CommandResult {
     let client = profile.client().map_err(Failure::usage)?;
     match command {
         Command::Devices { json } => commands::devices(&client, json).await,

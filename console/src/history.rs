@@ -68,7 +68,7 @@ impl DeviceState {
 }
 
 /// The devices of a log as they were at `at` (or at its end).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct History {
     at: Option<f64>,
     devices: HashMap<String, DeviceState>,
@@ -153,6 +153,190 @@ impl History {
         self.devices
             .values()
             .map(|d| (d.id.as_str(), d.name.as_str()))
+    }
+}
+
+/// Events a [`Timeline`] keeps; older ones are folded into the state it starts from.
+pub const TIMELINE_EVENTS: usize = 2000;
+
+/// What kind of event a timeline line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Online,
+    Offline,
+    /// `desired`, `reported` or `delta` changed.
+    Shadow,
+    /// The firmware version changed.
+    Firmware,
+    /// Something else of the device object (its name, sharing).
+    Changed,
+    Deleted,
+}
+
+/// One event of a device's timeline: when, what kind, what changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEvent {
+    pub ts: f64,
+    pub kind: EventKind,
+    /// `online`, or the changes as diffs: `reported.on false→true · version 8→9`.
+    pub text: String,
+    /// The log line's name and data, to rebuild the state at this event.
+    name: String,
+    data: Value,
+}
+
+/// One device's events over time, from the notification log and then live: connection
+/// changes, shadow changes as diffs, firmware versions. [`Timeline::state_at`] rebuilds
+/// the device as it was at any of them, as `herd history --at` does.
+///
+/// ```
+/// use herd_console::history::{EventKind, Timeline};
+/// use serde_json::json;
+///
+/// let mut timeline = Timeline::new("d1");
+/// let object = |on: bool| json!({"id": "d1", "online": true, "info": {"fw_version": "1.0"},
+///                                "shadow": {"state": {"reported": {"on": on}}}});
+/// timeline.feed(1.0, "d1", "created", &object(false));
+/// timeline.feed(2.0, "d1", "updated", &object(true));
+/// timeline.feed(3.0, "d1", "offline", &serde_json::Value::Null);
+/// timeline.feed(4.0, "other", "offline", &serde_json::Value::Null);
+/// assert_eq!(timeline.len(), 3);
+/// assert_eq!(timeline.events()[1].kind, EventKind::Shadow);
+/// assert_eq!(timeline.events()[1].text, "reported.on false→true");
+/// let at_two = timeline.state_at(1).expect("an event");
+/// assert_eq!((at_two.online, at_two.shadow_state().unwrap()["reported"]["on"].as_bool()),
+///            (Some(true), Some(true)));
+/// assert_eq!(timeline.state_at(2).unwrap().online, Some(false));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    id: String,
+    events: VecDeque<TimelineEvent>,
+    /// The state before the first kept event: the events dropped for room.
+    base: History,
+    /// The newest object and connection state fed, to tell what an event changes.
+    last_object: Option<Value>,
+    online: Option<bool>,
+}
+
+impl Timeline {
+    pub fn new(id: &str) -> Timeline {
+        Timeline {
+            id: id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn events(&self) -> &VecDeque<TimelineEvent> {
+        &self.events
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Takes one notification (from the log or live, in order); those of other devices,
+    /// and updates that change only the shadow's bookkeeping, add nothing.
+    pub fn feed(&mut self, ts: f64, id: &str, name: &str, data: &Value) {
+        if id != self.id {
+            return;
+        }
+        let event = match name {
+            "created" | "updated" => {
+                let event = match &self.last_object {
+                    None => Some((EventKind::Created, format!("{name}: first copy"))),
+                    Some(before) => {
+                        let changes = object_changes(before, data);
+                        let firmware = changes.iter().any(|c| {
+                            c.path == "info.fw_version" || c.path == "reported.ota.fw_version"
+                        });
+                        let shadow = changes.iter().any(|c| {
+                            ["desired", "reported", "delta"]
+                                .iter()
+                                .any(|section| c.path.starts_with(section))
+                        });
+                        let kind = if name == "created" {
+                            EventKind::Created
+                        } else if firmware {
+                            EventKind::Firmware
+                        } else if shadow {
+                            EventKind::Shadow
+                        } else {
+                            EventKind::Changed
+                        };
+                        (!changes.is_empty()).then(|| (kind, changes_text(&changes)))
+                    }
+                };
+                if let Some(online) = data.get("online").and_then(Value::as_bool) {
+                    self.online = Some(online);
+                }
+                self.last_object = Some(data.clone());
+                event
+            }
+            "online" | "offline" => {
+                let online = name == "online";
+                let changed = self.online != Some(online);
+                self.online = Some(online);
+                changed.then(|| {
+                    let kind = if online {
+                        EventKind::Online
+                    } else {
+                        EventKind::Offline
+                    };
+                    (kind, name.to_string())
+                })
+            }
+            "deleted" => {
+                self.online = Some(false);
+                Some((EventKind::Deleted, "deleted".to_string()))
+            }
+            _ => None,
+        };
+        // An update of the shadow's bookkeeping alone changes nothing the state shows.
+        let Some((kind, text)) = event else {
+            return;
+        };
+        if self.events.len() == TIMELINE_EVENTS {
+            if let Some(old) = self.events.pop_front() {
+                self.base.feed(old.ts, &self.id, &old.name, &old.data);
+            }
+        }
+        self.events.push_back(TimelineEvent {
+            ts,
+            kind,
+            text,
+            name: name.to_string(),
+            data: data.clone(),
+        });
+    }
+
+    /// The device as it was right after event `index`; `None` past the end.
+    pub fn state_at(&self, index: usize) -> Option<DeviceState> {
+        self.events.get(index)?;
+        let mut history = History {
+            at: None,
+            devices: self.base.devices.clone(),
+            later: 0,
+        };
+        for event in self.events.iter().take(index + 1) {
+            history.feed(event.ts, &self.id, &event.name, &event.data);
+        }
+        let mut state = history.device(&self.id).cloned().unwrap_or(DeviceState {
+            id: self.id.clone(),
+            ..Default::default()
+        });
+        // The events list already says what happened; the state is what held.
+        state.timeline.clear();
+        Some(state)
     }
 }
 

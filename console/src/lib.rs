@@ -27,6 +27,7 @@
 //! assert!(model.loaded_once);
 //! ```
 
+pub mod access;
 pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]
@@ -37,6 +38,7 @@ pub mod history;
 pub mod lines;
 pub mod logsource;
 pub mod profile;
+pub mod session;
 pub mod text;
 pub mod tui;
 

@@ -73,6 +73,9 @@ pub struct ConsoleConfig {
     /// Styles replacing the built-in ones (see [`crate::tui::theme`]); checked when the
     /// console starts.
     pub theme: BTreeMap<String, String>,
+    /// Keys replacing the built-in ones (see [`crate::tui::keymap`]); checked when the
+    /// console starts.
+    pub keys: BTreeMap<String, String>,
 }
 
 /// Why the profile could not be resolved.
@@ -151,6 +154,8 @@ pub struct Profile {
     pub log: Vec<PathBuf>,
     /// The config file's `[theme]` table.
     pub theme: BTreeMap<String, String>,
+    /// The config file's `[keys]` table.
+    pub keys: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -164,6 +169,7 @@ impl std::fmt::Debug for Profile {
             .field("tls_fingerprint", &self.tls_fingerprint)
             .field("log", &self.log)
             .field("theme", &self.theme)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -242,7 +248,85 @@ impl Profile {
                 overrides.log.clone()
             },
             theme: config.theme.clone(),
+            keys: config.keys.clone(),
         })
+    }
+}
+
+/// A profile of the config file as the console's `:ctx` list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextInfo {
+    pub name: String,
+    pub server: String,
+    pub read_only: bool,
+}
+
+/// The profiles the console can switch between (`:ctx`, as k9s switches contexts), and
+/// how to resolve one: the config file's entry, still read-only when `--read-only` said
+/// so, without the other flags that named the first profile's server and key.
+#[derive(Debug, Clone, Default)]
+pub struct Contexts {
+    overrides: Overrides,
+    config: ConsoleConfig,
+    path: Option<PathBuf>,
+}
+
+impl Contexts {
+    /// Reads the config file the overrides name (or the default one).
+    pub fn load(overrides: &Overrides) -> Result<Contexts, ProfileError> {
+        let path = overrides
+            .config
+            .clone()
+            .or_else(ConsoleConfig::default_path);
+        let config = match &path {
+            Some(path) => ConsoleConfig::load(path)?,
+            None => ConsoleConfig::default(),
+        };
+        Ok(Contexts {
+            overrides: overrides.clone(),
+            config,
+            path,
+        })
+    }
+
+    /// The contexts of an already-loaded config.
+    pub fn with_config(
+        overrides: &Overrides,
+        config: ConsoleConfig,
+        path: Option<PathBuf>,
+    ) -> Self {
+        Contexts {
+            overrides: overrides.clone(),
+            config,
+            path,
+        }
+    }
+
+    /// Every profile of the config, by name.
+    pub fn list(&self) -> Vec<ContextInfo> {
+        self.config
+            .profiles
+            .iter()
+            .map(|(name, entry)| ContextInfo {
+                name: name.clone(),
+                server: entry
+                    .server
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SERVER.into()),
+                read_only: self.overrides.read_only || entry.read_only,
+            })
+            .collect()
+    }
+
+    /// The profile `name` of the config; an unknown name is an error naming the known.
+    pub fn profile(&self, name: &str) -> Result<Profile, ProfileError> {
+        let overrides = Overrides {
+            profile: Some(name.to_string()),
+            read_only: self.overrides.read_only,
+            config: self.overrides.config.clone(),
+            ..Overrides::default()
+        };
+        Profile::resolve_with(&overrides, &self.config, self.path.as_deref())
     }
 }
 
@@ -311,6 +395,39 @@ mod tests {
             lab.log.is_empty(),
             "no log configured: reports use the server"
         );
+    }
+
+    #[test]
+    fn contexts_list_the_profiles_and_switch_without_the_first_ones_flags() {
+        let overrides = Overrides {
+            server: Some("http://flag:1".into()),
+            api_key: Some("flag-key".into()),
+            ..Default::default()
+        };
+        let contexts = Contexts::with_config(&overrides, config(), None);
+        let names: Vec<(String, bool)> = contexts
+            .list()
+            .into_iter()
+            .map(|c| (c.name, c.read_only))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("lab".to_string(), false), ("prod".to_string(), true)]
+        );
+        let prod = contexts.profile("prod").expect("prod");
+        assert_eq!(prod.server, "https://prod");
+        assert_eq!(prod.api_key.as_deref(), Some("prod-key"));
+        assert!(prod.read_only);
+        let error = contexts.profile("staging").expect_err("unknown");
+        assert!(error.to_string().contains("lab, prod"), "{error}");
+        // --read-only holds for every profile switched to.
+        let read_only = Overrides {
+            read_only: true,
+            ..Default::default()
+        };
+        let contexts = Contexts::with_config(&read_only, config(), None);
+        assert!(contexts.profile("lab").expect("lab").read_only);
+        assert!(contexts.list().iter().all(|c| c.read_only));
     }
 
     #[test]

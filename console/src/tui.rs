@@ -40,11 +40,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use keymap::KeyMap;
 pub use model::{update, Command, Connection, Model, ModelOptions, Msg, ProfileInfo};
 pub use theme::Theme;
 
 use crate::exit::{CommandResult, Exit, Failure};
-use crate::profile::Profile;
+use crate::profile::{Contexts, Profile};
+use crate::session::Session;
 use crate::text::unix_now;
 
 /// Shortest time between two draws: 30 frames a second at most.
@@ -92,11 +94,15 @@ impl ConsoleOptions {
 }
 
 /// Opens the console on `profile`'s server; returns when the operator quits.
-pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
+pub async fn run(profile: Profile, contexts: Contexts, log: Option<PathBuf>) -> CommandResult {
     init_logging(log);
-    let client = profile.client().map_err(Failure::usage)?;
     // A config mistake is said before the screen is taken, never papered over.
     let theme = Theme::from_config(&profile.theme).map_err(Failure::usage)?;
+    profile.client().map_err(Failure::usage)?;
+    // Read-only asks the server for nothing more than read (PROTOCOL §11).
+    let session = Session::open(profile).await;
+    let profile = &session.profile;
+    let client = profile.client().map_err(Failure::usage)?;
     let info = ProfileInfo {
         name: profile.name.clone(),
         server: profile.server.clone(),
@@ -115,7 +121,52 @@ pub async fn run(profile: Profile, log: Option<PathBuf>) -> CommandResult {
         bench_ca_cert,
         ..ConsoleOptions::from_env()
     };
-    run_console(client, info, options).await
+    let keys = KeyMap::with_overrides(&profile.keys).map_err(Failure::usage)?;
+    let warning = session.warning.clone();
+    let mut switching = Switching {
+        contexts,
+        session: Some(session),
+        keys,
+        warning,
+    };
+    let outcome = console_loop(client, info, options, Some(&mut switching)).await;
+    if let Some(session) = switching.session {
+        session.close().await;
+    }
+    outcome
+}
+
+/// What the console needs to switch profiles (`:ctx`) and the session it runs in.
+struct Switching {
+    contexts: Contexts,
+    /// The session of the profile in use; closed when left.
+    session: Option<Session>,
+    keys: KeyMap,
+    /// Said first: read-only holds only in the console.
+    warning: Option<String>,
+}
+
+/// Opens the config's profile `name`: its session (a read key when read-only) and client.
+async fn open_profile(
+    contexts: &Contexts,
+    name: &str,
+) -> Result<(Session, Client, ProfileInfo), String> {
+    let profile = contexts.profile(name).map_err(|e| e.to_string())?;
+    profile.client()?;
+    let session = Session::open(profile).await;
+    let client = match session.profile.client() {
+        Ok(client) => client,
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    };
+    let info = ProfileInfo {
+        name: session.profile.name.clone(),
+        server: session.profile.server.clone(),
+        read_only: session.profile.read_only,
+    };
+    Ok((session, client, info))
 }
 
 /// Sends logs to a file: the console owns the screen, so nothing may print on it.
@@ -415,6 +466,11 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                     .await
                     .map_err(Into::into),
             ),
+            Command::LoadKey => Msg::KeyLoaded(client.current_key().await.map_err(Into::into)),
+            Command::LoadTimeline(id) => {
+                let result = load_timeline(&client, &id).await.map_err(Into::into);
+                Msg::TimelineLoaded { id, result }
+            }
             Command::Rollouts(request) => Msg::from(rollout_call(&client, request).await),
             Command::Bench(task) => {
                 let progress = sender.clone();
@@ -424,11 +480,43 @@ fn execute(client: &Client, command: Command, sender: &mpsc::Sender<Msg>) {
                 Msg::Bench(bench::run(&client, task, send).await)
             }
             // Handled by the loop itself, which owns the terminal and the analytics worker.
-            Command::ExternalEditor { .. } | Command::Analytics(_) | Command::Quit => return,
+            Command::ExternalEditor { .. }
+            | Command::Analytics(_)
+            | Command::SwitchProfile(_)
+            | Command::Quit => return,
         };
         let _ = sender.send(msg).await;
     };
     tokio::spawn(task);
+}
+
+/// Reads the server's whole log (PROTOCOL §7) for one device's timeline.
+async fn load_timeline(
+    client: &Client,
+    id: &str,
+) -> Result<crate::history::Timeline, herd_client::Error> {
+    let mut timeline = crate::history::Timeline::new(id);
+    let mut offset = 0;
+    loop {
+        let page = client
+            .logs(herd_client::LogsQuery {
+                start: Some(offset),
+                limit: Some(crate::logsource::PAGE),
+            })
+            .await?;
+        for item in &page.items {
+            if let Ok(logged) =
+                serde_json::from_value::<protocol::notification::LoggedNotification>(item.clone())
+            {
+                timeline.feed(logged.ts, &logged.id, &logged.name, &logged.data);
+            }
+        }
+        let next = page.next.unwrap_or(offset + page.items.len() as u64);
+        if next <= offset {
+            return Ok(timeline);
+        }
+        offset = next;
+    }
 }
 
 /// Runs one firmware or rollout call (PROTOCOL §10).
@@ -541,6 +629,16 @@ pub async fn run_console(
     profile: ProfileInfo,
     options: ConsoleOptions,
 ) -> CommandResult {
+    console_loop(client, profile, options, None).await
+}
+
+/// The event loop; `switching` lets `:ctx` change profiles, without it there is one.
+async fn console_loop(
+    mut client: Client,
+    profile: ProfileInfo,
+    options: ConsoleOptions,
+    mut switching: Option<&mut Switching>,
+) -> CommandResult {
     let mut terminal = setup_terminal(options.mouse)?;
     let _guard = TerminalGuard {
         mouse: options.mouse,
@@ -556,15 +654,22 @@ pub async fn run_console(
         size,
     });
     model.bench.ca_cert = options.bench_ca_cert.clone();
+    if let Some(switching) = switching.as_deref_mut() {
+        model.keys = switching.keys.clone();
+        model.contexts = switching.contexts.list();
+        if let Some(warning) = switching.warning.take() {
+            model.error(warning);
+        }
+    }
     // Keys travel apart from everything else and are read first, so a flood of
     // notifications queued ahead of a keypress cannot delay it.
     let (input_sender, mut input_receiver) = mpsc::channel::<Msg>(64);
     // Small: when the loop falls behind, the notify task stops reading and the server
     // drops for us and says how many (PROTOCOL §5), instead of memory growing here.
-    let (sender, mut receiver) = mpsc::channel::<Msg>(64);
+    let (mut sender, mut receiver) = mpsc::channel::<Msg>(64);
     let mut input = spawn_input(input_sender.clone());
-    let ticks = spawn_ticks(sender.clone());
-    let notify = spawn_notify(client.clone(), sender.clone());
+    let mut ticks = spawn_ticks(sender.clone());
+    let mut notify = spawn_notify(client.clone(), sender.clone());
     // Started when the analytics view first opens; it keeps the log read so far.
     let mut analytics: Option<analytics::worker::Worker> = None;
     let mut last_draw = Instant::now() - FRAME_INTERVAL;
@@ -595,6 +700,38 @@ pub async fn run_console(
                         input = spawn_input(input_sender.clone());
                         pending.push(Msg::ExternalEdit { id, result });
                     }
+                    Command::SwitchProfile(name) => {
+                        let Some(switching) = switching.as_deref_mut() else {
+                            pending.push(Msg::Switched(Err(
+                                "this console has no profiles to switch to".into(),
+                            )));
+                            continue;
+                        };
+                        match open_profile(&switching.contexts, &name).await {
+                            Ok((session, new_client, info)) => {
+                                let warning = session.warning.clone();
+                                if let Some(old) = switching.session.replace(session) {
+                                    tokio::spawn(old.close());
+                                }
+                                client = new_client;
+                                // Answers of the old server's tasks go to a channel nobody
+                                // reads any more: nothing of it reaches the new view.
+                                notify.abort();
+                                ticks.abort();
+                                (sender, receiver) = mpsc::channel::<Msg>(64);
+                                ticks = spawn_ticks(sender.clone());
+                                notify = spawn_notify(client.clone(), sender.clone());
+                                analytics = None;
+                                pending.push(Msg::Switched(Ok((info, warning))));
+                            }
+                            Err(reason) => pending.push(Msg::Switched(Err(format!(
+                                "cannot switch to profile {name}: {reason}"
+                            )))),
+                        }
+                    }
+                    // Nothing to hide when the worker is not running (or was left behind
+                    // with the previous profile).
+                    Command::Analytics(analytics::Request::Hide) if analytics.is_none() => {}
                     Command::Analytics(request) => analytics
                         .get_or_insert_with(|| {
                             analytics::worker::Worker::start(

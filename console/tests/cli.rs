@@ -694,3 +694,191 @@ async fn history_rebuilds_a_device_at_a_time() {
     assert_eq!(out.code, 5, "{}", out.stderr);
     server.shutdown().await;
 }
+
+/// The keys of the admin whose name says they were made for a read-only session.
+async fn session_keys(server: &TestServer) -> Vec<herd_client::KeyObject> {
+    server
+        .client()
+        .keys()
+        .await
+        .expect("keys")
+        .into_iter()
+        .filter(|k| {
+            k.name
+                .starts_with(herd_console::session::SESSION_KEY_PREFIX)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn read_only_runs_with_a_read_key_the_server_enforces_and_deletes_after() {
+    let server = TestServer::start().await;
+    let (id, _) = server.create_device("lamp").await;
+
+    // A call the console's own check lets through (it only reads) reaches the server with
+    // the session's key, and the server refuses it: that key is `read` (PROTOCOL §11).
+    let out = run(
+        herd(&server, &server.admin_key),
+        &["--read-only", "call", &id, "Sys.GetInfo"],
+    )
+    .await;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("403"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("this key's scope is read"),
+        "{}",
+        out.stderr
+    );
+    // Reading works, and no session key is left behind either way.
+    let out = run(
+        herd(&server, &server.admin_key),
+        &["--read-only", "devices", "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&id), "{}", out.stdout);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    assert_eq!(session_keys(&server).await, Vec::new());
+
+    // Without read-only the same call goes out with the profile's own key.
+    let out = run(
+        herd(&server, &server.admin_key),
+        &["call", &id, "Sys.GetInfo"],
+    )
+    .await;
+    assert_eq!(
+        out.code, 7,
+        "the device is offline, not refused: {}",
+        out.stderr
+    );
+
+    // A key that cannot make keys leaves only the console's own checks, and says so.
+    let out = run(
+        herd(&server, "0123456789abcdef01234567"),
+        &["--read-only", "devices"],
+    )
+    .await;
+    assert!(
+        out.stderr
+            .contains("warning: read-only is enforced by this console only"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_only_session_key_is_read_scoped_short_lived_and_deleted_on_close() {
+    let server = TestServer::start().await;
+    let (id, _) = server.create_device("lamp").await;
+    let profile = herd_console::profile::Profile {
+        name: "lab".into(),
+        server: server.url(),
+        api_key: Some(server.admin_key.clone()),
+        read_only: true,
+        ca_cert: None,
+        tls_fingerprint: None,
+        log: Vec::new(),
+        theme: Default::default(),
+        keys: Default::default(),
+    };
+    let session = herd_console::session::Session::open(profile.clone()).await;
+    assert!(session.enforced(), "{:?}", session.warning);
+    assert_ne!(session.profile.api_key, profile.api_key);
+    let client = session.profile.client().expect("client");
+    let current = client.current_key().await.expect("the session key");
+    assert_eq!(current.scope, Some(herd_client::Scope::Read));
+    let expires = herd_console::text::parse_rfc3339(current.expires_at.as_deref().unwrap())
+        .expect("an expiry");
+    let hours = (expires - herd_console::text::unix_now()) / 3600.0;
+    assert!(hours > 11.0 && hours <= 12.0, "{hours}");
+    assert_eq!(session_keys(&server).await.len(), 1);
+    let refused = client
+        .update_shadow(&id, &json!({"state": {"desired": {"on": true}}}))
+        .await
+        .expect_err("a read key may not write");
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    client.devices().await.expect("a read key reads");
+    session.close().await;
+    assert_eq!(session_keys(&server).await, Vec::new());
+    assert!(client
+        .devices()
+        .await
+        .expect_err("deleted")
+        .is_unauthorized());
+
+    // Not read-only: the profile's own key, nothing made.
+    let session = herd_console::session::Session::open(herd_console::profile::Profile {
+        read_only: false,
+        ..profile
+    })
+    .await;
+    assert!(!session.enforced() && session.warning.is_none());
+    assert_eq!(
+        session.profile.api_key.as_deref(),
+        Some(server.admin_key.as_str())
+    );
+    session.close().await;
+    assert_eq!(server.client().keys().await.expect("keys").len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_map_that_clashes_is_refused_before_the_screen_is_taken() {
+    let server = TestServer::start().await;
+    let config = server.dir.path().join("console.toml");
+    std::fs::write(&config, "[keys]\nresults = \"t\"\n").expect("write config");
+    let mut command = herd(&server, &server.admin_key);
+    command.env("HERD_CONFIG", &config);
+    let out = run(command, &[]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[keys] tail and results are both on t")
+            || out.stderr.contains("[keys] results and tail are both on t"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_only_tail_stopped_by_ctrl_c_deletes_its_session_key() {
+    let server = TestServer::start().await;
+    let mut command = herd(&server, &server.admin_key);
+    command
+        .args(["--read-only", "tail"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("herd connects")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("streaming notifications") {
+            break;
+        }
+    }
+    assert_eq!(
+        session_keys(&server).await.len(),
+        1,
+        "the tail runs on its key"
+    );
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("herd ends on Ctrl-C")
+        .expect("wait");
+    // herd tail ends on Ctrl-C as it always has, and the session's key goes with it.
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(session_keys(&server).await, Vec::new());
+    server.shutdown().await;
+}

@@ -14,10 +14,15 @@ use support::*;
 #[test]
 fn connecting_lists_devices_and_reconnecting_lists_again() {
     let mut model = model(false, (80, 24));
-    // The first connection also reads the end of the server's log for the tail.
+    // The first connection also reads the end of the server's log for the tail; every
+    // connection asks what the key may do (PROTOCOL §11).
     assert_eq!(
         send(&mut model, Msg::Stream(Connection::Connected)),
-        vec![Command::LoadDevices, Command::LoadHistory { lines: 500 }]
+        vec![
+            Command::LoadDevices,
+            Command::LoadKey,
+            Command::LoadHistory { lines: 500 }
+        ]
     );
     send(
         &mut model,
@@ -36,7 +41,7 @@ fn connecting_lists_devices_and_reconnecting_lists_again() {
     // Back: the listing is fetched again, since events may have been missed meanwhile.
     assert_eq!(
         send(&mut model, Msg::Stream(Connection::Connected)),
-        vec![Command::LoadDevices]
+        vec![Command::LoadDevices, Command::LoadKey]
     );
     send(
         &mut model,

@@ -592,3 +592,160 @@ async fn a_theme_from_the_config_is_checked_before_the_screen() {
     assert!(success && restored);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_console_runs_on_a_read_key_it_deletes_on_quit() {
+    let server = TestServer::start().await;
+    let session_keys = || async {
+        server
+            .client()
+            .keys()
+            .await
+            .expect("keys")
+            .into_iter()
+            .filter(|k| {
+                k.name
+                    .starts_with(herd_console::session::SESSION_KEY_PREFIX)
+            })
+            .count()
+    };
+    let mut pty = Pty::spawn(
+        &["--read-only"],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    // The header says both: the profile is read-only, and the server was told (§11).
+    let screen = pty
+        .wait_for("the read-only badge and the key's scope", |s| {
+            s.contains("● live") && s.contains("READ-ONLY") && s.contains(" read ")
+        })
+        .await;
+    assert!(
+        !screen.contains("enforced by this console only"),
+        "{screen}"
+    );
+    assert_eq!(
+        session_keys().await,
+        1,
+        "the session's key exists while it runs"
+    );
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    assert_eq!(session_keys().await, 0, "and is deleted on quit");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctx_switches_the_console_to_another_server() {
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    first.create_device("alpha").await;
+    second.create_device("beta").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("console.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_profile = \"one\"\n\
+             [profiles.one]\nserver = \"{}\"\napi_key = \"{}\"\n\
+             [profiles.two]\nserver = \"{}\"\napi_key = \"{}\"\nread_only = true\n",
+            first.url(),
+            first.admin_key,
+            second.url(),
+            second.admin_key
+        ),
+    )
+    .expect("config");
+    let mut pty = Pty::spawn(
+        &[],
+        &[("HERD_CONFIG", config.display().to_string())],
+        dir.path(),
+    );
+    pty.wait_for("the first server's fleet", |s| {
+        s.contains("● live") && row(s, "alpha").is_some()
+    })
+    .await;
+    pty.type_text(":ctx\r");
+    pty.wait_for("the profiles", |s| s.contains("● one") && s.contains("two"))
+        .await;
+    // Esc alone first: Esc and a key in one read are Alt and that key.
+    pty.type_text("\x1b");
+    pty.wait_for("the list closed", |s| !s.contains("profiles (:ctx NAME)"))
+        .await;
+    pty.type_text(":ctx nope\r");
+    pty.wait_for("the unknown name refused", |s| {
+        s.contains("no profile named \"nope\" (known: one, two)")
+    })
+    .await;
+    pty.type_text("\x1b");
+    pty.wait_for("the palette closed", |s| !s.contains("no profile named"))
+        .await;
+    pty.type_text(":ctx two\r");
+    // A new client, a new stream and the second server's fleet; read-only there, with a
+    // read key minted on that server (PROTOCOL §11).
+    pty.wait_for("the second server's fleet", |s| {
+        s.contains("● live")
+            && row(s, "beta").is_some()
+            && row(s, "alpha").is_none()
+            && s.contains("READ-ONLY")
+            && s.contains(" read ")
+            && s.lines().next().is_some_and(|l| l.contains("two"))
+    })
+    .await;
+    let made = second.client().keys().await.expect("keys").len();
+    assert_eq!(made, 2, "the session key on the second server");
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    assert_eq!(second.client().keys().await.expect("keys").len(), 1);
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_timeline_reads_the_servers_log() {
+    let server = TestServer::start().await;
+    let (_, token) = server.create_device("porch").await;
+    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let mut pty = Pty::spawn(
+        &[],
+        &[
+            ("HERD_SERVER", server.url()),
+            ("HERD_API_KEY", server.admin_key.clone()),
+        ],
+        server.dir.path(),
+    );
+    pty.wait_for("the device online", |s| {
+        row(s, "porch").is_some_and(|line| line.contains("online"))
+    })
+    .await;
+    pty.type_text("\r");
+    pty.wait_for("the device view", |s| s.contains("Fleet › porch"))
+        .await;
+    pty.type_text("h");
+    // The log (PROTOCOL §7) has its creation and its connection; the newest is chosen.
+    pty.wait_for("the timeline from the log", |s| {
+        s.contains("timeline · ↑↓ choose")
+            && s.contains("created: first copy")
+            && s.lines().any(|l| l.contains(" online "))
+            && s.contains("online since")
+    })
+    .await;
+    // Live: the device goes away, and the timeline says so at once.
+    drop(device);
+    pty.wait_for("the offline event", |s| {
+        s.lines().any(|l| l.contains(" offline ")) && s.contains("offline since")
+    })
+    .await;
+    pty.type_text("\x1b");
+    pty.wait_for("back on the fleet", |s| !s.contains("Fleet › porch"))
+        .await;
+    pty.type_text("q");
+    let (success, restored) = pty.exit().await;
+    assert!(success && restored);
+    server.shutdown().await;
+}

@@ -32,6 +32,9 @@ pub const CONFIG_SET: &str = "Config.Set";
 /// Persist configuration (PROTOCOL §9).
 pub const CONFIG_SAVE: &str = "Config.Save";
 
+/// The prefix of the methods that change a device's firmware, which need a `deploy` key
+/// (PROTOCOL §8, §11).
+pub const OTA_PREFIX: &str = "OTA.";
 /// Start a firmware upload (PROTOCOL §8).
 pub const OTA_BEGIN: &str = "OTA.Begin";
 /// Write one base64 chunk of firmware (PROTOCOL §8).

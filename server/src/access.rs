@@ -64,7 +64,7 @@ impl Subject for DeviceFacts<'_> {
 }
 
 /// The prefix of the RPC methods that change a device's firmware (PROTOCOL §8).
-pub const OTA_METHOD_PREFIX: &str = "OTA.";
+pub const OTA_METHOD_PREFIX: &str = protocol::methods::OTA_PREFIX;
 
 /// Whether `user` may see a device of `owner` shared with the comma-separated
 /// `shared_with` (PROTOCOL §5, §6): the owner, those it is shared with, the admin. Every

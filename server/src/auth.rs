@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use protocol::filter::Filter;
 use protocol::rest::Scope;
 
-use crate::store::{DeviceRecord, User};
+use crate::store::{ApiKey, DeviceRecord, User};
 use crate::AppState;
 
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -120,6 +120,8 @@ pub struct Caller {
     pub scope: Scope,
     /// The device filter a limited key is held to.
     pub devices: Option<Filter>,
+    /// The API key the request came with; `None` for a password login.
+    pub key: Option<ApiKey>,
 }
 
 impl Caller {
@@ -134,6 +136,7 @@ impl Caller {
             user,
             scope,
             devices: None,
+            key: None,
         }
     }
 
@@ -194,6 +197,7 @@ impl Caller {
                     caller.scope = caller.scope.min(scope);
                 }
                 caller.devices = key.devices.as_deref().map(Filter::parse);
+                caller.key = Some(key);
                 Ok(Some(caller))
             }
             Credential::Basic { user, pass } => {

@@ -572,6 +572,28 @@ async fn list_keys(
     Ok(Json(keys.iter().map(|k| key_object(k, None)).collect()))
 }
 
+/// `GET /keys/current` (PROTOCOL §11): the key the request came with, so a client can show
+/// what it may do. Any scope may read it; a password login has no key to show.
+#[utoipa::path(
+    get, path = "/keys/current", tag = "keys",
+    responses(
+        (status = 200, description = "The calling API key (without its secret)", body = KeyObject),
+        (status = 401, description = "Missing, invalid or expired credentials", body = ErrorBody),
+        (status = 404, description = "The request was made with a user name and password, not an API key", body = ErrorBody),
+    ),
+)]
+async fn current_key(caller: Caller) -> Result<Json<KeyObject>, ApiError> {
+    let Some(key) = &caller.key else {
+        return Err(ApiError::not_found(
+            "this request was made with a user name and password, not an API key",
+        ));
+    };
+    let mut object = key_object(key, None);
+    // Keys made before scopes existed show what they may do (PROTOCOL §11).
+    object.scope = Some(caller.scope);
+    Ok(Json(object))
+}
+
 /// Creates an API key for `user_id` with what `spec` says; the secret is returned once and
 /// stored only hashed.
 pub async fn issue_key(

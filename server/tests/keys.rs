@@ -412,3 +412,112 @@ async fn a_key_limited_to_some_devices_sees_and_acts_on_those_only() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_current_key_shows_its_own_scope_filter_and_expiry_to_any_scope() {
+    let server = TestServer::start().await;
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let later = later
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, made) = key(
+        &server,
+        &server.admin_key,
+        json!({"scope": "read", "name": "wall", "devices": "name:lamp*", "expires_at": later}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let read = made["token"].as_str().unwrap();
+    // PROTOCOL §11: a read key may read its own object; the secret is never in it.
+    let (status, current) = server.call_as(read, "GET", "/keys/current", None).await;
+    assert_eq!(status, 200, "{current}");
+    assert_eq!(current["id"], made["id"]);
+    assert_eq!(current["user_id"], "email_admin");
+    assert_eq!(current["name"], "wall");
+    assert_eq!(current["scope"], "read");
+    assert_eq!(current["devices"], "name:lamp*");
+    assert_eq!(current["expires_at"], made["expires_at"]);
+    assert!(current["created_at"].is_string(), "{current}");
+    assert!(current.get("last_used").is_some(), "{current}");
+    assert!(current.get("token").is_none(), "{current}");
+
+    // A key made before scopes existed shows what it may do: admin for the admin.
+    let (status, admin) = server
+        .call_as(&server.admin_key, "GET", "/keys/current", None)
+        .await;
+    assert_eq!(status, 200, "{admin}");
+    assert_eq!(admin["scope"], "admin");
+    assert_ne!(admin["id"], made["id"]);
+    assert!(admin.get("devices").is_none() && admin.get("expires_at").is_none());
+
+    // A user's key is that user's, and no more than the user may do.
+    let bob = server.add_user("bob").await;
+    let (status, mine) = server.call_as(&bob, "GET", "/keys/current", None).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["user_id"], "email_bob");
+    assert_eq!(mine["scope"], "deploy");
+
+    // A password has no key to show; no credentials are 401.
+    let response = server
+        .http
+        .get(format!("{}/keys/current", server.base))
+        .basic_auth("admin", Some("secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an API key"),
+        "{body}"
+    );
+    let response = server
+        .http
+        .get(format!("{}/keys/current", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_key_cannot_read_itself() {
+    let server = TestServer::start().await;
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    let expiring = new_key(
+        &server,
+        json!({"scope": "read", "expires_at": soon.format(&time::format_description::well_known::Rfc3339).unwrap()}),
+    )
+    .await;
+    let (status, body) = server
+        .call_as(&expiring, "GET", "/keys/current", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server
+            .call_as(&expiring, "GET", "/keys/current", None)
+            .await;
+        if status == 401 {
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("expired"),
+                "{body}"
+            );
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
+}

@@ -135,6 +135,14 @@ fn start(model: &mut Model) -> Vec<Command> {
         ));
         return Vec::new();
     }
+    if let Some(scope) = model
+        .scope()
+        .filter(|&scope| !crate::access::Operation::CreateDevice.allowed(Some(scope)))
+    {
+        model.bench.outcome = Some(Err(crate::access::Operation::CreateDevice
+            .refusal("flash a light (it registers a device)", scope)));
+        return Vec::new();
+    }
     let bench = &mut model.bench;
     let Some(port) = bench.ports.get(bench.cursor) else {
         bench.outcome = Some(Err("no serial port to flash (r lists them again)".into()));

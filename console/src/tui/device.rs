@@ -9,6 +9,7 @@ use tui_textarea::TextArea;
 
 use super::input::LineInput;
 use super::rollouts::PushDialog;
+use crate::history::Timeline;
 
 /// Which list the lower pane shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub enum Pane {
     Logs,
     /// Its `Sys.GetInfo` object.
     Info,
+    /// Its events over time from the notification log, and the state at the one chosen.
+    Timeline,
 }
 
 /// The scrollable parts of the device view, in Tab order.
@@ -66,6 +69,12 @@ pub struct DeviceView {
     /// Lines scrolled in each part: from the top for the shadow panes and the info, from
     /// the newest line back for events and logs.
     pub scroll: [usize; 4],
+    /// The device's timeline, once the server's log was read (or why it could not be).
+    pub timeline: Option<Result<Timeline, String>>,
+    /// The log is being read for the timeline.
+    pub timeline_loading: bool,
+    /// The chosen event of the timeline; `None` follows the newest.
+    pub timeline_selected: Option<usize>,
 }
 
 /// A pause this long starts a new type-to-jump.
@@ -89,7 +98,34 @@ impl DeviceView {
             focus: Part::Lower,
             sent_version: None,
             scroll: [0; 4],
+            timeline: None,
+            timeline_loading: false,
+            timeline_selected: None,
         }
+    }
+
+    /// The timeline's chosen event, the newest when none was chosen.
+    pub fn timeline_cursor(&self) -> Option<usize> {
+        let Some(Ok(timeline)) = &self.timeline else {
+            return None;
+        };
+        let last = timeline.len().checked_sub(1)?;
+        Some(self.timeline_selected.unwrap_or(last).min(last))
+    }
+
+    /// Moves the timeline's cursor by `delta` events; reaching the newest follows it.
+    pub fn move_timeline(&mut self, delta: isize) {
+        let Some(cursor) = self.timeline_cursor() else {
+            return;
+        };
+        let len = match &self.timeline {
+            Some(Ok(timeline)) => timeline.len(),
+            _ => 0,
+        };
+        let target = (cursor as isize)
+            .saturating_add(delta)
+            .clamp(0, len as isize - 1) as usize;
+        self.timeline_selected = (target + 1 < len).then_some(target);
     }
 
     pub fn scroll_of(&self, part: Part) -> usize {

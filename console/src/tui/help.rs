@@ -3,145 +3,368 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
+use super::keymap::{Action, Scope as KeyScope};
 use super::model::{Model, Overlay, Screen};
 use super::palette;
 use super::theme::Theme;
+use crate::access::Operation;
 
-/// The keys of the current view: key and what it does.
-fn screen_keys(model: &Model) -> &'static [(&'static str, &'static str)] {
+/// One key of a view: the key as shown, what it does, and what it asks of the server.
+struct ViewKey {
+    key: String,
+    what: &'static str,
+    needs: Option<Operation>,
+}
+
+fn fixed(key: &'static str, what: &'static str) -> ViewKey {
+    ViewKey {
+        key: key.to_string(),
+        what,
+        needs: None,
+    }
+}
+
+/// The keys of the current view, those of the key map as configured.
+fn screen_keys(model: &Model) -> Vec<ViewKey> {
+    let mapped = |scope: KeyScope, keys: &[Action], what: &'static str| {
+        let labels: Vec<String> = keys.iter().map(|&a| model.keys.label(scope, a)).collect();
+        ViewKey {
+            key: labels.join(" "),
+            what,
+            needs: keys.iter().find_map(|&a| crate::access::key_action(a)),
+        }
+    };
+    let table = |pairs: &[(&'static str, &'static str)]| {
+        pairs.iter().map(|&(k, w)| fixed(k, w)).collect::<Vec<_>>()
+    };
     match model.screen() {
-        Screen::Fleet => &[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("⏎", "open the device"),
-            (
-                "/",
-                "filter: text, field:value, globs (state:offline fw:1.2 name:lamp-*)",
-            ),
-            (
-                "1-9 0",
-                "sort by the 1st..10th column on screen; again reverses",
-            ),
-            ("␣ *", "mark one / all shown, for :set and :call"),
-            ("t", "notification tail"),
-            ("o", "results of bulk actions and RPC calls"),
-            ("a", "analytics: reports over the notification log"),
-            ("r", "list devices again"),
-            ("R", "firmware rollouts"),
-            ("U", "new rollout of the marked devices, else of the filter"),
-        ],
-        Screen::Device(_) => &[
-            (
-                "Tab ⇧Tab",
-                "choose the pane the arrows scroll (desired, reported, delta, events)",
-            ),
-            ("↑↓ PgUp PgDn", "scroll it; g G top, bottom"),
-            ("e", "edit desired here (^S sends)"),
-            ("E", "edit desired in $EDITOR"),
-            ("c", "call an RPC from RPC.List (type a name to jump to it)"),
-            ("l", "events / logs"),
-            ("i", "the device's Sys.GetInfo"),
-            ("t", "tail this device"),
-            ("u", "push a firmware image to this device, with progress"),
-            ("r", "reload"),
-        ],
-        Screen::Notifications => &[
-            ("f ␣", "follow / pause"),
-            ("↑↓ PgUp", "scroll (pauses); G follows"),
-            ("d", "only one device: its name, id, or the start of either"),
-            ("n", "event names: globs; -glob hides (-updated)"),
-            (
-                "/",
-                "filter: name:G -name:G device:D -device:D, a regex; -regex hides",
-            ),
-            ("x", "clear filters"),
-            ("w", "wrap long lines"),
-            ("s", "save shown lines as JSON lines"),
-            ("c", "clear the buffer"),
-        ],
-        Screen::Analytics => &[
-            ("1-5", "fleet, connectivity, usage, firmware, rpc"),
-            ("Tab ← →", "next / previous report"),
-            ("r", "range: last hour, last 24 h, all"),
-            ("b", "buckets of an hour or a day"),
-            ("t", "next table of the report"),
-            ("s S", "sort by the next column; reverse"),
-            ("↑↓ PgUp", "scroll the table; g G jump"),
-        ],
-        Screen::Results => &[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("Tab ⏎", "scroll the value instead of the list, and back"),
-            ("[ ] ← →", "older / newer result sets"),
-            ("s", "save the set as JSON"),
-            ("x", "dismiss the set"),
-        ],
-        Screen::Rollouts => &[
-            ("↑↓ j k", "move; PgUp PgDn g G jump"),
-            ("⏎", "open the rollout"),
-            (
-                "n",
-                "new rollout of the fleet's marked devices, else its filter",
-            ),
-            ("^L", "list again"),
-        ],
-        Screen::Rollout(_) => &[
-            ("Tab", "devices by state / failures"),
-            ("↑↓ j k", "move in the list; g G jump"),
-            ("⏎", "open the device under the cursor"),
-            ("s", "start a planned rollout"),
-            ("p r", "pause / resume, a halted one too (asks first)"),
-            ("A", "abort: pending devices are skipped (asks first)"),
-            ("R", "retry the failed devices in a new rollout"),
-        ],
-        Screen::Bench => &[
-            ("↑↓", "choose the board's serial port; r lists them again"),
-            (
-                "n w p i",
-                "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
-            ),
-            ("f ⏎", "register, flash, reset, wait until online, open it"),
-            ("o", "open the light just flashed"),
-        ],
-        Screen::NewRollout => &[
+        Screen::Fleet => {
+            let f = KeyScope::Fleet;
+            vec![
+                fixed("↑↓ j k", "move; PgUp PgDn g G jump"),
+                mapped(f, &[Action::Open], "open the device"),
+                mapped(
+                    f,
+                    &[Action::Filter],
+                    "filter: text, field:value, globs (state:offline fw:1.2 name:lamp-*)",
+                ),
+                fixed(
+                    "1-9 0",
+                    "sort by the 1st..10th column on screen; again reverses",
+                ),
+                mapped(
+                    f,
+                    &[Action::Mark, Action::MarkAll],
+                    "mark one / all shown, for :set and :call",
+                ),
+                mapped(f, &[Action::Tail], "notification tail"),
+                mapped(
+                    f,
+                    &[Action::Results],
+                    "results of bulk actions and RPC calls",
+                ),
+                mapped(
+                    f,
+                    &[Action::Analytics],
+                    "analytics: reports over the notification log",
+                ),
+                mapped(f, &[Action::Reload], "list devices again"),
+                mapped(f, &[Action::Rollouts], "firmware rollouts"),
+                mapped(
+                    f,
+                    &[Action::NewRollout],
+                    "new rollout of the marked devices, else of the filter",
+                ),
+                mapped(
+                    f,
+                    &[Action::Delete],
+                    "delete the marked devices, or the one selected (asks)",
+                ),
+                mapped(f, &[Action::Quit], "quit"),
+            ]
+        }
+        Screen::Device(_) => {
+            let d = KeyScope::Device;
+            vec![
+                fixed(
+                    "Tab ⇧Tab",
+                    "choose the pane the arrows scroll (desired, reported, delta, events)",
+                ),
+                fixed("↑↓ PgUp PgDn", "scroll it; g G top, bottom"),
+                mapped(d, &[Action::Edit], "edit desired here (^S sends)"),
+                mapped(d, &[Action::EditExternal], "edit desired in $EDITOR"),
+                mapped(
+                    d,
+                    &[Action::Call],
+                    "call an RPC from RPC.List (type a name to jump to it)",
+                ),
+                mapped(d, &[Action::Logs], "events / logs"),
+                mapped(d, &[Action::Info], "the device's Sys.GetInfo"),
+                mapped(
+                    d,
+                    &[Action::History],
+                    "timeline: its events from the server's log (online, offline, shadow diffs, firmware); ↑↓ choose one to see the device as it was then",
+                ),
+                mapped(d, &[Action::DeviceTail], "tail this device"),
+                mapped(
+                    d,
+                    &[Action::Push],
+                    "push a firmware image to this device, with progress",
+                ),
+                mapped(d, &[Action::DeviceReload], "reload"),
+                mapped(d, &[Action::Delete], "delete this device (asks)"),
+            ]
+        }
+        Screen::Notifications => {
+            let t = KeyScope::Tail;
+            vec![
+                ViewKey {
+                    key: format!("{} ␣", model.keys.label(t, Action::Follow)),
+                    what: "follow / pause",
+                    needs: None,
+                },
+                fixed("↑↓ PgUp", "scroll (pauses); G follows"),
+                mapped(
+                    t,
+                    &[Action::TailDevice],
+                    "only one device: its name, id, or the start of either",
+                ),
+                mapped(
+                    t,
+                    &[Action::TailNames],
+                    "event names: globs; -glob hides (-updated)",
+                ),
+                mapped(
+                    t,
+                    &[Action::TailFilter],
+                    "filter: name:G -name:G device:D -device:D, a regex; -regex hides",
+                ),
+                mapped(t, &[Action::ClearFilter], "clear filters"),
+                mapped(t, &[Action::Wrap], "wrap long lines"),
+                mapped(t, &[Action::Save], "save shown lines as JSON lines"),
+                mapped(t, &[Action::ClearTail], "clear the buffer"),
+            ]
+        }
+        Screen::Analytics => {
+            let a = KeyScope::Analytics;
+            vec![
+                fixed("1-5", "fleet, connectivity, usage, firmware, rpc"),
+                fixed("Tab ← →", "next / previous report"),
+                mapped(a, &[Action::Range], "range: last hour, last 24 h, all"),
+                mapped(a, &[Action::Bucket], "buckets of an hour or a day"),
+                mapped(a, &[Action::NextTable], "next table of the report"),
+                mapped(
+                    a,
+                    &[Action::SortNext, Action::SortReverse],
+                    "sort by the next column; reverse",
+                ),
+                fixed("↑↓ PgUp", "scroll the table; g G jump"),
+            ]
+        }
+        Screen::Results => {
+            let r = KeyScope::Results;
+            let sets = mapped(
+                r,
+                &[Action::OlderResults, Action::NewerResults],
+                "older / newer result sets",
+            );
+            vec![
+                fixed("↑↓ j k", "move; PgUp PgDn g G jump"),
+                fixed("Tab ⏎", "scroll the value instead of the list, and back"),
+                ViewKey {
+                    key: format!("{} ← →", sets.key),
+                    ..sets
+                },
+                mapped(r, &[Action::SaveResults], "save the set as JSON"),
+                mapped(r, &[Action::DismissResults], "dismiss the set"),
+            ]
+        }
+        Screen::Rollouts => {
+            let r = KeyScope::Rollouts;
+            vec![
+                fixed("↑↓ j k", "move; PgUp PgDn g G jump"),
+                fixed("⏎", "open the rollout"),
+                mapped(
+                    r,
+                    &[Action::RolloutNew],
+                    "new rollout of the fleet's marked devices, else its filter",
+                ),
+                mapped(r, &[Action::RolloutsReload], "list again"),
+            ]
+        }
+        Screen::Rollout(_) => {
+            let r = KeyScope::Rollout;
+            vec![
+                fixed("Tab", "devices by state / failures"),
+                fixed("↑↓ j k", "move in the list; g G jump"),
+                fixed("⏎", "open the device under the cursor"),
+                mapped(r, &[Action::RolloutStart], "start a planned rollout"),
+                mapped(
+                    r,
+                    &[Action::RolloutPause, Action::RolloutResume],
+                    "pause / resume, a halted one too (asks first)",
+                ),
+                mapped(
+                    r,
+                    &[Action::RolloutAbort],
+                    "abort: pending devices are skipped (asks first)",
+                ),
+                mapped(
+                    r,
+                    &[Action::RolloutRetry],
+                    "retry the failed devices in a new rollout",
+                ),
+                mapped(r, &[Action::RolloutReload], "load the rollout again"),
+            ]
+        }
+        Screen::Bench => {
+            let b = KeyScope::Bench;
+            let flash = mapped(
+                b,
+                &[Action::Flash],
+                "register, flash, reset, wait until online, open it",
+            );
+            vec![
+                ViewKey {
+                    key: "↑↓".into(),
+                    what: "choose the board's serial port",
+                    needs: None,
+                },
+                mapped(b, &[Action::Ports], "list the serial ports again"),
+                mapped(
+                    b,
+                    &[
+                        Action::BenchName,
+                        Action::BenchWifi,
+                        Action::BenchPass,
+                        Action::BenchImage,
+                    ],
+                    "type the name, Wi-Fi network, passphrase, image; ⏎ ends",
+                ),
+                ViewKey {
+                    key: format!("{} ⏎", flash.key),
+                    ..flash
+                },
+                mapped(b, &[Action::BenchOpen], "open the light just flashed"),
+            ]
+        }
+        Screen::NewRollout => table(&[
             ("Tab ⇧Tab", "next / previous field"),
             ("↑↓", "choose the firmware; move between fields"),
             ("←→ ␣", "change commit and delivery"),
             ("⏎", "dry run: the server's plan; ⏎ again creates"),
             ("Esc", "back; cancel"),
-        ],
+        ]),
     }
 }
 
 /// One line of the help: a heading, or a key or command and what it does.
 enum Item {
     Heading(&'static str),
-    Key(&'static str, &'static str),
-    Command(String, &'static str),
+    Key(ViewKey),
+    Command(String, &'static str, Option<Operation>),
 }
 
 fn items(model: &Model) -> Vec<Item> {
+    let global = KeyScope::Global;
     let mut items = vec![
         Item::Heading("everywhere"),
-        Item::Key(":", "command palette (Tab completes)"),
-        Item::Key("?", "this help (↑↓ PgUp PgDn scroll it)"),
-        Item::Key("Esc", "back, close, clear"),
-        Item::Key("Ctrl-C", "quit"),
+        Item::Key(ViewKey {
+            key: model.keys.label(global, Action::Palette),
+            what: "command palette (Tab completes)",
+            needs: None,
+        }),
+        Item::Key(ViewKey {
+            key: model.keys.label(global, Action::Help),
+            what: "this help (↑↓ PgUp PgDn scroll it)",
+            needs: None,
+        }),
+        Item::Key(fixed("Esc", "back, close, clear")),
+        Item::Key(fixed("Ctrl-C", "quit")),
         Item::Heading("this view"),
     ];
-    items.extend(screen_keys(model).iter().map(|(k, w)| Item::Key(k, w)));
+    items.extend(screen_keys(model).into_iter().map(Item::Key));
     items.push(Item::Heading("commands"));
     for (name, args, what) in palette::COMMANDS {
-        items.push(Item::Command(format!(":{name} {args}"), what));
+        items.push(Item::Command(
+            format!(":{name} {args}"),
+            what,
+            crate::access::palette_command(name),
+        ));
     }
     items
 }
 
-/// Lines the help has for the current view.
+/// Inner width of the help box when the terminal is `size`.
+fn inner_width(size: (u16, u16)) -> usize {
+    (size.0 as usize * 94 / 100).saturating_sub(2)
+}
+
+/// What a greyed entry adds: the scope it needs (PROTOCOL §11).
+fn needs_note(model: &Model, needs: Option<Operation>) -> Option<String> {
+    let operation = needs.filter(|&operation| !model.may(operation))?;
+    Some(format!(" (needs {})", operation.needs().as_str()))
+}
+
+/// `head` then `what` wrapped to `width`, its later lines under its first.
+fn wrapped(
+    out: &mut Vec<Line<'static>>,
+    head: String,
+    head_style: Style,
+    what: &str,
+    what_style: Style,
+    width: usize,
+) {
+    let indent = head.chars().count();
+    let room = width.saturating_sub(indent).max(8);
+    for (i, part) in super::view::wrap_words(what, room).into_iter().enumerate() {
+        let lead = if i == 0 {
+            Span::styled(head.clone(), head_style)
+        } else {
+            Span::raw(" ".repeat(indent))
+        };
+        out.push(Line::from(vec![lead, Span::styled(part, what_style)]));
+    }
+}
+
+/// The help's lines at inner width `width`: long descriptions wrap under themselves.
+fn lines(model: &Model, theme: &Theme, width: usize) -> Vec<Line<'static>> {
+    let key_width = 10.min(width / 3);
+    let greyed = theme.dim.add_modifier(Modifier::CROSSED_OUT);
+    let mut out = Vec::new();
+    for item in items(model) {
+        let (head, what, note) = match item {
+            Item::Heading(text) => {
+                out.push(Line::styled(text, theme.title));
+                continue;
+            }
+            Item::Key(key) => (
+                format!("{:>key_width$}  ", key.key),
+                key.what,
+                needs_note(model, key.needs),
+            ),
+            Item::Command(command, what, needs) => {
+                (format!("  {command:<16} "), what, needs_note(model, needs))
+            }
+        };
+        let (head_style, what_style) = match note {
+            Some(_) => (greyed, theme.dim),
+            None => (theme.key, Style::default()),
+        };
+        let what = format!("{what}{}", note.as_deref().unwrap_or_default());
+        wrapped(&mut out, head, head_style, &what, what_style, width);
+    }
+    out
+}
+
+/// Lines the help has for the current view at the current size.
 pub fn len(model: &Model) -> usize {
-    items(model).len()
+    lines(model, &Theme::monochrome(), inner_width(model.size)).len()
 }
 
 /// Inner rows of the help box at `size`: the body less its border.
@@ -176,21 +399,7 @@ pub fn render(frame: &mut Frame, model: &Model, scroll: usize, theme: &Theme, ar
     let popup = super::view::centered(area, 94, 100);
     frame.render_widget(Clear, popup);
     let width = popup.width.saturating_sub(2) as usize;
-    let key_width = 10.min(width / 3);
-    let lines: Vec<Line> = items(model)
-        .into_iter()
-        .map(|item| match item {
-            Item::Heading(text) => Line::styled(text, theme.title),
-            Item::Key(key, what) => Line::from(vec![
-                Span::styled(format!("{key:>key_width$}  "), theme.key),
-                Span::raw(what),
-            ]),
-            Item::Command(command, what) => Line::from(vec![
-                Span::styled(format!("  {command:<16} "), theme.key),
-                Span::raw(what),
-            ]),
-        })
-        .collect();
+    let lines = lines(model, theme, width);
     let height = popup.height.saturating_sub(2) as usize;
     let total = lines.len();
     let scroll = scroll.min(total.saturating_sub(height));

@@ -14,7 +14,10 @@
 //! checked when the console starts: an unknown action, a key that cannot be read, or two
 //! actions of one view on the same key are errors that name the entry, never a silent
 //! fallback. Navigation (arrows, PgUp/PgDn, j/k, g/G) and typing into fields are not
-//! remapped.
+//! remapped. The fleet, device and tail views dispatch on [`KeyMap::action`]; the results,
+//! rollouts, rollout, bench and analytics views match on their built-in keys, which
+//! [`KeyMap::translate`] turns remapped keys into. Footer hints and the help show
+//! [`KeyMap::label`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +62,34 @@ pub enum Action {
     Wrap,
     Save,
     ClearTail,
+    // The results pane.
+    OlderResults,
+    NewerResults,
+    SaveResults,
+    DismissResults,
+    // The rollouts list and one rollout's page.
+    RolloutNew,
+    RolloutsReload,
+    RolloutStart,
+    RolloutPause,
+    RolloutResume,
+    RolloutAbort,
+    RolloutRetry,
+    RolloutReload,
+    // The bench.
+    Flash,
+    Ports,
+    BenchName,
+    BenchWifi,
+    BenchPass,
+    BenchImage,
+    BenchOpen,
+    // Analytics.
+    Range,
+    Bucket,
+    NextTable,
+    SortNext,
+    SortReverse,
 }
 
 /// Where an action applies; keys must be unique within one scope and the global one.
@@ -68,11 +99,16 @@ pub enum Scope {
     Fleet,
     Device,
     Tail,
+    Results,
+    Rollouts,
+    Rollout,
+    Bench,
+    Analytics,
 }
 
 impl Action {
     /// Every action with its config name, scope and default key.
-    pub const ALL: [(Action, &'static str, Scope, &'static str); 32] = [
+    pub const ALL: [(Action, &'static str, Scope, &'static str); 56] = [
         (Action::Palette, "palette", Scope::Global, ":"),
         (Action::Help, "help", Scope::Global, "?"),
         (Action::Quit, "quit", Scope::Fleet, "q"),
@@ -105,6 +141,45 @@ impl Action {
         (Action::Save, "save", Scope::Tail, "s"),
         (Action::ClearTail, "clear_tail", Scope::Tail, "c"),
         (Action::Delete, "device_delete", Scope::Device, "delete"),
+        (Action::OlderResults, "older_results", Scope::Results, "["),
+        (Action::NewerResults, "newer_results", Scope::Results, "]"),
+        (Action::SaveResults, "save_results", Scope::Results, "s"),
+        (
+            Action::DismissResults,
+            "dismiss_results",
+            Scope::Results,
+            "x",
+        ),
+        (Action::RolloutNew, "rollouts_new", Scope::Rollouts, "n"),
+        (
+            Action::RolloutsReload,
+            "rollouts_reload",
+            Scope::Rollouts,
+            "ctrl-l",
+        ),
+        (Action::RolloutStart, "rollout_start", Scope::Rollout, "s"),
+        (Action::RolloutPause, "rollout_pause", Scope::Rollout, "p"),
+        (Action::RolloutResume, "rollout_resume", Scope::Rollout, "r"),
+        (Action::RolloutAbort, "rollout_abort", Scope::Rollout, "A"),
+        (Action::RolloutRetry, "rollout_retry", Scope::Rollout, "R"),
+        (
+            Action::RolloutReload,
+            "rollout_reload",
+            Scope::Rollout,
+            "ctrl-l",
+        ),
+        (Action::Flash, "flash", Scope::Bench, "f"),
+        (Action::Ports, "ports", Scope::Bench, "r"),
+        (Action::BenchName, "bench_name", Scope::Bench, "n"),
+        (Action::BenchWifi, "bench_wifi", Scope::Bench, "w"),
+        (Action::BenchPass, "bench_pass", Scope::Bench, "p"),
+        (Action::BenchImage, "bench_image", Scope::Bench, "i"),
+        (Action::BenchOpen, "bench_open", Scope::Bench, "o"),
+        (Action::Range, "range", Scope::Analytics, "r"),
+        (Action::Bucket, "bucket", Scope::Analytics, "b"),
+        (Action::NextTable, "next_table", Scope::Analytics, "t"),
+        (Action::SortNext, "sort", Scope::Analytics, "s"),
+        (Action::SortReverse, "sort_reverse", Scope::Analytics, "S"),
     ];
 }
 
@@ -278,6 +353,25 @@ impl KeyMap {
             .map(|b| b.action)
     }
 
+    /// `event` as the built-in keys of a view in `scope` know it: a remapped key becomes
+    /// its action's default key, and a default key remapped away means nothing (`None`).
+    /// Views that match on their default keys take their key map this way.
+    pub fn translate(&self, scope: Scope, event: KeyEvent) -> Option<KeyEvent> {
+        let default_of = |binding: &Binding| {
+            Action::ALL
+                .iter()
+                .find(|(_, name, _, _)| *name == binding.name)
+                .and_then(|(_, _, _, key)| Key::parse(key).ok())
+        };
+        let in_scope = || self.bindings.iter().filter(|b| b.scope == scope);
+        if let Some(binding) = in_scope().find(|b| b.key.matches(&event)) {
+            return default_of(binding).map(|key| KeyEvent::new(key.code, key.modifiers));
+        }
+        let remapped_away =
+            in_scope().any(|b| default_of(b).is_some_and(|key| key.matches(&event)));
+        (!remapped_away).then_some(event)
+    }
+
     /// The key of `action` in `scope`, for hints and help.
     pub fn key(&self, scope: Scope, action: Action) -> Option<Key> {
         self.bindings
@@ -347,6 +441,20 @@ mod tests {
         assert!(KeyMap::with_overrides(&overrides)
             .expect_err("unknown")
             .contains("no such action"));
+        // Views that match on their built-in keys get those keys through translate.
+        let mut overrides = BTreeMap::new();
+        overrides.insert("rollout_abort".to_string(), "ctrl-k".to_string());
+        let map = KeyMap::with_overrides(&overrides).expect("valid");
+        let ctrl_k = event(KeyCode::Char('k'), KeyModifiers::CONTROL);
+        let abort = event(KeyCode::Char('A'), KeyModifiers::SHIFT);
+        assert_eq!(
+            map.translate(Scope::Rollout, ctrl_k).map(|e| e.code),
+            Some(KeyCode::Char('A'))
+        );
+        assert_eq!(map.translate(Scope::Rollout, abort), None, "remapped away");
+        let down = event(KeyCode::Down, KeyModifiers::NONE);
+        assert_eq!(map.translate(Scope::Rollout, down), Some(down));
+        assert_eq!(map.translate(Scope::Rollouts, abort), Some(abort));
         let mut overrides = BTreeMap::new();
         overrides.insert("edit".to_string(), ":".to_string());
         assert!(KeyMap::with_overrides(&overrides)

@@ -6,6 +6,10 @@
 //! answer with more messages. Nothing here touches a terminal or a socket, so tests drive
 //! the whole console by feeding messages.
 
+mod device;
+mod fleet;
+mod tail;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -18,11 +22,15 @@ use super::analytics::{self, AnalyticsView};
 use super::bench::{self, Bench};
 use super::device::{desired_update, DeviceView, Editor, Pane, Part, RpcDialog, RpcFocus};
 use super::input::LineInput;
+use super::keymap::{Action, KeyMap, Scope as KeyScope};
 use super::notifications::{Tail, TailFilter, Term};
 use super::palette::{self, PaletteCommand};
 use super::results::{self, Results};
 use super::rollouts::{self, NewRollout, OtaJob, RolloutList, RolloutPage};
+use crate::access::Operation;
 use crate::fleet::{Column, DeviceRow, Filter, Fleet, Sort};
+use crate::profile::ContextInfo;
+use herd_client::{KeyObject, Scope};
 
 /// A failed REST call as the model keeps it: status and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,16 @@ pub enum Msg {
     Rollouts(Box<rollouts::Reply>),
     /// The bench view's ports and flash progress.
     Bench(bench::Msg),
+    /// `GET /keys/current`: the key in use, its scope, device filter and expiry.
+    KeyLoaded(Result<KeyObject, Failure>),
+    /// The server's log, read for one device's timeline.
+    TimelineLoaded {
+        id: String,
+        result: Result<crate::history::Timeline, Failure>,
+    },
+    /// The console switched to another profile (with a warning when read-only holds only
+    /// in the console), or could not.
+    Switched(Result<(ProfileInfo, Option<String>), String>),
 }
 
 impl From<rollouts::Reply> for Msg {
@@ -193,6 +211,14 @@ pub enum Command {
     Rollouts(rollouts::Request),
     /// Ports or a flash for the bench view; answers with [`Msg::Bench`].
     Bench(bench::Task),
+    /// `GET /keys/current`; answers with [`Msg::KeyLoaded`].
+    LoadKey,
+    /// Reads the server's log (PROTOCOL §7) for device `0`'s timeline; answers with
+    /// [`Msg::TimelineLoaded`].
+    LoadTimeline(String),
+    /// Switch the whole console to the config's profile of this name: a new client (and
+    /// read key when read-only), a new stream; answers with [`Msg::Switched`].
+    SwitchProfile(String),
     Quit,
 }
 
@@ -267,6 +293,8 @@ pub enum Overlay {
     },
     /// A question that must be answered before `command` runs.
     Confirm { question: String, command: Command },
+    /// The config's profiles (`:ctx`), the cursor on `selected`.
+    Contexts { selected: usize },
 }
 
 /// A line in the status bar.
@@ -346,6 +374,13 @@ pub struct Model {
     pub dirty: bool,
     pub quit: bool,
     last_refresh: f64,
+    /// The API key in use as the server describes it (PROTOCOL §11); `None` until it
+    /// answered, or when it cannot say (a password, an older server).
+    pub key: Option<KeyObject>,
+    /// Which key does what (the config's `[keys]` over the defaults).
+    pub keys: KeyMap,
+    /// The config's profiles, for `:ctx`.
+    pub contexts: Vec<ContextInfo>,
 }
 
 /// Options of a new [`Model`].
@@ -388,6 +423,52 @@ impl Model {
             dirty: true,
             quit: false,
             last_refresh: options.now,
+            key: None,
+            keys: KeyMap::default(),
+            contexts: Vec::new(),
+        }
+    }
+
+    /// The console afresh on another profile: what was shown came from the old server.
+    /// The key map, the profiles and the terminal's size stay.
+    fn switch_to(&mut self, profile: ProfileInfo) {
+        let mut fresh = Model::new(ModelOptions {
+            profile,
+            tail_lines: self.tail.capacity(),
+            now: self.now,
+            size: self.size,
+        });
+        fresh.keys = std::mem::take(&mut self.keys);
+        fresh.contexts = std::mem::take(&mut self.contexts);
+        fresh.bench.ca_cert = self.bench.ca_cert.take();
+        *self = fresh;
+    }
+
+    /// The scope of the key in use, once the server said it.
+    pub fn scope(&self) -> Option<Scope> {
+        self.key.as_ref().and_then(|key| key.scope)
+    }
+
+    /// Whether the key in use may do `operation` (PROTOCOL §11); true while unknown.
+    pub fn may(&self, operation: Operation) -> bool {
+        operation.allowed(self.scope())
+    }
+
+    /// Refuses `operation` (described as `what`) in read-only mode or when the key's scope
+    /// does not cover it, saying why; true if refused.
+    pub(super) fn refuse(&mut self, operation: Operation, what: &str) -> bool {
+        self.refuse_write(what) || self.refuse_scope(operation, what)
+    }
+
+    /// Refuses `operation` when the key's scope does not cover it, naming the scope it
+    /// needs instead of calling the server; true if refused.
+    pub(super) fn refuse_scope(&mut self, operation: Operation, what: &str) -> bool {
+        match self.scope() {
+            Some(scope) if !operation.allowed(Some(scope)) => {
+                self.error(operation.refusal(what, scope));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -573,6 +654,15 @@ impl Model {
 
     fn apply_notification(&mut self, notification: &Notification) {
         let id = notification.id.as_str();
+        // The open device's timeline goes on live once the log was read.
+        if let Some(Some(Ok(timeline))) = self
+            .device
+            .as_mut()
+            .filter(|v| v.id == id)
+            .map(|v| v.timeline.as_mut())
+        {
+            timeline.feed(self.now, id, &notification.name, &notification.data);
+        }
         match notification.name.as_str() {
             "online" | "offline" => {
                 let online = notification.name == "online";
@@ -682,7 +772,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                 // (Re)connected: events may have been missed while away, so list again.
                 model.loading = true;
                 model.touched.clear();
-                let mut commands = vec![Command::LoadDevices];
+                let mut commands = vec![Command::LoadDevices, Command::LoadKey];
                 if let Some(view) = &model.device {
                     commands.push(Command::LoadDevice(view.id.clone()));
                 }
@@ -738,131 +828,10 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             }
             Vec::new()
         }
-        Msg::DeviceLoaded { id, result } => {
-            model.dirty = true;
-            let now = model.now;
-            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
-                return Vec::new();
-            };
-            let mut message = None;
-            match result {
-                Ok(object) => {
-                    view.set_object(object, now);
-                    if let Some(sent) = view.sent_version.take() {
-                        let now_at = view.version();
-                        message = Some(if now_at > sent {
-                            format!(
-                                "desired updated as version {sent}; the shadow is at version {now_at} now (the device reported since)"
-                            )
-                        } else {
-                            format!("desired updated: version {sent}")
-                        });
-                    }
-                    if let Some(editor) = view.editor.as_mut().filter(|e| e.awaiting_conflict_copy)
-                    {
-                        editor.awaiting_conflict_copy = false;
-                        let desired = view
-                            .object
-                            .as_ref()
-                            .and_then(|o| o.shadow.pointer("/state/desired"))
-                            .cloned()
-                            .unwrap_or_else(|| json!({}));
-                        let version = view
-                            .object
-                            .as_ref()
-                            .and_then(|o| o.shadow.get("version"))
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0);
-                        editor.conflict = Some((desired, version));
-                    }
-                }
-                Err(failure) => {
-                    view.loading = false;
-                    view.error = Some(failure.message);
-                }
-            }
-            if let Some(message) = message {
-                model.info(message);
-            }
-            Vec::new()
-        }
-        Msg::ShadowSent { id, result } => {
-            model.dirty = true;
-            let Some(view) = model.device.as_mut().filter(|v| v.id == id) else {
-                return Vec::new();
-            };
-            match result {
-                Ok(shadow) => {
-                    let version = shadow.get("version").and_then(Value::as_u64).unwrap_or(0);
-                    view.editor = None;
-                    // The pane shows the shadow as reloaded; by then the device may have
-                    // reported, moving the version on. The message says so when it does.
-                    view.sent_version = Some(version);
-                    model.info(format!("desired updated as version {version}; reloading"));
-                    vec![Command::LoadDevice(id)]
-                }
-                Err(failure) if failure.status == Some(409) => {
-                    if let Some(editor) = view.editor.as_mut() {
-                        editor.sending = false;
-                        editor.awaiting_conflict_copy = true;
-                        editor.error = Some(
-                            "version conflict: the shadow changed on the server since you started editing"
-                                .into(),
-                        );
-                    }
-                    vec![Command::LoadDevice(id)]
-                }
-                Err(failure) => {
-                    if let Some(editor) = view.editor.as_mut() {
-                        editor.sending = false;
-                        editor.error = Some(failure.message);
-                    }
-                    Vec::new()
-                }
-            }
-        }
-        Msg::RpcListed { id, result } => {
-            model.dirty = true;
-            if let Some(dialog) = model
-                .device
-                .as_mut()
-                .filter(|v| v.id == id)
-                .and_then(|v| v.rpc.as_mut())
-            {
-                dialog.methods = Some(result.map_err(|f| f.message));
-                dialog.selected = 0;
-            }
-            Vec::new()
-        }
-        Msg::RpcDone { id, method, result } => {
-            model.dirty = true;
-            if let Some(dialog) = model
-                .device
-                .as_mut()
-                .filter(|v| v.id == id)
-                .and_then(|v| v.rpc.as_mut())
-            {
-                dialog.in_flight = None;
-                let shown = result
-                    .as_ref()
-                    .map(|v| serde_json::to_string_pretty(v).unwrap_or_default())
-                    .map_err(|f| f.message.clone());
-                dialog.result = Some((method.clone(), shown));
-                dialog.result_scroll = 0;
-            }
-            // Kept in the results pane too, so closing the dialog loses nothing.
-            let name = model.fleet.get(&id).map(|r| r.name.to_string());
-            let now = model.now;
-            let set = model.results.start(
-                format!("call {method} on {}", model.fleet.label(&id)),
-                vec![(id.clone(), name.unwrap_or_default())],
-                now,
-            );
-            model
-                .results
-                .record(set, &id, result.map_err(|f| f.message), now);
-            Vec::new()
-        }
+        Msg::DeviceLoaded { id, result } => device::device_loaded(model, id, result),
+        Msg::ShadowSent { id, result } => device::shadow_sent(model, id, result),
+        Msg::RpcListed { id, result } => device::rpc_listed(model, id, result),
+        Msg::RpcDone { id, method, result } => device::rpc_done(model, id, method, result),
         Msg::BulkAnswer { set, id, result } => {
             model.dirty = true;
             let now = model.now;
@@ -917,7 +886,7 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
                     let mut editor = Editor::with_text(&text, &base, view.version());
                     // Show what came back in the built-in editor, checked: valid text is
                     // sent at once, invalid text stays there with the reason.
-                    let commands = submit_editor(&mut editor, &id);
+                    let commands = device::submit_editor(&mut editor, &id);
                     view.editor = Some(editor);
                     commands
                 }
@@ -933,6 +902,35 @@ fn apply(model: &mut Model, msg: Msg) -> Vec<Command> {
             model.analytics.apply(event);
             if report {
                 order_analytics_rows(model);
+            }
+            Vec::new()
+        }
+        Msg::KeyLoaded(result) => {
+            model.dirty = true;
+            match result {
+                Ok(key) => model.key = Some(key),
+                // A password login or an older server: the console cannot tell, and the
+                // server still refuses what the key may not do.
+                Err(failure) => {
+                    tracing::info!(error = %failure.message, "the key's scope is unknown");
+                    model.key = None;
+                }
+            }
+            Vec::new()
+        }
+        Msg::TimelineLoaded { id, result } => device::timeline_loaded(model, id, result),
+        Msg::Switched(result) => {
+            model.dirty = true;
+            match result {
+                Ok((profile, warning)) => {
+                    let name = profile.name.clone();
+                    model.switch_to(profile);
+                    match warning {
+                        Some(warning) => model.error(warning),
+                        None => model.info(format!("switched to profile {name}")),
+                    }
+                }
+                Err(reason) => model.error(reason),
             }
             Vec::new()
         }
@@ -1029,6 +1027,9 @@ fn is_ctrl(key: &KeyEvent, c: char) -> bool {
     key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char(c)
 }
 
+/// A view's own key handling.
+type KeyHandler = fn(&mut Model, KeyEvent) -> Vec<Command>;
+
 fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if is_ctrl(&key, 'c') {
         model.quit = true;
@@ -1037,7 +1038,7 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if model.overlay.is_some() {
         return overlay_key(model, key);
     }
-    if let Some(commands) = device_modal_key(model, key) {
+    if let Some(commands) = device::device_modal_key(model, key) {
         return commands;
     }
     // The form takes every key: its fields are typed into.
@@ -1047,30 +1048,42 @@ fn key_event(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     if *model.screen() == Screen::Bench && model.bench.editing != bench::Field::None {
         return bench::key(model, key);
     }
-    match key.code {
-        KeyCode::Char(':') => {
+    match model.keys.action(KeyScope::Global, &key) {
+        Some(Action::Palette) => {
             model.overlay = Some(Overlay::Palette {
                 input: LineInput::default(),
                 error: None,
             });
             return Vec::new();
         }
-        KeyCode::Char('?') => {
+        Some(Action::Help) => {
             model.overlay = Some(Overlay::Help { scroll: 0 });
             return Vec::new();
         }
         _ => {}
     }
     match model.screen().clone() {
-        Screen::Fleet => fleet_key(model, key),
-        Screen::Device(id) => device_key(model, key, &id),
-        Screen::Notifications => tail_key(model, key),
-        Screen::Analytics => analytics_key(model, key),
-        Screen::Rollouts => rollouts::list_key(model, key),
-        Screen::Rollout(_) => rollouts::page_key(model, key),
+        Screen::Fleet => fleet::fleet_key(model, key),
+        Screen::Device(id) => device::device_key(model, key, &id),
+        Screen::Notifications => tail::tail_key(model, key),
         Screen::NewRollout => rollouts::form_key(model, key),
-        Screen::Results => results::key(model, key),
-        Screen::Bench => bench::key(model, key),
+        // These views match on their built-in keys: the key map translates to them.
+        screen => {
+            let (scope, handler): (KeyScope, KeyHandler) = match screen {
+                Screen::Analytics => (KeyScope::Analytics, analytics_key),
+                Screen::Rollouts => (KeyScope::Rollouts, rollouts::list_key),
+                Screen::Rollout(_) => (KeyScope::Rollout, rollouts::page_key),
+                Screen::Results => (KeyScope::Results, results::key),
+                _ => (KeyScope::Bench, bench::key),
+            };
+            match model.keys.translate(scope, key) {
+                Some(key) => handler(model, key),
+                None => {
+                    model.dirty = false;
+                    Vec::new()
+                }
+            }
+        }
     }
 }
 
@@ -1081,6 +1094,31 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     match overlay {
         Overlay::Help { scroll } => {
             super::help::key(model, scroll, key);
+            Vec::new()
+        }
+        Overlay::Contexts { selected } => {
+            let count = model.contexts.len();
+            let selected = match key.code {
+                KeyCode::Down | KeyCode::Char('j') => (selected + 1).min(count.saturating_sub(1)),
+                KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+                KeyCode::Home | KeyCode::Char('g') => 0,
+                KeyCode::End | KeyCode::Char('G') => count.saturating_sub(1),
+                KeyCode::Enter => {
+                    let Some(context) = model.contexts.get(selected) else {
+                        return Vec::new();
+                    };
+                    if context.name == model.profile.name {
+                        model.info(format!("already on profile {}", context.name));
+                        return Vec::new();
+                    }
+                    let name = context.name.clone();
+                    model.info(format!("switching to profile {name}…"));
+                    return vec![Command::SwitchProfile(name)];
+                }
+                KeyCode::Esc | KeyCode::Char('q') => return Vec::new(),
+                _ => selected,
+            };
+            model.overlay = Some(Overlay::Contexts { selected });
             Vec::new()
         }
         Overlay::Confirm { question, command } => match key.code {
@@ -1158,7 +1196,7 @@ fn overlay_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
 
 /// Asks to delete the marked devices, else the one under the cursor or open.
 fn delete_targets(model: &mut Model) {
-    if !model.refuse_write("delete devices") {
+    if !model.refuse(Operation::DeleteDevice, "delete devices") {
         model.confirm_bulk("delete".into(), BulkAction::Delete);
     }
 }
@@ -1338,7 +1376,7 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
             model.follow_selection();
         }
         PaletteCommand::SetDesired(value) => {
-            if !model.refuse_write("change desired") {
+            if !model.refuse(Operation::of_desired(&value), "change desired") {
                 let label = format!("set desired {value}");
                 model.confirm_bulk(
                     label,
@@ -1349,14 +1387,14 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         PaletteCommand::Call { method, params } => {
             if model.profile.read_only && !crate::read_only_safe(&method) {
                 model.refuse_write(&format!("call {method}"));
-            } else {
+            } else if !model.refuse_scope(Operation::of_call(&method), &format!("call {method}")) {
                 let label = format!("call {method}");
                 model.confirm_bulk(label, BulkAction::Call { method, params });
             }
         }
         PaletteCommand::Delete => delete_targets(model),
         PaletteCommand::Rename(name) => {
-            if model.refuse_write("rename a device") {
+            if model.refuse(Operation::RenameDevice, "rename a device") {
                 return Vec::new();
             }
             let ids = model.targets();
@@ -1379,430 +1417,35 @@ fn run_palette(model: &mut Model, command: PaletteCommand) -> Vec<Command> {
         }
         PaletteCommand::Save(path) => return save_tail(model, path),
         PaletteCommand::Results => open_results(model),
+        PaletteCommand::Context(None) => {
+            let selected = model
+                .contexts
+                .iter()
+                .position(|c| c.name == model.profile.name)
+                .unwrap_or(0);
+            model.overlay = Some(Overlay::Contexts { selected });
+        }
+        PaletteCommand::Context(Some(name)) => {
+            if model.contexts.iter().any(|c| c.name == name) {
+                model.info(format!("switching to profile {name}…"));
+                return vec![Command::SwitchProfile(name)];
+            }
+            let known: Vec<&str> = model.contexts.iter().map(|c| c.name.as_str()).collect();
+            let message = if known.is_empty() {
+                format!("no profile named {name:?}: the config file has no [profiles.NAME] tables")
+            } else {
+                format!("no profile named {name:?} (known: {})", known.join(", "))
+            };
+            model.overlay = Some(Overlay::Palette {
+                input: LineInput::new(&format!("ctx {name}")),
+                error: Some(message),
+            });
+        }
         PaletteCommand::Help => model.overlay = Some(Overlay::Help { scroll: 0 }),
         PaletteCommand::Quit => {
             model.quit = true;
             return vec![Command::Quit];
         }
-    }
-    Vec::new()
-}
-
-fn fleet_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
-    let page = model.table_rows().max(1) as isize;
-    match key.code {
-        KeyCode::Char('q') => {
-            model.quit = true;
-            return vec![Command::Quit];
-        }
-        KeyCode::Down | KeyCode::Char('j') => model.move_selection(1),
-        KeyCode::Up | KeyCode::Char('k') => model.move_selection(-1),
-        KeyCode::PageDown => model.move_selection(page),
-        KeyCode::PageUp => model.move_selection(-page),
-        KeyCode::Char('f') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            model.move_selection(page)
-        }
-        KeyCode::Char('b') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            model.move_selection(-page)
-        }
-        KeyCode::Home | KeyCode::Char('g') => model.move_selection(isize::MIN / 2),
-        KeyCode::End | KeyCode::Char('G') => model.move_selection(isize::MAX / 2),
-        KeyCode::Enter => {
-            if let Some(id) = model.selected_row().map(|r| r.id.to_string()) {
-                return model.open_device(&id);
-            }
-        }
-        KeyCode::Char('/') => {
-            model.overlay = Some(Overlay::Prompt {
-                kind: PromptKind::FleetFilter,
-                input: LineInput::new(model.fleet.filter().text()),
-                error: None,
-            })
-        }
-        KeyCode::Esc => {
-            if !model.fleet.filter().is_empty() {
-                set_fleet_filter(model, "");
-            } else if !model.fleet_ui.marked.is_empty() {
-                model.fleet_ui.marked.clear();
-            }
-        }
-        KeyCode::Char(' ') => {
-            if let Some(id) = model.selected_row().map(|r| r.id.clone()) {
-                if !model.fleet_ui.marked.remove(&id) {
-                    model.fleet_ui.marked.insert(id);
-                }
-                model.move_selection(1);
-            }
-        }
-        KeyCode::Char('*') => {
-            let ids = model.fleet.view_ids();
-            if ids
-                .iter()
-                .all(|id| model.fleet_ui.marked.contains(id.as_str()))
-            {
-                model.fleet_ui.marked.clear();
-            } else {
-                model
-                    .fleet_ui
-                    .marked
-                    .extend(ids.into_iter().map(Into::into));
-            }
-        }
-        KeyCode::Char('t') => model.go_to(Screen::Notifications),
-        KeyCode::Char('a') => model.go_to(Screen::Analytics),
-        KeyCode::Char('o') => open_results(model),
-        KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => {
-            delete_targets(model)
-        }
-        KeyCode::Char('R') => return rollouts::open_list(model),
-        KeyCode::Char('U') => return rollouts::open_form(model),
-        KeyCode::Char('r') => {
-            model.loading = true;
-            model.touched.clear();
-            return vec![Command::LoadDevices];
-        }
-        KeyCode::Char(c @ '0'..='9') => {
-            // The digits are the columns on screen, left to right: what is not shown
-            // cannot be sorted by by accident.
-            let index = if c == '0' {
-                9
-            } else {
-                c as usize - '1' as usize
-            };
-            let columns = Column::visible(model.size.0);
-            match columns.get(index) {
-                Some(&(column, _)) => {
-                    let current = model.fleet.sort();
-                    let descending = current.column == column && !current.descending;
-                    model.fleet.set_sort(Sort { column, descending });
-                    model.follow_selection();
-                }
-                None => model.error(format!(
-                    "{} columns fit on screen: sort keys 1-{}; :sort COLUMN sorts by any",
-                    columns.len(),
-                    columns.len()
-                )),
-            }
-        }
-        _ => model.dirty = false,
-    }
-    Vec::new()
-}
-
-fn submit_editor(editor: &mut Editor, id: &str) -> Vec<Command> {
-    match editor.parse() {
-        Err(message) => {
-            editor.error = Some(message);
-            Vec::new()
-        }
-        Ok(new) => {
-            let (base, version) = match editor.conflict.take() {
-                // Overwriting after a conflict: the difference is taken from the server's
-                // copy, at the server's version.
-                Some((server, version)) => (server, version),
-                None => (editor.base.clone(), editor.base_version),
-            };
-            editor.base = base.clone();
-            editor.base_version = version;
-            let diff = desired_update(&base, &new);
-            if diff.as_object().is_some_and(|m| m.is_empty()) {
-                editor.error = Some("nothing changed".into());
-                return Vec::new();
-            }
-            editor.error = None;
-            editor.sending = true;
-            let mut update = json!({"state": {"desired": diff}});
-            if version > 0 {
-                update["version"] = json!(version);
-            }
-            vec![Command::SendShadow {
-                id: id.to_string(),
-                update,
-            }]
-        }
-    }
-}
-
-/// Keys for the editor and the RPC dialog, which take everything while open.
-fn device_modal_key(model: &mut Model, key: KeyEvent) -> Option<Vec<Command>> {
-    let view = model.device.as_mut()?;
-    if !matches!(model.stack.last(), Some(Screen::Device(_))) {
-        return None;
-    }
-    if view.push.is_some() {
-        return Some(rollouts::push_key(model, key));
-    }
-    let id = view.id.clone();
-    if let Some(editor) = view.editor.as_mut() {
-        if key.code == KeyCode::Esc {
-            // Unsent changes are not dropped on one key: the first Esc asks.
-            if editor.changed() && !editor.confirm_discard && !editor.sending {
-                editor.confirm_discard = true;
-                editor.error = Some(
-                    "your changes are not sent: Esc again discards them, ^S sends them".into(),
-                );
-            } else {
-                view.editor = None;
-            }
-            return Some(Vec::new());
-        }
-        if editor.confirm_discard {
-            editor.confirm_discard = false;
-            editor.error = None;
-        }
-        if is_ctrl(&key, 's') {
-            if editor.sending {
-                return Some(Vec::new());
-            }
-            return Some(submit_editor(editor, &id));
-        }
-        if is_ctrl(&key, 'r') {
-            if let Some((server, version)) = editor.conflict.take() {
-                let text = serde_json::to_string_pretty(&server).unwrap_or_default();
-                editor.set_text(&text);
-                editor.base = server;
-                editor.base_version = version;
-                editor.error = None;
-            }
-            return Some(Vec::new());
-        }
-        if is_ctrl(&key, 'o') {
-            // Ctrl-S after a conflict already overwrites; Ctrl-O says so explicitly.
-            if editor.conflict.is_some() {
-                return Some(submit_editor(editor, &id));
-            }
-            return Some(Vec::new());
-        }
-        editor.textarea.input(key);
-        return Some(Vec::new());
-    }
-    let read_only = model.profile.read_only;
-    let dialog = view.rpc.as_mut()?;
-    match key.code {
-        KeyCode::Esc => view.rpc = None,
-        KeyCode::Tab | KeyCode::BackTab => {
-            dialog.focus = match dialog.focus {
-                RpcFocus::Methods => RpcFocus::Params,
-                RpcFocus::Params => RpcFocus::Methods,
-            }
-        }
-        KeyCode::Enter => {
-            let Some(method) = dialog.selected_method().map(str::to_string) else {
-                return Some(Vec::new());
-            };
-            if read_only && !crate::read_only_safe(&method) {
-                let message = format!("read-only profile: refusing to call {method}");
-                dialog.result = Some((method, Err(message.clone())));
-                model.error(message);
-                return Some(Vec::new());
-            }
-            let text = dialog.params.text().trim();
-            let params = if text.is_empty() {
-                None
-            } else {
-                match serde_json::from_str::<Value>(text) {
-                    Ok(value) => Some(value),
-                    Err(e) => {
-                        dialog.result =
-                            Some((method, Err(format!("params are not valid JSON: {e}"))));
-                        return Some(Vec::new());
-                    }
-                }
-            };
-            dialog.in_flight = Some(method.clone());
-            return Some(vec![Command::CallRpc { id, method, params }]);
-        }
-        _ => match dialog.focus {
-            RpcFocus::Methods => {
-                let count = match &dialog.methods {
-                    Some(Ok(methods)) => methods.len(),
-                    _ => 0,
-                };
-                let page = 10;
-                match key.code {
-                    KeyCode::Down => {
-                        dialog.selected = (dialog.selected + 1).min(count.saturating_sub(1))
-                    }
-                    KeyCode::Up => dialog.selected = dialog.selected.saturating_sub(1),
-                    KeyCode::Home => dialog.selected = 0,
-                    KeyCode::End => dialog.selected = count.saturating_sub(1),
-                    KeyCode::PageDown => dialog.result_scroll += page,
-                    KeyCode::PageUp => {
-                        dialog.result_scroll = dialog.result_scroll.saturating_sub(page)
-                    }
-                    // Method names are letters, digits, dots: typing one jumps to it.
-                    KeyCode::Char(c)
-                        if !key.modifiers.contains(KeyModifiers::CONTROL)
-                            && (c.is_alphanumeric() || c == '.' || c == '_') =>
-                    {
-                        let now = model.now;
-                        dialog.jump_to(c, now);
-                    }
-                    KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
-                        // JSON starts with `{`, `[` or `"`: that goes to the params.
-                        dialog.focus = RpcFocus::Params;
-                        dialog.params.insert_str(&c.to_string());
-                    }
-                    _ => {}
-                }
-            }
-            RpcFocus::Params => match key.code {
-                KeyCode::PageDown => dialog.result_scroll += 10,
-                KeyCode::PageUp => dialog.result_scroll = dialog.result_scroll.saturating_sub(10),
-                _ => {
-                    dialog.params.handle(key);
-                }
-            },
-        },
-    }
-    Some(Vec::new())
-}
-
-fn device_key(model: &mut Model, key: KeyEvent, id: &str) -> Vec<Command> {
-    let page = (model.size.1 / 3).max(1) as isize;
-    let scroll = match key.code {
-        KeyCode::Down | KeyCode::Char('j') => Some(1),
-        KeyCode::Up | KeyCode::Char('k') => Some(-1),
-        KeyCode::PageDown => Some(page),
-        KeyCode::PageUp => Some(-page),
-        KeyCode::Char('d') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(page),
-        KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(-page),
-        KeyCode::Home | KeyCode::Char('g') => Some(isize::MIN / 2),
-        KeyCode::End | KeyCode::Char('G') => Some(isize::MAX / 2),
-        _ => None,
-    };
-    if let (Some(delta), Some(view)) = (scroll, model.device.as_mut()) {
-        view.scroll_by(delta);
-        return Vec::new();
-    }
-    match key.code {
-        KeyCode::Tab | KeyCode::BackTab => {
-            if let Some(view) = model.device.as_mut() {
-                view.focus = view
-                    .focus
-                    .next(if key.code == KeyCode::Tab { 1 } else { -1 });
-            }
-        }
-        KeyCode::Esc | KeyCode::Char('q') | KeyCode::Backspace => model.back(),
-        KeyCode::Char('r') => {
-            if let Some(view) = model.device.as_mut() {
-                view.loading = true;
-            }
-            return vec![Command::LoadDevice(id.to_string())];
-        }
-        KeyCode::Char('l') => {
-            if let Some(view) = model.device.as_mut() {
-                view.pane = match view.pane {
-                    Pane::Events => Pane::Logs,
-                    Pane::Logs | Pane::Info => Pane::Events,
-                };
-                view.scroll[3] = 0;
-                view.focus = Part::Lower;
-            }
-        }
-        KeyCode::Char('i') => {
-            if let Some(view) = model.device.as_mut() {
-                view.pane = match view.pane {
-                    Pane::Info => Pane::Events,
-                    _ => Pane::Info,
-                };
-                view.scroll[3] = 0;
-                view.focus = Part::Lower;
-            }
-        }
-        KeyCode::Char('e') | KeyCode::Char('E') => {
-            if model.refuse_write("edit desired") {
-                return Vec::new();
-            }
-            let Some(view) = model.device.as_mut() else {
-                return Vec::new();
-            };
-            if view.object.is_none() {
-                model.error("the device is still loading");
-                return Vec::new();
-            }
-            let desired = view.section("desired");
-            if key.code == KeyCode::Char('E') {
-                let text = serde_json::to_string_pretty(&desired).unwrap_or_default();
-                return vec![Command::ExternalEditor {
-                    id: id.to_string(),
-                    text,
-                }];
-            }
-            view.editor = Some(Editor::new(&desired, view.version()));
-        }
-        KeyCode::Char('c') => {
-            let Some(view) = model.device.as_mut() else {
-                return Vec::new();
-            };
-            if !view.online() {
-                model.error("the device is offline: RPC needs it connected");
-                return Vec::new();
-            }
-            view.rpc = Some(RpcDialog::new());
-            return vec![Command::ListRpc(id.to_string())];
-        }
-        KeyCode::Char('t') => {
-            // The device's tail sits on top of the device: Esc comes back to it, with
-            // the tail's own filter as it was.
-            let device_filter = TailFilter {
-                device: Some(id.to_string()),
-                device_label: Some(model.fleet.label(id).to_string()).filter(|l| l != id),
-                ..Default::default()
-            };
-            let previous = std::mem::replace(&mut model.tail.filter, device_filter);
-            model.tail_filter_before = Some(previous);
-            model.stack.push(Screen::Notifications);
-        }
-        KeyCode::Char('u') => return rollouts::open_push(model),
-        KeyCode::Delete => delete_targets(model),
-        _ => model.dirty = false,
-    }
-    Vec::new()
-}
-
-fn tail_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
-    let page = model.table_rows().max(1) as isize;
-    let prompt = |kind: PromptKind, text: &str| Overlay::Prompt {
-        kind,
-        input: LineInput::new(text),
-        error: None,
-    };
-    match key.code {
-        KeyCode::Esc | KeyCode::Char('q') => model.back(),
-        KeyCode::Char('f') | KeyCode::Char(' ') => model.tail.toggle_follow(),
-        KeyCode::Up | KeyCode::Char('k') => model.tail.scroll(-1),
-        KeyCode::Down | KeyCode::Char('j') => model.tail.scroll(1),
-        KeyCode::PageUp => model.tail.scroll(-page),
-        KeyCode::PageDown => model.tail.scroll(page),
-        KeyCode::End | KeyCode::Char('G') => model.tail.follow = true,
-        KeyCode::Home | KeyCode::Char('g') => model.tail.scroll(isize::MIN / 2),
-        KeyCode::Char('w') => model.tail.wrap = !model.tail.wrap,
-        KeyCode::Char('d') => {
-            let current = model
-                .tail
-                .filter
-                .device
-                .as_deref()
-                .map(|id| model.fleet.label(id).to_string())
-                .unwrap_or_default();
-            model.overlay = Some(prompt(PromptKind::TailDevice, &current));
-        }
-        KeyCode::Char('n') => {
-            let current = model.tail.filter.names_text();
-            model.overlay = Some(prompt(PromptKind::TailName, &current));
-        }
-        KeyCode::Char('/') => {
-            let current = model.tail.filter.text();
-            model.overlay = Some(prompt(PromptKind::TailRegex, &current));
-        }
-        KeyCode::Char('x') => model.tail.filter = Default::default(),
-        KeyCode::Char('s') => {
-            let default = format!("herd-notifications-{}.ndjson", model.now as u64);
-            model.overlay = Some(prompt(PromptKind::SavePath, &default));
-        }
-        KeyCode::Char('c') => model.tail.clear(),
-        _ => model.dirty = false,
     }
     Vec::new()
 }

@@ -56,6 +56,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "",
         "what bulk actions and RPC calls answered, per device (also o)",
     ),
+    (
+        "ctx",
+        "[NAME]",
+        "list the config's profiles, or switch the console to one",
+    ),
     ("help", "", "keys and commands"),
     ("quit", "", "leave (also :q)"),
 ];
@@ -80,6 +85,8 @@ pub enum PaletteCommand {
     Delete,
     Rename(String),
     Results,
+    /// `:ctx` lists the profiles; `:ctx NAME` switches to one.
+    Context(Option<String>),
     Help,
     Quit,
 }
@@ -153,6 +160,9 @@ pub fn parse(line: &str) -> Result<PaletteCommand, String> {
                 Ok(PaletteCommand::Rename(rest.to_string()))
             }
         }
+        "ctx" => Ok(PaletteCommand::Context(
+            (!rest.is_empty()).then(|| rest.to_string()),
+        )),
         "help" | "h" | "?" => Ok(PaletteCommand::Help),
         "quit" | "q" | "q!" | "exit" => Ok(PaletteCommand::Quit),
         other => Err(format!("unknown command :{other} (Tab lists commands)")),
@@ -275,6 +285,15 @@ mod tests {
         assert_eq!(parse("rollouts"), Ok(PaletteCommand::Rollouts));
         assert_eq!(parse("roll"), Ok(PaletteCommand::Rollouts));
         assert_eq!(parse("rollout"), Ok(PaletteCommand::Rollouts));
+        assert_eq!(parse("ctx"), Ok(PaletteCommand::Context(None)));
+        assert_eq!(
+            parse("ctx prod"),
+            Ok(PaletteCommand::Context(Some("prod".into())))
+        );
+        assert_eq!(
+            parse("profile prod"),
+            Ok(PaletteCommand::Context(Some("prod".into())))
+        );
     }
 
     #[test]

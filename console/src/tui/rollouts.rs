@@ -145,7 +145,7 @@ fn page_fetch(model: &mut Model) -> Option<Command> {
 
 /// Starts the form from the fleet: the marked devices, else the current filter.
 pub(super) fn open_form(model: &mut Model) -> Vec<Command> {
-    if model.refuse_write("create a rollout") {
+    if model.refuse(crate::access::Operation::Rollout, "create a rollout") {
         return Vec::new();
     }
     let marked = &model.fleet_ui.marked;
@@ -295,7 +295,7 @@ pub(super) fn page_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
         Err(reason) => model.error(reason),
         Ok(question) => {
             let id = object.id.clone();
-            if !model.refuse_write(&what) {
+            if !model.refuse(crate::access::Operation::Rollout, &what) {
                 model.overlay = Some(Overlay::Confirm {
                     question,
                     command: Command::Rollouts(Request::Command { id, command }),
@@ -409,7 +409,7 @@ pub(super) fn paste_into_form(form: &mut NewRollout, text: &str) {
 
 /// `u` in the device view.
 pub(super) fn open_push(model: &mut Model) -> Vec<Command> {
-    if model.refuse_write("push firmware") {
+    if model.refuse(crate::access::Operation::PushFirmware, "push firmware") {
         return Vec::new();
     }
     let Some(view) = model.device.as_mut() else {

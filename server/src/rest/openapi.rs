@@ -120,6 +120,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rollouts::abort))
         .routes(routes!(rollouts::retry))
         .routes(routes!(super::list_keys, super::create_key))
+        .routes(routes!(super::current_key))
         .routes(routes!(super::delete_key))
         .routes(routes!(super::add_user))
         .routes(routes!(super::logs))
