@@ -359,8 +359,13 @@ mod tests {
         );
         let debug = format!("{settings:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("postgres://herd:***@db.example/herd"), "{debug}");
-        assert!(ServerSettings::from_toml_str("store = \"postgresql:///herd?host=/run/pg\"\n").is_ok());
+        assert!(
+            debug.contains("postgres://herd:***@db.example/herd"),
+            "{debug}"
+        );
+        assert!(
+            ServerSettings::from_toml_str("store = \"postgresql:///herd?host=/run/pg\"\n").is_ok()
+        );
     }
 
     #[test]

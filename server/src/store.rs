@@ -115,7 +115,8 @@ impl From<rusqlite::Error> for StoreError {
         if let rusqlite::Error::SqliteFailure(failure, _) = &e {
             if matches!(
                 failure.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             ) {
                 return StoreError::Exists("a row with this key".into());
             }

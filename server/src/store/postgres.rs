@@ -47,8 +47,7 @@ use super::{
 
 /// Schema migrations, applied in order; `schema_version` records how many ran. The tables
 /// match the SQLite store's, with PostgreSQL's types.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE users (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -133,8 +132,7 @@ CREATE TABLE rollout_devices (
     PRIMARY KEY (rollout_id, device_id)
 );
 CREATE INDEX rollout_devices_device ON rollout_devices(device_id);
-"#,
-];
+"#];
 
 /// Key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x6865_7264_6462; // "herddb"
@@ -950,11 +948,8 @@ impl Store for PostgresStore {
                 .await?
             }
             None => {
-                tx.execute(
-                    "DELETE FROM firmware_owners WHERE firmware_id = $1",
-                    &[&id],
-                )
-                .await?
+                tx.execute("DELETE FROM firmware_owners WHERE firmware_id = $1", &[&id])
+                    .await?
             }
         };
         if removed == 0 && user.is_some() {
@@ -1021,8 +1016,7 @@ impl Store for PostgresStore {
             ))
             .await?;
         for d in &devices {
-            let (wave, position, attempts) =
-                (d.wave as i64, d.position as i64, d.attempts as i64);
+            let (wave, position, attempts) = (d.wave as i64, d.position as i64, d.attempts as i64);
             let params: [&(dyn ToSql + Sync); 11] = [
                 &d.rollout_id,
                 &d.device_id,
