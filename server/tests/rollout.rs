@@ -48,7 +48,28 @@ async fn fleet(
     count: usize,
     behaviour: Behaviour,
 ) -> FleetHandle {
-    fleet_at(&server.base, &server.admin_key, dir, count, behaviour).await
+    let fleet = fleet_at(&server.base, &server.admin_key, dir, count, behaviour).await;
+    // A device is online before the server has stored its Sys.GetInfo answer (PROTOCOL §3),
+    // which the selections below match on; wait until every device's info is in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, devices) = server.call("GET", "/devices", None).await;
+        assert_eq!(status, 200, "{devices}");
+        let described = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["info"]["fw_version"].is_string())
+            .count();
+        if described >= count {
+            return fleet;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {described} of {count} devices have their info stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn fleet_at(
