@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
-/// Where Debian's `postgresql-15` puts its programs; `HERD_PG_BIN` overrides.
+/// Where Debian's `postgresql-15` puts its programs; `HERD_PG_BIN` overrides, and another
+/// version under /usr/lib/postgresql serves where 15 is missing.
 const DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Why a throwaway PostgreSQL could not be had.
@@ -36,10 +37,26 @@ fn error(message: impl Into<String>) -> PostgresError {
 
 /// The directory of `initdb`, `postgres` and `createdb`, if PostgreSQL is installed.
 pub fn bin_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HERD_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN));
-    dir.join("postgres").is_file().then_some(dir)
+    if let Some(dir) = std::env::var_os("HERD_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return dir.join("postgres").is_file().then_some(dir);
+    }
+    let preferred = PathBuf::from(DEFAULT_BIN);
+    if preferred.join("postgres").is_file() {
+        return Some(preferred);
+    }
+    // The newest other version Debian installed.
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
 }
 
 /// The user PostgreSQL's programs run as: `None` to run them as ourselves (not root), or
@@ -112,12 +129,24 @@ pub struct PostgresServer {
     user: Option<(u32, u32)>,
     child: Option<Child>,
     databases: AtomicU64,
+    /// Keep PostgreSQL's own defaults for flushing (fsync, full page writes); off for tests.
+    durable: bool,
 }
 
 impl PostgresServer {
-    /// Creates a cluster with `initdb` and starts `postgres` on it; returns once it accepts
-    /// connections.
+    /// Creates a cluster with `initdb` and starts `postgres` on it, without fsync (the data
+    /// is thrown away); returns once it accepts connections.
     pub fn start() -> Result<Self, PostgresError> {
+        Self::start_with(false)
+    }
+
+    /// [`start`](Self::start) keeping PostgreSQL's flushing defaults, for measurements that
+    /// compare stores.
+    pub fn start_durable() -> Result<Self, PostgresError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, PostgresError> {
         let bin = bin_dir().ok_or_else(|| {
             error(format!(
                 "PostgreSQL is not installed: no postgres in {DEFAULT_BIN} (apt-get install \
@@ -162,6 +191,7 @@ impl PostgresServer {
             user,
             child: None,
             databases: AtomicU64::new(0),
+            durable,
         };
         server.run()?;
         Ok(server)
@@ -179,13 +209,17 @@ impl PostgresServer {
             .arg(self.dir().join("data"))
             .arg("-k")
             .arg(self.dir())
-            // Throwaway data: no TCP, no durability, room for many parallel test servers.
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=400", "-c", "shared_buffers=64MB"])
+            // No TCP, and room for many parallel test servers.
+            .args(["-c", "listen_addresses=", "-c", "max_connections=400"])
+            .args(["-c", "shared_buffers=64MB"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if !self.durable {
+            // Throwaway data needs no durability.
+            command.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+            command.args(["-c", "full_page_writes=off"]);
+        }
         if let Some((uid, gid)) = self.user {
             command.uid(uid).gid(gid);
         }
@@ -240,6 +274,11 @@ impl PostgresServer {
     /// Whether `postgres` runs.
     pub fn running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The process id of the postmaster, whose children are the connections' backends.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The URL of database `name` on this server.
