@@ -768,12 +768,12 @@ async fn a_device_only_shared_with_the_caller_is_forbidden() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (id, _) = server.create_device("attic").await;
     let bob = server
-        .client()
+        .client
         .add_user("bob", "secret-pw")
         .await
         .expect("user");
     server
-        .client()
+        .client
         .change_device(
             &id,
             &herd_client::DeviceChange {

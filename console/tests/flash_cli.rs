@@ -564,7 +564,7 @@ async fn a_light_for_a_tls_server_gets_the_ca_the_console_trusts() {
     .await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.stderr.contains("--ca-cert"), "{}", refused.stderr);
-    assert!(plain.client().devices().await.expect("devices").is_empty());
+    assert!(plain.client.devices().await.expect("devices").is_empty());
     // The light's own CA, for a server this machine reaches otherwise.
     let other = run(
         herd(&plain, &plain.admin_key),

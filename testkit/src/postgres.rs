@@ -171,6 +171,8 @@ impl PostgresServer {
             .args(["--auth=trust", "--username=postgres", "--encoding=UTF8"])
             .args(["--no-sync", "--locale=C", "-D"])
             .arg(dir.path().join("data"))
+            // The postgres user may not enter the directory the tests run in.
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some((uid, gid)) = user {
@@ -209,6 +211,7 @@ impl PostgresServer {
             .arg(self.dir().join("data"))
             .arg("-k")
             .arg(self.dir())
+            .current_dir(self.dir())
             // No TCP, and room for many parallel test servers.
             .args(["-c", "listen_addresses=", "-c", "max_connections=400"])
             .args(["-c", "shared_buffers=64MB"])
