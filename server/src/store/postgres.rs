@@ -13,9 +13,12 @@
 //! flushes of concurrent commits into one (its own group commit), and it lets many
 //! connections write at once, so this store does not batch in the application: every
 //! operation is its own short transaction on a pooled connection, and updates of different
-//! devices run in parallel. A shadow update locks its device's row (`SELECT ... FOR UPDATE`)
-//! for the read-modify-write of PROTOCOL §4.1, so concurrent updates of one device queue on
-//! that row and none is lost. [`Durability`] maps to `synchronous_commit`: `process` turns it
+//! devices run in parallel. A shadow update, the hot path, is a compare-and-set of two
+//! autocommitted statements: read the row, apply PROTOCOL §4.1 in Rust, write the new
+//! document only where the stored one is still the one read, and otherwise apply again to
+//! what is stored now, so concurrent updates of one device never lose each other. That
+//! halves the round trips of a transaction holding a row lock, which showed as the largest
+//! cost per update in docs/BENCHMARKS.md (run K). [`Durability`] maps to `synchronous_commit`: `process` turns it
 //! off (an acknowledged write survives herd-server dying, since PostgreSQL holds it, but the
 //! last few milliseconds can be lost if PostgreSQL's host loses power), `power` keeps it on
 //! (every acknowledged commit is flushed).
@@ -140,6 +143,8 @@ const MIGRATION_LOCK: i64 = 0x6865_7264_6462; // "herddb"
 const POOL_SIZE: usize = 16;
 /// How long a call waits for a pooled connection or a new one before it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads of a shadow one update may take when other writers keep changing it.
+const SHADOW_ATTEMPTS: usize = 64;
 /// How often the health probe asks the database.
 const PROBE_PERIOD: Duration = Duration::from_secs(1);
 
@@ -792,21 +797,40 @@ impl Store for PostgresStore {
         now: f64,
         limits: Limits,
     ) -> Result<ShadowChange, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The row lock makes the read-modify-write atomic against every other writer of
-        // this device (PROTOCOL §4.1); a refused update rolls back with the transaction.
-        let mut device = load_device(&tx, id, true)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
-        let applied = device.shadow.apply(&update, now, &limits)?;
-        let statement = tx
-            .prepare_cached("UPDATE devices SET shadow = $2 WHERE id = $1")
+        let client = self.client().await?;
+        let read = client
+            .prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+            ))
             .await?;
-        tx.execute(&statement, &[&id, &device.shadow.to_document().to_string()])
+        let write = client
+            .prepare_cached("UPDATE devices SET shadow = $2 WHERE id = $1 AND shadow = $3")
             .await?;
-        tx.commit().await?;
-        Ok(ShadowChange { device, applied })
+        // Compare-and-set: the write lands only if the stored shadow is still the one the
+        // update was applied to (PROTOCOL §4.1), else the update is applied again to what
+        // is stored now. Each statement commits on its own: two round trips, where a
+        // transaction with a row lock took four (BEGIN, SELECT FOR UPDATE, UPDATE, COMMIT).
+        for _ in 0..SHADOW_ATTEMPTS {
+            let row = client
+                .query_opt(&read, &[&id])
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
+            let stored: String = row.try_get(7)?;
+            let mut device = device_from_row(&row)?;
+            let applied = device.shadow.apply(&update, now, &limits)?;
+            let written = client
+                .execute(
+                    &write,
+                    &[&id, &device.shadow.to_document().to_string(), &stored],
+                )
+                .await?;
+            if written == 1 {
+                return Ok(ShadowChange { device, applied });
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "the shadow of device {id} changed under {SHADOW_ATTEMPTS} attempts in a row; update not applied"
+        )))
     }
 
     async fn put_firmware(
