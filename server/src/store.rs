@@ -1,4 +1,6 @@
-//! Persistence behind a trait, so a PostgreSQL implementation can sit beside SQLite.
+//! Persistence behind a trait, with two implementations: SQLite in the data directory
+//! ([`sqlite`], the default) and PostgreSQL ([`postgres`], `store = "postgres://..."`);
+//! [`open`] picks one from the settings.
 //!
 //! The store owns users, API keys, devices and their shadows. Read-modify-write of a shadow
 //! (PROTOCOL §4.1) happens inside the store, atomically, so that concurrent updates from a
