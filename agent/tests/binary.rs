@@ -72,7 +72,7 @@ async fn the_binary_restarts_into_its_update_and_reverts_a_bad_one() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("linux-box").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let mut agent = spawn_agent(&server, &token, data_dir.path());
     wait_event(&mut events, &id, "updated", |d| ota(d)["partition"] == 0).await;
@@ -134,7 +134,7 @@ async fn without_exec_images_the_binary_refuses_updates_naming_the_flag() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("cautious-box").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let mut agent = spawn_agent_with(&server, &token, data_dir.path(), &["--ota-methods", "push"]);
     wait_event(&mut events, &id, "updated", |d| ota(d)["partition"] == 0).await;

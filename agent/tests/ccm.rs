@@ -124,7 +124,7 @@ struct Bench {
 async fn bench() -> Bench {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("mcu").await;
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let (mut host, serial) = Host::open();
     let data_dir = tempfile::tempdir().expect("tempdir");

@@ -20,7 +20,7 @@ fn options(server: &TestServer, dir: &std::path::Path, count: usize) -> FleetOpt
         link: quick_link(),
         behaviour: Behaviour::idle(),
         download: quick_download(),
-        ..FleetOptions::new(&server.http(), &server.admin_key, count, dir.into())
+        ..FleetOptions::new(&server.url(), &server.admin_key, count, dir.into())
     }
 }
 
@@ -82,7 +82,7 @@ async fn behaviour_switches_lights_and_a_fraction_fails_updates() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let count = 6;
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let fleet = Fleet::start(FleetOptions {
         seed: 7,
@@ -172,7 +172,7 @@ async fn fleet_devices_pull_firmware_and_the_named_ones_fail() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let count = 4;
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let fleet = Fleet::start(FleetOptions {
         seed: 5,
@@ -265,7 +265,7 @@ async fn fleet_devices_pull_firmware_and_the_named_ones_fail() {
 async fn push_only_fleets_answer_like_the_mdash_device_library() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let fleet = Fleet::start(FleetOptions {
         behaviour: Behaviour {

@@ -85,7 +85,7 @@ async fn without_exec_images_the_agent_refuses_updates_and_says_how_to_allow_the
     let server = TestServer::start().await;
     let (id, token) = server.create_device("refuser").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let mut options = agent_options(&server, &token, data_dir.path().into());
     options.images = ImagePolicy::Refuse;
@@ -127,7 +127,7 @@ async fn an_agent_holding_a_key_takes_only_signed_images() {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("signed").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let operator = SigningKey::from_bytes(&[5; 32]);
     let mut options = agent_options(&server, &token, data_dir.path().into());

@@ -110,6 +110,11 @@ pub struct RunArgs {
     /// Handshakes in flight per shard while connecting.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// herd-server's store: a `postgres://` URL, or `postgres` for a throwaway PostgreSQL
+    /// (herd-testkit's, with PostgreSQL's flushing defaults) started for the run
+    /// [default: SQLite in the server's data directory].
+    #[arg(long)]
+    pub store: Option<String>,
     /// Print the result as a markdown table.
     #[arg(long)]
     pub markdown: bool,
@@ -287,12 +292,31 @@ async fn measure_server(args: &RunArgs, report: &mut TargetReport) -> Result<()>
             bin.display()
         );
     }
-    let mut server = ServerProcess::start(&bin).await?;
+    let postgres = match args.store.as_deref() {
+        Some("postgres") => Some(
+            tokio::task::spawn_blocking(herd_testkit::postgres::PostgresServer::start_durable)
+                .await??,
+        ),
+        _ => None,
+    };
+    let store = match (&postgres, args.store.as_deref()) {
+        (Some(postgres), _) => Some(postgres.create_database()?),
+        (None, Some(url)) => Some(url.to_string()),
+        (None, None) => None,
+    };
+    // With a throwaway PostgreSQL its processes' CPU is counted beside the server's.
+    let store_pid = postgres.as_ref().and_then(|postgres| postgres.pid());
+    let mut server = ServerProcess::start_on(&bin, None, store.as_deref()).await?;
     progress(&format!(
-        "herd-server pid {} on {}",
-        server.pid, server.base
+        "herd-server pid {} on {}, store {}",
+        server.pid,
+        server.base,
+        store
+            .as_deref()
+            .map(herd_config::redact_store_url)
+            .unwrap_or_else(|| "SQLite".into())
     ));
-    let outcome = server_phases(args, &mut server, report).await;
+    let outcome = server_phases(args, &mut server, store_pid, report).await;
     let log_notes = server.stop().await;
     report.notes.extend(log_notes);
     outcome
@@ -301,6 +325,7 @@ async fn measure_server(args: &RunArgs, report: &mut TargetReport) -> Result<()>
 async fn server_phases(
     args: &RunArgs,
     server: &mut ServerProcess,
+    store_pid: Option<u32>,
     report: &mut TargetReport,
 ) -> Result<()> {
     let http = reqwest::Client::builder()
@@ -365,6 +390,7 @@ async fn server_phases(
         let (step, probes) = update_step(
             &mut shards,
             server.pid,
+            store_pid,
             rate,
             duration,
             at_target,
@@ -683,6 +709,7 @@ async fn measure_echo(args: &RunArgs, report: &mut TargetReport) -> Result<()> {
         let (step, _) = update_step(
             &mut shard_set,
             pid,
+            None,
             rate,
             duration,
             at_target,
@@ -781,6 +808,7 @@ async fn mosquitto_phases(
         let (step, _) = update_step(
             &mut shard_set,
             broker.pid,
+            None,
             rate,
             duration,
             at_target,
@@ -962,14 +990,23 @@ impl MosquittoProcess {
 async fn update_step(
     shards: &mut Shards,
     peer_pid: u32,
+    store_pid: Option<u32>,
     rate: f64,
     duration: Duration,
     at_target: bool,
     p99_limit_ms: f64,
 ) -> Result<(StepReport, Vec<(usize, u64)>)> {
     let cpu_before = procfs::cpu_ticks(peer_pid)?;
+    let store_before = store_pid.map(procfs::tree_cpu_ticks).transpose()?;
     let totals = shards.load(LoadKind::Update, rate, duration).await?;
     let peer_cpu_us = cpu_micros_per(peer_pid, cpu_before, totals.replied)?;
+    let store_cpu_us = match (store_pid, store_before) {
+        (Some(pid), Some(before)) => {
+            let used = procfs::tree_cpu_ticks(pid)?.saturating_sub(before);
+            (totals.replied > 0).then(|| used as f64 * 10_000.0 / totals.replied as f64)
+        }
+        _ => None,
+    };
     let seconds = duration.as_secs_f64();
     let latency = Summary::of(&totals.histogram);
     let (pass, mut verdict) = judge(
@@ -999,6 +1036,7 @@ async fn update_step(
         achieved: totals.replied as f64 / seconds,
         latency,
         peer_cpu_us,
+        store_cpu_us,
         window_max_us: totals.window_max_us,
         pass,
         verdict,
@@ -1074,6 +1112,7 @@ async fn fanout_step(
         achieved: collected.deliveries as f64 / seconds,
         latency,
         peer_cpu_us,
+        store_cpu_us: None,
         window_max_us: Vec::new(),
         pass,
         verdict,
@@ -1222,6 +1261,16 @@ impl ServerProcess {
 
     /// [`ServerProcess::start`] with a settings file (`herd-server --config`).
     pub async fn start_with(bin: &Path, config: Option<&Path>) -> Result<Self> {
+        Self::start_on(bin, config, None).await
+    }
+
+    /// [`ServerProcess::start_with`] keeping its data in the store `store` names
+    /// (`herd-server --store`), SQLite in the data directory when `None`.
+    pub async fn start_on(bin: &Path, config: Option<&Path>, store: Option<&str>) -> Result<Self> {
+        let store_args: Vec<&str> = match store {
+            Some(url) => vec!["--store", url],
+            None => Vec::new(),
+        };
         let data_dir = tempfile::Builder::new()
             .prefix("herd-bench-")
             .tempdir()
@@ -1233,6 +1282,7 @@ impl ServerProcess {
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--register-user", "bench", "bench-password"])
+                .args(&store_args)
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1")
                 .kill_on_drop(true)
@@ -1272,6 +1322,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &address])
+            .args(&store_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

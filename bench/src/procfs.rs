@@ -88,6 +88,33 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(ticks(11) + ticks(12))
 }
 
+/// CPU ticks of `root` and of its children now alive: a PostgreSQL postmaster and the
+/// backends serving each connection.
+pub fn tree_cpu_ticks(root: u32) -> Result<u64> {
+    let mut total = cpu_ticks(root)?;
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if parent == Some(root) {
+            total += cpu_ticks(pid).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 /// Waits until the process has used at most 10 % of a core over half a second, or
 /// `limit` passes. After an overloaded step a peer may still be working off its
 /// backlog, which would otherwise be charged to the next step.

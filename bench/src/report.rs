@@ -170,6 +170,10 @@ pub struct StepReport {
     /// CPU time of the peer per completed operation, µs (user + system, including
     /// persistence and notification-log work done meanwhile).
     pub peer_cpu_us: Option<f64>,
+    /// CPU time of the store's database processes (PostgreSQL) per completed operation, µs;
+    /// `None` for SQLite, which runs inside the peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cpu_us: Option<f64>,
     /// Worst latency (µs) per 100-ms window of scheduled send time (update steps).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub window_max_us: Vec<u64>,
@@ -429,9 +433,12 @@ impl Report {
                         format_micros(l.p99_us),
                         format_micros(l.p999_us),
                         format_micros(l.max_us),
-                        step.peer_cpu_us
-                            .map(|us| format!("{us:.0} µs"))
-                            .unwrap_or_else(|| "-".into()),
+                        match (step.peer_cpu_us, step.store_cpu_us) {
+                            (Some(us), Some(store)) =>
+                                format!("{us:.0} µs + {store:.0} µs PostgreSQL"),
+                            (Some(us), None) => format!("{us:.0} µs"),
+                            _ => "-".into(),
+                        },
                         step.verdict
                     );
                 }
@@ -519,6 +526,7 @@ mod tests {
                 max_us: 9000,
             },
             peer_cpu_us: Some(12.0),
+            store_cpu_us: None,
             window_max_us: Vec::new(),
             pass,
             verdict: if pass {

@@ -1,12 +1,10 @@
 //! The client against a real server: every REST call (PROTOCOL §6), the error envelope,
 //! and the notify stream (§5) including reconnection after a server restart.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{SimDevice, TestServer, WAIT};
 use herd_client::{Client, DeviceChange, Error, LogsQuery, NewDevice, NotifyEvent, NotifyStream};
+use herd_testkit::{SimDevice, TestServer, WAIT};
 use serde_json::json;
 
 /// Reads events until `pred` matches one; panics after [`WAIT`].
@@ -33,7 +31,7 @@ fn is_notification(event: &NotifyEvent, id: &str, name: &str) -> bool {
 #[tokio::test]
 async fn device_lifecycle() {
     let server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     assert!(client.devices().await.expect("list").is_empty());
 
     let created = client
@@ -82,7 +80,7 @@ async fn device_lifecycle() {
 #[tokio::test]
 async fn shadow_updates_and_version_conflicts() {
     let server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     let (id, _) = server.create_device("lamp").await;
 
     let doc = client
@@ -122,14 +120,14 @@ async fn shadow_updates_and_version_conflicts() {
 #[tokio::test]
 async fn rpc_calls_reach_the_device() {
     let server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     let (id, token) = server.create_device("lamp").await;
 
     // PROTOCOL §6: an offline device is 503.
     let error = client.call(&id, "Echo", None).await.expect_err("offline");
     assert_eq!(error.status(), Some(503));
 
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     let result = client
         .call(&id, "Echo", Some(&json!({"x": [1, 2]})))
         .await
@@ -193,7 +191,7 @@ async fn credentials_and_reachability_errors() {
 #[tokio::test]
 async fn keys_users_and_logs() {
     let server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     let key = client
         .create_key(&Default::default())
         .await
@@ -252,13 +250,13 @@ async fn keys_users_and_logs() {
 #[tokio::test]
 async fn notify_stream_follows_devices_and_survives_a_restart() {
     let mut server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     let mut stream = client.notify();
     wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
 
     let (id, token) = server.create_device("lamp").await;
     wait_for(&mut stream, |e| is_notification(e, &id, "created")).await;
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     wait_for(&mut stream, |e| is_notification(e, &id, "online")).await;
 
     // A desired change travels to the device, which reports it (PROTOCOL §4.3): the stream
@@ -286,7 +284,7 @@ async fn notify_stream_follows_devices_and_survives_a_restart() {
     assert!(retry_in > Duration::ZERO);
     server.start_again().await;
     wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     wait_for(&mut stream, |e| is_notification(e, &id, "online")).await;
     server.shutdown().await;
 }
@@ -310,7 +308,7 @@ async fn notify_stream_with_a_wrong_key_ends_with_rejected() {
 #[tokio::test]
 async fn notify_batches() {
     let server = TestServer::start().await;
-    let client = server.client();
+    let client = server.client.clone();
     let mut stream = client.notify();
     wait_for(&mut stream, |e| matches!(e, NotifyEvent::Connected)).await;
     for i in 0..20 {

@@ -85,6 +85,10 @@ pub struct TlsSettings {
 pub struct ServerSettings {
     /// Where the store and notification.log live; `None` means the platform data directory.
     pub data_dir: Option<PathBuf>,
+    /// Where users, keys, devices, firmware metadata and rollouts are kept: `None` is SQLite
+    /// (`herd.db` in the data directory), `postgres://user@host/db` a PostgreSQL database.
+    /// The data directory still holds notification.log and firmware images either way.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     pub tls: Option<TlsSettings>,
     /// RPC proxy timeout (PROTOCOL §6), milliseconds.
@@ -147,6 +151,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             data_dir: None,
+            store: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8009)),
             tls: None,
             rpc_timeout_ms: 20_000,
@@ -186,12 +191,36 @@ impl std::fmt::Debug for ServerSettings {
         // The TLS key path is not a secret, but its contents are never read into settings.
         f.debug_struct("ServerSettings")
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_deref().map(redact_store_url))
             .field("listen", &self.listen)
             .field("tls", &self.tls.as_ref().map(|t| &t.cert))
             .field("rpc_timeout_ms", &self.rpc_timeout_ms)
             .field("ping_interval_secs", &self.ping_interval_secs)
             .field("durability", &self.durability)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn store_url_is_postgres(url: &str) -> bool {
+    ["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+}
+
+/// `url` with the password of its user part replaced by `***`, for logs and `Debug`.
+pub fn redact_store_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -278,8 +307,15 @@ impl ServerSettings {
                 "device_connects_per_minute must be at least 1",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(ConfigError::Invalid((*message).to_string())),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(ConfigError::Invalid((*message).to_string()));
+        }
+        match self.store.as_deref() {
+            Some(url) if store_url_is_postgres(url) => Ok(()),
+            Some(url) => Err(ConfigError::Invalid(format!(
+                "store must be a postgres:// or postgresql:// URL, not {:?}",
+                redact_store_url(url)
+            ))),
             None => Ok(()),
         }
     }
@@ -314,6 +350,34 @@ mod tests {
     fn invalid_values_are_rejected() {
         let err = ServerSettings::from_toml_str("ping_interval_secs = 0").unwrap_err();
         assert!(err.to_string().contains("ping_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_store_url_is_accepted_and_its_password_never_printed() {
+        let settings =
+            ServerSettings::from_toml_str("store = \"postgres://herd:hunter2@db.example/herd\"\n")
+                .unwrap();
+        assert_eq!(
+            settings.store.as_deref(),
+            Some("postgres://herd:hunter2@db.example/herd")
+        );
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("postgres://herd:***@db.example/herd"),
+            "{debug}"
+        );
+        assert!(
+            ServerSettings::from_toml_str("store = \"postgresql:///herd?host=/run/pg\"\n").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_store_that_is_not_postgres_is_refused() {
+        let err = ServerSettings::from_toml_str("store = \"mysql://u:secret@h/db\"\n").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("postgres://"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
     }
 
     #[test]

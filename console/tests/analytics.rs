@@ -3,8 +3,6 @@
 //! log directory (appends, rotation, a line still being written) and pulling a real
 //! server's log over `POST /logs`.
 
-#[path = "../../client/tests/common/mod.rs"]
-mod common;
 mod logs;
 mod support;
 
@@ -469,7 +467,7 @@ fn loading_and_failing_drawn() {
 
 // --- the worker ------------------------------------------------------------------------
 
-const WAIT: Duration = common::WAIT;
+const WAIT: Duration = herd_testkit::WAIT;
 
 /// Short intervals so the tests do not idle; nothing asserts on them.
 fn quick() -> Timing {
@@ -666,11 +664,11 @@ async fn the_worker_follows_a_named_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_pulls_the_servers_log_and_reports_failures() {
-    let mut server = common::TestServer::start().await;
-    let client = server.client();
+    let mut server = herd_testkit::TestServer::start().await;
+    let client = server.client.clone();
     let (_, token) = server.create_device("lamp").await;
-    let device = common::SimDevice::connect(&server.ws_base(), &token).await;
-    let expected = || async { common::visible_log_lines(&client).await as u64 };
+    let device = herd_testkit::SimDevice::connect(&server.ws_base, &token).await;
+    let expected = || async { herd_testkit::visible_log_lines(&client).await as u64 };
 
     let (sender, mut messages) = mpsc::channel(64);
     let worker = Worker::start_with(

@@ -5,8 +5,8 @@ mod cli_support;
 
 use std::process::Stdio;
 
-use cli_support::common::{SimDevice, TestServer, WAIT};
 use cli_support::{herd, run, Output};
+use herd_testkit::{SimDevice, TestServer, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -38,7 +38,7 @@ async fn devices_device_and_register() {
     let registered: Value = serde_json::from_str(&out.stdout).expect("json");
     assert!(registered["id"].is_string() && registered["token"].is_string());
 
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     let out = run(herd(&server, &key), &["devices", "--json"]).await;
     let devices: Vec<Value> = serde_json::from_str(&out.stdout).expect("json array");
     assert_eq!(devices.len(), 2);
@@ -151,7 +151,7 @@ async fn rpc_calls_and_their_failures() {
     assert_eq!(out.code, 7, "offline: {}", out.stderr);
     assert!(out.stderr.contains("offline"), "{}", out.stderr);
 
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     let out = run(herd(&server, &key), &["call", &id, "Echo", r#"{"x":1}"#]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
@@ -275,7 +275,7 @@ async fn tail_streams_json_lines() {
             break;
         }
     }
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     let output = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .expect("herd exits after --count")
@@ -396,7 +396,7 @@ async fn tail_stops_when_its_reader_goes_away() {
     }
     // Read one line, then close the pipe, as `herd tail | head -1` does.
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     let first = tokio::time::timeout(WAIT, stdout.next_line())
         .await
         .expect("a line")
@@ -410,7 +410,7 @@ async fn tail_stops_when_its_reader_goes_away() {
     // More notifications: the next write finds the pipe closed and herd ends.
     device.disconnect().await;
     let (_, token2) = server.create_device("porch").await;
-    let _again = SimDevice::connect(&server.ws_base(), &token2).await;
+    let _again = SimDevice::connect(&server.ws_base, &token2).await;
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .expect("herd exits once nobody reads")
@@ -425,7 +425,7 @@ async fn devices_are_named_by_name_wherever_an_id_was_taken() {
     let key = server.admin_key.clone();
     let (porch, token) = server.create_device("porch-lamp").await;
     let (kitchen, _) = server.create_device("kitchen-lamp").await;
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
 
     let out = run(herd(&server, &key), &["device", "porch-lamp", "--json"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -523,7 +523,7 @@ async fn tail_shows_history_and_changes_excludes_and_gives_up_on_a_dead_server()
     let mut server = TestServer::start().await;
     let key = server.admin_key.clone();
     let (_, token) = server.create_device("porch").await;
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     let out = run(
         herd(&server, &key),
         &["shadow", "set", "porch", r#"{"on": true}"#],
@@ -698,7 +698,7 @@ async fn history_rebuilds_a_device_at_a_time() {
 /// The keys of the admin whose name says they were made for a read-only session.
 async fn session_keys(server: &TestServer) -> Vec<herd_client::KeyObject> {
     server
-        .client()
+        .client
         .keys()
         .await
         .expect("keys")
@@ -820,7 +820,7 @@ async fn a_read_only_session_key_is_read_scoped_short_lived_and_deleted_on_close
         Some(server.admin_key.as_str())
     );
     session.close().await;
-    assert_eq!(server.client().keys().await.expect("keys").len(), 1);
+    assert_eq!(server.client.keys().await.expect("keys").len(), 1);
     server.shutdown().await;
 }
 

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use cli_support::common::{TestServer, WAIT};
 use cli_support::{herd, run, run_within};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use herd_agent::fleet::{Behaviour, Fleet, FleetHandle, FleetOptions};
 use herd_agent::runner::LinkOptions;
 use herd_client::NotifyEvent;
+use herd_testkit::{TestServer, WAIT};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -62,7 +62,7 @@ async fn fleet_with(
     update_pubkey: Option<String>,
     behaviour: Behaviour,
 ) -> FleetHandle {
-    let client = server.client();
+    let client = server.client.clone();
     // Listen first: a device's `updated` must not slip by before the stream is open.
     let mut stream = client.notify();
     loop {
@@ -768,12 +768,12 @@ async fn a_device_only_shared_with_the_caller_is_forbidden() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (id, _) = server.create_device("attic").await;
     let bob = server
-        .client()
+        .client
         .add_user("bob", "secret-pw")
         .await
         .expect("user");
     server
-        .client()
+        .client
         .change_device(
             &id,
             &herd_client::DeviceChange {
@@ -816,7 +816,7 @@ async fn a_second_push_while_one_runs_is_a_conflict() {
     .await;
     let firmware = out.stdout.trim().to_string();
 
-    let mut events = server.client().notify();
+    let mut events = server.client.clone().notify();
     while !matches!(
         tokio::time::timeout(WAIT, events.next()).await,
         Ok(Some(NotifyEvent::Connected))

@@ -12,7 +12,6 @@ mod rom_loader;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cli_support::common::TestServer;
 use cli_support::{herd, run};
 use firmware_core::config::{Config, Layer, Object};
 use firmware_core::flash::{FlashConfig, MemoryFlash};
@@ -21,6 +20,7 @@ use firmware_core::idf::{
 };
 use firmware_core::platform::ConfigStorage;
 use herd_console::bench::{build_image, Chip, Factory};
+use herd_testkit::TestServer;
 use light_elf::{synthetic_elf, synthetic_elf_with_code};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -243,7 +243,7 @@ async fn herd_flash_out_registers_the_device_and_writes_its_image() {
     let report: Value = serde_json::from_str(&output.stdout).expect("JSON");
     let id = report["id"].as_str().expect("an id").to_string();
     assert_eq!(report["app_version"], "2.0.0");
-    let device = server.client().device(&id).await.expect("registered");
+    let device = server.client.clone().device(&id).await.expect("registered");
     assert_eq!(device.name, "porch");
     let layer = check_merged(&std::fs::read(&out).expect("the image"), Chip::Esp32c3);
     let config = Config::new(layer, Object::new());
@@ -280,7 +280,13 @@ async fn herd_flash_exit_codes_name_the_step() {
     )
     .await;
     assert_eq!(missing.code, 9, "{}", missing.stderr);
-    assert!(server.client().devices().await.expect("devices").is_empty());
+    assert!(server
+        .client
+        .clone()
+        .devices()
+        .await
+        .expect("devices")
+        .is_empty());
     // Not an ELF at all: 9, after registering (the image is built with the token).
     let not_elf = dir.path().join("notes.txt");
     std::fs::write(&not_elf, "not firmware").expect("write");
@@ -483,7 +489,7 @@ async fn herd_flash_writes_the_board_then_waits_until_the_light_is_online() {
     // The light runs the image written: what it found in ota_0 is what herd built.
     assert_eq!(report["fw_id"], report["app_sha256"]);
     let id = report["id"].as_str().expect("an id");
-    let device = server.client().device(id).await.expect("registered");
+    let device = server.client.clone().device(id).await.expect("registered");
     assert_eq!(device.name, "porch");
     assert!(device.online);
     light.abort();
@@ -558,7 +564,7 @@ async fn a_light_for_a_tls_server_gets_the_ca_the_console_trusts() {
     .await;
     assert_eq!(refused.code, 2, "{}", refused.stderr);
     assert!(refused.stderr.contains("--ca-cert"), "{}", refused.stderr);
-    assert!(plain.client().devices().await.expect("devices").is_empty());
+    assert!(plain.client.devices().await.expect("devices").is_empty());
     // The light's own CA, for a server this machine reaches otherwise.
     let other = run(
         herd(&plain, &plain.admin_key),

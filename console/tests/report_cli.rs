@@ -2,16 +2,14 @@
 //! whose expected figures are worked out by hand, in every output format, and over a real
 //! in-process server's log pulled with `POST /logs`.
 
-#[path = "../../client/tests/common/mod.rs"]
-mod common;
 mod logs;
 
 use std::io::Cursor;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{SimDevice, TestServer, WAIT};
 use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
+use herd_testkit::{SimDevice, TestServer, WAIT};
 use logs::{light, line, BASE};
 use polars::prelude::{DataFrame, ParquetReader, SerReader};
 use serde_json::{json, Value};
@@ -989,7 +987,7 @@ async fn report_from(server_url: &str, key: &str, dir: &Path, args: &[&str]) -> 
 #[tokio::test]
 async fn reports_over_the_servers_log() {
     let server = TestServer::start().await;
-    let admin = server.client();
+    let admin = server.client.clone();
     // Outlives the server's own directory, for the last run after the server stopped.
     let cwd = tempfile::tempdir().expect("tempdir");
     let dir = cwd.path();
@@ -998,7 +996,7 @@ async fn reports_over_the_servers_log() {
 
     // The admin's light, online and switched on, off and on again through its shadow.
     let (lamp, token) = server.create_device("lamp").await;
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     wait_for(&mut stream, |e| is(e, &lamp, "online")).await;
     for on in [true, false, true] {
         admin
@@ -1025,7 +1023,7 @@ async fn reports_over_the_servers_log() {
         .expect("bob's device")
         .id;
     wait_for(&mut stream, |e| is(e, &desk, "created")).await;
-    let logged = common::visible_log_lines(&admin).await;
+    let logged = herd_testkit::visible_log_lines(&admin).await;
 
     let url = server.url();
     let out = report_from(&url, &server.admin_key, dir, &["fleet", "--format", "json"]).await;

@@ -2,15 +2,12 @@
 //! VT100 parser turns back into a screen, against a real server and real simulated
 //! devices (herd-agent's fleet). Keys are typed as bytes, as a person would.
 
-#[path = "../../client/tests/common/mod.rs"]
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{SimDevice, TestServer, WAIT};
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
+use herd_testkit::{SimDevice, TestServer, WAIT};
 use portable_pty::{CommandBuilder, MasterPty, PtySize};
 use tokio::sync::mpsc;
 
@@ -239,7 +236,7 @@ async fn devices_come_online_and_a_shadow_change_arrives() {
 async fn a_server_restart_is_survived_and_tiny_terminals_are_explained() {
     let mut server = TestServer::start().await;
     let (_, token) = server.create_device("porch").await;
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     let mut pty = Pty::spawn(
         &[],
         &[
@@ -519,7 +516,7 @@ impl Path {
 async fn rows_are_marked_stale_while_the_server_is_out_of_reach() {
     let server = TestServer::start().await;
     let (_, token) = server.create_device("porch").await;
-    let _device = SimDevice::connect(&server.ws_base(), &token).await;
+    let _device = SimDevice::connect(&server.ws_base, &token).await;
     let mut path = Path::open(server.addr).await;
     let mut pty = Pty::spawn(
         &[],
@@ -598,7 +595,7 @@ async fn a_read_only_console_runs_on_a_read_key_it_deletes_on_quit() {
     let server = TestServer::start().await;
     let session_keys = || async {
         server
-            .client()
+            .client
             .keys()
             .await
             .expect("keys")
@@ -696,12 +693,12 @@ async fn ctx_switches_the_console_to_another_server() {
             && s.lines().next().is_some_and(|l| l.contains("two"))
     })
     .await;
-    let made = second.client().keys().await.expect("keys").len();
+    let made = second.client.keys().await.expect("keys").len();
     assert_eq!(made, 2, "the session key on the second server");
     pty.type_text("q");
     let (success, restored) = pty.exit().await;
     assert!(success && restored);
-    assert_eq!(second.client().keys().await.expect("keys").len(), 1);
+    assert_eq!(second.client.keys().await.expect("keys").len(), 1);
     first.shutdown().await;
     second.shutdown().await;
 }
@@ -710,7 +707,7 @@ async fn ctx_switches_the_console_to_another_server() {
 async fn the_device_timeline_reads_the_servers_log() {
     let server = TestServer::start().await;
     let (_, token) = server.create_device("porch").await;
-    let device = SimDevice::connect(&server.ws_base(), &token).await;
+    let device = SimDevice::connect(&server.ws_base, &token).await;
     let mut pty = Pty::spawn(
         &[],
         &[

@@ -24,7 +24,7 @@ struct Gateway {
     counters: Arc<Counters>,
 }
 
-async fn gateway(server: &common::Server, dir: &std::path::Path) -> Gateway {
+async fn gateway(server: &herd_testkit::TestServer, dir: &std::path::Path) -> Gateway {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let mut options = CoapGatewayOptions::new(dir.to_path_buf());

@@ -17,7 +17,7 @@ mod common;
 use common::{wait_device, WAIT};
 
 struct Bed {
-    _server: common::Server,
+    _server: herd_testkit::TestServer,
     broker: MosquittoProcess,
     client: Client,
 }

@@ -1,7 +1,7 @@
 //! herd-server: a self-hosted device cloud that speaks Cesanta mDash's protocol.
 //!
 //! Devices connect over WebSocket and talk JSON-RPC (PROTOCOL §1-§3); the server keeps their
-//! shadows (§4) in SQLite, fans notifications out to live streams (§5) and appends them to
+//! shadows (§4) in SQLite or PostgreSQL, fans notifications out to live streams (§5) and appends them to
 //! `notification.log` (§7), and offers the REST API (§6) with an RPC proxy to devices. It
 //! stores firmware images (§10.1), updates one device ([`ota`], §10.2, §10.3) or many in
 //! waves ([`rollout`], §10.5), and decides who may do what in one place ([`access`]).
@@ -63,7 +63,6 @@ use tokio_util::task::TaskTracker;
 use crate::hub::{Hub, Identity};
 use crate::notification_log::{LogConfig, NotificationLog};
 use crate::registry::Registry;
-use crate::store::sqlite::SqliteStore;
 use crate::store::{DeviceRecord, Store, StoreError};
 
 /// Handles shared by every request and socket task.
@@ -190,6 +189,18 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// What a failure to open the store names: the database (without its password) or the
+/// data directory.
+fn store_description(settings: &ServerSettings, data_dir: &std::path::Path) -> String {
+    match &settings.store {
+        Some(url) => format!(
+            "cannot open the store {}",
+            herd_config::redact_store_url(url)
+        ),
+        None => format!("cannot open the store in {}", data_dir.display()),
+    }
+}
+
 impl Server {
     /// Opens the data directory and starts serving on `listener`.
     pub async fn start(settings: ServerSettings, listener: TcpListener) -> anyhow::Result<Self> {
@@ -198,12 +209,13 @@ impl Server {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let lock = lock_data_dir(&data_dir)?;
-        let store = SqliteStore::open(
+        let store = store::open(
+            &settings,
             &data_dir,
-            settings.durability,
             Duration::from_micros(settings.commit_window_us),
         )
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        .await
+        .with_context(|| store_description(&settings, &data_dir))?;
         let log = NotificationLog::open(log_config(&settings, &data_dir))
             .with_context(|| format!("cannot open notification.log in {}", data_dir.display()))?;
         let firmware_files = firmware::FirmwareFiles::open(&data_dir)
@@ -231,7 +243,7 @@ impl Server {
                 max_depth: settings.shadow_max_depth,
             },
             hub: Hub::new(log, settings.notify_backlog),
-            store: Arc::new(store),
+            store,
             registry: Registry::default(),
             basic_cache: auth::BasicCache::default(),
             watch: watch::DeviceWatch::default(),
@@ -327,8 +339,9 @@ pub async fn register_user(
         anyhow::bail!("password must not be empty");
     }
     let dir = settings.resolved_data_dir()?;
-    let store = SqliteStore::open(&dir, settings.durability, Duration::ZERO)
-        .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    let store = store::open(settings, &dir, Duration::ZERO)
+        .await
+        .with_context(|| store_description(settings, &dir))?;
     let cost = settings.bcrypt_cost;
     let pass = pass.to_string();
     let hash = tokio::task::spawn_blocking(move || bcrypt::hash(pass, cost)).await??;

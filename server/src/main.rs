@@ -19,6 +19,9 @@ struct Args {
     /// Data directory (store and notification.log); default: the platform data directory.
     #[arg(long, env = "HERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Store URL, `postgres://user@host/db`, instead of SQLite in the data directory.
+    #[arg(long, env = "HERD_STORE")]
+    store: Option<String>,
     /// Address to listen on (default 127.0.0.1:8009).
     #[arg(long, env = "HERD_LISTEN")]
     listen: Option<SocketAddr>,
@@ -49,6 +52,9 @@ fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
     };
     if let Some(dir) = &args.data_dir {
         settings.data_dir = Some(dir.clone());
+    }
+    if let Some(store) = &args.store {
+        settings.store = Some(store.clone());
     }
     if let Some(listen) = args.listen {
         settings.listen = listen;

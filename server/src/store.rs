@@ -1,11 +1,18 @@
-//! Persistence behind a trait, so a PostgreSQL implementation can sit beside SQLite.
+//! Persistence behind a trait, with two implementations: SQLite in the data directory
+//! ([`sqlite`], the default) and PostgreSQL ([`postgres`], `store = "postgres://..."`);
+//! [`open`] picks one from the settings.
 //!
 //! The store owns users, API keys, devices and their shadows. Read-modify-write of a shadow
 //! (PROTOCOL §4.1) happens inside the store, atomically, so that concurrent updates from a
 //! device and from REST never lose each other's changes. Secrets (passwords, API keys, device
 //! tokens) are never stored in clear: callers pass hashes.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::firmware::{DeviceState, RolloutSpec, RolloutState};
@@ -98,11 +105,44 @@ pub enum StoreError {
     Backend(String),
     #[error("the store is shut down")]
     Closed,
+    /// The database cannot be reached now (PostgreSQL stopped or unreachable); the call may
+    /// succeed later.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        // A unique key already taken reads as PostgreSQL's unique violation does.
+        if let rusqlite::Error::SqliteFailure(failure, _) = &e {
+            if matches!(
+                failure.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ) {
+                return StoreError::Exists("a row with this key".into());
+            }
+        }
         StoreError::Backend(e.to_string())
+    }
+}
+
+/// Opens the store `settings` name: PostgreSQL for `store = "postgres://..."`, otherwise
+/// SQLite (`herd.db`) in `data_dir`.
+pub async fn open(
+    settings: &herd_config::ServerSettings,
+    data_dir: &Path,
+    commit_window: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match settings.store.as_deref() {
+        Some(url) => Ok(Arc::new(
+            postgres::PostgresStore::open(url, settings.durability).await?,
+        )),
+        None => Ok(Arc::new(sqlite::SqliteStore::open(
+            data_dir,
+            settings.durability,
+            commit_window,
+        )?)),
     }
 }
 

@@ -1,10 +1,8 @@
 //! Devices that misbehave are held off (PROTOCOL §1, §11): one that floods is quarantined,
 //! refused with 429 until released, and the others go on as ever.
 
-mod common;
-
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use herd_testkit::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

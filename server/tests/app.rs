@@ -1,9 +1,7 @@
 //! The customer app's endpoints and files (`/app/`), over real HTTP: sign-up, pairing by
 //! the password on a device's label, what a customer may then do, unpairing.
 
-mod common;
-
-use common::*;
+use herd_testkit::*;
 use serde_json::{json, Value};
 
 async fn signup(server: &TestServer, name: &str) -> (u16, Value) {

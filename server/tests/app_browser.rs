@@ -6,12 +6,10 @@
 //! With `HERD_SCREENSHOTS=1` the phone and desktop screenshots are written to
 //! `docs/app/` (that is how the ones in the repository were made).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use herd_testkit::*;
 use serde_json::{json, Value};
 
 /// `name` on PATH, or `None`; with CI set a missing browser fails the test instead.

@@ -1,9 +1,7 @@
 //! A device's life against the real server: connect, report, delta, RPC, offline
 //! (PROTOCOL §1-§6).
 
-mod common;
-
-use common::*;
+use herd_testkit::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,15 +1,13 @@
 //! The real binary, killed and restarted: acknowledged writes survive SIGKILL, and
 //! notification.log never keeps a torn line (PROTOCOL §4.1, §7).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use herd_testkit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,6 +24,7 @@ fn register(dir: &Path) -> String {
             "admin",
             "pw",
         ])
+        .args(store_args(dir))
         .output()
         .unwrap();
     assert!(!again.status.success());

@@ -2,12 +2,10 @@
 //! the real server with real HTTP and WebSocket clients. The devices here speak the wire
 //! protocol by hand, as a Mongoose OS device would.
 
-mod common;
-
 use std::io::Write;
 
 use base64::Engine as _;
-use common::{expect_event, Device, TestServer, WAIT};
+use herd_testkit::{expect_event, Device, TestServer, WAIT};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -700,7 +698,7 @@ async fn only_the_owner_or_the_admin_may_change_firmware() {
     )
     .await
     .unwrap();
-    let reply = common::recv_json(&mut rpc).await;
+    let reply = herd_testkit::recv_json(&mut rpc).await;
     assert_eq!(reply["error"]["code"], 403, "{reply}");
 
     // Ann, the owner, and the admin may.

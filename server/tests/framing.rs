@@ -1,9 +1,7 @@
 //! Device socket framing and handshake rules (PROTOCOL §1, §2).
 
-mod common;
-
-use common::*;
 use futures_util::{SinkExt, StreamExt};
+use herd_testkit::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;

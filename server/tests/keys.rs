@@ -1,11 +1,9 @@
 //! API key scopes, device filters and expiry (PROTOCOL §11): every refusal next to the
 //! request that is allowed, against the real server.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use herd_testkit::*;
 use serde_json::{json, Value};
 
 async fn key(server: &TestServer, with: &str, body: Value) -> (u16, Value) {

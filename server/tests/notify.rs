@@ -1,9 +1,7 @@
 //! The notify stream (PROTOCOL §5): audience, order, slow consumers.
 
-mod common;
-
-use common::*;
 use futures_util::StreamExt;
+use herd_testkit::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

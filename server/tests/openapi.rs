@@ -1,11 +1,9 @@
 //! The OpenAPI document at `/api/v2/openapi.json`: served without credentials, and in step
 //! with the router (every route documented, every documented operation routed).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::TestServer;
+use herd_testkit::TestServer;
 use serde_json::Value;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];

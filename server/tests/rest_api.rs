@@ -1,9 +1,7 @@
 //! REST API behaviour (PROTOCOL §6): auth forms, error envelope, visibility, shadows, keys,
 //! users, logs.
 
-mod common;
-
-use common::*;
+use herd_testkit::*;
 use serde_json::{json, Value};
 
 fn assert_envelope(status: u16, body: &Value) {
@@ -378,8 +376,8 @@ async fn keys_are_listed_created_and_deleted() {
         .await;
     assert_eq!(status, 404);
     // Keys and tokens are stored hashed, never in clear.
-    let db = std::fs::read(server.dir.path().join("herd.db")).unwrap();
-    let text = String::from_utf8_lossy(&db);
+    let text = server.store_contents();
+    assert!(text.contains("email_admin"), "the dump holds the users");
     assert!(!text.contains(&server.admin_key));
     server.shutdown().await;
 }

@@ -1,14 +1,12 @@
 //! Rollouts (PROTOCOL §10.5, §10.6) against the real server and a simulated fleet: each
 //! device is the real firmware engine on a real WebSocket.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{recv_json, TestServer, Ws};
 use herd_agent::fleet::{Behaviour, Fleet, FleetHandle, FleetOptions};
 use herd_agent::runner::{Command, LinkOptions};
+use herd_testkit::{recv_json, TestServer, Ws};
 use serde_json::{json, Value};
 
 fn quick_link() -> LinkOptions {
@@ -50,7 +48,28 @@ async fn fleet(
     count: usize,
     behaviour: Behaviour,
 ) -> FleetHandle {
-    fleet_at(&server.base, &server.admin_key, dir, count, behaviour).await
+    let fleet = fleet_at(&server.base, &server.admin_key, dir, count, behaviour).await;
+    // A device is online before the server has stored its Sys.GetInfo answer (PROTOCOL §3),
+    // which the selections below match on; wait until every device's info is in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, devices) = server.call("GET", "/devices", None).await;
+        assert_eq!(status, 200, "{devices}");
+        let described = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["info"]["fw_version"].is_string())
+            .count();
+        if described >= count {
+            return fleet;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {described} of {count} devices have their info stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn fleet_at(
@@ -790,10 +809,10 @@ fn log_on_disk(dir: &std::path::Path) -> Vec<Value> {
 async fn a_rollout_survives_sigkill_mid_wave() {
     const BIN: &str = env!("CARGO_BIN_EXE_herd-server");
     let dir = tempfile::tempdir().unwrap();
-    let key = common::register_binary(BIN, dir.path());
-    let (mut child, addr) = common::spawn_binary(BIN, dir.path(), "127.0.0.1:0");
+    let key = herd_testkit::register_binary(BIN, dir.path());
+    let (mut child, addr) = herd_testkit::spawn_binary(BIN, dir.path(), "127.0.0.1:0");
     let base = format!("http://{addr}/api/v2");
-    let http = common::http_client();
+    let http = herd_testkit::http_client();
     let count = 40;
     let max_parallel = 4;
     let fleet_dir = tempfile::tempdir().unwrap();
@@ -859,7 +878,7 @@ async fn a_rollout_survives_sigkill_mid_wave() {
     child.kill().unwrap();
     child.wait().unwrap();
     // A fresh process on the same port; the fleet finds it by itself.
-    let (mut child, _) = common::spawn_binary(BIN, dir.path(), &addr);
+    let (mut child, _) = herd_testkit::spawn_binary(BIN, dir.path(), &addr);
     let finished = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {

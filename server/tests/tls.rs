@@ -1,12 +1,10 @@
 //! `wss://` and `https://` when the server has a certificate (PROTOCOL §1).
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use futures_util::StreamExt;
 use herd_config::TlsSettings;
+use herd_testkit::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;

@@ -1,5 +1,5 @@
-//! A real server on 127.0.0.1 with a temporary data directory, a REST client and a notify
-//! stream, for running agents against.
+//! What the agent's tests add to herd-testkit's server: in-process agents with quick
+//! backoff, waiting for their status and events, and an image server with faults.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -9,13 +9,10 @@ use std::time::Duration;
 use herd_agent::agent::{Agent, AgentHandle, AgentOptions, AgentStatus, ImagePolicy};
 use herd_agent::download::DownloadOptions;
 use herd_agent::runner::LinkOptions;
-use herd_client::{Client, NewDevice, NotifyEvent, NotifyStream};
-use herd_config::ServerSettings;
-use herd_server::Server;
+use herd_client::{NotifyEvent, NotifyStream};
 use serde_json::Value;
 
-/// Longest wait for something that should happen promptly; generous for shared CI machines.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use herd_testkit::{TestServer, WAIT};
 
 /// Fast reconnects, so tests do not wait on backoff.
 pub fn quick_link() -> LinkOptions {
@@ -24,110 +21,6 @@ pub fn quick_link() -> LinkOptions {
         backoff_max: Duration::from_millis(500),
         connect_timeout: Duration::from_secs(5),
         ..LinkOptions::default()
-    }
-}
-
-pub struct TestServer {
-    pub server: Option<Server>,
-    pub dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-    pub admin_key: String,
-    pub client: Client,
-}
-
-impl TestServer {
-    pub async fn start() -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let settings = ServerSettings {
-            data_dir: Some(dir.path().to_path_buf()),
-            bcrypt_cost: 4,
-            ..Default::default()
-        };
-        let (_, admin_key) = herd_server::register_user(&settings, "admin", "secret")
-            .await
-            .expect("register admin");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let server = Server::start(settings, listener)
-            .await
-            .expect("server starts");
-        let addr = server.local_addr();
-        let client = Client::new(&format!("http://{addr}"), Some(&admin_key)).expect("client");
-        TestServer {
-            server: Some(server),
-            dir,
-            addr,
-            admin_key,
-            client,
-        }
-    }
-
-    pub fn http(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn socket_url(&self) -> String {
-        format!("ws://{}/api/v2/rpc", self.addr)
-    }
-
-    /// Stops the server; devices see their sockets close.
-    pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await.expect("clean shutdown");
-        }
-    }
-
-    /// Starts the server again on the same address and data directory.
-    pub async fn start_again(&mut self) {
-        let settings = ServerSettings {
-            data_dir: Some(self.dir.path().to_path_buf()),
-            bcrypt_cost: 4,
-            ..Default::default()
-        };
-        // The port was just released; retry briefly in case the kernel still holds it.
-        let mut attempt = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(self.addr).await {
-                Ok(listener) => break listener,
-                Err(e) if attempt < 50 => {
-                    attempt += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
-            }
-        };
-        self.server = Some(
-            Server::start(settings, listener)
-                .await
-                .expect("server restarts"),
-        );
-    }
-
-    pub async fn create_device(&self, name: &str) -> (String, String) {
-        let device = self
-            .client
-            .create_device(&NewDevice {
-                name: Some(name.into()),
-                id: None,
-            })
-            .await
-            .expect("create device");
-        (device.id, device.token.expect("token on creation"))
-    }
-
-    pub async fn rpc(
-        &self,
-        id: &str,
-        method: &str,
-        params: Value,
-    ) -> Result<Value, herd_client::Error> {
-        self.client.call(id, method, Some(&params)).await
-    }
-
-    pub fn notify(&self) -> NotifyStream {
-        self.client.notify()
     }
 }
 
@@ -174,7 +67,7 @@ pub async fn connected_agent() -> Connected {
     let server = TestServer::start().await;
     let (id, token) = server.create_device("lamp").await;
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut events = server.notify();
+    let mut events = server.client.notify();
     subscribed(&mut events).await;
     let agent = start_agent(agent_options(&server, &token, data_dir.path().into())).await;
     wait_connect_report(&mut events, &id, |_| true).await;

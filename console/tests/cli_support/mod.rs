@@ -1,14 +1,11 @@
 //! Running the real `herd` binary in tests, against the in-process server of
-//! `client/tests/common`.
+//! herd-testkit.
 #![allow(dead_code)]
-
-#[path = "../../../client/tests/common/mod.rs"]
-pub mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestServer, WAIT};
+use herd_testkit::{TestServer, WAIT};
 
 /// What a finished `herd` said.
 pub struct Output {

@@ -1,5 +1,5 @@
-//! What both gateway tests need: a real herd-server in this process and a way to wait for
-//! a device to reach a state through the REST API.
+//! What both gateway tests need besides the test kit's server: a way to wait for a device to
+//! reach a state through the REST API.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -7,34 +7,11 @@ use std::time::Duration;
 use herd_client::Client;
 use serde_json::Value;
 
-pub const WAIT: Duration = Duration::from_secs(30);
+pub use herd_testkit::WAIT;
 
-pub struct Server {
-    pub server: herd_server::Server,
-    _dir: tempfile::TempDir,
-    pub client: Client,
-}
-
-pub async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = herd_config::ServerSettings {
-        data_dir: Some(dir.path().to_path_buf()),
-        bcrypt_cost: 4,
-        ..Default::default()
-    };
-    let (_, key) = herd_server::register_user(&settings, "admin", "pw")
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = herd_server::Server::start(settings, listener)
-        .await
-        .unwrap();
-    let client = Client::new(&format!("http://{}", server.local_addr()), Some(&key)).unwrap();
-    Server {
-        server,
-        _dir: dir,
-        client,
-    }
+/// herd-server from the test kit (on the store `HERD_TEST_STORE` names).
+pub async fn server() -> herd_testkit::TestServer {
+    herd_testkit::TestServer::start().await
 }
 
 /// Polls the server until `check` holds for the device named `name` (its device object,
