@@ -744,11 +744,15 @@ mod tests {
             ..Need::default()
         };
         let mut batch = Batch::default();
-        // Everything after `on` goes unread without the firmware need, malformed or not.
-        let line = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":false,"ota":{"status":2 "fw_version":"1.0"}}}}}"#;
+        // Nothing after `on` is extracted without the firmware need.
+        let line = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":false,"ota":{"status":2,"fw_version":"1.0"}}}}}"#;
         assert_eq!(batch.line(line, need), LineOutcome::Kept);
         assert_eq!(batch.events[0].on, 0);
         assert_eq!(batch.events[0].ota_status, -1);
+        // But the line must be whole JSON for `on` to count (PROTOCOL §7).
+        let malformed = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":true,"ota":{"status":2 "fw_version":"1.0"}}}}}"#;
+        assert_eq!(batch.line(malformed, need), LineOutcome::Invalid);
+        assert_eq!(batch.events.len(), 1);
         let late = br#"{"ts":11,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"ota":{"status":2},"on":true}}}}"#;
         assert_eq!(batch.line(late, need), LineOutcome::Kept);
         assert_eq!(batch.events[1].on, 1);
