@@ -428,11 +428,18 @@ impl<'a> Scope<'a> {
     /// The kept events of each device the filter lets through, in time order (stable, so
     /// events with equal times keep log order), and the devices to report on: those seen
     /// by the end of the range, except those deleted before it started and silent since.
+    ///
+    /// A `server.started` event (PROTOCOL §7) belongs to no device but ends every device's
+    /// session, so it is given to each device seen before it, in its place in log order.
     pub fn per_device(&self) -> Vec<DeviceEvents> {
         let log = self.log;
         let mut grouped: Vec<Vec<Event>> = vec![Vec::new(); log.devices.len()];
         for event in &log.events {
-            if self.wants(event.device) {
+            if event.kind == Kind::ServerStarted {
+                for events in grouped.iter_mut().filter(|events| !events.is_empty()) {
+                    events.push(*event);
+                }
+            } else if self.wants(event.device) {
                 if let Some(events) = grouped.get_mut(event.device as usize) {
                     events.push(*event);
                 }
@@ -459,7 +466,7 @@ impl<'a> Scope<'a> {
             }
             let mut deleted = false;
             let mut active = first >= self.from;
-            for event in &events {
+            for event in events.iter().filter(|e| e.kind != Kind::ServerStarted) {
                 if event.ts < self.from {
                     deleted = event.kind == Kind::Deleted;
                 } else if event.ts <= self.to {

@@ -147,6 +147,50 @@ fn connectivity_over_a_rotated_set() {
     assert_eq!(stats.unknown_events, 1);
 }
 
+/// PROTOCOL §7: the server appends `server.started` when it starts, so a session that a
+/// crash left open (no `offline`) ends there.
+#[test]
+fn a_restart_closes_open_sessions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = protocol::notification::SERVER_STARTED;
+    let mut text = String::new();
+    text += &line(0.0, "a", "online", Value::Null);
+    text += &line(600.0, "b", "online", Value::Null);
+    text += &line(1200.0, "b", "offline", Value::Null);
+    // The server crashed at some point after 1800 s and was started again at 5400 s.
+    text += &line(1800.0, "a", "rpc.out.Log", json!({"msg": "still here"}));
+    text += &line(5400.0, "", started, Value::Null);
+    // b comes back after the restart; its new session is its own.
+    text += &line(5500.0, "b", "online", Value::Null);
+    // A late offline for a, from before the restart's point of view, changes nothing.
+    text += &line(6000.0, "a", "offline", Value::Null);
+    let path = dir.path().join("notification.log");
+    std::fs::write(&path, text).expect("write");
+    let logs = [path];
+    let output = report(Report::Connectivity, &logs);
+    assert_rows(
+        output.main(),
+        json!([
+            {"id": "a", "name": "", "sessions": 1, "online_s": 5400.0, "uptime_pct": 37.5,
+             "connects": 1, "disconnects": 0, "peak_connects": 1, "flapping": false},
+            {"id": "b", "name": "", "sessions": 2, "online_s": 600.0 + 8900.0,
+             "uptime_pct": 100.0 * 9500.0 / 14_400.0, "connects": 2, "disconnects": 1,
+             "peak_connects": 1, "flapping": false},
+        ]),
+    );
+    let buckets = json_rows(output.table("buckets").expect("buckets")).expect("rows");
+    // Hour 1 (3600-7200 s): a until 5400, b from 5500.
+    assert!(close(
+        &buckets[1]["online_hours"],
+        &json!((1800.0 + 1700.0) / 3600.0)
+    ));
+    // The restart is no device, and a is not online at the end.
+    let fleet = json_rows(report(Report::Fleet, &logs).main()).expect("rows")[0].clone();
+    assert_eq!(fleet["devices_seen"], json!(2));
+    assert_eq!(fleet["online_now"], json!(1));
+    assert_eq!(fleet["unknown_events"], json!(0));
+}
+
 #[test]
 fn connectivity_range_end_cuts_open_sessions() {
     let dir = tempfile::tempdir().expect("temp dir");

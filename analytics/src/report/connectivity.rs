@@ -1,6 +1,7 @@
 //! Connectivity: online sessions from `online`/`offline` events (PROTOCOL §3, §5).
 //!
-//! A session starts at `online` and ends at the next `offline` (or `deleted`); repeated
+//! A session starts at `online` and ends at the next `offline` (or `deleted`, or the
+//! `server.started` line of a restart, PROTOCOL §7: a crash leaves sessions open); repeated
 //! `online`s within a session and `offline`s outside one change nothing, because the
 //! server only emits them on real transitions and duplicates come from merged or replayed
 //! files. A session still open at the end of the log runs to the range's end. Online time
@@ -44,7 +45,9 @@ pub(crate) fn sessions(events: &[Event], to: i64) -> Sessions {
                     result.disconnects.push(event.ts);
                 }
             }
-            Kind::Deleted => {
+            // The server (re)started: whatever was connected before is not any more, and
+            // a crash wrote no `offline` for it (PROTOCOL §7).
+            Kind::Deleted | Kind::ServerStarted => {
                 if let Some(start) = since.take() {
                     result.spans.push((start, event.ts));
                 }
