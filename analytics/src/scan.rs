@@ -263,47 +263,63 @@ const STRING_SPECIAL: [bool; 256] = {
 /// and UTF-8.
 pub(crate) fn json_string(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
     let mut from = at + 1;
-    let mut wide = false;
-    loop {
-        let Some(offset) = bytes
-            .get(from..)
-            .and_then(|rest| rest.iter().position(|&b| STRING_SPECIAL[b as usize]))
-        else {
-            return Err(Unsure::Invalid);
-        };
-        let found = from + offset;
-        match bytes[found] {
-            b'"' => {
-                if wide && std::str::from_utf8(&bytes[at + 1..found]).is_err() {
-                    return Err(Unsure::Invalid);
-                }
-                return Ok(found + 1);
-            }
-            b'\\' => {
-                from = match bytes.get(found + 1) {
-                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => found + 2,
-                    Some(b'u') => {
-                        let hex = bytes.get(found + 2..found + 6).ok_or(Unsure::Invalid)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return Err(Unsure::Invalid);
-                        }
-                        // Lone surrogates are `serde_json`'s to judge.
-                        if matches!(hex[0], b'd' | b'D')
-                            && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
-                        {
-                            return Err(Unsure::Undecided);
-                        }
-                        found + 6
-                    }
-                    _ => return Err(Unsure::Invalid),
-                };
-            }
-            b if b >= 0x80 => {
-                wide = true;
-                from = found + 1;
-            }
-            _ => return Err(Unsure::Invalid),
+    // Most strings in a notification are keys and short values, which a plain loop ends
+    // sooner than a vector search can start.
+    let short_end = bytes.len().min(from + 16);
+    while from < short_end {
+        let byte = bytes[from];
+        if !STRING_SPECIAL[byte as usize] {
+            from += 1;
+            continue;
         }
+        match byte {
+            b'"' => return Ok(from + 1),
+            b'\\' => from = escape_end(bytes, from)?,
+            // Past ASCII, or a control character: the general loop judges.
+            _ => break,
+        }
+    }
+    loop {
+        let rest = bytes.get(from..).ok_or(Unsure::Invalid)?;
+        let found = from + memchr2(b'"', b'\\', rest).ok_or(Unsure::Invalid)?;
+        plain(&bytes[from..found])?;
+        if bytes[found] == b'"' {
+            return Ok(found + 1);
+        }
+        from = escape_end(bytes, found)?;
+    }
+}
+
+/// Checks the bytes of a string between escapes: no control characters, UTF-8. Written
+/// without early exits, so that it runs a vector at a time.
+fn plain(span: &[u8]) -> Result<(), Unsure> {
+    let (control, wide) = span.iter().fold((false, false), |(control, wide), &b| {
+        (control | (b < 0x20), wide | (b >= 0x80))
+    });
+    if control || (wide && std::str::from_utf8(span).is_err()) {
+        return Err(Unsure::Invalid);
+    }
+    Ok(())
+}
+
+/// The end of the escape whose backslash is at `at`.
+fn escape_end(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    match bytes.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+        Some(b'u') => {
+            let hex = bytes.get(at + 2..at + 6).ok_or(Unsure::Invalid)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(Unsure::Invalid);
+            }
+            // Surrogates must pair up; `serde_json` judges those.
+            if matches!(hex[0], b'd' | b'D')
+                && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+            {
+                return Err(Unsure::Undecided);
+            }
+            Ok(at + 6)
+        }
+        _ => Err(Unsure::Invalid),
     }
 }
 
