@@ -93,7 +93,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let mut peaks = Vec::new();
     let mut flapping = Vec::new();
     let mut touched = vec![usize::MAX; buckets.len()];
-    for (row, device) in scope.per_device().into_iter().enumerate() {
+    for (row, device) in scope.per_device().enumerate() {
         let found = sessions(device.until(scope.to), scope.to);
         let mut online = 0;
         let mut count = 0u32;
