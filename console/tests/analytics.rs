@@ -467,6 +467,54 @@ fn loading_and_failing_drawn() {
     });
 }
 
+/// The SQL prompt over the sample's tables: typed, answered by the worker's message, and
+/// scrolled; a query Polars refuses shows its error in place of the table.
+#[cfg(feature = "query")]
+#[test]
+fn query_prompt_drawn() {
+    use crossterm::event::{KeyEvent, KeyModifiers};
+    use herd_console::tui::analytics::{query_table, PromptOutcome};
+    let typed = |model: &mut Model, sql: &str| {
+        model.analytics.open_query();
+        for c in sql.chars() {
+            model
+                .analytics
+                .query_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE), 10);
+        }
+        let outcome = model
+            .analytics
+            .query_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), 10);
+        let PromptOutcome::Run(Request::Query(sql)) = outcome else {
+            panic!("Enter runs the query: {outcome:?}");
+        };
+        let mut log = Log::new(herd_console::tui::analytics::worker::need());
+        log.push(sample_log().as_bytes());
+        herd_analytics::query::query(&log, &sql)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| query_table(&frame))
+            .map(Box::new)
+    };
+    let size = (80, 24);
+    let mut model = analytics(Report::Usage, size);
+    let answer = typed(
+        &mut model,
+        "SELECT id, COUNT(*) AS switches, SUM(CASE WHEN \"on\" THEN 1 ELSE 0 END) AS ons \
+         FROM switches GROUP BY id ORDER BY id",
+    );
+    assert!(answer.is_ok(), "{answer:?}");
+    send(&mut model, Msg::Analytics(Event::Query(answer)));
+    insta::assert_snapshot!("analytics_query_80x24", render(&model, 80, 24).backend());
+
+    let mut model = analytics(Report::Usage, size);
+    let answer = typed(&mut model, "SELECT nothing FROM nowhere");
+    assert!(answer.is_err());
+    send(&mut model, Msg::Analytics(Event::Query(answer)));
+    insta::assert_snapshot!(
+        "analytics_query_error_80x24",
+        render(&model, 80, 24).backend()
+    );
+}
+
 // --- the worker ------------------------------------------------------------------------
 
 const WAIT: Duration = common::WAIT;
