@@ -712,6 +712,60 @@ async fn the_worker_follows_a_named_file() {
     assert_eq!(cell(&replaced, "busiest", 0, "id"), "porch");
 }
 
+/// The worker's next answer to a query.
+#[cfg(feature = "query")]
+async fn query_answer(
+    messages: &mut mpsc::Receiver<Msg>,
+) -> Result<Box<herd_console::tui::analytics::TableData>, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, messages.recv()).await {
+            Ok(Some(Msg::Analytics(Event::Query(answer)))) => return answer,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the worker stopped"),
+            Err(_) => panic!("timed out waiting for the answer"),
+        }
+    }
+}
+
+/// The worker answers a query over the log it follows, lines appended since included; a
+/// query Polars refuses is an answer too, and the worker goes on.
+#[cfg(feature = "query")]
+#[tokio::test]
+async fn the_worker_answers_queries_over_the_log_it_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("notification.log");
+    append(&file, &line(0, "lamp", "online", Value::Null));
+    let (sender, mut messages) = mpsc::channel(64);
+    let worker = Worker::start_with(
+        Source::Local {
+            paths: vec![dir.path().to_path_buf()],
+            cache: None,
+        },
+        sender,
+        quick(),
+        clock,
+    );
+    worker.request(Request::Show(selection(Report::Fleet)));
+    report_where(&mut messages, "the first report", |d| d.stats.lines == 1).await;
+    append(&file, &line(60, "lamp", "offline", Value::Null));
+    report_where(&mut messages, "the appended line", |d| d.stats.lines == 2).await;
+    worker.request(Request::Query("SELECT id, seconds FROM sessions".into()));
+    let table = query_answer(&mut messages).await.expect("the query runs");
+    assert_eq!(table.columns, ["id", "seconds"]);
+    assert_eq!(table.rows, [["lamp", "60"]]);
+    worker.request(Request::Query("SELECT * FROM nowhere".into()));
+    let error = query_answer(&mut messages)
+        .await
+        .expect_err("no such table");
+    assert!(error.contains("nowhere"), "{error}");
+    append(&file, &line(120, "lamp", "online", Value::Null));
+    report_where(&mut messages, "a report after the failed query", |d| {
+        d.stats.lines == 3
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_pulls_the_servers_log_and_reports_failures() {
     let mut server = common::TestServer::start().await;
