@@ -194,6 +194,9 @@ pub struct FleetOptions {
     pub data_dir: PathBuf,
     /// Devices are named `<prefix>-0000`, `<prefix>-0001`, ...
     pub prefix: String,
+    /// New devices get their names as ids rather than ids the server picks, so that
+    /// something written before the fleet exists (a demo's history) can name them.
+    pub names_as_ids: bool,
     /// Reconnect policy of every device.
     pub link: LinkOptions,
     /// Whom the REST client, the device sockets and the image downloads trust.
@@ -216,6 +219,7 @@ impl FleetOptions {
             behaviour: Behaviour::default(),
             data_dir,
             prefix: "sim".into(),
+            names_as_ids: false,
             link: LinkOptions::default(),
             trust: Default::default(),
             update_pubkey: None,
@@ -495,6 +499,7 @@ async fn register(options: &FleetOptions) -> anyhow::Result<Vec<SimDevice>> {
     if !missing.is_empty() {
         tracing::info!(count = missing.len(), "registering simulated devices");
     }
+    let names_as_ids = options.names_as_ids;
     let created: Vec<anyhow::Result<SimDevice>> = stream::iter(missing)
         .map(|name| {
             let client = client.clone();
@@ -502,7 +507,7 @@ async fn register(options: &FleetOptions) -> anyhow::Result<Vec<SimDevice>> {
                 let device = client
                     .create_device(&NewDevice {
                         name: Some(name.clone()),
-                        id: None,
+                        id: names_as_ids.then(|| name.clone()),
                     })
                     .await
                     .with_context(|| format!("cannot create {name}"))?;

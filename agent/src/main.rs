@@ -280,6 +280,7 @@ async fn run_fleet(args: FleetArgs) -> anyhow::Result<()> {
         behaviour,
         data_dir: data_dir(args.data_dir, "fleet")?,
         prefix: args.prefix,
+        names_as_ids: false,
         link: LinkOptions::default(),
         trust: args.tls.trust()?,
         update_pubkey: args.update_pubkey,

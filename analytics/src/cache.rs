@@ -24,8 +24,9 @@ use crate::event::{Batch, Event, Interner, Kind, Need, OtaSignal, Step, Update, 
 const MAGIC: &[u8; 8] = b"HERDLOGC";
 /// Bumped whenever the layout or the meaning of a parsed field changes. 2: the engine's
 /// events of PROTOCOL §10.6 only, rollout events without a device, and [`Update`]s. 3: the
-/// devices' names.
-const VERSION: u32 = 3;
+/// devices' names. 4: the whole-line rule of PROTOCOL §7 (a torn line that ended in `}` was
+/// once kept) and `server.started` events, which version 3 counted as unknown.
+const VERSION: u32 = 4;
 /// Bytes of the source hashed into its identity.
 const HEAD_BYTES: usize = 4096;
 
@@ -342,7 +343,7 @@ fn decode(bytes: &[u8], source: &Source, need: Need) -> Option<Entry> {
         let [kind, signal, on, ota_status, reverted] = r.take(5)?.try_into().ok()?;
         let kind = kind_from(kind, signal)?;
         // Only a rollout's events have no device (and never one).
-        let device_ok = if kind == Kind::Rollout {
+        let device_ok = if matches!(kind, Kind::Rollout | Kind::ServerStarted) {
             device == NONE
         } else {
             (device as usize) < batch.devices.len()
@@ -464,6 +465,7 @@ fn kind_code(kind: Kind) -> (u8, u8) {
         Kind::RpcOut => (5, 0),
         Kind::RpcIn => (6, 0),
         Kind::Rollout => (7, 0),
+        Kind::ServerStarted => (9, 0),
         Kind::Ota(signal) => (
             8,
             match signal {
@@ -496,6 +498,7 @@ fn kind_from(kind: u8, signal: u8) -> Option<Kind> {
             4 => OtaSignal::Other,
             _ => return None,
         })),
+        9 => plain(Kind::ServerStarted),
         _ => None,
     }
 }
@@ -833,6 +836,66 @@ mod tests {
         // Another need has entries of its own.
         let all = Log::load_cached(&files, Need::ALL, cache_dir.path(), &|_| {}).expect("load");
         assert_logs_equal(&all, &Log::load(&files, Need::ALL, &|_| {}).expect("load"));
+    }
+
+    /// An entry written by an older version of the parser, as that version would have
+    /// written it, is rebuilt rather than read: version 3 took `server.started`
+    /// (PROTOCOL §7) for an unknown event, so its entry has no restart in it.
+    #[test]
+    fn entries_of_an_older_version_are_rebuilt() {
+        let logs = tempfile::tempdir().expect("temp dir");
+        let cache_dir = tempfile::tempdir().expect("temp dir");
+        let started = format!(
+            r#"{{"ts":5,"id":"","name":"{}","data":null}}"#,
+            protocol::notification::SERVER_STARTED
+        );
+        let rotated = logs.path().join("notification.log.2024-01-01");
+        write_log(
+            &rotated,
+            &[
+                r#"{"ts":1,"id":"a","name":"online","data":null}"#.to_string(),
+                started.clone(),
+            ],
+        );
+        write_log(
+            &logs.path().join("notification.log"),
+            &[r#"{"ts":9,"id":"b","name":"online","data":null}"#.to_string()],
+        );
+        let files = crate::log_files(logs.path()).expect("list");
+        let need = Need::default();
+        let fresh = Log::load(&files, need, &|_| {}).expect("load");
+        assert!(fresh.events.iter().any(|e| e.kind == Kind::ServerStarted));
+
+        // What version 3 stored for the rotated file: the restart as an unknown event.
+        let source = Source::of(&rotated).expect("source");
+        let mut old = Entry {
+            batch: Batch::default(),
+            torn: 0,
+        };
+        old.batch
+            .line(br#"{"ts":1,"id":"a","name":"online","data":null}"#, need);
+        old.batch.lines += 1;
+        old.batch.unknown += 1;
+        old.batch.max_ts = Some(5_000_000);
+        let mut bytes = encode(&source, need, &old);
+        bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&3u32.to_le_bytes());
+        let body = bytes.len() - 4;
+        let check = crc32fast::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(&check.to_le_bytes());
+        let entry_path = entry_path(cache_dir.path(), &rotated, need);
+        std::fs::write(&entry_path, &bytes).expect("write");
+        assert!(decode(&bytes, &source, need).is_none());
+
+        let loaded = Log::load_cached(&files, need, cache_dir.path(), &|_| {}).expect("load");
+        assert_logs_equal(&loaded, &fresh);
+        assert_eq!(loaded.stats.unknown_events, 0);
+        // And the entry was replaced by one of this version.
+        let rebuilt = load(&entry_path, &source, need).expect("rebuilt entry");
+        assert!(rebuilt
+            .batch
+            .events
+            .iter()
+            .any(|e| e.kind == Kind::ServerStarted && e.device == NONE));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! versions and other texts into numbers.
 
 use protocol::firmware::{self, Counters};
+use protocol::notification;
 use rustc_hash::FxHashMap;
 
 use crate::scan::{self, Head};
@@ -61,6 +62,9 @@ pub(crate) enum Kind {
     /// `rollout.*`: its id is a rollout's, not a device's, so its [`Event`] has no device.
     /// The fleet report counts it; the firmware report reads its [`Update`].
     Rollout,
+    /// `server.started` (PROTOCOL §7): the server (re)started, so no device was connected
+    /// across it; its [`Event`] has no device. Every report keeps it.
+    ServerStarted,
 }
 
 /// What a firmware-update signal says about the device's current update attempt.
@@ -112,6 +116,7 @@ pub(crate) fn classify(name: &[u8]) -> Option<Kind> {
         b"created" => Kind::Created,
         b"updated" => Kind::Updated,
         b"deleted" => Kind::Deleted,
+        _ if name == notification::SERVER_STARTED.as_bytes() => Kind::ServerStarted,
         _ => {
             if let Some(method) = name.strip_prefix(b"rpc.out.") {
                 if method.is_empty() {
@@ -491,8 +496,9 @@ impl Batch {
         let Some(kind) = classify(&head.name) else {
             return LineOutcome::Unknown;
         };
-        // A rollout is not a device: it must not show up in per-device tables.
-        let device = if kind == Kind::Rollout {
+        // A rollout is not a device, nor is the server: neither may show up in per-device
+        // tables.
+        let device = if matches!(kind, Kind::Rollout | Kind::ServerStarted) {
             NONE
         } else {
             let device = self.devices.intern(&head.id);
@@ -528,7 +534,7 @@ impl Batch {
         };
         let mut recorded = false;
         let keep = match kind {
-            Kind::Online | Kind::Offline | Kind::Deleted => true,
+            Kind::Online | Kind::Offline | Kind::Deleted | Kind::ServerStarted => true,
             Kind::Updated if need.shadow || need.firmware => {
                 self.updated(&head, &mut event, need);
                 true
@@ -709,6 +715,10 @@ mod tests {
         assert_eq!(classify(b"ota.begin"), Some(Kind::Ota(OtaSignal::Start)));
         assert_eq!(classify(b"ota.progress"), Some(Kind::Ota(OtaSignal::Other)));
         assert_eq!(classify(b"rollout.started"), Some(Kind::Rollout));
+        assert_eq!(
+            classify(notification::SERVER_STARTED.as_bytes()),
+            Some(Kind::ServerStarted)
+        );
         // Only the names of PROTOCOL §10.6: guesses at other spellings are unknown.
         for other in [
             &b"ota.reverted"[..],
@@ -744,11 +754,15 @@ mod tests {
             ..Need::default()
         };
         let mut batch = Batch::default();
-        // Everything after `on` goes unread without the firmware need, malformed or not.
-        let line = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":false,"ota":{"status":2 "fw_version":"1.0"}}}}}"#;
+        // Nothing after `on` is extracted without the firmware need.
+        let line = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":false,"ota":{"status":2,"fw_version":"1.0"}}}}}"#;
         assert_eq!(batch.line(line, need), LineOutcome::Kept);
         assert_eq!(batch.events[0].on, 0);
         assert_eq!(batch.events[0].ota_status, -1);
+        // But the line must be whole JSON for `on` to count (PROTOCOL §7).
+        let malformed = br#"{"ts":10,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":true,"ota":{"status":2 "fw_version":"1.0"}}}}}"#;
+        assert_eq!(batch.line(malformed, need), LineOutcome::Invalid);
+        assert_eq!(batch.events.len(), 1);
         let late = br#"{"ts":11,"id":"d","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"ota":{"status":2},"on":true}}}}"#;
         assert_eq!(batch.line(late, need), LineOutcome::Kept);
         assert_eq!(batch.events[1].on, 1);

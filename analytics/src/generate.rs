@@ -28,6 +28,19 @@ pub struct Config {
     pub bytes: u64,
     /// Unix seconds of the first event.
     pub start: f64,
+    /// Stop before the first line past this time (unix seconds), if it comes before
+    /// `bytes` are written.
+    pub until: Option<f64>,
+    /// Mean seconds between the actions of an online device (a log line, a switch, a
+    /// sensor report...); flapping devices act 4.5 times as often. Longer means a thinner
+    /// log over the same time.
+    pub action_mean_s: f64,
+    /// Lights follow the hour of day (UTC): mostly on in the evening, off at night, a
+    /// little in the morning; otherwise they switch at random.
+    pub daily_rhythm: bool,
+    /// `(id, name)` of the first devices, for a log about a fleet that exists; the others
+    /// get generated ones.
+    pub names: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -37,6 +50,10 @@ impl Default for Config {
             devices: 2000,
             bytes: 1 << 30,
             start: 1_767_225_600.0, // 2026-01-01T00:00:00Z
+            until: None,
+            action_mean_s: 45.0,
+            daily_rhythm: false,
+            names: Vec::new(),
         }
     }
 }
@@ -222,9 +239,14 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
     let mut devices: Vec<Device> = (0..config.devices.max(1))
         .map(|i| {
             let flaky = rng.below(40) == 0;
+            let generated = format!("{:024x}", rng.next() as u128 * 0x1_0000 + u128::from(i));
+            let (id, name) = match config.names.get(i as usize) {
+                Some((id, name)) => (id.clone(), name.clone()),
+                None => (generated, format!("light-{i:05}")),
+            };
             Device {
-                id: format!("{:024x}", rng.next() as u128 * 0x1_0000 + u128::from(i)),
-                name: format!("light-{i:05}"),
+                id,
+                name,
                 flaky,
                 online: false,
                 on: rng.below(3) == 0,
@@ -256,10 +278,14 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
     let mut next_rollout_us = start_us + 900_000_000;
     let mut summary = Summary::default();
     let mut line = String::with_capacity(2048);
+    let until_us = config.until.map(|until| (until * 1e6) as i64);
     while summary.bytes < config.bytes {
         let Some(std::cmp::Reverse((now, index))) = queue.pop() else {
             break;
         };
+        if until_us.is_some_and(|until| now > until) {
+            break;
+        }
         summary.last_us = now;
         if index == planner {
             let mut t = now;
@@ -412,7 +438,16 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                 t + rng.wait_us(5.0)
             }
             Phase::Online => {
-                let roll = rng.below(1000);
+                // With the daily rhythm a device now and then sets its light as people
+                // do at this hour, which is a button press when that changes it.
+                let wanted = (config.daily_rhythm && rng.below(3) == 0)
+                    .then(|| rng.unit() < share_on(now))
+                    .filter(|&on| on != device.on);
+                let roll = if wanted.is_some() {
+                    955
+                } else {
+                    rng.below(1000)
+                };
                 if roll < 955 {
                     device.seq += 1;
                     let message = LOG_MESSAGES[rng.below(LOG_MESSAGES.len() as u64) as usize];
@@ -480,7 +515,8 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
                     let image = (device.fw + 1, None, false);
                     begin(device, image, now, &mut tick, &mut rng, &mut sink)?;
                 }
-                t + rng.wait_us(if device.flaky { 10.0 } else { 45.0 })
+                let mean = config.action_mean_s / if device.flaky { 4.5 } else { 1.0 };
+                t + rng.wait_us(mean)
             }
             Phase::Updating { percent } => {
                 let percent = (percent + 25).min(100);
@@ -546,6 +582,16 @@ pub fn generate<W: Write>(config: &Config, out: W) -> io::Result<Summary> {
     }
     out.flush()?;
     Ok(summary)
+}
+
+/// The share of lights on at `us` (unix microseconds) under the daily rhythm: the evening
+/// peak from 18:00 to 23:00 UTC, a little light in the morning, little at night or by day.
+fn share_on(us: i64) -> f64 {
+    match us.div_euclid(3_600_000_000).rem_euclid(24) {
+        18..=22 => 0.85,
+        23 | 6..=7 => 0.4,
+        _ => 0.08,
+    }
 }
 
 /// Where lines go: the line being built, the running counts, the output.

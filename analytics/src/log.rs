@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use memchr::memchr;
 use memmap2::{Mmap, MmapOptions};
@@ -240,21 +240,28 @@ impl Log {
         });
         let next = AtomicUsize::new(0);
         let done = AtomicU64::new(skipped);
-        let results: Mutex<Vec<Option<Result<ChunkResult, Error>>>> =
-            Mutex::new((0..chunks.len()).map(|_| None).collect());
+        let slots = Slots::new(chunks.len());
         let workers = plan
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, chunks.len().max(1));
-        std::thread::scope(|scope| {
+        // Results are merged in log order as they arrive, so at most a few chunks' batches
+        // (with their interners) are held at once however long the log: workers stay within
+        // `AHEAD` chunks of the merge.
+        let ahead = workers * AHEAD_PER_WORKER;
+        let merged = std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
+                    let _guard = AbandonOnPanic(&slots);
                     let mut buffer = Vec::new();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(chunk) = chunks.get(index) else {
                             break;
                         };
+                        if !slots.wait_for_room(index, ahead) {
+                            break;
+                        }
                         let path = &files[chunk.file];
                         let result = read_chunk(path, chunk, need, plan.slack, &mut buffer);
                         let bytes = chunk.end - chunk.start;
@@ -265,9 +272,7 @@ impl Log {
                             total,
                         });
                         let failed = result.is_err();
-                        if let Ok(mut slots) = results.lock() {
-                            slots[index] = Some(result);
-                        }
+                        slots.put(index, result);
                         if failed {
                             // Let the other workers run dry quickly.
                             next.store(chunks.len(), Ordering::Relaxed);
@@ -275,53 +280,15 @@ impl Log {
                     }
                 });
             }
+            let merged =
+                merge_in_order(files, &chunks, &slots, &mut cached, &cacheable, need, total);
+            if merged.is_err() {
+                next.store(chunks.len(), Ordering::Relaxed);
+                slots.abandon();
+            }
+            merged
         });
-        let results = results
-            .into_inner()
-            .map_err(|_| Error::Internal("a log reader thread panicked".into()))?;
-        let mut log = Log::new(need);
-        log.stats.files = files.len() as u64;
-        log.stats.bytes = total;
-        let mut results = chunks.iter().zip(results).peekable();
-        for (index, path) in files.iter().enumerate() {
-            if let Some(entry) = cached[index].take() {
-                log.stats.torn_lines += entry.torn;
-                log.merge(entry.batch);
-                continue;
-            }
-            // A file to cache is gathered into one batch first; others merge chunk by chunk.
-            let mut whole = cacheable[index].as_ref().map(|_| cache::Entry {
-                batch: Batch::default(),
-                torn: 0,
-            });
-            let mut grew = false;
-            while let Some((_, result)) = results.next_if(|(chunk, _)| chunk.file == index) {
-                let Some(result) = result else {
-                    return Err(Error::Internal("a log chunk was not read".into()));
-                };
-                let result = result?;
-                log.stats.bytes += result.extra_bytes;
-                grew |= result.extra_bytes > 0;
-                match &mut whole {
-                    Some(entry) => {
-                        entry.torn += u64::from(result.torn);
-                        entry.batch.absorb(result.batch);
-                    }
-                    None => {
-                        log.stats.torn_lines += u64::from(result.torn);
-                        log.merge(result.batch);
-                    }
-                }
-            }
-            if let (Some(entry), Some((source, entry_path))) = (whole, &cacheable[index]) {
-                // Only what was read from the very file the identity names is stored.
-                if !grew && cache::Source::of(path).as_ref() == Some(source) {
-                    cache::store(entry_path, source, need, &entry);
-                }
-                log.stats.torn_lines += entry.torn;
-                log.merge(entry.batch);
-            }
-        }
+        let log = merged?;
         Ok(log)
     }
 
@@ -387,6 +354,146 @@ impl Log {
             max_ts: &mut self.max_ts,
         });
     }
+}
+
+/// Chunks a worker may read ahead of the merge, per worker.
+const AHEAD_PER_WORKER: usize = 4;
+
+/// Chunk results waiting to be merged, by chunk index.
+struct Slots {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+struct SlotState {
+    results: Vec<Option<Result<ChunkResult, Error>>>,
+    /// Chunks merged so far.
+    merged: usize,
+    /// The merge gave up: workers stop.
+    abandoned: bool,
+}
+
+impl Slots {
+    fn new(count: usize) -> Slots {
+        Slots {
+            state: Mutex::new(SlotState {
+                results: (0..count).map(|_| None).collect(),
+                merged: 0,
+                abandoned: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A worker that panicked holding the lock left nothing half-done in it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until chunk `index` is at most `ahead` chunks past the merge; `false` when the
+    /// merge was abandoned.
+    fn wait_for_room(&self, index: usize, ahead: usize) -> bool {
+        let mut state = self.lock();
+        while !state.abandoned && index >= state.merged + ahead {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        !state.abandoned
+    }
+
+    fn put(&self, index: usize, result: Result<ChunkResult, Error>) {
+        let mut state = self.lock();
+        if let Some(slot) = state.results.get_mut(index) {
+            *slot = Some(result);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits for the result of chunk `index`, the next to merge.
+    fn take(&self, index: usize) -> Result<ChunkResult, Error> {
+        let mut state = self.lock();
+        loop {
+            if let Some(result) = state.results.get_mut(index).and_then(Option::take) {
+                state.merged = index + 1;
+                self.changed.notify_all();
+                return result;
+            }
+            if state.abandoned || index >= state.results.len() {
+                return Err(Error::Internal("a log chunk was not read".into()));
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn abandon(&self) {
+        self.lock().abandoned = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Abandons the merge when a worker panics, so the merge does not wait for its chunk.
+struct AbandonOnPanic<'a>(&'a Slots);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandon();
+        }
+    }
+}
+
+/// Merges cache entries and chunk results into one log, in log order, as the chunks are
+/// read; files worth caching are stored once read whole.
+fn merge_in_order(
+    files: &[PathBuf],
+    chunks: &[Chunk],
+    slots: &Slots,
+    cached: &mut [Option<cache::Entry>],
+    cacheable: &[Option<(cache::Source, PathBuf)>],
+    need: Need,
+    total: u64,
+) -> Result<Log, Error> {
+    let mut log = Log::new(need);
+    log.stats.files = files.len() as u64;
+    log.stats.bytes = total;
+    let mut next_chunk = 0;
+    for (index, path) in files.iter().enumerate() {
+        if let Some(entry) = cached[index].take() {
+            log.stats.torn_lines += entry.torn;
+            log.merge(entry.batch);
+            continue;
+        }
+        // A file to cache is gathered into one batch first; others merge chunk by chunk.
+        let mut whole = cacheable[index].as_ref().map(|_| cache::Entry {
+            batch: Batch::default(),
+            torn: 0,
+        });
+        let mut grew = false;
+        while chunks.get(next_chunk).is_some_and(|c| c.file == index) {
+            let result = slots.take(next_chunk)?;
+            next_chunk += 1;
+            log.stats.bytes += result.extra_bytes;
+            grew |= result.extra_bytes > 0;
+            match &mut whole {
+                Some(entry) => {
+                    entry.torn += u64::from(result.torn);
+                    entry.batch.absorb(result.batch);
+                }
+                None => {
+                    log.stats.torn_lines += u64::from(result.torn);
+                    log.merge(result.batch);
+                }
+            }
+        }
+        if let (Some(entry), Some((source, entry_path))) = (whole, &cacheable[index]) {
+            // Only what was read from the very file the identity names is stored.
+            if !grew && cache::Source::of(path).as_ref() == Some(source) {
+                cache::store(entry_path, source, need, &entry);
+            }
+            log.stats.torn_lines += entry.torn;
+            log.merge(entry.batch);
+        }
+    }
+    Ok(log)
 }
 
 /// Whether the server may still write `files[index]`: the current file, or the last file

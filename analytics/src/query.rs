@@ -31,7 +31,7 @@ use crate::report::{
 use crate::{Error, Log};
 
 /// The tables a query can read, with their columns.
-pub const TABLES: [(&str, &str); 4] = [
+pub const TABLES: [(&str, &str); 5] = [
     (
         "events",
         "every event the reports know (PROTOCOL §5): ts, id, device, event, fw_version, on, \
@@ -44,6 +44,10 @@ pub const TABLES: [(&str, &str); 4] = [
     (
         "switches",
         "the light switched (reported.on changed): id, device, ts, on",
+    ),
+    (
+        "on_periods",
+        "the light was on: id, device, start, end (null while on at the log's end), seconds",
     ),
     (
         "shadow_reported",
@@ -77,6 +81,7 @@ pub fn tables(log: &Log) -> Result<Vec<(&'static str, DataFrame)>, Error> {
         ("events", events(log, |_| true)?),
         ("sessions", session_table(log)?),
         ("switches", switch_table(log)?),
+        ("on_periods", on_period_table(log)?),
         (
             "shadow_reported",
             events(log, |e| {
@@ -144,6 +149,41 @@ fn session_table(log: &Log) -> Result<DataFrame, Error> {
         let count = found.spans.len();
         for (index, &(start, end)) in found.spans.iter().enumerate() {
             let open = found.open && index + 1 == count;
+            ids.push(device.id.clone());
+            names.push(device.name.clone());
+            starts.push(start);
+            ends.push((!open).then_some(end));
+            lengths.push(seconds(end - start));
+        }
+    }
+    frame(vec![
+        Column::new("id".into(), ids),
+        Column::new("device".into(), names),
+        time_column("start", starts),
+        optional_time_column("end", ends),
+        Column::new("seconds".into(), lengths),
+    ])
+}
+
+/// The usage report's periods of light: from a report of `on` to the next of `off` (or the
+/// device's deletion).
+fn on_period_table(log: &Log) -> Result<DataFrame, Error> {
+    let request = whole();
+    let scope = Scope::new(log, &request)?;
+    let (mut ids, mut names, mut starts, mut ends, mut lengths) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for device in scope.per_device() {
+        let events = device.until(scope.to);
+        let found = light(events, scope.to);
+        // The last period runs to the range's end when the light was still on there.
+        let still_on = events
+            .iter()
+            .rev()
+            .find(|e| e.on >= 0 || e.kind == Kind::Deleted)
+            .is_some_and(|e| e.on == 1);
+        let count = found.periods.len();
+        for (index, &(start, end)) in found.periods.iter().enumerate() {
+            let open = still_on && index + 1 == count;
             ids.push(device.id.clone());
             names.push(device.name.clone());
             starts.push(start);

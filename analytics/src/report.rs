@@ -427,57 +427,100 @@ impl<'a> Scope<'a> {
 
     /// The kept events of each device the filter lets through, in time order (stable, so
     /// events with equal times keep log order), and the devices to report on: those seen
-    /// by the end of the range, except those deleted before it started and silent since.
-    pub fn per_device(&self) -> Vec<DeviceEvents> {
+    /// by the end of the range, except those deleted before it started and silent since;
+    /// in the order of their ids.
+    ///
+    /// A `server.started` event (PROTOCOL §7) belongs to no device but ends every device's
+    /// session, so it is given to each device seen before it, in its place in log order.
+    ///
+    /// Devices come one at a time: only an index of the log's events (four bytes each) and
+    /// the current device's events are held, never a copy of the whole log.
+    pub fn per_device(&self) -> impl Iterator<Item = DeviceEvents> + '_ {
         let log = self.log;
-        let mut grouped: Vec<Vec<Event>> = vec![Vec::new(); log.devices.len()];
-        for event in &log.events {
-            if self.wants(event.device) {
-                if let Some(events) = grouped.get_mut(event.device as usize) {
-                    events.push(*event);
-                }
+        let devices = log.devices.len();
+        // Where each device's events start in `order`: a counting sort by device that
+        // keeps log order within a device.
+        let mut starts = vec![0usize; devices + 1];
+        let mut restarts: Vec<u32> = Vec::new();
+        for (index, event) in log.events.iter().enumerate() {
+            if event.kind == Kind::ServerStarted {
+                restarts.push(index as u32);
+            } else if (event.device as usize) < devices && self.wants(event.device) {
+                starts[event.device as usize + 1] += 1;
             }
         }
-        let mut result = Vec::new();
-        for (device, mut events) in grouped.into_iter().enumerate() {
-            let device = device as u32;
-            if !self.wants(device) {
-                continue;
-            }
-            let first = log
-                .first_seen
-                .get(device as usize)
-                .copied()
-                .unwrap_or(i64::MAX);
-            if first > self.to {
-                continue;
-            }
-            // Lines may be out of order (clock steps, merged files); a stable sort keeps log
-            // order among equal times.
-            if !events.windows(2).all(|w| w[0].ts <= w[1].ts) {
-                events.sort_by_key(|e| e.ts);
-            }
-            let mut deleted = false;
-            let mut active = first >= self.from;
-            for event in &events {
-                if event.ts < self.from {
-                    deleted = event.kind == Kind::Deleted;
-                } else if event.ts <= self.to {
-                    active = true;
-                    break;
-                }
-            }
-            if deleted && !active {
-                continue;
-            }
-            result.push(DeviceEvents {
-                id: log.devices.text(device),
-                name: log.label_or_empty(device),
-                events,
-            });
+        for device in 0..devices {
+            starts[device + 1] += starts[device];
         }
-        result.sort_by(|a, b| a.id.cmp(&b.id));
-        result
+        let mut fill = starts.clone();
+        let mut order = vec![0u32; starts[devices]];
+        for (index, event) in log.events.iter().enumerate() {
+            let device = event.device as usize;
+            if event.kind != Kind::ServerStarted && device < devices && self.wants(event.device) {
+                order[fill[device]] = index as u32;
+                fill[device] += 1;
+            }
+        }
+        drop(fill);
+        let mut ids: Vec<u32> = (0..devices as u32).filter(|&d| self.wants(d)).collect();
+        ids.sort_by(|&a, &b| log.devices.get(a).cmp(log.devices.get(b)));
+        ids.into_iter().filter_map(move |device| {
+            let own = &order[starts[device as usize]..starts[device as usize + 1]];
+            self.device_events(device, own, &restarts)
+        })
+    }
+
+    /// One device's [`DeviceEvents`] from the indices of its events and of the restarts,
+    /// both in log order; `None` when the device is not reported on.
+    fn device_events(&self, device: u32, own: &[u32], restarts: &[u32]) -> Option<DeviceEvents> {
+        let log = self.log;
+        let first = log
+            .first_seen
+            .get(device as usize)
+            .copied()
+            .unwrap_or(i64::MAX);
+        if first > self.to {
+            return None;
+        }
+        // Restarts after the device's first event, in their places in log order.
+        let mut indices = Vec::with_capacity(own.len());
+        let later = own.first().map_or(restarts.len(), |&first| {
+            restarts.partition_point(|&r| r < first)
+        });
+        let mut restarts = restarts[later..].iter().copied().peekable();
+        for &index in own {
+            while let Some(restart) = restarts.next_if(|&r| r < index) {
+                indices.push(restart);
+            }
+            indices.push(index);
+        }
+        if !own.is_empty() {
+            indices.extend(restarts);
+        }
+        let mut events: Vec<Event> = indices.iter().map(|&i| log.events[i as usize]).collect();
+        // Lines may be out of order (clock steps, merged files); a stable sort keeps log
+        // order among equal times.
+        if !events.windows(2).all(|w| w[0].ts <= w[1].ts) {
+            events.sort_by_key(|e| e.ts);
+        }
+        let mut deleted = false;
+        let mut active = first >= self.from;
+        for event in events.iter().filter(|e| e.kind != Kind::ServerStarted) {
+            if event.ts < self.from {
+                deleted = event.kind == Kind::Deleted;
+            } else if event.ts <= self.to {
+                active = true;
+                break;
+            }
+        }
+        if deleted && !active {
+            return None;
+        }
+        Some(DeviceEvents {
+            id: log.devices.text(device),
+            name: log.label_or_empty(device),
+            events,
+        })
     }
 }
 

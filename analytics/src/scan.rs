@@ -6,6 +6,9 @@
 //! asks for, skipping every other value by bracket counting. Lines the server wrote take a
 //! fast path that expects its exact key order (`ts`, `id`, `name`, `data`); anything else
 //! (other order, whitespace, escapes) takes a general path that accepts any valid object.
+//! Either way the whole line must be one JSON object (PROTOCOL §7): the fast path checks
+//! the grammar of `data` to the end of the line in the same pass that finds its end, and
+//! the general path asks `serde_json`.
 
 use std::borrow::Cow;
 
@@ -23,42 +26,309 @@ pub(crate) struct Head<'a> {
 }
 
 /// Reads the head of one line (without its newline). `None`: not a notification.
+///
+/// PROTOCOL §7: a line counts only if the whole of it is one complete JSON object with a
+/// numeric `ts` and string `id` and `name`. A torn line (a crash cut it, and the next
+/// write went on after it) often ends in `}` and may even start like a good line, so the
+/// fast path checks the grammar of everything after the head to the end of the line
+/// rather than trusting the closing brace; lines it cannot judge go to `serde_json`.
 pub(crate) fn head(line: &[u8]) -> Option<Head<'_>> {
-    fast_head(line).or_else(|| general_head(line))
+    match fast_head(line) {
+        Fast::Valid(head) => Some(head),
+        Fast::Invalid => None,
+        Fast::Other => general_head(line),
+    }
+}
+
+/// What the fast path made of a line.
+enum Fast<'a> {
+    Valid(Head<'a>),
+    /// Not JSON, for certain.
+    Invalid,
+    /// Not in the server's layout, or beyond what the fast check judges.
+    Other,
 }
 
 /// The server's own layout: `{"ts":<n>,"id":"<id>","name":"<name>","data":<v>}`.
-fn fast_head(line: &[u8]) -> Option<Head<'_>> {
-    let rest = line.strip_prefix(b"{\"ts\":")?;
-    let (ts_us, used) = number_us(rest)?;
-    let rest = rest.get(used..)?.strip_prefix(b",\"id\":\"")?;
-    let end = memchr2(b'"', b'\\', rest)?;
-    if rest[end] != b'"' {
-        return None;
+fn fast_head(line: &[u8]) -> Fast<'_> {
+    let Some(rest) = line.strip_prefix(b"{\"ts\":") else {
+        return Fast::Other;
+    };
+    let Some((ts_us, used)) = number_us(rest) else {
+        return Fast::Other;
+    };
+    // `number_us` is lenient (leading zeros); the line must still be JSON.
+    if json_number(rest, 0) != Ok(used) {
+        return Fast::Other;
     }
-    let id = &rest[..end];
-    let rest = rest[end + 1..].strip_prefix(b",\"name\":\"")?;
-    let end = memchr2(b'"', b'\\', rest)?;
-    if rest[end] != b'"' {
-        return None;
+    let Some(rest) = rest[used..].strip_prefix(b",\"id\":") else {
+        return Fast::Other;
+    };
+    let Some(id) = plain_string(rest) else {
+        return Fast::Other;
+    };
+    let Some(rest) = rest[id.len() + 2..].strip_prefix(b",\"name\":") else {
+        return Fast::Other;
+    };
+    let Some(name) = plain_string(rest) else {
+        return Fast::Other;
+    };
+    let Some(rest) = rest[name.len() + 2..].strip_prefix(b",\"data\":") else {
+        return Fast::Other;
+    };
+    let start = skip_ws(rest, 0);
+    let end = match json_value(rest, start) {
+        Ok(end) => end,
+        Err(Unsure::Invalid) => return Fast::Invalid,
+        Err(Unsure::Undecided) => return Fast::Other,
+    };
+    let close = skip_ws(rest, end);
+    if rest.get(close) != Some(&b'}') || skip_ws(rest, close + 1) != rest.len() {
+        // Whatever follows the object (another one glued on, a torn tail) spoils the line.
+        return Fast::Invalid;
     }
-    let name = &rest[..end];
-    let rest = rest[end + 1..].strip_prefix(b",\"data\":")?;
-    let rest = trim_end(rest);
-    let data = trim_end(rest.strip_suffix(b"}")?);
-    if data.is_empty() {
-        return None;
-    }
-    Some(Head {
+    Fast::Valid(Head {
         ts_us,
         id: Cow::Borrowed(id),
         name: Cow::Borrowed(name),
-        data,
+        data: &rest[start..end],
     })
 }
 
+/// The contents of the string that opens at 0 of `bytes` when it needs no decoding: no
+/// escapes, no control characters, ASCII only (anything else goes the general way).
+fn plain_string(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let end = 1 + bytes[1..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))?;
+    (bytes[end] == b'"').then(|| &bytes[1..end])
+}
+
+/// Why [`json_value`] gave no end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsure {
+    /// The bytes are not JSON.
+    Invalid,
+    /// Nested deeper than the fast check follows; `serde_json` decides.
+    Undecided,
+}
+
+/// Nesting the fast check follows; `serde_json` refuses deeper than 128 anyway.
+const MAX_DEPTH: usize = 64;
+
+/// The end of the one JSON value that starts at `at` (no leading whitespace), checking
+/// the whole grammar (RFC 8259) on the way: brackets of both kinds, strings with their
+/// escapes and UTF-8, numbers, literals, commas and colons.
+pub(crate) fn json_value(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    // Open containers, innermost last: `true` for an object.
+    let mut stack = [false; MAX_DEPTH];
+    let mut depth = 0;
+    let mut at = at;
+    'value: loop {
+        match bytes.get(at) {
+            Some(b'{') => {
+                at = skip_ws(bytes, at + 1);
+                if bytes.get(at) == Some(&b'}') {
+                    at += 1;
+                } else {
+                    if depth == MAX_DEPTH {
+                        return Err(Unsure::Undecided);
+                    }
+                    stack[depth] = true;
+                    depth += 1;
+                    at = member_value(bytes, at)?;
+                    continue 'value;
+                }
+            }
+            Some(b'[') => {
+                at = skip_ws(bytes, at + 1);
+                if bytes.get(at) == Some(&b']') {
+                    at += 1;
+                } else {
+                    if depth == MAX_DEPTH {
+                        return Err(Unsure::Undecided);
+                    }
+                    stack[depth] = false;
+                    depth += 1;
+                    continue 'value;
+                }
+            }
+            Some(b'"') => at = json_string(bytes, at)?,
+            Some(b't') => at = literal(bytes, at, b"true")?,
+            Some(b'f') => at = literal(bytes, at, b"false")?,
+            Some(b'n') => at = literal(bytes, at, b"null")?,
+            Some(b'-' | b'0'..=b'9') => at = json_number(bytes, at)?,
+            _ => return Err(Unsure::Invalid),
+        }
+        // After a value: close containers until one goes on.
+        loop {
+            if depth == 0 {
+                return Ok(at);
+            }
+            at = skip_ws(bytes, at);
+            let object = stack[depth - 1];
+            match bytes.get(at) {
+                Some(b',') => {
+                    at = skip_ws(bytes, at + 1);
+                    if object {
+                        at = member_value(bytes, at)?;
+                    }
+                    continue 'value;
+                }
+                Some(b'}') if object => {}
+                Some(b']') if !object => {}
+                _ => return Err(Unsure::Invalid),
+            }
+            depth -= 1;
+            at += 1;
+        }
+    }
+}
+
+/// From a member's key at `at` to the start of its value.
+fn member_value(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    if bytes.get(at) != Some(&b'"') {
+        return Err(Unsure::Invalid);
+    }
+    let at = skip_ws(bytes, json_string(bytes, at)?);
+    if bytes.get(at) != Some(&b':') {
+        return Err(Unsure::Invalid);
+    }
+    Ok(skip_ws(bytes, at + 1))
+}
+
+fn literal(bytes: &[u8], at: usize, word: &[u8]) -> Result<usize, Unsure> {
+    match bytes.get(at..at + word.len()) {
+        Some(found) if found == word => Ok(at + word.len()),
+        _ => Err(Unsure::Invalid),
+    }
+}
+
+/// The end of the JSON number at `at`: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+pub(crate) fn json_number(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    let digits = |from: usize| {
+        let mut end = from;
+        while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        end
+    };
+    let mut at = at;
+    if bytes.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    match bytes.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => at = digits(at + 1),
+        _ => return Err(Unsure::Invalid),
+    }
+    if bytes.get(at) == Some(&b'.') {
+        let end = digits(at + 1);
+        if end == at + 1 {
+            return Err(Unsure::Invalid);
+        }
+        at = end;
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let end = digits(at);
+        if end == at {
+            return Err(Unsure::Invalid);
+        }
+        at = end;
+    }
+    Ok(at)
+}
+
+/// Bytes a JSON string cannot hold as they are: the quote, the backslash, control
+/// characters; and bytes past ASCII, which must form UTF-8.
+const STRING_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] =
+            byte < 0x20 || byte == b'"' as usize || byte == b'\\' as usize || byte >= 0x80;
+        byte += 1;
+    }
+    table
+};
+
+/// The end of the JSON string that opens at `at`, checking escapes, control characters
+/// and UTF-8.
+pub(crate) fn json_string(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    let mut from = at + 1;
+    // Most strings in a notification are keys and short values, which a plain loop ends
+    // sooner than a vector search can start.
+    let short_end = bytes.len().min(from + 16);
+    while from < short_end {
+        let byte = bytes[from];
+        if !STRING_SPECIAL[byte as usize] {
+            from += 1;
+            continue;
+        }
+        match byte {
+            b'"' => return Ok(from + 1),
+            b'\\' => from = escape_end(bytes, from)?,
+            // Past ASCII, or a control character: the general loop judges.
+            _ => break,
+        }
+    }
+    loop {
+        let rest = bytes.get(from..).ok_or(Unsure::Invalid)?;
+        let found = from + memchr2(b'"', b'\\', rest).ok_or(Unsure::Invalid)?;
+        plain(&bytes[from..found])?;
+        if bytes[found] == b'"' {
+            return Ok(found + 1);
+        }
+        from = escape_end(bytes, found)?;
+    }
+}
+
+/// Checks the bytes of a string between escapes: no control characters, UTF-8. Written
+/// without early exits, so that it runs a vector at a time.
+fn plain(span: &[u8]) -> Result<(), Unsure> {
+    let (control, wide) = span.iter().fold((false, false), |(control, wide), &b| {
+        (control | (b < 0x20), wide | (b >= 0x80))
+    });
+    if control || (wide && std::str::from_utf8(span).is_err()) {
+        return Err(Unsure::Invalid);
+    }
+    Ok(())
+}
+
+/// The end of the escape whose backslash is at `at`.
+fn escape_end(bytes: &[u8], at: usize) -> Result<usize, Unsure> {
+    match bytes.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+        Some(b'u') => {
+            let hex = bytes.get(at + 2..at + 6).ok_or(Unsure::Invalid)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(Unsure::Invalid);
+            }
+            // Surrogates must pair up; `serde_json` judges those.
+            if matches!(hex[0], b'd' | b'D')
+                && matches!(hex[1], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+            {
+                return Err(Unsure::Undecided);
+            }
+            Ok(at + 6)
+        }
+        _ => Err(Unsure::Invalid),
+    }
+}
+
+/// Any JSON object with a numeric `ts` and string `id` and `name`; other members ignored.
+/// The line must be JSON as a whole, which `serde_json` decides: this path serves lines
+/// not in the server's layout, which are rare.
 /// Any JSON object with a numeric `ts` and string `id` and `name`; other members ignored.
 fn general_head(line: &[u8]) -> Option<Head<'_>> {
+    serde_json::from_slice::<serde_json::Value>(line).ok()?;
     let start = skip_ws(line, 0);
     let mut ts_us = None;
     let mut id = None;
@@ -84,14 +354,6 @@ fn general_head(line: &[u8]) -> Option<Head<'_>> {
         name: name?,
         data,
     })
-}
-
-fn trim_end(bytes: &[u8]) -> &[u8] {
-    let mut end = bytes.len();
-    while end > 0 && matches!(bytes[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
-        end -= 1;
-    }
-    &bytes[..end]
 }
 
 pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
@@ -405,11 +667,13 @@ mod tests {
     fn fast_and_general_heads_agree() {
         let line = br#"{"ts":1700000000.5,"id":"d1","name":"online","data":null}"#;
         let spaced = br#" { "name" : "online", "data": null, "id":"d1", "ts": 1.7000000005e9 } "#;
-        let fast = fast_head(line).expect("fast path");
+        let Fast::Valid(fast) = fast_head(line) else {
+            panic!("fast path");
+        };
         assert_eq!(fast.ts_us, 1_700_000_000_500_000);
         assert_eq!(&*fast.id, b"d1");
         assert_eq!(fast.data, b"null");
-        assert!(fast_head(spaced).is_none());
+        assert!(matches!(fast_head(spaced), Fast::Other));
         let general = head(spaced).expect("general path");
         assert_eq!(general, fast);
     }
@@ -434,6 +698,125 @@ mod tests {
         ] {
             assert!(head(line).is_none(), "{}", String::from_utf8_lossy(line));
         }
+    }
+
+    /// A good line in the server's layout whose `data` carries a shadow update that
+    /// switches a light on.
+    const SWITCH_ON: &[u8] = br#"{"ts":1767225600.031823,"id":"lamp","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"on":true,"ota":{"status":0,"fw_version":"1.0"}}}}}"#;
+    const ONLINE: &[u8] = br#"{"ts":1767225601.000000,"id":"lamp","name":"online","data":null}"#;
+
+    /// PROTOCOL §7: torn lines are invalid as a whole, however they end.
+    #[test]
+    fn torn_lines_are_rejected() {
+        assert!(head(SWITCH_ON).is_some());
+        assert!(head(ONLINE).is_some());
+        let glued = |a: &[u8], b: &[u8]| [a, b].concat();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            // Cut inside `data`, and the next write went on after it: ends in `}`.
+            (
+                "cut mid-object, next line glued on",
+                glued(&SWITCH_ON[..60], ONLINE),
+            ),
+            // Cut after `"on":true`, and a later line's end supplied the `}}`.
+            (
+                "ends in }} and looks like a switch-on",
+                glued(&SWITCH_ON[..108], b"}}"),
+            ),
+            ("cut mid-object ending in }", glued(&SWITCH_ON[..108], b"}")),
+            (
+                "truncated last line",
+                SWITCH_ON[..SWITCH_ON.len() - 3].to_vec(),
+            ),
+            ("two objects on one line", glued(ONLINE, ONLINE)),
+            ("trailing garbage", glued(ONLINE, b" x")),
+            ("trailing brace", glued(ONLINE, b"}")),
+            (
+                "unbalanced brackets",
+                br#"{"ts":1,"id":"a","name":"online","data":[{]}}"#.to_vec(),
+            ),
+            (
+                "bare word",
+                br#"{"ts":1,"id":"a","name":"online","data":{"a":nul}}"#.to_vec(),
+            ),
+            (
+                "leading zero",
+                br#"{"ts":01,"id":"a","name":"online","data":null}"#.to_vec(),
+            ),
+            (
+                "control character",
+                b"{\"ts\":1,\"id\":\"a\",\"name\":\"online\",\"data\":\"a\x01\"}".to_vec(),
+            ),
+            (
+                "bad escape",
+                br#"{"ts":1,"id":"a","name":"online","data":"\x"}"#.to_vec(),
+            ),
+            (
+                "bad UTF-8",
+                b"{\"ts\":1,\"id\":\"a\",\"name\":\"online\",\"data\":\"\xff\"}".to_vec(),
+            ),
+        ];
+        for (what, line) in cases {
+            assert!(
+                head(&line).is_none(),
+                "{what}: {}",
+                String::from_utf8_lossy(&line)
+            );
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&line).is_err(),
+                "{what} is not JSON"
+            );
+        }
+        assert_eq!(
+            head(
+                r#"{"ts":1,"id":"a","name":"online","data":"K\u00fcche \ud83d\ude00 Küche"}"#
+                    .as_bytes()
+            )
+            .map(|h| h.ts_us),
+            Some(1_000_000)
+        );
+    }
+
+    #[test]
+    fn grammar_matches_serde_json() {
+        for text in [
+            &b"0"[..],
+            b"-0.5e+3",
+            b"1E9",
+            b"[]",
+            b"{}",
+            br#"{"a":[1,{"b":[]}],"c":"\u0041"}"#,
+            b" [ 1 , 2 ] ",
+            b"-",
+            b"1.",
+            b"1e",
+            b".5",
+            b"00",
+            b"[1,]",
+            br#"{"a":1,}"#,
+            br#"{"a"}"#,
+            br#"{"a":}"#,
+            b"[1 2]",
+            br#"{1:2}"#,
+            b"tru",
+            b"nulll",
+            br#""\ud800""#,
+        ] {
+            let start = skip_ws(text, 0);
+            let ours = match json_value(text, start) {
+                Ok(end) => Some(skip_ws(text, end) == text.len()),
+                Err(Unsure::Invalid) => Some(false),
+                Err(Unsure::Undecided) => None,
+            };
+            let theirs = serde_json::from_slice::<serde_json::Value>(text).is_ok();
+            if let Some(ours) = ours {
+                assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(text));
+            }
+        }
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(json_value(deep.as_bytes(), 0), Err(Unsure::Undecided));
+        assert!(
+            head(format!(r#"{{"ts":1,"id":"a","name":"x","data":{deep}}}"#).as_bytes()).is_some()
+        );
     }
 
     #[test]
@@ -486,7 +869,58 @@ mod tests {
         assert_eq!(get(br#"{"a":"\"}"}"#, b"a"), Some(&br#""\"}""#[..]));
     }
 
+    /// Lines as the generator writes them, a sample of every kind.
+    fn sample_lines() -> Vec<Vec<u8>> {
+        let config = crate::generate::Config {
+            devices: 20,
+            bytes: 64 << 10,
+            ..crate::generate::Config::default()
+        };
+        let mut out = Vec::new();
+        crate::generate::generate(&config, &mut out).expect("generate");
+        out.split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
     proptest::proptest! {
+        /// PROTOCOL §7: a line cut anywhere, alone or with any other line written after
+        /// it, is never accepted; and nothing is accepted that is not JSON.
+        #[test]
+        fn cut_lines_are_never_accepted(
+            first in proptest::prelude::any::<proptest::sample::Index>(),
+            second in proptest::prelude::any::<proptest::sample::Index>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            tail in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            thread_local! {
+                static LINES: Vec<Vec<u8>> = sample_lines();
+            }
+            LINES.with(|lines| {
+                let line = first.get(lines);
+                let next = second.get(lines);
+                proptest::prop_assert!(head(line).is_some());
+                // A torn line kept at least its first byte, and lost at least its last.
+                let at = 1 + cut.index(line.len() - 1);
+                let torn = &line[..at];
+                proptest::prop_assert!(head(torn).is_none());
+                // After a crash the next write starts a whole line after the torn one.
+                let glued = [torn, next.as_slice()].concat();
+                proptest::prop_assert!(head(&glued).is_none(), "{}", String::from_utf8_lossy(&glued));
+                // Any bytes after the cut: accepted only when `serde_json` agrees it is JSON.
+                let spliced = [torn, &next[tail.index(next.len())..]].concat();
+                if head(&spliced).is_some() {
+                    proptest::prop_assert!(
+                        serde_json::from_slice::<serde_json::Value>(&spliced).is_ok(),
+                        "{}",
+                        String::from_utf8_lossy(&spliced)
+                    );
+                }
+                Ok(())
+            })?;
+        }
+
         #[test]
         fn fast_timestamps_read_like_any_number(text in "[0-9]{10}\\.[0-9]{6}[,0-9eE.}]?") {
             let bytes = text.as_bytes();

@@ -87,6 +87,59 @@ fn switches_are_the_usage_reports() {
 }
 
 #[test]
+fn on_periods_are_the_usage_reports_hours() {
+    let log = generated_log();
+    let usage = report(&log, Report::Usage);
+    let sql = rows(
+        &query::query(
+            &log,
+            "SELECT id, SUM(seconds) / 3600.0 AS hours_on FROM on_periods GROUP BY id",
+        )
+        .expect("query"),
+    );
+    assert_close(
+        &by_id(&sql, "hours_on"),
+        &by_id(&usage, "hours_on"),
+        "hours on",
+    );
+}
+
+/// PROTOCOL §7: sessions a crash left open end at the `server.started` line, in the
+/// `sessions` table as in the report.
+#[test]
+fn sessions_end_at_a_restart() {
+    let mut log = Log::new(Need::ALL);
+    let started = protocol::notification::SERVER_STARTED;
+    log.push(
+        format!(
+            "{{\"ts\":10,\"id\":\"a\",\"name\":\"online\",\"data\":null}}\n\
+             {{\"ts\":70,\"id\":\"\",\"name\":\"{started}\",\"data\":null}}\n\
+             {{\"ts\":80,\"id\":\"a\",\"name\":\"online\",\"data\":null}}\n\
+             {{\"ts\":100,\"id\":\"a\",\"name\":\"offline\",\"data\":null}}\n"
+        )
+        .as_bytes(),
+    );
+    log.end_file();
+    let sql = rows(
+        &query::query(
+            &log,
+            "SELECT id, seconds FROM sessions WHERE \"end\" IS NOT NULL ORDER BY start",
+        )
+        .expect("query"),
+    );
+    assert_eq!(
+        sql,
+        [
+            serde_json::json!({"id": "a", "seconds": 60.0}),
+            serde_json::json!({"id": "a", "seconds": 20.0})
+        ]
+    );
+    let connectivity = report(&log, Report::Connectivity);
+    assert_eq!(connectivity[0]["sessions"], 2);
+    assert_eq!(connectivity[0]["online_s"], 80.0);
+}
+
+#[test]
 fn sessions_are_the_connectivity_reports() {
     let log = generated_log();
     let connectivity = report(&log, Report::Connectivity);

@@ -147,6 +147,50 @@ fn connectivity_over_a_rotated_set() {
     assert_eq!(stats.unknown_events, 1);
 }
 
+/// PROTOCOL §7: the server appends `server.started` when it starts, so a session that a
+/// crash left open (no `offline`) ends there.
+#[test]
+fn a_restart_closes_open_sessions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = protocol::notification::SERVER_STARTED;
+    let mut text = String::new();
+    text += &line(0.0, "a", "online", Value::Null);
+    text += &line(600.0, "b", "online", Value::Null);
+    text += &line(1200.0, "b", "offline", Value::Null);
+    // The server crashed at some point after 1800 s and was started again at 5400 s.
+    text += &line(1800.0, "a", "rpc.out.Log", json!({"msg": "still here"}));
+    text += &line(5400.0, "", started, Value::Null);
+    // b comes back after the restart; its new session is its own.
+    text += &line(5500.0, "b", "online", Value::Null);
+    // A late offline for a, from before the restart's point of view, changes nothing.
+    text += &line(6000.0, "a", "offline", Value::Null);
+    let path = dir.path().join("notification.log");
+    std::fs::write(&path, text).expect("write");
+    let logs = [path];
+    let output = report(Report::Connectivity, &logs);
+    assert_rows(
+        output.main(),
+        json!([
+            {"id": "a", "name": "", "sessions": 1, "online_s": 5400.0, "uptime_pct": 37.5,
+             "connects": 1, "disconnects": 0, "peak_connects": 1, "flapping": false},
+            {"id": "b", "name": "", "sessions": 2, "online_s": 600.0 + 8900.0,
+             "uptime_pct": 100.0 * 9500.0 / 14_400.0, "connects": 2, "disconnects": 1,
+             "peak_connects": 1, "flapping": false},
+        ]),
+    );
+    let buckets = json_rows(output.table("buckets").expect("buckets")).expect("rows");
+    // Hour 1 (3600-7200 s): a until 5400, b from 5500.
+    assert!(close(
+        &buckets[1]["online_hours"],
+        &json!((1800.0 + 1700.0) / 3600.0)
+    ));
+    // The restart is no device, and a is not online at the end.
+    let fleet = json_rows(report(Report::Fleet, &logs).main()).expect("rows")[0].clone();
+    assert_eq!(fleet["devices_seen"], json!(2));
+    assert_eq!(fleet["online_now"], json!(1));
+    assert_eq!(fleet["unknown_events"], json!(0));
+}
+
 #[test]
 fn connectivity_range_end_cuts_open_sessions() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1076,6 +1120,73 @@ fn invalid_and_blank_lines_are_counted_not_fatal() {
         json_rows(output.main()).expect("rows")[0]["online_s"],
         json!(60.0)
     );
+}
+
+/// PROTOCOL §7: torn lines (a crash cut them, the next write went on after them) are
+/// invalid as a whole and change no report, however they end: no phantom device, no
+/// switch-on, no hours on.
+#[test]
+fn torn_lines_contribute_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clean = usage_log(dir.path()).remove(0);
+    let text = std::fs::read_to_string(&clean).expect("read");
+    let switch_on = shadow_update(3000.0, "l3", json!({"on": true}));
+    let ghost = line(3100.0, "ghost", "online", Value::Null);
+    let cut = |line: &str, keep: usize| line[..keep].to_string();
+    let on_at = switch_on.find("true").expect("on") + 4;
+    let torn = [
+        // Cut mid-object, the next write glued on: it ends in `}`.
+        cut(&ghost, 30) + text.lines().nth(2).expect("third line") + "\n",
+        // Cut after `"on":true`, ending in `}}`: it once counted as a switch-on.
+        cut(&switch_on, on_at) + "}}\n",
+        cut(&switch_on, on_at) + "}}}}\n",
+        // Two objects on one line, and one with garbage after it.
+        ghost.trim_end().to_string() + &ghost,
+        ghost.trim_end().to_string() + " ]\n",
+    ];
+    let mut lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+    for (at, torn) in torn.iter().enumerate() {
+        lines.insert(2 + 2 * at, torn.clone());
+    }
+    let damaged = dir.path().join("notification.log");
+    // The last line was cut as well: torn, not invalid.
+    std::fs::write(&damaged, lines.concat() + &cut(&switch_on, on_at)).expect("write");
+
+    let expected = report(Report::Usage, std::slice::from_ref(&clean));
+    for report_kind in [Report::Usage, Report::Connectivity] {
+        let want = report(report_kind, std::slice::from_ref(&clean));
+        let got = report(report_kind, std::slice::from_ref(&damaged));
+        assert_eq!(
+            json_rows(got.main()).expect("rows"),
+            json_rows(want.main()).expect("rows"),
+            "{report_kind}"
+        );
+        assert_eq!(got.stats.invalid_lines, torn.len() as u64, "{report_kind}");
+        assert_eq!(got.stats.torn_lines, 1, "{report_kind}");
+        assert_eq!(got.stats.lines, want.stats.lines + torn.len() as u64);
+    }
+    let ids = json_rows(expected.main()).expect("rows");
+    assert!(!ids.to_string().contains("ghost"));
+    // The fleet summary shows the torn lines as ignored, and counts nothing else of them.
+    let fleet = |path: &PathBuf| {
+        json_rows(report(Report::Fleet, std::slice::from_ref(path)).main()).expect("rows")[0]
+            .clone()
+    };
+    let (want, got) = (fleet(&clean), fleet(&damaged));
+    for same in ["devices_seen", "notifications", "online_now"] {
+        assert_eq!(got[same], want[same], "{same}");
+    }
+    assert_eq!(got["invalid_lines"], json!(torn.len()));
+    assert_eq!(got["torn_lines"], json!(1));
+    // A follower reading the same bytes in pieces agrees.
+    let mut pushed = Log::new(Need::ALL);
+    for piece in std::fs::read(&damaged).expect("read").chunks(7) {
+        pushed.push(piece);
+    }
+    pushed.end_file();
+    assert_eq!(pushed.stats().invalid_lines, torn.len() as u64);
+    assert_eq!(pushed.device_name("ghost"), None);
+    assert_eq!(pushed.find_device("ghost").expect("unambiguous"), None);
 }
 
 #[test]

@@ -7,8 +7,13 @@
 //! rollout can be planned and started at once, and a lamp on one can be pushed the other. One lamp in ten has an update that crashes on its first
 //! boot and reverts (the fleet's default behaviour): a rollout with a `halt_when`
 //! threshold halts in front of the user.
+//!
+//! Before the server starts, its log is seeded with a week of simulated history of the
+//! same fleet (same ids and names), ending now: the analytics view shows the evening peak
+//! of the lights, reverted updates and flapping devices from the first second, and the
+//! server appends the live fleet's notifications after it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use herd_agent::fleet::{Behaviour, Fleet, FleetOptions};
 use herd_client::Client;
@@ -46,6 +51,18 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
         data_dir: Some(dir.path().join("server")),
         ..Default::default()
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    match seed_history(&dir.path().join("server"), options.devices, now) {
+        Ok(summary) => tracing::info!(
+            lines = summary.lines,
+            bytes = summary.bytes,
+            "seeded the demo log with a week of history"
+        ),
+        // The demo is still worth running with an empty history.
+        Err(e) => tracing::warn!(error = %e, "cannot seed the demo log"),
+    }
     // A throwaway administrator: the password is random and never shown; the console
     // uses the API key.
     let (_, api_key) =
@@ -67,7 +84,9 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
             start_hour: Some(18.0),
             ..Behaviour::default()
         },
-        prefix: "lamp".into(),
+        prefix: DEVICE_PREFIX.into(),
+        // The history seeded into the log names them.
+        names_as_ids: true,
         ..FleetOptions::new(&url, &api_key, options.devices, dir.path().join("fleet"))
     })
     .await;
@@ -108,6 +127,49 @@ pub async fn run(options: DemoOptions, log: Option<PathBuf>) -> CommandResult {
     outcome
 }
 
+/// The demo's devices are `lamp-0000`, `lamp-0001`, ..., ids and names alike.
+const DEVICE_PREFIX: &str = "lamp";
+
+/// How far back the seeded history goes.
+pub const HISTORY_DAYS: f64 = 7.0;
+
+/// Mean seconds between a simulated device's actions in the history (the generator's
+/// benchmark logs use 45): a week of the default 50 lamps then comes to about 16 MB
+/// (63,000 lines), written in about 0.1 s and read back in about 0.15 s even by a debug
+/// build, where 45 s would make it some 300 MB.
+const HISTORY_ACTION_MEAN_S: f64 = 900.0;
+
+/// Writes a week of simulated history of a fleet of `devices` lamps, ending at `now`
+/// (unix seconds), as the server's log in `server_dir`, which the server then appends to
+/// (PROTOCOL §7). Lights follow the hour of day, so the evening peak shows; the
+/// generator's rollouts, reverts and flapping devices come along.
+pub fn seed_history(
+    server_dir: &Path,
+    devices: usize,
+    now: f64,
+) -> std::io::Result<herd_analytics::generate::Summary> {
+    use herd_analytics::generate::{generate, Config};
+    std::fs::create_dir_all(server_dir)?;
+    let names = (0..devices)
+        .map(|i| {
+            let name = format!("{DEVICE_PREFIX}-{i:04}");
+            (name.clone(), name)
+        })
+        .collect();
+    let config = Config {
+        devices: u32::try_from(devices).unwrap_or(u32::MAX),
+        bytes: u64::MAX,
+        start: now - HISTORY_DAYS * 86_400.0,
+        until: Some(now),
+        action_mean_s: HISTORY_ACTION_MEAN_S,
+        daily_rhythm: true,
+        names,
+        ..Config::default()
+    };
+    let path = server_dir.join(herd_server::notification_log::CURRENT_FILE);
+    generate(&config, std::fs::File::create(path)?)
+}
+
 /// The version the demo fleet can be updated to.
 pub const DEMO_UPDATE_VERSION: &str = "1.1.0";
 /// A newer one, so there is a choice (and a device on one can be pushed the other).
@@ -146,6 +208,101 @@ async fn seed_firmware(client: &Client, dir: &std::path::Path) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herd_analytics::{json_rows, run as report, Report, ReportRequest};
+
+    /// The seeded week, read by the reports as the analytics view reads it, and then the
+    /// real server started over it: it appends after the history.
+    #[tokio::test]
+    async fn the_seeded_week_shows_at_once_and_the_server_appends_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server_dir = dir.path().join("server");
+        // 2026-03-04T12:34:56Z: any time works; a fixed one keeps the test exact.
+        let now = 1_772_627_696.0;
+        let summary = seed_history(&server_dir, 50, now).expect("seed");
+        let seconds = summary.last_us as f64 / 1e6;
+        assert!(
+            seconds <= now && seconds > now - 3600.0,
+            "ends now: {seconds}"
+        );
+        assert!(
+            summary.bytes < 20 << 20,
+            "small enough to read at once: {}",
+            summary.bytes
+        );
+
+        let request = |kind: Report| {
+            let mut request = ReportRequest::new(kind, vec![server_dir.clone()]);
+            request.from = Some(now - HISTORY_DAYS * 86_400.0);
+            request.to = Some(now);
+            request
+        };
+        let rows = |kind: Report, table: &str| {
+            let output = report(&request(kind), &|_| {}).expect("report");
+            json_rows(output.table(table).expect("table")).expect("rows")
+        };
+        // The evening peak: more light from 18:00 to 23:00 than in any hour of the day.
+        let hours = rows(Report::Usage, "hours");
+        let on = |hour: usize| hours[hour]["hours_on"].as_f64().expect("hours_on");
+        let evening = (18..23).map(on).fold(f64::INFINITY, f64::min);
+        let day = (9..17).map(on).fold(0.0, f64::max);
+        assert!(evening > 2.0 * day, "evening {evening} vs day {day}");
+        // The fleet's own ids and names, and no others.
+        let devices = rows(Report::Usage, "devices");
+        let devices = devices.as_array().expect("rows");
+        assert_eq!(devices.len(), 50);
+        assert_eq!(devices[0]["id"], "lamp-0000");
+        assert_eq!(devices[0]["name"], "lamp-0000");
+        // Reverted updates and flapping devices.
+        let firmware = rows(Report::Firmware, "versions");
+        assert!(!firmware.as_array().expect("rows").is_empty());
+        let reverts = rows(Report::Firmware, "revert_reasons");
+        assert!(
+            !reverts.as_array().expect("rows").is_empty(),
+            "some updates revert"
+        );
+        let connectivity = rows(Report::Connectivity, "devices");
+        let flapping = connectivity
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter(|row| row["flapping"] == true)
+            .count();
+        assert!(flapping >= 1, "{connectivity}");
+
+        // The server opens the seeded log and appends to it.
+        let settings = ServerSettings {
+            data_dir: Some(server_dir.clone()),
+            ..Default::default()
+        };
+        let (_, api_key) =
+            herd_server::register_user(&settings, "admin", &herd_server::auth::new_secret())
+                .await
+                .expect("user");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = Server::start(settings, listener).await.expect("server");
+        let client = Client::new(&format!("http://{}", server.local_addr()), Some(&api_key))
+            .expect("client");
+        client
+            .create_device(&herd_client::NewDevice {
+                name: Some("lamp-0050".into()),
+                id: Some("lamp-0050".into()),
+            })
+            .await
+            .expect("create");
+        server.shutdown().await.expect("shutdown");
+        let log = herd_analytics::Log::load(
+            &herd_analytics::log_files(&server_dir).expect("files"),
+            herd_analytics::Need::ALL,
+            &|_| {},
+        )
+        .expect("load");
+        assert!(log.stats().lines > summary.lines, "the server appended");
+        assert_eq!(log.stats().invalid_lines, 0);
+        assert_eq!(log.device_name("lamp-0050").as_deref(), Some("lamp-0050"));
+        assert_eq!(log.device_name("lamp-0049").as_deref(), Some("lamp-0049"));
+    }
 
     #[test]
     fn the_demo_image_names_itself() {

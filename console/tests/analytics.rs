@@ -465,6 +465,54 @@ fn loading_and_failing_drawn() {
     });
 }
 
+/// The SQL prompt over the sample's tables: typed, answered by the worker's message, and
+/// scrolled; a query Polars refuses shows its error in place of the table.
+#[cfg(feature = "query")]
+#[test]
+fn query_prompt_drawn() {
+    use crossterm::event::{KeyEvent, KeyModifiers};
+    use herd_console::tui::analytics::{query_table, PromptOutcome};
+    let typed = |model: &mut Model, sql: &str| {
+        model.analytics.open_query();
+        for c in sql.chars() {
+            model
+                .analytics
+                .query_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE), 10);
+        }
+        let outcome = model
+            .analytics
+            .query_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), 10);
+        let PromptOutcome::Run(Request::Query(sql)) = outcome else {
+            panic!("Enter runs the query: {outcome:?}");
+        };
+        let mut log = Log::new(herd_console::tui::analytics::worker::need());
+        log.push(sample_log().as_bytes());
+        herd_analytics::query::query(&log, &sql)
+            .map_err(|e| e.to_string())
+            .and_then(|frame| query_table(&frame))
+            .map(Box::new)
+    };
+    let size = (80, 24);
+    let mut model = analytics(Report::Usage, size);
+    let answer = typed(
+        &mut model,
+        "SELECT id, COUNT(*) AS switches, SUM(CASE WHEN \"on\" THEN 1 ELSE 0 END) AS ons \
+         FROM switches GROUP BY id ORDER BY id",
+    );
+    assert!(answer.is_ok(), "{answer:?}");
+    send(&mut model, Msg::Analytics(Event::Query(answer)));
+    insta::assert_snapshot!("analytics_query_80x24", render(&model, 80, 24).backend());
+
+    let mut model = analytics(Report::Usage, size);
+    let answer = typed(&mut model, "SELECT nothing FROM nowhere");
+    assert!(answer.is_err());
+    send(&mut model, Msg::Analytics(Event::Query(answer)));
+    insta::assert_snapshot!(
+        "analytics_query_error_80x24",
+        render(&model, 80, 24).backend()
+    );
+}
+
 // --- the worker ------------------------------------------------------------------------
 
 const WAIT: Duration = herd_testkit::WAIT;
@@ -660,6 +708,60 @@ async fn the_worker_follows_a_named_file() {
     std::fs::write(&file, line(0, "porch", "online", Value::Null)).expect("replace");
     let replaced = report_where(&mut messages, "the replaced file", |d| d.stats.lines == 1).await;
     assert_eq!(cell(&replaced, "busiest", 0, "id"), "porch");
+}
+
+/// The worker's next answer to a query.
+#[cfg(feature = "query")]
+async fn query_answer(
+    messages: &mut mpsc::Receiver<Msg>,
+) -> Result<Box<herd_console::tui::analytics::TableData>, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, messages.recv()).await {
+            Ok(Some(Msg::Analytics(Event::Query(answer)))) => return answer,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the worker stopped"),
+            Err(_) => panic!("timed out waiting for the answer"),
+        }
+    }
+}
+
+/// The worker answers a query over the log it follows, lines appended since included; a
+/// query Polars refuses is an answer too, and the worker goes on.
+#[cfg(feature = "query")]
+#[tokio::test]
+async fn the_worker_answers_queries_over_the_log_it_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("notification.log");
+    append(&file, &line(0, "lamp", "online", Value::Null));
+    let (sender, mut messages) = mpsc::channel(64);
+    let worker = Worker::start_with(
+        Source::Local {
+            paths: vec![dir.path().to_path_buf()],
+            cache: None,
+        },
+        sender,
+        quick(),
+        clock,
+    );
+    worker.request(Request::Show(selection(Report::Fleet)));
+    report_where(&mut messages, "the first report", |d| d.stats.lines == 1).await;
+    append(&file, &line(60, "lamp", "offline", Value::Null));
+    report_where(&mut messages, "the appended line", |d| d.stats.lines == 2).await;
+    worker.request(Request::Query("SELECT id, seconds FROM sessions".into()));
+    let table = query_answer(&mut messages).await.expect("the query runs");
+    assert_eq!(table.columns, ["id", "seconds"]);
+    assert_eq!(table.rows, [["lamp", "60"]]);
+    worker.request(Request::Query("SELECT * FROM nowhere".into()));
+    let error = query_answer(&mut messages)
+        .await
+        .expect_err("no such table");
+    assert!(error.contains("nowhere"), "{error}");
+    append(&file, &line(120, "lamp", "online", Value::Null));
+    report_where(&mut messages, "a report after the failed query", |d| {
+        d.stats.lines == 3
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

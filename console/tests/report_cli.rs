@@ -1120,6 +1120,113 @@ async fn reports_over_the_servers_log() {
     );
 }
 
+/// `herd query` and `herd report`, both the real binary over the same generated log file
+/// (a rotated set, so the cache serves the second run): switch-ons, hours on and sessions
+/// per device agree.
+#[cfg(feature = "query")]
+#[test]
+fn query_agrees_with_the_reports_on_a_generated_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = herd_analytics::generate::Config {
+        seed: 11,
+        devices: 30,
+        bytes: 3 << 20,
+        ..Default::default()
+    };
+    let mut bytes = Vec::new();
+    herd_analytics::generate::generate(&config, &mut bytes).expect("generate");
+    // Cut at a line boundary into a rotated file and the current one.
+    let half = bytes.len() / 2;
+    let cut = half
+        + bytes[half..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("newline")
+        + 1;
+    std::fs::write(
+        dir.path().join("notification.log.2026-01-01"),
+        &bytes[..cut],
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("notification.log"), &bytes[cut..]).expect("write");
+    let path = dir.path();
+    let json_of = |args: &[&str]| {
+        let out = run(herd(path), args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        out.json()
+    };
+    let by_id = |rows: &Value, column: &str| -> std::collections::BTreeMap<String, f64> {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .map(|row| {
+                (
+                    row["id"].as_str().expect("id").to_string(),
+                    row[column].as_f64().unwrap_or(0.0),
+                )
+            })
+            .filter(|(_, value)| *value != 0.0)
+            .collect()
+    };
+    let agree = |ours: &Value, theirs: &Value, column: &str| {
+        let (ours, theirs) = (by_id(ours, column), by_id(theirs, column));
+        assert!(!ours.is_empty(), "{column}: the log should have some");
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{column}"
+        );
+        for (id, x) in &ours {
+            assert!(
+                (x - theirs[id]).abs() < 1e-6,
+                "{column} of {id}: {x} vs {}",
+                theirs[id]
+            );
+        }
+    };
+    for _ in 0..2 {
+        let usage = json_of(&words("report usage --format json --log ."));
+        let switches = json_of(&[
+            "query",
+            "SELECT id, SUM(CASE WHEN \"on\" THEN 1 ELSE 0 END) AS switch_ons FROM switches \
+             GROUP BY id",
+            "--format",
+            "json",
+            "--log",
+            ".",
+        ]);
+        agree(&switches, &usage, "switch_ons");
+        let hours = json_of(&[
+            "query",
+            "SELECT id, SUM(seconds) / 3600.0 AS hours_on FROM on_periods GROUP BY id",
+            "--format",
+            "json",
+            "--log",
+            ".",
+        ]);
+        agree(&hours, &usage, "hours_on");
+        let connectivity = json_of(&words("report connectivity --format json --log ."));
+        let sessions = json_of(&[
+            "query",
+            "SELECT id, COUNT(*) AS sessions, SUM(seconds) AS online_s FROM sessions GROUP BY id",
+            "--format",
+            "json",
+            "--log",
+            ".",
+        ]);
+        agree(&sessions, &connectivity, "sessions");
+        agree(&sessions, &connectivity, "online_s");
+    }
+    assert!(
+        path.join("report-cache")
+            .read_dir()
+            .expect("cache")
+            .next()
+            .is_some(),
+        "the rotated file was cached"
+    );
+}
+
 /// `herd query`: SQL over the log's tables agrees with `herd report`, in every format.
 #[cfg(feature = "query")]
 #[test]

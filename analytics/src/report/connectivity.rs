@@ -1,6 +1,7 @@
 //! Connectivity: online sessions from `online`/`offline` events (PROTOCOL §3, §5).
 //!
-//! A session starts at `online` and ends at the next `offline` (or `deleted`); repeated
+//! A session starts at `online` and ends at the next `offline` (or `deleted`, or the
+//! `server.started` line of a restart, PROTOCOL §7: a crash leaves sessions open); repeated
 //! `online`s within a session and `offline`s outside one change nothing, because the
 //! server only emits them on real transitions and duplicates come from merged or replayed
 //! files. A session still open at the end of the log runs to the range's end. Online time
@@ -44,7 +45,9 @@ pub(crate) fn sessions(events: &[Event], to: i64) -> Sessions {
                     result.disconnects.push(event.ts);
                 }
             }
-            Kind::Deleted => {
+            // The server (re)started: whatever was connected before is not any more, and
+            // a crash wrote no `offline` for it (PROTOCOL §7).
+            Kind::Deleted | Kind::ServerStarted => {
                 if let Some(start) = since.take() {
                     result.spans.push((start, event.ts));
                 }
@@ -90,7 +93,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let mut peaks = Vec::new();
     let mut flapping = Vec::new();
     let mut touched = vec![usize::MAX; buckets.len()];
-    for (row, device) in scope.per_device().into_iter().enumerate() {
+    for (row, device) in scope.per_device().enumerate() {
         let found = sessions(device.until(scope.to), scope.to);
         let mut online = 0;
         let mut count = 0u32;

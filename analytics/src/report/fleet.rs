@@ -52,7 +52,6 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     }
     let online_now = scope
         .per_device()
-        .iter()
         .filter(|d| sessions(d.until(scope.to), scope.to).open)
         .count() as u64;
     let seen = by_device.iter().filter(|&&n| n > 0).count() as u64;

@@ -84,7 +84,7 @@ pub(super) fn compute(scope: &Scope<'_>) -> Result<Vec<Table>, Error> {
     let mut ons = Vec::new();
     let mut offs = Vec::new();
     let mut on_hours = Vec::new();
-    for (row, device) in scope.per_device().into_iter().enumerate() {
+    for (row, device) in scope.per_device().enumerate() {
         let found = light(device.until(scope.to), scope.to);
         let mut total = 0;
         for &(start, end) in &found.periods {

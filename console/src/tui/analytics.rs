@@ -106,6 +106,9 @@ pub enum Request {
     Show(Selection),
     /// The view was left: stop reading and computing until it is shown again.
     Hide,
+    /// Run this SQL over the log's tables (`herd query`'s, [`herd_analytics::query`]) and
+    /// answer with [`Event::Query`].
+    Query(String),
 }
 
 /// What the worker tells the console.
@@ -119,6 +122,8 @@ pub enum Event {
     Report(Box<ReportData>),
     /// Reading, pulling or computing failed; the worker tries again on its timer.
     Failed(String),
+    /// The answer to a [`Request::Query`]: its table, or why it could not run.
+    Query(Result<Box<TableData>, String>),
 }
 
 /// A long step of the worker, for the gauge.
@@ -205,6 +210,47 @@ pub struct ReportData {
     pub tables: Vec<TableData>,
     pub bars: Option<Bars>,
     pub spark: Option<Spark>,
+}
+
+/// A query's result as the view draws it.
+pub fn query_table(frame: &herd_analytics::DataFrame) -> Result<TableData, String> {
+    let columns: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    let rows = match json_rows(frame).map_err(|e| e.to_string())? {
+        Value::Array(rows) => rows,
+        _ => Vec::new(),
+    };
+    Ok(table_data("query", &columns, &rows))
+}
+
+/// The SQL prompt of the analytics view and the last answer to it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryPrompt {
+    /// The SQL as typed so far.
+    pub input: String,
+    /// Keys go to the prompt; otherwise they scroll the answer.
+    pub editing: bool,
+    /// The worker is running the query.
+    pub running: bool,
+    /// The last answer: a table, or the error Polars gave, shown in place of the table.
+    pub answer: Option<Result<Box<TableData>, String>>,
+    /// First row of the answer shown.
+    pub offset: usize,
+}
+
+/// What a key did to the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptOutcome {
+    /// Nothing the prompt handles; the view's own keys apply.
+    Ignored,
+    Handled,
+    /// Enter: run this query.
+    Run(Request),
+    /// Esc while editing: the prompt closed.
+    Closed,
 }
 
 /// Computes `selection`'s report over `log` at `now` and converts it for drawing.
@@ -586,6 +632,8 @@ pub struct AnalyticsView {
     pub sort: Option<TableSort>,
     /// With a sort, the rows of the shown table in drawing order.
     pub order: Vec<usize>,
+    /// The SQL prompt, while open: its answer takes the table's place.
+    pub query: Option<QueryPrompt>,
 }
 
 /// A column of the shown table to order its rows by.
@@ -752,6 +800,73 @@ impl AnalyticsView {
         }
     }
 
+    /// Opens the SQL prompt for typing, keeping what was typed before.
+    pub fn open_query(&mut self) {
+        self.query.get_or_insert_with(QueryPrompt::default).editing = true;
+    }
+
+    /// A key while the prompt is open. Typing edits the SQL, Enter runs it, Esc stops
+    /// editing (and a second Esc closes the prompt); with the answer shown, the arrows,
+    /// Page Up/Down, Home and End scroll it.
+    pub fn query_key(&mut self, key: crossterm::event::KeyEvent, visible: usize) -> PromptOutcome {
+        use crossterm::event::{KeyCode, KeyModifiers};
+        let Some(prompt) = self.query.as_mut() else {
+            return PromptOutcome::Ignored;
+        };
+        if prompt.editing {
+            match key.code {
+                KeyCode::Enter => {
+                    let sql = prompt.input.trim().to_string();
+                    if sql.is_empty() {
+                        return PromptOutcome::Handled;
+                    }
+                    prompt.editing = false;
+                    prompt.running = true;
+                    return PromptOutcome::Run(Request::Query(sql));
+                }
+                KeyCode::Esc => prompt.editing = false,
+                KeyCode::Backspace => {
+                    prompt.input.pop();
+                }
+                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    prompt.input.clear()
+                }
+                KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    prompt.input.push(c)
+                }
+                _ => {}
+            }
+            return PromptOutcome::Handled;
+        }
+        let rows = match &prompt.answer {
+            Some(Ok(table)) => table.rows.len(),
+            _ => 0,
+        };
+        let page = visible.max(1) as isize;
+        let delta = match key.code {
+            KeyCode::Esc => {
+                self.query = None;
+                return PromptOutcome::Closed;
+            }
+            KeyCode::Enter => {
+                prompt.editing = true;
+                return PromptOutcome::Handled;
+            }
+            KeyCode::Down | KeyCode::Char('j') => 1,
+            KeyCode::Up | KeyCode::Char('k') => -1,
+            KeyCode::PageDown => page,
+            KeyCode::PageUp => -page,
+            KeyCode::Home | KeyCode::Char('g') => isize::MIN / 2,
+            KeyCode::End | KeyCode::Char('G') => isize::MAX / 2,
+            _ => return PromptOutcome::Ignored,
+        };
+        let last = rows.saturating_sub(visible.max(1));
+        prompt.offset = (prompt.offset as isize)
+            .saturating_add(delta)
+            .clamp(0, last as isize) as usize;
+        PromptOutcome::Handled
+    }
+
     pub fn apply(&mut self, event: Event) {
         match event {
             Event::Started { source } => self.source = Some(source),
@@ -774,6 +889,14 @@ impl AnalyticsView {
                 self.progress = None;
                 self.error = Some(message);
             }
+            Event::Query(answer) => {
+                // An answer after the prompt was closed is of no interest.
+                if let Some(prompt) = self.query.as_mut() {
+                    prompt.running = false;
+                    prompt.answer = Some(answer);
+                    prompt.offset = 0;
+                }
+            }
         }
     }
 }
@@ -782,6 +905,44 @@ impl AnalyticsView {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_prompt_edits_runs_scrolls_and_closes() {
+        use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        let mut view = AnalyticsView::default();
+        assert_eq!(
+            view.query_key(key(KeyCode::Char('x')), 5),
+            PromptOutcome::Ignored
+        );
+        view.open_query();
+        for c in "SELECT 1x".chars() {
+            assert_eq!(
+                view.query_key(key(KeyCode::Char(c)), 5),
+                PromptOutcome::Handled
+            );
+        }
+        view.query_key(key(KeyCode::Backspace), 5);
+        assert_eq!(
+            view.query_key(key(KeyCode::Enter), 5),
+            PromptOutcome::Run(Request::Query("SELECT 1".into()))
+        );
+        assert!(view.query.as_ref().is_some_and(|p| p.running && !p.editing));
+        let rows: Vec<Value> = (0..20).map(|n| json!({"n": n})).collect();
+        view.apply(Event::Query(Ok(Box::new(table_data(
+            "query",
+            &["n".to_string()],
+            &rows,
+        )))));
+        view.query_key(key(KeyCode::PageDown), 5);
+        view.query_key(key(KeyCode::End), 5);
+        assert_eq!(view.query.as_ref().map(|p| p.offset), Some(15));
+        // A failed query is an answer like any other, and the view goes on.
+        view.apply(Event::Query(Err("the query failed: no table".into())));
+        assert_eq!(view.query.as_ref().map(|p| p.offset), Some(0));
+        assert_eq!(view.query_key(key(KeyCode::Esc), 5), PromptOutcome::Closed);
+        assert!(view.query.is_none());
+    }
 
     #[test]
     fn cells_read_well() {

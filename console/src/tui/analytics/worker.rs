@@ -202,6 +202,8 @@ fn run(
     // The last read failed: the view shows the failure until a report replaces it, so the
     // next good read sends one even when nothing changed.
     let mut failing = false;
+    // A query waiting for the log.
+    let mut query: Option<String> = None;
     loop {
         let first = if visible {
             let now = Instant::now();
@@ -237,6 +239,7 @@ fn run(
                     selection = Some(wanted);
                 }
                 Input::Request(Request::Hide) => visible = false,
+                Input::Request(Request::Query(sql)) => query = Some(sql),
                 Input::Changed => {
                     event_at.get_or_insert_with(Instant::now);
                 }
@@ -271,6 +274,11 @@ fn run(
         let Some(log) = reader.log() else {
             continue;
         };
+        if let Some(sql) = query.take() {
+            if !output.send(Event::Query(run_query(log, &sql).map(Box::new))) {
+                return;
+            }
+        }
         let stats = settled(log.stats());
         let now = Instant::now();
         let compute = match reported {
@@ -301,6 +309,18 @@ fn run(
             return;
         }
     }
+}
+
+/// Runs `sql` over the log's tables, as `herd query` does.
+#[cfg(feature = "query")]
+fn run_query(log: &Log, sql: &str) -> Result<super::TableData, String> {
+    let frame = herd_analytics::query::query(log, sql).map_err(|e| e.to_string())?;
+    super::query_table(&frame)
+}
+
+#[cfg(not(feature = "query"))]
+fn run_query(_: &Log, _: &str) -> Result<super::TableData, String> {
+    Err("this herd was built without the query feature".into())
 }
 
 /// The log and how it is kept current.

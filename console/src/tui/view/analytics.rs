@@ -13,7 +13,8 @@ use herd_analytics::Report;
 
 use crate::text;
 use crate::tui::analytics::{
-    areas, thousands, time_text, AnalyticsView, Bars, ReportData, Spark, Stage, TableData,
+    areas, thousands, time_text, AnalyticsView, Bars, QueryPrompt, ReportData, Spark, Stage,
+    TableData,
 };
 use crate::tui::model::Model;
 use crate::tui::theme::Theme;
@@ -30,6 +31,15 @@ pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect
         Some(charts) => charts.union(areas.table),
         None => areas.table,
     };
+    let device = |id: &str| model.fleet.label(id).to_string();
+    if let Some(prompt) = &view.query {
+        // The answer takes the table's place; the report's charts stay.
+        if let (Some(charts), Some(data)) = (areas.charts, view.shown()) {
+            render_charts(frame, data, theme, charts, &device);
+        }
+        render_query(frame, prompt, theme, areas.table);
+        return;
+    }
     let Some(data) = view.shown() else {
         let (message, style) = match (&view.error, &view.progress) {
             (Some(error), _) => (
@@ -53,7 +63,6 @@ pub(super) fn render(frame: &mut Frame, model: &Model, theme: &Theme, area: Rect
         return;
     };
     // Reports name devices by id; operators know them by name.
-    let device = |id: &str| model.fleet.label(id).to_string();
     if let Some(charts) = areas.charts {
         render_charts(frame, data, theme, charts, &device);
     }
@@ -325,6 +334,135 @@ fn render_spark(frame: &mut Frame, spark: &Spark, theme: &Theme, area: Rect) {
 /// `2023-11-14 23:00 – 2023-11-15 00:00 UTC`.
 fn range_text(data: &ReportData) -> String {
     format!("{} – {} UTC", time_text(data.from), time_text(data.to))
+}
+
+/// The SQL prompt on the first line, then its answer: a table scrolled to the prompt's
+/// offset, or the error.
+fn render_query(frame: &mut Frame, prompt: &QueryPrompt, theme: &Theme, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let [input, title, body] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(0),
+    ])
+    .areas(area);
+    // The end of a long query stays in sight while typing.
+    let room = (input.width as usize).saturating_sub(8);
+    let typed: String = {
+        let skip = prompt.input.chars().count().saturating_sub(room);
+        prompt.input.chars().skip(skip).collect()
+    };
+    let mut spans = vec![Span::styled(" SQL › ", theme.accent), Span::raw(typed)];
+    if prompt.editing {
+        spans.push(Span::styled("▏", theme.accent));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), input);
+    let hint = if prompt.editing {
+        "Enter runs · Esc stops editing"
+    } else {
+        "Enter edits · ↑↓ scroll · Esc closes"
+    };
+    let (heading, answer) = match (&prompt.answer, prompt.running) {
+        (_, true) => (format!(" query · running… · {hint}"), None),
+        (None, false) => (
+            format!(
+                " query · tables: events, sessions, switches, on_periods, shadow_reported · {hint}"
+            ),
+            None,
+        ),
+        (Some(Err(error)), false) => {
+            frame.render_widget(
+                Paragraph::new(Line::from(Span::styled(
+                    format!(" query · {hint}"),
+                    theme.dim,
+                ))),
+                title,
+            );
+            frame.render_widget(
+                Paragraph::new(error.as_str())
+                    .style(theme.error)
+                    .wrap(Wrap { trim: false }),
+                body.inner(ratatui::layout::Margin::new(1, 0)),
+            );
+            return;
+        }
+        (Some(Ok(table)), false) => {
+            let visible = body.height.saturating_sub(1) as usize;
+            let len = table.rows.len();
+            let start = prompt.offset.min(len.saturating_sub(visible));
+            let end = (start + visible).min(len);
+            let rows = match len {
+                0 => "no rows".to_string(),
+                1 => "1 row".to_string(),
+                _ if end - start < len => format!("rows {}-{} of {}", start + 1, end, len),
+                _ => format!("{len} rows"),
+            };
+            (
+                format!(" query · {rows} · {hint}"),
+                Some((table, start, end)),
+            )
+        }
+    };
+    frame.render_widget(
+        Paragraph::new(Line::from(Span::styled(
+            text::truncate(&heading, title.width as usize),
+            theme.dim,
+        ))),
+        title,
+    );
+    let Some((table, start, end)) = answer else {
+        return;
+    };
+    let mut budget = area.width as i32;
+    let mut shown = 0;
+    for width in &table.widths {
+        let need = i32::from((*width).min(MAX_COLUMN)) + i32::from(shown > 0);
+        if shown > 0 && need > budget {
+            break;
+        }
+        budget -= need;
+        shown += 1;
+    }
+    let align = |text: &str, numeric: bool| {
+        let line = Line::from(text.to_string());
+        if numeric {
+            line.alignment(Alignment::Right)
+        } else {
+            line
+        }
+    };
+    let header = Row::new(
+        table
+            .columns
+            .iter()
+            .zip(&table.numeric)
+            .take(shown)
+            .map(|(name, numeric)| Cell::from(align(name, *numeric))),
+    )
+    .style(theme.header.add_modifier(Modifier::UNDERLINED));
+    let rows: Vec<Row> = table.rows[start..end]
+        .iter()
+        .map(|row| {
+            Row::new(
+                row.iter()
+                    .zip(&table.numeric)
+                    .take(shown)
+                    .map(|(text, numeric)| Cell::from(align(text, *numeric))),
+            )
+        })
+        .collect();
+    let widths: Vec<Constraint> = table
+        .widths
+        .iter()
+        .take(shown)
+        .map(|w| Constraint::Length((*w).min(MAX_COLUMN)))
+        .collect();
+    frame.render_widget(
+        Table::new(rows, widths).header(header).column_spacing(1),
+        body,
+    );
 }
 
 fn render_table(
