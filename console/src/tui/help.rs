@@ -163,6 +163,11 @@ fn screen_keys(model: &Model) -> Vec<ViewKey> {
                     &[Action::SortNext, Action::SortReverse],
                     "sort by the next column; reverse",
                 ),
+                mapped(
+                    a,
+                    &[Action::Query],
+                    "SQL over the log's tables (events, sessions, switches, ...)",
+                ),
                 fixed("↑↓ PgUp", "scroll the table; g G jump"),
             ]
         }

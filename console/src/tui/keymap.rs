@@ -90,6 +90,7 @@ pub enum Action {
     NextTable,
     SortNext,
     SortReverse,
+    Query,
 }
 
 /// Where an action applies; keys must be unique within one scope and the global one.
@@ -108,7 +109,7 @@ pub enum Scope {
 
 impl Action {
     /// Every action with its config name, scope and default key.
-    pub const ALL: [(Action, &'static str, Scope, &'static str); 56] = [
+    pub const ALL: [(Action, &'static str, Scope, &'static str); 57] = [
         (Action::Palette, "palette", Scope::Global, ":"),
         (Action::Help, "help", Scope::Global, "?"),
         (Action::Quit, "quit", Scope::Fleet, "q"),
@@ -180,6 +181,7 @@ impl Action {
         (Action::NextTable, "next_table", Scope::Analytics, "t"),
         (Action::SortNext, "sort", Scope::Analytics, "s"),
         (Action::SortReverse, "sort_reverse", Scope::Analytics, "S"),
+        (Action::Query, "query", Scope::Analytics, "e"),
     ];
 }
 

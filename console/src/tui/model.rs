@@ -1461,6 +1461,12 @@ fn order_analytics_rows(model: &mut Model) {
 fn analytics_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
     let rows = analytics::table_rows(model.size);
     let page = rows.max(1) as isize;
+    // The SQL prompt, while open, takes the keys it handles.
+    match model.analytics.query_key(key, rows) {
+        analytics::PromptOutcome::Ignored => {}
+        analytics::PromptOutcome::Handled | analytics::PromptOutcome::Closed => return Vec::new(),
+        analytics::PromptOutcome::Run(request) => return vec![Command::Analytics(request)],
+    }
     let view = &mut model.analytics;
     let step = |report: herd_analytics::Report, delta: isize| {
         let all = herd_analytics::Report::ALL;
@@ -1487,6 +1493,7 @@ fn analytics_key(model: &mut Model, key: KeyEvent) -> Vec<Command> {
             }
         }
         KeyCode::Char('t') => view.next_table(),
+        KeyCode::Char('e') => view.open_query(),
         KeyCode::Char('s') => {
             view.next_sort();
             order_analytics_rows(model);

@@ -146,7 +146,7 @@ fn key_hints(model: &Model) -> Vec<Hint> {
             mapped(model, KeyScope::Analytics, Action::Bucket, "bucket"),
             mapped(model, KeyScope::Analytics, Action::NextTable, "table"),
             mapped(model, KeyScope::Analytics, Action::SortNext, "sort"),
-            hint("↑↓", "scroll"),
+            mapped(model, KeyScope::Analytics, Action::Query, "sql"),
             // In order: on a narrow screen its own keys come before the way back.
             hint("Esc", "back"),
             hint("?", "help"),
