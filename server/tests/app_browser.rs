@@ -35,7 +35,12 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends chromedriver and every browser it started (its own process group), also when
+    /// the test failed before closing its sessions.
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -47,8 +52,10 @@ async fn chromedriver(bin: &std::path::Path) -> Driver {
         .local_addr()
         .unwrap()
         .port();
+    use std::os::unix::process::CommandExt;
     let child = std::process::Command::new(bin)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
