@@ -471,19 +471,21 @@ fn loading_and_failing_drawn() {
 #[test]
 fn query_prompt_drawn() {
     use crossterm::event::{KeyEvent, KeyModifiers};
-    use herd_console::tui::analytics::{query_table, PromptOutcome};
+    use herd_console::tui::analytics::query_table;
+    // Through the console's own key handling: `e` opens the prompt, the typed keys go to
+    // it (not to the view: `s`, `t` and `e` are letters of the SQL), Enter runs it.
     let typed = |model: &mut Model, sql: &str| {
-        model.analytics.open_query();
+        let key = |code| Msg::Key(KeyEvent::new(code, KeyModifiers::NONE));
+        send(model, key(KeyCode::Char('e')));
         for c in sql.chars() {
-            model
-                .analytics
-                .query_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE), 10);
+            assert!(send(model, key(KeyCode::Char(c))).is_empty());
         }
-        let outcome = model
-            .analytics
-            .query_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), 10);
-        let PromptOutcome::Run(Request::Query(sql)) = outcome else {
-            panic!("Enter runs the query: {outcome:?}");
+        let commands = send(model, key(KeyCode::Enter));
+        let Some(sql) = commands.iter().find_map(|command| match command {
+            Command::Analytics(Request::Query(sql)) => Some(sql.clone()),
+            _ => None,
+        }) else {
+            panic!("Enter runs the query: {commands:?}");
         };
         let mut log = Log::new(herd_console::tui::analytics::worker::need());
         log.push(sample_log().as_bytes());
