@@ -142,27 +142,12 @@ fn whole() -> ReportRequest {
 fn session_table(log: &Log) -> Result<DataFrame, Error> {
     let request = whole();
     let scope = Scope::new(log, &request)?;
-    let (mut ids, mut names, mut starts, mut ends, mut lengths) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut table = SpanTable::default();
     for device in scope.per_device() {
         let found = sessions(device.until(scope.to), scope.to);
-        let count = found.spans.len();
-        for (index, &(start, end)) in found.spans.iter().enumerate() {
-            let open = found.open && index + 1 == count;
-            ids.push(device.id.clone());
-            names.push(device.name.clone());
-            starts.push(start);
-            ends.push((!open).then_some(end));
-            lengths.push(seconds(end - start));
-        }
+        table.add(&device.id, &device.name, &found.spans, found.open);
     }
-    frame(vec![
-        Column::new("id".into(), ids),
-        Column::new("device".into(), names),
-        time_column("start", starts),
-        optional_time_column("end", ends),
-        Column::new("seconds".into(), lengths),
-    ])
+    table.frame()
 }
 
 /// The usage report's periods of light: from a report of `on` to the next of `off` (or the
@@ -170,8 +155,7 @@ fn session_table(log: &Log) -> Result<DataFrame, Error> {
 fn on_period_table(log: &Log) -> Result<DataFrame, Error> {
     let request = whole();
     let scope = Scope::new(log, &request)?;
-    let (mut ids, mut names, mut starts, mut ends, mut lengths) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut table = SpanTable::default();
     for device in scope.per_device() {
         let events = device.until(scope.to);
         let found = light(events, scope.to);
@@ -181,23 +165,44 @@ fn on_period_table(log: &Log) -> Result<DataFrame, Error> {
             .rev()
             .find(|e| e.on >= 0 || e.kind == Kind::Deleted)
             .is_some_and(|e| e.on == 1);
-        let count = found.periods.len();
-        for (index, &(start, end)) in found.periods.iter().enumerate() {
-            let open = still_on && index + 1 == count;
-            ids.push(device.id.clone());
-            names.push(device.name.clone());
-            starts.push(start);
-            ends.push((!open).then_some(end));
-            lengths.push(seconds(end - start));
+        table.add(&device.id, &device.name, &found.periods, still_on);
+    }
+    table.frame()
+}
+
+/// Rows of `(id, device, start, end, seconds)` spans; a span still open at the range's end
+/// has no `end`.
+#[derive(Default)]
+struct SpanTable {
+    ids: Vec<String>,
+    names: Vec<String>,
+    starts: Vec<i64>,
+    ends: Vec<Option<i64>>,
+    lengths: Vec<f64>,
+}
+
+impl SpanTable {
+    /// A device's spans; with `last_open`, its last span has not ended.
+    fn add(&mut self, id: &str, name: &str, spans: &[(i64, i64)], last_open: bool) {
+        for (index, &(start, end)) in spans.iter().enumerate() {
+            let open = last_open && index + 1 == spans.len();
+            self.ids.push(id.to_string());
+            self.names.push(name.to_string());
+            self.starts.push(start);
+            self.ends.push((!open).then_some(end));
+            self.lengths.push(seconds(end - start));
         }
     }
-    frame(vec![
-        Column::new("id".into(), ids),
-        Column::new("device".into(), names),
-        time_column("start", starts),
-        optional_time_column("end", ends),
-        Column::new("seconds".into(), lengths),
-    ])
+
+    fn frame(self) -> Result<DataFrame, Error> {
+        frame(vec![
+            Column::new("id".into(), self.ids),
+            Column::new("device".into(), self.names),
+            time_column("start", self.starts),
+            optional_time_column("end", self.ends),
+            Column::new("seconds".into(), self.lengths),
+        ])
+    }
 }
 
 fn switch_table(log: &Log) -> Result<DataFrame, Error> {
