@@ -190,6 +190,7 @@ impl Step {
     }
 
     /// Whether the rollout is over after this event (PROTOCOL §10.5).
+    #[cfg(feature = "tables")]
     pub fn ends_rollout(self) -> bool {
         matches!(self, Step::Halted | Step::Aborted | Step::Completed)
     }
@@ -695,6 +696,7 @@ impl Batch {
 
 /// The methods the server answers itself (PROTOCOL §3); a device request for any other
 /// method gets a 404 reply, which is the one RPC failure the log shows.
+#[cfg(feature = "tables")]
 pub(crate) fn handled_by_server(method: &[u8]) -> bool {
     matches!(
         method,

@@ -36,6 +36,7 @@
 
 mod cache;
 mod event;
+#[cfg(feature = "tables")]
 mod export;
 mod files;
 mod follow;
@@ -44,18 +45,22 @@ mod log;
 pub mod names;
 #[cfg(feature = "query")]
 pub mod query;
+#[cfg(feature = "tables")]
 mod report;
 mod scan;
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "tables")]
 pub use polars::prelude::DataFrame;
 
 pub use event::Need;
+#[cfg(feature = "tables")]
 pub use export::{export, json_rows, Format};
 pub use files::{log_files, resolve};
 pub use follow::{Follower, Polled};
 pub use log::{Log, LogStats};
+#[cfg(feature = "tables")]
 pub use report::{compute, run, Bucket, FlapRule, Report, ReportOutput, ReportRequest, Table};
 
 /// Errors of reading logs, computing reports and writing them.
@@ -70,6 +75,7 @@ pub enum Error {
     Write(#[from] std::io::Error),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[cfg(feature = "tables")]
     #[error("table error: {0}")]
     Polars(#[from] polars::error::PolarsError),
     /// The request cannot be served as asked.

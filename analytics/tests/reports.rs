@@ -2,6 +2,8 @@
 //! §7). Times are offsets in seconds from `T`, a UTC midnight, so hour buckets and hours of
 //! day are offset hours.
 
+#![cfg(feature = "tables")]
+
 use std::path::{Path, PathBuf};
 
 use herd_analytics::{
