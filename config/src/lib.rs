@@ -145,6 +145,18 @@ pub struct ServerSettings {
     /// Whether anyone may make an account with `POST /api/v2/app/signup`, as customers of
     /// the customer app at `/app/` do. Off by default: accounts are made by the admin.
     pub app_signup: bool,
+    /// Cluster mode: the NATS server (`nats://host:4222`, JetStream enabled) that several
+    /// nodes sharing one PostgreSQL store use to reach each other's devices and events.
+    /// `None` is a single server.
+    pub nats: Option<String>,
+    /// This node's name in a cluster; by default one made on first start and kept in the
+    /// data directory (`node-id`). Each node needs its own data directory.
+    pub node_id: Option<String>,
+    /// How often a cluster node records that it is alive, milliseconds.
+    pub node_heartbeat_ms: u64,
+    /// A node silent for this long is dead: the others mark its devices offline,
+    /// milliseconds.
+    pub node_dead_after_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -182,6 +194,10 @@ impl Default for ServerSettings {
             device_connects_per_minute: 20,
             quarantine_s: 300,
             app_signup: false,
+            nats: None,
+            node_id: None,
+            node_heartbeat_ms: 1_000,
+            node_dead_after_ms: 5_000,
         }
     }
 }
@@ -197,6 +213,8 @@ impl std::fmt::Debug for ServerSettings {
             .field("rpc_timeout_ms", &self.rpc_timeout_ms)
             .field("ping_interval_secs", &self.ping_interval_secs)
             .field("durability", &self.durability)
+            .field("nats", &self.nats.as_deref().map(redact_store_url))
+            .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
 }
@@ -309,6 +327,37 @@ impl ServerSettings {
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError::Invalid((*message).to_string()));
+        }
+        if let Some(nats) = self.nats.as_deref() {
+            if !(nats.starts_with("nats://") || nats.starts_with("tls://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "nats must be a nats:// or tls:// URL, not {:?}",
+                    redact_store_url(nats)
+                )));
+            }
+            if !self.store.as_deref().is_some_and(store_url_is_postgres) {
+                return Err(ConfigError::Invalid(
+                    "cluster mode (nats) needs a PostgreSQL store that every node shares"
+                        .to_string(),
+                ));
+            }
+            if self.node_dead_after_ms < 2 * self.node_heartbeat_ms.max(1) {
+                return Err(ConfigError::Invalid(
+                    "node_dead_after_ms must be at least twice node_heartbeat_ms".to_string(),
+                ));
+            }
+        }
+        if let Some(node) = self.node_id.as_deref() {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::Invalid(
+                    "node_id must be 1-64 characters of A-Z a-z 0-9 - _".to_string(),
+                ));
+            }
         }
         match self.store.as_deref() {
             Some(url) if store_url_is_postgres(url) => Ok(()),

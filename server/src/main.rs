@@ -22,6 +22,14 @@ struct Args {
     /// Store URL, `postgres://user@host/db`, instead of SQLite in the data directory.
     #[arg(long, env = "HERD_STORE")]
     store: Option<String>,
+    /// Cluster mode: the NATS server the nodes share (`nats://host:4222`, JetStream on);
+    /// needs --store postgres://… shared by every node.
+    #[arg(long, env = "HERD_NATS")]
+    nats: Option<String>,
+    /// This node's name in a cluster (default: made on first start, kept in the data
+    /// directory).
+    #[arg(long, env = "HERD_NODE_ID")]
+    node_id: Option<String>,
     /// Address to listen on (default 127.0.0.1:8009).
     #[arg(long, env = "HERD_LISTEN")]
     listen: Option<SocketAddr>,
@@ -55,6 +63,12 @@ fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
     }
     if let Some(store) = &args.store {
         settings.store = Some(store.clone());
+    }
+    if let Some(nats) = &args.nats {
+        settings.nats = Some(nats.clone());
+    }
+    if let Some(node) = &args.node_id {
+        settings.node_id = Some(node.clone());
     }
     if let Some(listen) = args.listen {
         settings.listen = listen;
