@@ -19,6 +19,10 @@ pub const DELETED: &str = "deleted";
 /// The server started: the first line it appends to notification.log, with id `""`
 /// (PROTOCOL §7).
 pub const SERVER_STARTED: &str = "server.started";
+/// A node of a cluster started (data `{"node", "version"}`). Unlike `server.started` it
+/// ends no session: the log is the cluster's, and a node that died has its devices' ends
+/// announced as `offline` by the others.
+pub const NODE_STARTED: &str = "node.started";
 /// A slow consumer lost messages (PROTOCOL §5).
 pub const LAGGED: &str = "lagged";
 /// Prefix of events for requests a device sent (PROTOCOL §5).

@@ -72,6 +72,9 @@ pub struct Hub {
 struct Inner {
     ring: broadcast::Sender<Arc<Event>>,
     log: NotificationLog,
+    /// In a cluster, events go to the cluster's stream, which every node's log is written
+    /// from ([`crate::cluster::events`]), instead of straight to the log.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Serializes "append to log" with "publish to ring" so both see one order.
     order: Mutex<()>,
 }
@@ -83,6 +86,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 ring,
                 log,
+                cluster: std::sync::OnceLock::new(),
                 order: Mutex::new(()),
             }),
         }
@@ -110,10 +114,28 @@ impl Hub {
         let _order = self.inner.order.lock();
         let ts = crate::clock::now();
         // `json` starts with '{'; the persisted form puts `ts` first (PROTOCOL §7).
-        self.inner
-            .log
-            .append(format!("{{\"ts\":{ts},{}", &event.json.as_str()[1..]));
+        let line = format!("{{\"ts\":{ts},{}", &event.json.as_str()[1..]);
+        match self.inner.cluster.get() {
+            Some(cluster) => cluster.publish(crate::cluster::events::Outgoing {
+                device: event.device.clone(),
+                name: event.name.clone(),
+                line,
+            }),
+            None => self.inner.log.append(line),
+        }
         // No receivers is not an error: nobody is watching right now.
+        let _ = self.inner.ring.send(event);
+    }
+
+    /// Sends events to `cluster` from now on (cluster mode).
+    pub fn join(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// Hands another node's event to this node's live consumers; the log has it from the
+    /// cluster's stream.
+    pub fn inject(&self, event: Arc<Event>) {
+        let _order = self.inner.order.lock();
         let _ = self.inner.ring.send(event);
     }
 

@@ -30,6 +30,7 @@
 pub mod access;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod device_socket;
 pub mod error;
 pub mod firmware;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The device sessions among them, which shutdown ends first.
     pub device_tasks: TaskTracker,
+    /// This node's part of a cluster (cluster mode only, [`cluster`]).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// Cheap-to-clone access to [`Shared`].
@@ -117,7 +120,7 @@ impl AppState {
             token: token.map(str::to_string),
             user_id: device.user_id.clone(),
             shared_with: device.shared_with.clone(),
-            online: self.registry.is_online(&device.id),
+            online: self.is_online(&device.id),
             created_at: clock::rfc3339(device.created_at),
             last_seen: device.last_seen.map(clock::rfc3339),
             info: device.info.clone(),
@@ -136,6 +139,34 @@ impl AppState {
             &self.device_object(device, None),
         );
         self.watch.notify(&device.id);
+    }
+
+    /// Whether device `id` is connected, to this node or (in a cluster) to another.
+    pub fn is_online(&self, id: &str) -> bool {
+        self.registry.is_online(id)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.online_elsewhere(id))
+    }
+
+    /// In a cluster, waits until the events emitted so far are in the cluster's stream, so
+    /// a write acknowledged to its client keeps its events if this node dies next. A
+    /// single server has nothing to wait for.
+    pub async fn settle(&self) {
+        if let Some(cluster) = &self.cluster {
+            if !cluster.settle(Duration::from_secs(5)).await {
+                tracing::warn!("events are not reaching the cluster's stream");
+            }
+        }
+    }
+
+    /// Whether this server runs the rollouts: always on one server, the lease holder in a
+    /// cluster.
+    pub fn runs_rollouts(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.is_leader())
     }
 
     /// The configured RPC proxy timeout.
@@ -237,6 +268,17 @@ impl Server {
             None => None,
         };
         let local_addr = listener.local_addr()?;
+        let cluster = match &settings.nats {
+            Some(_) => {
+                let node = cluster::node_id(&settings, &data_dir)?;
+                Some(cluster::Cluster::connect(&settings, node, local_addr.to_string()).await?)
+            }
+            None => None,
+        };
+        let (cluster, outgoing) = match cluster {
+            Some((cluster, outgoing)) => (Some(cluster), Some(outgoing)),
+            None => (None, None),
+        };
         let state = AppState(Arc::new(Shared {
             limits: Limits {
                 max_bytes: settings.shadow_max_bytes,
@@ -256,15 +298,30 @@ impl Server {
             streams_shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             device_tasks: TaskTracker::new(),
+            cluster: cluster.clone(),
             settings,
         }));
+        if let Some(cluster) = &cluster {
+            state.hub.join(cluster.clone());
+        }
         // PROTOCOL §7: the first line of this run, so readers can close the sessions a
         // crash of the previous run left open. Nothing is served yet, so nothing precedes it.
-        state.hub.emit(
-            &Identity::server(),
-            protocol::notification::SERVER_STARTED,
-            &serde_json::json!({"version": env!("CARGO_PKG_VERSION")}),
-        );
+        match &cluster {
+            None => state.hub.emit(
+                &Identity::server(),
+                protocol::notification::SERVER_STARTED,
+                &serde_json::json!({"version": env!("CARGO_PKG_VERSION")}),
+            ),
+            Some(cluster) => state.hub.emit(
+                &Identity::server(),
+                protocol::notification::NODE_STARTED,
+                &serde_json::json!({"node": &*cluster.node, "version": env!("CARGO_PKG_VERSION")}),
+            ),
+        }
+        if let (Some(cluster), Some(outgoing)) = (&cluster, outgoing) {
+            cluster.serve(&state, outgoing).await?;
+            tracing::info!(node = %cluster.node, "joined the cluster");
+        }
         let router = rest::router(state.clone());
         let serving = tokio::spawn(http::serve(listener, router, tls, state.shutdown.clone()));
         let sweeper = tokio::spawn(device_socket::liveness_sweeper(state.clone()));
@@ -307,6 +364,10 @@ impl Server {
                 devices = state.registry.len(),
                 "some device sessions did not end in time"
             );
+        }
+        // A cluster node's events reach the stream, and it leaves the cluster.
+        if let Some(cluster) = &state.cluster {
+            cluster.leave().await;
         }
         // Phase two: the streams deliver what was emitted, then close.
         state.streams_shutdown.cancel();

@@ -51,6 +51,19 @@ struct Args {
     /// The first user created is the administrator.
     #[arg(long, num_args = 2, value_names = ["NAME", "PASS"])]
     register_user: Option<Vec<String>>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Show the cluster's nodes as the shared PostgreSQL store records them: each node's
+    /// address, devices, heartbeat age and whether it counts as alive (needs --store).
+    ClusterStatus {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn settings(args: &Args) -> anyhow::Result<ServerSettings> {
@@ -129,6 +142,28 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let settings = settings(&args)?;
+    if let Some(Command::ClusterStatus { json }) = &args.command {
+        let nodes = herd_server::cluster::cluster_status(&settings).await?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&nodes)?);
+        } else {
+            println!(
+                "{:<24} {:<22} {:>8} {:>10}  STATE",
+                "NODE", "ADDRESS", "DEVICES", "HEARTBEAT"
+            );
+            for node in &nodes {
+                println!(
+                    "{:<24} {:<22} {:>8} {:>9.1}s  {}",
+                    node.id,
+                    node.addr,
+                    node.devices,
+                    node.heartbeat_age_s,
+                    if node.alive { "alive" } else { "dead" }
+                );
+            }
+        }
+        return Ok(());
+    }
     if let Some(pair) = &args.register_user {
         let (user, key) = herd_server::register_user(&settings, &pair[0], &pair[1]).await?;
         println!("{}", serde_json::json!({"user": user.id, "api_key": key}));

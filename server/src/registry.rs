@@ -220,6 +220,12 @@ impl Registry {
         }
     }
 
+    /// Removes the device's entry whatever its connection, announcing nothing: another
+    /// cluster node holds the device now. The session, when it ends, finds itself replaced.
+    pub fn take(&self, id: &str) -> Option<Arc<DeviceConn>> {
+        self.devices.write().remove(id)
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<DeviceConn>> {
         self.devices.read().get(id).cloned()
     }

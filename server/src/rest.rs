@@ -67,6 +67,10 @@ pub struct Health {
     store: HealthStore,
     /// The notification log.
     notification_log: HealthLog,
+    /// Cluster mode only: this node, the others, and NATS and PostgreSQL as this node sees
+    /// them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 /// The store's part of [`Health`].
@@ -95,7 +99,15 @@ pub struct HealthLog {
     ),
 )]
 async fn healthz(State(state): State<AppState>) -> Response {
-    let writing = state.store.writes_possible();
+    let cluster = match &state.cluster {
+        Some(cluster) => Some(cluster.status().await),
+        None => None,
+    };
+    let writing = state.store.writes_possible()
+        && state
+            .cluster
+            .as_ref()
+            .is_none_or(|cluster| cluster.healthy());
     let body = Health {
         status: if writing { "ok" } else { "failing" },
         devices_online: state.registry.len(),
@@ -106,6 +118,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         notification_log: HealthLog {
             writer_restarts: state.hub.log().restarts(),
         },
+        cluster,
     };
     let status = if writing {
         StatusCode::OK
@@ -174,7 +187,7 @@ pub async fn visible_device(
     id: &str,
 ) -> Result<DeviceRecord, ApiError> {
     match state.store.device(id).await? {
-        Some(device) if caller.sees(&device, state.registry.is_online(id)) => Ok(device),
+        Some(device) if caller.sees(&device, state.is_online(id)) => Ok(device),
         _ => Err(ApiError::not_found(format!("device {id} not found"))),
     }
 }
@@ -187,7 +200,7 @@ pub async fn visible_devices(
     let scope = (!caller.user.admin).then_some(&caller.user);
     let mut devices = state.store.list_devices(scope).await?;
     if caller.devices.is_some() {
-        devices.retain(|d| caller.sees(d, state.registry.is_online(&d.id)));
+        devices.retain(|d| caller.sees(d, state.is_online(&d.id)));
     }
     Ok(devices)
 }

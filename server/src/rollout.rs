@@ -64,7 +64,14 @@ pub enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    /// The action a [`Action::name`] names.
+    pub fn parse(name: &str) -> Option<Action> {
+        [Action::Start, Action::Pause, Action::Resume, Action::Abort]
+            .into_iter()
+            .find(|action| action.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Action::Start => "start",
             Action::Pause => "pause",
@@ -95,6 +102,9 @@ impl Rollouts {
         id: &str,
         action: Action,
     ) -> Result<(), ApiError> {
+        if !state.runs_rollouts() {
+            return forward(state, id, action).await;
+        }
         for _ in 0..3 {
             let sender = self.runner(state, id).await?;
             let (reply, answer) = oneshot::channel();
@@ -152,6 +162,9 @@ impl Rollouts {
 
     /// Starts the runners of rollouts a previous process left unfinished.
     pub async fn resume_all(&self, state: &AppState) {
+        if !state.runs_rollouts() {
+            return;
+        }
         let rollouts = match state.store.list_rollouts(None).await {
             Ok(rollouts) => rollouts,
             Err(e) => {
@@ -185,6 +198,34 @@ impl Rollouts {
     /// Whether a runner is alive for rollout `id` (tests, shutdown).
     pub fn is_running(&self, id: &str) -> bool {
         self.runners.lock().contains_key(id)
+    }
+}
+
+/// Sends an operator's command to the cluster node that runs the rollouts.
+async fn forward(state: &AppState, id: &str, action: Action) -> Result<(), ApiError> {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return Err(ApiError::internal("no node runs the rollouts"));
+    };
+    let Some(leader) =
+        crate::cluster::route::lease_holder(cluster, crate::cluster::ROLLOUT_LEASE).await
+    else {
+        return Err(ApiError::unavailable(
+            "no node runs the rollouts right now; try again in a few seconds",
+        ));
+    };
+    let request = crate::cluster::route::Request::Rollout {
+        id: id.to_string(),
+        action: action.name().to_string(),
+    };
+    match cluster
+        .request(&leader, &request, std::time::Duration::from_secs(30))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(crate::cluster::route::RouteError::Failed(e)) => Err(e),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "the node that runs the rollouts ({leader}) did not answer: {e:?}"
+        ))),
     }
 }
 
@@ -325,7 +366,7 @@ pub async fn plan(
         }
         let candidate = access::DeviceFacts {
             device,
-            online: state.registry.is_online(&device.id),
+            online: state.is_online(&device.id),
         };
         if !filter.matches(&candidate) {
             continue;
@@ -553,7 +594,7 @@ pub fn object(
                     name: d.name.clone(),
                     wave: d.wave,
                     state: d.state,
-                    online: state.registry.is_online(&d.device_id),
+                    online: state.is_online(&d.device_id),
                     from_version: d.from_version.clone(),
                     attempts: d.attempts,
                     message: d.message.clone(),
@@ -631,6 +672,17 @@ impl Runner {
             }
         }
         loop {
+            if !self.state.runs_rollouts() {
+                // The cluster's rollout lease went to another node, which runs it now.
+                let mut runners = self.state.rollouts.runners.lock();
+                if runners
+                    .get(&self.rollout.id)
+                    .is_some_and(|(g, _)| *g == generation)
+                {
+                    runners.remove(&self.rollout.id);
+                }
+                return;
+            }
             self.step().await;
             if self.rollout.state != RolloutState::Running && self.jobs.is_empty() {
                 let rollouts = &self.state.rollouts;

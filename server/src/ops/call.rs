@@ -70,7 +70,13 @@ pub async fn run(
     params: Option<Value>,
     timeout: Duration,
 ) -> Result<Value, CallError> {
-    let conn = state.registry.get(id).ok_or(CallError::Offline)?;
+    let Some(conn) = state.registry.get(id) else {
+        // In a cluster, the node holding the device makes the call.
+        return match &state.cluster {
+            Some(cluster) => cluster.call(id, method, params, timeout).await,
+            None => Err(CallError::Offline),
+        };
+    };
     let (request_id, reply) = start(state, &conn, method, params);
     finish(&conn, request_id, reply, timeout).await
 }

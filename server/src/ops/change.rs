@@ -35,7 +35,15 @@ pub(super) async fn apply(
         .await?;
     if let Some(conn) = state.registry.get(id) {
         conn.set_identity(Identity::of(&device));
+    } else if let Some(cluster) = &state.cluster {
+        let request = crate::cluster::route::Request::Identity {
+            device: id.to_string(),
+            owner: device.user_id.clone(),
+            shared_with: device.shared_with.clone(),
+        };
+        cluster.tell_owner(id, request).await;
     }
     state.emit_updated(&device);
+    state.settle().await;
     Ok(device)
 }

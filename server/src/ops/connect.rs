@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use protocol::methods;
-use protocol::notification::ONLINE;
+use protocol::notification::{OFFLINE, ONLINE};
 use protocol::Value;
 
 use crate::hub::Identity;
@@ -24,17 +24,36 @@ pub async fn run(
     let _turn = state.sequencer.turn(&device.id).await;
     let identity = Identity::of(device);
     let limit = state.settings.device_outbox_limit;
+    // In a cluster: the node that held the device until now, whose session this one ends.
+    let elsewhere = state.cluster.as_ref().and_then(|c| c.owner(&device.id));
     let (conn, replaced) = state
         .registry
         .insert(identity.clone(), origin, limit, |replaced| {
             // A device that reconnected before its old socket was noticed gone never went
             // offline: no second `online`.
             if replaced.is_none() {
+                if elsewhere.is_some() {
+                    state.hub.emit(&identity, OFFLINE, &Value::Null);
+                }
                 state.hub.emit(&identity, ONLINE, &Value::Null);
             }
         });
     if let Some(old) = replaced {
         old.push(Out::Close("replaced by a newer connection".into()));
+    }
+    if let Some(cluster) = &state.cluster {
+        // One session per device in the cluster: the node that held it drops its own.
+        if let Some(previous) = cluster.claim(&device.id, conn.conn_id).await {
+            let request = crate::cluster::route::Request::Takeover {
+                device: device.id.clone(),
+            };
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let _ = cluster
+                    .request(&previous, &request, std::time::Duration::from_secs(2))
+                    .await;
+            });
+        }
     }
     // The record read when the device authenticated may predate an update committed since.
     let device = match state.store.device(&device.id).await {

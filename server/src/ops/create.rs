@@ -34,6 +34,7 @@ pub async fn run(
             CREATED,
             &state.device_object(&device, None),
         );
+        state.settle().await;
         Ok((device, token))
     })
     .await

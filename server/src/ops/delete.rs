@@ -20,10 +20,17 @@ pub async fn run(state: &AppState, device: &DeviceRecord) -> Result<bool, StoreE
         }
         if let Some(conn) = state.registry.get(&device.id) {
             conn.push(Out::Close("device deleted".into()));
+        } else if let Some(cluster) = &state.cluster {
+            let request = crate::cluster::route::Request::Close {
+                device: device.id.clone(),
+                reason: "device deleted".into(),
+            };
+            cluster.tell_owner(&device.id, request).await;
         }
         state
             .hub
             .emit(&Identity::of(&device), DELETED, &json!({ "id": device.id }));
+        state.settle().await;
         Ok(true)
     })
     .await

@@ -21,6 +21,9 @@ pub async fn run(state: &AppState, conn: &DeviceConn) {
     if !removed {
         return;
     }
+    if let Some(cluster) = &state.cluster {
+        cluster.release(&id, conn.conn_id).await;
+    }
     if let Err(e) = state.store.set_last_seen(&id, clock::now()).await {
         tracing::warn!(device = %id, error = %e, "cannot record last_seen");
     }

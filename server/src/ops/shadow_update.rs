@@ -21,17 +21,27 @@ pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRec
             .await?;
         let device = change.device;
         state.emit_updated(&device);
-        if let Some(conn) = state.registry.get(&id) {
-            let delta = device.shadow.delta();
-            if !delta.is_empty() {
+        let delta = device.shadow.delta();
+        if !delta.is_empty() {
+            if let Some(conn) = state.registry.get(&id) {
                 conn.push(Out::Delta {
                     delta,
                     version: device.shadow.version,
                     timestamp: device.shadow.timestamp,
                     desired_changed: change.applied.desired_changed,
                 });
+            } else if let Some(cluster) = &state.cluster {
+                let request = crate::cluster::route::Request::Delta {
+                    device: id.clone(),
+                    delta,
+                    version: device.shadow.version,
+                    timestamp: device.shadow.timestamp,
+                    desired_changed: change.applied.desired_changed,
+                };
+                cluster.tell_owner(&id, request).await;
             }
         }
+        state.settle().await;
         Ok(device)
     })
     .await

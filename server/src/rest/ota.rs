@@ -93,11 +93,11 @@ pub async fn push(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let device = match state.store.device(&id).await? {
-        Some(device) if caller.sees(&device, state.registry.is_online(&id)) => device,
+        Some(device) if caller.sees(&device, state.is_online(&id)) => device,
         _ => return Err(ApiError::not_found(format!("device {id} not found"))),
     };
     access::require_deploy(&caller, &device)?;
-    if !state.registry.is_online(&id) {
+    if !state.is_online(&id) {
         return Err(ApiError::unavailable(format!("device {id} is offline")));
     }
     if state.ota_jobs.is_busy(&id) {

@@ -152,7 +152,7 @@ pub async fn device_rpc(
     mut req: Request,
 ) -> Response {
     match state.store.device(&id).await {
-        Ok(Some(device)) if caller.sees(&device, state.registry.is_online(&id)) => {}
+        Ok(Some(device)) if caller.sees(&device, state.is_online(&id)) => {}
         Ok(_) => {
             return crate::error::ApiError::not_found(format!("device {id} not found"))
                 .into_response()
@@ -236,7 +236,7 @@ async fn device_rpc_session(state: AppState, mut socket: Socket, id: String, cal
                         // device unshared since the socket opened is not reachable any more,
                         // and OTA.* needs deploy rights (PROTOCOL §11).
                         let allowed = match state.store.device(&id).await {
-                            Ok(Some(device)) if caller.sees(&device, state.registry.is_online(&id)) => crate::access::check_rpc(&caller, &device, &method),
+                            Ok(Some(device)) if caller.sees(&device, state.is_online(&id)) => crate::access::check_rpc(&caller, &device, &method),
                             Ok(_) => Err(crate::error::ApiError::not_found(format!("device {id} not found"))),
                             Err(e) => Err(crate::error::ApiError::from(e)),
                         };
@@ -299,9 +299,7 @@ impl Audience {
             return *known;
         }
         let admitted = match state.store.device(&event.device.id).await {
-            Ok(Some(device)) => self
-                .caller
-                .sees(&device, state.registry.is_online(&device.id)),
+            Ok(Some(device)) => self.caller.sees(&device, state.is_online(&device.id)),
             _ => false,
         };
         if self.matches.len() > 100_000 {

@@ -208,42 +208,7 @@ impl PostgresStore {
     /// Connects to the database `url` names, creates or migrates its tables, and starts the
     /// health probe.
     pub async fn open(url: &str, durability: Durability) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Backend(format!(
-                "store URL {} is not valid: {e}",
-                herd_config::redact_store_url(url)
-            ))
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("herd-server");
-        }
-        let synchronous = match durability {
-            Durability::Process => "off",
-            Durability::Power => "on",
-        };
-        let options = match config.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit={synchronous}"),
-            None => format!("-c synchronous_commit={synchronous}"),
-        };
-        config.options(&options);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot make the connection pool: {e}")))?;
+        let pool = connect_pool(url, durability, POOL_SIZE)?;
         migrate(&pool).await.map_err(|e| match e {
             StoreError::Unavailable(message) => StoreError::Backend(format!(
                 "cannot reach the database {}: {message}",
@@ -289,6 +254,52 @@ impl Drop for PostgresStore {
 }
 
 /// Asks the database whether it answers, every [`PROBE_PERIOD`].
+/// A connection pool of `size` to the database `url` names, with the server's timeouts and
+/// the commit durability `durability` asks for. Connections are made on first use.
+pub(crate) fn connect_pool(
+    url: &str,
+    durability: Durability,
+    size: usize,
+) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        StoreError::Backend(format!(
+            "store URL {} is not valid: {e}",
+            herd_config::redact_store_url(url)
+        ))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("herd-server");
+    }
+    let synchronous = match durability {
+        Durability::Process => "off",
+        Durability::Power => "on",
+    };
+    let options = match config.get_options() {
+        Some(given) => format!("{given} -c synchronous_commit={synchronous}"),
+        None => format!("-c synchronous_commit={synchronous}"),
+    };
+    config.options(&options);
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot make the connection pool: {e}")))?;
+    Ok(pool)
+}
+
 async fn probe_loop(pool: Pool, healthy: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(PROBE_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -318,8 +329,11 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .await?;
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
+    )
+    .await?;
     let version: Option<i64> = tx
         .query_one("SELECT max(version) FROM schema_version", &[])
         .await?

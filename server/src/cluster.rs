@@ -1,0 +1,669 @@
+//! Cluster mode: several herd-server nodes, sharing one PostgreSQL store and one NATS server,
+//! serve as one device cloud behind any TCP load balancer.
+//!
+//! What each engine carries:
+//! - **PostgreSQL** stays the source of truth for devices, shadows, users and rollouts (the
+//!   [`crate::store`] every node opens), and also holds the cluster's own small tables:
+//!   `herd_nodes` (each node's heartbeat, by the database's clock), `herd_presence` (which
+//!   node holds each online device's socket) and `herd_leases` (the rollout engine's lease).
+//! - **NATS** carries everything between nodes:
+//!   - `herd.events.<node>`: every event a node emits (PROTOCOL §5), published to the
+//!     JetStream stream `HERD_EVENTS` ([`events`]). The other nodes receive the same messages
+//!     live and hand them to their notify streams; every node also reads the stream back in
+//!     its order into its own notification.log, so each node's `POST /logs` serves the same
+//!     one logical log (PROTOCOL §7).
+//!   - `herd.node.<node>`: requests for the devices a node holds: a call, a delta offer, a
+//!     change of who sees the device, a close, a takeover ([`route`]).
+//!
+//! The rules:
+//! - **One owner per device.** The node holding a device's socket carries out what needs the
+//!   socket. Another node that is asked (an RPC on the REST API, a shadow update) sends the
+//!   request to the owner, found in the presence map every node keeps from the
+//!   `online`/`offline` events.
+//! - **One session per device.** A device that connects to node B while node A holds it is
+//!   B's: B announces the end of A's session (`offline`) and the new one (`online`), and
+//!   asks A to close its socket quietly.
+//! - **Dead nodes.** A node whose heartbeat is older than `node_dead_after_ms` is dead: the
+//!   first survivor to see it takes its presence rows in one statement, so exactly one node
+//!   announces `offline` for each of its devices, and records `last_seen`. The devices
+//!   reconnect through the balancer. A node that finds its own heartbeat row gone (it was
+//!   declared dead while paused) closes every socket it holds, so no device is held twice.
+//! - **Rollouts run once per cluster**: only the holder of the `rollouts` lease runs them.
+
+pub mod events;
+pub mod route;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use herd_config::ServerSettings;
+use parking_lot::{Mutex, RwLock};
+use protocol::notification::OFFLINE;
+use protocol::Value;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::hub::Identity;
+use crate::{clock, AppState};
+
+/// The JetStream stream every node's events go to.
+pub const STREAM: &str = "HERD_EVENTS";
+/// Prefix of the subjects events are published on (`herd.events.<node>`).
+pub const EVENTS_PREFIX: &str = "herd.events.";
+/// Prefix of the subjects a node takes requests on (`herd.node.<node>`).
+pub const NODE_PREFIX: &str = "herd.node.";
+/// The lease whose holder runs the rollouts.
+pub const ROLLOUT_LEASE: &str = "rollouts";
+
+/// The advisory lock that makes the cluster's tables one node at a time.
+const SCHEMA_LOCK: i64 = 0x6865_7264_636c;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS herd_nodes (
+    node_id TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS herd_presence (
+    device_id TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    conn BIGINT NOT NULL,
+    since DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS herd_presence_node ON herd_presence (node_id);
+CREATE TABLE IF NOT EXISTS herd_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+";
+
+/// One node's view of the cluster.
+pub struct Cluster {
+    /// This node's name.
+    pub node: Arc<str>,
+    /// This process's run of the node, so the events of two runs never share an id.
+    pub run: Arc<str>,
+    nats: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    pg: Pool,
+    heartbeat: Duration,
+    dead_after: Duration,
+    /// Devices online on other nodes, and which node holds each.
+    remote: RwLock<HashMap<Arc<str>, Arc<str>>>,
+    /// Events to publish, in emit order ([`events::publisher`]).
+    outgoing: mpsc::UnboundedSender<events::Outgoing>,
+    /// Events emitted so far and events the stream has acknowledged, for [`Self::settle`].
+    emitted: AtomicU64,
+    acked: watch::Sender<u64>,
+    /// Whether this node holds the rollout lease.
+    leader: AtomicBool,
+    health: Mutex<Health>,
+}
+
+/// What `/healthz` says about the engines the cluster depends on.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Health {
+    /// The last heartbeat was written.
+    store_ok: bool,
+    /// Events publish and are acknowledged.
+    stream_ok: bool,
+    /// Events published but not acknowledged by the stream yet.
+    stream_failures: u64,
+    /// Lines of the cluster log written into this node's notification.log.
+    log_lines_mirrored: u64,
+    /// Times this node found itself declared dead and closed its sockets.
+    fenced: u64,
+}
+
+/// A node as `/healthz` and `herd-server cluster-status` show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NodeStatus {
+    pub id: String,
+    pub addr: String,
+    /// Devices whose socket this node holds.
+    pub devices: i64,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_s: f64,
+    pub alive: bool,
+}
+
+/// The `cluster` part of `/healthz`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    /// This node.
+    pub node: String,
+    /// Whether this node holds the rollout lease.
+    pub rollout_leader: bool,
+    /// `connected` or the NATS connection's state.
+    pub nats: String,
+    /// Whether the last heartbeat reached PostgreSQL.
+    pub store_ok: bool,
+    /// Whether events reach the JetStream stream.
+    pub stream_ok: bool,
+    pub stream_failures: u64,
+    pub log_lines_mirrored: u64,
+    /// Devices this node knows to be online on other nodes.
+    pub remote_devices: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The node's name: the configured one, else the one kept in the data directory, else a
+/// new one kept there.
+pub fn node_id(settings: &ServerSettings, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(node) = &settings.node_id {
+        return Ok(node.clone());
+    }
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let made = format!("node-{}", &crate::auth::new_secret()[..8]);
+    let temporary = data_dir.join("node-id.tmp");
+    std::fs::write(&temporary, format!("{made}\n"))
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(made)
+}
+
+impl Cluster {
+    /// Connects to NATS and PostgreSQL, makes the stream and the tables if missing, and
+    /// records this node as alive. Nothing is received yet: see [`Cluster::serve`].
+    pub async fn connect(
+        settings: &ServerSettings,
+        node: String,
+        addr: String,
+    ) -> anyhow::Result<(Arc<Cluster>, mpsc::UnboundedReceiver<events::Outgoing>)> {
+        let nats_url = settings.nats.as_deref().context("no nats URL")?;
+        let store_url = settings.store.as_deref().context("no store URL")?;
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("herd-server {node}"))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(nats_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach NATS at {}",
+                    herd_config::redact_store_url(nats_url)
+                )
+            })?;
+        let js = async_nats::jetstream::new(nats.clone());
+        events::ensure_stream(&js).await?;
+        let pg = crate::store::postgres::connect_pool(store_url, settings.durability, 4)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut client = pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Nodes starting together would race to make the tables; one at a time.
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA}"
+        ))
+        .await
+        .context("cannot make the cluster tables")?;
+        tx.commit().await?;
+        let run = crate::auth::new_secret()[..12].to_string();
+        client
+            .execute(
+                "INSERT INTO herd_nodes (node_id, run, addr, started_at, heartbeat_at)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (node_id) DO UPDATE
+                 SET run = $2, addr = $3, started_at = $4, heartbeat_at = now()",
+                &[&node, &run, &addr, &clock::now()],
+            )
+            .await
+            .context("cannot record this node")?;
+        drop(client);
+        let (outgoing, receiver) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            node: node.into(),
+            run: run.into(),
+            nats,
+            js,
+            pg,
+            heartbeat: Duration::from_millis(settings.node_heartbeat_ms.max(1)),
+            dead_after: Duration::from_millis(settings.node_dead_after_ms),
+            remote: RwLock::new(HashMap::new()),
+            outgoing,
+            emitted: AtomicU64::new(0),
+            acked: watch::channel(0).0,
+            leader: AtomicBool::new(false),
+            health: Mutex::new(Health {
+                store_ok: true,
+                stream_ok: true,
+                ..Health::default()
+            }),
+        });
+        Ok((cluster, receiver))
+    }
+
+    /// Starts the node's part of the cluster once the server's state exists: publishing and
+    /// mirroring events, the presence map, requests for its devices, the heartbeat.
+    pub async fn serve(
+        self: &Arc<Self>,
+        state: &AppState,
+        outgoing: mpsc::UnboundedReceiver<events::Outgoing>,
+    ) -> anyhow::Result<()> {
+        tokio::spawn(events::publisher(self.clone(), outgoing));
+        let log = state.hub.log().clone();
+        let mirror = events::Mirror::open(log.dir(), state.settings.durability)?;
+        tokio::spawn(events::mirror(self.clone(), log, mirror));
+        // Live events of the other nodes: subscribed before the presence snapshot is read,
+        // so no change falls between the two.
+        let live = self
+            .nats
+            .subscribe(format!("{EVENTS_PREFIX}>"))
+            .await
+            .context("cannot subscribe to the cluster's events")?;
+        self.release_own_presence(state).await?;
+        self.load_presence().await?;
+        tokio::spawn(events::receive(self.clone(), state.clone(), live));
+        let requests = self
+            .nats
+            .subscribe(format!("{NODE_PREFIX}{}", self.node))
+            .await
+            .context("cannot subscribe to this node's requests")?;
+        tokio::spawn(route::serve(state.clone(), requests));
+        tokio::spawn(housekeeping(self.clone(), state.clone()));
+        Ok(())
+    }
+
+    /// Hands an event to the publisher; returns its number for [`Self::settle`].
+    pub(crate) fn publish(&self, event: events::Outgoing) {
+        self.emitted.fetch_add(1, Ordering::AcqRel);
+        if self.outgoing.send(event).is_err() {
+            tracing::warn!("the cluster publisher has stopped; event not published");
+        }
+    }
+
+    /// Waits until every event emitted so far is in the stream (at most `timeout`), so an
+    /// acknowledged write's events survive this node dying. Returns false on timeout.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let target = self.emitted.load(Ordering::Acquire);
+        let mut acked = self.acked.subscribe();
+        tokio::time::timeout(timeout, acked.wait_for(|n| *n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The node holding device `id`'s socket, if another node does.
+    pub fn owner(&self, id: &str) -> Option<Arc<str>> {
+        self.remote.read().get(id).cloned()
+    }
+
+    /// Whether device `id` is online on another node.
+    pub fn online_elsewhere(&self, id: &str) -> bool {
+        self.remote.read().contains_key(id)
+    }
+
+    /// Whether this node runs the rollouts.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note_remote_online(&self, id: &str, node: &str) {
+        if node != &*self.node {
+            self.remote.write().insert(id.into(), node.into());
+        }
+    }
+
+    pub(crate) fn note_remote_offline(&self, id: &str) {
+        self.remote.write().remove(id);
+    }
+
+    /// Records that this node now holds device `id` on connection `conn`; returns the node
+    /// that held it before, if another one did.
+    pub async fn claim(&self, id: &str, conn: u64) -> Option<String> {
+        let result = async {
+            let client = self.pg.get().await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_one(
+                    "WITH old AS (SELECT node_id FROM herd_presence WHERE device_id = $1 FOR UPDATE)
+                     INSERT INTO herd_presence (device_id, node_id, conn, since)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (device_id) DO UPDATE
+                     SET node_id = $2, conn = $3, since = $4
+                     RETURNING (SELECT node_id FROM old)",
+                    &[&id, &&*self.node, &(conn as i64), &clock::now()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(row.get::<_, Option<String>>(0))
+        }
+        .await;
+        self.remote.write().remove(id);
+        match result {
+            Ok(previous) => previous.filter(|n| n != &*self.node),
+            Err(e) => {
+                tracing::warn!(device = id, error = %e, "cannot record the device's presence");
+                None
+            }
+        }
+    }
+
+    /// Forgets that this node holds device `id` on connection `conn`.
+    pub async fn release(&self, id: &str, conn: u64) {
+        let result = async {
+            let client = self.pg.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "DELETE FROM herd_presence WHERE device_id = $1 AND node_id = $2 AND conn = $3",
+                    &[&id, &&*self.node, &(conn as i64)],
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(device = id, error = %e, "cannot clear the device's presence");
+        }
+    }
+
+    /// Devices a previous run of this node held (it crashed or was killed, and came back
+    /// before the others declared it dead) went offline with it.
+    async fn release_own_presence(&self, state: &AppState) -> anyhow::Result<()> {
+        let client = self.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rows = client
+            .query(
+                "DELETE FROM herd_presence WHERE node_id = $1 RETURNING device_id",
+                &[&&*self.node],
+            )
+            .await
+            .context("cannot read this node's presence")?;
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        announce_offline(state, &ids).await;
+        Ok(())
+    }
+
+    async fn load_presence(&self) -> anyhow::Result<()> {
+        let client = self.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rows = client
+            .query("SELECT device_id, node_id FROM herd_presence", &[])
+            .await
+            .context("cannot read the cluster's presence")?;
+        let mut remote = self.remote.write();
+        for row in rows {
+            let node: String = row.get(1);
+            if node != *self.node {
+                remote.insert(row.get::<_, String>(0).into(), node.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster as `/healthz` shows it.
+    pub async fn status(&self) -> ClusterStatus {
+        let health = self.health.lock().clone();
+        let nodes = match node_statuses(&self.pg, self.dead_after).await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cluster's nodes");
+                Vec::new()
+            }
+        };
+        ClusterStatus {
+            node: self.node.to_string(),
+            rollout_leader: self.is_leader(),
+            nats: match self.nats.connection_state() {
+                async_nats::connection::State::Connected => "connected".to_string(),
+                other => other.to_string(),
+            },
+            store_ok: health.store_ok && !nodes.is_empty(),
+            stream_ok: health.stream_ok,
+            stream_failures: health.stream_failures,
+            log_lines_mirrored: health.log_lines_mirrored,
+            remote_devices: self.remote.read().len(),
+            nodes,
+        }
+    }
+
+    /// Whether the cluster's engines work, for `/healthz`'s status code.
+    pub fn healthy(&self) -> bool {
+        let health = self.health.lock();
+        health.store_ok
+            && health.stream_ok
+            && matches!(
+                self.nats.connection_state(),
+                async_nats::connection::State::Connected
+            )
+    }
+
+    /// Leaves the cluster on a clean shutdown: the node's row goes, so nobody waits for it
+    /// to be declared dead (its devices already went offline in the first phase).
+    pub async fn leave(&self) {
+        let _ = self.settle(Duration::from_secs(5)).await;
+        if let Ok(client) = self.pg.get().await {
+            let _ = client
+                .execute(
+                    "DELETE FROM herd_presence WHERE node_id = $1",
+                    &[&&*self.node],
+                )
+                .await;
+            let _ = client
+                .execute("DELETE FROM herd_leases WHERE holder = $1", &[&&*self.node])
+                .await;
+            let _ = client
+                .execute("DELETE FROM herd_nodes WHERE node_id = $1", &[&&*self.node])
+                .await;
+        }
+        let _ = self.nats.flush().await;
+    }
+
+    fn health(&self) -> parking_lot::MutexGuard<'_, Health> {
+        self.health.lock()
+    }
+}
+
+/// Every node with its device count and heartbeat age (PostgreSQL's clock).
+pub async fn node_statuses(pg: &Pool, dead_after: Duration) -> anyhow::Result<Vec<NodeStatus>> {
+    let client = pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows = client
+        .query(
+            "SELECT n.node_id, n.addr,
+                    (SELECT count(*) FROM herd_presence p WHERE p.node_id = n.node_id),
+                    EXTRACT(EPOCH FROM (now() - n.heartbeat_at))::DOUBLE PRECISION
+             FROM herd_nodes n ORDER BY n.node_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let age: f64 = row.get(3);
+            NodeStatus {
+                id: row.get(0),
+                addr: row.get(1),
+                devices: row.get(2),
+                heartbeat_age_s: age,
+                alive: age < dead_after.as_secs_f64(),
+            }
+        })
+        .collect())
+}
+
+/// `herd-server cluster-status`: the nodes as PostgreSQL records them, read directly.
+pub async fn cluster_status(settings: &ServerSettings) -> anyhow::Result<Vec<NodeStatus>> {
+    let url = settings
+        .store
+        .as_deref()
+        .context("cluster-status needs --store postgres://…")?;
+    let pg = crate::store::postgres::connect_pool(url, settings.durability, 1)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    node_statuses(&pg, Duration::from_millis(settings.node_dead_after_ms)).await
+}
+
+/// Announces `offline` for devices whose session ended on a node that is gone, records
+/// their `last_seen` and sends their state as `updated` (as [`crate::ops::disconnect`] does
+/// for a session that ends here).
+async fn announce_offline(state: &AppState, ids: &[String]) {
+    for id in ids {
+        let _turn = state.sequencer.turn(id).await;
+        if state.registry.is_online(id) {
+            continue;
+        }
+        let Ok(Some(device)) = state.store.device(id).await else {
+            continue;
+        };
+        state
+            .hub
+            .emit(&Identity::of(&device), OFFLINE, &Value::Null);
+        if let Err(e) = state.store.set_last_seen(id, clock::now()).await {
+            tracing::warn!(device = %id, error = %e, "cannot record last_seen");
+        }
+        if let Ok(Some(device)) = state.store.device(id).await {
+            state.emit_updated(&device);
+        }
+    }
+}
+
+/// The heartbeat, the search for dead nodes and the rollout lease, every heartbeat period.
+async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
+    let mut tick = tokio::time::interval(cluster.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        match beat(&cluster).await {
+            Ok(true) => {
+                cluster.health().store_ok = true;
+            }
+            Ok(false) => {
+                // Declared dead while alive: the others announced our devices offline and may
+                // hold them now. Close every socket; the devices come back through the
+                // balancer and are claimed again.
+                tracing::warn!(node = %cluster.node, "this node was declared dead; closing its device sockets");
+                cluster.health().fenced += 1;
+                for conn in state.registry.slice(0, 1) {
+                    conn.push(crate::registry::Out::Close(
+                        "the node rejoins the cluster".into(),
+                    ));
+                }
+            }
+            Err(e) => {
+                cluster.health().store_ok = false;
+                tracing::warn!(error = %e, "cannot record the node's heartbeat");
+                continue;
+            }
+        }
+        match reap(&cluster).await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(devices = ids.len(), "devices of dead nodes go offline");
+                for id in &ids {
+                    cluster.note_remote_offline(id);
+                }
+                announce_offline(&state, &ids).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for dead nodes"),
+        }
+        match lease(&cluster, ROLLOUT_LEASE).await {
+            Ok(held) => {
+                let was = cluster.leader.swap(held, Ordering::AcqRel);
+                if held && !was {
+                    tracing::info!(node = %cluster.node, "this node runs the rollouts");
+                }
+                if held {
+                    // Rollouts made on other nodes, or left by a node that died, run here.
+                    state.rollouts.resume_all(&state).await;
+                } else if was {
+                    // Its runners see it and stop.
+                    tracing::warn!(node = %cluster.node, "the rollout lease moved to another node");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the rollout lease"),
+        }
+    }
+}
+
+/// Writes the heartbeat; false if the node's row was gone (it had been declared dead).
+async fn beat(cluster: &Cluster) -> anyhow::Result<bool> {
+    let client = cluster.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let updated = client
+        .execute(
+            "UPDATE herd_nodes SET heartbeat_at = now() WHERE node_id = $1 AND run = $2",
+            &[&&*cluster.node, &&*cluster.run],
+        )
+        .await?;
+    if updated == 1 {
+        return Ok(true);
+    }
+    client
+        .execute(
+            "INSERT INTO herd_nodes (node_id, run, addr, started_at, heartbeat_at)
+             VALUES ($1, $2, '', $3, now())
+             ON CONFLICT (node_id) DO UPDATE SET run = $2, heartbeat_at = now()",
+            &[&&*cluster.node, &&*cluster.run, &clock::now()],
+        )
+        .await?;
+    Ok(false)
+}
+
+/// Takes the presence rows of every dead node (one statement each, so one survivor gets
+/// them) and removes the node; returns the devices that went offline with them.
+async fn reap(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let mut client = cluster.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dead_after = cluster.dead_after.as_secs_f64();
+    let dead: Vec<String> = client
+        .query(
+            "SELECT node_id FROM herd_nodes
+             WHERE node_id <> $1 AND heartbeat_at < now() - make_interval(secs => $2)",
+            &[&&*cluster.node, &dead_after],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut ids = Vec::new();
+    for node in dead {
+        let tx = client.transaction().await?;
+        let gone = tx
+            .execute(
+                "DELETE FROM herd_nodes WHERE node_id = $1
+                 AND heartbeat_at < now() - make_interval(secs => $2)",
+                &[&node, &dead_after],
+            )
+            .await?;
+        if gone == 0 {
+            continue;
+        }
+        let rows = tx
+            .query(
+                "DELETE FROM herd_presence WHERE node_id = $1 RETURNING device_id",
+                &[&node],
+            )
+            .await?;
+        tx.execute("DELETE FROM herd_leases WHERE holder = $1", &[&node])
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(node = %node, devices = rows.len(), "node declared dead");
+        ids.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(ids)
+}
+
+/// Takes or renews lease `name` for `dead_after`; true while this node holds it.
+async fn lease(cluster: &Cluster, name: &str) -> anyhow::Result<bool> {
+    let client = cluster.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let row = client
+        .query_opt(
+            "INSERT INTO herd_leases (name, holder, expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (name) DO UPDATE
+             SET holder = $2, expires_at = now() + make_interval(secs => $3)
+             WHERE herd_leases.holder = $2 OR herd_leases.expires_at < now()
+             RETURNING holder",
+            &[&name, &&*cluster.node, &cluster.dead_after.as_secs_f64()],
+        )
+        .await?;
+    Ok(row.is_some())
+}

@@ -1,0 +1,405 @@
+//! The cluster's events: published by the node that emits them to the JetStream stream
+//! `HERD_EVENTS`, received live by the other nodes for their notify streams (PROTOCOL §5),
+//! and read back from the stream, in its order, into every node's notification.log
+//! (PROTOCOL §7).
+//!
+//! Each message is one log line exactly as a single server writes it (`{"ts":…,"id":…,
+//! "name":…,"data":…}`), with headers saying which node sent it and who may see it. Its
+//! `Nats-Msg-Id` (`<node>.<run>.<n>`) lets the stream drop a message published twice after
+//! a lost acknowledgement.
+//!
+//! **The log, exactly once.** A node's copy of the log is written only by [`mirror`], from
+//! an ordered consumer of the stream. After each batch reaches the file, the stream
+//! sequence and the number of lines in the log are written to `cluster-log.pos`. After a
+//! crash, lines past the recorded count are the first messages after the recorded
+//! sequence (written, then the process died before recording them), so that many are
+//! skipped instead of written twice.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures_util::{FutureExt, StreamExt};
+use herd_config::Durability;
+use protocol::notification::{OFFLINE, ONLINE};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{Cluster, EVENTS_PREFIX, STREAM};
+use crate::hub::{Event, Identity};
+use crate::notification_log::{log_files, NotificationLog};
+use crate::AppState;
+
+const NODE: &str = "Herd-Node";
+const RUN: &str = "Herd-Run";
+const SEQ: &str = "Herd-Seq";
+const OWNER: &str = "Herd-Owner";
+const SHARED: &str = "Herd-Shared";
+const NAME: &str = "Herd-Name";
+/// How long the stream keeps events; each node's notification.log keeps them for good.
+const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest a batch of mirrored lines waits to grow.
+const MIRROR_BATCH: usize = 4096;
+
+/// An event on its way to the stream.
+pub struct Outgoing {
+    pub device: Identity,
+    pub name: Box<str>,
+    /// The notification.log line (PROTOCOL §7).
+    pub line: String,
+}
+
+/// Makes the stream if it is missing. An existing stream is left as the operator set it
+/// (replicas, limits).
+pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: STREAM.to_string(),
+        subjects: vec![format!("{EVENTS_PREFIX}>")],
+        storage: jetstream::stream::StorageType::File,
+        max_age: STREAM_MAX_AGE,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("cannot make the JetStream stream HERD_EVENTS (is JetStream enabled, -js?)")?;
+    Ok(())
+}
+
+/// Publishes events in emit order and counts acknowledgements. A message the stream does
+/// not acknowledge is published again with the same id (the stream keeps one copy).
+pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+    let subject = format!("{EVENTS_PREFIX}{}", cluster.node);
+    let (acks, mut pending) = mpsc::channel::<(u64, HeaderMap, bytes::Bytes, _)>(8192);
+    let acker = {
+        let cluster = cluster.clone();
+        let subject = subject.clone();
+        tokio::spawn(async move {
+            while let Some((n, headers, payload, ack)) = pending.recv().await {
+                let ack: jetstream::context::PublishAckFuture = ack;
+                let mut outcome = ack.await.map(|_| ());
+                let mut wait = Duration::from_millis(100);
+                while let Err(e) = outcome {
+                    {
+                        let mut health = cluster.health();
+                        health.stream_ok = false;
+                        health.stream_failures += 1;
+                    }
+                    tracing::warn!(error = %e, "an event did not reach the stream; publishing it again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    outcome = match cluster
+                        .js
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await
+                    {
+                        Ok(ack) => ack.await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                }
+                cluster.health().stream_ok = true;
+                cluster.acked.send_replace(n);
+            }
+        })
+    };
+    let mut n = 0u64;
+    while let Some(event) = outgoing.recv().await {
+        n += 1;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}.{}.{n}", cluster.node, cluster.run),
+        );
+        headers.insert(NODE, &*cluster.node);
+        headers.insert(RUN, &*cluster.run);
+        headers.insert(SEQ, n.to_string());
+        headers.insert(OWNER, &*event.device.owner);
+        headers.insert(SHARED, &*event.device.shared_with);
+        headers.insert(NAME, &*event.name);
+        let payload = bytes::Bytes::from(event.line);
+        loop {
+            match cluster
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => {
+                    if acks.send((n, headers, payload, ack)).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    cluster.health().stream_ok = false;
+                    tracing::warn!(error = %e, "cannot publish an event; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    drop(acks);
+    let _ = acker.await;
+}
+
+/// The other nodes' events, live: handed to this node's notify streams, and the presence
+/// map kept from their `online` and `offline`.
+pub async fn receive(cluster: Arc<Cluster>, state: AppState, mut live: async_nats::Subscriber) {
+    // The highest event number seen from each run of each node: a message published again
+    // after a lost acknowledgement arrives twice here.
+    let mut seen: std::collections::HashMap<(String, String), u64> = Default::default();
+    while let Some(message) = live.next().await {
+        let Some(headers) = message.headers.as_ref() else {
+            continue;
+        };
+        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+        let (Some(node), Some(run), Some(n)) = (header(NODE), header(RUN), header(SEQ)) else {
+            continue;
+        };
+        if node == *cluster.node {
+            continue;
+        }
+        let n: u64 = n.parse().unwrap_or(0);
+        let last = seen.entry((node.clone(), run)).or_insert(0);
+        if n <= *last {
+            continue;
+        }
+        *last = n;
+        let Ok(line) = std::str::from_utf8(&message.payload) else {
+            continue;
+        };
+        let Some(json) = stream_form(line) else {
+            tracing::warn!(node, "an event from another node is not a log line");
+            continue;
+        };
+        let name = header(NAME).unwrap_or_default();
+        let device = Identity {
+            id: device_id(line).unwrap_or_default().into(),
+            owner: header(OWNER).unwrap_or_default().into(),
+            shared_with: header(SHARED).unwrap_or_default().into(),
+        };
+        if name == ONLINE {
+            cluster.note_remote_online(&device.id, &node);
+        } else if name == OFFLINE {
+            cluster.note_remote_offline(&device.id);
+        }
+        state.hub.inject(Arc::new(Event {
+            device,
+            name: name.into(),
+            json: Utf8Bytes::from(json),
+        }));
+    }
+    tracing::warn!("the subscription to the cluster's events ended");
+}
+
+/// `{"ts":…,"id":…}` → `{"id":…}`: the stream form of a log line (PROTOCOL §5, §7).
+fn stream_form(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("{\"ts\":")?;
+    let comma = rest.find(',')?;
+    Some(format!("{{{}", &rest[comma + 1..]))
+}
+
+/// The device id of a log line, which [`crate::hub::Hub`] writes right after `ts`.
+fn device_id(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value.get("id")?.as_str().map(str::to_string)
+}
+
+/// Where the mirror has got to: the last stream sequence written and the log's line count
+/// after it.
+pub struct Mirror {
+    path: PathBuf,
+    sequence: u64,
+    lines: u64,
+    /// Lines already in the log past `lines`: the first messages after `sequence`.
+    skip: u64,
+    fsync: bool,
+}
+
+impl Mirror {
+    /// Reads `cluster-log.pos` in `dir` and counts the log's lines.
+    pub fn open(dir: &Path, durability: Durability) -> anyhow::Result<Mirror> {
+        let path = dir.join("cluster-log.pos");
+        let total = count_lines(dir)?;
+        let (sequence, lines) = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut parts = text.split_whitespace().map(str::parse::<u64>);
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(sequence)), Some(Ok(lines))) => (sequence, lines),
+                    _ => anyhow::bail!("{} is not a log position", path.display()),
+                }
+            }
+            // A node's first start in a cluster: its log so far stays, the cluster's follows.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, total),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let skip = match total.checked_sub(lines) {
+            Some(skip) => skip,
+            None => {
+                tracing::warn!(
+                    recorded = lines,
+                    found = total,
+                    "notification.log has fewer lines than recorded; continuing after them"
+                );
+                0
+            }
+        };
+        if skip > 0 {
+            tracing::info!(
+                lines = skip,
+                "lines written before the last stop were not recorded; skipping their messages"
+            );
+        }
+        Ok(Mirror {
+            path,
+            sequence,
+            lines: total - skip,
+            skip,
+            fsync: durability == Durability::Power,
+        })
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let temporary = self.path.with_extension("pos.tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        writeln!(file, "{} {}", self.sequence, self.lines)?;
+        if self.fsync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, &self.path)
+    }
+}
+
+/// Lines in the whole rotated log set (complete lines: the writer repaired a torn tail
+/// when it opened).
+fn count_lines(dir: &Path) -> anyhow::Result<u64> {
+    let mut lines = 0u64;
+    for file in log_files(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        lines += memchr_count(&bytes);
+    }
+    Ok(lines)
+}
+
+fn memchr_count(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Writes the stream, in its order, into this node's notification.log.
+pub async fn mirror(cluster: Arc<Cluster>, log: NotificationLog, mut position: Mirror) {
+    loop {
+        match mirror_from(&cluster, &log, &mut position).await {
+            Ok(()) => return,
+            Err(e) => {
+                cluster.health().stream_ok = false;
+                tracing::warn!(error = %e, "reading the cluster's log stream failed; starting again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn mirror_from(
+    cluster: &Cluster,
+    log: &NotificationLog,
+    position: &mut Mirror,
+) -> anyhow::Result<()> {
+    let stream = cluster
+        .js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deliver_policy = match position.sequence {
+        0 => jetstream::consumer::DeliverPolicy::All,
+        sequence => jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: sequence + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    loop {
+        let Some(first) = messages.next().await else {
+            return Err(anyhow::anyhow!("the consumer ended"));
+        };
+        let mut batch = vec![first.map_err(|e| anyhow::anyhow!("{e}"))?];
+        while batch.len() < MIRROR_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message.map_err(|e| anyhow::anyhow!("{e}"))?),
+                _ => break,
+            }
+        }
+        let mut written = 0u64;
+        for message in &batch {
+            let sequence = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            position.sequence = sequence;
+            position.lines += 1;
+            if position.skip > 0 {
+                position.skip -= 1;
+                continue;
+            }
+            match std::str::from_utf8(&message.payload) {
+                Ok(line) => log.append(line.to_string()),
+                // Not a line any node writes; keep the count right with a placeholder the
+                // readers skip as not an object.
+                Err(_) => log.append("\"unreadable cluster event\"".to_string()),
+            }
+            written += 1;
+        }
+        log.flush().await.context("cannot write notification.log")?;
+        position
+            .save()
+            .with_context(|| format!("cannot write {}", position.path.display()))?;
+        let mut health = cluster.health();
+        health.log_lines_mirrored += written;
+        health.stream_ok = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_form_drops_ts() {
+        assert_eq!(
+            stream_form(r#"{"ts":1700000000.25,"id":"d1","name":"online","data":null}"#).as_deref(),
+            Some(r#"{"id":"d1","name":"online","data":null}"#)
+        );
+        assert_eq!(stream_form(r#"{"id":"d1"}"#), None);
+    }
+
+    #[test]
+    fn a_position_past_the_recorded_lines_skips_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notification.log"), "{}\n{}\n{}\n").unwrap();
+        std::fs::write(dir.path().join("cluster-log.pos"), "40 1\n").unwrap();
+        let mirror = Mirror::open(dir.path(), Durability::Process).unwrap();
+        assert_eq!((mirror.sequence, mirror.lines, mirror.skip), (40, 1, 2));
+        std::fs::write(dir.path().join("cluster-log.pos"), "forty\n").unwrap();
+        assert!(Mirror::open(dir.path(), Durability::Process).is_err());
+    }
+
+    #[test]
+    fn a_first_start_keeps_the_log_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notification.log"), "{}\n{}\n").unwrap();
+        let mirror = Mirror::open(dir.path(), Durability::Process).unwrap();
+        assert_eq!((mirror.sequence, mirror.lines, mirror.skip), (0, 2, 0));
+    }
+}
