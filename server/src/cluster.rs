@@ -286,7 +286,12 @@ impl Cluster {
 
     /// Waits until every event emitted so far is in the stream (at most `timeout`), so an
     /// acknowledged write's events survive this node dying. Returns false on timeout.
+    /// While the stream is known to fail it returns at once: the events wait in this
+    /// node's queue, `/healthz` says `failing`, and writes do not each stall for `timeout`.
     pub async fn settle(&self, timeout: Duration) -> bool {
+        if !self.health.lock().stream_ok {
+            return false;
+        }
         let target = self.emitted.load(Ordering::Acquire);
         let mut acked = self.acked.subscribe();
         tokio::time::timeout(timeout, acked.wait_for(|n| *n >= target))
@@ -315,7 +320,8 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn note_remote_offline(&self, id: &str) {
+    /// Forgets that device `id` is online on another node.
+    pub fn note_remote_offline(&self, id: &str) {
         self.remote.write().remove(id);
     }
 

@@ -22,6 +22,7 @@ pub async fn run(state: &AppState, conn: &DeviceConn) {
         return;
     }
     if let Some(cluster) = &state.cluster {
+        cluster.note_remote_offline(&id);
         cluster.release(&id, conn.conn_id).await;
     }
     if let Err(e) = state.store.set_last_seen(&id, clock::now()).await {
