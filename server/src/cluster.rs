@@ -5,7 +5,9 @@
 //! - **PostgreSQL** stays the source of truth for devices, shadows, users and rollouts (the
 //!   [`crate::store`] every node opens), and also holds the cluster's own small tables:
 //!   `herd_nodes` (each node's heartbeat, by the database's clock), `herd_presence` (which
-//!   node holds each online device's socket) and `herd_leases` (the rollout engine's lease).
+//!   node holds each online device's socket), `herd_leases` (the rollout engine's lease) and
+//!   `herd_firmware_parts` (image bytes, which a node writes to its own firmware directory
+//!   before it sends an image to a device).
 //! - **NATS** carries everything between nodes:
 //!   - `herd.events.<node>`: every event a node emits (PROTOCOL §5), published to the
 //!     JetStream stream `HERD_EVENTS` ([`events`]). The other nodes receive the same messages
@@ -78,6 +80,12 @@ CREATE TABLE IF NOT EXISTS herd_presence (
     since DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS herd_presence_node ON herd_presence (node_id);
+CREATE TABLE IF NOT EXISTS herd_firmware_parts (
+    firmware_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (firmware_id, part)
+);
 CREATE TABLE IF NOT EXISTS herd_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -672,4 +680,92 @@ async fn lease(cluster: &Cluster, name: &str) -> anyhow::Result<bool> {
         )
         .await?;
     Ok(row.is_some())
+}
+
+/// Bytes per row of `herd_firmware_parts`.
+const IMAGE_PART: usize = 1024 * 1024;
+
+impl Cluster {
+    /// Keeps firmware image `id` (stored at `path`) in PostgreSQL as well, so every node can
+    /// send it to the devices it holds. Images are content-addressed: one already shared is
+    /// left as it is.
+    pub async fn share_image(&self, id: &str, path: &Path) -> anyhow::Result<()> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut client = self.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tx = client.transaction().await?;
+        let parts = tx
+            .query_one(
+                "SELECT count(*) FROM herd_firmware_parts WHERE firmware_id = $1",
+                &[&id],
+            )
+            .await?
+            .get::<_, i64>(0);
+        if parts == 0 {
+            for (part, chunk) in bytes.chunks(IMAGE_PART).enumerate() {
+                tx.execute(
+                    "INSERT INTO herd_firmware_parts (firmware_id, part, data) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&id, &(part as i32), &chunk],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes image `id` from PostgreSQL to `path` if this node does not have it, checking
+    /// that its bytes hash to its id.
+    pub async fn fetch_image(&self, id: &str, path: &Path) -> anyhow::Result<()> {
+        use sha2::Digest;
+        if tokio::fs::try_exists(path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let client = self.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rows = client
+            .query(
+                "SELECT data FROM herd_firmware_parts WHERE firmware_id = $1 ORDER BY part",
+                &[&id],
+            )
+            .await
+            .context("cannot read the image from the store")?;
+        anyhow::ensure!(
+            !rows.is_empty(),
+            "no node shared the bytes of firmware {id}"
+        );
+        let mut bytes = Vec::new();
+        let mut hasher = sha2::Sha256::new();
+        for row in &rows {
+            let part: &[u8] = row.get(0);
+            hasher.update(part);
+            bytes.extend_from_slice(part);
+        }
+        anyhow::ensure!(
+            hex::encode(hasher.finalize()) == id,
+            "the stored bytes of firmware {id} do not match its hash"
+        );
+        let temporary = path.with_extension("fetch");
+        tokio::fs::write(&temporary, &bytes).await?;
+        tokio::fs::rename(&temporary, path).await?;
+        tracing::info!(
+            firmware = id,
+            bytes = bytes.len(),
+            "image fetched from the store"
+        );
+        Ok(())
+    }
+
+    /// Forgets the shared bytes of image `id`.
+    pub async fn forget_image(&self, id: &str) {
+        if let Ok(client) = self.pg.get().await {
+            let _ = client
+                .execute(
+                    "DELETE FROM herd_firmware_parts WHERE firmware_id = $1",
+                    &[&id],
+                )
+                .await;
+        }
+    }
 }

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use parking_lot::Mutex;
-use protocol::firmware::{stage, OTA_BEGIN, OTA_FAILURE, OTA_PROGRESS, OTA_REVERT, OTA_SUCCESS};
+use protocol::firmware::{
+    stage, Delivery, OTA_BEGIN, OTA_FAILURE, OTA_PROGRESS, OTA_REVERT, OTA_SUCCESS,
+};
 use protocol::frame::RpcError;
 use protocol::methods;
 use protocol::{json, Value};
@@ -274,6 +276,72 @@ struct InFlight {
     reply: oneshot::Receiver<Result<Value, CallError>>,
 }
 
+/// An update's transfer, as the node holding the device carries it out.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Transfer {
+    pub firmware: String,
+    pub commit_timeout_s: u32,
+    pub rollout: Option<String>,
+    pub delivery: Delivery,
+}
+
+/// Sends `firmware` to device `id` on whichever node holds it (PROTOCOL §10.2, §10.3);
+/// returns the connection it went over, whose end [`await_return`] waits for.
+pub async fn transfer(
+    state: &AppState,
+    id: &str,
+    firmware: &FirmwareRecord,
+    transfer: Transfer,
+) -> Result<u64, Failure> {
+    let Some(conn) = state.registry.get(id) else {
+        return match &state.cluster {
+            Some(cluster) => cluster.transfer(id, transfer).await,
+            None => Err(Failure::call(
+                stage::BEGIN,
+                methods::OTA_BEGIN,
+                CallError::Offline,
+            )),
+        };
+    };
+    let path = state.firmware_files.path(&firmware.id);
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = cluster.fetch_image(&firmware.id, &path).await {
+            return Err(Failure::new(
+                stage::BEGIN,
+                format!("the image is not available: {e:#}"),
+            ));
+        }
+    }
+    let mut options = TransferOptions::from_settings(state, transfer.commit_timeout_s);
+    options.rollout = transfer.rollout;
+    match transfer.delivery {
+        Delivery::Push => push(state, &conn, firmware, &path, &options).await?,
+        Delivery::Pull => request_pull(state, &conn, firmware, &options).await?,
+    }
+    Ok(conn.conn_id)
+}
+
+/// Rebuilds a failure another node reported (its stage is one of [`stage`]'s).
+pub fn failure_from(stage_name: &str, message: String, cause: Option<CallError>) -> Failure {
+    let stage = [
+        stage::BEGIN,
+        stage::WRITE,
+        stage::END,
+        stage::DOWNLOAD,
+        stage::REBOOT,
+        stage::VERIFY,
+        stage::ABORT,
+    ]
+    .into_iter()
+    .find(|s| *s == stage_name)
+    .unwrap_or(stage::BEGIN);
+    Failure {
+        stage,
+        message,
+        cause,
+    }
+}
+
 /// Writes `firmware` (stored at `path`) to the device on `conn` (PROTOCOL §10.2) and ends
 /// with `OTA.End`; the device then restarts into it. Emits `ota.begin` and `ota.progress`.
 pub async fn push(
@@ -407,7 +475,7 @@ pub async fn push(
 
 /// What the device reports about its firmware: `Sys.GetInfo` (`info`) and `reported.ota`
 /// (PROTOCOL §4.4).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Observed {
     pub online: bool,
     /// The connection it is on now.
@@ -425,8 +493,32 @@ pub struct Observed {
     pub committed: Option<bool>,
 }
 
-/// Reads what device `id` says about its firmware now.
+/// Reads what device `id` says about its firmware now; in a cluster, from the node that
+/// holds it.
 pub async fn observe(state: &AppState, id: &str) -> Result<Observed, StoreError> {
+    if !state.registry.is_online(id) {
+        if let Some(cluster) = &state.cluster {
+            if let Some(observed) = cluster.observe(id).await {
+                return Ok(observed);
+            }
+        }
+    }
+    observe_here(state, id).await
+}
+
+/// The connection device `id` is on now, on this node or (in a cluster) another.
+pub async fn connection(state: &AppState, id: &str) -> Option<u64> {
+    match state.registry.get(id) {
+        Some(conn) => Some(conn.conn_id),
+        None => match &state.cluster {
+            Some(cluster) => cluster.observe(id).await.and_then(|seen| seen.conn_id),
+            None => None,
+        },
+    }
+}
+
+/// [`observe`] with this node's connections only.
+pub async fn observe_here(state: &AppState, id: &str) -> Result<Observed, StoreError> {
     let conn = state.registry.get(id);
     // Read before the store: the flag is set only after the info was written, so a true
     // flag guarantees the read below sees that info.

@@ -167,10 +167,22 @@ impl DeviceConn {
 }
 
 /// All online devices, by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     devices: RwLock<HashMap<Arc<str>, Arc<DeviceConn>>>,
     next_conn: AtomicU64,
+}
+
+impl Default for Registry {
+    /// Connection numbers start at a random multiple of 2^32, so that numbers from two
+    /// processes (two cluster nodes, or one node's runs) do not meet: an update that waits
+    /// for a device to come back on a new connection compares numbers across nodes.
+    fn default() -> Self {
+        Registry {
+            devices: RwLock::default(),
+            next_conn: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
+        }
+    }
 }
 
 impl Registry {

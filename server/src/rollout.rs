@@ -24,15 +24,14 @@
 //! with half an image).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use protocol::filter::Filter;
 use protocol::firmware::{
-    rollout_event_body, stage, CommitPolicy, Counters, Delivery, DeviceState, OfflineThen,
-    RolloutDevice, RolloutObject, RolloutSpec, RolloutState, WaveSpec, WaveStatus, ROLLOUT_ABORTED,
+    rollout_event_body, stage, CommitPolicy, Counters, DeviceState, OfflineThen, RolloutDevice,
+    RolloutObject, RolloutSpec, RolloutState, WaveSpec, WaveStatus, ROLLOUT_ABORTED,
     ROLLOUT_COMPLETED, ROLLOUT_HALTED, ROLLOUT_PAUSED, ROLLOUT_PLANNED, ROLLOUT_RESUMED,
     ROLLOUT_STARTED, ROLLOUT_WAVE,
 };
@@ -44,7 +43,7 @@ use tokio::time::Instant;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::Identity;
-use crate::ota::{self, Failure, Return, TransferOptions};
+use crate::ota::{self, Failure, Return};
 use crate::store::{DeviceRecord, FirmwareRecord, RolloutDeviceRecord, RolloutRecord};
 use crate::{access, auth, clock, AppState};
 
@@ -629,7 +628,6 @@ struct Runner {
     rollout: RolloutRecord,
     devices: Vec<RolloutDeviceRecord>,
     firmware: Arc<FirmwareRecord>,
-    path: Arc<PathBuf>,
     jobs: HashMap<usize, Job>,
     waiting_since: HashMap<usize, Instant>,
     events_tx: mpsc::UnboundedSender<JobEvent>,
@@ -649,14 +647,12 @@ impl Runner {
             .firmware(&rollout.firmware_id)
             .await?
             .ok_or_else(|| ApiError::internal(format!("rollout {id}: its firmware is gone")))?;
-        let path = state.firmware_files.path(&firmware.id);
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Runner {
             state,
             rollout,
             devices,
             firmware: Arc::new(firmware),
-            path: Arc::new(path),
             jobs: HashMap::new(),
             waiting_since: HashMap::new(),
             events_tx,
@@ -939,7 +935,6 @@ impl Runner {
         let context = JobContext {
             state: self.state.clone(),
             firmware: self.firmware.clone(),
-            path: self.path.clone(),
             spec: self.rollout.spec.clone(),
             rollout: self.rollout.id.clone(),
             index,
@@ -1061,7 +1056,6 @@ impl Runner {
 struct JobContext {
     state: AppState,
     firmware: Arc<FirmwareRecord>,
-    path: Arc<PathBuf>,
     spec: RolloutSpec,
     rollout: String,
     index: usize,
@@ -1187,7 +1181,7 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
         if resumed {
             ctx.send_again().await;
         }
-        let Some(conn) = ctx.state.registry.get(&ctx.device) else {
+        if !ctx.state.is_online(&ctx.device) {
             ctx.send(
                 DeviceState::Failed,
                 "went offline before its update began",
@@ -1196,23 +1190,26 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
             )
             .await;
             return;
+        }
+        // On this node or, in a cluster, on the node that holds the device.
+        let transfer = ota::Transfer {
+            firmware: firmware.id.clone(),
+            commit_timeout_s: ctx.spec.commit_timeout_s,
+            rollout: Some(ctx.rollout.clone()),
+            delivery: ctx.spec.delivery,
         };
-        old_conn = Some(conn.conn_id);
-        let mut options = TransferOptions::from_settings(&ctx.state, ctx.spec.commit_timeout_s);
-        options.rollout = Some(ctx.rollout.clone());
-        let result = match ctx.spec.delivery {
-            Delivery::Push => ota::push(&ctx.state, &conn, &firmware, &ctx.path, &options).await,
-            Delivery::Pull => ota::request_pull(&ctx.state, &conn, &firmware, &options).await,
-        };
-        if let Err(failure) = result {
-            ctx.send(
-                DeviceState::Failed,
-                failure.message,
-                Some(failure.stage),
-                "",
-            )
-            .await;
-            return;
+        match ota::transfer(&ctx.state, &ctx.device, &firmware, transfer).await {
+            Ok(conn) => old_conn = Some(conn),
+            Err(failure) => {
+                ctx.send(
+                    DeviceState::Failed,
+                    failure.message,
+                    Some(failure.stage),
+                    "",
+                )
+                .await;
+                return;
+            }
         }
         ctx.send(
             DeviceState::Rebooting,
@@ -1279,7 +1276,7 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
         }
     }
     // The soak: the device must stay on the connection it came back on.
-    let conn_at_verify = ctx.state.registry.get(&ctx.device).map(|c| c.conn_id);
+    let conn_at_verify = ota::connection(&ctx.state, &ctx.device).await;
     let mut left = false;
     let soak_end = Instant::now() + ctx.soak;
     let notify = ctx.state.watch.subscribe(&ctx.device);
@@ -1287,7 +1284,7 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if ctx.state.registry.get(&ctx.device).map(|c| c.conn_id) != conn_at_verify {
+        if ota::connection(&ctx.state, &ctx.device).await != conn_at_verify {
             left = true;
             break;
         }
@@ -1299,7 +1296,7 @@ async fn device_job(ctx: JobContext, from: DeviceState, resumed: bool) {
         }
     }
     if !left
-        && ctx.state.registry.get(&ctx.device).map(|c| c.conn_id) == conn_at_verify
+        && ota::connection(&ctx.state, &ctx.device).await == conn_at_verify
         && conn_at_verify.is_some()
     {
         if ctx.spec.commit == CommitPolicy::AfterSoak {

@@ -186,6 +186,8 @@ pub async fn receive(cluster: Arc<Cluster>, state: AppState, mut live: async_nat
         } else if name == OFFLINE {
             cluster.note_remote_offline(&device.id);
         }
+        // Whoever waits for this device here (an update awaiting its return) looks again.
+        state.watch.notify(&device.id);
         state.hub.inject(Arc::new(Event {
             device,
             name: name.into(),

@@ -53,6 +53,14 @@ pub enum Request {
     Takeover { device: String },
     /// An operator's command for a rollout this node runs.
     Rollout { id: String, action: String },
+    /// What the device reports about its firmware now ([`crate::ota::observe`]).
+    Observe { device: String },
+    /// Send the device a firmware image ([`crate::ota::transfer`]); the reply is the
+    /// connection it went over.
+    Transfer {
+        device: String,
+        transfer: crate::ota::Transfer,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +72,9 @@ enum Reply {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device_error: Option<RpcError>,
+        /// The update stage that failed, for [`Request::Transfer`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<String>,
     },
 }
 
@@ -113,9 +124,14 @@ impl Cluster {
                 status,
                 message,
                 device_error,
+                stage,
             }) => Err(RouteError::Failed(ApiError {
+                message: match stage {
+                    // The stage travels in front of the message: `stage: message`.
+                    Some(stage) => format!("{stage}: {message}"),
+                    None => message,
+                },
                 status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                message,
                 device_error,
             })),
             Err(e) => Err(RouteError::Failed(ApiError::internal(format!(
@@ -130,6 +146,60 @@ impl Cluster {
         let Some(node) = self.owner(id) else { return };
         if let Err(e) = self.request(&node, &request, MARGIN).await {
             tracing::warn!(device = id, node = %node, error = ?e, "cannot reach the device's node");
+        }
+    }
+
+    /// What device `id` reports about its firmware, from the node that holds it; `None`
+    /// when no node does.
+    pub async fn observe(&self, id: &str) -> Option<crate::ota::Observed> {
+        let node = self.owner(id)?;
+        let request = Request::Observe {
+            device: id.to_string(),
+        };
+        let value = self.request(&node, &request, MARGIN).await.ok()?;
+        serde_json::from_value(value).ok()
+    }
+
+    /// Sends a firmware image to device `id` through the node that holds it.
+    pub async fn transfer(
+        &self,
+        id: &str,
+        transfer: crate::ota::Transfer,
+    ) -> Result<u64, crate::ota::Failure> {
+        use protocol::firmware::stage;
+        let offline = || {
+            crate::ota::failure_from(
+                stage::BEGIN,
+                "the device is offline".into(),
+                Some(CallError::Offline),
+            )
+        };
+        let node = self.owner(id).ok_or_else(offline)?;
+        // A transfer takes as long as the image takes to write; the owner's own timeouts
+        // bound it, this only guards against the node vanishing.
+        let request = Request::Transfer {
+            device: id.to_string(),
+            transfer,
+        };
+        match self
+            .request(&node, &request, Duration::from_secs(3600))
+            .await
+        {
+            Ok(conn) => Ok(conn.as_u64().unwrap_or_default()),
+            Err(RouteError::NoNode) => Err(offline()),
+            Err(RouteError::Timeout) => Err(crate::ota::failure_from(
+                stage::WRITE,
+                format!("node {node} did not finish the transfer"),
+                Some(CallError::Timeout),
+            )),
+            Err(RouteError::Failed(error)) => {
+                let (stage_name, message) = match error.message.split_once(": ") {
+                    Some((stage, message)) => (stage.to_string(), message.to_string()),
+                    None => (stage::BEGIN.to_string(), error.message),
+                };
+                let cause = error.device_error.map(CallError::Device);
+                Err(crate::ota::failure_from(&stage_name, message, cause))
+            }
         }
     }
 
@@ -173,6 +243,7 @@ pub async fn serve(state: AppState, mut requests: async_nats::Subscriber) {
                     status: 400,
                     message: format!("not a request: {e}"),
                     device_error: None,
+                    stage: None,
                 },
             };
             let Some(to) = message.reply else { return };
@@ -192,6 +263,7 @@ fn error(error: ApiError) -> Reply {
         status: error.status.as_u16(),
         message: error.message,
         device_error: error.device_error,
+        stage: None,
     }
 }
 
@@ -274,6 +346,42 @@ async fn handle(state: &AppState, request: Request) -> Reply {
             match state.rollouts.control(state, &id, action).await {
                 Ok(()) => Reply::Result(Value::Null),
                 Err(e) => error(e),
+            }
+        }
+        Request::Observe { device } => {
+            if !state.registry.is_online(&device) {
+                return error(ApiError::not_found("device is offline"));
+            }
+            match crate::ota::observe_here(state, &device).await {
+                Ok(observed) => Reply::Result(serde_json::to_value(observed).unwrap_or_default()),
+                Err(e) => error(e.into()),
+            }
+        }
+        Request::Transfer { device, transfer } => {
+            if !state.registry.is_online(&device) {
+                return error(ApiError::not_found("device is offline"));
+            }
+            let firmware = match state.store.firmware(&transfer.firmware).await {
+                Ok(Some((firmware, _))) => firmware,
+                Ok(None) => {
+                    return error(ApiError::not_found(format!(
+                        "firmware {} not found",
+                        transfer.firmware
+                    )))
+                }
+                Err(e) => return error(e.into()),
+            };
+            match crate::ota::transfer(state, &device, &firmware, transfer).await {
+                Ok(conn) => Reply::Result(Value::from(conn)),
+                Err(failure) => Reply::Error {
+                    status: 502,
+                    message: failure.message,
+                    device_error: match failure.cause {
+                        Some(CallError::Device(rpc)) => Some(rpc),
+                        _ => None,
+                    },
+                    stage: Some(failure.stage.to_string()),
+                },
             }
         }
     }

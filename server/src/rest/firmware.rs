@@ -220,6 +220,14 @@ pub async fn receive_upload(
         .await
         .map_err(|e| ApiError::internal(format!("cannot store the image: {e}")))?
         .map_err(|e| ApiError::internal(format!("cannot store the image: {e}")))?;
+    if let Some(cluster) = &state.cluster {
+        // Every node sends images to the devices it holds.
+        let path = state.firmware_files.path(&record.id);
+        cluster
+            .share_image(&record.id, &path)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot share the image: {e:#}")))?;
+    }
     let (stored, created) = state.store.put_firmware(record, &user.id).await?;
     if created {
         tracing::info!(firmware = %stored.id, app = %stored.app, version = %stored.version, size = stored.size, "firmware stored");
@@ -326,6 +334,9 @@ pub async fn delete(
     if state.store.delete_firmware(&id, scope).await? {
         if let Err(e) = state.firmware_files.remove(&id) {
             tracing::warn!(firmware = %id, error = %e, "cannot remove the image's bytes");
+        }
+        if let Some(cluster) = &state.cluster {
+            cluster.forget_image(&id).await;
         }
     }
     Ok(Json(Value::Bool(true)))

@@ -23,7 +23,7 @@ use crate::rest::openapi;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::hub::Identity;
-use crate::ota::{self, Failure, Return, TransferOptions};
+use crate::ota::{self, Failure, Return};
 use crate::registry::CallError;
 use crate::rest::firmware::{receive_upload, visible_firmware, UploadMeta};
 use crate::store::FirmwareRecord;
@@ -123,23 +123,29 @@ pub async fn push(
         .ok_or_else(|| {
             ApiError::conflict(format!("an update is already in progress on device {id}"))
         })?;
-    let conn = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::unavailable(format!("device {id} is offline")))?;
     let commit_timeout_s = query
         .commit_timeout
         .unwrap_or(state.settings.ota_commit_timeout_s)
         .max(1);
-    let options = TransferOptions::from_settings(&state, commit_timeout_s);
     let started = clock::now();
-    let identity = conn.identity();
-    let path = state.firmware_files.path(&firmware.id);
-    if let Err(failure) = ota::push(&state, &conn, &firmware, &path, &options).await {
-        ota::emit_failure(&state, &identity, &firmware, &failure, None);
-        return Err(failure_error(&failure));
-    }
-    let old_conn = Some(conn.conn_id);
+    let identity = match state.registry.get(&id) {
+        Some(conn) => conn.identity(),
+        None => Identity::of(&device),
+    };
+    // On this node or, in a cluster, on the node that holds the device.
+    let transfer = ota::Transfer {
+        firmware: firmware.id.clone(),
+        commit_timeout_s,
+        rollout: None,
+        delivery: protocol::firmware::Delivery::Push,
+    };
+    let old_conn = match ota::transfer(&state, &id, &firmware, transfer).await {
+        Ok(conn) => Some(conn),
+        Err(failure) => {
+            ota::emit_failure(&state, &identity, &firmware, &failure, None);
+            return Err(failure_error(&failure));
+        }
+    };
     let follow = state.clone();
     tokio::spawn(async move {
         let _guard = guard;
