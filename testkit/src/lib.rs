@@ -393,6 +393,27 @@ pub async fn visible_log_lines(client: &herd_client::Client) -> usize {
         .len()
 }
 
+/// All of the log `client` may see (`POST /logs`, PROTOCOL §7), page by page from offset 0,
+/// each page starting where the server's `X-Herd-Next-Offset` said.
+pub async fn whole_log(client: &herd_client::Client) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut start = 0;
+    loop {
+        let page = client
+            .logs(herd_client::LogsQuery {
+                start: Some(start),
+                limit: Some(1_000),
+            })
+            .await
+            .expect("the log");
+        if page.items.is_empty() {
+            return items;
+        }
+        start = page.next.unwrap_or(start + page.items.len() as u64);
+        items.extend(page.items);
+    }
+}
+
 fn admin_client(addr: SocketAddr, key: &str) -> herd_client::Client {
     herd_client::Client::new(&format!("http://{addr}"), Some(key)).expect("client")
 }
