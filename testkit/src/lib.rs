@@ -7,6 +7,9 @@
 //! SQLite. The kit starts one throwaway PostgreSQL per test process ([`postgres`]) and gives
 //! each server a fresh database of its own, so tests stay isolated and run in parallel.
 //!
+//! Cluster mode: [`cluster::TestCluster`] runs several nodes on one PostgreSQL database and
+//! one [`nats::NatsServer`], in process or as real `herd-server` processes.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let server = herd_testkit::TestServer::start().await;
