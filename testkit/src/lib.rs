@@ -7,6 +7,9 @@
 //! SQLite. The kit starts one throwaway PostgreSQL per test process ([`postgres`]) and gives
 //! each server a fresh database of its own, so tests stay isolated and run in parallel.
 //!
+//! Cluster mode: [`cluster::TestCluster`] runs several nodes on one PostgreSQL database and
+//! one [`nats::NatsServer`], in process or as real `herd-server` processes.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let server = herd_testkit::TestServer::start().await;
@@ -18,6 +21,8 @@
 //! # }
 //! ```
 
+pub mod cluster;
+pub mod nats;
 pub mod postgres;
 
 use std::collections::HashMap;
@@ -135,6 +140,17 @@ impl TestServer {
         let (_, admin_key) = herd_server::register_user(&settings, "admin", "secret")
             .await
             .expect("register admin");
+        Self::start_registered(dir, settings, admin_key).await
+    }
+
+    /// Starts on `settings` as they are, with data directory `dir`, on a store where the
+    /// administrator with `admin_key` is already registered: a node joining a cluster whose
+    /// shared store another node set up ([`cluster`]).
+    pub async fn start_registered(
+        dir: tempfile::TempDir,
+        settings: ServerSettings,
+        admin_key: String,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -276,19 +292,7 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(key);
-        if let Some(body) = body {
-            req = req.body(body.to_string());
-        }
-        let resp = req.send().await.expect("request sent");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
+        call_at(&self.http, &self.base, key, method, path, body).await
     }
 
     /// Creates a device owned by the admin; returns (id, token).
@@ -350,17 +354,32 @@ impl TestServer {
 
     /// Connects a device whose Sys.GetInfo answers `info`.
     pub async fn device_with_info(&self, token: &str, info: Value) -> Device {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(format!("{}/rpc?access_token={token}", self.ws_base))
-                .await
-                .expect("device connects");
-        let mut device = Device { ws, next_id: 1 };
-        let request = device.expect_request("Sys.GetInfo").await;
-        device
-            .send(json!({"id": request["id"], "result": info}))
-            .await;
-        device
+        Device::connect(&self.ws_base, token, info).await
     }
+}
+
+/// A REST call to `base` (`http://ADDR/api/v2`) with API key `key`; returns status and JSON
+/// body (a string when the body is not JSON).
+pub async fn call_at(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        req = req.body(body.to_string());
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
 }
 
 /// How many lines of the server's log `client` may see (one page of `POST /logs`, enough
@@ -377,6 +396,27 @@ pub async fn visible_log_lines(client: &herd_client::Client) -> usize {
         .len()
 }
 
+/// All of the log `client` may see (`POST /logs`, PROTOCOL §7), page by page from offset 0,
+/// each page starting where the server's `X-Herd-Next-Offset` said.
+pub async fn whole_log(client: &herd_client::Client) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut start = 0;
+    loop {
+        let page = client
+            .logs(herd_client::LogsQuery {
+                start: Some(start),
+                limit: Some(1_000),
+            })
+            .await
+            .expect("the log");
+        if page.items.is_empty() {
+            return items;
+        }
+        start = page.next.unwrap_or(start + page.items.len() as u64);
+        items.extend(page.items);
+    }
+}
+
 fn admin_client(addr: SocketAddr, key: &str) -> herd_client::Client {
     herd_client::Client::new(&format!("http://{addr}"), Some(key)).expect("client")
 }
@@ -388,6 +428,21 @@ pub struct Device {
 }
 
 impl Device {
+    /// Connects to the device socket under `ws_base` (`ws://ADDR/api/v2`) with `token` and
+    /// answers the server's `Sys.GetInfo` with `info` (PROTOCOL §3).
+    pub async fn connect(ws_base: &str, token: &str, info: Value) -> Self {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("{ws_base}/rpc?access_token={token}"))
+                .await
+                .expect("device connects");
+        let mut device = Device { ws, next_id: 1 };
+        let request = device.expect_request("Sys.GetInfo").await;
+        device
+            .send(json!({"id": request["id"], "result": info}))
+            .await;
+        device
+    }
+
     pub async fn send(&mut self, value: Value) {
         self.ws
             .send(Message::text(value.to_string()))
@@ -513,28 +568,58 @@ pub fn spawn_binary_with(
     listen: &str,
     extra: &[&str],
 ) -> ((std::process::Child, String), Vec<String>) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(bin)
+    let mut command = std::process::Command::new(bin);
+    command
         .args(["--data-dir", dir.to_str().unwrap(), "--listen", listen])
         .args(store_args(dir))
-        .args(extra)
+        .args(extra);
+    let mut child = command
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let (addr, before) = wait_for_address(&mut child);
+    ((child, addr), before)
+}
+
+/// Reads the piped stderr of a starting server until it logs the address it serves
+/// (`addr=…`); returns that address and the lines before it. Panics with those lines if the
+/// server ends first. Keeps draining stderr afterwards so the server never blocks on a
+/// full pipe.
+pub fn wait_for_address(child: &mut std::process::Child) -> (String, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr is piped");
     let mut lines = BufReader::new(stderr).lines();
     let mut before = Vec::new();
     let addr = loop {
-        let line = lines.next().expect("server printed its address").unwrap();
+        let Some(Ok(line)) = lines.next() else {
+            let status = child.wait().ok();
+            panic!(
+                "the server ended ({status:?}) before printing its address:\n{}",
+                before.join("\n")
+            );
+        };
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
         before.push(line);
     };
-    // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    ((child, addr), before)
+    (addr, before)
+}
+
+/// Whether something a test needs is `present`; if not, prints that the test is skipped and
+/// why, except under `CI`, where a missing program is a failure (`.ci/run` installs them).
+pub fn available_or_skip(present: bool, what: &str, install: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is not installed ({install}; .ci/run installs it)"
+    );
+    eprintln!("skipped: {what} is not installed ({install})");
+    false
 }
 
 /// A simulated smart light: answers `Sys.GetInfo`, `RPC.List`, `Echo` (returns its

@@ -87,7 +87,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// Spawns `command` from a thread that lives as long as the process. The parent-death
 /// signal fires when the *thread* that forked a child ends, so children of short-lived test
 /// threads would be stopped as soon as their test ended.
-fn spawn_long_lived(mut command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_long_lived(mut command: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
