@@ -57,6 +57,9 @@ use crate::{clock, AppState};
 pub const STREAM: &str = "HERD_EVENTS";
 /// Prefix of the subjects events are published on (`herd.events.<node>`).
 pub const EVENTS_PREFIX: &str = "herd.events.";
+/// Prefix of the subjects a node says on which devices it holds now
+/// (`herd.presence.<node>`, the device id as payload): a takeover announces no event.
+pub const PRESENCE_PREFIX: &str = "herd.presence.";
 /// Prefix of the subjects a node takes requests on (`herd.node.<node>`).
 pub const NODE_PREFIX: &str = "herd.node.";
 /// The lease whose holder runs the rollouts.
@@ -263,7 +266,12 @@ impl Cluster {
         tokio::spawn(events::publisher(self.clone(), outgoing));
         let log = state.hub.log().clone();
         let mirror = events::Mirror::open(log.dir(), state.settings.durability)?;
-        tokio::spawn(events::mirror(self.clone(), log, mirror));
+        tokio::spawn(events::mirror(
+            self.clone(),
+            log,
+            mirror,
+            state.streams_shutdown.clone(),
+        ));
         // Live events of the other nodes: subscribed before the presence snapshot is read,
         // so no change falls between the two.
         let live = self
@@ -271,9 +279,15 @@ impl Cluster {
             .subscribe(format!("{EVENTS_PREFIX}>"))
             .await
             .context("cannot subscribe to the cluster's events")?;
+        let presence = self
+            .nats
+            .subscribe(format!("{PRESENCE_PREFIX}>"))
+            .await
+            .context("cannot subscribe to the cluster's presence")?;
         self.release_own_presence(state).await?;
         self.load_presence().await?;
         tokio::spawn(events::receive(self.clone(), state.clone(), live));
+        tokio::spawn(events::presence(self.clone(), presence));
         let requests = self
             .nats
             .subscribe(format!("{NODE_PREFIX}{}", self.node))
@@ -338,19 +352,37 @@ impl Cluster {
     pub async fn claim(&self, id: &str, conn: u64) -> Option<String> {
         let result = async {
             let client = self.pg.get().await.map_err(|e| e.to_string())?;
-            let row = client
-                .query_one(
-                    "WITH old AS (SELECT node_id FROM herd_presence WHERE device_id = $1 FOR UPDATE)
-                     INSERT INTO herd_presence (device_id, node_id, conn, since)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (device_id) DO UPDATE
-                     SET node_id = $2, conn = $3, since = $4
-                     RETURNING (SELECT node_id FROM old)",
-                    &[&id, &&*self.node, &(conn as i64), &clock::now()],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(row.get::<_, Option<String>>(0))
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&id, &&*self.node, &(conn as i64), &clock::now()];
+            // The holder before this statement, read from its own snapshot.
+            for _ in 0..3 {
+                let moved = client
+                    .query_opt(
+                        "UPDATE herd_presence p SET node_id = $2, conn = $3, since = $4
+                         FROM (SELECT node_id FROM herd_presence WHERE device_id = $1 FOR UPDATE) old
+                         WHERE p.device_id = $1
+                         RETURNING old.node_id",
+                        &params,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(row) = moved {
+                    return Ok(Some(row.get::<_, String>(0)));
+                }
+                let inserted = client
+                    .execute(
+                        "INSERT INTO herd_presence (device_id, node_id, conn, since)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (device_id) DO NOTHING",
+                        &params,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if inserted == 1 {
+                    return Ok(None);
+                }
+                // Another node inserted it between the two statements: update it then.
+            }
+            Err::<Option<String>, _>("the presence row keeps changing".to_string())
         }
         .await;
         self.remote.write().remove(id);
@@ -360,6 +392,14 @@ impl Cluster {
                 tracing::warn!(device = id, error = %e, "cannot record the device's presence");
                 None
             }
+        }
+    }
+
+    /// Tells the other nodes that this node holds device `id` now.
+    pub async fn announce_presence(&self, id: &str) {
+        let subject = format!("{PRESENCE_PREFIX}{}", self.node);
+        if let Err(e) = self.nats.publish(subject, id.to_string().into()).await {
+            tracing::warn!(device = id, error = %e, "cannot announce the device's presence");
         }
     }
 

@@ -604,7 +604,17 @@ pub fn wait_for_address(child: &mut std::process::Child) -> (String, Vec<String>
         }
         before.push(line);
     };
-    std::thread::spawn(move || for _ in lines {});
+    let addr_shown = addr.clone();
+    // Keep draining so the server never blocks on a full pipe; `HERD_TEST_SERVER_LOG=1`
+    // shows what it says.
+    let show = std::env::var_os("HERD_TEST_SERVER_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if show {
+                eprintln!("[server {addr_shown}] {line}");
+            }
+        }
+    });
     (addr, before)
 }
 

@@ -197,6 +197,18 @@ pub async fn receive(cluster: Arc<Cluster>, state: AppState, mut live: async_nat
     tracing::warn!("the subscription to the cluster's events ended");
 }
 
+/// Devices other nodes took over without an event ([`super::Cluster::announce_presence`]).
+pub async fn presence(cluster: Arc<Cluster>, mut messages: async_nats::Subscriber) {
+    while let Some(message) = messages.next().await {
+        let Some(node) = message.subject.strip_prefix(super::PRESENCE_PREFIX) else {
+            continue;
+        };
+        if let Ok(id) = std::str::from_utf8(&message.payload) {
+            cluster.note_remote_online(id, node);
+        }
+    }
+}
+
 /// `{"ts":…,"id":…}` → `{"id":…}`: the stream form of a log line (PROTOCOL §5, §7).
 fn stream_form(line: &str) -> Option<String> {
     let rest = line.strip_prefix("{\"ts\":")?;
@@ -292,9 +304,19 @@ fn memchr_count(bytes: &[u8]) -> u64 {
 }
 
 /// Writes the stream, in its order, into this node's notification.log.
-pub async fn mirror(cluster: Arc<Cluster>, log: NotificationLog, mut position: Mirror) {
+/// Stops when `stop` fires; what it has not read yet, it reads at the next start.
+pub async fn mirror(
+    cluster: Arc<Cluster>,
+    log: NotificationLog,
+    mut position: Mirror,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
-        match mirror_from(&cluster, &log, &mut position).await {
+        let outcome = tokio::select! {
+            outcome = mirror_from(&cluster, &log, &mut position) => outcome,
+            _ = stop.cancelled() => return,
+        };
+        match outcome {
             Ok(()) => return,
             Err(e) => {
                 cluster.health().stream_ok = false;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use protocol::methods;
-use protocol::notification::{OFFLINE, ONLINE};
+use protocol::notification::ONLINE;
 use protocol::Value;
 
 use crate::hub::Identity;
@@ -30,11 +30,9 @@ pub async fn run(
         .registry
         .insert(identity.clone(), origin, limit, |replaced| {
             // A device that reconnected before its old socket was noticed gone never went
-            // offline: no second `online`.
-            if replaced.is_none() {
-                if elsewhere.is_some() {
-                    state.hub.emit(&identity, OFFLINE, &Value::Null);
-                }
+            // offline: no second `online`. The same holds when its old socket is on another
+            // cluster node, which is told below to drop it quietly.
+            if replaced.is_none() && elsewhere.is_none() {
                 state.hub.emit(&identity, ONLINE, &Value::Null);
             }
         });
@@ -43,7 +41,9 @@ pub async fn run(
     }
     if let Some(cluster) = &state.cluster {
         // One session per device in the cluster: the node that held it drops its own.
-        if let Some(previous) = cluster.claim(&device.id, conn.conn_id).await {
+        let previous = cluster.claim(&device.id, conn.conn_id).await;
+        cluster.announce_presence(&device.id).await;
+        if let Some(previous) = previous {
             let request = crate::cluster::route::Request::Takeover {
                 device: device.id.clone(),
             };
