@@ -96,6 +96,10 @@ impl From<StoreError> for ApiError {
                 ApiError::internal("internal store error")
             }
             StoreError::Closed => ApiError::unavailable("server is shutting down"),
+            StoreError::Remote { status, message } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                message,
+            ),
             StoreError::Unavailable(message) => {
                 tracing::error!(%message, "store unreachable");
                 ApiError::unavailable("the database is unreachable; try again later")

@@ -109,6 +109,9 @@ pub enum StoreError {
     /// succeed later.
     #[error("the database is unreachable: {0}")]
     Unavailable(String),
+    /// Another cluster node carried the operation out and refused it with this status.
+    #[error("{message}")]
+    Remote { status: u16, message: String },
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -55,12 +55,16 @@ pub const STORE_ENV: &str = "HERD_TEST_STORE";
 pub enum TestStore {
     Sqlite,
     Postgres,
+    /// PostgreSQL, and every [`TestServer`] is a two-node cluster: REST on one node, the
+    /// devices' socket (`ws_base`) on the other (PROTOCOL §1-§6 across nodes).
+    Cluster,
 }
 
 /// The store `HERD_TEST_STORE` asks for: `postgres`, or `sqlite` (the default).
 pub fn test_store() -> TestStore {
     match std::env::var(STORE_ENV).as_deref() {
         Ok("postgres") | Ok("postgresql") => TestStore::Postgres,
+        Ok("cluster") => TestStore::Cluster,
         Ok("") | Ok("sqlite") | Err(_) => TestStore::Sqlite,
         Ok(other) => panic!("{STORE_ENV}={other:?}: expected sqlite or postgres"),
     }
@@ -114,6 +118,8 @@ pub fn test_settings(dir: &Path) -> ServerSettings {
 /// A running herd-server with its administrator's key.
 pub struct TestServer {
     pub server: Option<Server>,
+    /// Under `HERD_TEST_STORE=cluster`: the node the devices connect to, and NATS.
+    peer: Option<Peer>,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     /// `http://ADDR/api/v2`.
@@ -140,6 +146,9 @@ impl TestServer {
         let (_, admin_key) = herd_server::register_user(&settings, "admin", "secret")
             .await
             .expect("register admin");
+        if test_store() == TestStore::Cluster {
+            return Self::start_pair(dir, settings, admin_key).await;
+        }
         Self::start_registered(dir, settings, admin_key).await
     }
 
@@ -161,6 +170,7 @@ impl TestServer {
         let client = admin_client(addr, &admin_key);
         Self {
             server: Some(server),
+            peer: None,
             dir,
             addr,
             base: format!("http://{addr}/api/v2"),
@@ -170,6 +180,41 @@ impl TestServer {
             client,
             settings,
         }
+    }
+
+    /// The cluster form of a test server: this node serves REST, a second node on the same
+    /// store and a fresh NATS serves the devices' socket.
+    async fn start_pair(
+        dir: tempfile::TempDir,
+        settings: ServerSettings,
+        admin_key: String,
+    ) -> Self {
+        let nats = nats::NatsServer::start().unwrap_or_else(|e| panic!("the cluster's NATS: {e}"));
+        let joined = |mut settings: ServerSettings, node: &str, dir: &Path| {
+            settings.nats = Some(nats.url());
+            settings.node_id = Some(node.to_string());
+            settings.data_dir = Some(dir.to_path_buf());
+            settings.node_heartbeat_ms = cluster::HEARTBEAT_MS;
+            settings.node_dead_after_ms = cluster::DEAD_AFTER_MS;
+            settings
+        };
+        let peer_dir = tempfile::tempdir().expect("tempdir");
+        let peer_settings = joined(settings.clone(), "node-devices", peer_dir.path());
+        let settings = joined(settings, "node-rest", dir.path());
+        let mut server = Self::start_registered(dir, settings, admin_key).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let peer_server = Server::start(peer_settings, listener)
+            .await
+            .expect("the devices' node starts");
+        server.ws_base = format!("ws://{}/api/v2", peer_server.local_addr());
+        server.peer = Some(Peer {
+            server: Some(peer_server),
+            _dir: peer_dir,
+            _nats: nats,
+        });
+        server
     }
 
     /// Starts on https and wss with a fresh self-signed certificate for `localhost`, kept
@@ -258,7 +303,9 @@ impl TestServer {
         if addr != self.addr {
             self.addr = addr;
             self.base = format!("http://{addr}/api/v2");
-            self.ws_base = format!("ws://{addr}/api/v2");
+            if self.peer.is_none() {
+                self.ws_base = format!("ws://{addr}/api/v2");
+            }
             self.client = admin_client(addr, &self.admin_key);
         }
         self.server = Some(server);
@@ -266,6 +313,9 @@ impl TestServer {
 
     pub async fn shutdown(mut self) {
         self.stop().await;
+        if let Some(server) = self.peer.as_mut().and_then(|peer| peer.server.take()) {
+            server.shutdown().await.expect("clean shutdown");
+        }
     }
 
     /// Everything the store holds, as text: the bytes of `herd.db`, or a dump of the
@@ -415,6 +465,13 @@ pub async fn whole_log(client: &herd_client::Client) -> Vec<Value> {
         start = page.next.unwrap_or(start + page.items.len() as u64);
         items.extend(page.items);
     }
+}
+
+/// The second node of a cluster-form [`TestServer`].
+struct Peer {
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+    _nats: nats::NatsServer,
 }
 
 fn admin_client(addr: SocketAddr, key: &str) -> herd_client::Client {

@@ -53,6 +53,9 @@ pub enum Request {
     Takeover { device: String },
     /// An operator's command for a rollout this node runs.
     Rollout { id: String, action: String },
+    /// Apply a shadow update (PROTOCOL §4.1) to a device this node holds, in its turn, so
+    /// its events keep commit order with the device's own reports.
+    ShadowUpdate { device: String, update: Value },
     /// What the device reports about its firmware now ([`crate::ota::observe`]).
     Observe { device: String },
     /// Send the device a firmware image ([`crate::ota::transfer`]); the reply is the
@@ -203,6 +206,32 @@ impl Cluster {
         }
     }
 
+    /// Applies `update` to device `id` on the node that holds it; `None` when no other node
+    /// does (then this node applies it).
+    pub async fn update_shadow(
+        &self,
+        id: &str,
+        update: &protocol::shadow::Update,
+    ) -> Option<Result<(), crate::store::StoreError>> {
+        let node = self.owner(id)?;
+        let request = Request::ShadowUpdate {
+            device: id.to_string(),
+            update: update.to_value(),
+        };
+        match self.request(&node, &request, Duration::from_secs(30)).await {
+            Ok(_) => Some(Ok(())),
+            Err(RouteError::NoNode) => None,
+            Err(RouteError::Failed(e)) if e.status == StatusCode::MISDIRECTED_REQUEST => None,
+            Err(RouteError::Timeout) => Some(Err(crate::store::StoreError::Unavailable(format!(
+                "node {node} did not apply the update in time"
+            )))),
+            Err(RouteError::Failed(e)) => Some(Err(crate::store::StoreError::Remote {
+                status: e.status.as_u16(),
+                message: e.message,
+            })),
+        }
+    }
+
     /// Calls `method` on device `id` through the node that holds it.
     pub async fn call(
         &self,
@@ -346,6 +375,20 @@ async fn handle(state: &AppState, request: Request) -> Reply {
             match state.rollouts.control(state, &id, action).await {
                 Ok(()) => Reply::Result(Value::Null),
                 Err(e) => error(e),
+            }
+        }
+        Request::ShadowUpdate { device, update } => {
+            if !state.registry.is_online(&device) {
+                // Gone from here: the asking node applies it itself.
+                return error(ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not here"));
+            }
+            let update = match protocol::shadow::Update::from_value(&update) {
+                Ok(update) => update,
+                Err(e) => return error(ApiError::bad_request(e.to_string())),
+            };
+            match crate::ops::shadow_update::run(state, &device, update).await {
+                Ok(_) => Reply::Result(Value::Null),
+                Err(e) => error(e.into()),
             }
         }
         Request::Observe { device } => {

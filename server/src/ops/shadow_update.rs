@@ -11,6 +11,21 @@ use crate::{clock, AppState};
 /// Applies `update` to device `id` and carries out its effects, in commit order, whether
 /// or not the caller still waits.
 pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
+    // In a cluster, the node holding the device applies it, in the device's turn there.
+    if let Some(cluster) = state
+        .cluster
+        .as_ref()
+        .filter(|_| !state.registry.is_online(id))
+    {
+        if let Some(applied) = cluster.update_shadow(id, &update).await {
+            applied?;
+            return state
+                .store
+                .device(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("device {id}")));
+        }
+    }
     let state = state.clone();
     let id = id.to_string();
     super::carry_out(async move {
