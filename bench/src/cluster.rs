@@ -908,11 +908,15 @@ pub async fn run(args: &ClusterArgs, command: String) -> Result<ClusterReport> {
     let needs_postgres = args.setups.iter().any(|s| *s != SetupKind::Sqlite);
     let nats_bin = if args.setups.contains(&SetupKind::Cluster) {
         Some(find_program(&args.nats_bin).ok_or_else(|| {
+            let looked = if args.nats_bin.contains('/') {
+                format!("{} is not a file", args.nats_bin)
+            } else {
+                format!("no {} on PATH or in /usr/sbin", args.nats_bin)
+            };
             anyhow!(
-                "nats-server not found (looked for {:?} on PATH and in /usr/sbin): \
-                 install it (Debian: apt-get install nats-server) or pass --nats-bin PATH, \
-                 or leave out the cluster setup with --setups sqlite,postgres",
-                args.nats_bin
+                "nats-server not found ({looked}): install it (Debian: apt-get install \
+                 nats-server) or pass --nats-bin PATH, or leave out the cluster setup with \
+                 --setups sqlite,postgres"
             )
         })?)
     } else {
@@ -920,9 +924,9 @@ pub async fn run(args: &ClusterArgs, command: String) -> Result<ClusterReport> {
     };
     if needs_postgres && herd_testkit::postgres::bin_dir().is_none() {
         bail!(
-            "PostgreSQL not found (no postgres under /usr/lib/postgresql/*/bin, HERD_PG_BIN \
-             unset): install it (Debian: apt-get install postgresql) or run only \
-             --setups sqlite"
+            "PostgreSQL not found (no postgres in $HERD_PG_BIN or under \
+             /usr/lib/postgresql/*/bin): install it (Debian: apt-get install postgresql) or \
+             run only --setups sqlite"
         );
     }
     let mut report = ClusterReport {
