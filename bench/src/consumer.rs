@@ -1,5 +1,6 @@
 //! Notify-stream consumers: each holds `/api/v2/notify` open and measures how long a
-//! `Bench.Ping` took from its scheduled send time to delivery.
+//! `Bench.Ping`, or a device's shadow report carrying `reported.t`, took from its scheduled
+//! send time to delivery.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -197,9 +198,18 @@ fn on_notification(text: &str, window: &mut Window, deliveries: &AtomicU64) {
                     .get_or_insert_with(|| format!("ping without t: {text:.200}"));
                 return;
             };
-            latency::record_nanos(&mut window.histogram, unix_nanos().saturating_sub(sent));
-            window.deliveries += 1;
-            deliveries.fetch_add(1, Ordering::Relaxed);
+            delivered(sent, window, deliveries);
+        }
+        // A device's shadow report carrying its scheduled send time (herd-cluster-bench);
+        // reports without `t` are not part of a fan-out measurement.
+        "rpc.out.Dash.Shadow.Update" => {
+            if let Some(sent) = notification
+                .data
+                .pointer("/state/reported/t")
+                .and_then(serde_json::Value::as_u64)
+            {
+                delivered(sent, window, deliveries);
+            }
         }
         "lagged" => {
             window.lagged_dropped += notification
@@ -211,6 +221,15 @@ fn on_notification(text: &str, window: &mut Window, deliveries: &AtomicU64) {
         // Other events (online, updated, ...) are not part of the measurement.
         _ => {}
     }
+}
+
+fn delivered(sent_unix_ns: u64, window: &mut Window, deliveries: &AtomicU64) {
+    latency::record_nanos(
+        &mut window.histogram,
+        unix_nanos().saturating_sub(sent_unix_ns),
+    );
+    window.deliveries += 1;
+    deliveries.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -237,8 +256,20 @@ mod tests {
             &mut window,
             &deliveries,
         );
-        assert_eq!(window.deliveries, 1);
-        assert_eq!(deliveries.load(Ordering::Relaxed), 1);
+        on_notification(
+            &format!(
+                r#"{{"id":"a","name":"rpc.out.Dash.Shadow.Update","data":{{"state":{{"reported":{{"seq":1,"t":{t}}}}}}}}}"#
+            ),
+            &mut window,
+            &deliveries,
+        );
+        on_notification(
+            r#"{"id":"a","name":"rpc.out.Dash.Shadow.Update","data":{"state":{"reported":{"seq":2}}}}"#,
+            &mut window,
+            &deliveries,
+        );
+        assert_eq!(window.deliveries, 2);
+        assert_eq!(deliveries.load(Ordering::Relaxed), 2);
         assert_eq!(window.lagged_dropped, 5);
         assert!(window.error.is_none());
     }

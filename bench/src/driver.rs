@@ -1267,6 +1267,20 @@ impl ServerProcess {
     /// [`ServerProcess::start_with`] keeping its data in the store `store` names
     /// (`herd-server --store`), SQLite in the data directory when `None`.
     pub async fn start_on(bin: &Path, config: Option<&Path>, store: Option<&str>) -> Result<Self> {
+        Self::start_node(bin, config, store, &[], None).await
+    }
+
+    /// [`ServerProcess::start_on`] with `extra` arguments for the server (a cluster node's
+    /// `--nats` and `--node-id`). With `api_key` the administrator already exists in the
+    /// shared store (another node registered it) and that key is used; without, one is
+    /// registered.
+    pub async fn start_node(
+        bin: &Path,
+        config: Option<&Path>,
+        store: Option<&str>,
+        extra: &[String],
+        api_key: Option<&str>,
+    ) -> Result<Self> {
         let store_args: Vec<&str> = match store {
             Some(url) => vec!["--store", url],
             None => Vec::new(),
@@ -1276,38 +1290,22 @@ impl ServerProcess {
             .tempdir()
             .context("temp data dir")?;
         let data = data_dir.path().join("data");
-        let registered = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(bin)
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--register-user", "bench", "bench-password"])
-                .args(&store_args)
-                .env("RUST_LOG", "warn")
-                .env("NO_COLOR", "1")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .map_err(|_| anyhow!("--register-user did not finish within 60 s"))?
-        .context("running --register-user")?;
-        if !registered.status.success() {
-            bail!(
-                "--register-user failed ({}): {}",
-                registered.status,
-                String::from_utf8_lossy(&registered.stderr)
-                    .chars()
-                    .take(500)
-                    .collect::<String>()
-            );
-        }
-        let stdout = String::from_utf8_lossy(&registered.stdout);
-        let api_key = stdout
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
-            .find_map(|value| value["api_key"].as_str().map(str::to_string))
-            .ok_or_else(|| anyhow!("no api_key in --register-user output: {stdout:.300}"))?;
+        let api_key = match api_key {
+            Some(key) => key.to_string(),
+            None => register_admin(bin, &data, &store_args).await?,
+        };
+        Self::spawn(bin, config, &store_args, extra, data_dir, data, api_key).await
+    }
 
+    async fn spawn(
+        bin: &Path,
+        config: Option<&Path>,
+        store_args: &[&str],
+        extra: &[String],
+        data_dir: tempfile::TempDir,
+        data: PathBuf,
+        api_key: String,
+    ) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -1322,7 +1320,8 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &address])
-            .args(&store_args)
+            .args(store_args)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -1400,6 +1399,43 @@ impl ServerProcess {
         notes.extend(scan_log(&self.log_path));
         notes
     }
+}
+
+/// Registers the administrator (`herd-server --register-user`) and returns its API key.
+async fn register_admin(bin: &Path, data: &Path, store_args: &[&str]) -> Result<String> {
+    let registered = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(bin)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--register-user", "bench", "bench-password"])
+            .args(store_args)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow!("--register-user did not finish within 60 s"))?
+    .context("running --register-user")?;
+    if !registered.status.success() {
+        bail!(
+            "--register-user failed ({}): {}",
+            registered.status,
+            String::from_utf8_lossy(&registered.stderr)
+                .chars()
+                .take(500)
+                .collect::<String>()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&registered.stdout);
+    let api_key = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+        .find_map(|value| value["api_key"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow!("no api_key in --register-user output: {stdout:.300}"))?;
+
+    Ok(api_key)
 }
 
 /// Counts warnings and errors in the server log and quotes a few.

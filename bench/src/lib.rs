@@ -28,6 +28,7 @@
 //! All load goes to 127.0.0.0/8 only; every phase is bounded in count and time.
 
 pub mod client;
+pub mod cluster;
 pub mod consumer;
 pub mod driver;
 pub mod flood;
