@@ -199,6 +199,8 @@ impl Cluster {
         let store_url = settings.store.as_deref().context("no store URL")?;
         let nats = async_nats::ConnectOptions::new()
             .name(format!("herd-server {node}"))
+            // Nothing this node publishes is for itself: its events reach it from the stream.
+            .no_echo()
             .connection_timeout(Duration::from_secs(5))
             .connect(nats_url)
             .await
@@ -264,21 +266,10 @@ impl Cluster {
         outgoing: mpsc::UnboundedReceiver<events::Outgoing>,
     ) -> anyhow::Result<()> {
         tokio::spawn(events::publisher(self.clone(), outgoing));
-        let log = state.hub.log().clone();
-        let mirror = events::Mirror::open(log.dir(), state.settings.durability)?;
-        tokio::spawn(events::mirror(
-            self.clone(),
-            log,
-            mirror,
-            state.streams_shutdown.clone(),
-        ));
-        // Live events of the other nodes: subscribed before the presence snapshot is read,
-        // so no change falls between the two.
-        let live = self
-            .nats
-            .subscribe(format!("{EVENTS_PREFIX}>"))
-            .await
-            .context("cannot subscribe to the cluster's events")?;
+        let mirror = events::Mirror::open(state.hub.log().dir(), state.settings.durability)?;
+        // The stream's end now: what follows is news for this node's streams and presence
+        // map, read after the presence snapshot below, so no change falls between the two.
+        let live_after = events::stream_end(&self.js).await?;
         let presence = self
             .nats
             .subscribe(format!("{PRESENCE_PREFIX}>"))
@@ -286,7 +277,12 @@ impl Cluster {
             .context("cannot subscribe to the cluster's presence")?;
         self.release_own_presence(state).await?;
         self.load_presence().await?;
-        tokio::spawn(events::receive(self.clone(), state.clone(), live));
+        tokio::spawn(events::mirror(
+            self.clone(),
+            state.clone(),
+            mirror,
+            live_after,
+        ));
         tokio::spawn(events::presence(self.clone(), presence));
         let requests = self
             .nats

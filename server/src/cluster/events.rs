@@ -1,7 +1,7 @@
 //! The cluster's events: published by the node that emits them to the JetStream stream
-//! `HERD_EVENTS`, received live by the other nodes for their notify streams (PROTOCOL §5),
-//! and read back from the stream, in its order, into every node's notification.log
-//! (PROTOCOL §7).
+//! `HERD_EVENTS`, and read back from the stream by every node, in the stream's order, into
+//! its notification.log (PROTOCOL §7) and, for the other nodes' events, its notify streams
+//! (PROTOCOL §5). One read per node per event serves both.
 //!
 //! Each message is one log line exactly as a single server writes it (`{"ts":…,"id":…,
 //! "name":…,"data":…}`), with headers saying which node sent it and who may see it. Its
@@ -68,6 +68,16 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))
     .context("cannot make the JetStream stream HERD_EVENTS (is JetStream enabled, -js?)")?;
     Ok(())
+}
+
+/// The stream's last sequence number.
+pub async fn stream_end(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = stream.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(info.state.last_sequence)
 }
 
 /// Publishes events in emit order and counts acknowledgements. A message the stream does
@@ -145,56 +155,43 @@ pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedRecei
     let _ = acker.await;
 }
 
-/// The other nodes' events, live: handed to this node's notify streams, and the presence
-/// map kept from their `online` and `offline`.
-pub async fn receive(cluster: Arc<Cluster>, state: AppState, mut live: async_nats::Subscriber) {
-    // The highest event number seen from each run of each node: a message published again
-    // after a lost acknowledgement arrives twice here.
-    let mut seen: std::collections::HashMap<(String, String), u64> = Default::default();
-    while let Some(message) = live.next().await {
-        let Some(headers) = message.headers.as_ref() else {
-            continue;
-        };
-        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
-        let (Some(node), Some(run), Some(n)) = (header(NODE), header(RUN), header(SEQ)) else {
-            continue;
-        };
-        if node == *cluster.node {
-            continue;
-        }
-        let n: u64 = n.parse().unwrap_or(0);
-        let last = seen.entry((node.clone(), run)).or_insert(0);
-        if n <= *last {
-            continue;
-        }
-        *last = n;
-        let Ok(line) = std::str::from_utf8(&message.payload) else {
-            continue;
-        };
-        let Some(json) = stream_form(line) else {
-            tracing::warn!(node, "an event from another node is not a log line");
-            continue;
-        };
-        let name = header(NAME).unwrap_or_default();
-        let device = Identity {
-            id: device_id(line).unwrap_or_default().into(),
-            owner: header(OWNER).unwrap_or_default().into(),
-            shared_with: header(SHARED).unwrap_or_default().into(),
-        };
-        if name == ONLINE {
-            cluster.note_remote_online(&device.id, &node);
-        } else if name == OFFLINE {
-            cluster.note_remote_offline(&device.id);
-        }
-        // Whoever waits for this device here (an update awaiting its return) looks again.
-        state.watch.notify(&device.id);
-        state.hub.inject(Arc::new(Event {
-            device,
-            name: name.into(),
-            json: Utf8Bytes::from(json),
-        }));
+/// Another node's event, read from the stream: handed to this node's notify streams, and
+/// the presence map kept from its `online` and `offline`.
+fn deliver(cluster: &Cluster, state: &AppState, message: &jetstream::Message) {
+    let Some(headers) = message.headers.as_ref() else {
+        return;
+    };
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+    let Some(node) = header(NODE) else { return };
+    if node == *cluster.node {
+        // This node's own events went to its streams when they were emitted.
+        return;
     }
-    tracing::warn!("the subscription to the cluster's events ended");
+    let Ok(line) = std::str::from_utf8(&message.payload) else {
+        return;
+    };
+    let Some(json) = stream_form(line) else {
+        tracing::warn!(node, "an event from another node is not a log line");
+        return;
+    };
+    let name = header(NAME).unwrap_or_default();
+    let device = Identity {
+        id: device_id(line).unwrap_or_default().into(),
+        owner: header(OWNER).unwrap_or_default().into(),
+        shared_with: header(SHARED).unwrap_or_default().into(),
+    };
+    if name == ONLINE {
+        cluster.note_remote_online(&device.id, &node);
+    } else if name == OFFLINE {
+        cluster.note_remote_offline(&device.id);
+    }
+    // Whoever waits for this device here (an update awaiting its return) looks again.
+    state.watch.notify(&device.id);
+    state.hub.inject(Arc::new(Event {
+        device,
+        name: name.into(),
+        json: Utf8Bytes::from(json),
+    }));
 }
 
 /// Devices other nodes took over without an event ([`super::Cluster::announce_presence`]).
@@ -305,15 +302,12 @@ fn memchr_count(bytes: &[u8]) -> u64 {
 
 /// Writes the stream, in its order, into this node's notification.log.
 /// Stops when `stop` fires; what it has not read yet, it reads at the next start.
-pub async fn mirror(
-    cluster: Arc<Cluster>,
-    log: NotificationLog,
-    mut position: Mirror,
-    stop: tokio_util::sync::CancellationToken,
-) {
+pub async fn mirror(cluster: Arc<Cluster>, state: AppState, mut position: Mirror, live_after: u64) {
+    let log = state.hub.log().clone();
+    let stop = state.streams_shutdown.clone();
     loop {
         let outcome = tokio::select! {
-            outcome = mirror_from(&cluster, &log, &mut position) => outcome,
+            outcome = mirror_from(&cluster, &state, &log, &mut position, live_after) => outcome,
             _ = stop.cancelled() => return,
         };
         match outcome {
@@ -329,8 +323,10 @@ pub async fn mirror(
 
 async fn mirror_from(
     cluster: &Cluster,
+    state: &AppState,
     log: &NotificationLog,
     position: &mut Mirror,
+    live_after: u64,
 ) -> anyhow::Result<()> {
     let stream = cluster
         .js
@@ -373,6 +369,11 @@ async fn mirror_from(
                 .stream_sequence;
             position.sequence = sequence;
             position.lines += 1;
+            // Events from before this node started are history for its log, not news
+            // for its streams.
+            if sequence > live_after {
+                deliver(cluster, state, message);
+            }
             if position.skip > 0 {
                 position.skip -= 1;
                 continue;
