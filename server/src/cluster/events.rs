@@ -180,10 +180,16 @@ fn deliver(cluster: &Cluster, state: &AppState, message: &jetstream::Message) {
         owner: header(OWNER).unwrap_or_default().into(),
         shared_with: header(SHARED).unwrap_or_default().into(),
     };
-    if name == ONLINE {
-        cluster.note_remote_online(&device.id, &node);
-    } else if name == OFFLINE {
-        cluster.note_remote_offline(&device.id);
+    match name.as_str() {
+        ONLINE => cluster.note_remote_online(&device.id, &node),
+        OFFLINE => cluster.note_remote_offline(&device.id),
+        // A device held off on one node is held off on all, so it cannot flood another
+        // through the balancer; a release on any node lets it back in everywhere.
+        crate::ops::quarantine::QUARANTINED => hold_off(state, &device.id, &json),
+        crate::ops::release::RELEASED => {
+            state.guard.release(&device.id);
+        }
+        _ => {}
     }
     // Whoever waits for this device here (an update awaiting its return) looks again.
     state.watch.notify(&device.id);
@@ -192,6 +198,30 @@ fn deliver(cluster: &Cluster, state: &AppState, message: &jetstream::Message) {
         name: name.into(),
         json: Utf8Bytes::from(json),
     }));
+}
+
+/// Quarantines device `id` here as another node did, until the time its event names.
+fn hold_off(state: &AppState, id: &str, json: &str) {
+    let Ok(event) = serde_json::from_str::<serde_json::Value>(json) else {
+        return;
+    };
+    let data = &event["data"];
+    let reason = data["reason"].as_str().unwrap_or("quarantined on another node");
+    let until = data["until"]
+        .as_str()
+        .and_then(|until| {
+            time::OffsetDateTime::parse(until, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|until| until.unix_timestamp_nanos() as f64 / 1e9);
+    let left = match until {
+        Some(until) => until - crate::clock::now(),
+        None => state.settings.quarantine_s as f64,
+    };
+    if left > 0.0 {
+        state
+            .guard
+            .quarantine(id, reason, Duration::from_secs_f64(left));
+    }
 }
 
 /// Devices other nodes took over without an event ([`super::Cluster::announce_presence`]).
