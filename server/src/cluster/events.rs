@@ -206,7 +206,9 @@ fn hold_off(state: &AppState, id: &str, json: &str) {
         return;
     };
     let data = &event["data"];
-    let reason = data["reason"].as_str().unwrap_or("quarantined on another node");
+    let reason = data["reason"]
+        .as_str()
+        .unwrap_or("quarantined on another node");
     let until = data["until"]
         .as_str()
         .and_then(|until| {
