@@ -430,6 +430,37 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_needs_a_shared_postgres_store_and_sane_bounds() {
+        let pg = "store = \"postgres://herd@db/herd\"\n";
+        let ok = ServerSettings::from_toml_str(&format!(
+            "{pg}nats = \"nats://10.0.0.2:4222\"\nnode_id = \"node-a\"\n"
+        ))
+        .expect("a cluster node");
+        assert_eq!(ok.nats.as_deref(), Some("nats://10.0.0.2:4222"));
+        let refused = |toml: &str, says: &str| {
+            let message = ServerSettings::from_toml_str(toml).unwrap_err().to_string();
+            assert!(message.contains(says), "{toml}: {message}");
+        };
+        refused("nats = \"nats://h:4222\"\n", "PostgreSQL");
+        refused(
+            &format!("{pg}nats = \"http://h:4222\"\n"),
+            "nats:// or tls://",
+        );
+        refused(
+            &format!("{pg}nats = \"nats://h\"\nnode_dead_after_ms = 1500\n"),
+            "twice node_heartbeat_ms",
+        );
+        refused("node_id = \"node a\"\n", "node_id");
+        refused("node_id = \"\"\n", "node_id");
+        refused(&format!("node_id = \"{}\"\n", "n".repeat(65)), "node_id");
+        // The password in a NATS URL is never printed.
+        let settings =
+            ServerSettings::from_toml_str(&format!("{pg}nats = \"nats://herd:hunter2@h:4222\"\n"))
+                .unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn nested_tls_and_enums_parse() {
         let settings = ServerSettings::from_toml_str(
             "durability = \"power\"\nnotify_lag_policy = \"disconnect\"\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",

@@ -132,6 +132,8 @@ struct Health {
     log_lines_mirrored: u64,
     /// Times this node found itself declared dead and closed its sockets.
     fenced: u64,
+    /// Messages on the event stream that were not a node's event, left out of the log.
+    rejected: u64,
 }
 
 /// A node as `/healthz` and `herd-server cluster-status` show it.
@@ -161,6 +163,8 @@ pub struct ClusterStatus {
     pub stream_ok: bool,
     pub stream_failures: u64,
     pub log_lines_mirrored: u64,
+    /// Messages on the event stream that were not a node's event, left out of the log.
+    pub stream_rejected: u64,
     /// Devices this node knows to be online on other nodes.
     pub remote_devices: usize,
     pub nodes: Vec<NodeStatus>,
@@ -470,6 +474,7 @@ impl Cluster {
             stream_ok: health.stream_ok,
             stream_failures: health.stream_failures,
             log_lines_mirrored: health.log_lines_mirrored,
+            stream_rejected: health.rejected,
             remote_devices: self.remote.read().len(),
             nodes,
         }

@@ -773,3 +773,112 @@ async fn healthz_shows_the_cluster() {
     }
     cluster.shutdown().await;
 }
+
+/// Requests on a node's subject that are not requests, or name what the node does not hold,
+/// get an error reply and change nothing; garbage on the event stream stays out of every
+/// node's log; the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_between_nodes_get_errors_and_change_nothing() {
+    let Some(cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let nats = async_nats::connect(cluster.nats.url())
+        .await
+        .expect("connect to the cluster's NATS");
+    let subject = format!("herd.node.{}", node_id(0));
+    let garbage: [&[u8]; 6] = [
+        b"not json",
+        b"{}",
+        b"{\"op\":\"explode\"}",
+        b"{\"op\":\"call\"}",
+        b"[1,2,3]",
+        &[0xff, 0xfe, 0x00],
+    ];
+    for payload in garbage {
+        let reply = nats
+            .request(subject.clone(), payload.to_vec().into())
+            .await
+            .expect("the node answers");
+        let body: Value = serde_json::from_slice(&reply.payload).expect("a JSON reply");
+        assert_eq!(body["error"]["status"], 400, "{body}");
+    }
+    // Well-formed, about a device the node does not hold.
+    for request in [
+        json!({"op": "call", "device": "nope", "method": "Echo", "params": null, "timeout_ms": 100}),
+        json!({"op": "observe", "device": "nope"}),
+        json!({"op": "shadow_update", "device": "nope", "update": {"state": {"desired": {"on": true}}}}),
+        json!({"op": "transfer", "device": "nope", "transfer": {"firmware": "0".repeat(64), "commit_timeout_s": 1, "rollout": null, "delivery": "push"}}),
+    ] {
+        let reply = nats
+            .request(subject.clone(), request.to_string().into())
+            .await
+            .expect("the node answers");
+        let body: Value = serde_json::from_slice(&reply.payload).expect("a JSON reply");
+        assert!(
+            body["error"]["status"].as_u64().is_some_and(|s| s >= 400),
+            "{request}: {body}"
+        );
+    }
+    // Garbage where events and presence travel.
+    let js = async_nats::jetstream::new(nats.clone());
+    for payload in [
+        "garbage",
+        "{\"ts\":1}",
+        "{\"id\":\"x\",\"name\":\"online\"}",
+        "{\"ts\":1,\"id\":\"x\",\"name\":\"online\"}\n{}",
+    ] {
+        js.publish("herd.events.node-x", payload.into())
+            .await
+            .expect("published")
+            .await
+            .expect("stored");
+    }
+    nats.publish("herd.presence.node-x", vec![0xff].into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    // The nodes go on: a device, a write and its event reach both logs, and nothing else.
+    let (id, token) = a.create_device("after").await;
+    let mut device = b.device(&token).await;
+    device.report(json!({"on": true})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (log_a, log_b) = loop {
+        let (log_a, log_b) = (whole_log(&a.client).await, whole_log(&b.client).await);
+        let has = |log: &[Value]| {
+            log.iter().any(|l| {
+                l["id"] == id
+                    && l["name"] == UPDATED
+                    && l["data"]["shadow"]["state"]["reported"]["on"] == true
+            })
+        };
+        if (has(&log_a) && has(&log_b)) || tokio::time::Instant::now() > deadline {
+            break (log_a, log_b);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(log_a, log_b, "both nodes serve the same log");
+    assert!(
+        log_a
+            .iter()
+            .all(|l| l["ts"].is_number() && l["name"].is_string() && l["id"] != "x"),
+        "only node events in the log: {log_a:?}"
+    );
+    wait_for_cluster(&a.http, &a.url(), "healthy", |health| {
+        health.nats_ok && health.store_ok
+    })
+    .await;
+    for node in [a, b] {
+        let health: Value = node
+            .http
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await
+            .expect("healthz")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(health["cluster"]["stream_rejected"], 4, "{health}");
+    }
+    cluster.shutdown().await;
+}

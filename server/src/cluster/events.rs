@@ -238,6 +238,23 @@ pub async fn presence(cluster: Arc<Cluster>, mut messages: async_nats::Subscribe
     }
 }
 
+/// The message's payload if it is an event a node published: its headers name the node,
+/// and the payload is one complete log line, `{"ts":<number>,"id":<string>,"name":
+/// <string>,…}` (PROTOCOL §7).
+fn log_line(message: &jetstream::Message) -> Option<&str> {
+    message.headers.as_ref()?.get(NODE)?;
+    let line = std::str::from_utf8(&message.payload).ok()?;
+    if line.contains('\n') {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let ok = value.get("ts").is_some_and(serde_json::Value::is_number)
+        && value.get("id").is_some_and(serde_json::Value::is_string)
+        && value.get("name").is_some_and(serde_json::Value::is_string)
+        && line.starts_with("{\"ts\":");
+    ok.then_some(line)
+}
+
 /// `{"ts":…,"id":…}` → `{"id":…}`: the stream form of a log line (PROTOCOL §5, §7).
 fn stream_form(line: &str) -> Option<String> {
     let rest = line.strip_prefix("{\"ts\":")?;
@@ -400,22 +417,27 @@ async fn mirror_from(
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
             position.sequence = sequence;
-            position.lines += 1;
+            // Anyone who may publish on the stream's subjects could put anything there;
+            // only a log line a node wrote goes into the log (PROTOCOL §7).
+            let Some(line) = log_line(message) else {
+                cluster.health().rejected += 1;
+                tracing::warn!(
+                    sequence,
+                    "a message on the event stream is not a node's event; left out of the log"
+                );
+                continue;
+            };
             // Events from before this node started are history for its log, not news
             // for its streams.
             if sequence > live_after {
                 deliver(cluster, state, message);
             }
+            position.lines += 1;
             if position.skip > 0 {
                 position.skip -= 1;
                 continue;
             }
-            match std::str::from_utf8(&message.payload) {
-                Ok(line) => log.append(line.to_string()),
-                // Not a line any node writes; keep the count right with a placeholder the
-                // readers skip as not an object.
-                Err(_) => log.append("\"unreadable cluster event\"".to_string()),
-            }
+            log.append(line.to_string());
             written += 1;
         }
         log.flush().await.context("cannot write notification.log")?;
