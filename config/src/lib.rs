@@ -157,6 +157,11 @@ pub struct ServerSettings {
     /// A node silent for this long is dead: the others mark its devices offline,
     /// milliseconds.
     pub node_dead_after_ms: u64,
+    /// How long the cluster's event stream keeps events, hours; each node's
+    /// notification.log keeps them for good. Applied when a node makes the stream.
+    pub stream_max_age_h: u64,
+    /// Most bytes the cluster's event stream keeps (oldest dropped first); 0 is no limit.
+    pub stream_max_bytes: u64,
 }
 
 impl Default for ServerSettings {
@@ -198,6 +203,8 @@ impl Default for ServerSettings {
             node_id: None,
             node_heartbeat_ms: 1_000,
             node_dead_after_ms: 5_000,
+            stream_max_age_h: 168,
+            stream_max_bytes: 0,
         }
     }
 }
@@ -339,6 +346,11 @@ impl ServerSettings {
                 return Err(ConfigError::Invalid(
                     "cluster mode (nats) needs a PostgreSQL store that every node shares"
                         .to_string(),
+                ));
+            }
+            if self.stream_max_age_h == 0 {
+                return Err(ConfigError::Invalid(
+                    "stream_max_age_h must be at least 1".to_string(),
                 ));
             }
             if self.node_dead_after_ms < 2 * self.node_heartbeat_ms.max(1) {

@@ -134,6 +134,8 @@ struct Health {
     fenced: u64,
     /// Messages on the event stream that were not a node's event, left out of the log.
     rejected: u64,
+    /// Events the stream dropped before this node read them into its log.
+    log_gap_events: u64,
 }
 
 /// A node as `/healthz` and `herd-server cluster-status` show it.
@@ -165,6 +167,9 @@ pub struct ClusterStatus {
     pub log_lines_mirrored: u64,
     /// Messages on the event stream that were not a node's event, left out of the log.
     pub stream_rejected: u64,
+    /// Events the stream dropped (its limits) before this node read them: its log lacks
+    /// them. Raise `stream_max_age_h` / `stream_max_bytes` if this is not 0.
+    pub log_gap_events: u64,
     /// Devices this node knows to be online on other nodes.
     pub remote_devices: usize,
     pub nodes: Vec<NodeStatus>,
@@ -215,7 +220,7 @@ impl Cluster {
                 )
             })?;
         let js = async_nats::jetstream::new(nats.clone());
-        events::ensure_stream(&js).await?;
+        events::ensure_stream(&js, settings).await?;
         let pg = crate::store::postgres::connect_pool(store_url, settings.durability, 4)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut client = pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -475,6 +480,7 @@ impl Cluster {
             stream_failures: health.stream_failures,
             log_lines_mirrored: health.log_lines_mirrored,
             stream_rejected: health.rejected,
+            log_gap_events: health.log_gap_events,
             remote_devices: self.remote.read().len(),
             nodes,
         }

@@ -882,3 +882,76 @@ async fn bad_messages_between_nodes_get_errors_and_change_nothing() {
     }
     cluster.shutdown().await;
 }
+
+/// A node away longer than the event stream keeps events (here a stream of 16 KiB) finds a
+/// gap when it comes back: its log lacks what the stream dropped, and `/healthz` says how
+/// many events, instead of the log silently missing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_the_stream_dropped_events_reports_the_gap() {
+    let Some(mut cluster) =
+        TestCluster::start_with(2, |_, settings| settings.stream_max_bytes = 16 * 1024).await
+    else {
+        return;
+    };
+    let (id, _) = cluster.nodes[0].create_device("chatty").await;
+    cluster.nodes[1].stop().await;
+    for n in 0..100 {
+        let (status, body) = cluster.nodes[0]
+            .call(
+                "POST",
+                &format!("/devices/{id}/shadow"),
+                Some(json!({"state": {"desired": {"n": n, "pad": "x".repeat(200)}}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    cluster.nodes[1].start_again().await;
+    let b = &cluster.nodes[1];
+    let health = wait_for_cluster_json(b, |health| {
+        health["cluster"]["log_gap_events"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let gap = health["cluster"]["log_gap_events"].as_u64().unwrap();
+    // What the stream still had arrived: the last write is in B's log.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = whole_log(&b.client).await;
+        if log
+            .iter()
+            .any(|l| l["name"] == UPDATED && l["data"]["shadow"]["state"]["desired"]["n"] == 99)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's log never got the last write"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gap < 200, "at most every event was missed: {gap}");
+    cluster.shutdown().await;
+}
+
+/// Polls `node`'s `/healthz` until `done` holds for it.
+async fn wait_for_cluster_json(node: &TestServer, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let health: Value = node
+            .http
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await
+            .expect("healthz")
+            .json()
+            .await
+            .expect("JSON");
+        if done(&health) {
+            return health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached within {WAIT:?}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -40,8 +40,6 @@ const SEQ: &str = "Herd-Seq";
 const OWNER: &str = "Herd-Owner";
 const SHARED: &str = "Herd-Shared";
 const NAME: &str = "Herd-Name";
-/// How long the stream keeps events; each node's notification.log keeps them for good.
-const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest a batch of mirrored lines waits to grow.
 const MIRROR_BATCH: usize = 4096;
 
@@ -55,12 +53,19 @@ pub struct Outgoing {
 
 /// Makes the stream if it is missing. An existing stream is left as the operator set it
 /// (replicas, limits).
-pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &herd_config::ServerSettings,
+) -> anyhow::Result<()> {
     js.get_or_create_stream(jetstream::stream::Config {
         name: STREAM.to_string(),
         subjects: vec![format!("{EVENTS_PREFIX}>")],
         storage: jetstream::stream::StorageType::File,
-        max_age: STREAM_MAX_AGE,
+        max_age: Duration::from_secs(settings.stream_max_age_h.max(1) * 3600),
+        max_bytes: match settings.stream_max_bytes {
+            0 => -1,
+            bytes => i64::try_from(bytes).unwrap_or(i64::MAX),
+        },
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     })
@@ -416,6 +421,17 @@ async fn mirror_from(
                 .info()
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .stream_sequence;
+            if position.sequence > 0 && sequence > position.sequence + 1 {
+                // The stream dropped them (its age or size limit) before this node read
+                // them: its log lacks them. Say so; the other nodes' logs may have them.
+                let missing = sequence - position.sequence - 1;
+                cluster.health().log_gap_events += missing;
+                tracing::error!(
+                    from = position.sequence + 1,
+                    to = sequence - 1,
+                    "events left the cluster's stream before this node read them; its notification.log lacks them"
+                );
+            }
             position.sequence = sequence;
             // Anyone who may publish on the stream's subjects could put anything there;
             // only a log line a node wrote goes into the log (PROTOCOL §7).
