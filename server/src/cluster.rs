@@ -116,6 +116,9 @@ pub struct Cluster {
     acked: watch::Sender<u64>,
     /// Whether this node holds the rollout lease.
     leader: AtomicBool,
+    /// Fires when the NATS connection is made again, so the stream's reader starts over at
+    /// once instead of waiting to notice its consumer went quiet.
+    pub(crate) reconnected: Arc<tokio::sync::Notify>,
     health: Mutex<Health>,
 }
 
@@ -206,10 +209,30 @@ impl Cluster {
     ) -> anyhow::Result<(Arc<Cluster>, mpsc::UnboundedReceiver<events::Outgoing>)> {
         let nats_url = settings.nats.as_deref().context("no nats URL")?;
         let store_url = settings.store.as_deref().context("no store URL")?;
+        let reconnected = Arc::new(tokio::sync::Notify::new());
+        let told = reconnected.clone();
         let nats = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let told = told.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            told.notify_waiters();
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("NATS connection lost"),
+                        other => tracing::debug!(event = %other, "NATS"),
+                    }
+                }
+            })
             .name(format!("herd-server {node}"))
             // Nothing this node publishes is for itself: its events reach it from the stream.
             .no_echo()
+            // A node without NATS serves nobody else's devices: try again soon, at most
+            // every second, rather than backing off for long.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(1_000))
+            })
             .connection_timeout(Duration::from_secs(5))
             .connect(nats_url)
             .await
@@ -258,6 +281,7 @@ impl Cluster {
             emitted: AtomicU64::new(0),
             acked: watch::channel(0).0,
             leader: AtomicBool::new(false),
+            reconnected,
             health: Mutex::new(Health {
                 store_ok: true,
                 stream_ok: true,
@@ -313,10 +337,14 @@ impl Cluster {
 
     /// Waits until every event emitted so far is in the stream (at most `timeout`), so an
     /// acknowledged write's events survive this node dying. Returns false on timeout.
-    /// While the stream is known to fail it returns at once: the events wait in this
+    /// While NATS is away or the stream is known to fail it returns at once: the events wait in this
     /// node's queue, `/healthz` says `failing`, and writes do not each stall for `timeout`.
     pub async fn settle(&self, timeout: Duration) -> bool {
-        if !self.health.lock().stream_ok {
+        let connected = matches!(
+            self.nats.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        if !connected || !self.health.lock().stream_ok {
             return false;
         }
         let target = self.emitted.load(Ordering::Acquire);

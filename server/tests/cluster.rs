@@ -955,3 +955,99 @@ async fn wait_for_cluster_json(node: &TestServer, done: impl Fn(&Value) -> bool)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// NATS killed and started again: the nodes say `failing` while it is away, a write made
+/// meanwhile is acknowledged and kept, and afterwards calls cross nodes again and both logs
+/// hold that write's event, with no line twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_recovers_when_nats_comes_back() {
+    let Some(mut cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    let (id, token) = cluster.nodes[0].create_device("lamp").await;
+    let _device = SimDevice::connect(&cluster.nodes[0].ws_base, &token).await;
+    wait_online(&cluster.nodes[1], &id, true).await;
+
+    cluster.nats.kill();
+    for node in &cluster.nodes {
+        wait_for_status(node, 503).await;
+    }
+    let (status, body) = cluster.nodes[0]
+        .call(
+            "POST",
+            &format!("/devices/{id}/shadow"),
+            Some(json!({"state": {"desired": {"while_away": true}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "a write on the device's node goes on: {body}");
+
+    cluster.nats.start_again().expect("NATS starts again");
+    for node in &cluster.nodes {
+        wait_for_status(node, 200).await;
+    }
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = b
+            .call(
+                "POST",
+                &format!("/devices/{id}/rpc/Echo"),
+                Some(json!({"k": 1})),
+            )
+            .await;
+        if status == 200 {
+            assert_eq!(body, json!({"k": 1}));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no RPC across nodes: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written = |log: &[Value]| {
+        log.iter().any(|l| {
+            l["name"] == UPDATED && l["data"]["shadow"]["state"]["desired"]["while_away"] == true
+        })
+    };
+    loop {
+        let (log_a, log_b) = (whole_log(&a.client).await, whole_log(&b.client).await);
+        if written(&log_a) && log_a == log_b {
+            // Events published again after the outage are stored once (their message ids).
+            let mut lines: Vec<String> = log_a.iter().map(Value::to_string).collect();
+            let all = lines.len();
+            lines.sort();
+            lines.dedup();
+            assert_eq!(lines.len(), all, "a line twice in the log");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the logs did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// Waits until `node`'s `/healthz` answers `status`.
+async fn wait_for_status(node: &TestServer, status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let response = node
+            .http
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await
+            .expect("healthz");
+        if response.status().as_u16() == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz of {} never answered {status}",
+            node.url()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -106,7 +106,7 @@ pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedRecei
                     }
                     tracing::warn!(error = %e, "an event did not reach the stream; publishing it again");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
+                    wait = (wait * 2).min(Duration::from_secs(1));
                     outcome = match cluster
                         .js
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
@@ -362,6 +362,7 @@ pub async fn mirror(cluster: Arc<Cluster>, state: AppState, mut position: Mirror
     loop {
         let outcome = tokio::select! {
             outcome = mirror_from(&cluster, &state, &log, &mut position, live_after) => outcome,
+            _ = cluster.reconnected.notified() => continue,
             _ = stop.cancelled() => return,
         };
         match outcome {
