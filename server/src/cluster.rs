@@ -617,6 +617,11 @@ async fn announce_offline(state: &AppState, ids: &[String]) {
 async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
     let mut tick = tokio::time::interval(cluster.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when this node's heartbeats reach PostgreSQL without a break. Only a node that
+    // has seen the others' heartbeats for a whole `dead_after` may call them dead: after an
+    // outage of PostgreSQL every heartbeat is old, and the first node back would otherwise
+    // declare all the others dead and send their devices reconnecting.
+    let mut beating_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -625,6 +630,7 @@ async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
         match beat(&cluster).await {
             Ok(true) => {
                 cluster.health().store_ok = true;
+                beating_since.get_or_insert_with(tokio::time::Instant::now);
             }
             Ok(false) => {
                 // Declared dead while alive: the others announced our devices offline and may
@@ -640,11 +646,17 @@ async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
             }
             Err(e) => {
                 cluster.health().store_ok = false;
+                beating_since = None;
                 tracing::warn!(error = %e, "cannot record the node's heartbeat");
                 continue;
             }
         }
-        match reap(&cluster).await {
+        let judging = beating_since.is_some_and(|since| since.elapsed() >= cluster.dead_after);
+        match if judging {
+            reap(&cluster).await
+        } else {
+            Ok(Vec::new())
+        } {
             Ok(ids) if !ids.is_empty() => {
                 tracing::info!(devices = ids.len(), "devices of dead nodes go offline");
                 for id in &ids {
