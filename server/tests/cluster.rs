@@ -1051,3 +1051,62 @@ async fn wait_for_status(node: &TestServer, status: u16) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// PostgreSQL away for longer than `node_dead_after_ms`: every heartbeat goes stale at once,
+/// and when the database is back no node calls the others dead. The devices keep their
+/// sockets and no `offline` is announced; the cluster is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_declares_no_node_dead() {
+    if !herd_testkit::cluster::available() {
+        return;
+    }
+    let mut postgres = tokio::task::spawn_blocking(herd_testkit::postgres::PostgresServer::start)
+        .await
+        .expect("task")
+        .expect("a PostgreSQL of this test's own");
+    let store = postgres.create_database().expect("a database");
+    let cluster = TestCluster::start_on(store, 2, |_, _| {}).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (id, token) = a.create_device("lamp").await;
+    let mut events = collect(a.notify(&a.admin_key).await);
+    let mut device = b.device(&token).await;
+    next_event(&mut events, &id, ONLINE).await;
+    // Both nodes judge each other from here on.
+    tokio::time::sleep(Duration::from_millis(2 * DEAD_AFTER_MS)).await;
+
+    let mut postgres = tokio::task::spawn_blocking(move || {
+        postgres.stop();
+        postgres
+    })
+    .await
+    .expect("task");
+    tokio::time::sleep(Duration::from_millis(2 * DEAD_AFTER_MS + 1_000)).await;
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres.start_again().expect("PostgreSQL starts again");
+        postgres
+    })
+    .await
+    .expect("task");
+    for node in [a, b] {
+        wait_for_status(node, 200).await;
+    }
+    // A few more rounds of heartbeats and judging.
+    tokio::time::sleep(Duration::from_millis(3 * DEAD_AFTER_MS)).await;
+    wait_for_cluster(&a.http, &a.url(), "both alive", |health| {
+        health.nodes.len() == 2 && health.nodes.iter().all(|n| n.alive)
+    })
+    .await;
+    // The device's socket is open and served: it reports and is answered.
+    let reply = device.report(json!({"after": true})).await;
+    assert!(reply["result"]["version"].is_u64(), "{reply}");
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        assert!(
+            !(event["id"] == id && event["name"] == OFFLINE),
+            "the device was announced offline: {event}"
+        );
+    }
+    cluster.shutdown().await;
+    drop(postgres);
+}

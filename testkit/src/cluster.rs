@@ -106,6 +106,16 @@ impl TestCluster {
         }
         let store = postgres::shared_database()
             .unwrap_or_else(|e| panic!("the cluster's PostgreSQL database: {e}"));
+        Some(Self::start_on(store, nodes, tweak).await)
+    }
+
+    /// [`start_with`](Self::start_with) on the database `store` (a test that stops its own
+    /// PostgreSQL uses one of its own). The caller checks [`available`].
+    pub async fn start_on(
+        store: String,
+        nodes: usize,
+        tweak: impl Fn(usize, &mut ServerSettings),
+    ) -> Self {
         let nats = NatsServer::start().unwrap_or_else(|e| panic!("the cluster's NATS: {e}"));
         // One registration in the shared store serves every node.
         let scratch = tempfile::tempdir().expect("tempdir");
@@ -128,7 +138,7 @@ impl TestCluster {
         for index in 0..nodes {
             cluster.add_node_with(|s| tweak(index, s)).await;
         }
-        Some(cluster)
+        cluster
     }
 
     /// The settings of node `node_id` with data directory `dir`: the shared store, this
