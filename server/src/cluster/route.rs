@@ -414,6 +414,17 @@ async fn handle(state: &AppState, request: Request) -> Reply {
                 }
                 Err(e) => return error(e.into()),
             };
+            // One update per device holds on the node that holds the device too, and a
+            // device fetching the image here (PROTOCOL §10.3) finds its update under way.
+            let Some(_job) =
+                state
+                    .ota_jobs
+                    .claim(&device, &firmware.id, transfer.rollout.as_deref())
+            else {
+                return error(ApiError::conflict(format!(
+                    "an update is already in progress on device {device}"
+                )));
+            };
             match crate::ota::transfer(state, &device, &firmware, transfer).await {
                 Ok(conn) => Reply::Result(Value::from(conn)),
                 Err(failure) => Reply::Error {
