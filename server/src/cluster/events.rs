@@ -35,8 +35,6 @@ use crate::notification_log::{log_files, NotificationLog};
 use crate::AppState;
 
 const NODE: &str = "Herd-Node";
-const RUN: &str = "Herd-Run";
-const SEQ: &str = "Herd-Seq";
 const OWNER: &str = "Herd-Owner";
 const SHARED: &str = "Herd-Shared";
 const NAME: &str = "Herd-Name";
@@ -130,8 +128,6 @@ pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedRecei
             format!("{}.{}.{n}", cluster.node, cluster.run),
         );
         headers.insert(NODE, &*cluster.node);
-        headers.insert(RUN, &*cluster.run);
-        headers.insert(SEQ, n.to_string());
         headers.insert(OWNER, &*event.device.owner);
         headers.insert(SHARED, &*event.device.shared_with);
         headers.insert(NAME, &*event.name);
@@ -341,17 +337,23 @@ impl Mirror {
 /// Lines in the whole rotated log set (complete lines: the writer repaired a torn tail
 /// when it opened).
 fn count_lines(dir: &Path) -> anyhow::Result<u64> {
+    use std::io::Read;
     let mut lines = 0u64;
-    for file in log_files(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let bytes =
-            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        lines += memchr_count(&bytes);
+    let mut buffer = vec![0u8; 1 << 20];
+    for path in log_files(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        loop {
+            let read = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            };
+            lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
     }
     Ok(lines)
-}
-
-fn memchr_count(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Writes the stream, in its order, into this node's notification.log.
@@ -489,6 +491,22 @@ mod tests {
         assert_eq!((mirror.sequence, mirror.lines, mirror.skip), (40, 1, 2));
         std::fs::write(dir.path().join("cluster-log.pos"), "forty\n").unwrap();
         assert!(Mirror::open(dir.path(), Durability::Process).is_err());
+    }
+
+    #[test]
+    fn lines_are_counted_over_the_rotated_set_and_across_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than one read's worth in a rotated file, a few lines in the current one.
+        let line = format!(
+            "{{\"ts\":1,\"id\":\"d\",\"name\":\"{}\"}}\n",
+            "x".repeat(100)
+        );
+        let many = line.repeat(20_000);
+        std::fs::write(dir.path().join("notification.log.2026-12-01"), &many).unwrap();
+        std::fs::write(dir.path().join("notification.log"), line.repeat(3)).unwrap();
+        std::fs::write(dir.path().join("unrelated.txt"), "\n\n").unwrap();
+        assert!(many.len() > 1 << 20);
+        assert_eq!(count_lines(dir.path()).unwrap(), 20_003);
     }
 
     #[test]
