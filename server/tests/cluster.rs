@@ -1110,3 +1110,117 @@ async fn a_database_outage_declares_no_node_dead() {
     cluster.shutdown().await;
     drop(postgres);
 }
+
+/// HAProxy, started by the test, in front of two nodes: a real device agent connects
+/// through it and lands on one node; that node is killed with SIGKILL; the survivor
+/// announces the device `offline`, the agent reconnects through the balancer to the
+/// survivor, which announces it `online` and serves its RPC (issue: devices reconnect
+/// through the balancer to another node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_behind_the_balancer_moves_to_the_surviving_node() {
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists());
+    if !available_or_skip(haproxy.is_some(), "haproxy", "apt-get install haproxy") {
+        return;
+    }
+    let Some(mut cluster) = TestCluster::start(1).await else {
+        return;
+    };
+    let mut doomed: ProcessNode = cluster.spawn_process(BIN);
+    let survivor = &cluster.nodes[0];
+
+    // `balance first`: every connection goes to the first server that is up, the doomed
+    // node while it lives; health checks every 100 ms take it out when it dies.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  \
+             timeout client 1h\n  timeout server 1h\nfrontend devices\n  bind 127.0.0.1:{port}\n  \
+             default_backend nodes\nbackend nodes\n  balance first\n  \
+             server doomed {} check inter 100ms fall 1 rise 1\n  \
+             server survivor {} check inter 100ms fall 1 rise 1\n",
+            doomed.addr, survivor.addr
+        ),
+    )
+    .expect("write the balancer's config");
+    let mut balancer = std::process::Command::new(haproxy.unwrap())
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy starts");
+    let through = format!("ws://127.0.0.1:{port}/api/v2/rpc");
+
+    let (id, token) = survivor.create_device("behind-the-balancer").await;
+    let mut events = collect(survivor.notify(&survivor.admin_key).await);
+    let data = tempfile::tempdir().expect("tempdir");
+    let agent = herd_agent::agent::Agent::start(herd_agent::agent::AgentOptions {
+        server: Some(through.clone()),
+        token: Some(token.clone()),
+        link: herd_agent::runner::LinkOptions {
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(5),
+            ..herd_agent::runner::LinkOptions::default()
+        },
+        ..herd_agent::agent::AgentOptions::new(data.path().to_path_buf())
+    })
+    .await
+    .expect("the agent starts");
+    next_event(&mut events, &id, ONLINE).await;
+    let on_doomed: Value = doomed
+        .http
+        .get(format!("{}/devices/{id}", doomed.base))
+        .bearer_auth(&doomed.admin_key)
+        .send()
+        .await
+        .expect("GET on the doomed node")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(on_doomed["online"], true, "{on_doomed}");
+    wait_for_cluster(
+        &survivor.http,
+        &survivor.url(),
+        "the device on the doomed node",
+        |h| h.get(&doomed.node_id).is_some_and(|n| n.devices == 1),
+    )
+    .await;
+
+    doomed.kill();
+    // The survivor ends the session the dead node held, then the agent is back through
+    // the balancer, now on the survivor.
+    next_event(&mut events, &id, OFFLINE).await;
+    next_event(&mut events, &id, ONLINE).await;
+    let health = wait_for_cluster(
+        &survivor.http,
+        &survivor.url(),
+        "the device on the survivor",
+        |h| {
+            h.get(&node_id(0)).is_some_and(|n| n.devices == 1)
+                && h.get(&doomed.node_id).is_none_or(|n| !n.alive)
+        },
+    )
+    .await;
+    assert!(health.nats_ok && health.store_ok, "{health:?}");
+    let (status, body) = survivor
+        .call(
+            "POST",
+            &format!("/devices/{id}/rpc/Sys.GetInfo"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    drop(agent);
+    let _ = balancer.kill();
+    let _ = balancer.wait();
+    cluster.shutdown().await;
+}
