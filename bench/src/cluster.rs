@@ -258,17 +258,11 @@ impl NatsProcess {
     }
 
     pub async fn stop(mut self) -> Vec<String> {
-        let mut notes = Vec::new();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            notes.push("nats-server did not exit within 10 s of SIGTERM; killed".into());
-            let _ = self.child.kill().await;
-        }
+        let mut notes: Vec<String> =
+            crate::driver::terminate(&mut self.child, self.pid, "nats-server")
+                .await
+                .into_iter()
+                .collect();
         untrack(self.pid);
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let problems: Vec<&str> = text

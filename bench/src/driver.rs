@@ -957,17 +957,10 @@ impl MosquittoProcess {
 
     /// SIGTERM, wait for the exit, then quote what the broker logged.
     pub async fn stop(mut self) -> Vec<String> {
-        let mut notes = Vec::new();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let mut notes: Vec<String> = terminate(&mut self.child, self.pid, "mosquitto")
             .await
-            .is_err()
-        {
-            notes.push("mosquitto did not exit within 10 s of SIGTERM; killed".into());
-            let _ = self.child.kill().await;
-        }
+            .into_iter()
+            .collect();
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         notes.push(format!(
@@ -982,6 +975,25 @@ impl MosquittoProcess {
         );
         notes
     }
+}
+
+/// Stops a peer process the bench started: SIGTERM, up to 10 s for it to exit, then
+/// SIGKILL. Returns a note when it had to be killed.
+pub async fn terminate(child: &mut tokio::process::Child, pid: u32, name: &str) -> Option<String> {
+    // `kill` avoids unsafe libc calls for one signal.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_ok()
+    {
+        return None;
+    }
+    let _ = child.kill().await;
+    Some(format!(
+        "{name} did not exit within 10 s of SIGTERM; killed"
+    ))
 }
 
 // ---------------------------------------------------------------------------------
