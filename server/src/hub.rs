@@ -118,7 +118,6 @@ impl Hub {
         match self.inner.cluster.get() {
             Some(cluster) => cluster.publish(crate::cluster::events::Outgoing {
                 device: event.device.clone(),
-                name: event.name.clone(),
                 line,
             }),
             None => self.inner.log.append(line),

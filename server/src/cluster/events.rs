@@ -37,14 +37,12 @@ use crate::AppState;
 const NODE: &str = "Herd-Node";
 const OWNER: &str = "Herd-Owner";
 const SHARED: &str = "Herd-Shared";
-const NAME: &str = "Herd-Name";
 /// Longest a batch of mirrored lines waits to grow.
 const MIRROR_BATCH: usize = 4096;
 
 /// An event on its way to the stream.
 pub struct Outgoing {
     pub device: Identity,
-    pub name: Box<str>,
     /// The notification.log line (PROTOCOL §7).
     pub line: String,
 }
@@ -130,7 +128,6 @@ pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedRecei
         headers.insert(NODE, &*cluster.node);
         headers.insert(OWNER, &*event.device.owner);
         headers.insert(SHARED, &*event.device.shared_with);
-        headers.insert(NAME, &*event.name);
         let payload = bytes::Bytes::from(event.line);
         loop {
             match cluster
@@ -158,31 +155,30 @@ pub async fn publisher(cluster: Arc<Cluster>, mut outgoing: mpsc::UnboundedRecei
 
 /// Another node's event, read from the stream: handed to this node's notify streams, and
 /// the presence map kept from its `online` and `offline`.
-fn deliver(cluster: &Cluster, state: &AppState, message: &jetstream::Message) {
-    let Some(headers) = message.headers.as_ref() else {
-        return;
-    };
-    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
-    let Some(node) = header(NODE) else { return };
-    if node == *cluster.node {
+fn deliver(cluster: &Cluster, state: &AppState, message: &jetstream::Message, event: NodeEvent) {
+    if event.node == &*cluster.node {
         // This node's own events went to its streams when they were emitted.
         return;
     }
-    let Ok(line) = std::str::from_utf8(&message.payload) else {
+    let Some(json) = stream_form(event.line) else {
         return;
     };
-    let Some(json) = stream_form(line) else {
-        tracing::warn!(node, "an event from another node is not a log line");
-        return;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str())
+            .unwrap_or_default()
     };
-    let name = header(NAME).unwrap_or_default();
+    let (node, name) = (event.node, event.name);
     let device = Identity {
-        id: device_id(line).unwrap_or_default().into(),
-        owner: header(OWNER).unwrap_or_default().into(),
-        shared_with: header(SHARED).unwrap_or_default().into(),
+        id: event.id.into(),
+        owner: header(OWNER).into(),
+        shared_with: header(SHARED).into(),
     };
     match name.as_str() {
-        ONLINE => cluster.note_remote_online(&device.id, &node),
+        ONLINE => cluster.note_remote_online(&device.id, node),
         OFFLINE => cluster.note_remote_offline(&device.id),
         // A device held off on one node is held off on all, so it cannot flood another
         // through the balancer; a release on any node lets it back in everywhere.
@@ -242,18 +238,38 @@ pub async fn presence(cluster: Arc<Cluster>, mut messages: async_nats::Subscribe
 /// The message's payload if it is an event a node published: its headers name the node,
 /// and the payload is one complete log line, `{"ts":<number>,"id":<string>,"name":
 /// <string>,…}` (PROTOCOL §7).
-fn log_line(message: &jetstream::Message) -> Option<&str> {
-    message.headers.as_ref()?.get(NODE)?;
+fn log_line(message: &jetstream::Message) -> Option<NodeEvent<'_>> {
+    /// The fields a log line must have; `data` and anything else are checked as JSON and
+    /// skipped.
+    #[derive(serde::Deserialize)]
+    struct Fields<'a> {
+        #[allow(dead_code)]
+        ts: f64,
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        name: std::borrow::Cow<'a, str>,
+    }
+    let node = message.headers.as_ref()?.get(NODE)?.as_str();
     let line = std::str::from_utf8(&message.payload).ok()?;
-    if line.contains('\n') {
+    if line.contains('\n') || !line.starts_with("{\"ts\":") {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    let ok = value.get("ts").is_some_and(serde_json::Value::is_number)
-        && value.get("id").is_some_and(serde_json::Value::is_string)
-        && value.get("name").is_some_and(serde_json::Value::is_string)
-        && line.starts_with("{\"ts\":");
-    ok.then_some(line)
+    let fields: Fields = serde_json::from_str(line).ok()?;
+    Some(NodeEvent {
+        node,
+        line,
+        id: fields.id.into_owned(),
+        name: fields.name.into_owned(),
+    })
+}
+
+/// A log line a node published, with what its readers need, parsed once.
+struct NodeEvent<'a> {
+    node: &'a str,
+    line: &'a str,
+    id: String,
+    name: String,
 }
 
 /// `{"ts":…,"id":…}` → `{"id":…}`: the stream form of a log line (PROTOCOL §5, §7).
@@ -261,12 +277,6 @@ fn stream_form(line: &str) -> Option<String> {
     let rest = line.strip_prefix("{\"ts\":")?;
     let comma = rest.find(',')?;
     Some(format!("{{{}", &rest[comma + 1..]))
-}
-
-/// The device id of a log line, which [`crate::hub::Hub`] writes right after `ts`.
-fn device_id(line: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    value.get("id")?.as_str().map(str::to_string)
 }
 
 /// Where the mirror has got to: the last stream sequence written and the log's line count
@@ -438,7 +448,7 @@ async fn mirror_from(
             position.sequence = sequence;
             // Anyone who may publish on the stream's subjects could put anything there;
             // only a log line a node wrote goes into the log (PROTOCOL §7).
-            let Some(line) = log_line(message) else {
+            let Some(event) = log_line(message) else {
                 cluster.health().rejected += 1;
                 tracing::warn!(
                     sequence,
@@ -448,8 +458,9 @@ async fn mirror_from(
             };
             // Events from before this node started are history for its log, not news
             // for its streams.
+            let line = event.line;
             if sequence > live_after {
-                deliver(cluster, state, message);
+                deliver(cluster, state, message, event);
             }
             position.lines += 1;
             if position.skip > 0 {
