@@ -45,12 +45,9 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use herd_config::ServerSettings;
 use parking_lot::{Mutex, RwLock};
-use protocol::notification::OFFLINE;
-use protocol::Value;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::hub::Identity;
 use crate::{clock, AppState};
 
 /// The JetStream stream every node's events go to.
@@ -466,7 +463,7 @@ impl Cluster {
             .await
             .context("cannot read this node's presence")?;
         let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        announce_offline(state, &ids).await;
+        crate::ops::disconnect::elsewhere(state, &ids).await;
         Ok(())
     }
 
@@ -589,30 +586,6 @@ pub async fn cluster_status(settings: &ServerSettings) -> anyhow::Result<Vec<Nod
     node_statuses(&pg, Duration::from_millis(settings.node_dead_after_ms)).await
 }
 
-/// Announces `offline` for devices whose session ended on a node that is gone, records
-/// their `last_seen` and sends their state as `updated` (as [`crate::ops::disconnect`] does
-/// for a session that ends here).
-async fn announce_offline(state: &AppState, ids: &[String]) {
-    for id in ids {
-        let _turn = state.sequencer.turn(id).await;
-        if state.registry.is_online(id) {
-            continue;
-        }
-        let Ok(Some(device)) = state.store.device(id).await else {
-            continue;
-        };
-        state
-            .hub
-            .emit(&Identity::of(&device), OFFLINE, &Value::Null);
-        if let Err(e) = state.store.set_last_seen(id, clock::now()).await {
-            tracing::warn!(device = %id, error = %e, "cannot record last_seen");
-        }
-        if let Ok(Some(device)) = state.store.device(id).await {
-            state.emit_updated(&device);
-        }
-    }
-}
-
 /// The heartbeat, the search for dead nodes and the rollout lease, every heartbeat period.
 async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
     let mut tick = tokio::time::interval(cluster.heartbeat);
@@ -662,7 +635,7 @@ async fn housekeeping(cluster: Arc<Cluster>, state: AppState) {
                 for id in &ids {
                     cluster.note_remote_offline(id);
                 }
-                announce_offline(&state, &ids).await;
+                crate::ops::disconnect::elsewhere(&state, &ids).await;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot look for dead nodes"),

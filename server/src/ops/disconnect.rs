@@ -25,12 +25,36 @@ pub async fn run(state: &AppState, conn: &DeviceConn) {
         cluster.note_remote_offline(&id);
         cluster.release(&id, conn.conn_id).await;
     }
-    if let Err(e) = state.store.set_last_seen(&id, clock::now()).await {
+    ended(state, &id).await;
+}
+
+/// Carries out the end of sessions a cluster node that is gone held (PROTOCOL §3): each
+/// device not connected here now goes offline, as [`run`] does for a session that ends
+/// here. The caller took the sessions over in the store, so no other node does this too.
+pub async fn elsewhere(state: &AppState, ids: &[String]) {
+    for id in ids {
+        let _turn = state.sequencer.turn(id).await;
+        if state.registry.is_online(id) {
+            continue;
+        }
+        let Ok(Some(device)) = state.store.device(id).await else {
+            continue;
+        };
+        state
+            .hub
+            .emit(&crate::hub::Identity::of(&device), OFFLINE, &Value::Null);
+        ended(state, id).await;
+    }
+}
+
+/// What follows `offline`: `last_seen` stored and the device's state out as `updated`,
+/// unless the device is already back (the `updated` would say offline).
+async fn ended(state: &AppState, id: &str) {
+    if let Err(e) = state.store.set_last_seen(id, clock::now()).await {
         tracing::warn!(device = %id, error = %e, "cannot record last_seen");
     }
-    // Skip the trailing `updated` if the device is already back: it would say offline.
-    if !state.registry.is_online(&id) {
-        if let Ok(Some(device)) = state.store.device(&id).await {
+    if !state.registry.is_online(id) {
+        if let Ok(Some(device)) = state.store.device(id).await {
             state.emit_updated(&device);
         }
     }
