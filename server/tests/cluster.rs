@@ -46,6 +46,10 @@ struct ClusterHealth {
     nodes: Vec<NodeHealth>,
     nats_ok: bool,
     store_ok: bool,
+    /// Messages on the event stream that were not a node's event.
+    stream_rejected: u64,
+    /// Events the stream dropped before this node read them.
+    log_gap_events: u64,
 }
 
 impl ClusterHealth {
@@ -73,6 +77,10 @@ impl ClusterHealth {
             nodes,
             nats_ok: healthy(&cluster["nats"]),
             store_ok: cluster["store_ok"] == true && cluster["stream_ok"] == true,
+            stream_rejected: cluster["stream_rejected"]
+                .as_u64()
+                .expect("stream_rejected"),
+            log_gap_events: cluster["log_gap_events"].as_u64().expect("log_gap_events"),
         }
     }
 
@@ -864,21 +872,12 @@ async fn bad_messages_between_nodes_get_errors_and_change_nothing() {
             .all(|l| l["ts"].is_number() && l["name"].is_string() && l["id"] != "x"),
         "only node events in the log: {log_a:?}"
     );
-    wait_for_cluster(&a.http, &a.url(), "healthy", |health| {
-        health.nats_ok && health.store_ok
-    })
-    .await;
     for node in [a, b] {
-        let health: Value = node
-            .http
-            .get(format!("{}/healthz", node.url()))
-            .send()
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("JSON");
-        assert_eq!(health["cluster"]["stream_rejected"], 4, "{health}");
+        let health = wait_for_cluster(&node.http, &node.url(), "healthy", |health| {
+            health.nats_ok && health.store_ok
+        })
+        .await;
+        assert_eq!(health.stream_rejected, 4, "{health:?}");
     }
     cluster.shutdown().await;
 }
@@ -907,11 +906,11 @@ async fn a_node_back_after_the_stream_dropped_events_reports_the_gap() {
     }
     cluster.nodes[1].start_again().await;
     let b = &cluster.nodes[1];
-    let health = wait_for_cluster_json(b, |health| {
-        health["cluster"]["log_gap_events"].as_u64().unwrap_or(0) > 0
+    let gap = wait_for_cluster(&b.http, &b.url(), "a gap reported", |health| {
+        health.log_gap_events > 0
     })
-    .await;
-    let gap = health["cluster"]["log_gap_events"].as_u64().unwrap();
+    .await
+    .log_gap_events;
     // What the stream still had arrived: the last write is in B's log.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -930,30 +929,6 @@ async fn a_node_back_after_the_stream_dropped_events_reports_the_gap() {
     }
     assert!(gap < 200, "at most every event was missed: {gap}");
     cluster.shutdown().await;
-}
-
-/// Polls `node`'s `/healthz` until `done` holds for it.
-async fn wait_for_cluster_json(node: &TestServer, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let health: Value = node
-            .http
-            .get(format!("{}/healthz", node.url()))
-            .send()
-            .await
-            .expect("healthz")
-            .json()
-            .await
-            .expect("JSON");
-        if done(&health) {
-            return health;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not reached within {WAIT:?}: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// NATS killed and started again: the nodes say `failing` while it is away, a write made
