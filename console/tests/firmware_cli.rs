@@ -866,12 +866,14 @@ async fn a_halted_rollout_counts_the_same_in_the_api_the_log_and_the_report() {
     let key = server.admin_key.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let count = 20;
+    // Half the fleet fails, so the first wave holds a failing device (all ten of the
+    // first wave passing has odds of 1 in 184,756) and the second wave is never started.
     let behaviour = Behaviour {
-        ota_failure_fraction: 0.1,
+        ota_failure_fraction: 0.5,
         ..Behaviour::idle()
     };
     let fleet = fleet_with(&server, &dir.path().join("fleet"), count, None, behaviour).await;
-    assert_eq!(fleet.failing_ids().len(), 2);
+    assert_eq!(fleet.failing_ids().len(), 10);
     let image = sim_image(dir.path(), "1.1.0");
     let out = run(
         herd(&server, &key),
