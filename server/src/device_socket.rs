@@ -11,21 +11,18 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
 use protocol::frame::{Frame, FrameKind};
 use protocol::shadow::Update;
 use protocol::splitter::{FrameSplitter, SplitError};
 use protocol::Value;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{self, Credential};
 use crate::error::ApiError;
 use crate::registry::{CallError, DeviceConn, Out, Pending};
 use crate::store::{DeviceRecord, StoreError};
-use crate::ws::{self, Socket, Upgrade};
+use crate::ws::device::{close, DeviceSocket, Incoming};
+use crate::ws::{Raw, Upgrade};
 use crate::{ops, AppState};
 use protocol::rest::ErrorBody;
 
@@ -91,12 +88,9 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
             };
             format!("{scheme}://{host}")
         });
-    let config = ws::device_config(state.settings.frame_buffer_bytes);
     // Device sessions have a tracker of their own: shutdown ends them first.
     let tasks = state.device_tasks.clone();
-    upgrade.respond(config, &tasks, move |socket| {
-        serve(state, socket, device, origin)
-    })
+    upgrade.respond_raw(&tasks, move |raw| serve(state, raw, device, origin))
 }
 
 /// `GET /api/v1/rpc`: the same device connection under the path older firmware uses.
@@ -143,8 +137,9 @@ fn quarantined(held: &crate::guard::Quarantine) -> Response {
 /// A task is as large as its future's largest state, and an async fn keeps its arguments
 /// for as long as it runs, so the long-lived task is started with the session alone: an
 /// idle device costs the session and its wait, not the one-off steps of connecting.
-async fn serve(state: AppState, socket: Socket, device: DeviceRecord, origin: Option<String>) {
+async fn serve(state: AppState, raw: Raw, device: DeviceRecord, origin: Option<String>) {
     let conn = Box::pin(ops::connect::run(&state, &device, origin)).await;
+    let socket = DeviceSocket::new(raw, state.settings.frame_buffer_bytes);
     let session = Session {
         splitter: FrameSplitter::new(state.settings.frame_buffer_bytes),
         state: state.clone(),
@@ -199,7 +194,7 @@ pub async fn liveness_sweeper(state: AppState) {
 struct Session {
     state: AppState,
     conn: Arc<DeviceConn>,
-    socket: Socket,
+    socket: DeviceSocket<Raw>,
     splitter: FrameSplitter,
     /// Hash of the last delta pushed on this connection (PROTOCOL §4.3 no-repeat rule).
     last_delta: Option<u64>,
@@ -220,7 +215,7 @@ impl Session {
             let flow = tokio::select! {
                 biased;
                 _ = self.state.shutdown.cancelled() => {
-                    Box::pin(self.close(CloseCode::Away, "server shutting down")).await;
+                    Box::pin(self.close(close::AWAY, "server shutting down")).await;
                     return "server shutting down".into();
                 }
                 // Handlers are boxed so that an idle connection's task holds only the small
@@ -228,7 +223,13 @@ impl Session {
                 _ = self.conn.woken() => Box::pin(self.flush_outbox_bounded()).await,
                 message = self.socket.next() => match message {
                     None => Err("socket closed".to_string()),
-                    Some(Err(e)) => Err(format!("socket error: {e}")),
+                    Some(Err(e)) => {
+                        if let Some(code) = e.close_code() {
+                            tracing::warn!(device = %self.id, error = %e, "closing device socket");
+                            Box::pin(self.close(code, &e.to_string())).await;
+                        }
+                        Err(format!("socket error: {e}"))
+                    }
                     Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                 },
             };
@@ -238,42 +239,39 @@ impl Session {
         }
     }
 
-    async fn close(&mut self, code: CloseCode, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+    async fn close(&mut self, code: u16, reason: &str) {
+        self.socket.queue_close(code, reason);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.flush()).await;
     }
 
-    async fn on_message(&mut self, message: Message) -> Flow {
+    async fn on_message(&mut self, message: Incoming) -> Flow {
         self.conn.note_alive();
-        let len = match &message {
-            Message::Text(text) => text.len(),
-            Message::Binary(bytes) => bytes.len(),
-            _ => 0,
-        };
-        if len > 0 {
-            let spent = self.budget.spend_bytes(len);
-            self.charge(spent).await?;
-        }
         match message {
-            Message::Text(text) => self.on_bytes(text.as_bytes()).await,
-            Message::Binary(bytes) => self.on_bytes(&bytes).await,
-            // tungstenite queues the pong; flushing sends it now rather than with the next frame.
-            Message::Ping(_) => {
-                let timeout = self.write_timeout();
-                match tokio::time::timeout(timeout, self.socket.flush()).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(not_reading(timeout)),
+            Incoming::Data(bytes) => {
+                if !bytes.is_empty() {
+                    let spent = self.budget.spend_bytes(bytes.len());
+                    self.charge(spent).await?;
                 }
+                self.on_bytes(&bytes).await
             }
-            Message::Pong(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => Err("device closed the socket".into()),
+            // The pong is queued; flushing sends it now rather than with the next frame.
+            Incoming::Ping => self.flush_bounded().await,
+            Incoming::Pong => Ok(()),
+            Incoming::Close(_) => {
+                // The close reply is queued: send it, but do not wait long for a device
+                // that is leaving.
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.flush()).await;
+                Err("device closed the socket".into())
+            }
+        }
+    }
+
+    /// Writes what is queued within the write timeout.
+    async fn flush_bounded(&mut self) -> Flow {
+        let timeout = self.write_timeout();
+        match tokio::time::timeout(timeout, self.socket.flush()).await {
+            Ok(result) => result.map_err(|e| format!("send failed: {e}")),
+            Err(_) => Err(not_reading(timeout)),
         }
     }
 
@@ -283,7 +281,7 @@ impl Session {
             return Ok(());
         };
         let held = ops::quarantine::run(&self.state, &self.id, &reason);
-        self.close(CloseCode::Policy, "quarantined: over the device limits")
+        self.close(close::POLICY, "quarantined: over the device limits")
             .await;
         Err(format!("quarantined: {}", held.reason))
     }
@@ -291,14 +289,14 @@ impl Session {
     async fn on_bytes(&mut self, bytes: &[u8]) -> Flow {
         if let Err(e) = self.splitter.push(bytes) {
             tracing::warn!(device = %self.id, error = %e, "closing device socket: input over the frame limit");
-            self.close(CloseCode::Size, "frame too large").await;
+            self.close(close::SIZE, "frame too large").await;
             return Err(format!("input over the frame limit: {e}"));
         }
         while let Some(next) = self.splitter.next_value() {
             match next {
                 Ok(value) => self.on_value(value).await?,
                 Err(SplitError::Overflow { .. }) => {
-                    self.close(CloseCode::Size, "frame too large").await;
+                    self.close(close::SIZE, "frame too large").await;
                     return Err("input over the frame limit".into());
                 }
                 Err(e) => tracing::warn!(device = %self.id, error = %e, "dropping malformed input"),
@@ -446,11 +444,8 @@ impl Session {
     }
 
     async fn send(&mut self, text: String) -> Flow {
-        let timeout = self.write_timeout();
-        match tokio::time::timeout(timeout, self.socket.send(Message::text(text))).await {
-            Ok(result) => result.map_err(|e| format!("send failed: {e}")),
-            Err(_) => Err(not_reading(timeout)),
-        }
+        self.socket.queue_text(&text);
+        self.flush_bounded().await
     }
 
     /// [`Session::flush_outbox`] within the write timeout: a device that stopped reading
@@ -473,11 +468,11 @@ impl Session {
     /// Writes everything queued for this device in one flush.
     async fn flush_outbox(&mut self) -> Flow {
         for out in self.conn.drain() {
-            let message = match out {
-                Out::Frame(text) => Message::text(text),
-                Out::Ping => Message::Ping(Default::default()),
+            match out {
+                Out::Frame(text) => self.socket.queue_text(&text),
+                Out::Ping => self.socket.queue_ping(),
                 Out::Close(reason) => {
-                    self.close(CloseCode::Normal, &reason).await;
+                    self.close(close::NORMAL, &reason).await;
                     return Err(reason);
                 }
                 Out::Delta {
@@ -508,13 +503,10 @@ impl Session {
                     self.state
                         .hub
                         .emit(&self.conn.identity(), "rpc.in.Shadow.Delta", &params);
-                    Message::text(Frame::request(id, "Shadow.Delta", Some(params)).to_json())
+                    self.socket
+                        .queue_text(&Frame::request(id, "Shadow.Delta", Some(params)).to_json());
                 }
-            };
-            self.socket
-                .feed(message)
-                .await
-                .map_err(|e| format!("send failed: {e}"))?;
+            }
         }
         self.socket
             .flush()

@@ -12,8 +12,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ApiError;
 
+pub mod device;
+
 /// A server-side WebSocket over an upgraded HTTP connection.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The connection under a WebSocket, once upgraded.
+pub type Raw = TokioIo<Upgraded>;
 
 /// A validated upgrade request, ready to answer with 101.
 pub struct Upgrade {
@@ -73,7 +78,7 @@ impl Upgrade {
         })
     }
 
-    /// Answers 101 and runs `serve` on the socket once the upgrade completes.
+    /// Answers 101 and runs `serve` on a tungstenite socket once the upgrade completes.
     pub fn respond<F, Fut>(
         self,
         config: WebSocketConfig,
@@ -84,18 +89,26 @@ impl Upgrade {
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        self.respond_raw(tracker, move |raw| async move {
+            let socket = WebSocketStream::from_raw_socket(raw, Role::Server, Some(config)).await;
+            serve(socket).await;
+        })
+    }
+
+    /// Answers 101 and runs `serve` on the bare connection once the upgrade completes.
+    pub fn respond_raw<F, Fut>(
+        self,
+        tracker: &tokio_util::task::TaskTracker,
+        serve: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce(Raw) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let on_upgrade = self.on_upgrade;
         tracker.spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    serve(socket).await;
-                }
+                Ok(upgraded) => serve(TokioIo::new(upgraded)).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         });
@@ -111,17 +124,6 @@ impl Upgrade {
             .body(Body::empty())
             .unwrap_or_else(|_| Response::new(Body::empty()))
     }
-}
-
-/// Socket settings for devices: small buffers, because 19,000 idle devices must fit in a
-/// few tens of megabytes (tungstenite's default read buffer alone is 128 KiB).
-pub fn device_config(max_message: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
 }
 
 /// Socket settings for notify consumers: few sockets, heavy writes, so batch writes.
