@@ -249,3 +249,94 @@ async fn a_device_that_never_reads_is_dropped_within_the_bound() {
     drop(deaf);
     server.shutdown().await;
 }
+
+/// RFC 6455 framing on the device socket (PROTOCOL §1): a message fragmented with a ping in
+/// between is one message and the ping gets its pong; a frame a server must refuse closes the
+/// socket with the right code, and the device can come back.
+#[tokio::test]
+async fn fragments_pings_and_refused_frames() {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let server = TestServer::start().await;
+    let (id, token) = server.create_device("lamp").await;
+    let mut device = server.device(&token).await;
+    let text = |s: &str, opcode, fin| Message::Frame(Frame::message(s.to_string(), opcode, fin));
+    device
+        .ws
+        .send(text("{\"id\":7,\"met", OpCode::Data(Data::Text), false))
+        .await
+        .unwrap();
+    device
+        .ws
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    device
+        .ws
+        .send(text("hod\":\"Dash.Shadow", OpCode::Data(Data::Continue), false))
+        .await
+        .unwrap();
+    device
+        .ws
+        .send(text(".Get\"}", OpCode::Data(Data::Continue), true))
+        .await
+        .unwrap();
+    let mut pong = false;
+    let reply = loop {
+        match tokio::time::timeout(WAIT, device.ws.next()).await {
+            Ok(Some(Ok(Message::Pong(payload)))) => {
+                assert_eq!(&payload[..], b"are you there");
+                pong = true;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => break serde_json::from_str::<Value>(&t).unwrap(),
+            other => panic!("expected a pong and a reply, got {other:?}"),
+        }
+    };
+    assert!(pong, "the pong comes before the reply");
+    assert_eq!(reply["id"], 7);
+    assert!(reply["result"].is_object(), "{reply}");
+
+    // An unmasked frame, written under the client's framing: refused with 1002.
+    match device.ws.get_mut() {
+        MaybeTlsStream::Plain(tcp) => tcp.write_all(&[0x81, 0x01, b'x']).await.unwrap(),
+        _ => panic!("plain socket expected"),
+    }
+    let code = loop {
+        match tokio::time::timeout(WAIT, device.ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Protocol));
+
+    // Text that is not UTF-8: refused with 1007.
+    let mut device = server.device(&token).await;
+    device
+        .ws
+        .send(Message::Frame(Frame::message(
+            vec![b'{', 0xff, b'}'],
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .await
+        .unwrap();
+    let code = loop {
+        match tokio::time::timeout(WAIT, device.ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Invalid));
+
+    // The device comes back and is served.
+    let mut device = server.device(&token).await;
+    assert!(device.request("Dash.Shadow.Get", json!(null)).await["result"].is_object());
+    let (_, body) = server.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(body["online"], true);
+    server.shutdown().await;
+}
