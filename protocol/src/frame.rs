@@ -153,6 +153,25 @@ impl Frame {
         }
     }
 
+    /// [`Frame::reply_to`] serialized at once, with `result` borrowed instead of built as
+    /// a [`Value`]: the same text as `Frame::reply_to(request, result).to_json()`.
+    pub fn reply_json<T: Serialize + ?Sized>(request: &Frame, result: &T) -> String {
+        #[derive(Serialize)]
+        struct Reply<'a, T: ?Sized> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<&'a Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tag: Option<&'a Value>,
+            result: &'a T,
+        }
+        let reply = Reply {
+            id: request.id.as_ref(),
+            tag: request.tag.as_ref(),
+            result,
+        };
+        serde_json::to_string(&reply).unwrap_or_else(|_| String::from("{}"))
+    }
+
     /// An error reply, echoing `id` and `tag` like [`Frame::reply_to`].
     pub fn error_to(request: &Frame, code: i64, message: impl Into<String>) -> Frame {
         Frame {
@@ -239,6 +258,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_borrowed_reply_is_the_built_one() {
+        let result = json!({"state": {"reported": {"on": true}}, "version": 3});
+        for request in [
+            json!({"id": 7, "method": "Dash.Shadow.Update"}),
+            json!({"id": "a", "tag": {"t": 1}, "method": "M"}),
+            json!({"method": "M"}),
+        ] {
+            let request = Frame::from_value(request).unwrap();
+            assert_eq!(
+                Frame::reply_json(&request, &result),
+                Frame::reply_to(&request, result.clone()).to_json()
+            );
+        }
+    }
 
     fn frame(value: Value) -> Frame {
         Frame::from_value(value).expect("test frame is valid")

@@ -285,25 +285,40 @@ impl Shadow {
         document
     }
 
-    /// Length of `to_document()` serialised compactly, computed without copying
-    /// the sections. This is the size the limit applies to (PROTOCOL §4.1).
-    pub fn document_size(&self) -> usize {
-        let view = DocumentView {
-            state: SectionsView {
-                desired: &self.desired,
-                reported: &self.reported,
-            },
+    /// Borrowed twin of [`Shadow::to_document`]: serializes to the same JSON without
+    /// copying the sections.
+    pub fn document(&self) -> DocumentView<'_> {
+        self.view(None)
+    }
+
+    /// Borrowed twin of [`Shadow::to_document_with_delta`]; only the delta is computed.
+    pub fn document_with_delta(&self) -> DocumentView<'_> {
+        self.view(Some(self.delta()))
+    }
+
+    fn view(&self, delta: Option<Object>) -> DocumentView<'_> {
+        DocumentView {
             metadata: SectionsView {
                 desired: &self.metadata_desired,
                 reported: &self.metadata_reported,
             },
+            state: StateView {
+                delta,
+                desired: &self.desired,
+                reported: &self.reported,
+            },
             tags: &self.tags,
-            version: self.version,
             timestamp: self.timestamp,
-        };
+            version: self.version,
+        }
+    }
+
+    /// Length of `to_document()` serialised compactly, computed without copying
+    /// the sections. This is the size the limit applies to (PROTOCOL §4.1).
+    pub fn document_size(&self) -> usize {
         // Serialising string-keyed maps cannot fail; an impossible error counts as
         // too large rather than slipping past the limit.
-        serde_json::to_vec(&view).map_or(usize::MAX, |bytes| bytes.len())
+        serde_json::to_vec(&self.document()).map_or(usize::MAX, |bytes| bytes.len())
     }
 
     /// Applies an update all-or-nothing (PROTOCOL §4.1): on any error the shadow is
@@ -574,18 +589,28 @@ fn optional_object<'a>(
     }
 }
 
-/// Borrowed twin of [`Shadow::to_document`] for measuring its size.
+/// A shadow document borrowed from its [`Shadow`] ([`Shadow::document`],
+/// [`Shadow::document_with_delta`]). Fields are in the order a JSON object's keys are
+/// serialized (sorted), so the text is the same as the owned document's.
 #[derive(Serialize)]
-struct DocumentView<'a> {
-    state: SectionsView<'a>,
+pub struct DocumentView<'a> {
     metadata: SectionsView<'a>,
+    state: StateView<'a>,
     tags: &'a Object,
-    version: u64,
     timestamp: f64,
+    version: u64,
 }
 
 #[derive(Serialize)]
 struct SectionsView<'a> {
+    desired: &'a Object,
+    reported: &'a Object,
+}
+
+#[derive(Serialize)]
+struct StateView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<Object>,
     desired: &'a Object,
     reported: &'a Object,
 }
@@ -960,6 +985,25 @@ mod tests {
                 },
             )
             .expect("exactly at the limit");
+    }
+
+    #[test]
+    fn borrowed_documents_serialize_as_the_owned_ones() {
+        let mut shadow = shadow_with(json!({"state": {
+            "desired": {"on": true, "color": {"r": 1, "g": 2}, "list": [1, "a"]},
+            "reported": {"on": false, "color": {"r": 1, "g": 3}, "temp": 21.5}
+        }}));
+        shadow.tags.insert("site".into(), json!("north"));
+        for shadow in [Shadow::default(), shadow] {
+            assert_eq!(
+                serde_json::to_string(&shadow.document()).unwrap(),
+                shadow.to_document().to_string()
+            );
+            assert_eq!(
+                serde_json::to_string(&shadow.document_with_delta()).unwrap(),
+                shadow.to_document_with_delta().to_string()
+            );
+        }
     }
 
     #[test]

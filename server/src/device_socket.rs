@@ -352,7 +352,15 @@ impl Session {
                     Err(e) => Err((e.code(), e.to_string())),
                     Ok(update) => {
                         match crate::ops::shadow_update::run(&self.state, &self.id, update).await {
-                            Ok(device) => Ok(device.shadow.to_document_with_delta()),
+                            Ok(device) => {
+                                if frame.id.is_none() {
+                                    return Ok(());
+                                }
+                                // The reply is written from the stored shadow, not a copy.
+                                let reply =
+                                    Frame::reply_json(&frame, &device.shadow.document_with_delta());
+                                return self.send(reply).await;
+                            }
                             Err(e) => Err(store_error(e)),
                         }
                     }

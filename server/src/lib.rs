@@ -56,6 +56,7 @@ use anyhow::Context;
 use herd_config::ServerSettings;
 use protocol::rest::DeviceObject;
 use protocol::shadow::Limits;
+use protocol::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,6 +112,23 @@ impl Deref for AppState {
     }
 }
 
+/// Borrowed twin of [`DeviceObject`] without a token; fields in the same order, so the
+/// same JSON (a unit test holds them together).
+#[derive(serde::Serialize)]
+struct DeviceView<'a> {
+    id: &'a str,
+    name: &'a str,
+    user_id: &'a str,
+    shared_with: &'a str,
+    online: bool,
+    created_at: String,
+    last_seen: Option<String>,
+    info: &'a Value,
+    shadow: protocol::shadow::DocumentView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantine: Option<Value>,
+}
+
 impl AppState {
     /// The REST device object (PROTOCOL §6); `token` only for a just-created device.
     pub fn device_object(&self, device: &DeviceRecord, token: Option<&str>) -> DeviceObject {
@@ -133,12 +151,28 @@ impl AppState {
 
     /// Emits `updated` with the device object, without its token (PROTOCOL §5).
     pub fn emit_updated(&self, device: &DeviceRecord) {
-        self.hub.emit(
-            &Identity::of(device),
-            "updated",
-            &self.device_object(device, None),
-        );
+        self.hub
+            .emit(&Identity::of(device), "updated", &self.device_view(device));
         self.watch.notify(&device.id);
+    }
+
+    /// [`AppState::device_object`] without a token, borrowed: the same JSON without
+    /// copying the shadow, for the `updated` event every change emits.
+    fn device_view<'a>(&self, device: &'a DeviceRecord) -> DeviceView<'a> {
+        DeviceView {
+            id: &device.id,
+            name: &device.name,
+            user_id: &device.user_id,
+            shared_with: &device.shared_with,
+            online: self.is_online(&device.id),
+            created_at: clock::rfc3339(device.created_at),
+            last_seen: device.last_seen.map(clock::rfc3339),
+            info: &device.info,
+            shadow: device.shadow.document_with_delta(),
+            quarantine: self.guard.held(&device.id).map(|held| {
+                serde_json::json!({"reason": held.reason, "until": clock::rfc3339(held.until_unix)})
+            }),
+        }
     }
 
     /// Whether device `id` is connected, to this node or (in a cluster) to another.

@@ -73,6 +73,11 @@ impl DeviceRecord {
     }
 }
 
+/// The stored form of a shadow (PROTOCOL §4), serialized without copying it.
+pub fn shadow_json(shadow: &protocol::shadow::Shadow) -> String {
+    serde_json::to_string(&shadow.document()).unwrap_or_else(|_| shadow.to_document().to_string())
+}
+
 /// Whether a comma-separated `shared_with` list names `user_id`.
 pub fn shared_contains(shared_with: &str, user_id: &str) -> bool {
     shared_with.split(',').any(|s| s.trim() == user_id)

@@ -55,6 +55,17 @@ async fn connect_report_delta_and_notify_sequence() {
     // The device applies and reports; the delta clears.
     let reply = device.report(json!({"on": true})).await;
     assert_eq!(reply["result"]["state"]["delta"], json!({}));
+    // PROTOCOL §5: `updated` carries the device object exactly as the REST API shows it,
+    // and the reply's result is the shadow it shows.
+    let updated = loop {
+        let event = expect_event(&mut notify, &id, "updated").await;
+        if event["data"]["shadow"]["version"] == 3 {
+            break event;
+        }
+    };
+    let (_, object) = server.call("GET", &format!("/devices/{id}"), None).await;
+    assert_eq!(updated["data"], object);
+    assert_eq!(reply["result"], object["shadow"]);
     let (_, doc) = server
         .call("GET", &format!("/devices/{id}/shadow"), None)
         .await;

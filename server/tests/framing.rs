@@ -276,7 +276,11 @@ async fn fragments_pings_and_refused_frames() {
         .unwrap();
     device
         .ws
-        .send(text("hod\":\"Dash.Shadow", OpCode::Data(Data::Continue), false))
+        .send(text(
+            "hod\":\"Dash.Shadow",
+            OpCode::Data(Data::Continue),
+            false,
+        ))
         .await
         .unwrap();
     device

@@ -28,6 +28,7 @@
 //! follows a probe that asks the database every second, and turns false at once when a call
 //! cannot reach it.
 
+use super::shadow_json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -668,7 +669,7 @@ impl Store for PostgresStore {
                 &device.user_id,
                 &device.token_hash,
                 &device.created_at,
-                &shadow.to_document().to_string(),
+                &shadow_json(&shadow),
             ],
         )
         .await?;
@@ -833,10 +834,7 @@ impl Store for PostgresStore {
             let mut device = device_from_row(&row)?;
             let applied = device.shadow.apply(&update, now, &limits)?;
             let written = client
-                .execute(
-                    &write,
-                    &[&id, &device.shadow.to_document().to_string(), &stored],
-                )
+                .execute(&write, &[&id, &shadow_json(&device.shadow), &stored])
                 .await?;
             if written == 1 {
                 return Ok(ShadowChange { device, applied });

@@ -487,33 +487,77 @@ mod tests {
         };
         let cases: Vec<(&str, Vec<u8>, u16)> = vec![
             ("unmasked", unmasked, close::PROTOCOL),
-            ("reserved bits", {
-                let mut f = frame(true, OP_TEXT, b"a", MASK);
-                f[0] |= 0x40;
-                f
-            }, close::PROTOCOL),
-            ("unknown opcode", frame(true, 0x3, b"a", MASK), close::PROTOCOL),
-            ("fragmented ping", frame(false, OP_PING, b"", MASK), close::PROTOCOL),
-            ("long ping", frame(true, OP_PING, &[0; 126], MASK), close::PROTOCOL),
-            ("stray continuation", frame(true, OP_CONTINUATION, b"a", MASK), close::PROTOCOL),
-            ("new message inside one", {
-                let mut f = frame(false, OP_TEXT, b"a", MASK);
-                f.extend(frame(true, OP_TEXT, b"b", MASK));
-                f
-            }, close::PROTOCOL),
-            ("one-byte close", frame(true, OP_CLOSE, b"x", MASK), close::PROTOCOL),
-            ("bad UTF-8", frame(true, OP_TEXT, b"\xff\xfe", MASK), close::INVALID_DATA),
-            ("bad UTF-8 across fragments", {
-                let mut f = frame(false, OP_TEXT, b"\xc3", MASK);
-                f.extend(frame(true, OP_CONTINUATION, b"(", MASK));
-                f
-            }, close::INVALID_DATA),
-            ("over the limit", frame(true, OP_TEXT, &[b'a'; 101], MASK), close::SIZE),
-            ("over the limit across fragments", {
-                let mut f = frame(false, OP_TEXT, &[b'a'; 60], MASK);
-                f.extend(frame(true, OP_CONTINUATION, &[b'a'; 60], MASK));
-                f
-            }, close::SIZE),
+            (
+                "reserved bits",
+                {
+                    let mut f = frame(true, OP_TEXT, b"a", MASK);
+                    f[0] |= 0x40;
+                    f
+                },
+                close::PROTOCOL,
+            ),
+            (
+                "unknown opcode",
+                frame(true, 0x3, b"a", MASK),
+                close::PROTOCOL,
+            ),
+            (
+                "fragmented ping",
+                frame(false, OP_PING, b"", MASK),
+                close::PROTOCOL,
+            ),
+            (
+                "long ping",
+                frame(true, OP_PING, &[0; 126], MASK),
+                close::PROTOCOL,
+            ),
+            (
+                "stray continuation",
+                frame(true, OP_CONTINUATION, b"a", MASK),
+                close::PROTOCOL,
+            ),
+            (
+                "new message inside one",
+                {
+                    let mut f = frame(false, OP_TEXT, b"a", MASK);
+                    f.extend(frame(true, OP_TEXT, b"b", MASK));
+                    f
+                },
+                close::PROTOCOL,
+            ),
+            (
+                "one-byte close",
+                frame(true, OP_CLOSE, b"x", MASK),
+                close::PROTOCOL,
+            ),
+            (
+                "bad UTF-8",
+                frame(true, OP_TEXT, b"\xff\xfe", MASK),
+                close::INVALID_DATA,
+            ),
+            (
+                "bad UTF-8 across fragments",
+                {
+                    let mut f = frame(false, OP_TEXT, b"\xc3", MASK);
+                    f.extend(frame(true, OP_CONTINUATION, b"(", MASK));
+                    f
+                },
+                close::INVALID_DATA,
+            ),
+            (
+                "over the limit",
+                frame(true, OP_TEXT, &[b'a'; 101], MASK),
+                close::SIZE,
+            ),
+            (
+                "over the limit across fragments",
+                {
+                    let mut f = frame(false, OP_TEXT, &[b'a'; 60], MASK);
+                    f.extend(frame(true, OP_CONTINUATION, &[b'a'; 60], MASK));
+                    f
+                },
+                close::SIZE,
+            ),
         ];
         for (what, bytes, code) in cases {
             let (seen, _) = feed(&bytes, 100).await;
@@ -532,7 +576,11 @@ mod tests {
         bytes.extend_from_slice(&MASK);
         let (seen, _) = feed(&bytes, 64 * 1024).await;
         assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].as_ref().unwrap_err().1, Some(close::SIZE), "{seen:?}");
+        assert_eq!(
+            seen[0].as_ref().unwrap_err().1,
+            Some(close::SIZE),
+            "{seen:?}"
+        );
     }
 
     #[tokio::test]
@@ -563,7 +611,10 @@ mod tests {
         assert_eq!(close[0], 0x88);
         assert!(close[1] <= 125);
         assert_eq!(&close[2..4], 1001u16.to_be_bytes());
-        assert!(std::str::from_utf8(&close[4..]).is_ok(), "cut at a char boundary");
+        assert!(
+            std::str::from_utf8(&close[4..]).is_ok(),
+            "cut at a char boundary"
+        );
     }
 
     #[test]
