@@ -351,7 +351,13 @@ impl Session {
                 match Update::from_value(&params) {
                     Err(e) => Err((e.code(), e.to_string())),
                     Ok(update) => {
-                        match crate::ops::shadow_update::run(&self.state, &self.id, update).await {
+                        match crate::ops::shadow_update::run_in_session(
+                            &self.state,
+                            &self.id,
+                            update,
+                        )
+                        .await
+                        {
                             Ok(device) => {
                                 if frame.id.is_none() {
                                     return Ok(());
@@ -427,7 +433,7 @@ impl Session {
             Some(Pending::ShadowDelta) => {
                 // PROTOCOL §4.3: an object result is the device's new reported state.
                 if let Some(Value::Object(reported)) = frame.result {
-                    if let Err(e) = crate::ops::shadow_update::run(
+                    if let Err(e) = crate::ops::shadow_update::run_in_session(
                         &self.state,
                         &self.id,
                         Update::reported(reported),

@@ -28,36 +28,49 @@ pub async fn run(state: &AppState, id: &str, update: Update) -> Result<DeviceRec
     }
     let state = state.clone();
     let id = id.to_string();
-    super::carry_out(async move {
-        let _turn = state.sequencer.turn(&id).await;
-        let change = state
-            .store
-            .update_shadow(&id, update, clock::now(), state.limits)
-            .await?;
-        let device = change.device;
-        state.emit_updated(&device);
-        let delta = device.shadow.delta();
-        if !delta.is_empty() {
-            if let Some(conn) = state.registry.get(&id) {
-                conn.push(Out::Delta {
-                    delta,
-                    version: device.shadow.version,
-                    timestamp: device.shadow.timestamp,
-                    desired_changed: change.applied.desired_changed,
-                });
-            } else if let Some(cluster) = &state.cluster {
-                let request = crate::cluster::route::Request::Delta {
-                    device: id.clone(),
-                    delta,
-                    version: device.shadow.version,
-                    timestamp: device.shadow.timestamp,
-                    desired_changed: change.applied.desired_changed,
-                };
-                cluster.tell_owner(&id, request).await;
-            }
+    super::carry_out(async move { apply(&state, &id, update).await }).await
+}
+
+/// [`run`] for the device's own session, on the node holding its socket: the session
+/// awaits its requests to the end and nothing cuts it short, so the operation needs no
+/// task of its own (one spawn and one wake fewer per update).
+pub async fn run_in_session(
+    state: &AppState,
+    id: &str,
+    update: Update,
+) -> Result<DeviceRecord, StoreError> {
+    apply(state, id, update).await
+}
+
+/// The operation itself: commit, `updated`, delta, in the device's turn.
+async fn apply(state: &AppState, id: &str, update: Update) -> Result<DeviceRecord, StoreError> {
+    let _turn = state.sequencer.turn(id).await;
+    let change = state
+        .store
+        .update_shadow(id, update, clock::now(), state.limits)
+        .await?;
+    let device = change.device;
+    state.emit_updated(&device);
+    let delta = device.shadow.delta();
+    if !delta.is_empty() {
+        if let Some(conn) = state.registry.get(id) {
+            conn.push(Out::Delta {
+                delta,
+                version: device.shadow.version,
+                timestamp: device.shadow.timestamp,
+                desired_changed: change.applied.desired_changed,
+            });
+        } else if let Some(cluster) = &state.cluster {
+            let request = crate::cluster::route::Request::Delta {
+                device: id.to_string(),
+                delta,
+                version: device.shadow.version,
+                timestamp: device.shadow.timestamp,
+                desired_changed: change.applied.desired_changed,
+            };
+            cluster.tell_owner(id, request).await;
         }
-        state.settle().await;
-        Ok(device)
-    })
-    .await
+    }
+    state.settle().await;
+    Ok(device)
 }
