@@ -558,6 +558,64 @@ async fn the_newer_session_wins_when_a_device_connects_to_another_node() {
     cluster.shutdown().await;
 }
 
+/// A device whose node was killed reconnects to another node before the node is found
+/// dead: the takeover finds nobody to hand over the session, so the old session is
+/// announced ended (`offline`) before the new one (`online`), as when the survivors find
+/// the node dead first, and the reaper that comes later announces nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_back_before_its_node_is_found_dead_still_goes_offline_then_online() {
+    let Some(mut cluster) = TestCluster::start(1).await else {
+        return;
+    };
+    let mut doomed: ProcessNode = cluster.spawn_process(BIN);
+    let survivor = &cluster.nodes[0];
+    let (id, token) = survivor.create_device("lamp").await;
+    let mut events = collect(survivor.notify(&survivor.admin_key).await);
+    let info = json!({"app": "test", "fw_version": "1.0", "arch": "x86_64"});
+    let device = Device::connect(&doomed.ws_base, &token, info).await;
+    next_event(&mut events, &id, ONLINE).await;
+    wait_for_cluster(
+        &survivor.http,
+        &survivor.url(),
+        "the device on the doomed node",
+        |h| h.get(&doomed.node_id).is_some_and(|n| n.devices == 1),
+    )
+    .await;
+
+    doomed.kill();
+    drop(device);
+    // Straight back, well within dead-after.
+    let mut device = survivor.device(&token).await;
+    next_event(&mut events, &id, OFFLINE).await;
+    next_event(&mut events, &id, ONLINE).await;
+    // Past the point where the dead node is found dead: no second `offline`.
+    wait_for_cluster(
+        &survivor.http,
+        &survivor.url(),
+        "the doomed node found dead",
+        |h| h.get(&doomed.node_id).is_none_or(|n| !n.alive),
+    )
+    .await;
+    let marker = device.report(json!({"marker": true})).await["result"]["version"]
+        .as_u64()
+        .expect("a version");
+    loop {
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("events keep coming")
+            .expect("the notify stream goes on");
+        if event["id"] != id.as_str() {
+            continue;
+        }
+        assert_ne!(event["name"], OFFLINE, "a second offline: {event}");
+        if event["name"] == UPDATED && event["data"]["shadow"]["version"] == marker {
+            assert_eq!(event["data"]["online"], true);
+            break;
+        }
+    }
+    cluster.shutdown().await;
+}
+
 /// The (n, version) of every write of one device that the server acknowledged.
 type Acked = Arc<Mutex<Vec<(u64, u64)>>>;
 

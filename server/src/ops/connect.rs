@@ -1,18 +1,21 @@
 //! A device connects (PROTOCOL §3): it is registered as online (`online`, unless it only
 //! replaced a connection not yet noticed gone), its current state goes out as `updated`,
-//! `Sys.GetInfo` is asked first, then the pending delta is pushed (§4.3).
+//! `Sys.GetInfo` is asked first, then the pending delta is pushed (§4.3). In a cluster, a
+//! device that held a session on another node takes it over; when that node does not answer,
+//! the old session is announced ended (`offline`) before this one (`online`).
 
 use std::sync::Arc;
 
 use protocol::methods;
-use protocol::notification::ONLINE;
+use protocol::notification::{OFFLINE, ONLINE};
 use protocol::Value;
 
+use crate::cluster::route::RouteError;
 use crate::hub::Identity;
 use crate::ops::device_info;
 use crate::registry::{DeviceConn, Out};
 use crate::store::DeviceRecord;
-use crate::AppState;
+use crate::{clock, AppState};
 
 /// Registers the connection of `device` (as authenticated) and carries out the effects of
 /// connecting; returns the connection for its session.
@@ -48,10 +51,14 @@ pub async fn run(
                 device: device.id.clone(),
             };
             let cluster = cluster.clone();
+            let (state, identity, conn_id) = (state.clone(), identity.clone(), conn.conn_id);
             tokio::spawn(async move {
-                let _ = cluster
+                let answer = cluster
                     .request(&previous, &request, std::time::Duration::from_secs(2))
                     .await;
+                if matches!(answer, Err(RouteError::NoNode | RouteError::Timeout)) {
+                    previous_session_lost(&state, &identity, conn_id).await;
+                }
             });
         }
     }
@@ -80,4 +87,29 @@ pub async fn run(
         });
     }
     conn
+}
+
+/// The node that held the device did not answer the takeover: it is gone (or stuck), and
+/// the device's session there ended without a word. Announced as the survivors announce a
+/// dead node's sessions (`offline`, `last_seen`), then this session's `online`, so a device
+/// moving off a dead node gives the same events whether it reconnects before the node is
+/// found dead or after.
+async fn previous_session_lost(state: &AppState, identity: &Identity, conn_id: u64) {
+    let _turn = state.sequencer.turn(&identity.id).await;
+    // A session that has ended or been replaced since has had its own events.
+    if !state
+        .registry
+        .get(&identity.id)
+        .is_some_and(|conn| conn.conn_id == conn_id)
+    {
+        return;
+    }
+    state.hub.emit(identity, OFFLINE, &Value::Null);
+    if let Err(e) = state.store.set_last_seen(&identity.id, clock::now()).await {
+        tracing::warn!(device = %identity.id, error = %e, "cannot record last_seen");
+    }
+    state.hub.emit(identity, ONLINE, &Value::Null);
+    if let Ok(Some(device)) = state.store.device(&identity.id).await {
+        state.emit_updated(&device);
+    }
 }
