@@ -630,4 +630,132 @@ mod tests {
             assert_eq!(bytes, original);
         }
     }
+
+    /// Input handed over in the given pieces, one per read, with a `Pending` between
+    /// them, as a slow network would.
+    struct Pieces {
+        pieces: std::collections::VecDeque<Vec<u8>>,
+        ready: bool,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = false;
+            if let Some(mut piece) = self.pieces.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.pieces.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Pieces {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Everything read from `bytes` cut at `cuts`, until the end or the first error.
+    fn read_in_pieces(bytes: &[u8], cuts: &[usize], max: usize) -> Seen {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut pieces = std::collections::VecDeque::new();
+        let mut at = 0;
+        for point in points.into_iter().chain([bytes.len()]) {
+            if point > at {
+                pieces.push_back(bytes[at..point].to_vec());
+                at = point;
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut socket = DeviceSocket::new(
+                Pieces {
+                    pieces,
+                    ready: false,
+                },
+                max,
+            );
+            let mut seen = Vec::new();
+            while let Some(next) = socket.next().await {
+                let failed = next.is_err();
+                seen.push(next.map_err(|e| (e.to_string(), e.close_code())));
+                if failed {
+                    break;
+                }
+            }
+            seen
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the messages, their fragments, masks and the way the bytes arrive, the
+        /// same messages come out.
+        #[test]
+        fn messages_survive_any_fragmenting_and_any_cutting(
+            messages in proptest::collection::vec(
+                (proptest::bool::ANY, ".{0,40}", proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1usize..4),
+                1..6,
+            ),
+            masks in proptest::collection::vec(proptest::array::uniform4(proptest::num::u8::ANY), 8),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..20),
+        ) {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for (i, (text, string, binary, parts)) in messages.iter().enumerate() {
+                let payload = if *text { string.as_bytes().to_vec() } else { binary.clone() };
+                let opcode = if *text { OP_TEXT } else { OP_BINARY };
+                // Cut into `parts` fragments (at byte positions: fragments of text need not
+                // be valid UTF-8 on their own).
+                let step = payload.len().div_ceil(*parts).max(1);
+                let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&[][..]] } else { payload.chunks(step).collect() };
+                for (j, chunk) in chunks.iter().enumerate() {
+                    let first = j == 0;
+                    let last = j + 1 == chunks.len();
+                    let op = if first { opcode } else { OP_CONTINUATION };
+                    bytes.extend(frame(last, op, chunk, masks[(i + j) % masks.len()]));
+                }
+                expected.push(Ok(Incoming::Data(payload)));
+            }
+            proptest::prop_assert_eq!(read_in_pieces(&bytes, &cuts, 1 << 16), expected);
+        }
+
+        /// Arbitrary bytes never panic the reader: they end in messages, then the end or
+        /// one error.
+        #[test]
+        fn arbitrary_bytes_end_cleanly(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..10),
+        ) {
+            let seen = read_in_pieces(&bytes, &cuts, 256);
+            for item in seen.iter().rev().skip(1) {
+                proptest::prop_assert!(item.is_ok());
+            }
+        }
+    }
 }
