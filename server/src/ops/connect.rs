@@ -97,10 +97,10 @@ pub async fn run(
 async fn previous_session_lost(state: &AppState, identity: &Identity, conn_id: u64) {
     let _turn = state.sequencer.turn(&identity.id).await;
     // A session that has ended or been replaced since has had its own events.
-    if !state
+    if state
         .registry
         .get(&identity.id)
-        .is_some_and(|conn| conn.conn_id == conn_id)
+        .is_none_or(|conn| conn.conn_id != conn_id)
     {
         return;
     }
