@@ -135,24 +135,6 @@ async fn wait_for_cluster(
 // ---------------------------------------------------------------------------------------
 // Helpers.
 
-/// Polls `GET /devices/:id` on `server` until `online` is `want`.
-async fn wait_online(server: &TestServer, id: &str, want: bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.call("GET", &format!("/devices/{id}"), None).await;
-        assert_eq!(status, 200, "{body}");
-        if body["online"] == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never showed {id} online={want}: {body}",
-            server.url()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Fails if any line appears twice (the same `ts`, `id`, `name` and `data`).
 fn assert_no_duplicates(log: &[Value]) {
     let mut seen = std::collections::HashSet::new();
@@ -284,7 +266,7 @@ async fn rpc_on_one_node_reaches_a_device_on_another() {
     assert_eq!(body["online"], false, "{body}");
 
     let device = SimDevice::connect(&a.ws_base, &token).await;
-    wait_online(b, &id, true).await;
+    b.wait_online(&id, true).await;
 
     let params = json!({"text": "hello", "n": [1, 2, 3]});
     let (status, body) = b
@@ -319,7 +301,7 @@ async fn rpc_on_one_node_reaches_a_device_on_another() {
 
     // Gone from A: offline everywhere, and B's proxy says so (503).
     device.disconnect().await;
-    wait_online(b, &id, false).await;
+    b.wait_online(&id, false).await;
     let (status, body) = b
         .call("POST", &format!("/devices/{id}/rpc/Echo"), Some(json!({})))
         .await;
@@ -337,7 +319,7 @@ async fn shadow_update_on_one_node_sends_the_delta_to_a_device_on_another() {
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let (id, token) = a.create_device("lamp").await;
     let mut device = a.device(&token).await;
-    wait_online(b, &id, true).await;
+    b.wait_online(&id, true).await;
 
     let (status, shadow) = b
         .call(
@@ -537,8 +519,8 @@ async fn the_newer_session_wins_when_a_device_connects_to_another_node() {
             break;
         }
     }
-    wait_online(a, &id, true).await;
-    wait_online(b, &id, true).await;
+    a.wait_online(&id, true).await;
+    b.wait_online(&id, true).await;
 
     // Through A (where the older session was) and through B, the newer session answers.
     for node in [a, b] {
@@ -762,7 +744,7 @@ async fn a_killed_node_loses_no_acknowledged_write_and_its_devices_move() {
     for (id, token) in &devices {
         back.push(survivor.device(token).await);
         next_event(&mut events, id, ONLINE).await;
-        wait_online(survivor, id, true).await;
+        survivor.wait_online(id, true).await;
     }
 
     // The log: no line twice, and each acknowledged write's `updated` event, in order. It
@@ -999,7 +981,7 @@ async fn the_cluster_recovers_when_nats_comes_back() {
     };
     let (id, token) = cluster.nodes[0].create_device("lamp").await;
     let _device = SimDevice::connect(&cluster.nodes[0].ws_base, &token).await;
-    wait_online(&cluster.nodes[1], &id, true).await;
+    cluster.nodes[1].wait_online(&id, true).await;
 
     cluster.nats.kill();
     for node in &cluster.nodes {

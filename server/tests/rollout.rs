@@ -563,6 +563,8 @@ async fn offline_devices_are_waited_for_then_skipped_or_kept() {
     tokio::time::timeout(Duration::from_secs(20), fleet.wait_offline(2))
         .await
         .unwrap();
+    // The plan reads the server's view of who is offline, which follows the devices'.
+    server.wait_online(&away, false).await;
     // Skip after one second offline.
     let (status, plan) = server
         .call(

@@ -330,6 +330,25 @@ impl TestServer {
         }
     }
 
+    /// Waits until `GET /devices/:id` says `online` is `want`: the server's view, which
+    /// follows a device's own by the time its session ends or starts here.
+    pub async fn wait_online(&self, id: &str, want: bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.call("GET", &format!("/devices/{id}"), None).await;
+            assert_eq!(status, 200, "{body}");
+            if body["online"] == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never showed {id} online={want}: {body}",
+                self.url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A REST call with the admin key; returns status and JSON body.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_as(&self.admin_key, method, path, body).await
