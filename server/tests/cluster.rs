@@ -221,6 +221,14 @@ async fn every_event(
     }
 }
 
+/// Waits until `node`'s health says one device is on node `on`.
+async fn wait_device_on(node: &TestServer, on: &str) {
+    wait_for_cluster(&node.http, &node.url(), "the device on its node", |h| {
+        h.get(on).is_some_and(|n| n.devices == 1)
+    })
+    .await;
+}
+
 /// Takes events from `events` until one for device `id` named `name`; returns it.
 async fn next_event(events: &mut mpsc::UnboundedReceiver<Value>, id: &str, name: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -556,13 +564,7 @@ async fn a_device_back_before_its_node_is_found_dead_still_goes_offline_then_onl
     let info = json!({"app": "test", "fw_version": "1.0", "arch": "x86_64"});
     let device = Device::connect(&doomed.ws_base, &token, info).await;
     next_event(&mut events, &id, ONLINE).await;
-    wait_for_cluster(
-        &survivor.http,
-        &survivor.url(),
-        "the device on the doomed node",
-        |h| h.get(&doomed.node_id).is_some_and(|n| n.devices == 1),
-    )
-    .await;
+    wait_device_on(survivor, &doomed.node_id).await;
 
     doomed.kill();
     drop(device);
@@ -1202,13 +1204,7 @@ async fn a_device_behind_the_balancer_moves_to_the_surviving_node() {
         .await
         .expect("JSON");
     assert_eq!(on_doomed["online"], true, "{on_doomed}");
-    wait_for_cluster(
-        &survivor.http,
-        &survivor.url(),
-        "the device on the doomed node",
-        |h| h.get(&doomed.node_id).is_some_and(|n| n.devices == 1),
-    )
-    .await;
+    wait_device_on(survivor, &doomed.node_id).await;
 
     doomed.kill();
     // The survivor ends the session the dead node held, then the agent is back through

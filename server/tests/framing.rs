@@ -250,6 +250,19 @@ async fn a_device_that_never_reads_is_dropped_within_the_bound() {
     server.shutdown().await;
 }
 
+/// The code of the close frame the server sends next, skipping anything before it.
+async fn close_code(
+    ws: &mut Ws,
+) -> Option<tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 /// RFC 6455 framing on the device socket (PROTOCOL §1): a message fragmented with a ping in
 /// between is one message and the ping gets its pong; a frame a server must refuse closes the
 /// socket with the right code, and the device can come back.
@@ -308,13 +321,7 @@ async fn fragments_pings_and_refused_frames() {
         MaybeTlsStream::Plain(tcp) => tcp.write_all(&[0x81, 0x01, b'x']).await.unwrap(),
         _ => panic!("plain socket expected"),
     }
-    let code = loop {
-        match tokio::time::timeout(WAIT, device.ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let code = close_code(&mut device.ws).await;
     assert_eq!(code, Some(CloseCode::Protocol));
 
     // Text that is not UTF-8: refused with 1007.
@@ -328,13 +335,7 @@ async fn fragments_pings_and_refused_frames() {
         )))
         .await
         .unwrap();
-    let code = loop {
-        match tokio::time::timeout(WAIT, device.ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let code = close_code(&mut device.ws).await;
     assert_eq!(code, Some(CloseCode::Invalid));
 
     // The device comes back and is served.
