@@ -377,9 +377,9 @@ impl Cluster {
         self.remote.write().remove(id);
     }
 
-    /// Records that this node now holds device `id` on connection `conn`; returns the node
-    /// that held it before, if another one did.
-    pub async fn claim(&self, id: &str, conn: u64) -> Option<String> {
+    /// Records that this node now holds device `id` on connection `conn`; says who held it
+    /// before.
+    pub async fn claim(&self, id: &str, conn: u64) -> Previous {
         let result = async {
             let client = self.pg.get().await.map_err(|e| e.to_string())?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
@@ -389,15 +389,23 @@ impl Cluster {
                 let moved = client
                     .query_opt(
                         "UPDATE herd_presence p SET node_id = $2, conn = $3, since = $4
-                         FROM (SELECT node_id FROM herd_presence WHERE device_id = $1 FOR UPDATE) old
+                         FROM (SELECT node_id, conn FROM herd_presence WHERE device_id = $1 FOR UPDATE) old
                          WHERE p.device_id = $1
-                         RETURNING old.node_id",
+                         RETURNING old.node_id, old.conn",
                         &params,
                     )
                     .await
                     .map_err(|e| e.to_string())?;
                 if let Some(row) = moved {
-                    return Ok(Some(row.get::<_, String>(0)));
+                    if row.get::<_, i64>(1) == ORPHAN {
+                        return Ok(Previous::Orphan);
+                    }
+                    let node: String = row.get(0);
+                    return Ok(if node == *self.node {
+                        Previous::Nobody
+                    } else {
+                        Previous::Node(node)
+                    });
                 }
                 let inserted = client
                     .execute(
@@ -408,19 +416,40 @@ impl Cluster {
                     .await
                     .map_err(|e| e.to_string())?;
                 if inserted == 1 {
-                    return Ok(None);
+                    return Ok(Previous::Nobody);
                 }
                 // Another node inserted it between the two statements: update it then.
             }
-            Err::<Option<String>, _>("the presence row keeps changing".to_string())
+            Err::<Previous, _>("the presence row keeps changing".to_string())
         }
         .await;
         self.remote.write().remove(id);
+        result.unwrap_or_else(|e| {
+            tracing::warn!(device = id, error = %e, "cannot record the device's presence");
+            Previous::Nobody
+        })
+    }
+
+    /// Ends this node's hold on the orphaned session of device `id` (one a dead node held,
+    /// see [`reap`]); false when a connection has claimed it since, which then announces
+    /// the old session's end itself. An error counts as still held: the end is announced.
+    pub async fn release_orphan(&self, id: &str) -> bool {
+        let result = async {
+            let client = self.pg.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "DELETE FROM herd_presence WHERE device_id = $1 AND node_id = $2 AND conn = $3",
+                    &[&id, &&*self.node, &ORPHAN],
+                )
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
         match result {
-            Ok(previous) => previous.filter(|n| n != &*self.node),
+            Ok(deleted) => deleted == 1,
             Err(e) => {
-                tracing::warn!(device = id, error = %e, "cannot record the device's presence");
-                None
+                tracing::warn!(device = id, error = %e, "cannot release an orphaned session");
+                true
             }
         }
     }
@@ -455,10 +484,12 @@ impl Cluster {
     /// before the others declared it dead) went offline with it.
     async fn release_own_presence(&self, state: &AppState) -> anyhow::Result<()> {
         let client = self.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Orphans like a dead node's sessions (see `reap`): announced ended here unless
+        // their devices are back on some node first.
         let rows = client
             .query(
-                "DELETE FROM herd_presence WHERE node_id = $1 RETURNING device_id",
-                &[&&*self.node],
+                "UPDATE herd_presence SET conn = $2 WHERE node_id = $1 RETURNING device_id",
+                &[&&*self.node, &ORPHAN],
             )
             .await
             .context("cannot read this node's presence")?;
@@ -684,6 +715,21 @@ async fn beat(cluster: &Cluster) -> anyhow::Result<bool> {
 
 /// Takes the presence rows of every dead node (one statement each, so one survivor gets
 /// them) and removes the node; returns the devices that went offline with them.
+/// The connection number of a session whose node died and whose end is not announced yet
+/// (real connection numbers have random high bits and are never 0).
+const ORPHAN: i64 = 0;
+
+/// Who held a device before a connection claimed it ([`Cluster::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Previous {
+    /// Nobody, or this node.
+    Nobody,
+    /// Another node, alive as far as anyone knows.
+    Node(String),
+    /// A dead node whose session's end was not announced yet: the claimant announces it.
+    Orphan,
+}
+
 async fn reap(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     let mut client = cluster.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let dead_after = cluster.dead_after.as_secs_f64();
@@ -710,10 +756,14 @@ async fn reap(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
         if gone == 0 {
             continue;
         }
+        // The dead node's sessions become this node's orphans: each is announced ended
+        // here unless its device has connected again in the meantime, whose connection
+        // then announces it (see `Previous::Orphan`). Exactly one of the two does.
         let rows = tx
             .query(
-                "DELETE FROM herd_presence WHERE node_id = $1 RETURNING device_id",
-                &[&node],
+                "UPDATE herd_presence SET node_id = $2, conn = $3 WHERE node_id = $1
+                 RETURNING device_id",
+                &[&node, &&*cluster.node, &ORPHAN],
             )
             .await?;
         tx.execute("DELETE FROM herd_leases WHERE holder = $1", &[&node])

@@ -548,6 +548,31 @@ async fn the_newer_session_wins_when_a_device_connects_to_another_node() {
     cluster.shutdown().await;
 }
 
+/// A device that leaves node A and at once connects to node B, before B has seen A's
+/// `offline`: B still announces it `online`, after the `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_hopping_between_nodes_goes_offline_then_online() {
+    let Some(cluster) = TestCluster::start(2).await else {
+        return;
+    };
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (id, token) = a.create_device("lamp").await;
+    let mut events = collect(b.notify(&b.admin_key).await);
+    for round in 0..5 {
+        let device = a.device(&token).await;
+        next_event(&mut events, &id, ONLINE).await;
+        b.wait_online(&id, true).await;
+        drop(device);
+        let device = b.device(&token).await;
+        next_event(&mut events, &id, OFFLINE).await;
+        let online = next_event(&mut events, &id, ONLINE).await;
+        assert_eq!(online["id"], id.as_str(), "round {round}");
+        drop(device);
+        next_event(&mut events, &id, OFFLINE).await;
+    }
+    cluster.shutdown().await;
+}
+
 /// A device whose node was killed reconnects to another node before the node is found
 /// dead: the takeover finds nobody to hand over the session, so the old session is
 /// announced ended (`offline`) before the new one (`online`), as when the survivors find

@@ -11,6 +11,7 @@ use protocol::notification::{OFFLINE, ONLINE};
 use protocol::Value;
 
 use crate::cluster::route::RouteError;
+use crate::cluster::Previous;
 use crate::hub::Identity;
 use crate::ops::device_info;
 use crate::registry::{DeviceConn, Out};
@@ -39,6 +40,7 @@ pub async fn run(
                 state.hub.emit(&identity, ONLINE, &Value::Null);
             }
         });
+    let replaced_here = replaced.is_some();
     if let Some(old) = replaced {
         old.push(Out::Close("replaced by a newer connection".into()));
     }
@@ -46,20 +48,34 @@ pub async fn run(
         // One session per device in the cluster: the node that held it drops its own.
         let previous = cluster.claim(&device.id, conn.conn_id).await;
         cluster.announce_presence(&device.id).await;
-        if let Some(previous) = previous {
-            let request = crate::cluster::route::Request::Takeover {
-                device: device.id.clone(),
-            };
-            let cluster = cluster.clone();
-            let (state, identity, conn_id) = (state.clone(), identity.clone(), conn.conn_id);
-            tokio::spawn(async move {
-                let answer = cluster
-                    .request(&previous, &request, std::time::Duration::from_secs(2))
-                    .await;
-                if matches!(answer, Err(RouteError::NoNode | RouteError::Timeout)) {
+        let (state, identity, conn_id) = (state.clone(), identity.clone(), conn.conn_id);
+        match previous {
+            Previous::Node(previous) => {
+                let request = crate::cluster::route::Request::Takeover {
+                    device: device.id.clone(),
+                };
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .request(&previous, &request, std::time::Duration::from_secs(2))
+                        .await;
+                    if matches!(answer, Err(RouteError::NoNode | RouteError::Timeout)) {
+                        previous_session_lost(&state, &identity, conn_id).await;
+                    }
+                });
+            }
+            // A dead node's session whose end nobody announced yet: this connection does.
+            Previous::Orphan => {
+                tokio::spawn(async move {
                     previous_session_lost(&state, &identity, conn_id).await;
-                }
-            });
+                });
+            }
+            // The node this node believed held the device has let it go (its session ended
+            // and its `offline` is out, but not yet seen here): this session is news.
+            Previous::Nobody if elsewhere.is_some() && !replaced_here => {
+                state.hub.emit(&identity, ONLINE, &Value::Null);
+            }
+            Previous::Nobody => {}
         }
     }
     // The record read when the device authenticated may predate an update committed since.

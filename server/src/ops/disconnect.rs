@@ -30,12 +30,20 @@ pub async fn run(state: &AppState, conn: &DeviceConn) {
 
 /// Carries out the end of sessions a cluster node that is gone held (PROTOCOL §3): each
 /// device not connected here now goes offline, as [`run`] does for a session that ends
-/// here. The caller took the sessions over in the store, so no other node does this too.
+/// here. The caller adopted the sessions as orphans in the store; one whose device has
+/// connected again since (on any node) is announced by that connection instead, so each
+/// end is announced exactly once.
 pub async fn elsewhere(state: &AppState, ids: &[String]) {
     for id in ids {
         let _turn = state.sequencer.turn(id).await;
         if state.registry.is_online(id) {
             continue;
+        }
+        // A device back on any node since took the session over and announces its end.
+        if let Some(cluster) = &state.cluster {
+            if !cluster.release_orphan(id).await {
+                continue;
+            }
         }
         let Ok(Some(device)) = state.store.device(id).await else {
             continue;
