@@ -23,13 +23,17 @@
 //!   request to the owner, found in the presence map every node keeps from the
 //!   `online`/`offline` events.
 //! - **One session per device.** A device that connects to node B while node A holds it is
-//!   B's: B announces the end of A's session (`offline`) and the new one (`online`), and
-//!   asks A to close its socket quietly.
+//!   B's: B asks A to close its socket quietly, and, like a reconnect on one server, that
+//!   is neither `offline` nor `online`. When A does not answer (it died), B announces the
+//!   end of A's session (`offline`) and the new one (`online`).
 //! - **Dead nodes.** A node whose heartbeat is older than `node_dead_after_ms` is dead: the
-//!   first survivor to see it takes its presence rows in one statement, so exactly one node
-//!   announces `offline` for each of its devices, and records `last_seen`. The devices
-//!   reconnect through the balancer. A node that finds its own heartbeat row gone (it was
-//!   declared dead while paused) closes every socket it holds, so no device is held twice.
+//!   first survivor to see it adopts its presence rows as orphans in one statement, then
+//!   announces `offline` (and records `last_seen`) for each orphan still there in the
+//!   device's turn. A device back on some node before that claims its orphan row, and its
+//!   new node announces the old session's end instead, so each end is announced once and
+//!   before the next `online`. The devices reconnect through the balancer. A node that
+//!   finds its own heartbeat row gone (it was declared dead while paused) closes every
+//!   socket it holds, so no device is held twice.
 //! - **Rollouts run once per cluster**: only the holder of the `rollouts` lease runs them.
 
 pub mod events;
@@ -713,8 +717,6 @@ async fn beat(cluster: &Cluster) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-/// Takes the presence rows of every dead node (one statement each, so one survivor gets
-/// them) and removes the node; returns the devices that went offline with them.
 /// The connection number of a session whose node died and whose end is not announced yet
 /// (real connection numbers have random high bits and are never 0).
 const ORPHAN: i64 = 0;
@@ -730,6 +732,9 @@ pub enum Previous {
     Orphan,
 }
 
+/// Adopts the presence rows of every dead node as this node's orphans (one statement
+/// each, so one survivor gets them) and removes the node; returns the devices whose
+/// sessions ended with it.
 async fn reap(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     let mut client = cluster.pg.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let dead_after = cluster.dead_after.as_secs_f64();

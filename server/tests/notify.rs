@@ -54,6 +54,10 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
     // Enough bytes to fill the slow consumer's socket buffers many times over.
     let payload = "x".repeat(4096);
     const COUNT: usize = 3000;
+    // The device never runs more than half the backlog ahead of the fast consumer, so the
+    // fast one cannot lag whatever the scheduling; the slow one, reading nothing, must.
+    const AHEAD: usize = 32;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut seen = 0usize;
         let mut last = -1i64;
@@ -64,6 +68,7 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
                 assert_eq!(n, last + 1, "the fast consumer sees every event in order");
                 last = n;
                 seen += 1;
+                let _ = progress_tx.send(seen);
             }
         }
         seen
@@ -72,6 +77,12 @@ async fn a_slow_consumer_is_lagged_and_never_stalls_others() {
         device
             .send(json!({"method": "Flood", "params": {"n": n, "pad": payload}}))
             .await;
+        if (n + 1) % AHEAD == 0 {
+            tokio::time::timeout(WAIT, progress.wait_for(|seen| *seen > n))
+                .await
+                .expect("the fast consumer keeps up")
+                .expect("the fast consumer's reader runs");
+        }
     }
     assert_eq!(reader.await.unwrap(), COUNT);
 
