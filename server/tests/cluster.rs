@@ -1012,7 +1012,7 @@ async fn the_cluster_recovers_when_nats_comes_back() {
 
     cluster.nats.kill();
     for node in &cluster.nodes {
-        wait_for_status(node, 503).await;
+        node.wait_for_health(503).await;
     }
     let (status, body) = cluster.nodes[0]
         .call(
@@ -1025,7 +1025,7 @@ async fn the_cluster_recovers_when_nats_comes_back() {
 
     cluster.nats.start_again().expect("NATS starts again");
     for node in &cluster.nodes {
-        wait_for_status(node, 200).await;
+        node.wait_for_health(200).await;
     }
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -1072,28 +1072,6 @@ async fn the_cluster_recovers_when_nats_comes_back() {
     cluster.shutdown().await;
 }
 
-/// Waits until `node`'s `/healthz` answers `status`.
-async fn wait_for_status(node: &TestServer, status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let response = node
-            .http
-            .get(format!("{}/healthz", node.url()))
-            .send()
-            .await
-            .expect("healthz");
-        if response.status().as_u16() == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/healthz of {} never answered {status}",
-            node.url()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// PostgreSQL away for longer than `node_dead_after_ms`: every heartbeat goes stale at once,
 /// and when the database is back no node calls the others dead. The devices keep their
 /// sockets and no `offline` is announced; the cluster is healthy again.
@@ -1130,7 +1108,7 @@ async fn a_database_outage_declares_no_node_dead() {
     .await
     .expect("task");
     for node in [a, b] {
-        wait_for_status(node, 200).await;
+        node.wait_for_health(200).await;
     }
     // A few more rounds of heartbeats and judging.
     tokio::time::sleep(Duration::from_millis(3 * DEAD_AFTER_MS)).await;

@@ -4,13 +4,12 @@
 //! Without PostgreSQL installed they are skipped, except under CI, where they fail.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use herd_config::Durability;
 use herd_server::store::postgres::PostgresStore;
 use herd_server::store::{NewDevice, Store, StoreError};
 use herd_testkit::postgres::PostgresServer;
-use herd_testkit::{TestServer, WAIT};
+use herd_testkit::TestServer;
 use protocol::shadow::{Limits, Update};
 use serde_json::json;
 
@@ -27,29 +26,6 @@ fn own_postgres() -> Option<PostgresServer> {
         return None;
     }
     Some(PostgresServer::start().expect("PostgreSQL starts"))
-}
-
-/// Polls `/healthz` until it answers `status`; the probe notices within a second or so.
-async fn wait_for_health(server: &TestServer, status: u16) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let resp = server
-            .http
-            .get(format!("{}/healthz", server.url()))
-            .send()
-            .await
-            .expect("healthz answers");
-        let got = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().await.expect("healthz sends JSON");
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/healthz still answers {got}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,14 +52,14 @@ async fn the_database_going_away_is_a_clear_503_and_its_return_recovers() {
             .is_some_and(|m| m.contains("database")),
         "{body}"
     );
-    let health = wait_for_health(&server, 503).await;
+    let health = server.wait_for_health(503).await;
     assert_eq!(health["status"], "failing", "{health}");
     // A device's shadow update gets an error reply; its session stays up.
     let reply = device.report(json!({"on": false})).await;
     assert!(reply.get("error").is_some(), "{reply}");
 
     postgres.start_again().unwrap();
-    let health = wait_for_health(&server, 200).await;
+    let health = server.wait_for_health(200).await;
     assert_eq!(health["status"], "ok", "{health}");
     let reply = device.report(json!({"on": false})).await;
     assert!(reply.get("error").is_none(), "{reply}");

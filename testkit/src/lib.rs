@@ -330,6 +330,30 @@ impl TestServer {
         }
     }
 
+    /// Polls `/healthz` until it answers `status`; returns that answer's body.
+    pub async fn wait_for_health(&self, status: u16) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let resp = self
+                .http
+                .get(format!("{}/healthz", self.url()))
+                .send()
+                .await
+                .expect("healthz answers");
+            let got = resp.status().as_u16();
+            let body: Value = resp.json().await.expect("healthz sends JSON");
+            if got == status {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/healthz of {} still answers {got}: {body}",
+                self.url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `GET /devices/:id` says `online` is `want`: the server's view, which
     /// follows a device's own by the time its session ends or starts here.
     pub async fn wait_online(&self, id: &str, want: bool) {
