@@ -126,6 +126,26 @@ async fn acknowledged_updates_survive_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The log is written in batches (`LogConfig::flush_interval`); a SIGKILL loses what the
+    // last interval had not yet written. What is checked below is what the restart does
+    // with sessions the log saw open, so wait until every device's `online` is on disk.
+    let log_path = dir.path().join("notification.log");
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let online = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["name"] == "online")
+            .count();
+        if online >= DEVICES {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {online} of {DEVICES} devices' `online` reached notification.log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     for task in tasks {
