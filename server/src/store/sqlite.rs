@@ -1,11 +1,20 @@
-//! SQLite store: one writer thread with group commit, a small pool of readers.
+//! SQLite store: one write connection with group commit, a small pool of readers.
 //!
-//! Every write is a job sent to the writer thread. The thread opens a transaction, runs as
-//! many queued jobs as it finds (each inside a savepoint, so a failing job does not undo its
-//! neighbours), commits once, and only then answers the callers. Thousands of shadow updates
-//! per second therefore cost a handful of commits, and an answer always means "on disk"
-//! (WAL; `Durability::Power` adds an fsync per commit). Readers use their own connections,
-//! which WAL lets run beside the writer.
+//! Every write is a job run on the write connection inside a group transaction: the
+//! transaction runs as many queued jobs as it finds (each inside a savepoint, so a failing job
+//! does not undo its neighbours), commits once, and only then answers the callers. Thousands
+//! of shadow updates per second therefore cost a handful of commits, and an answer always
+//! means "on disk" (WAL; `Durability::Power` adds an fsync per commit). Readers use their own
+//! connections, which WAL lets run beside the writer.
+//!
+//! Who runs a transaction: when the write connection is free, the task asking for the write
+//! runs it itself, taking along whatever other jobs are queued (at most [`INLINE_BATCH`]). A
+//! WAL commit without fsync is a write into the page cache, cheaper than the two thread
+//! hand-offs (wake the writer thread, wake the task again) it replaces; at low and moderate
+//! rates that is most of an update's cost beyond the socket (docs/BENCHMARKS.md, run P).
+//! When the connection is busy, the job is queued for the writer thread, which forms the
+//! batches under load. With `Durability::Power` (an fsync per commit) or a commit window,
+//! every job goes to the writer thread, so no async task ever waits on a disk flush.
 
 use super::shadow_json;
 use std::path::{Path, PathBuf};
@@ -130,18 +139,62 @@ const READERS: usize = 4;
 /// Most jobs one commit carries; bounds the latency of the first job in a batch.
 const MAX_BATCH: usize = 2048;
 
+/// Most jobs a task running a transaction itself takes along: bounds how long it keeps its
+/// runtime thread (a job is tens of microseconds).
+const INLINE_BATCH: usize = 32;
+
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 
-enum WriterMessage {
-    Job(Job),
-    Close(oneshot::Sender<Result<(), StoreError>>),
+/// Jobs waiting for the write connection, and the close request.
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    closing: Option<oneshot::Sender<Result<(), StoreError>>>,
+    closed: bool,
+}
+
+/// What the writer thread and the tasks running their own writes share.
+struct Writer {
+    conn: Mutex<Connection>,
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued or the store closes.
+    work: parking_lot::Condvar,
+    /// Whether tasks may run transactions themselves (no fsync per commit, no window).
+    inline: bool,
+    commit_window: Duration,
+}
+
+impl Writer {
+    /// Queues `job` for the writer thread; `Err` gives it back once the store is closed.
+    fn enqueue(&self, job: Job) -> Result<(), Job> {
+        let mut queue = self.queue.lock();
+        if queue.closed {
+            return Err(job);
+        }
+        queue.jobs.push_back(job);
+        drop(queue);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Whether a task holding the free connection runs its job itself: not after the
+    /// close, and not while jobs wait for the writer thread (under load, its batches are
+    /// the cheaper way, and they keep the runtime's threads for the sockets).
+    fn runs_inline(&self) -> bool {
+        let queue = self.queue.lock();
+        !queue.closed && queue.jobs.is_empty()
+    }
+
+    fn next_job(&self) -> Option<Job> {
+        self.queue.lock().jobs.pop_front()
+    }
 }
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<WriterMessage>>>,
+    writer: Arc<Writer>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -190,14 +243,21 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_connection(&path, durability))
             .collect::<Result<Vec<_>, _>>()?;
-        let (tx, rx) = mpsc::channel();
+        let writer = Arc::new(Writer {
+            conn: Mutex::new(writer),
+            queue: Mutex::new(Queue::default()),
+            work: parking_lot::Condvar::new(),
+            inline: durability == Durability::Process && commit_window.is_zero(),
+            commit_window,
+        });
+        let shared = writer.clone();
         let thread = std::thread::Builder::new()
             .name("herd-store-writer".into())
-            .spawn(move || writer_loop(writer, rx, commit_window))
+            .spawn(move || writer_loop(&shared))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Self {
             path,
-            writer: Mutex::new(Some(tx)),
+            writer,
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             readers: Arc::new(Mutex::new(readers)),
@@ -219,8 +279,9 @@ impl SqliteStore {
             .is_some_and(|thread| !thread.is_finished())
     }
 
-    /// Runs `job` on the writer thread inside the current group transaction; resolves after
-    /// the transaction that carried it committed.
+    /// Runs `job` on the write connection inside a group transaction (on this task when the
+    /// connection is free, else on the writer thread); resolves after the transaction that
+    /// carried it committed.
     async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -233,14 +294,21 @@ impl SqliteStore {
                 let _ = tx.send(commit.and(result));
             })
         });
-        let sender = self.writer.lock().clone().ok_or(StoreError::Closed)?;
-        sender
-            .send(WriterMessage::Job(job))
-            .map_err(|_| StoreError::Closed)?;
+        let writer = &self.writer;
+        let job = match writer.inline.then(|| writer.conn.try_lock()).flatten() {
+            Some(conn) if writer.runs_inline() => {
+                run_batch(&conn, writer, job, INLINE_BATCH, Duration::ZERO);
+                None
+            }
+            _ => Some(job),
+        };
+        if let Some(job) = job {
+            writer.enqueue(job).map_err(|_| StoreError::Closed)?;
+        }
         match rx.await {
             Ok(result) => result,
-            // The writer dropped the answer: the job panicked (the writer lives on), or the
-            // writer itself is gone.
+            // The answer was dropped: the job panicked (the writer lives on), or the
+            // transaction could not begin.
             Err(_) if self.writer_alive() => Err(StoreError::Backend(
                 "the store could not carry out this write; see the server log".into(),
             )),
@@ -357,73 +425,101 @@ pub fn job_panics() -> u64 {
     JOB_PANICS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriterMessage>, commit_window: Duration) {
-    let mut closing: Option<oneshot::Sender<Result<(), StoreError>>> = None;
-    while closing.is_none() {
-        let first = match rx.recv() {
-            Ok(WriterMessage::Job(job)) => job,
-            Ok(WriterMessage::Close(done)) => {
-                closing = Some(done);
-                break;
+/// Runs one group transaction: `first`, then queued jobs until the queue is empty (after
+/// waiting up to `window` for more) or `max` jobs ran; commits, then answers every caller.
+/// Returns without running anything but answering `first` if no transaction can begin.
+fn run_batch(conn: &Connection, writer: &Writer, first: Job, max: usize, window: Duration) {
+    // A transaction left open by a batch that unwound would make every later BEGIN fail.
+    if !conn.is_autocommit() {
+        tracing::error!("store found a transaction left open; rolling it back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    // Cached statements: parsing BEGIN and COMMIT for every batch showed in profiles.
+    if let Err(e) = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut begin| begin.execute([]))
+    {
+        // Running the job outside a transaction would commit it on its own; dropping it
+        // answers its caller with an error instead.
+        tracing::error!(error = %e, "store cannot begin a transaction; write refused");
+        drop(first);
+        return;
+    }
+    let mut completions: Vec<Completion> = run_job(conn, first).into_iter().collect();
+    let deadline = Instant::now() + window;
+    while completions.len() < max {
+        let next = match writer.next_job() {
+            Some(job) => Some(job),
+            None if window.is_zero() => None,
+            None => {
+                let mut queue = writer.queue.lock();
+                while queue.jobs.is_empty()
+                    && queue.closing.is_none()
+                    && !writer.work.wait_until(&mut queue, deadline).timed_out()
+                {}
+                queue.jobs.pop_front()
             }
-            Err(_) => break,
         };
-        // Cached statements: parsing BEGIN and COMMIT for every batch showed in profiles.
-        if let Err(e) = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut begin| begin.execute([]))
-        {
-            // Running the job outside a transaction would commit it on its own; dropping it
-            // answers its caller with an error instead.
-            tracing::error!(error = %e, "store cannot begin a transaction; write refused");
-            drop(first);
-            continue;
-        }
-        let mut completions: Vec<Completion> = run_job(&conn, first).into_iter().collect();
-        let deadline = Instant::now() + commit_window;
-        while completions.len() < MAX_BATCH {
-            let next = match rx.try_recv() {
-                Ok(message) => Some(message),
-                Err(mpsc::TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        rx.recv_timeout(left).ok()
-                    }
-                }
-                Err(mpsc::TryRecvError::Disconnected) => None,
-            };
-            match next {
-                Some(WriterMessage::Job(job)) => completions.extend(run_job(&conn, job)),
-                Some(WriterMessage::Close(done)) => {
-                    closing = Some(done);
-                    break;
-                }
-                None => break,
-            }
-        }
-        let commit = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut commit| commit.execute([]))
-            .map(|_| ())
-            .map_err(StoreError::from);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for completion in completions {
-            let result = match &commit {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Backend(e.to_string())),
-            };
-            completion(result);
+        match next {
+            Some(job) => completions.extend(run_job(conn, job)),
+            None => break,
         }
     }
+    let commit = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut commit| commit.execute([]))
+        .map(|_| ())
+        .map_err(StoreError::from);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for completion in completions {
+        let result = match &commit {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Backend(e.to_string())),
+        };
+        completion(result);
+    }
+}
+
+/// The writer thread: runs the jobs queued while the connection was busy, batching them,
+/// until the store closes; then folds the WAL into the database.
+fn writer_loop(writer: &Writer) {
+    /// However the thread ends, later writes are refused and queued ones answered (their
+    /// callers see the writer gone) instead of waiting for a thread that is not there.
+    struct Ended<'a>(&'a Writer);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            let mut queue = self.0.queue.lock();
+            queue.closed = true;
+            queue.jobs.clear();
+        }
+    }
+    let _ended = Ended(writer);
+    let closing = loop {
+        {
+            let mut queue = writer.queue.lock();
+            while queue.jobs.is_empty() && queue.closing.is_none() {
+                writer.work.wait(&mut queue);
+            }
+            if queue.jobs.is_empty() {
+                // Closing, and every job queued before the close ran.
+                queue.closed = true;
+                break queue.closing.take();
+            }
+        }
+        let conn = writer.conn.lock();
+        // A task holding the connection may have taken the queued jobs along.
+        if let Some(first) = writer.next_job() {
+            run_batch(&conn, writer, first, MAX_BATCH, writer.commit_window);
+        }
+    };
     // Fold the WAL into the database so a clean shutdown leaves one self-contained file.
-    let result = conn
+    let result = writer
+        .conn
+        .lock()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .map_err(StoreError::from);
-    drop(conn);
     if let Some(done) = closing {
         let _ = done.send(result);
     }
@@ -1267,14 +1363,15 @@ impl Store for SqliteStore {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        let sender = self.writer.lock().take();
-        let Some(sender) = sender else {
-            return Ok(());
-        };
         let (tx, rx) = oneshot::channel();
-        if sender.send(WriterMessage::Close(tx)).is_err() {
-            return Err(StoreError::Closed);
+        {
+            let mut queue = self.writer.queue.lock();
+            if queue.closed || queue.closing.is_some() {
+                return Ok(());
+            }
+            queue.closing = Some(tx);
         }
+        self.writer.work.notify_one();
         let result = rx.await.map_err(|_| StoreError::Closed)?;
         let thread = self.writer_thread.lock().take();
         if let Some(thread) = thread {
@@ -1308,6 +1405,68 @@ mod tests {
                 .unwrap();
         }
         store
+    }
+
+    /// The thread a write's job ran on.
+    async fn job_thread(store: &SqliteStore) -> String {
+        store
+            .write(|_| Ok(std::thread::current().name().unwrap_or("").to_string()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_runs_on_its_task_when_the_connection_is_free_and_queues_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_devices(dir.path(), 1).await;
+        let caller = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let here = std::thread::current().name().unwrap_or("").to_string();
+                (here, job_thread(&store).await)
+            }
+        });
+        let (here, ran_on) = caller.await.unwrap();
+        assert_eq!(ran_on, here, "a free connection is used by the task itself");
+
+        // While the connection is held, a write waits in the queue for the writer thread.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let _conn = store.writer.conn.lock();
+                holding.send(()).unwrap();
+                released.recv().unwrap();
+            }
+        });
+        held.recv().unwrap();
+        let queued = tokio::spawn({
+            let store = store.clone();
+            async move { job_thread(&store).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!queued.is_finished(), "ran while the connection was held");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(queued.await.unwrap(), "herd-store-writer");
+
+        store.close().await.unwrap();
+        let closed = store.write(|_| Ok(())).await.unwrap_err();
+        assert!(matches!(closed, StoreError::Closed), "{closed}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_an_fsync_per_commit_or_a_commit_window_every_write_goes_to_the_writer_thread() {
+        for (durability, window) in [
+            (Durability::Power, Duration::ZERO),
+            (Durability::Process, Duration::from_micros(200)),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(dir.path(), durability, window).unwrap();
+            assert_eq!(job_thread(&store).await, "herd-store-writer");
+            store.close().await.unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
