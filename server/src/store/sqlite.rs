@@ -14,7 +14,8 @@
 //! rates that is most of an update's cost beyond the socket (docs/BENCHMARKS.md, run P).
 //! When the connection is busy, the job is queued for the writer thread, which forms the
 //! batches under load. With `Durability::Power` (an fsync per commit) or a commit window,
-//! every job goes to the writer thread, so no async task ever waits on a disk flush.
+//! every job goes to the writer thread, so no async task ever waits on a disk flush; so do
+//! jobs whose size grows with the fleet (a rollout's device list).
 
 use super::shadow_json;
 use std::path::{Path, PathBuf};
@@ -287,6 +288,24 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit(job, true).await
+    }
+
+    /// [`write`](Self::write) for a job whose size grows with the fleet (a rollout's
+    /// device list): always on the writer thread, so no runtime thread is held for it.
+    async fn write_bulk<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(job, false).await
+    }
+
+    async fn submit<T, F>(&self, job: F, may_run_here: bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn: &Connection| {
             let result = in_savepoint(conn, job);
@@ -295,7 +314,10 @@ impl SqliteStore {
             })
         });
         let writer = &self.writer;
-        let job = match writer.inline.then(|| writer.conn.try_lock()).flatten() {
+        let job = match (may_run_here && writer.inline)
+            .then(|| writer.conn.try_lock())
+            .flatten()
+        {
             Some(conn) if writer.runs_inline() => {
                 run_batch(&conn, writer, job, INLINE_BATCH, Duration::ZERO);
                 None
@@ -1194,7 +1216,7 @@ impl Store for SqliteStore {
         devices: Vec<RolloutDeviceRecord>,
     ) -> Result<(), StoreError> {
         let spec = spec_json(&rollout.spec)?;
-        self.write(move |conn| {
+        self.write_bulk(move |conn| {
             conn.execute(
                 &format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
@@ -1332,7 +1354,7 @@ impl Store for SqliteStore {
         &self,
         devices: Vec<RolloutDeviceRecord>,
     ) -> Result<(), StoreError> {
-        self.write(move |conn| {
+        self.write_bulk(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "UPDATE rollout_devices SET state = ?3, attempts = ?4, message = ?5, started_at = ?6,
                  finished_at = ?7 WHERE rollout_id = ?1 AND device_id = ?2",
@@ -1454,6 +1476,17 @@ mod tests {
         store.close().await.unwrap();
         let closed = store.write(|_| Ok(())).await.unwrap_err();
         assert!(matches!(closed, StoreError::Closed), "{closed}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_write_always_goes_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_devices(dir.path(), 1).await;
+        let ran_on = store
+            .write_bulk(|_| Ok(std::thread::current().name().unwrap_or("").to_string()))
+            .await
+            .unwrap();
+        assert_eq!(ran_on, "herd-store-writer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
