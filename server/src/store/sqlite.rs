@@ -7,13 +7,13 @@
 //! means "on disk" (WAL; `Durability::Power` adds an fsync per commit). Readers use their own
 //! connections, which WAL lets run beside the writer.
 //!
-//! Who runs a transaction: when the write connection is free, the task asking for the write
-//! runs it itself, taking along whatever other jobs are queued (at most [`INLINE_BATCH`]). A
-//! WAL commit without fsync is a write into the page cache, cheaper than the two thread
-//! hand-offs (wake the writer thread, wake the task again) it replaces; at low and moderate
-//! rates that is most of an update's cost beyond the socket (docs/BENCHMARKS.md, run P).
-//! When the connection is busy, the job is queued for the writer thread, which forms the
-//! batches under load. With `Durability::Power` (an fsync per commit) or a commit window,
+//! Who runs a transaction: when the write connection is free and no job is waiting, the task
+//! asking for the write runs it itself, taking along jobs queued meanwhile (at most
+//! [`INLINE_BATCH`]). A WAL commit without fsync is a write into the page cache, cheaper than
+//! the two thread hand-offs (wake the writer thread, wake the task again) it replaces; at low
+//! and moderate rates those were most of an update's cost beyond the socket
+//! (docs/BENCHMARKS.md, run P). Otherwise the job is queued for the writer thread, which
+//! forms the batches under load. With `Durability::Power` (an fsync per commit) or a commit window,
 //! every job goes to the writer thread, so no async task ever waits on a disk flush; so do
 //! jobs whose size grows with the fleet (a rollout's device list).
 
