@@ -362,11 +362,13 @@ async fn handle(state: &AppState, request: Request) -> Reply {
             Reply::Result(Value::Null)
         }
         Request::Takeover { device } => {
-            if let Some(conn) = state.registry.take(&device) {
+            // `held: false`: the session here had already ended by itself, with its own
+            // `offline`, so the asking node's session is news and it announces `online`.
+            let held = state.registry.take(&device).inspect(|conn| {
                 tracing::info!(device, "device taken over by another node");
                 conn.push(Out::Close("connected to another node".into()));
-            }
-            Reply::Result(Value::Null)
+            });
+            Reply::Result(serde_json::json!({ "held": held.is_some() }))
         }
         Request::Rollout { id, action } => {
             let Some(action) = crate::rollout::Action::parse(&action) else {

@@ -41,6 +41,9 @@ pub async fn run(
             }
         });
     let replaced_here = replaced.is_some();
+    // Whether this session's `online` is still owed: the device was believed held on another
+    // node, and that session turns out to have ended by itself.
+    let owed = elsewhere.is_some() && !replaced_here;
     if let Some(old) = replaced {
         old.push(Out::Close("replaced by a newer connection".into()));
     }
@@ -59,8 +62,20 @@ pub async fn run(
                     let answer = cluster
                         .request(&previous, &request, std::time::Duration::from_secs(2))
                         .await;
-                    if matches!(answer, Err(RouteError::NoNode | RouteError::Timeout)) {
-                        previous_session_lost(&state, &identity, conn_id).await;
+                    match answer {
+                        Err(RouteError::NoNode | RouteError::Timeout) => {
+                            previous_session_lost(&state, &identity, conn_id).await;
+                        }
+                        // Its session there ended by itself (its `offline` is out) between
+                        // this node reading the owner and claiming the device.
+                        Ok(reply) if owed && reply["held"] == false => {
+                            wait_for_offline_from(&state, &identity.id, &previous).await;
+                            let _turn = state.sequencer.turn(&identity.id).await;
+                            if is_current(&state, &identity.id, conn_id) {
+                                state.hub.emit(&identity, ONLINE, &Value::Null);
+                            }
+                        }
+                        _ => {}
                     }
                 });
             }
@@ -71,8 +86,12 @@ pub async fn run(
                 });
             }
             // The node this node believed held the device has let it go (its session ended
-            // and its `offline` is out, but not yet seen here): this session is news.
-            Previous::Nobody if elsewhere.is_some() && !replaced_here => {
+            // and its `offline` is out, but not yet seen here): this session is news. Its
+            // `online` waits for that `offline` to arrive, so every stream has them in order.
+            Previous::Nobody if owed => {
+                if let Some(node) = &elsewhere {
+                    wait_for_offline_from(&state, &identity.id, node).await;
+                }
                 state.hub.emit(&identity, ONLINE, &Value::Null);
             }
             Previous::Nobody => {}
@@ -105,6 +124,38 @@ pub async fn run(
     conn
 }
 
+/// Longest wait for another node's `offline` before this node's `online` goes out anyway
+/// (the stream carries it within milliseconds; a node in trouble must not hold a session up).
+const OFFLINE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`OFFLINE_WAIT`]) until this node has seen `node`'s `offline` for device
+/// `id`, which clears `node` as the device's holder here.
+async fn wait_for_offline_from(state: &AppState, id: &str, node: &str) {
+    let Some(cluster) = &state.cluster else {
+        return;
+    };
+    let wake = state.watch.subscribe(id);
+    let _ = tokio::time::timeout(OFFLINE_WAIT, async {
+        loop {
+            // Armed before looking, so an event between the look and the wait still wakes.
+            let woken = wake.notified();
+            if cluster.owner(id).as_deref() != Some(node) {
+                return;
+            }
+            woken.await;
+        }
+    })
+    .await;
+}
+
+/// Whether connection `conn_id` is still device `id`'s session here.
+fn is_current(state: &AppState, id: &str, conn_id: u64) -> bool {
+    state
+        .registry
+        .get(id)
+        .is_some_and(|conn| conn.conn_id == conn_id)
+}
+
 /// The node that held the device did not answer the takeover: it is gone (or stuck), and
 /// the device's session there ended without a word. Announced as the survivors announce a
 /// dead node's sessions (`offline`, `last_seen`), then this session's `online`, so a device
@@ -113,11 +164,7 @@ pub async fn run(
 async fn previous_session_lost(state: &AppState, identity: &Identity, conn_id: u64) {
     let _turn = state.sequencer.turn(&identity.id).await;
     // A session that has ended or been replaced since has had its own events.
-    if state
-        .registry
-        .get(&identity.id)
-        .is_none_or(|conn| conn.conn_id != conn_id)
-    {
+    if !is_current(state, &identity.id, conn_id) {
         return;
     }
     state.hub.emit(identity, OFFLINE, &Value::Null);
