@@ -388,12 +388,8 @@ mod tests {
 
     type Seen = Vec<Result<Incoming, (String, Option<u16>)>>;
 
-    /// What the server reads from `bytes` followed by end of stream, and what it wrote.
-    async fn feed(bytes: &[u8], max: usize) -> (Seen, Vec<u8>) {
-        let (mut client, server) = duplex(1 << 20);
-        client.write_all(bytes).await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut socket = DeviceSocket::new(server, max);
+    /// Every message `socket` reads, until the end or the first error (kept, with its code).
+    async fn read_all<T: AsyncRead + AsyncWrite + Unpin>(socket: &mut DeviceSocket<T>) -> Seen {
         let mut seen = Vec::new();
         while let Some(next) = socket.next().await {
             let failed = next.is_err();
@@ -402,6 +398,16 @@ mod tests {
                 break;
             }
         }
+        seen
+    }
+
+    /// What the server reads from `bytes` followed by end of stream, and what it wrote.
+    async fn feed(bytes: &[u8], max: usize) -> (Seen, Vec<u8>) {
+        let (mut client, server) = duplex(1 << 20);
+        client.write_all(bytes).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut socket = DeviceSocket::new(server, max);
+        let seen = read_all(&mut socket).await;
         socket.flush().await.unwrap();
         drop(socket);
         let mut written = Vec::new();
@@ -701,15 +707,7 @@ mod tests {
                 },
                 max,
             );
-            let mut seen = Vec::new();
-            while let Some(next) = socket.next().await {
-                let failed = next.is_err();
-                seen.push(next.map_err(|e| (e.to_string(), e.close_code())));
-                if failed {
-                    break;
-                }
-            }
-            seen
+            read_all(&mut socket).await
         })
     }
 
