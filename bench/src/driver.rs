@@ -79,8 +79,9 @@ pub struct RunArgs {
     /// Length of each step while searching for the highest passing rate.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub step_duration: Duration,
-    /// A rate step passes while its p99 stays at or below this.
-    #[arg(long, default_value_t = 50.0)]
+    /// A rate step passes while its p99 stays at or below this (the device path's
+    /// target: 20,000 updates/s with p99 ≤ 25 ms).
+    #[arg(long, default_value_t = 25.0)]
     pub step_p99_ms: f64,
     /// Highest update rate tried.
     #[arg(long, default_value_t = 200_000.0)]

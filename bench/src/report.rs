@@ -316,7 +316,7 @@ impl Report {
         );
         row(
             format!("memory per idle connected device at {devices} (RSS growth / N)"),
-            "≤ 5 KiB",
+            "≤ 3 KiB",
             &|t| match &t.memory {
                 Some(m) => format!(
                     "{} ({} → {}{})",
@@ -383,7 +383,7 @@ impl Report {
                 "notify fan-out to {} consumers: highest deliveries/s with p99 ≤ {} ms",
                 s.consumers, s.fanout_p99_ms
             ),
-            "≥ 200,000/s",
+            "≥ 300,000/s",
             &|t| {
                 if t.name != "server" {
                     "n/a (no fan-out)".into()
