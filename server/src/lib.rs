@@ -37,6 +37,7 @@ pub mod firmware;
 pub mod guard;
 pub mod http;
 pub mod hub;
+pub mod memory;
 pub mod notification_log;
 pub mod ops;
 pub mod ota;
@@ -215,6 +216,7 @@ pub struct Server {
     local_addr: SocketAddr,
     serving: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    memory_keeper: JoinHandle<()>,
     /// Held while the server runs: a second server on the same data directory is refused.
     _lock: std::fs::File,
 }
@@ -359,6 +361,7 @@ impl Server {
         let router = rest::router(state.clone());
         let serving = tokio::spawn(http::serve(listener, router, tls, state.shutdown.clone()));
         let sweeper = tokio::spawn(device_socket::liveness_sweeper(state.clone()));
+        let memory_keeper = tokio::spawn(memory::keeper());
         // Rollouts a previous process left running carry on.
         let resuming = state.clone();
         tokio::spawn(async move { resuming.rollouts.resume_all(&resuming).await });
@@ -368,6 +371,7 @@ impl Server {
             local_addr,
             serving,
             sweeper,
+            memory_keeper,
             _lock: lock,
         })
     }
@@ -386,6 +390,7 @@ impl Server {
         let state = self.state;
         state.shutdown.cancel();
         self.sweeper.abort();
+        self.memory_keeper.abort();
         let _ = self.serving.await;
         // Phase one: every device session ends and announces `offline` (and its last
         // `updated`), while the notify streams still run, so consumers see each device go.
