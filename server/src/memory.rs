@@ -10,6 +10,7 @@
 //! heap with its arenas locked, tens of milliseconds after a burst of 19,000 devices
 //! (docs/BENCHMARKS.md, run R), so it runs once per burst, not on every check.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the keeper looks.
@@ -43,9 +44,46 @@ pub fn worth_trimming(heap: Heap, rss: usize, floor: usize) -> bool {
     heap.free >= TRIM_ABOVE && heap.free >= heap.used && rss >= floor.saturating_add(TRIM_ABOVE)
 }
 
+/// The heap as the last check saw it (`usize::MAX` before the first), trims so far and
+/// what they returned, for `/healthz`: reading the allocator's statistics locks its
+/// arenas, which a monitor polling `/healthz` should not do to the device path.
+static LAST_USED: AtomicUsize = AtomicUsize::new(usize::MAX);
+static LAST_FREE: AtomicUsize = AtomicUsize::new(usize::MAX);
+static TRIMS: AtomicU64 = AtomicU64::new(0);
+static RETURNED: AtomicU64 = AtomicU64::new(0);
+
+/// The process's memory for `/healthz`.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot {
+    /// Resident set now.
+    pub rss: Option<usize>,
+    /// The heap at the keeper's last check (none before it, or off glibc).
+    pub heap: Option<Heap>,
+    /// Trims since the start.
+    pub trims: u64,
+    /// Resident memory the trims returned, in total.
+    pub returned: u64,
+}
+
+/// What `/healthz` reports about memory; cheap (one read of `/proc/self/statm`).
+pub fn snapshot() -> Snapshot {
+    let (used, free) = (
+        LAST_USED.load(Ordering::Relaxed),
+        LAST_FREE.load(Ordering::Relaxed),
+    );
+    Snapshot {
+        rss: rss_bytes(),
+        heap: (used != usize::MAX).then_some(Heap { used, free }),
+        trims: TRIMS.load(Ordering::Relaxed),
+        returned: RETURNED.load(Ordering::Relaxed),
+    }
+}
+
 /// One check: trims when [`worth_trimming`] says so and returns the resident set after.
 pub fn trim_if_worth_it(floor: usize) -> Option<usize> {
     let heap = Heap::now()?;
+    LAST_USED.store(heap.used, Ordering::Relaxed);
+    LAST_FREE.store(heap.free, Ordering::Relaxed);
     let before = rss_bytes()?;
     if !worth_trimming(heap, before, floor) {
         return None;
@@ -53,6 +91,8 @@ pub fn trim_if_worth_it(floor: usize) -> Option<usize> {
     let started = Instant::now();
     trim();
     let after = rss_bytes()?;
+    TRIMS.fetch_add(1, Ordering::Relaxed);
+    RETURNED.fetch_add(before.saturating_sub(after) as u64, Ordering::Relaxed);
     tracing::info!(
         free_mib = heap.free >> 20,
         used_mib = heap.used >> 20,
@@ -101,11 +141,20 @@ fn trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
 
+/// The process's resident set, from `/proc/self/statm` (none off Linux).
+#[cfg(not(target_os = "linux"))]
+pub fn rss_bytes() -> Option<usize> {
+    None
+}
+
 /// The process's resident set, from `/proc/self/statm`.
+#[cfg(target_os = "linux")]
 pub fn rss_bytes() -> Option<usize> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * usize::try_from(page).ok().filter(|&p| p > 0)?)
 }
 
 #[cfg(test)]
@@ -156,7 +205,11 @@ mod tests {
             before + 100 * MIB > peak,
             "free() alone returned the burst: {peak} -> {before}"
         );
+        let trims = snapshot().trims;
         let after = trim_if_worth_it(0).unwrap_or_else(|| rss_bytes().unwrap());
+        let seen = snapshot();
+        assert_eq!(seen.trims, trims + 1, "the trim was not counted");
+        assert!(seen.heap.is_some_and(|heap| heap.free >= 100 * MIB));
         assert!(
             after + 100 * MIB <= before,
             "resident set {} MiB before the trim, {} MiB after",

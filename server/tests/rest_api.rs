@@ -472,6 +472,10 @@ async fn healthz_answers() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["store"]["writer"], "running");
     assert!(body["store"]["failed_jobs"].is_u64());
+    // The server's own process: its resident set is read live, never zero.
+    assert!(body["memory"]["rss_bytes"].as_u64().unwrap() > 1 << 20);
+    assert!(body["memory"]["trims"].is_u64());
+    assert!(body["memory"]["returned_bytes"].is_u64());
     server.shutdown().await;
 }
 
