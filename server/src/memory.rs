@@ -52,30 +52,33 @@ static LAST_FREE: AtomicUsize = AtomicUsize::new(usize::MAX);
 static TRIMS: AtomicU64 = AtomicU64::new(0);
 static RETURNED: AtomicU64 = AtomicU64::new(0);
 
-/// The process's memory for `/healthz`.
-#[derive(Clone, Copy, Debug)]
+/// The process's memory, as `/healthz` reports it under `memory`.
+#[derive(Clone, Copy, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
-    /// Resident set now.
-    pub rss: Option<usize>,
-    /// The heap at the keeper's last check (none before it, or off glibc).
-    pub heap: Option<Heap>,
-    /// Trims since the start.
+    /// Resident set of the process now, in bytes.
+    pub rss_bytes: Option<u64>,
+    /// Heap in use at the keeper's last check, in bytes (null before it, or off glibc).
+    pub heap_used_bytes: Option<u64>,
+    /// Heap free but held at the last check, in bytes.
+    pub heap_free_bytes: Option<u64>,
+    /// Times free heap memory was given back to the system since the start.
     pub trims: u64,
-    /// Resident memory the trims returned, in total.
-    pub returned: u64,
+    /// Resident memory those trims gave back, in bytes.
+    pub returned_bytes: u64,
 }
 
 /// What `/healthz` reports about memory; cheap (one read of `/proc/self/statm`).
 pub fn snapshot() -> Snapshot {
-    let (used, free) = (
-        LAST_USED.load(Ordering::Relaxed),
-        LAST_FREE.load(Ordering::Relaxed),
-    );
+    let checked = |figure: &AtomicUsize| {
+        let bytes = figure.load(Ordering::Relaxed);
+        (bytes != usize::MAX).then_some(bytes as u64)
+    };
     Snapshot {
-        rss: rss_bytes(),
-        heap: (used != usize::MAX).then_some(Heap { used, free }),
+        rss_bytes: rss_bytes().map(|bytes| bytes as u64),
+        heap_used_bytes: checked(&LAST_USED),
+        heap_free_bytes: checked(&LAST_FREE),
         trims: TRIMS.load(Ordering::Relaxed),
-        returned: RETURNED.load(Ordering::Relaxed),
+        returned_bytes: RETURNED.load(Ordering::Relaxed),
     }
 }
 
@@ -209,7 +212,9 @@ mod tests {
         let after = trim_if_worth_it(0).unwrap_or_else(|| rss_bytes().unwrap());
         let seen = snapshot();
         assert_eq!(seen.trims, trims + 1, "the trim was not counted");
-        assert!(seen.heap.is_some_and(|heap| heap.free >= 100 * MIB));
+        assert!(seen
+            .heap_free_bytes
+            .is_some_and(|free| free >= 100 * MIB as u64));
         assert!(
             after + 100 * MIB <= before,
             "resident set {} MiB before the trim, {} MiB after",

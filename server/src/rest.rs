@@ -67,8 +67,9 @@ pub struct Health {
     store: HealthStore,
     /// The notification log.
     notification_log: HealthLog,
-    /// The process's memory.
-    memory: HealthMemory,
+    /// The process's memory; the heap figures are from the last check of the memory
+    /// keeper (every 10 s), which returns free heap memory after a burst.
+    memory: crate::memory::Snapshot,
     /// Cluster mode only: this node, the others, and NATS and PostgreSQL as this node sees
     /// them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,35 +90,6 @@ pub struct HealthStore {
 pub struct HealthLog {
     /// Times the log writer was restarted after a failure.
     writer_restarts: u64,
-}
-
-/// The memory part of [`Health`]. The heap figures are from the last check of the
-/// memory keeper (every 10 s), which returns free heap memory after a burst.
-#[derive(Serialize, ToSchema)]
-pub struct HealthMemory {
-    /// Resident set of the server process, in bytes.
-    rss_bytes: Option<u64>,
-    /// Heap in use at the last check, in bytes (null before it, or where unknown).
-    heap_used_bytes: Option<u64>,
-    /// Heap free but held at the last check, in bytes.
-    heap_free_bytes: Option<u64>,
-    /// Times free heap memory was given back to the system since the start.
-    trims: u64,
-    /// Resident memory those trims gave back, in bytes.
-    returned_bytes: u64,
-}
-
-impl HealthMemory {
-    fn now() -> Self {
-        let memory = crate::memory::snapshot();
-        Self {
-            rss_bytes: memory.rss.map(|b| b as u64),
-            heap_used_bytes: memory.heap.map(|heap| heap.used as u64),
-            heap_free_bytes: memory.heap.map(|heap| heap.free as u64),
-            trims: memory.trims,
-            returned_bytes: memory.returned,
-        }
-    }
 }
 
 /// `GET /healthz`: 200 while the server can do its work, 503 when its store cannot write.
@@ -149,7 +121,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
         notification_log: HealthLog {
             writer_restarts: state.hub.log().restarts(),
         },
-        memory: HealthMemory::now(),
+        memory: crate::memory::snapshot(),
         cluster,
     };
     let status = if writing {
